@@ -1,0 +1,60 @@
+"""``--backend auto`` reads config.json: moondream2 gets its own API, known VLMs go to transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlm.backends.registry import ModelLoadError, choose_backend, read_model_config
+from vlm.config import DEFAULT_MODEL, DEFAULT_REVISION, parse_settings
+
+MOONDREAM2_CONFIG = {
+    "architectures": ["HfMoondream"],
+    "auto_map": {"AutoConfig": "hf_moondream.HfConfig", "AutoModelForCausalLM": "hf_moondream.HfMoondream"},
+    "model_type": "moondream1",
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "backend"),
+    [
+        (MOONDREAM2_CONFIG, "moondream"),
+        ({"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]}, "transformers"),
+        ({"model_type": "idefics3"}, "transformers"),
+        ({"model_type": "smolvlm"}, "transformers"),
+        ({"model_type": "qwen2_vl"}, "transformers"),
+        ({"model_type": "custom", "auto_map": {"AutoModelForImageTextToText": "m.M"}}, "transformers"),
+    ],
+)
+def test_choose_backend(config: dict[str, object], backend: str) -> None:
+    assert choose_backend(config) == backend
+
+
+def test_text_only_model_is_refused_with_advice() -> None:
+    with pytest.raises(ModelLoadError, match="--backend"):
+        choose_backend({"model_type": "bert"})
+
+
+def test_config_is_read_from_a_local_folder(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(MOONDREAM2_CONFIG))
+    assert choose_backend(read_model_config(str(tmp_path), None)) == "moondream"
+
+
+def test_folder_without_config_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        read_model_config(str(tmp_path), None)
+
+
+def test_defaults_are_pinned_moondream_on_loopback() -> None:
+    settings = parse_settings([])
+    assert (settings.model, settings.effective_revision) == (DEFAULT_MODEL, DEFAULT_REVISION)
+    assert settings.host == "127.0.0.1"
+    assert settings.secret_key and settings.secret_key != parse_settings([]).secret_key
+
+
+def test_demo_alias_and_local_folders_drop_the_revision() -> None:
+    settings = parse_settings(["--model", "demo"])
+    assert settings.model_path.endswith("demo_model")
+    assert settings.effective_revision is None

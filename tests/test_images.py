@@ -1,0 +1,91 @@
+"""Safe decoding of untrusted frames: every bad payload is refused with a code, good ones shrink."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from vlm.images import ImageRejected, decode_image
+
+LIMITS = {"max_bytes": 1024 * 1024, "max_pixels": 4096 * 4096, "target_size": 256}
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", data_url: bool = True) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    text = base64.b64encode(buffer.getvalue()).decode()
+    return f"data:image/{fmt.lower()};base64,{text}" if data_url else text
+
+
+def test_jpeg_data_url_is_decoded_and_downscaled() -> None:
+    decoded = decode_image(encode(Image.new("RGB", (640, 480), "red")), **LIMITS)
+    assert decoded.image.mode == "RGB"
+    assert max(decoded.image.size) <= 256
+    assert decoded.image.getpixel((10, 10))[0] > 200
+
+
+def test_bare_base64_is_accepted_as_in_the_seed() -> None:
+    decoded = decode_image(encode(Image.new("RGB", (64, 48), "blue"), data_url=False), **LIMITS)
+    assert decoded.image.size == (64, 48)
+
+
+def test_same_bytes_give_the_same_digest() -> None:
+    payload = encode(Image.new("RGB", (32, 32), "green"))
+    assert decode_image(payload, **LIMITS).digest == decode_image(payload, **LIMITS).digest
+
+
+@pytest.mark.parametrize(
+    ("image", "fmt"),
+    [
+        (Image.new("RGBA", (40, 30), (255, 0, 0, 0)), "PNG"),
+        (Image.new("L", (40, 30), 128), "PNG"),
+        (Image.new("RGB", (40, 30), "yellow"), "WEBP"),
+        (Image.new("P", (40, 30)), "PNG"),
+    ],
+)
+def test_other_formats_and_modes_become_rgb(image: Image.Image, fmt: str) -> None:
+    assert decode_image(encode(image, fmt), **LIMITS).image.mode == "RGB"
+
+
+def test_transparent_pixels_become_white() -> None:
+    decoded = decode_image(encode(Image.new("RGBA", (8, 8), (255, 0, 0, 0)), "PNG"), **LIMITS)
+    assert decoded.image.getpixel((0, 0)) == (255, 255, 255)
+
+
+def truncated_jpeg() -> str:
+    raw = base64.b64decode(encode(Image.effect_noise((256, 256), 64).convert("RGB"), data_url=False))
+    return base64.b64encode(raw[: len(raw) // 2]).decode()
+
+
+def bomb_png() -> str:
+    image = Image.new("1", (20000, 20000))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ("not base64 at all!!", "bad_image"),
+        (base64.b64encode(b"hello, I am text").decode(), "bad_image"),
+        ("data:text/plain;base64,aGVsbG8=", "bad_image"),
+        ("", "bad_image"),
+        (12345, "bad_image"),
+        (None, "bad_image"),
+        (truncated_jpeg(), "bad_image"),
+        (bomb_png(), "image_too_large"),
+        (encode(Image.new("RGB", (8, 8)), "GIF"), "bad_image"),
+        ("A" * (2 * 1024 * 1024), "image_too_large"),
+    ],
+    ids=["not-base64", "not-an-image", "text-data-url", "empty", "number", "none", "truncated", "bomb", "gif",
+         "oversized"],
+)
+def test_bad_payloads_are_refused_with_a_code(payload: object, code: str) -> None:
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(payload, **LIMITS)
+    assert refused.value.code == code
+    assert refused.value.message

@@ -1,0 +1,67 @@
+"""Payload validation: each malformed request names its problem, extra fields are ignored."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlm.protocol import ProtocolError, parse_cancel, parse_query, parse_skill
+
+IMAGE = "data:image/jpeg;base64,AAAA"
+
+
+def test_seed_payload_parses() -> None:
+    incoming = parse_query({"question": " what is this? ", "image": IMAGE}, max_question_chars=100)
+    assert incoming.text == "what is this?"
+    assert incoming.id  # generated when the client sends none
+    assert incoming.task == "query"
+
+
+def test_client_id_is_kept_and_extra_fields_ignored() -> None:
+    incoming = parse_query({"id": 7, "question": "q", "image": IMAGE, "extra": [1, 2]}, max_question_chars=100)
+    assert incoming.id == "7"
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ("just a string", "bad_request"),
+        (["a", "list"], "bad_request"),
+        ({"image": IMAGE}, "bad_request"),
+        ({"question": 3, "image": IMAGE}, "bad_request"),
+        ({"question": "", "image": IMAGE}, "empty_question"),
+        ({"question": "   \n\t", "image": IMAGE}, "empty_question"),
+        ({"question": "x" * 101, "image": IMAGE}, "question_too_long"),
+        ({"question": "bad \udc80 text", "image": IMAGE}, "bad_request"),
+        ({"question": "q"}, "bad_request"),
+        ({"question": "q", "image": IMAGE, "live": "yes"}, "bad_request"),
+        ({"question": "q", "image": IMAGE, "id": {"nested": 1}}, "bad_request"),
+        ({"question": "q", "image": IMAGE, "id": "x" * 500}, "bad_request"),
+    ],
+)
+def test_bad_queries_are_refused(payload: object, code: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        parse_query(payload, max_question_chars=100)
+    assert refused.value.code == code
+
+
+def test_skills_respect_capabilities() -> None:
+    caps = frozenset({"query", "caption"})
+    assert parse_skill({"skill": "caption", "image": IMAGE, "length": "short"}, capabilities=caps).length == "short"
+    with pytest.raises(ProtocolError, match="cannot detect"):
+        parse_skill({"skill": "detect", "object": "cup", "image": IMAGE}, capabilities=caps)
+    with pytest.raises(ProtocolError) as refused:
+        parse_skill({"skill": "juggle", "image": IMAGE}, capabilities=caps)
+    assert refused.value.code == "unsupported_skill"
+
+
+def test_detect_needs_an_object() -> None:
+    caps = frozenset({"detect"})
+    with pytest.raises(ProtocolError):
+        parse_skill({"skill": "detect", "image": IMAGE}, capabilities=caps)
+    assert parse_skill({"skill": "detect", "object": "cup", "image": IMAGE}, capabilities=caps).text == "cup"
+
+
+def test_cancel_needs_an_object_payload() -> None:
+    assert parse_cancel({"id": "abc"}) == "abc"
+    with pytest.raises(ProtocolError):
+        parse_cancel("abc")

@@ -1,0 +1,1 @@
+"""Ask a vision-language model about what your camera sees."""

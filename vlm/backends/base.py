@@ -1,0 +1,84 @@
+"""The one small interface every model backend implements.
+
+A backend is loaded once and then only ever called from the scheduler's worker thread,
+one batch at a time, so implementations need no locking of their own. It reports what it
+can do (``capabilities``) so the page offers only working buttons, and streams through
+``GenerationEvents`` so the scheduler, not the backend, decides who hears about it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Protocol
+
+import torch
+from PIL import Image
+
+Task = Literal["query", "caption", "detect", "point"]
+CaptionLength = Literal["short", "normal"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of model work: what to do, on which frame."""
+
+    task: Task
+    image: Image.Image
+    image_key: str
+    text: str = ""
+    length: CaptionLength = "normal"
+    max_new_tokens: int = 128
+
+
+@dataclass
+class Result:
+    answer: str
+    tokens: int = 0
+    objects: list[dict[str, float]] | None = None
+    points: list[dict[str, float]] | None = None
+
+
+class GenerationEvents(Protocol):
+    """How a backend reports progress on job ``index`` of the batch it was given."""
+
+    def delta(self, index: int, text: str) -> None: ...
+
+    def done(self, index: int, result: Result) -> None: ...
+
+    def cancelled(self, index: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    backend: str
+    device: str
+    dtype: str
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+    image_size: int = 512
+    max_batch_size: int = 1
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    info: ModelInfo
+
+    @abstractmethod
+    def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        """Run ``jobs`` together, calling ``events.done`` once per job that was not cancelled."""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """fp16 keeps a GPU-resident model small and fast; CPUs are fastest and exact in fp32."""
+    if dtype == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)

@@ -1,0 +1,76 @@
+"""Pick and load the backend a model needs, from nothing but its ``config.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+from ..config import Settings
+from .base import Backend
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message is written for the user."""
+
+
+def choose_backend(config: dict[str, Any]) -> str:
+    """moondream2 ships remote code with its own skills; everything else goes through transformers."""
+    model_type = str(config.get("model_type", "")).lower()
+    architectures = " ".join(config.get("architectures") or []).lower()
+    if "moondream" in model_type or "moondream" in architectures:
+        return "moondream"
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return "transformers"
+    if "AutoModelForImageTextToText" in (config.get("auto_map") or {}):
+        return "transformers"
+    raise ModelLoadError(
+        f"model type {model_type or '(none)'!r} is neither moondream nor an image-text-to-text "
+        "model that transformers knows; pass --backend to force one"
+    )
+
+
+def read_model_config(model: str, revision: str | None) -> dict[str, Any]:
+    """Read config.json from a local folder, or from the hub cache (downloading if online)."""
+    folder = Path(model)
+    if folder.is_dir():
+        path = folder / "config.json"
+        if not path.is_file():
+            raise ModelLoadError(f"{folder} is a folder but has no config.json")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(model, "config.json", revision=revision))
+    return json.loads(path.read_text())
+
+
+def load_backend(settings: Settings) -> Backend:
+    model, revision = settings.model_path, settings.effective_revision
+    name = settings.backend
+    if name == "auto":
+        name = choose_backend(read_model_config(model, revision))
+    if name == "moondream":
+        from .moondream import MoondreamBackend
+
+        return MoondreamBackend.load(model, revision=revision, device=settings.device, dtype=settings.dtype)
+    from .transformers_backend import TransformersBackend
+
+    return TransformersBackend.load(
+        model, revision=revision, device=settings.device, dtype=settings.dtype,
+        max_batch_size=settings.max_batch_size,
+    )
+
+
+def explain_load_failure(settings: Settings, error: BaseException) -> str:
+    """One paragraph a user can act on, instead of a traceback."""
+    return (
+        f"Could not load the model {settings.model!r} "
+        f"(backend {settings.backend}, revision {settings.effective_revision or 'n/a'}): "
+        f"{type(error).__name__}: {error}. "
+        "If this machine is offline or the model is not in your Hugging Face cache, download it "
+        "elsewhere (e.g. `huggingface-cli download vikhyatk/moondream2 --revision "
+        f"{settings.revision}`), copy the folder here and run `python app.py --model /path/to/folder`; "
+        "to try the app without any download, run `python app.py --model demo`."
+    )

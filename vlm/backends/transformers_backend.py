@@ -1,0 +1,172 @@
+"""Any Hugging Face image-text-to-text model, through the library's generic path.
+
+``AutoProcessor`` + ``AutoModelForImageTextToText`` + the model's own chat template cover
+SmolVLM/Idefics3, LLaVA, Qwen-VL and friends without model-specific code. Requests are
+decoded together as one left-padded batch; a small streamer splits the batch's token
+stream back into per-request deltas, and a stopping criterion drops cancelled rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.generation.streamers import BaseStreamer
+
+from .base import Backend, GenerationEvents, Job, ModelInfo, Result, resolve_device, resolve_dtype
+
+CAPTION_PROMPTS = {
+    "short": "Describe the image in one short sentence.",
+    "normal": "Describe the image.",
+}
+# Thumbnails in the page's history are cut from the frame we ask for, so never ask for tiny ones.
+MIN_FRAME_SIDE = 256
+
+
+class TransformersBackend(Backend):
+    name: ClassVar[str] = "transformers"
+
+    def __init__(self, model: Any, processor: Any, *, model_id: str, max_batch_size: int = 16) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.eos_ids = _eos_ids(model.generation_config.eos_token_id)
+        self.info = ModelInfo(
+            model=model_id,
+            backend=self.name,
+            device=str(model.device),
+            dtype=str(model.dtype).removeprefix("torch."),
+            capabilities=frozenset({"query", "caption", "stream"}),
+            image_size=max(MIN_FRAME_SIDE, _processor_image_side(processor)),
+            max_batch_size=max_batch_size,
+        )
+
+    @classmethod
+    def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str,
+             max_batch_size: int = 16) -> TransformersBackend:
+        device = resolve_device(device)
+        processor = AutoProcessor.from_pretrained(model_id, revision=revision)
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_id, revision=revision, dtype=resolve_dtype(dtype, device)
+        )
+        return cls(model.to(device).eval(), processor, model_id=model_id, max_batch_size=max_batch_size)
+
+    def prompt_for(self, job: Job) -> str:
+        text = CAPTION_PROMPTS[job.length] if job.task == "caption" else job.text
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    @torch.inference_mode()
+    def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        inputs = self.processor(
+            images=[job.image for job in jobs],
+            text=[self.prompt_for(job) for job in jobs],
+            return_tensors="pt",
+            padding=True,
+        ).to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events)
+        self.model.generate(
+            **inputs,
+            max_new_tokens=max(job.max_new_tokens for job in jobs),
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([StopFinishedRows(streamer)]),
+        )
+
+
+class BatchStreamer(BaseStreamer):
+    """Per-row incremental detokenisation of a batched ``generate``.
+
+    A row is answered the moment it ends (EOS or its own token budget), not when the
+    slowest row in the batch ends.
+    """
+
+    def __init__(self, tokenizer: Any, eos_ids: frozenset[int], budgets: list[int],
+                 events: GenerationEvents) -> None:
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.budgets = budgets
+        self.events = events
+        self.tokens: list[list[int]] = [[] for _ in budgets]
+        self.texts = [""] * len(budgets)
+        self.finished = [False] * len(budgets)
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(len(self.budgets), -1)[:, -1].tolist()):
+            if self.finished[row]:
+                continue
+            if self.events.cancelled(row):
+                self.finished[row] = True
+            elif token in self.eos_ids:
+                self._finish(row)
+            else:
+                self.tokens[row].append(token)
+                self._emit_delta(row)
+                if len(self.tokens[row]) >= self.budgets[row]:
+                    self._finish(row)
+
+    def end(self) -> None:
+        for row, finished in enumerate(self.finished):
+            if not finished and not self.events.cancelled(row):
+                self._finish(row)
+
+    def _emit_delta(self, row: int) -> None:
+        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return  # half of a multi-byte character; wait for the rest
+        delta = text[len(self.texts[row]):]
+        self.texts[row] = text
+        if delta:
+            self.events.delta(row, delta)
+
+    def _finish(self, row: int) -> None:
+        self.finished[row] = True
+        answer = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).strip()
+        self.events.done(row, Result(answer=answer, tokens=len(self.tokens[row])))
+
+
+class StopFinishedRows(StoppingCriteria):
+    """Stops computing rows that are answered or cancelled, and the batch once all are."""
+
+    def __init__(self, streamer: BatchStreamer) -> None:
+        self.streamer = streamer
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        events = self.streamer.events
+        stop = [done or events.cancelled(row) for row, done in enumerate(self.streamer.finished)]
+        return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
+    if eos is None:
+        return frozenset()
+    return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def _processor_image_side(processor: Any) -> int:
+    """The longest image side the model actually looks at, from the image processor's size."""
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    if isinstance(size, Mapping):
+        for key in ("longest_edge", "shortest_edge", "height", "width"):
+            if isinstance(size.get(key), int):
+                return int(size[key])
+    if isinstance(size, int):
+        return size
+    return 512

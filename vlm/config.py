@@ -1,0 +1,121 @@
+"""Command-line settings: one frozen object that every part of the app reads.
+
+Defaults are the safe ones (loopback only, same-origin Socket.IO, bounded payloads);
+anything wider is an explicit flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "vikhyatk/moondream2"
+# The 2025-06-21 release is the newest moondream2 revision with the query/caption/detect/point
+# streaming API we use; pinning it means remote code we have read is the code that runs.
+DEFAULT_REVISION = "2025-06-21"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+MODEL_ALIASES = {"demo": DEMO_MODEL_DIR}
+
+BACKENDS = ("auto", "moondream", "transformers")
+DEVICES = ("auto", "cuda", "cpu")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+ASYNC_MODES = ("threading", "eventlet", "gevent")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL
+    revision: str | None = DEFAULT_REVISION
+    backend: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 5000
+    max_new_tokens: int = 128
+    async_mode: str = "threading"
+    cors_origins: tuple[str, ...] = ()
+    token: str | None = None
+    secret_key: str = ""
+    max_image_bytes: int = 4 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_question_chars: int = 1000
+    max_queue: int = 64
+    max_batch_size: int = 16
+    batch_window_ms: float = 5.0
+    request_timeout_s: float = 60.0
+    rate_limit_per_s: float = 10.0
+    rate_burst: int = 20
+
+    @property
+    def model_path(self) -> str:
+        """The model id or folder to load, with aliases such as ``demo`` resolved."""
+        alias = MODEL_ALIASES.get(self.model)
+        return str(alias) if alias else self.model
+
+    @property
+    def effective_revision(self) -> str | None:
+        """A revision only means something for hub ids, and the pin only for the default model."""
+        if Path(self.model_path).is_dir():
+            return None
+        if self.revision == DEFAULT_REVISION and self.model != DEFAULT_MODEL:
+            return None
+        return self.revision
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="app.py",
+        description="Ask a vision-language model about what your webcam sees.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=defaults.model,
+                       help="hub id, local model folder, or 'demo' for the bundled offline model")
+    model.add_argument("--revision", default=defaults.revision,
+                       help="hub revision; pinned for the default model, ignored for local folders")
+    model.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                       help="'auto' picks from the model's config.json")
+    model.add_argument("--device", choices=DEVICES, default=defaults.device,
+                       help="'auto' uses CUDA when present")
+    model.add_argument("--dtype", choices=DTYPES, default=defaults.dtype,
+                       help="'auto' is float16 on CUDA, float32 on CPU")
+    model.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                       help="longest answer, in tokens")
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=defaults.host,
+                        help="interface to listen on; 0.0.0.0 exposes the app to your network")
+    server.add_argument("--port", type=int, default=defaults.port)
+    server.add_argument("--async-mode", choices=ASYNC_MODES, default=defaults.async_mode,
+                        help="Socket.IO concurrency model (see README for measurements)")
+    server.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
+                        metavar="ORIGIN",
+                        help="extra origin allowed to open Socket.IO connections (repeatable, '*' for any)")
+    server.add_argument("--token", default=os.environ.get("VLM_TOKEN"),
+                        help="shared access token for the page, Socket.IO and HTTP API (env VLM_TOKEN)")
+
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes)
+    limits.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars)
+    limits.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                        help="queued requests before new ones get a 'busy' error")
+    limits.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                        help="requests decoded together (backends that batch)")
+    limits.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms,
+                        help="how long the worker waits for more requests to batch")
+    limits.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                        dest="request_timeout_s", help="seconds before a generation is abandoned")
+    limits.add_argument("--rate-limit", type=float, default=defaults.rate_limit_per_s,
+                        dest="rate_limit_per_s", help="sustained requests per second per client")
+    return parser
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    values = vars(build_parser().parse_args(argv))
+    values["cors_origins"] = tuple(values["cors_origins"])
+    values["secret_key"] = os.environ.get("VLM_SECRET_KEY") or secrets.token_hex(32)
+    return Settings(**values)

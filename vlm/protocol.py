@@ -1,0 +1,110 @@
+"""Validate Socket.IO payloads before any work is spent on them.
+
+The page is not the only client: anything that speaks Socket.IO can send anything, so
+each field is checked for type and size and a refusal names the field. Unknown extra
+fields are ignored, so newer clients keep working with older servers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import get_args
+
+from .backends.base import CaptionLength, Task
+
+SKILLS = ("caption", "detect", "point")
+MAX_ID_CHARS = 128
+MAX_OBJECT_CHARS = 100
+
+
+class ProtocolError(ValueError):
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Incoming:
+    id: str
+    task: Task
+    text: str
+    image: object
+    live: bool = False
+    length: CaptionLength = "normal"
+
+
+def request_id(payload: object) -> str:
+    """The client's id (as a string), or a fresh one so every reply can still be matched."""
+    raw = payload.get("id") if isinstance(payload, dict) else None
+    if raw is None:
+        return uuid.uuid4().hex
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise ProtocolError("bad_request", "id must be a string or an integer")
+    text = str(raw)
+    if not text or len(text) > MAX_ID_CHARS:
+        raise ProtocolError("bad_request", f"id must be 1 to {MAX_ID_CHARS} characters")
+    return text
+
+
+def parse_query(payload: object, *, max_question_chars: int) -> Incoming:
+    rid, fields = _envelope(payload)
+    question = _text_field(fields, "question", rid)
+    if not question:
+        raise ProtocolError("empty_question", "question is empty", rid)
+    if len(question) > max_question_chars:
+        raise ProtocolError("question_too_long", f"question is longer than {max_question_chars} characters", rid)
+    live = fields.get("live", False)
+    if not isinstance(live, bool):
+        raise ProtocolError("bad_request", "live must be true or false", rid)
+    return Incoming(id=rid, task="query", text=question, image=_image_field(fields, rid), live=live)
+
+
+def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
+    rid, fields = _envelope(payload)
+    skill = fields.get("skill")
+    if skill not in SKILLS:
+        raise ProtocolError("unsupported_skill", f"skill must be one of {', '.join(SKILLS)}", rid)
+    if skill not in capabilities:
+        raise ProtocolError("unsupported_skill", f"the loaded model cannot {skill}", rid)
+    text = ""
+    if skill in ("detect", "point"):
+        text = _text_field(fields, "object", rid)
+        if not text or len(text) > MAX_OBJECT_CHARS:
+            raise ProtocolError("bad_request", f"object must be 1 to {MAX_OBJECT_CHARS} characters", rid)
+    length = fields.get("length", "normal")
+    if length not in get_args(CaptionLength):
+        raise ProtocolError("bad_request", "length must be 'short' or 'normal'", rid)
+    return Incoming(id=rid, task=skill, text=text, image=_image_field(fields, rid), length=length)
+
+
+def parse_cancel(payload: object) -> str:
+    rid, _ = _envelope(payload)
+    return rid
+
+
+def _envelope(payload: object) -> tuple[str, dict[str, object]]:
+    if not isinstance(payload, dict):
+        raise ProtocolError("bad_request", "payload must be a JSON object")
+    return request_id(payload), payload
+
+
+def _text_field(fields: dict[str, object], name: str, rid: str) -> str:
+    value = fields.get(name)
+    if value is None:
+        raise ProtocolError("bad_request", f"{name} is missing", rid)
+    if not isinstance(value, str):
+        raise ProtocolError("bad_request", f"{name} must be a string", rid)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("bad_request", f"{name} is not valid UTF-8 text", rid) from None
+    return value.strip()
+
+
+def _image_field(fields: dict[str, object], rid: str) -> object:
+    if "image" not in fields or fields["image"] is None:
+        raise ProtocolError("bad_request", "image is missing", rid)
+    return fields["image"]

@@ -1,0 +1,269 @@
+"""One model worker off the event loop, a bounded fair queue, and micro-batches.
+
+Each client has at most one unfinished request: a newer one supersedes it (a live frame
+replaces the queued one in place, so latest wins without losing its turn). That rule alone
+makes the queue fair, since arrival order across clients is one slot per client. The
+worker waits a few milliseconds for company before starting a batch, because a batched
+decode costs little more than a single one.
+
+Every request ends exactly once, through ``Request.resolve``: answered, failed, cancelled
+or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
+superseded or timed-out generation from ever reaching the client twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from .backends.base import Backend, Job, Result
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where a request's events go: the web layer routes them to the one client that asked."""
+
+    def stream(self, request: Request, delta: str) -> None: ...
+
+    def respond(self, request: Request, payload: dict[str, Any]) -> None: ...
+
+    def error(self, request: Request, code: str, message: str) -> None: ...
+
+
+@dataclass(eq=False)
+class Request:
+    id: str
+    client: str
+    job: Job
+    sink: Sink
+    live: bool = False
+    received: float = field(default_factory=time.perf_counter)
+    decode_ms: float = 0.0
+    enqueued: float = 0.0
+    started: float = 0.0
+    first_token: float = 0.0
+    finished: bool = False
+
+    def timing(self, now: float, tokens: int) -> dict[str, float | int]:
+        def ms(seconds: float) -> float:
+            return round(seconds * 1000, 2)
+
+        return {
+            "queue_ms": ms(self.started - self.enqueued),
+            "decode_ms": round(self.decode_ms, 2),
+            "model_ms": ms(now - self.started),
+            "first_token_ms": ms((self.first_token or now) - self.started),
+            "total_ms": ms(now - self.received),
+            "tokens": tokens,
+        }
+
+
+class Scheduler:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_queue: int = 64,
+        batch_window_s: float = 0.005,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.backend = backend
+        self.max_queue = max_queue
+        self.max_batch_size = max(1, backend.info.max_batch_size)
+        self.batch_window_s = batch_window_s
+        self.timeout_s = timeout_s
+        self._lock = threading.Condition()
+        self._queued: OrderedDict[str, Request] = OrderedDict()
+        self._active: dict[str, Request] = {}
+        self._running: list[Request] = []
+        self._accepting = True
+        self._worker_generation = 0
+        self._start_worker()
+        threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
+
+    # -- called from the web layer -------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        previous: Request | None = None
+        with self._lock:
+            if not self._accepting:
+                rejection = ("busy", "the server is shutting down")
+            elif request.client not in self._queued and len(self._queued) >= self.max_queue:
+                rejection = ("busy", f"the server is busy ({self.max_queue} requests queued); try again shortly")
+            else:
+                rejection = None
+                previous = self._active.get(request.client)
+                request.enqueued = time.perf_counter()
+                self._queued[request.client] = request
+                self._active[request.client] = request
+                self._lock.notify_all()
+        if rejection:
+            self._fail(request, *rejection)
+        elif previous is not None:
+            self._fail(previous, "cancelled", "superseded by a newer request")
+
+    def cancel(self, client: str, request_id: str) -> bool:
+        with self._lock:
+            request = self._active.get(client)
+        if request is None or request.id != request_id:
+            return False
+        return self._fail(request, "cancelled", "cancelled by the client")
+
+    def forget_client(self, client: str) -> None:
+        """A disconnected client's work is dropped silently: there is nobody left to tell."""
+        with self._lock:
+            request = self._active.get(client)
+            if request is not None:
+                self._finish_locked(request)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queued) + len(self._running)
+
+    def stop_accepting(self) -> None:
+        """New work is refused from now on (the server is draining for shutdown)."""
+        with self._lock:
+            self._accepting = False
+
+    # -- resolution: every request ends here exactly once ---------------------------
+
+    def _finish_locked(self, request: Request) -> bool:
+        if request.finished:
+            return False
+        request.finished = True
+        if self._queued.get(request.client) is request:
+            del self._queued[request.client]
+        if self._active.get(request.client) is request:
+            del self._active[request.client]
+        self._lock.notify_all()
+        return True
+
+    def _fail(self, request: Request, code: str, message: str) -> bool:
+        with self._lock:
+            won = self._finish_locked(request)
+        if won:
+            request.sink.error(request, code, message)
+        return won
+
+    def _answer(self, request: Request, result: Result) -> None:
+        with self._lock:
+            won = self._finish_locked(request)
+        if not won:
+            return
+        payload: dict[str, Any] = {
+            "id": request.id,
+            "answer": result.answer,
+            "timing": request.timing(time.perf_counter(), result.tokens),
+        }
+        if request.job.task != "query":
+            payload["skill"] = request.job.task
+        if result.objects is not None:
+            payload["objects"] = result.objects
+        if result.points is not None:
+            payload["points"] = result.points
+        request.sink.respond(request, payload)
+
+    # -- the worker ------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        self._worker_generation += 1
+        generation = self._worker_generation
+        threading.Thread(target=self._work, args=(generation,), name=f"vlm-worker-{generation}",
+                         daemon=True).start()
+
+    def _work(self, generation: int) -> None:
+        while True:
+            batch = self._next_batch(generation)
+            if batch is None:
+                return
+            self._execute(batch)
+            with self._lock:
+                if generation != self._worker_generation:
+                    return  # a hung call came back after a replacement worker took over
+                self._running = []
+                self._lock.notify_all()
+
+    def _next_batch(self, generation: int) -> list[Request] | None:
+        with self._lock:
+            while not self._queued:
+                self._lock.wait()
+            if generation != self._worker_generation:
+                return None
+            if len(self._queued) < self.max_batch_size and self.batch_window_s > 0:
+                deadline = time.perf_counter() + self.batch_window_s
+                while len(self._queued) < self.max_batch_size:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._lock.wait(remaining)
+            started = time.perf_counter()
+            batch = []
+            while self._queued and len(batch) < self.max_batch_size:
+                _, request = self._queued.popitem(last=False)
+                request.started = started
+                batch.append(request)
+            self._running = batch
+            return batch
+
+    def _execute(self, batch: list[Request]) -> None:
+        events = _BatchEvents(self, batch)
+        try:
+            self.backend.generate([request.job for request in batch], events)
+        except torch.OutOfMemoryError:
+            log.warning("out of memory on a batch of %d", len(batch))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            for request in batch:
+                self._fail(request, "model_error", "the model ran out of memory; try a smaller image or fewer users")
+        except Exception:
+            log.exception("model failed on a batch of %d", len(batch))
+            for request in batch:
+                self._fail(request, "model_error", "the model failed on this request")
+        for request in batch:
+            self._fail(request, "model_error", "the model returned no answer")
+
+    def _watch_timeouts(self) -> None:
+        """Time out generations that run too long; replace a worker that never comes back."""
+        while True:
+            time.sleep(min(1.0, self.timeout_s / 4))
+            now = time.perf_counter()
+            with self._lock:
+                overdue = [r for r in self._running if now - r.started > self.timeout_s]
+                hung = bool(self._running) and all(r.finished for r in self._running) and any(
+                    now - r.started > self.timeout_s * 1.5 for r in self._running)
+                if hung:
+                    log.error("model worker is stuck; starting a fresh one")
+                    self._running = []
+                    self._start_worker()
+                    self._lock.notify_all()
+            for request in overdue:
+                self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s")
+
+
+class _BatchEvents:
+    """Adapts backend callbacks (by batch index) to the requests they belong to."""
+
+    def __init__(self, scheduler: Scheduler, batch: list[Request]) -> None:
+        self.scheduler = scheduler
+        self.batch = batch
+
+    def delta(self, index: int, text: str) -> None:
+        request = self.batch[index]
+        if request.finished:
+            return
+        if not request.first_token:
+            request.first_token = time.perf_counter()
+        request.sink.stream(request, text)
+
+    def done(self, index: int, result: Result) -> None:
+        self.scheduler._answer(self.batch[index], result)
+
+    def cancelled(self, index: int) -> bool:
+        return self.batch[index].finished

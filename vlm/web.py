@@ -1,0 +1,235 @@
+"""Flask pages and Socket.IO handlers: validate, decode, hand to the scheduler, reply to the sender.
+
+Handlers never run the model: they queue work and return, so pings, other clients and
+``/healthz`` stay responsive during a generation. Replies go to ``request.sid`` only,
+never broadcast.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from flask import Flask, Response, abort, jsonify, render_template, request
+from flask_socketio import SocketIO
+
+from .backends.base import Backend, Job
+from .config import Settings
+from .images import ImageRejected, decode_image
+from .protocol import ProtocolError, parse_cancel, parse_query, parse_skill, request_id
+from .ratelimit import RateLimiter
+from .scheduler import Request, Scheduler
+
+log = logging.getLogger(__name__)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class ModelSlot:
+    """The singleton model: empty while loading, then filled exactly once."""
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+        self.scheduler: Scheduler | None = None
+        self.ready = threading.Event()
+
+    def install(self, backend: Backend, scheduler: Scheduler) -> None:
+        self.backend, self.scheduler = backend, scheduler
+        self.ready.set()
+
+
+class Outbox:
+    """Delivers worker-thread events on the server's own concurrency model.
+
+    In threading mode any thread may emit. Under eventlet or gevent the worker is a
+    native thread that must not touch the hub, so it drops events in a deque that a
+    green task empties every couple of milliseconds.
+    """
+
+    POLL_S = 0.002
+
+    def __init__(self, socketio: SocketIO, async_mode: str) -> None:
+        self.socketio = socketio
+        self.direct = async_mode == "threading"
+        self.pending: deque[tuple[str, dict[str, Any], str]] = deque()
+        if not self.direct:
+            socketio.start_background_task(self._pump)
+
+    def send(self, event: str, payload: dict[str, Any], sid: str) -> None:
+        if self.direct:
+            self.socketio.emit(event, payload, to=sid)
+        else:
+            self.pending.append((event, payload, sid))
+
+    def _pump(self) -> None:
+        while True:
+            while self.pending:
+                event, payload, sid = self.pending.popleft()
+                self.socketio.emit(event, payload, to=sid)
+            self.socketio.sleep(self.POLL_S)
+
+
+class SocketSink:
+    """Routes one request's events to the client that sent it."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    def stream(self, request: Request, delta: str) -> None:
+        self.outbox.send("stream", {"id": request.id, "delta": delta}, request.client)
+
+    def respond(self, request: Request, payload: dict[str, Any]) -> None:
+        self.outbox.send("response", payload, request.client)
+
+    def error(self, request: Request, code: str, message: str) -> None:
+        self.outbox.send("query_error", {"id": request.id, "code": code, "message": message}, request.client)
+
+
+@dataclass(frozen=True)
+class WebApp:
+    app: Flask
+    socketio: SocketIO
+    slot: ModelSlot
+    outbox: Outbox
+
+    def idle(self) -> bool:
+        """Nothing accepted is still unanswered or undelivered (used to drain on shutdown)."""
+        scheduler = self.slot.scheduler
+        return (scheduler is None or scheduler.pending() == 0) and not self.outbox.pending
+
+
+def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
+    slot = slot or ModelSlot()
+    app = Flask(__name__, template_folder="../templates", static_folder="../static")
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=settings.max_image_bytes * 2)
+    socketio = SocketIO(
+        app,
+        async_mode=settings.async_mode,
+        cors_allowed_origins=list(settings.cors_origins) or None,
+        max_http_buffer_size=settings.max_image_bytes * 2,
+        ping_interval=10,
+    )
+    outbox = Outbox(socketio, settings.async_mode)
+    sink = SocketSink(outbox)
+    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst)
+
+    def token_ok(candidate: object) -> bool:
+        if not settings.token:
+            return True
+        return isinstance(candidate, str) and hmac.compare_digest(candidate.encode(), settings.token.encode())
+
+    def bearer() -> str | None:
+        header = request.headers.get("Authorization", "")
+        return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    @app.get("/")
+    def index() -> str:
+        if not token_ok(request.args.get("token") or bearer()):
+            abort(401, "This server needs its access token: open the link printed in its console.")
+        return render_template("index.html")
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        if slot.backend is None:
+            return jsonify(status="loading"), 503
+        info = slot.backend.info
+        return jsonify(status="ok", model=info.model, backend=info.backend, device=info.device), 200
+
+    @app.get("/api/info")
+    def api_info() -> tuple[Response, int]:
+        if not token_ok(bearer()):
+            return jsonify(error="unauthorized"), 401
+        if slot.backend is None:
+            return jsonify(status="loading"), 503
+        info = asdict(slot.backend.info)
+        info["capabilities"] = sorted(info["capabilities"])
+        info.update(max_question_chars=settings.max_question_chars, max_image_bytes=settings.max_image_bytes)
+        return jsonify(info), 200
+
+    @socketio.on("connect")
+    def on_connect(auth: object = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if not token_ok(token):
+            raise ConnectionRefusedError("unauthorized")
+
+    @socketio.on("disconnect")
+    def on_disconnect(reason: object = None) -> None:
+        limiter.forget(request.sid)
+        if slot.scheduler is not None:
+            slot.scheduler.forget_client(request.sid)
+
+    def reply_error(payload: object, code: str, message: str, rid: str | None = None) -> None:
+        if rid is None:
+            try:
+                rid = request_id(payload)
+            except ProtocolError:
+                rid = None
+        socketio.emit("query_error", {"id": rid, "code": code, "message": message}, to=request.sid)
+
+    def accept(payload: object, parse: Any) -> None:
+        """Shared path of ``query`` and ``skill``: every refusal is a query_error to the sender."""
+        received = time.perf_counter()
+        if not limiter.allow(request.sid):
+            reply_error(payload, "rate_limited", "too many requests; slow down")
+            return
+        backend, scheduler = slot.backend, slot.scheduler
+        if backend is None or scheduler is None:
+            reply_error(payload, "loading", "the model is still loading; try again in a moment")
+            return
+        try:
+            incoming = parse(payload, backend)
+            frame = decode_image(
+                incoming.image,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                target_size=backend.info.image_size,
+            )
+        except ProtocolError as error:
+            reply_error(payload, error.code, error.message, error.request_id)
+            return
+        except ImageRejected as error:
+            reply_error(payload, error.code, error.message, incoming.id)
+            return
+        job = Job(task=incoming.task, image=frame.image, image_key=frame.digest, text=incoming.text,
+                  length=incoming.length, max_new_tokens=settings.max_new_tokens)
+        log.info("%s %s from %s (%d chars; frames are never stored)", incoming.task, incoming.id,
+                 request.sid, len(incoming.text))
+        scheduler.submit(Request(id=incoming.id, client=request.sid, job=job, sink=sink,
+                                 live=incoming.live, received=received, decode_ms=frame.decode_ms))
+
+    @socketio.on("query")
+    def on_query(payload: object = None) -> None:
+        accept(payload, lambda p, _: parse_query(p, max_question_chars=settings.max_question_chars))
+
+    @socketio.on("skill")
+    def on_skill(payload: object = None) -> None:
+        accept(payload, lambda p, backend: parse_skill(p, capabilities=backend.info.capabilities))
+
+    @socketio.on("cancel")
+    def on_cancel(payload: object = None) -> None:
+        try:
+            rid = parse_cancel(payload)
+        except ProtocolError as error:
+            reply_error(payload, error.code, error.message, error.request_id)
+            return
+        if slot.scheduler is not None:
+            slot.scheduler.cancel(request.sid, rid)
+
+    return WebApp(app=app, socketio=socketio, slot=slot, outbox=outbox)
