@@ -223,13 +223,14 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         accept(payload, lambda p, backend: parse_skill(p, capabilities=backend.info.capabilities))
 
     @socketio.on("cancel")
-    def on_cancel(payload: object = None) -> None:
+    def on_cancel(payload: object = None) -> dict[str, object] | None:
+        """Acknowledged, so a client can tell whether its request was still running."""
         try:
             rid = parse_cancel(payload)
         except ProtocolError as error:
             reply_error(payload, error.code, error.message, error.request_id)
-            return
-        if slot.scheduler is not None:
-            slot.scheduler.cancel(request.sid, rid)
+            return None
+        cancelled = slot.scheduler is not None and slot.scheduler.cancel(request.sid, rid)
+        return {"id": rid, "cancelled": cancelled}
 
     return WebApp(app=app, socketio=socketio, slot=slot, outbox=outbox)

@@ -1,0 +1,35 @@
+"""Shared fixtures: offline model folders built once per session, and a frame to ask about."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from scripts.build_tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight LLaVA: real architecture, real processor, meaningless but deterministic answers."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llava"), arch="llava", profile="tiny")
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bigger random LLaVA that never emits EOS, so a generation lasts as long as its token budget."""
+    return build_tiny_model(tmp_path_factory.mktemp("slow-llava"), arch="llava", profile="slow")
+
+
+def jpeg_data_url(color: str = "red", size: tuple[int, int] = (640, 480)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="session")
+def frame() -> str:
+    return jpeg_data_url()

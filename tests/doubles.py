@@ -1,0 +1,75 @@
+"""Test doubles, named as such: they stand in for a model only inside unit tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from vlm.backends.base import Backend, GenerationEvents, Job, ModelInfo, Result
+from vlm.scheduler import Request
+
+
+class ScriptedBackendDouble(Backend):
+    """Answers ``echo: <text>`` word by word, after an optional per-word delay; can be told to fail or hang."""
+
+    name: ClassVar[str] = "double"
+
+    def __init__(self, *, max_batch_size: int = 4, word_delay_s: float = 0.0) -> None:
+        self.info = ModelInfo(model="double", backend=self.name, device="cpu", dtype="float32",
+                              capabilities=frozenset({"query", "caption", "stream"}), max_batch_size=max_batch_size)
+        self.word_delay_s = word_delay_s
+        self.batches: list[list[str]] = []
+        self.fail_with: BaseException | None = None
+        self.hang = threading.Event()
+        self.hang_once = False
+        self.released = threading.Event()
+
+    def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        self.batches.append([job.text for job in jobs])
+        if self.fail_with is not None:
+            raise self.fail_with
+        while self.hang.is_set():
+            time.sleep(0.01)
+        if self.hang_once:
+            self.hang_once = False
+            self.released.wait()
+        words = [f"echo: {job.text}".split() for job in jobs]
+        for step in range(max(len(w) for w in words)):
+            time.sleep(self.word_delay_s)
+            for index, row in enumerate(words):
+                if step < len(row) and not events.cancelled(index):
+                    events.delta(index, ("" if step == 0 else " ") + row[step])
+                    if step == len(row) - 1:
+                        events.done(index, Result(answer=" ".join(row), tokens=len(row)))
+
+
+@dataclass
+class RecordingSinkDouble:
+    """Collects what the scheduler would send, per request id."""
+
+    events: list[tuple[str, str, Any]] = field(default_factory=list)
+    finished: threading.Condition = field(default_factory=threading.Condition)
+
+    def stream(self, request: Request, delta: str) -> None:
+        self._record("stream", request, delta)
+
+    def respond(self, request: Request, payload: dict[str, Any]) -> None:
+        self._record("response", request, payload)
+
+    def error(self, request: Request, code: str, message: str) -> None:
+        self._record("query_error", request, code)
+
+    def _record(self, kind: str, request: Request, value: Any) -> None:
+        with self.finished:
+            self.events.append((kind, request.id, value))
+            self.finished.notify_all()
+
+    def finals(self) -> dict[str, tuple[str, Any]]:
+        return {rid: (kind, value) for kind, rid, value in self.events if kind != "stream"}
+
+    def wait_finals(self, count: int, timeout_s: float = 5.0) -> dict[str, tuple[str, Any]]:
+        with self.finished:
+            self.finished.wait_for(lambda: len(self.finals()) >= count, timeout_s)
+        return self.finals()

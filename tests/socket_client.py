@@ -1,0 +1,49 @@
+"""A real python-socketio client that records every event it receives, for protocol tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import socketio
+
+EVENTS = ("response", "stream", "query_error")
+
+
+class RecordingClient:
+    def __init__(self, url: str, auth: dict[str, str] | None = None) -> None:
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        self.changed = threading.Condition()
+        self.sio = socketio.Client(reconnection=False)
+        for event in EVENTS:
+            self.sio.on(event, self._recorder(event))
+        self.sio.connect(url, auth=auth, transports=["websocket"], wait_timeout=10)
+
+    def _recorder(self, event: str) -> Any:
+        def record(payload: dict[str, Any]) -> None:
+            with self.changed:
+                self.received.append((event, payload))
+                self.changed.notify_all()
+
+        return record
+
+    def final(self, request_id: str, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
+        """The one `response` or `query_error` for a request id."""
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            while True:
+                finals = [(e, p) for e, p in self.received if e != "stream" and p.get("id") == request_id]
+                if finals:
+                    return finals[0]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no final event for {request_id}; got {self.received[-5:]}")
+                self.changed.wait(remaining)
+
+    def ask(self, payload: dict[str, Any], event: str = "query", timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
+        self.sio.emit(event, payload)
+        return self.final(str(payload["id"]), timeout_s)
+
+    def close(self) -> None:
+        self.sio.disconnect()

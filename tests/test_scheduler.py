@@ -1,0 +1,130 @@
+"""The scheduler's promises, checked against a scripted backend double (no model needed)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from PIL import Image
+
+from tests.doubles import RecordingSinkDouble, ScriptedBackendDouble
+from vlm.backends.base import Job
+from vlm.scheduler import Request, Scheduler
+
+FRAME = Image.new("RGB", (8, 8))
+
+
+def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "hi", live: bool = False) -> Request:
+    return Request(id=rid, client=client, job=Job(task="query", image=FRAME, image_key="k", text=text),
+                   sink=sink, live=live)
+
+
+def test_answers_stream_then_finish_once_per_request() -> None:
+    sink = RecordingSinkDouble()
+    scheduler = Scheduler(ScriptedBackendDouble())
+    scheduler.submit(make_request(sink, "a", "alice", "red circle"))
+    finals = sink.wait_finals(1)
+    kind, payload = finals["a"]
+    assert kind == "response" and payload["answer"] == "echo: red circle"
+    deltas = "".join(value for kind, rid, value in sink.events if kind == "stream")
+    assert deltas == "echo: red circle"
+    assert set(payload["timing"]) >= {"queue_ms", "decode_ms", "model_ms", "first_token_ms", "total_ms"}
+
+
+def test_requests_arriving_together_share_a_batch() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble(max_batch_size=8)
+    scheduler = Scheduler(backend, batch_window_s=0.2)
+    for i in range(4):
+        scheduler.submit(make_request(sink, f"r{i}", f"client{i}", f"q{i}"))
+    finals = sink.wait_finals(4)
+    assert {payload["answer"] for _, payload in finals.values()} == {f"echo: q{i}" for i in range(4)}
+    assert len(backend.batches) == 1 and len(backend.batches[0]) == 4
+
+
+def test_newer_request_supersedes_and_live_frame_keeps_its_place() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble(max_batch_size=1)
+    backend.hang.set()
+    scheduler = Scheduler(backend, batch_window_s=0)
+    scheduler.submit(make_request(sink, "busy", "bob"))
+    time.sleep(0.05)  # bob's request is now running and holding the worker
+    scheduler.submit(make_request(sink, "live1", "alice", "frame one", live=True))
+    scheduler.submit(make_request(sink, "carol1", "carol"))
+    scheduler.submit(make_request(sink, "live2", "alice", "frame two", live=True))
+    backend.hang.clear()
+    finals = sink.wait_finals(4)
+    assert finals["live1"] == ("query_error", "cancelled")
+    assert finals["live2"][1]["answer"] == "echo: frame two"
+    assert finals["carol1"][0] == "response"
+    assert backend.batches[1:] == [["frame two"], ["hi"]], "alice's replacement kept alice's turn"
+
+
+def test_cancel_stops_a_running_generation() -> None:
+    sink = RecordingSinkDouble()
+    scheduler = Scheduler(ScriptedBackendDouble(word_delay_s=0.05))
+    scheduler.submit(make_request(sink, "long", "alice", "one two three four five six seven eight"))
+    time.sleep(0.12)
+    assert scheduler.cancel("alice", "long")
+    finals = sink.wait_finals(1)
+    assert finals["long"] == ("query_error", "cancelled")
+    time.sleep(0.2)
+    streamed_after = [e for e in sink.events if e[0] == "stream"]
+    assert len(streamed_after) < 9, "no tokens are produced after the cancel"
+
+
+def test_full_queue_answers_busy() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble(max_batch_size=1)
+    backend.hang.set()
+    scheduler = Scheduler(backend, max_queue=2, batch_window_s=0)
+    for i in range(4):
+        scheduler.submit(make_request(sink, f"r{i}", f"c{i}"))
+        time.sleep(0.02)
+    assert sink.wait_finals(1)["r3"] == ("query_error", "busy")
+    backend.hang.clear()
+    finals = sink.wait_finals(4)
+    assert [finals[f"r{i}"][0] for i in range(3)] == ["response"] * 3
+
+
+def test_model_errors_and_oom_fail_only_that_batch() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble()
+    scheduler = Scheduler(backend, batch_window_s=0)
+    backend.fail_with = torch.OutOfMemoryError("CUDA out of memory")
+    scheduler.submit(make_request(sink, "oom", "a"))
+    assert sink.wait_finals(1)["oom"] == ("query_error", "model_error")
+    backend.fail_with = RuntimeError("boom")
+    scheduler.submit(make_request(sink, "boom", "a"))
+    assert sink.wait_finals(2)["boom"] == ("query_error", "model_error")
+    backend.fail_with = None
+    scheduler.submit(make_request(sink, "fine", "a"))
+    assert sink.wait_finals(3)["fine"][0] == "response"
+
+
+def test_hung_model_times_out_and_a_fresh_worker_takes_over() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble(max_batch_size=1)
+    backend.hang_once = True
+    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.4)
+    scheduler.submit(make_request(sink, "stuck", "a"))
+    assert sink.wait_finals(1, timeout_s=3)["stuck"] == ("query_error", "timeout")
+    time.sleep(0.6)  # past 1.5x the timeout: the watchdog replaces the stuck worker
+    scheduler.submit(make_request(sink, "after", "b"))
+    finals = sink.wait_finals(2, timeout_s=3)
+    assert finals["after"][0] == "response"
+    backend.released.set()
+
+
+def test_disconnected_client_work_is_dropped_silently() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble(max_batch_size=1)
+    backend.hang.set()
+    scheduler = Scheduler(backend, batch_window_s=0)
+    scheduler.submit(make_request(sink, "x", "gone"))
+    time.sleep(0.05)
+    scheduler.forget_client("gone")
+    backend.hang.clear()
+    time.sleep(0.1)
+    assert sink.finals() == {}
+    assert scheduler.pending() == 0

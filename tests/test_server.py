@@ -1,0 +1,173 @@
+"""The real app in a subprocess, a real tiny model, the real python-socketio client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import jpeg_data_url
+from tests.server_process import AppProcess
+from tests.socket_client import RecordingClient
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model: Path) -> Iterator[AppProcess]:
+    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12"]) as running:
+        yield running
+
+
+@pytest.fixture
+def client(app: AppProcess) -> Iterator[RecordingClient]:
+    connected = RecordingClient(app.url)
+    yield connected
+    connected.close()
+
+
+def test_healthz_and_info(app: AppProcess, tiny_model: Path) -> None:
+    health = requests.get(f"{app.url}/healthz", timeout=5)
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "model": str(tiny_model), "backend": "transformers", "device": "cpu"}
+    info = requests.get(f"{app.url}/api/info", timeout=5).json()
+    assert "query" in info["capabilities"] and "detect" not in info["capabilities"]
+    assert info["image_size"] >= 256
+
+
+def test_page_is_served_with_security_headers(app: AppProcess) -> None:
+    page = requests.get(app.url, timeout=5)
+    assert page.status_code == 200 and "socket.io" in page.text
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_answer_streams_and_reaches_only_the_sender(app: AppProcess, client: RecordingClient, frame: str) -> None:
+    bystander = RecordingClient(app.url)
+    try:
+        kind, payload = client.ask({"id": "q1", "question": "what shape is this?", "image": frame})
+        assert kind == "response", payload
+        assert payload["answer"]
+        assert set(payload["timing"]) >= {"queue_ms", "decode_ms", "model_ms", "first_token_ms", "total_ms"}
+        streamed = "".join(p["delta"] for e, p in client.received if e == "stream" and p["id"] == "q1")
+        assert streamed.strip() == payload["answer"]
+        time.sleep(0.3)
+        assert bystander.received == []
+    finally:
+        bystander.close()
+
+
+def test_greedy_answers_are_deterministic(client: RecordingClient, frame: str) -> None:
+    first = client.ask({"id": "d1", "question": "what color is the circle?", "image": frame})[1]["answer"]
+    second = client.ask({"id": "d2", "question": "what color is the circle?", "image": frame})[1]["answer"]
+    assert first == second
+
+
+def test_seed_format_payload_works(client: RecordingClient) -> None:
+    bare_base64 = jpeg_data_url("blue").split(",", 1)[1]
+    client.sio.emit("query", {"question": "what is this?", "image": bare_base64})
+    deadline = time.monotonic() + 30
+    while not any(e == "response" for e, _ in client.received) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    responses = [p for e, p in client.received if e == "response"]
+    assert responses and responses[0]["id"] and responses[0]["answer"]
+
+
+def test_bad_image_errors_to_sender_and_server_keeps_answering(client: RecordingClient, frame: str) -> None:
+    kind, payload = client.ask({"id": "bad", "question": "what?", "image": "data:image/jpeg;base64,!!!"})
+    assert (kind, payload["code"]) == ("query_error", "bad_image")
+    assert payload["message"]
+    assert client.ask({"id": "good", "question": "what?", "image": frame})[0] == "response"
+
+
+def test_skill_caption_and_unsupported_skill(client: RecordingClient, frame: str) -> None:
+    kind, payload = client.ask({"id": "cap", "skill": "caption", "image": frame, "length": "short"}, event="skill")
+    assert kind == "response" and payload["skill"] == "caption"
+    kind, payload = client.ask({"id": "det", "skill": "detect", "object": "cup", "image": frame}, event="skill")
+    assert (kind, payload["code"]) == ("query_error", "unsupported_skill")
+
+
+def test_concurrent_clients_each_get_their_own_answer(app: AppProcess, frame: str) -> None:
+    clients = [RecordingClient(app.url) for _ in range(6)]
+    try:
+        for index, each in enumerate(clients):
+            each.sio.emit("query", {"id": f"c{index}", "question": "how many shapes are there?", "image": frame})
+        for index, each in enumerate(clients):
+            kind, payload = each.final(f"c{index}")
+            assert kind == "response"
+            assert {p["id"] for _, p in each.received} == {f"c{index}"}
+    finally:
+        for each in clients:
+            each.close()
+
+
+@pytest.fixture(scope="module")
+def slow_app(slow_model: Path) -> Iterator[AppProcess]:
+    with AppProcess(["--model", str(slow_model), "--max-new-tokens", "400"]) as running:
+        yield running
+
+
+def test_slow_generation_does_not_stall_another_client(slow_app: AppProcess, frame: str) -> None:
+    asker, other = RecordingClient(slow_app.url), RecordingClient(slow_app.url)
+    try:
+        asker.sio.emit("query", {"id": "long", "question": "describe the image", "image": frame})
+        while not any(e == "stream" for e, _ in asker.received):
+            time.sleep(0.02)
+        acks = [other.sio.call("cancel", {"id": "nothing"}, timeout=10) for _ in range(5)]
+        health = requests.get(f"{slow_app.url}/healthz", timeout=10).status_code
+        assert acks == [{"id": "nothing", "cancelled": False}] * 5 and health == 200
+        assert not any(e == "response" for e, _ in asker.received), "answered while the generation still ran"
+    finally:
+        asker.close()
+        other.close()
+
+
+def test_cancel_stops_generation_promptly(slow_app: AppProcess, frame: str) -> None:
+    asker = RecordingClient(slow_app.url)
+    try:
+        asker.sio.emit("query", {"id": "stop-me", "question": "describe the image", "image": frame})
+        while not any(e == "stream" for e, _ in asker.received):
+            time.sleep(0.02)
+        assert asker.sio.call("cancel", {"id": "stop-me"}, timeout=10)["cancelled"] is True
+        kind, payload = asker.final("stop-me")
+        assert (kind, payload["code"]) == ("query_error", "cancelled")
+        settled = len(asker.received)
+        time.sleep(0.5)
+        assert len(asker.received) == settled, "no more tokens stream after the cancel"
+        asker.sio.emit("query", {"id": "next", "question": "q", "image": frame, "live": True})
+        while not any(e == "stream" and p["id"] == "next" for e, p in asker.received):
+            time.sleep(0.02)
+        asker.sio.emit("cancel", {"id": "next"})
+        assert asker.final("next")[1]["code"] == "cancelled"
+    finally:
+        asker.close()
+
+
+def test_new_question_supersedes_unfinished_one(slow_app: AppProcess, frame: str) -> None:
+    asker = RecordingClient(slow_app.url)
+    try:
+        asker.sio.emit("query", {"id": "old", "question": "describe the image", "image": frame})
+        while not any(e == "stream" for e, _ in asker.received):
+            time.sleep(0.02)
+        asker.sio.emit("query", {"id": "new", "question": "what shape is this?", "image": frame})
+        assert asker.final("old")[1]["code"] == "cancelled"
+        while not any(e == "stream" and p["id"] == "new" for e, p in asker.received):
+            time.sleep(0.02)
+    finally:
+        asker.close()
+
+
+def test_sigterm_drains_in_flight_requests(tiny_model: Path, frame: str) -> None:
+    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "60"]) as running:
+        asker = RecordingClient(running.url)
+        asker.sio.emit("query", {"id": "last", "question": "what?", "image": frame})
+        while not any(e == "stream" for e, _ in asker.received):
+            time.sleep(0.01)
+        exited = threading.Thread(target=running.terminate)
+        exited.start()
+        kind, _ = asker.final("last", timeout_s=30)
+        exited.join()
+        assert kind == "response"
+        assert running.process is not None and running.process.returncode == 0
