@@ -43,7 +43,7 @@ def test_config_is_read_from_a_local_folder(tmp_path: Path) -> None:
 
 
 def test_folder_without_config_is_explained(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         read_model_config(str(tmp_path), None)
 
 
