@@ -25,10 +25,12 @@ def free_port() -> int:
 class AppProcess:
     """``with AppProcess(["--model", "demo"]) as app: app.url`` runs ``python app.py`` until the block ends."""
 
-    def __init__(self, args: list[str], *, ready_timeout_s: float = 120.0, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], *, ready_timeout_s: float = 120.0, env: dict[str, str] | None = None,
+                 script: str = "app.py") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = args
+        self.script = REPO / script
         self.ready_timeout_s = ready_timeout_s
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = REPO / "artifacts" / f"server-{self.port}.log"
@@ -37,7 +39,7 @@ class AppProcess:
     def __enter__(self) -> AppProcess:
         self.log_path.parent.mkdir(exist_ok=True)
         log = self.log_path.open("wb")
-        command = [sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(self.port), *self.args]
+        command = [sys.executable, str(self.script), "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.wait_ready()
         return self
@@ -54,6 +56,14 @@ class AppProcess:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"app not ready after {self.ready_timeout_s}s:\n{self.log()}")
+
+    def peak_rss_mib(self) -> float:
+        """The server's high-water resident memory (VmHWM), read from /proc while it runs."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,213 @@
+"""Benchmarks: this app against a re-creation of the seed design, same model, same run.
+
+    python bench/run.py            # writes bench/results.md and the README's benchmark table
+
+Measures (see README): app overhead, Socket.IO round trip during a long generation (per
+async mode), throughput and latency at 1/4/16/32 concurrent clients, peak server RSS.
+Nothing here is a test: numbers depend on the machine, which the report names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import sys
+import tempfile
+import threading
+import time
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.build_tiny_model import build_tiny_model
+from scripts.synthetic_scenes import draw_scene, single_object_scene
+from tests.server_process import REPO, AppProcess
+from tests.socket_client import RecordingClient
+from vlm.config import DEMO_MODEL_DIR
+
+RESULTS = REPO / "bench" / "results.md"
+README = REPO / "README.md"
+MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
+
+
+def camera_frame() -> str:
+    """A realistic 640x480 camera JPEG (noise makes it compress like a real frame)."""
+    buffer = io.BytesIO()
+    draw_scene(single_object_scene("circle", "red"), (640, 480)).save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + b64encode(buffer.getvalue()).decode()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+@dataclass
+class LoadResult:
+    answers: int = 0
+    misdelivered: int = 0
+    lost: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        return self.answers / self.seconds if self.seconds else 0.0
+
+
+def run_client(url: str, frame: str, name: str, until: float, result: LoadResult, lock: threading.Lock) -> None:
+    client = RecordingClient(url)
+    count = 0
+    try:
+        while time.monotonic() < until:
+            rid = f"{name}-{count}"
+            sent = time.perf_counter()
+            try:
+                kind, _ = client.ask({"id": rid, "question": "what shape is this?", "image": frame}, timeout_s=120)
+            except TimeoutError:
+                with lock:
+                    result.lost += 1
+                continue
+            elapsed = (time.perf_counter() - sent) * 1000
+            with lock:
+                if kind == "response":
+                    result.answers += 1
+                    result.latencies_ms.append(elapsed)
+            count += 1
+        time.sleep(0.5)
+        with lock:
+            result.misdelivered += sum(1 for e, p in client.received
+                                       if e == "response" and not str(p.get("id", "")).startswith(f"{name}-"))
+    finally:
+        client.close()
+
+
+def load_test(url: str, frame: str, clients: int, seconds: float) -> LoadResult:
+    result, lock = LoadResult(), threading.Lock()
+    until = time.monotonic() + seconds
+    started = time.monotonic()
+    threads = [threading.Thread(target=run_client, args=(url, frame, f"c{i}", until, result, lock))
+               for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def overhead(url: str, frame: str, rounds: int) -> list[float]:
+    """End-to-end latency minus the server-reported model time, one request at a time."""
+    client = RecordingClient(url)
+    samples = []
+    try:
+        for i in range(rounds):
+            sent = time.perf_counter()
+            _, payload = client.ask({"id": f"o{i}", "question": "what shape is this?", "image": frame})
+            total = (time.perf_counter() - sent) * 1000
+            model_ms = payload["timing"]["model_ms"] if "timing" in payload else payload["model_ms"]
+            samples.append(total - model_ms)
+    finally:
+        client.close()
+    return samples[2:]  # the first requests warm up caches on both servers
+
+
+def ping_during_generation(url: str, frame: str, pings: int) -> list[float]:
+    """Round trips of an acknowledged event from a second client while the first one's answer is generated."""
+    asker, other = RecordingClient(url), RecordingClient(url)
+    samples = []
+    try:
+        asker.sio.emit("query", {"id": "long", "question": "describe the image", "image": frame})
+        time.sleep(0.3)
+        for _ in range(pings):
+            sent = time.perf_counter()
+            other.sio.call("cancel", {"id": "none"}, timeout=600)
+            samples.append((time.perf_counter() - sent) * 1000)
+            time.sleep(0.02)
+        asker.final("long", timeout_s=600)
+    finally:
+        asker.close()
+        other.close()
+    return samples
+
+
+def markdown(rows: list[list[str]], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each load level")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--no-readme", action="store_true", help="only write bench/results.md")
+    args = parser.parse_args()
+
+    frame = camera_frame()
+    work = Path(tempfile.mkdtemp(prefix="vlm-bench-"))
+    slow = build_tiny_model(work / "slow", arch="llava", profile="slow")
+    model = str(DEMO_MODEL_DIR)
+    sections = [f"Machine: {machine()}. Model for overhead/throughput: the bundled demo model "
+                f"(`--model demo`); for the round trip during generation: the random `slow` LLaVA "
+                f"(`scripts/build_tiny_model.py --profile slow`, 300 tokens, no EOS)."]
+
+    seed = ["--model", model, "--max-new-tokens", "32"]
+    with AppProcess(["--model", model], script="app.py") as ours, \
+            AppProcess(seed, script="bench/seed_app.py") as baseline:
+        ours_ms, seed_ms = overhead(ours.url, frame, 40), overhead(baseline.url, frame, 40)
+        sections.append("### App overhead (end-to-end minus model time, 640×480 JPEG, loopback)\n\n" + markdown(
+            [["this app", f"{pct(ours_ms, 50):.1f}", f"{pct(ours_ms, 99):.1f}"],
+             ["seed design", f"{pct(seed_ms, 50):.1f}", f"{pct(seed_ms, 99):.1f}"],
+             ["ratio (seed / ours)", f"{pct(seed_ms, 50) / pct(ours_ms, 50):.2f}×",
+              f"{pct(seed_ms, 99) / pct(ours_ms, 99):.2f}×"]],
+            ["server", "p50 ms", "p99 ms"]))
+
+    ping_rows = []
+    for mode in ("threading", "eventlet", "gevent"):
+        with AppProcess(["--model", str(slow), "--max-new-tokens", "300", "--async-mode", mode]) as ours:
+            samples = ping_during_generation(ours.url, frame, 40)
+        ping_rows.append([f"this app, {mode}", f"{pct(samples, 50):.1f}", f"{pct(samples, 99):.1f}"])
+    with AppProcess(["--model", str(slow), "--max-new-tokens", "300"], script="bench/seed_app.py") as baseline:
+        samples = ping_during_generation(baseline.url, frame, 3)
+    ping_rows.append(["seed design (eventlet, blocking handler)", f"{pct(samples, 50):.1f}", f"{pct(samples, 99):.1f}"])
+    sections.append("### Socket.IO round trip from a second client during a long generation\n\n"
+                    + markdown(ping_rows, ["server", "p50 ms", "p99 ms"]))
+
+    load_rows = []
+    configs = [("this app, batching", ["--model", model], "app.py"),
+               ("this app, no batching", ["--model", model, "--max-batch-size", "1"], "app.py"),
+               ("seed design", seed, "bench/seed_app.py")]
+    for label, server_args, script in configs:
+        with AppProcess(server_args, script=script) as server:
+            for clients in args.clients:
+                r = load_test(server.url, frame, clients, args.seconds)
+                load_rows.append([label, str(clients), f"{r.throughput:.1f}", f"{pct(r.latencies_ms, 50):.0f}",
+                                  f"{pct(r.latencies_ms, 99):.0f}", str(r.lost), str(r.misdelivered)])
+            load_rows.append([label, "peak RSS", f"{server.peak_rss_mib():.0f} MiB", "", "", "", ""])
+    sections.append("### Throughput and latency under concurrent clients\n\n" + markdown(
+        load_rows, ["server", "clients", "answers/s", "p50 ms", "p99 ms", "lost", "delivered to wrong client"]))
+
+    report = "\n\n".join(sections) + "\n"
+    RESULTS.write_text("# Benchmark results\n\n" + report)
+    if not args.no_readme and README.exists():
+        text = README.read_text()
+        start, end = (text.index(marker) for marker in MARKERS)
+        README.write_text(text[: start + len(MARKERS[0])] + "\n" + report + text[end:])
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
