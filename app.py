@@ -11,6 +11,7 @@ import threading
 from vlm.backends.registry import explain_load_failure, load_backend
 from vlm.config import Settings, parse_settings
 from vlm.scheduler import Scheduler
+from vlm.tls import self_signed_certificate
 from vlm.web import WebApp, create_app
 
 log = logging.getLogger("vlm")
@@ -58,11 +59,26 @@ def main(argv: list[str] | None = None) -> None:
     web = create_app(settings)
     threading.Thread(target=load_model, args=(settings, web), name="vlm-loader", daemon=True).start()
     drain_on_sigterm(web)
+    tls = tls_options(settings)
     query = f"/?token={settings.token}" if settings.token else "/"
-    log.info("serving on http://%s:%d%s (%s mode)", settings.host, settings.port, query, settings.async_mode)
+    scheme = "https" if tls else "http"
+    log.info("serving on %s://%s:%d%s (%s mode)", scheme, settings.host, settings.port, query, settings.async_mode)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
-    web.socketio.run(web.app, host=settings.host, port=settings.port, allow_unsafe_werkzeug=True)
+    web.socketio.run(web.app, host=settings.host, port=settings.port, allow_unsafe_werkzeug=True, **tls)
+
+
+def tls_options(settings: Settings) -> dict[str, object]:
+    """Each server takes its certificate differently: Werkzeug an ssl_context, eventlet/gevent file names."""
+    if settings.self_signed:
+        cert, key = map(str, self_signed_certificate(host=settings.host))
+    elif settings.ssl_cert and settings.ssl_key:
+        cert, key = settings.ssl_cert, settings.ssl_key
+    else:
+        return {}
+    if settings.async_mode == "threading":
+        return {"ssl_context": (cert, key)}
+    return {"certfile": cert, "keyfile": key}
 
 
 if __name__ == "__main__":

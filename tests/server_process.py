@@ -28,7 +28,8 @@ class AppProcess:
     def __init__(self, args: list[str], *, ready_timeout_s: float = 120.0, env: dict[str, str] | None = None,
                  script: str = "app.py") -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.https = "--self-signed" in args or "--ssl-cert" in args
+        self.url = f"{'https' if self.https else 'http'}://127.0.0.1:{self.port}"
         self.args = args
         self.script = REPO / script
         self.ready_timeout_s = ready_timeout_s
@@ -50,7 +51,7 @@ class AppProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"app exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/healthz", timeout=1, verify=False).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass

@@ -28,12 +28,13 @@ class RecordingClient:
 
         return record
 
-    def final(self, request_id: str, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
-        """The one `response` or `query_error` for a request id."""
+    def final(self, request_id: str | None, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
+        """The one `response` or `query_error` for a request id (``None``: the first final of any id)."""
         deadline = time.monotonic() + timeout_s
         with self.changed:
             while True:
-                finals = [(e, p) for e, p in self.received if e != "stream" and p.get("id") == request_id]
+                finals = [(e, p) for e, p in self.received
+                          if e != "stream" and request_id in (None, p.get("id"))]
                 if finals:
                     return finals[0]
                 remaining = deadline - time.monotonic()

@@ -38,6 +38,9 @@ class Settings:
     async_mode: str = "threading"
     cors_origins: tuple[str, ...] = ()
     token: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+    self_signed: bool = False
     secret_key: str = ""
     max_image_bytes: int = 4 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
@@ -95,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
                         metavar="ORIGIN",
                         help="extra origin allowed to open Socket.IO connections (repeatable, '*' for any)")
-    server.add_argument("--token", default=os.environ.get("VLM_TOKEN"),
+    server.add_argument("--token",
                         help="shared access token for the page, Socket.IO and HTTP API (env VLM_TOKEN)")
+    server.add_argument("--ssl-cert", help="TLS certificate (PEM) to serve https://, needed for phone cameras on a LAN")
+    server.add_argument("--ssl-key", help="TLS private key (PEM) for --ssl-cert")
+    server.add_argument("--self-signed", action="store_true",
+                        help="serve https:// with a self-signed certificate made once in ~/.cache/webcam-vlm")
 
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes)
@@ -115,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
-    values = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    values = vars(parser.parse_args(argv))
+    if bool(values["ssl_cert"]) != bool(values["ssl_key"]):
+        parser.error("--ssl-cert and --ssl-key go together")
     values["cors_origins"] = tuple(values["cors_origins"])
+    values["token"] = values["token"] or os.environ.get("VLM_TOKEN") or None
     values["secret_key"] = os.environ.get("VLM_SECRET_KEY") or secrets.token_hex(32)
     return Settings(**values)

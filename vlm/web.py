@@ -110,12 +110,15 @@ class WebApp:
 def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     slot = slot or ModelSlot()
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
-    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=settings.max_image_bytes * 2)
+    # Base64 inflates by 4/3; above twice that, a message is not a mistake worth answering but
+    # something to cut off at the transport, before it is buffered.
+    transport_limit = settings.max_image_bytes * 3
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=transport_limit)
     socketio = SocketIO(
         app,
         async_mode=settings.async_mode,
         cors_allowed_origins=list(settings.cors_origins) or None,
-        max_http_buffer_size=settings.max_image_bytes * 2,
+        max_http_buffer_size=transport_limit,
         ping_interval=10,
     )
     outbox = Outbox(socketio, settings.async_mode)

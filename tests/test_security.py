@@ -1,0 +1,69 @@
+"""Access control, origin checks and HTTPS, against the real server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import socketio
+import websocket
+
+from tests.server_process import AppProcess
+from tests.socket_client import RecordingClient
+
+TOKEN = "correct-horse-battery-staple"
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_model: Path) -> Iterator[AppProcess]:
+    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "4"], env={"VLM_TOKEN": TOKEN}) as running:
+        yield running
+
+
+def test_page_and_api_need_the_token(guarded: AppProcess) -> None:
+    assert requests.get(guarded.url, timeout=5).status_code == 401
+    assert requests.get(f"{guarded.url}/?token=wrong", timeout=5).status_code == 401
+    assert requests.get(f"{guarded.url}/?token={TOKEN}", timeout=5).status_code == 200
+    assert requests.get(f"{guarded.url}/api/info", timeout=5).status_code == 401
+    authorised = {"Authorization": f"Bearer {TOKEN}"}
+    assert requests.get(f"{guarded.url}/api/info", headers=authorised, timeout=5).status_code == 200
+
+
+def test_socket_connect_needs_the_token(guarded: AppProcess, frame: str) -> None:
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        RecordingClient(guarded.url)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        RecordingClient(guarded.url, auth={"token": "wrong"})
+    client = RecordingClient(guarded.url, auth={"token": TOKEN})
+    try:
+        assert client.ask({"id": "ok", "question": "q", "image": frame})[0] == "response"
+    finally:
+        client.close()
+
+
+def websocket_handshake(url: str, origin: str) -> bool:
+    address = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    try:
+        connection = websocket.create_connection(address, origin=origin, timeout=5)
+    except websocket.WebSocketException:
+        return False
+    connection.close()
+    return True
+
+
+def test_cross_origin_websocket_is_refused(tiny_model: Path) -> None:
+    with AppProcess(["--model", str(tiny_model)]) as running:
+        assert websocket_handshake(running.url, running.url)
+        assert not websocket_handshake(running.url, "http://evil.example")
+
+
+def test_self_signed_https(tiny_model: Path, tmp_path: Path) -> None:
+    with AppProcess(["--model", str(tiny_model), "--self-signed"], env={"HOME": str(tmp_path)}) as running:
+        cert = tmp_path / ".cache" / "webcam-vlm" / "cert.pem"
+        assert cert.exists()
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"{running.url}/healthz", timeout=5)
+        page = requests.get(f"{running.url}/healthz", timeout=5, verify=False)
+        assert page.status_code == 200
