@@ -196,7 +196,7 @@ def main() -> None:
                 r = load_test(server.url, frame, clients, args.seconds)
                 load_rows.append([label, str(clients), f"{r.throughput:.1f}", f"{pct(r.latencies_ms, 50):.0f}",
                                   f"{pct(r.latencies_ms, 99):.0f}", str(r.lost), str(r.misdelivered)])
-            load_rows.append([label, "peak RSS", f"{server.peak_rss_mib():.0f} MiB", "", "", "", ""])
+            load_rows.append([label, "peak RSS", f"{server.memory_mib('VmHWM'):.0f} MiB", "", "", "", ""])
     sections.append("### Throughput and latency under concurrent clients\n\n" + markdown(
         load_rows, ["server", "clients", "answers/s", "p50 ms", "p99 ms", "lost", "delivered to wrong client"]))
 

@@ -58,13 +58,13 @@ class AppProcess:
             time.sleep(0.1)
         raise TimeoutError(f"app not ready after {self.ready_timeout_s}s:\n{self.log()}")
 
-    def peak_rss_mib(self) -> float:
-        """The server's high-water resident memory (VmHWM), read from /proc while it runs."""
+    def memory_mib(self, field: str = "VmRSS") -> float:
+        """The server's resident memory now (VmRSS) or at its peak (VmHWM), read from /proc."""
         assert self.process is not None
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-        return float("nan")
+        raise KeyError(field)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
