@@ -1,0 +1,76 @@
+"""The transformers backend on tiny real architectures: batching, per-row streaming, cancel."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from scripts.build_tiny_model import build_tiny_model
+from scripts.vlm_factory import ARCHS
+from vlm.backends.base import Job, Result
+from vlm.backends.registry import choose_backend, read_model_config
+from vlm.backends.transformers_backend import TransformersBackend
+
+FRAMES = [Image.new("RGB", (320, 240), color) for color in ("red", "blue", "green")]
+
+
+class Events:
+    def __init__(self, size: int, cancel_row: int | None = None) -> None:
+        self.deltas: list[list[str]] = [[] for _ in range(size)]
+        self.results: dict[int, Result] = {}
+        self.order: list[int] = []
+        self.cancel_row = cancel_row
+
+    def delta(self, index: int, text: str) -> None:
+        self.deltas[index].append(text)
+
+    def done(self, index: int, result: Result) -> None:
+        assert index not in self.results, "each row finishes once"
+        self.results[index] = result
+        self.order.append(index)
+
+    def cancelled(self, index: int) -> bool:
+        return index == self.cancel_row and len(self.deltas[index]) >= 2
+
+
+def jobs(budgets: list[int]) -> list[Job]:
+    return [Job(task="query", image=FRAMES[i % 3], image_key=str(i), text="what shape is this?", max_new_tokens=n)
+            for i, n in enumerate(budgets)]
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TransformersBackend:
+    folder = build_tiny_model(tmp_path_factory.mktemp(f"arch-{request.param}"), arch=request.param)
+    assert choose_backend(read_model_config(str(folder), None)) == "transformers"
+    return TransformersBackend.load(str(folder), revision=None, device="cpu", dtype="float32")
+
+
+def test_batch_matches_single_requests(backend: TransformersBackend) -> None:
+    batch = Events(3)
+    backend.generate(jobs([6, 6, 6]), batch)
+    for index, job in enumerate(jobs([6, 6, 6])):
+        single = Events(1)
+        backend.generate([job], single)
+        assert single.results[0].answer == batch.results[index].answer, "left padding must not change answers"
+    for index in range(3):
+        assert "".join(batch.deltas[index]).strip() == batch.results[index].answer
+
+
+def test_short_rows_are_answered_before_the_batch_ends(backend: TransformersBackend) -> None:
+    events = Events(2)
+    backend.generate(jobs([2, 12]), events)
+    assert events.results[0].tokens <= 2
+    if events.results[1].tokens > 2:
+        assert events.order == [0, 1]
+
+
+def test_cancelled_row_gets_no_result_and_others_finish(backend: TransformersBackend) -> None:
+    events = Events(2, cancel_row=0)
+    backend.generate(jobs([10, 4]), events)
+    assert 0 not in events.results and 1 in events.results
+    assert len(events.deltas[0]) <= 3
+
+
+def test_info_reports_a_useful_frame_size(backend: TransformersBackend) -> None:
+    assert backend.info.image_size >= 256
+    assert backend.info.capabilities == {"query", "caption", "stream"}
