@@ -1,0 +1,242 @@
+"""Build small vision-language model folders from real Hugging Face architectures, offline.
+
+The folders load through the same generic path as any hub checkpoint
+(`AutoProcessor` + `AutoModelForImageTextToText`), so tests and the demo exercise the
+app's real code without downloading anything. Shared by `build_tiny_model.py` (random
+weights) and `train_demo_model.py` (trained weights), so both produce identical
+tokenizers, processors and chat templates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    CLIPVisionConfig,
+    GenerationConfig,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3Processor,
+    Idefics3VisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+)
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+# Words the chat template itself emits; questions and answers add the rest.
+CHAT_WORDS = ("user", "assistant", ":")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Dimensions of the text decoder and vision encoder."""
+
+    text_hidden: int
+    text_layers: int
+    text_heads: int
+    text_intermediate: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    vision_intermediate: int
+    image_size: int = 32  # pixels per side the processor resizes every camera frame to
+    patch_size: int = 4
+    max_positions: int = 512
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What differs between architectures: special tokens, prompt markup and the builder."""
+
+    image_tokens: tuple[str, ...]  # special tokens the processor expects in the vocabulary
+    image_markup: str  # what the chat template writes where the image goes
+    build: Callable[[ModelSize, PreTrainedTokenizerFast, str], tuple[PreTrainedModel, ProcessorMixin]]
+
+
+def chat_template(image_markup: str) -> str:
+    """A minimal "user: ... assistant: ..." template; assistant turns end with EOS.
+
+    Ending answers with EOS is what lets generation stop on its own, and the trained
+    model learns exactly this layout.
+    """
+    return (
+        "{{ bos_token }}{% for message in messages %}{{ message['role'] }}:"
+        "{% if message['content'] is string %} {{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}"
+        f"{{% if item['type'] == 'image' %}} {image_markup}"
+        "{% elif item['type'] == 'text' %} {{ item['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %} {% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+
+
+def build_tokenizer(corpus: Iterable[str], image_tokens: Sequence[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained on `corpus`: lower-cased, split on spaces and punctuation.
+
+    "What shape is this?" and "what shape is this ?" tokenize alike; words outside the
+    corpus become <unk>. No BOS is added automatically because the chat template writes it.
+    Padding is on the left, as batched generation needs.
+    """
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words, glues punctuation
+    trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK, BOS, EOS, *image_tokens], min_frequency=0)
+    tokenizer.train_from_iterator([*corpus, " ".join(CHAT_WORDS)], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        extra_special_tokens=list(image_tokens),
+        padding_side="left",
+    )
+
+
+def build_model(
+    arch: str, size: ModelSize, corpus: Iterable[str], seed: int, can_stop: bool = True
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A randomly initialised model of `arch` and its processor, deterministic for `seed`.
+
+    `can_stop=False` makes EOS unreachable, so generation always runs to `max_new_tokens`.
+    """
+    spec = ARCHS[arch]
+    tokenizer = build_tokenizer(corpus, spec.image_tokens)
+    torch.manual_seed(seed)
+    model, processor = spec.build(size, tokenizer, chat_template(spec.image_markup))
+    model.generation_config = generation_config(tokenizer, can_stop)
+    return model, processor
+
+
+def generation_config(tokenizer: PreTrainedTokenizerFast, can_stop: bool) -> GenerationConfig:
+    """Greedy decoding that never emits image or padding tokens, which would break the next step."""
+    never = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    if can_stop:
+        never.discard(tokenizer.eos_token_id)
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=sorted(never),
+        do_sample=False,
+    )
+
+
+def save_model_folder(model: PreTrainedModel, processor: ProcessorMixin, out_dir: Path) -> Path:
+    """Write weights (safetensors), config, generation config, tokenizer, processor and chat template."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def _llama_config(size: ModelSize, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_intermediate,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        num_key_value_heads=size.text_heads,
+        max_position_embeddings=size.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def _build_llava(
+    size: ModelSize, tokenizer: PreTrainedTokenizerFast, template: str
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """LLaVA: CLIP vision tower, one image token per patch (CLS dropped), Llama decoder.
+
+    Frames are squashed to a square (no centre crop) so shapes near the edges stay visible.
+    """
+    vision = CLIPVisionConfig(
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_intermediate,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+        projection_dim=size.vision_hidden,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=_llama_config(size, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(size.image_size // size.patch_size) ** 2,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    image_processor = LlavaImageProcessorPil(
+        size={"height": size.image_size, "width": size.image_size}, do_center_crop=False
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=size.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, which "default" then drops
+        chat_template=template,
+    )
+    return LlavaForConditionalGeneration(config), processor
+
+
+IDEFICS3_IMAGE_TOKENS = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
+
+
+def _build_idefics3(
+    size: ModelSize, tokenizer: PreTrainedTokenizerFast, template: str
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Idefics3 (SmolVLM's architecture): SigLIP-style encoder, pixel-shuffle connector, Llama.
+
+    Image splitting is off, so each frame becomes one padded global tile of `image_size`.
+    """
+    scale_factor = 2
+    vision = Idefics3VisionConfig(
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_intermediate,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+    )
+    config = Idefics3Config(
+        vision_config=vision,
+        text_config=_llama_config(size, tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=scale_factor,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": size.image_size},
+        max_image_size={"longest_edge": size.image_size},
+        do_image_splitting=False,
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=(size.image_size // size.patch_size) ** 2 // scale_factor**2,
+        chat_template=template,
+    )
+    return Idefics3ForConditionalGeneration(config), processor
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "llava": ArchSpec(image_tokens=("<image>",), image_markup="<image>", build=_build_llava),
+    "idefics3": ArchSpec(image_tokens=IDEFICS3_IMAGE_TOKENS, image_markup="<image>", build=_build_idefics3),
+}
