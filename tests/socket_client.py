@@ -42,6 +42,18 @@ class RecordingClient:
                     raise TimeoutError(f"no final event for {request_id}; got {self.received[-5:]}")
                 self.changed.wait(remaining)
 
+    def start(self, payload: dict[str, Any], timeout_s: float = 60.0) -> None:
+        """Send a query and return once its first token has streamed back (the generation is running)."""
+        self.sio.emit("query", payload)
+        rid = str(payload["id"])
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            while not any(e == "stream" and p.get("id") == rid for e, p in self.received):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{rid} never started streaming; got {self.received[-5:]}")
+                self.changed.wait(remaining)
+
     def ask(self, payload: dict[str, Any], event: str = "query", timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
         self.sio.emit(event, payload)
         return self.final(str(payload["id"]), timeout_s)

@@ -111,9 +111,7 @@ def slow_app(slow_model: Path) -> Iterator[AppProcess]:
 def test_slow_generation_does_not_stall_another_client(slow_app: AppProcess, frame: str) -> None:
     asker, other = RecordingClient(slow_app.url), RecordingClient(slow_app.url)
     try:
-        asker.sio.emit("query", {"id": "long", "question": "describe the image", "image": frame})
-        while not any(e == "stream" for e, _ in asker.received):
-            time.sleep(0.02)
+        asker.start({"id": "long", "question": "describe the image", "image": frame})
         acks = [other.sio.call("cancel", {"id": "nothing"}, timeout=10) for _ in range(5)]
         health = requests.get(f"{slow_app.url}/healthz", timeout=10).status_code
         assert acks == [{"id": "nothing", "cancelled": False}] * 5 and health == 200
@@ -126,18 +124,14 @@ def test_slow_generation_does_not_stall_another_client(slow_app: AppProcess, fra
 def test_cancel_stops_generation_promptly(slow_app: AppProcess, frame: str) -> None:
     asker = RecordingClient(slow_app.url)
     try:
-        asker.sio.emit("query", {"id": "stop-me", "question": "describe the image", "image": frame})
-        while not any(e == "stream" for e, _ in asker.received):
-            time.sleep(0.02)
+        asker.start({"id": "stop-me", "question": "describe the image", "image": frame})
         assert asker.sio.call("cancel", {"id": "stop-me"}, timeout=10)["cancelled"] is True
         kind, payload = asker.final("stop-me")
         assert (kind, payload["code"]) == ("query_error", "cancelled")
         settled = len(asker.received)
         time.sleep(0.5)
         assert len(asker.received) == settled, "no more tokens stream after the cancel"
-        asker.sio.emit("query", {"id": "next", "question": "q", "image": frame, "live": True})
-        while not any(e == "stream" and p["id"] == "next" for e, p in asker.received):
-            time.sleep(0.02)
+        asker.start({"id": "next", "question": "q", "image": frame, "live": True})
         asker.sio.emit("cancel", {"id": "next"})
         assert asker.final("next")[1]["code"] == "cancelled"
     finally:
@@ -147,13 +141,9 @@ def test_cancel_stops_generation_promptly(slow_app: AppProcess, frame: str) -> N
 def test_new_question_supersedes_unfinished_one(slow_app: AppProcess, frame: str) -> None:
     asker = RecordingClient(slow_app.url)
     try:
-        asker.sio.emit("query", {"id": "old", "question": "describe the image", "image": frame})
-        while not any(e == "stream" for e, _ in asker.received):
-            time.sleep(0.02)
-        asker.sio.emit("query", {"id": "new", "question": "what shape is this?", "image": frame})
+        asker.start({"id": "old", "question": "describe the image", "image": frame})
+        asker.start({"id": "new", "question": "what shape is this?", "image": frame})
         assert asker.final("old")[1]["code"] == "cancelled"
-        while not any(e == "stream" and p["id"] == "new" for e, p in asker.received):
-            time.sleep(0.02)
     finally:
         asker.close()
 
@@ -161,9 +151,7 @@ def test_new_question_supersedes_unfinished_one(slow_app: AppProcess, frame: str
 def test_sigterm_drains_in_flight_requests(tiny_model: Path, frame: str) -> None:
     with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "60"]) as running:
         asker = RecordingClient(running.url)
-        asker.sio.emit("query", {"id": "last", "question": "what?", "image": frame})
-        while not any(e == "stream" for e, _ in asker.received):
-            time.sleep(0.01)
+        asker.start({"id": "last", "question": "what?", "image": frame})
         exited = threading.Thread(target=running.terminate)
         exited.start()
         kind, _ = asker.final("last", timeout_s=30)
