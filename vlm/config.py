@@ -19,7 +19,7 @@ DEFAULT_REVISION = "2025-06-21"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 MODEL_ALIASES = {"demo": DEMO_MODEL_DIR}
 
-BACKENDS = ("auto", "moondream", "transformers")
+BACKENDS = ("auto", "moondream", "transformers", "openai")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ASYNC_MODES = ("threading", "eventlet", "gevent")
@@ -30,12 +30,15 @@ class Settings:
     model: str = DEFAULT_MODEL
     revision: str | None = DEFAULT_REVISION
     backend: str = "auto"
+    base_url: str | None = None
+    api_key: str = ""
     device: str = "auto"
     dtype: str = "auto"
     host: str = "127.0.0.1"
     port: int = 5000
     max_new_tokens: int = 128
     async_mode: str = "threading"
+    message_queue: str | None = None
     cors_origins: tuple[str, ...] = ()
     token: str | None = None
     ssl_cert: str | None = None
@@ -81,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--revision", default=defaults.revision,
                        help="hub revision; pinned for the default model, ignored for local folders")
     model.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                       help="'auto' picks from the model's config.json")
+                       help="'auto' picks from the model's config.json; 'openai' forwards to --base-url")
+    model.add_argument("--base-url",
+                       help="OpenAI-compatible server for --backend openai, e.g. http://gpu-box:8000/v1 "
+                            "(--model is then the model name that server knows)")
+    model.add_argument("--api-key", default="",
+                       help="key sent to --base-url if it wants one; prefer env OPENAI_API_KEY (argv shows in ps)")
     model.add_argument("--device", choices=DEVICES, default=defaults.device,
                        help="'auto' uses CUDA when present")
     model.add_argument("--dtype", choices=DTYPES, default=defaults.dtype,
@@ -95,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=defaults.port)
     server.add_argument("--async-mode", choices=ASYNC_MODES, default=defaults.async_mode,
                         help="Socket.IO concurrency model (see README for measurements)")
+    server.add_argument("--message-queue", metavar="URL",
+                        help="redis://host:port/0 shared by several app processes behind one address "
+                             "(needs --async-mode threading; see docs/DEPLOYMENT.md)")
     server.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
                         metavar="ORIGIN",
                         help="extra origin allowed to open Socket.IO connections (repeatable, '*' for any)")
@@ -126,7 +137,11 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     values = vars(parser.parse_args(argv))
     if bool(values["ssl_cert"]) != bool(values["ssl_key"]):
         parser.error("--ssl-cert and --ssl-key go together")
+    if values["message_queue"] and values["async_mode"] != "threading":
+        # The app never monkey-patches, so a Redis client's blocking reads would stall an eventlet/gevent hub.
+        parser.error("--message-queue needs --async-mode threading")
     values["cors_origins"] = tuple(values["cors_origins"])
+    values["api_key"] = values["api_key"] or os.environ.get("OPENAI_API_KEY", "")
     values["token"] = values["token"] or os.environ.get("VLM_TOKEN") or None
     values["secret_key"] = os.environ.get("VLM_SECRET_KEY") or secrets.token_hex(32)
     return Settings(**values)

@@ -2,7 +2,8 @@
 
 The page is not the only client: anything that speaks Socket.IO can send anything, so
 each field is checked for type and size and a refusal names the field. Unknown extra
-fields are ignored, so newer clients keep working with older servers.
+fields are ignored, so newer clients keep working with older servers. The HTTP API
+(vlm/openai_api.py) goes through the same checks, so both doors refuse alike.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import uuid
 from dataclasses import dataclass
 from typing import get_args
 
-from .backends.base import CaptionLength, Task
+from .backends.base import CaptionLength, Job, Task
+from .config import Settings
+from .images import decode_image
 
 SKILLS = ("caption", "detect", "point")
 MAX_ID_CHARS = 128
@@ -78,6 +81,20 @@ def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
     if length not in get_args(CaptionLength):
         raise ProtocolError("bad_request", "length must be 'short' or 'normal'", rid)
     return Incoming(id=rid, task=skill, text=text, image=_image_field(fields, rid), length=length)
+
+
+def to_job(incoming: Incoming, settings: Settings, *, image_size: int,
+           max_new_tokens: int | None = None) -> tuple[Job, float]:
+    """The frame decoded under the server's limits, as model work, and the decode time in ms.
+
+    ``max_new_tokens`` is a client's own limit; it can only lower the server's. Raises ``ImageRejected``.
+    """
+    frame = decode_image(incoming.image, max_bytes=settings.max_image_bytes,
+                         max_pixels=settings.max_image_pixels, target_size=image_size)
+    job = Job(task=incoming.task, image=frame.image, image_key=frame.digest, text=incoming.text,
+              length=incoming.length, max_new_tokens=min(settings.max_new_tokens,
+                                                         max_new_tokens or settings.max_new_tokens))
+    return job, frame.decode_ms
 
 
 def parse_cancel(payload: object) -> str:

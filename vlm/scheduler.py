@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .backends.base import Backend, Job, Result
+from .backends.base import Backend, BackendError, Job, Result
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,10 @@ class Scheduler:
                 torch.cuda.empty_cache()
             for request in batch:
                 self._fail(request, "model_error", "the model ran out of memory; try a smaller image or fewer users")
+        except BackendError as error:
+            log.warning("backend failed on a batch of %d: %s %s", len(batch), error.code, error.message)
+            for request in batch:
+                self._fail(request, error.code, error.message)
         except Exception:
             log.exception("model failed on a batch of %d", len(batch))
             for request in batch:

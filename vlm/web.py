@@ -18,10 +18,11 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, render_template, request
 from flask_socketio import SocketIO
 
-from .backends.base import Backend, Job
+from .backends.base import Backend
 from .config import Settings
-from .images import ImageRejected, decode_image
-from .protocol import ProtocolError, parse_cancel, parse_query, parse_skill, request_id
+from .images import ImageRejected
+from .openai_api import install_openai_api
+from .protocol import ProtocolError, parse_cancel, parse_query, parse_skill, request_id, to_job
 from .ratelimit import RateLimiter
 from .scheduler import Request, Scheduler
 
@@ -120,6 +121,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         cors_allowed_origins=list(settings.cors_origins) or None,
         max_http_buffer_size=transport_limit,
         ping_interval=10,
+        message_queue=settings.message_queue,
     )
     outbox = Outbox(socketio, settings.async_mode)
     sink = SocketSink(outbox)
@@ -166,6 +168,8 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         info.update(max_question_chars=settings.max_question_chars, max_image_bytes=settings.max_image_bytes)
         return jsonify(info), 200
 
+    install_openai_api(app, settings, slot, authorized=lambda: token_ok(bearer()), sleep=socketio.sleep)
+
     @socketio.on("connect")
     def on_connect(auth: object = None) -> None:
         token = auth.get("token") if isinstance(auth, dict) else None
@@ -198,24 +202,17 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
             return
         try:
             incoming = parse(payload, backend)
-            frame = decode_image(
-                incoming.image,
-                max_bytes=settings.max_image_bytes,
-                max_pixels=settings.max_image_pixels,
-                target_size=backend.info.image_size,
-            )
+            job, decode_ms = to_job(incoming, settings, image_size=backend.info.image_size)
         except ProtocolError as error:
             reply_error(payload, error.code, error.message, error.request_id)
             return
         except ImageRejected as error:
             reply_error(payload, error.code, error.message, incoming.id)
             return
-        job = Job(task=incoming.task, image=frame.image, image_key=frame.digest, text=incoming.text,
-                  length=incoming.length, max_new_tokens=settings.max_new_tokens)
         log.info("%s %s from %s (%d chars; frames are never stored)", incoming.task, incoming.id,
                  request.sid, len(incoming.text))
         scheduler.submit(Request(id=incoming.id, client=request.sid, job=job, sink=sink,
-                                 live=incoming.live, received=received, decode_ms=frame.decode_ms))
+                                 live=incoming.live, received=received, decode_ms=decode_ms))
 
     @socketio.on("query")
     def on_query(payload: object = None) -> None:

@@ -39,6 +39,15 @@ class Result:
     points: list[dict[str, float]] | None = None
 
 
+class BackendError(RuntimeError):
+    """A failure the client should hear about by name (``upstream_error``, ``timeout``, ...), not as a model_error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class GenerationEvents(Protocol):
     """How a backend reports progress on job ``index`` of the batch it was given."""
 

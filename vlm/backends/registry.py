@@ -49,6 +49,8 @@ def read_model_config(model: str, revision: str | None) -> dict[str, Any]:
 def load_backend(settings: Settings) -> Backend:
     model, revision = settings.model_path, settings.effective_revision
     name = settings.backend
+    if name == "openai":
+        return load_openai_backend(settings)
     if name == "auto":
         name = choose_backend(read_model_config(model, revision))
     if name == "moondream":
@@ -63,8 +65,26 @@ def load_backend(settings: Settings) -> Backend:
     )
 
 
+def load_openai_backend(settings: Settings) -> Backend:
+    """Never picked by ``auto``: forwarding frames to another server must be asked for, and to a named one."""
+    if not settings.base_url:
+        raise ModelLoadError("--backend openai needs --base-url, the upstream server's /v1 address "
+                             "(e.g. http://127.0.0.1:8000/v1)")
+    from .openai_backend import OpenAIBackend
+
+    return OpenAIBackend.load(settings.base_url, api_key=settings.api_key, model=settings.model,
+                              timeout_s=settings.request_timeout_s, max_batch_size=settings.max_batch_size)
+
+
 def explain_load_failure(settings: Settings, error: BaseException) -> str:
     """One paragraph a user can act on, instead of a traceback."""
+    if settings.backend == "openai":
+        return (
+            f"Could not use the OpenAI-compatible server at {settings.base_url or '(no --base-url)'} "
+            f"for model {settings.model!r}: {type(error).__name__}: {error}. "
+            "Check that the server is running and reachable from here, that --base-url ends in /v1, "
+            "and that --api-key (or OPENAI_API_KEY) is what it expects."
+        )
     return (
         f"Could not load the model {settings.model!r} "
         f"(backend {settings.backend}, revision {settings.effective_revision or 'n/a'}): "

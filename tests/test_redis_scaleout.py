@@ -1,0 +1,127 @@
+"""A scaled-out web tier: two app processes share Socket.IO state through a real Redis, and one
+model server (``--backend openai``) answers for both.
+
+Clients connect straight to one web process each with the websocket transport; behind a load
+balancer the same needs sticky sessions (docs/DEPLOYMENT.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+import socketio
+
+from tests.openai_client import ask, openai_client
+from tests.server_process import AppProcess, free_port
+from tests.socket_client import RecordingClient
+from vlm.config import parse_settings
+
+CHANNEL = "flask-socketio"  # Flask-SocketIO's default pub/sub channel
+QUESTIONS = ["what shape is this?", "what color is it?", "how many shapes are there?", "describe the picture"]
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("VLM_SKIP_REDIS") == "1":
+            pytest.skip("redis-server is not installed and VLM_SKIP_REDIS=1")
+        pytest.fail("redis-server is not installed: `apt-get install redis-server` (or set VLM_SKIP_REDIS=1 to skip)")
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=port).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def model_server(tiny_model: Path) -> Iterator[AppProcess]:
+    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12"]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def web_tier(redis_url: str, model_server: AppProcess, tiny_model: Path) -> Iterator[list[AppProcess]]:
+    args = ["--backend", "openai", "--base-url", f"{model_server.url}/v1", "--model", str(tiny_model),
+            "--message-queue", redis_url]
+    with AppProcess(args) as first, AppProcess(args) as second:
+        yield [first, second]
+
+
+def close_all(clients: list[RecordingClient]) -> None:
+    """In parallel: each websocket close takes the threading server a few seconds to notice."""
+    with ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(RecordingClient.close, clients))
+
+
+def publishes(redis_url: str) -> int:
+    return int(redis.Redis.from_url(redis_url).info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+
+
+def test_clients_on_either_process_get_their_own_answers(redis_url: str, model_server: AppProcess,
+                                                         web_tier: list[AppProcess], frame: str) -> None:
+    expected = [ask(openai_client(model_server.url), question, frame) for question in QUESTIONS]
+    published_before = publishes(redis_url)
+    clients = [RecordingClient(web_tier[index % 2].url) for index in range(len(QUESTIONS))]
+    try:
+        for index, (client, question) in enumerate(zip(clients, QUESTIONS, strict=True)):
+            client.sio.emit("query", {"id": f"c{index}", "question": question, "image": frame})
+        for index, client in enumerate(clients):
+            kind, payload = client.final(f"c{index}")
+            assert (kind, payload["answer"]) == ("response", expected[index])
+        time.sleep(0.3)  # anything misrouted would have arrived by now
+        for index, client in enumerate(clients):
+            assert {body["id"] for _, body in client.received} == {f"c{index}"}
+            assert [kind for kind, _ in client.received].count("response") == 1
+    finally:
+        close_all(clients)
+    events = sum(len(client.received) for client in clients)
+    assert publishes(redis_url) - published_before >= events, "every emit is published to the other process"
+
+
+def test_an_emit_published_to_redis_reaches_a_client_of_either_process(redis_url: str,
+                                                                        web_tier: list[AppProcess]) -> None:
+    """An emitter holding no connection at all: delivery can only go through Redis to the owning process."""
+    clients = [RecordingClient(web.url) for web in web_tier]
+    try:
+        listening = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 10  # each process subscribes once its first client has connected
+        while listening.pubsub_numsub(CHANNEL) != [(CHANNEL.encode(), len(web_tier))]:
+            assert time.monotonic() < deadline, f"subscribers: {listening.pubsub_numsub(CHANNEL)}"
+            time.sleep(0.05)
+        emitter = socketio.RedisManager(redis_url, channel=CHANNEL, write_only=True)
+        for index, client in enumerate(clients):
+            emitter.emit("response", {"id": f"via-redis-{index}", "answer": "hello"}, to=client.sio.get_sid("/"),
+                         namespace="/")
+        for index, client in enumerate(clients):
+            assert client.final(f"via-redis-{index}", timeout_s=10)[1]["answer"] == "hello"
+            assert len(client.received) == 1
+    finally:
+        close_all(clients)
+
+
+def test_message_queue_is_refused_under_green_async_modes() -> None:
+    """The app never monkey-patches, so a Redis client's blocking reads would stall an eventlet/gevent hub."""
+    with pytest.raises(SystemExit):
+        parse_settings(["--message-queue", "redis://127.0.0.1:6379/0", "--async-mode", "eventlet"])
+    assert parse_settings(["--message-queue", "redis://127.0.0.1:6379/0"]).message_queue == "redis://127.0.0.1:6379/0"

@@ -1,0 +1,111 @@
+"""Any OpenAI-compatible ``/v1/chat/completions`` server as the model.
+
+vLLM, SGLang, llama.cpp, Ollama, LM Studio, or another instance of this app: the GPU work
+happens there, so this process can be a light web tier. The upstream engine batches on its
+own, so a batch from the scheduler goes out as concurrent streamed requests, one pool
+thread each (``GenerationEvents`` calls are therefore made from several threads; the
+scheduler's handlers are safe for that). Closing a stream is how a cancel reaches the
+upstream server, and upstream failures become ``BackendError`` codes a client can act on.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any, ClassVar
+
+import openai
+from PIL import Image
+
+from .base import Backend, BackendError, GenerationEvents, Job, ModelInfo, Result
+from .transformers_backend import CAPTION_PROMPTS
+
+log = logging.getLogger(__name__)
+
+# Upstream models look at anything from 336 px (LLaVA) to over 1000 px (Qwen-VL); 768 px keeps
+# detail for the larger ones at roughly 100 KB per JPEG frame.
+FRAME_SIDE = 768
+JPEG_QUALITY = 90
+# The client library refuses an empty key; servers without auth ignore it (vLLM's docs use this one).
+PLACEHOLDER_KEY = "EMPTY"
+# Upstream statuses a client can act on as it would on this server's own codes; any other is upstream_error.
+UPSTREAM_STATUS_CODES = {429: "busy", 504: "timeout"}
+
+
+class OpenAIBackend(Backend):
+    name: ClassVar[str] = "openai"
+
+    def __init__(self, client: openai.OpenAI, *, model: str, max_batch_size: int) -> None:
+        self.client = client
+        self.model = model
+        self.pool = ThreadPoolExecutor(max_batch_size, thread_name_prefix="vlm-openai")
+        self.info = ModelInfo(
+            model=model,
+            backend=self.name,
+            device="remote",  # not the URL: /healthz is public, the upstream address need not be
+            dtype="n/a",
+            capabilities=frozenset({"query", "caption", "stream"}),
+            image_size=FRAME_SIDE,
+            max_batch_size=max_batch_size,
+        )
+
+    @classmethod
+    def load(cls, base_url: str, *, api_key: str, model: str, timeout_s: float,
+             max_batch_size: int) -> OpenAIBackend:
+        """Connect and list the upstream models, so a wrong URL or key fails at start, not on a question."""
+        client = openai.OpenAI(base_url=base_url, api_key=api_key or PLACEHOLDER_KEY, timeout=timeout_s,
+                               max_retries=0)
+        served = [entry.id for entry in client.models.list()]
+        if model not in served:
+            # llama.cpp answers whatever name it is asked for; vLLM and Ollama will refuse each request.
+            log.warning("%s lists %s, not %r; requests may be refused", base_url, served, model)
+        return cls(client, model=model, max_batch_size=max_batch_size)
+
+    def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        """Stream every job at once; a failure is raised only after all have ended, so it reaches just the
+        jobs that did not finish (if several failed, they share the first one's error)."""
+        futures = [self.pool.submit(self._stream, index, job, events) for index, job in enumerate(jobs)]
+        wait(futures)
+        for future in futures:
+            future.result()
+
+    def _stream(self, index: int, job: Job, events: GenerationEvents) -> None:
+        parts: list[str] = []
+        try:
+            with self.client.chat.completions.create(
+                model=self.model,
+                messages=chat_messages(job),
+                max_tokens=job.max_new_tokens,
+                temperature=0,  # the local backends decode greedily; answers should not change with the deployment
+                stream=True,
+            ) as stream:
+                for chunk in stream:
+                    if events.cancelled(index):
+                        return  # leaving the block closes the connection, which stops the upstream generation
+                    delta = chunk.choices[0].delta.content if chunk.choices else None
+                    if delta:
+                        parts.append(delta)
+                        events.delta(index, delta)
+        except openai.APITimeoutError as error:
+            raise BackendError("timeout", f"the model server did not answer within {self.client.timeout} s") from error
+        except openai.APIStatusError as error:
+            code = UPSTREAM_STATUS_CODES.get(error.status_code, "upstream_error")
+            raise BackendError(code, f"the model server refused: {error.message}") from error
+        except openai.APIError as error:
+            raise BackendError("upstream_error", f"the model server failed: {error.message}") from error
+        events.done(index, Result(answer="".join(parts).strip(), tokens=len(parts)))
+
+
+def chat_messages(job: Job) -> list[dict[str, Any]]:
+    """One user turn: the frame first (as the local backends' prompts have it), then the question."""
+    text = CAPTION_PROMPTS[job.length] if job.task == "caption" else job.text
+    image = {"type": "image_url", "image_url": {"url": jpeg_data_url(job.image)}}
+    return [{"role": "user", "content": [image, {"type": "text", "text": text}]}]
+
+
+def jpeg_data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,279 @@
+"""OpenAI-compatible HTTP API: ``GET /v1/models`` and ``POST /v1/chat/completions``.
+
+Any OpenAI client (the official library, another instance of this app with ``--backend
+openai``) can ask about one frame per request. Requests pass the same checks as Socket.IO
+ones (vlm/protocol.py) and wait in the same scheduler, each under its own client key so
+that none supersedes another. Only the last user message counts: its text parts are the
+question and its one ``image_url`` part, a ``data:`` URL, is the frame; the server never
+fetches remote URLs (that would let any caller make it open connections anywhere).
+Sampling options are ignored because the backends decode greedily; ``max_tokens`` can only
+lower ``--max-new-tokens``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
+from queue import SimpleQueue
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .config import Settings
+from .images import ImageRejected
+from .protocol import Incoming, ProtocolError, parse_query, to_job
+from .scheduler import Request
+
+if TYPE_CHECKING:
+    from .web import ModelSlot
+
+log = logging.getLogger(__name__)
+
+# Codes a client cannot fix by changing its request; every other code is a 400.
+ERROR_STATUS = {"unauthorized": 401, "busy": 429, "loading": 503, "model_error": 500, "upstream_error": 502,
+                "timeout": 504}
+ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx: invalid_request_error
+
+SinkEvent = tuple[str, Any]  # ("stream", delta) | ("response", payload) | ("error", (code, message))
+
+
+def install_openai_api(app: Flask, settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool],
+                       sleep: Callable[[float], object]) -> None:
+    """Mount ``/v1`` on ``app``, after ``SocketIO(app)`` so that ``unbuffered`` wraps Socket.IO's middleware.
+
+    ``authorized`` is the app's own token check, ``sleep`` its async mode's.
+    """
+    app.register_blueprint(openai_blueprint(settings, slot, authorized=authorized, sleep=sleep))
+    app.wsgi_app = unbuffered(app.wsgi_app)  # type: ignore[method-assign]
+
+
+def unbuffered(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
+    """eventlet.wsgi holds small writes back until 4 KiB, clumping a stream's events together. The per-request
+    override must be set outside Flask-SocketIO's middleware, because Flask only sees a copy of the environ."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        environ["eventlet.minimum_write_chunk_size"] = 0
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
+def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool],
+                     sleep: Callable[[float], object]) -> Blueprint:
+    """The ``/v1`` routes, answered from ``slot``'s scheduler."""
+    api = Blueprint("openai_api", __name__, url_prefix="/v1")
+    started = int(time.time())
+    green = settings.async_mode != "threading"
+
+    @api.before_request
+    def require_token() -> tuple[Response, int] | None:
+        return None if authorized() else error_response("unauthorized", "missing or wrong bearer token")
+
+    @api.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int]:
+        """Transport refusals (an oversized body is cut off before it is read) in the OpenAI error shape too."""
+        code = (error.name or "error").lower().replace(" ", "_")
+        return error_response(code, error.description or code, status=error.code or 500)
+
+    @api.get("/models")
+    def models() -> tuple[Response, int]:
+        if slot.backend is None:
+            return error_response("loading", "the model is still loading; try again in a moment")
+        entry = {"id": slot.backend.info.model, "object": "model", "created": started, "owned_by": "webcam-vlm"}
+        return jsonify(object="list", data=[entry]), 200
+
+    @api.post("/chat/completions")
+    def chat_completions() -> Response | tuple[Response, int]:
+        received = time.perf_counter()
+        backend, scheduler = slot.backend, slot.scheduler
+        if backend is None or scheduler is None:
+            return error_response("loading", "the model is still loading; try again in a moment")
+        try:
+            incoming, max_tokens, streaming = parse_chat(request.get_json(silent=True),
+                                                         max_question_chars=settings.max_question_chars)
+            job, decode_ms = to_job(incoming, settings, image_size=backend.info.image_size,
+                                    max_new_tokens=max_tokens)
+        except (ProtocolError, ImageRejected) as error:
+            return error_response(error.code, error.message)
+        sink = HttpSink(sleep if green else None)
+        work = Request(id=incoming.id, client=f"http-{uuid.uuid4().hex}", job=job, sink=sink,
+                       received=received, decode_ms=decode_ms)
+        log.info("query %s over HTTP (%d chars; frames are never stored)", work.id, len(job.text))
+        scheduler.submit(work)
+        events = iter(sink)
+        # Waiting for the first event lets a refusal (busy, timeout) still go out with its own HTTP status.
+        first = next(events)
+        if first[0] == "error":
+            return error_response(*first[1])
+        completion = Completion(id=f"chatcmpl-{incoming.id}", model=backend.info.model, budget=job.max_new_tokens)
+        if streaming:
+            # A client that hangs up mid-stream cancels its generation; after the answer this is a no-op.
+            sse = completion.sse(chain([first], events), on_close=partial(scheduler.cancel, work.client, work.id))
+            return Response(sse, mimetype="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        kind, value = deque(chain([first], events), maxlen=1)[0]  # without streaming, only the final event
+        if kind == "error":
+            return error_response(*value)
+        return jsonify(completion.message(value)), 200
+
+    return api
+
+
+def parse_chat(body: object, *, max_question_chars: int) -> tuple[Incoming, int | None, bool]:
+    """The last user message as a ``query`` validated by the Socket.IO rules, the client's token limit,
+    and whether it asked for a stream."""
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_request", "the body must be a JSON object")
+    messages = body.get("messages")
+    turns = [turn for turn in messages if isinstance(turn, dict) and turn.get("role") == "user"] \
+        if isinstance(messages, list) else []
+    if not turns:
+        raise ProtocolError("bad_request", "messages must hold a user message")
+    content = turns[-1].get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+        raise ProtocolError("bad_request", "content must be a string or a list of parts")
+    texts = [part.get("text") for part in parts if part.get("type") == "text"]
+    images = [part.get("image_url") for part in parts if part.get("type") == "image_url"]
+    if not all(isinstance(text, str) for text in texts):
+        raise ProtocolError("bad_request", "a text part's text must be a string")
+    if len(images) != 1 or not isinstance(images[0], dict) or not isinstance(images[0].get("url"), str):
+        raise ProtocolError("bad_request", "the last user message needs exactly one image_url part with a url")
+    url = images[0]["url"]
+    if not url.startswith("data:"):
+        raise ProtocolError("bad_image", "image_url must be a data: URL; this server does not fetch remote images")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+        raise ProtocolError("bad_request", "max_tokens must be a positive integer")
+    incoming = parse_query({"question": "\n".join(texts), "image": url}, max_question_chars=max_question_chars)
+    return incoming, max_tokens, body.get("stream") is True
+
+
+def error_response(code: str, message: str, *, status: int | None = None) -> tuple[Response, int]:
+    status = status or ERROR_STATUS.get(code, 400)
+    return jsonify(error_body(code, message, status)), status
+
+
+def error_body(code: str, message: str, status: int | None = None) -> dict[str, Any]:
+    status = status or ERROR_STATUS.get(code, 400)
+    kind = ERROR_TYPE.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "code": code}}
+
+
+class HttpSink:
+    """One HTTP request's events, handed from the model worker to the view waiting for them.
+
+    Under threading the view blocks on the queue. Under eventlet/gevent the view is a green
+    thread and the worker a native one (the app does not monkey-patch), so a blocking get
+    would stall the whole hub: the view polls instead, yielding between polls, as ``Outbox`` does.
+    """
+
+    POLL_S = 0.002
+
+    def __init__(self, green_sleep: Callable[[float], object] | None) -> None:
+        self.green_sleep = green_sleep
+        self.queue: SimpleQueue[SinkEvent] = SimpleQueue()
+
+    def stream(self, request: Request, delta: str) -> None:
+        self.queue.put(("stream", delta))
+
+    def respond(self, request: Request, payload: dict[str, Any]) -> None:
+        self.queue.put(("response", payload))
+
+    def error(self, request: Request, code: str, message: str) -> None:
+        self.queue.put(("error", (code, message)))
+
+    def __iter__(self) -> Iterator[SinkEvent]:
+        """Events in order, ending with the one final ``response`` or ``error`` the scheduler guarantees."""
+        while True:
+            if self.green_sleep is None:
+                event = self.queue.get()
+            else:
+                while self.queue.empty():
+                    self.green_sleep(self.POLL_S)
+                event = self.queue.get_nowait()
+            yield event
+            if event[0] != "stream":
+                return
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer in the OpenAI wire shapes: a ``chat.completion``, or ``chat.completion.chunk`` events."""
+
+    id: str
+    model: str
+    budget: int
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def message(self, payload: dict[str, Any]) -> dict[str, Any]:
+        choice = {"index": 0, "message": {"role": "assistant", "content": payload["answer"]},
+                  "finish_reason": self.finish_reason(payload)}
+        return {**self._envelope("chat.completion"), "choices": [choice]}
+
+    def sse(self, events: Iterator[SinkEvent], *, on_close: Callable[[], None]) -> Iterator[str]:
+        """Deltas trimmed so that they add up to exactly the non-streamed answer, then ``data: [DONE]``.
+
+        ``on_close`` runs however the stream ends, including a client that hung up.
+        """
+        text = AnswerText()
+        try:
+            yield self._chunk({"role": "assistant", "content": ""})
+            for kind, value in events:
+                if kind == "error":
+                    yield _data(error_body(*value))
+                    break
+                delta = text.feed(value) if kind == "stream" else text.rest(value["answer"])
+                if delta:
+                    yield self._chunk({"content": delta})
+                if kind == "response":
+                    yield self._chunk({}, self.finish_reason(value))
+            yield "data: [DONE]\n\n"
+        finally:
+            on_close()
+
+    def finish_reason(self, payload: dict[str, Any]) -> str:
+        return "length" if payload["timing"]["tokens"] >= self.budget else "stop"
+
+    def _chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return _data({**self._envelope("chat.completion.chunk"), "choices": [choice]})
+
+    def _envelope(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+
+class AnswerText:
+    """Backends strip the final answer of outer whitespace; the streamed text must add up to the same.
+
+    The text sent so far is always the stripped concatenation of the deltas seen, so leading
+    whitespace never goes out and trailing whitespace waits until more text follows it.
+    """
+
+    def __init__(self) -> None:
+        self.raw = ""
+        self.sent = ""
+
+    def feed(self, delta: str) -> str:
+        self.raw += delta
+        return self._advance(self.raw.strip())
+
+    def rest(self, answer: str) -> str:
+        """Whatever of the final answer the deltas have not carried (a tail held back mid-character)."""
+        return self._advance(answer) if answer.startswith(self.sent) else ""
+
+    def _advance(self, text: str) -> str:
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+
+def _data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
