@@ -162,7 +162,7 @@ def main() -> None:
     model = str(DEMO_MODEL_DIR)
     sections = [f"Machine: {machine()}. Model for overhead/throughput: the bundled demo model "
                 f"(`--model demo`); for the round trip during generation: the random `slow` LLaVA "
-                f"(`scripts/build_tiny_model.py --profile slow`, 300 tokens, no EOS)."]
+                f"(`scripts/build_tiny_model.py --profile slow`, 100 tokens, no EOS)."]
 
     seed = ["--model", model, "--max-new-tokens", "32"]
     with AppProcess(["--model", model], script="app.py") as ours, \
@@ -177,10 +177,10 @@ def main() -> None:
 
     ping_rows = []
     for mode in ("threading", "eventlet", "gevent"):
-        with AppProcess(["--model", str(slow), "--max-new-tokens", "300", "--async-mode", mode]) as ours:
+        with AppProcess(["--model", str(slow), "--max-new-tokens", "100", "--async-mode", mode]) as ours:
             samples = ping_during_generation(ours.url, frame, 40)
         ping_rows.append([f"this app, {mode}", f"{pct(samples, 50):.1f}", f"{pct(samples, 99):.1f}"])
-    with AppProcess(["--model", str(slow), "--max-new-tokens", "300"], script="bench/seed_app.py") as baseline:
+    with AppProcess(["--model", str(slow), "--max-new-tokens", "100"], script="bench/seed_app.py") as baseline:
         samples = ping_during_generation(baseline.url, frame, 3)
     ping_rows.append(["seed design (eventlet, blocking handler)", f"{pct(samples, 50):.1f}", f"{pct(samples, 99):.1f}"])
     sections.append("### Socket.IO round trip from a second client during a long generation\n\n"

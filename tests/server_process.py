@@ -33,7 +33,8 @@ class AppProcess:
         self.args = args
         self.script = REPO / script
         self.ready_timeout_s = ready_timeout_s
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
+                    **(env or {})}
         self.log_path = REPO / "artifacts" / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
