@@ -1,0 +1,360 @@
+"""The page in a real browser, against the real app and the demo model.
+
+Proves that each question is answered about the frame the camera shows at that moment,
+and covers the real-time experience: streaming, cancel, supersede, live mode with
+backpressure, history, snapshot, skills, camera problems, phone layout and the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+from collections.abc import Iterator
+
+import pytest
+import requests
+from PIL import Image
+from playwright.sync_api import Browser, Locator, Page, expect
+
+from tests.browser.conftest import ARTIFACTS, OpenApp
+from tests.server_process import REPO, AppProcess
+
+SHAPE_QUESTION = "what shape is this?"
+COLOR_QUESTION = "what color is this?"
+FINISHED = re.compile(r"^(done|error|cancelled)$")
+DOCS_SCREENSHOT = REPO / "docs" / "screenshot.png"
+
+# Colour of the video's centre pixel, classified in the page.
+SCENE_IS = """([wanted]) => {
+  const video = document.getElementById('video');
+  if (!video.videoWidth) return false;
+  const canvas = document.createElement('canvas');
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(video, 0, 0);
+  const [r, g, b] = ctx.getImageData(canvas.width / 2, canvas.height / 2, 1, 1).data;
+  return wanted === 'red' ? r > 150 && g < 100 && b < 100 : b > 150 && r < 110 && g < 140;
+}"""
+
+
+@pytest.fixture(scope="session")
+def info(server: AppProcess) -> dict:
+    return requests.get(f"{server.url}/api/info", timeout=5).json()
+
+
+def entries(page: Page) -> Locator:
+    return page.locator("#history > li")
+
+
+def ask(page: Page, question: str) -> Locator:
+    """Types ``question``, presses Enter and returns its history entry once it has finished."""
+    before = entries(page).count()
+    page.fill("#question", question)
+    page.press("#question", "Enter")
+    expect(entries(page)).to_have_count(before + 1)
+    entry = page.locator(f'#history > li[data-id="{entries(page).first.get_attribute("data-id")}"]')
+    expect(entry).to_have_attribute("data-state", FINISHED)
+    return entry
+
+
+def answer(entry: Locator) -> str:
+    return entry.locator(".answer").inner_text()
+
+
+def thumbnail(entry: Locator) -> Image.Image:
+    src = entry.locator("img.thumb").get_attribute("src") or ""
+    assert src.startswith("data:image/jpeg;base64,"), src[:40]
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
+
+
+def centre(image: Image.Image) -> tuple[int, int, int]:
+    return image.getpixel((image.width // 2, image.height // 2))
+
+
+def stats(page: Page) -> dict:
+    return page.evaluate("() => ({...window.__vlmStats})")
+
+
+def wait_until_answered_everything(page: Page) -> None:
+    """Every request sent has had its one final event from the server."""
+    page.wait_for_function("() => window.__vlmStats.outstanding === 0")
+
+
+def save_screenshot(page: Page, name: str, *, for_docs: bool = False) -> None:
+    """Into artifacts/; the README's docs/screenshot.png only when missing or VLM_UPDATE_SCREENSHOT=1."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=path)
+    if for_docs and (os.environ.get("VLM_UPDATE_SCREENSHOT") == "1" or not DOCS_SCREENSHOT.exists()):
+        shutil.copyfile(path, DOCS_SCREENSHOT)
+
+
+@pytest.fixture
+def switch_page(switch_browser: Browser, open_app: OpenApp) -> Page:
+    """The app in a browser whose camera starts on the red circle (set up before, closed after, the tab)."""
+    return open_app(browser=switch_browser)
+
+
+def test_each_answer_is_about_the_frame_shown_when_asked(switch_page: Page) -> None:
+    """The issue's scenario: a red circle, then a blue triangle; the answers must follow."""
+    page = switch_page
+    page.wait_for_function(SCENE_IS, arg=["red"])
+    first = ask(page, SHAPE_QUESTION)
+    assert first.get_attribute("data-state") == "done", answer(first)
+    assert "circle" in answer(first).lower()
+    red, _, blue = centre(thumbnail(first))
+    assert red > 150 and blue < 100, "the frame sent with the first question was not the red circle"
+
+    page.wait_for_function(SCENE_IS, arg=["blue"], timeout=10_000)
+    second = ask(page, SHAPE_QUESTION)
+    assert second.get_attribute("data-state") == "done", answer(second)
+    assert "triangle" in answer(second).lower()
+    assert "triangle" in page.locator("#answer").inner_text().lower()
+    red, _, blue = centre(thumbnail(second))
+    assert blue > 150 and red < 110, "the frame sent with the second question was not the blue triangle"
+    expect(page.locator("#answer-meta")).to_contain_text("ms")
+    save_screenshot(page, "page-answer.png", for_docs=True)
+
+
+def test_answer_streams_in_before_the_final_response(page: Page, info: dict) -> None:
+    assert "stream" in info["capabilities"], "the demo model is expected to stream"
+    page.evaluate("""() => {
+      window.__seen = [];
+      const card = document.getElementById('current');
+      const text = document.getElementById('answer');
+      new MutationObserver(() => window.__seen.push([card.dataset.state, text.textContent]))
+        .observe(card, {subtree: true, childList: true, characterData: true, attributes: true});
+    }""")
+    entry = ask(page, COLOR_QUESTION)
+    final = answer(entry)
+    assert entry.get_attribute("data-state") == "done"
+    assert int(entry.get_attribute("data-deltas-before-final") or 0) >= 1
+    partial = [text for state, text in page.evaluate("window.__seen") if state == "streaming" and text]
+    assert partial, "no partial answer was ever rendered"
+    assert all(final.startswith(text.strip()) for text in partial)
+    assert stats(page)["streamEvents"] >= 1
+
+
+def test_cancel_marks_the_entry_and_drops_its_answer(page: Page) -> None:
+    page.fill("#question", SHAPE_QUESTION)
+    page.evaluate("() => { document.getElementById('ask').click(); document.getElementById('cancel').click(); }")
+    entry = entries(page).first
+    expect(entry).to_have_attribute("data-state", "cancelled")
+    wait_until_answered_everything(page)
+    page.wait_for_timeout(300)  # a late answer for it must still be ignored
+    expect(entry).to_have_attribute("data-state", "cancelled")
+    assert answer(entry) == "Cancelled."
+    expect(page.locator("#answer")).to_have_text("Cancelled.")
+    expect(page.locator("#cancel")).to_be_disabled()
+
+
+def test_asking_again_supersedes_the_unfinished_request(page: Page) -> None:
+    page.fill("#question", SHAPE_QUESTION)
+    page.evaluate("() => { const ask = document.getElementById('ask'); ask.click(); ask.click(); }")
+    expect(entries(page)).to_have_count(2)
+    newest, older = entries(page).first, entries(page).nth(1)
+    expect(newest).to_have_attribute("data-state", "done")
+    expect(older).to_have_attribute("data-state", "cancelled")
+    assert "Superseded" in answer(older)
+    wait_until_answered_everything(page)  # the server ended the superseded one too
+
+
+def test_live_mode_follows_the_camera_one_request_at_a_time(page: Page) -> None:
+    page.evaluate("""() => {
+      window.__liveAnswers = new Set();
+      const panel = document.getElementById('live-panel');
+      const text = document.getElementById('live-answer');
+      new MutationObserver(() => panel.dataset.state === 'done' && window.__liveAnswers.add(text.textContent))
+        .observe(panel, {subtree: true, childList: true, characterData: true, attributes: true});
+    }""")
+    page.fill("#question", COLOR_QUESTION)
+    page.click("#live-toggle")
+    expect(page.locator("#live-toggle")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#live-panel")).to_be_visible()
+    # The clip changes colour every second: live answers must change with it.
+    page.wait_for_function(
+        "() => window.__liveAnswers.size >= 2 && Number(document.getElementById('live-count').textContent) >= 4",
+        timeout=10_000,
+    )
+    page.click("#live-toggle")
+    expect(page.locator("#live-toggle")).to_have_attribute("aria-pressed", "false")
+    wait_until_answered_everything(page)
+    stopped = stats(page)
+    assert stopped["maxOutstanding"] == 1, stopped
+    assert stopped["errors"] == 0, stopped
+    page.wait_for_timeout(1000)
+    assert stats(page)["liveSent"] == stopped["liveSent"], "live mode kept sending after it was turned off"
+    expect(entries(page)).to_have_count(0)  # live answers stay in the live panel
+    expect(page.locator("#live-meta")).to_contain_text("ms")
+
+
+def test_history_keeps_thumbnails_timing_and_copies(page: Page) -> None:
+    first = ask(page, COLOR_QUESTION)
+    second = ask(page, SHAPE_QUESTION)
+    expect(entries(page)).to_have_count(2)
+    for entry in (first, second):
+        assert entry.get_attribute("data-state") == "done"
+        assert max(thumbnail(entry).size) <= 160
+        expect(entry.locator(".meta")).to_have_text(re.compile(r"^\d+ ms( · [\d.]+ tok/s)?$"))
+    assert entries(page).first.locator(".question").inner_text() == SHAPE_QUESTION
+
+    second.locator("button.copy").click()
+    assert page.evaluate("navigator.clipboard.readText()").startswith(f"Q: {SHAPE_QUESTION}\nA: {answer(second)}")
+    page.click("#copy-all")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.index(f"Q: {COLOR_QUESTION}") < copied.index(f"Q: {SHAPE_QUESTION}")
+
+    page.click("#clear-history")
+    expect(entries(page)).to_have_count(0)
+
+
+# The camera's centre pixel differs from the frozen frame's (the clip changes scene every second).
+CAMERA_MOVED_ON = """() => {
+  const centre = (source, width, height) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = width;
+    canvas.height = height;
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(source, 0, 0);
+    return Array.from(ctx.getImageData(width / 2, height / 2, 1, 1).data);
+  };
+  const video = document.getElementById('video');
+  const frozen = document.getElementById('frozen');
+  const now = centre(video, video.videoWidth, video.videoHeight);
+  const then = centre(frozen, frozen.width, frozen.height);
+  return now.some((value, i) => Math.abs(value - then[i]) > 60);
+}"""
+
+
+def test_snapshot_freezes_the_frame_for_several_questions(page: Page) -> None:
+    page.click("#snapshot")
+    expect(page.locator("html")).to_have_attribute("data-frozen", "true")
+    expect(page.locator("#frozen")).to_be_visible()
+    expect(page.locator("#snapshot")).to_have_text("Unfreeze")
+    first = ask(page, COLOR_QUESTION)
+    page.wait_for_function(CAMERA_MOVED_ON)
+    second = ask(page, SHAPE_QUESTION)
+    assert thumbnail(first).tobytes() == thumbnail(second).tobytes()
+
+    page.click("#snapshot")
+    expect(page.locator("#frozen")).to_be_hidden()
+    expect(page.locator("html")).to_have_attribute("data-frozen", "false")
+    page.wait_for_function(CAMERA_MOVED_ON)
+    live = ask(page, COLOR_QUESTION)
+    assert thumbnail(live).tobytes() != thumbnail(first).tobytes()
+
+
+SKILL_CONTROLS = {
+    "caption-short": {"caption"},
+    "caption-normal": {"caption"},
+    "detect": {"detect"},
+    "point": {"point"},
+    "skill-object": {"detect", "point"},
+}
+
+
+def test_only_the_skills_the_model_has_are_offered(page: Page, info: dict) -> None:
+    capabilities = set(info["capabilities"])
+    for control, needs in SKILL_CONTROLS.items():
+        locator = page.locator(f"#{control}")
+        if needs & capabilities:
+            expect(locator).to_be_visible()
+        else:
+            expect(locator).to_be_hidden()
+    if "caption" in capabilities:
+        page.click("#caption-short")
+        expect(entries(page).first).to_have_attribute("data-state", "done")
+        assert answer(entries(page).first).strip()
+
+
+@pytest.fixture
+def locating_skill(info: dict) -> Iterator[str]:
+    offered = [skill for skill in ("detect", "point") if skill in info["capabilities"]]
+    if not offered:
+        pytest.skip(f"the model ({info['model']}) offers neither detect nor point: nothing to draw")
+    yield offered[0]
+
+
+def test_detect_or_point_draws_on_the_overlay_until_the_next_ask(page: Page, locating_skill: str) -> None:
+    page.fill("#skill-object", "shape")
+    page.click(f"#{locating_skill}")
+    expect(entries(page).first).to_have_attribute("data-state", "done")
+    expect(page.locator("#overlay")).not_to_have_attribute("data-marks", "0")
+    assert page.evaluate(OVERLAY_INKED)
+    ask(page, COLOR_QUESTION)
+    expect(page.locator("#overlay")).to_have_attribute("data-marks", "0")
+    assert not page.evaluate(OVERLAY_INKED)
+
+
+OVERLAY_INKED = """() => {
+  const canvas = document.getElementById('overlay');
+  const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  for (let i = 3; i < pixels.length; i += 4) if (pixels[i]) return true;
+  return false;
+}"""
+
+
+@pytest.mark.parametrize(
+    ("init_script", "explanation"),
+    [
+        (
+            "navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('no', 'NotAllowedError'));",
+            "denied",
+        ),
+        (
+            "navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('no', 'NotFoundError'));",
+            "No camera was found",
+        ),
+        ("Object.defineProperty(window, 'isSecureContext', {value: false});", "https://"),
+    ],
+    ids=["permission-denied", "no-camera", "insecure-context"],
+)
+def test_camera_problems_are_explained(open_app: OpenApp, init_script: str, explanation: str) -> None:
+    page = open_app(ready=False, init_script=init_script)
+    expect(page.locator("html")).to_have_attribute("data-camera", "error")
+    expect(page.locator("#camera-message")).to_be_visible()
+    expect(page.locator("#camera-message")).to_contain_text(explanation)
+    expect(page.locator("#error")).to_contain_text(explanation)
+    expect(page.locator("#ask")).to_be_disabled()
+
+
+def test_phone_sized_screen(open_app: OpenApp) -> None:
+    page = open_app(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "the page scrolls sideways"
+    for control in ("#stage", "#question", "#ask", "#live-toggle", "#snapshot"):
+        box = page.locator(control).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, control
+    page.fill("#question", SHAPE_QUESTION)
+    page.tap("#ask")
+    expect(entries(page).first).to_have_attribute("data-state", "done")
+    save_screenshot(page, "page-phone.png")
+
+
+def test_page_runs_under_its_content_security_policy(open_app: OpenApp, server: AppProcess) -> None:
+    violations = (
+        "window.__csp = []; addEventListener('securitypolicyviolation', (e) => __csp.push(e.violatedDirective));"
+    )
+    page = open_app(init_script=violations)
+    policy = requests.get(server.url, timeout=5).headers.get("Content-Security-Policy", "")
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy, policy
+    ask(page, COLOR_QUESTION)
+    assert page.evaluate("window.__csp") == []
+
+
+@pytest.fixture(scope="module")
+def token_server() -> Iterator[AppProcess]:
+    with AppProcess(["--model", "demo", "--token", "s3cret-token"]) as app:
+        yield app
+
+
+def test_token_from_the_link_is_used_and_hidden(open_app: OpenApp, token_server: AppProcess) -> None:
+    page = open_app("/?token=s3cret-token&lang=en", url=token_server.url)
+    assert "token" not in page.url and "lang=en" in page.url
+    assert page.evaluate("sessionStorage.getItem('vlm-token')") == "s3cret-token"
+    expect(page.locator("#model-info")).not_to_have_text("Model unknown")
+    entry = ask(page, SHAPE_QUESTION)
+    assert entry.get_attribute("data-state") == "done", answer(entry)
