@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 
+from werkzeug.serving import WSGIRequestHandler
+
 from vlm.backends.registry import explain_load_failure, load_backend
 from vlm.config import Settings, parse_settings
 from vlm.scheduler import Scheduler
@@ -59,13 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     web = create_app(settings)
     threading.Thread(target=load_model, args=(settings, web), name="vlm-loader", daemon=True).start()
     drain_on_sigterm(web)
-    tls = tls_options(settings)
+    options = server_options(settings)
     query = f"/?token={settings.token}" if settings.token else "/"
-    scheme = "https" if tls else "http"
+    scheme = "https" if settings.self_signed or settings.ssl_cert else "http"
     log.info("serving on %s://%s:%d%s (%s mode)", scheme, settings.host, settings.port, query, settings.async_mode)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
-    web.socketio.run(web.app, host=settings.host, port=settings.port, allow_unsafe_werkzeug=True, **tls)
+    web.socketio.run(web.app, host=settings.host, port=settings.port, allow_unsafe_werkzeug=True, **options)
 
 
 def tls_options(settings: Settings) -> dict[str, object]:
@@ -79,6 +81,20 @@ def tls_options(settings: Settings) -> dict[str, object]:
     if settings.async_mode == "threading":
         return {"ssl_context": (cert, key)}
     return {"certfile": cert, "keyfile": key}
+
+
+class NoDelayRequestHandler(WSGIRequestHandler):
+    """Werkzeug leaves Nagle's algorithm on, so a short Socket.IO frame sent right after another
+    (the last stream delta, then the response) waits ~40 ms for the client's delayed ACK."""
+
+    disable_nagle_algorithm = True
+
+
+def server_options(settings: Settings) -> dict[str, object]:
+    options = tls_options(settings)
+    if settings.async_mode == "threading":
+        options["request_handler"] = NoDelayRequestHandler
+    return options
 
 
 if __name__ == "__main__":

@@ -134,13 +134,20 @@ function applyInfo(info) {
   state.capabilities = new Set(info.capabilities || []);
   state.imageSize = info.image_size || DEFAULT_IMAGE_SIZE;
   if (info.model) {
-    els.modelInfo.textContent = [info.model, info.device].filter(Boolean).join(' · ');
-    els.modelInfo.title = `backend ${info.backend || '?'}, dtype ${info.dtype || '?'}, frames up to ${state.imageSize} px`;
+    els.modelInfo.textContent = [displayName(info.model), info.device].filter(Boolean).join(' · ');
+    els.modelInfo.title = `${info.model}\nbackend ${info.backend || '?'}, dtype ${info.dtype || '?'}, `
+      + `frames up to ${state.imageSize} px`;
   }
   if (info.max_question_chars) els.question.maxLength = info.max_question_chars;
   els.liveSize.value = state.imageSize;
   showOfferedSkills();
   els.root.dataset.info = 'loaded';
+}
+
+// A local model folder is shown by its name; hub ids ("org/model") as they are.
+function displayName(model) {
+  const isPath = /^([/~.]|[A-Za-z]:[\\/])/.test(model);
+  return isPath ? model.split(/[\\/]/).filter(Boolean).pop() : model;
 }
 
 function showOfferedSkills() {

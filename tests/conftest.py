@@ -9,18 +9,20 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scripts.build_tiny_model import build_tiny_model
-
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight LLaVA: real architecture, real processor, meaningless but deterministic answers."""
+    from scripts.build_tiny_model import build_tiny_model  # torch + transformers: only when a test needs a model
+
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llava"), arch="llava", profile="tiny")
 
 
 @pytest.fixture(scope="session")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bigger random LLaVA that never emits EOS, so a generation lasts as long as its token budget."""
+    from scripts.build_tiny_model import build_tiny_model
+
     return build_tiny_model(tmp_path_factory.mktemp("slow-llava"), arch="llava", profile="slow")
 
 

@@ -25,7 +25,9 @@ def guarded(tiny_model: Path) -> Iterator[AppProcess]:
 def test_page_and_api_need_the_token(guarded: AppProcess) -> None:
     assert requests.get(guarded.url, timeout=5).status_code == 401
     assert requests.get(f"{guarded.url}/?token=wrong", timeout=5).status_code == 401
-    assert requests.get(f"{guarded.url}/?token={TOKEN}", timeout=5).status_code == 200
+    session = requests.Session()
+    assert session.get(f"{guarded.url}/?token={TOKEN}", timeout=5).status_code == 200
+    assert session.get(guarded.url, timeout=5).status_code == 200, "a reload without ?token= still works"
     assert requests.get(f"{guarded.url}/api/info", timeout=5).status_code == 401
     authorised = {"Authorization": f"Bearer {TOKEN}"}
     assert requests.get(f"{guarded.url}/api/info", headers=authorised, timeout=5).status_code == 200

@@ -59,10 +59,8 @@ def parse_query(payload: object, *, max_question_chars: int) -> Incoming:
         raise ProtocolError("empty_question", "question is empty", rid)
     if len(question) > max_question_chars:
         raise ProtocolError("question_too_long", f"question is longer than {max_question_chars} characters", rid)
-    live = fields.get("live", False)
-    if not isinstance(live, bool):
-        raise ProtocolError("bad_request", "live must be true or false", rid)
-    return Incoming(id=rid, task="query", text=question, image=_image_field(fields, rid), live=live)
+    return Incoming(id=rid, task="query", text=question, image=_image_field(fields, rid),
+                    live=_live_field(fields, rid))
 
 
 def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
@@ -80,7 +78,8 @@ def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
     length = fields.get("length", "normal")
     if length not in get_args(CaptionLength):
         raise ProtocolError("bad_request", "length must be 'short' or 'normal'", rid)
-    return Incoming(id=rid, task=skill, text=text, image=_image_field(fields, rid), length=length)
+    return Incoming(id=rid, task=skill, text=text, image=_image_field(fields, rid), length=length,
+                    live=_live_field(fields, rid))
 
 
 def to_job(incoming: Incoming, settings: Settings, *, image_size: int,
@@ -119,6 +118,13 @@ def _text_field(fields: dict[str, object], name: str, rid: str) -> str:
     except UnicodeEncodeError:
         raise ProtocolError("bad_request", f"{name} is not valid UTF-8 text", rid) from None
     return value.strip()
+
+
+def _live_field(fields: dict[str, object], rid: str) -> bool:
+    live = fields.get("live", False)
+    if not isinstance(live, bool):
+        raise ProtocolError("bad_request", "live must be true or false", rid)
+    return live
 
 
 def _image_field(fields: dict[str, object], rid: str) -> object:

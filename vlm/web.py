@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flask import Flask, Response, abort, jsonify, render_template, request
+from flask import Flask, Response, abort, jsonify, make_response, render_template, request
 from flask_socketio import SocketIO
 
 from .backends.base import Backend
@@ -28,6 +28,7 @@ from .scheduler import Request, Scheduler
 
 log = logging.getLogger(__name__)
 
+TOKEN_COOKIE = "vlm_token"
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
     "connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'; "
@@ -145,10 +146,16 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         return response
 
     @app.get("/")
-    def index() -> str:
-        if not token_ok(request.args.get("token") or bearer()):
+    def index() -> Response:
+        """The link with ``?token=`` works once; a cookie keeps reloads working after the page hides it."""
+        token = request.args.get("token") or bearer() or request.cookies.get(TOKEN_COOKIE)
+        if not token_ok(token):
             abort(401, "This server needs its access token: open the link printed in its console.")
-        return render_template("index.html")
+        response = make_response(render_template("index.html"))
+        if settings.token:
+            response.set_cookie(TOKEN_COOKIE, settings.token, httponly=True, samesite="Strict",
+                                secure=request.is_secure)
+        return response
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
