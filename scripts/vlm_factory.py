@@ -158,6 +158,18 @@ def _llama_config(size: ModelSize, tokenizer: PreTrainedTokenizerFast) -> LlamaC
     )
 
 
+def _vision_tower(size: ModelSize) -> dict[str, int]:
+    """The vision-encoder dimensions every architecture's config names the same way."""
+    return {
+        "hidden_size": size.vision_hidden,
+        "intermediate_size": size.vision_intermediate,
+        "num_hidden_layers": size.vision_layers,
+        "num_attention_heads": size.vision_heads,
+        "image_size": size.image_size,
+        "patch_size": size.patch_size,
+    }
+
+
 def _build_llava(
     size: ModelSize, tokenizer: PreTrainedTokenizerFast, template: str
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -165,15 +177,7 @@ def _build_llava(
 
     Frames are squashed to a square (no centre crop) so shapes near the edges stay visible.
     """
-    vision = CLIPVisionConfig(
-        hidden_size=size.vision_hidden,
-        intermediate_size=size.vision_intermediate,
-        num_hidden_layers=size.vision_layers,
-        num_attention_heads=size.vision_heads,
-        image_size=size.image_size,
-        patch_size=size.patch_size,
-        projection_dim=size.vision_hidden,
-    )
+    vision = CLIPVisionConfig(**_vision_tower(size), projection_dim=size.vision_hidden)
     config = LlavaConfig(
         vision_config=vision,
         text_config=_llama_config(size, tokenizer),
@@ -207,14 +211,7 @@ def _build_idefics3(
     Image splitting is off, so each frame becomes one padded global tile of `image_size`.
     """
     scale_factor = 2
-    vision = Idefics3VisionConfig(
-        hidden_size=size.vision_hidden,
-        intermediate_size=size.vision_intermediate,
-        num_hidden_layers=size.vision_layers,
-        num_attention_heads=size.vision_heads,
-        image_size=size.image_size,
-        patch_size=size.patch_size,
-    )
+    vision = Idefics3VisionConfig(**_vision_tower(size))
     config = Idefics3Config(
         vision_config=vision,
         text_config=_llama_config(size, tokenizer),
