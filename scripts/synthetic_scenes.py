@@ -132,19 +132,31 @@ def random_scene(rng: random.Random) -> SceneSpec:
 
 def draw_scene(spec: SceneSpec, size: tuple[int, int] = (640, 480)) -> Image.Image:
     """Render `spec` as an RGB image of `size` (width, height)."""
-    width, height = size
     image = _draw_background(spec.background, size)
+    _draw_objects(image, spec, [obj.rgb or COLOR_RGB[obj.color] for obj in spec.objects])
+    return _camera_effects(image, spec)
+
+
+def object_mask(spec: SceneSpec, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """Which object covers each pixel ("L" image: 0 is background, i + 1 is `spec.objects[i]`).
+
+    Ground truth for dense supervision, drawn with exactly the geometry of `draw_scene`.
+    """
+    mask = Image.new("L", size, 0)
+    _draw_objects(mask, spec, list(range(1, len(spec.objects) + 1)))
+    return mask
+
+
+def _draw_objects(image: Image.Image, spec: SceneSpec, fills: Sequence[tuple[int, int, int] | int]) -> None:
     draw = ImageDraw.Draw(image)
-    for obj in spec.objects:
+    width, height = image.size
+    for obj, fill in zip(spec.objects, fills, strict=True):
         radius = obj.size * min(width, height) / 2
-        center = (obj.center[0] * width, obj.center[1] * height)
-        fill = obj.rgb or COLOR_RGB[obj.color]
+        cx, cy = obj.center[0] * width, obj.center[1] * height
         if obj.shape == "circle":
-            cx, cy = center
             draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
         else:
-            draw.polygon(_polygon(obj.shape, center, radius, obj.rotation), fill=fill)
-    return _camera_effects(image, spec)
+            draw.polygon(_polygon(obj.shape, (cx, cy), radius, obj.rotation), fill=fill)
 
 
 def describe(spec: SceneSpec) -> str:
