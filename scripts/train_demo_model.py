@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_scenes import (
     COLORS,
-    MAX_OBJECTS,
     QUESTION_KINDS,
     SHAPES,
     SceneSpec,
@@ -191,12 +190,10 @@ def learning_rate(step: int, steps: int) -> float:
 def vision_targets(spec: SceneSpec, size: tuple[int, int]) -> torch.Tensor:
     """Labels for the vision warm-up, one row per scene.
 
-    First, per shape: 0 if absent, else 1 + its colour's index; then the object count - 1.
-    Then, per image patch in raster order: 0 for background, else 1 + the (shape, colour)
-    pair covering its centre.
+    First, per shape: 0 if absent, else 1 + its colour's index. Then, per image patch in
+    raster order: 0 for background, else 1 + the (shape, colour) pair covering its centre.
     """
-    slots = torch.zeros(len(SHAPES) + 1, dtype=torch.long)
-    slots[-1] = len(spec.objects) - 1
+    slots = torch.zeros(len(SHAPES), dtype=torch.long)
     pairs = [0]
     for obj in spec.objects:
         slots[SHAPES.index(obj.shape)] = 1 + COLORS.index(obj.color)
@@ -232,13 +229,12 @@ def pretrain_vision(model, pixels: torch.Tensor, targets: torch.Tensor, steps: i
     Through the language model the gradient that teaches shapes is weak, and a tiny ViT
     from scratch barely gets past chance on shape in the time budget. Two linear probes
     teach it much faster: one on the mean image-token feature names every shape's colour
-    (or "absent") and the object count; one on each image token names the shape and colour
-    under that patch,
+    (or "absent"); one on each image token names the shape and colour under that patch,
     which is what "what color is the circle?" in a busy scene needs. Real LLaVA likewise
     starts from a pretrained vision encoder. The probes are discarded.
     """
     hidden, grid = model.config.text_config.hidden_size, SIZE.image_size // SIZE.patch_size
-    scene_probe = torch.nn.Linear(hidden, len(SHAPES) * (1 + len(COLORS)) + MAX_OBJECTS)
+    scene_probe = torch.nn.Linear(hidden, len(SHAPES) * (1 + len(COLORS)))
     patch_probe = torch.nn.Linear(hidden, 1 + len(SHAPES) * len(COLORS))
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
     params += [*scene_probe.parameters(), *patch_probe.parameters()]
@@ -250,12 +246,10 @@ def pretrain_vision(model, pixels: torch.Tensor, targets: torch.Tensor, steps: i
         batch = torch.randint(0, len(pixels), (PRETRAIN_BATCH_SIZE,), generator=order)
         flips = torch.rand(len(batch), generator=order) < 0.5
         features = image_features(model, mirror(pixels[batch], flips))
-        slots, count, patches = targets[batch].split([len(SHAPES), 1, grid * grid], dim=1)
+        slots, patches = targets[batch].split([len(SHAPES), grid * grid], dim=1)
         patches = mirror(patches.view(-1, grid, grid), flips).reshape(-1)
-        scene_logits = scene_probe(features.mean(dim=1))
-        slot_logits = scene_logits[:, :-MAX_OBJECTS].reshape(-1, 1 + len(COLORS))
+        slot_logits = scene_probe(features.mean(dim=1)).view(-1, 1 + len(COLORS))
         loss = torch.nn.functional.cross_entropy(slot_logits, slots.reshape(-1))
-        loss = loss + torch.nn.functional.cross_entropy(scene_logits[:, -MAX_OBJECTS:], count.view(-1))
         loss = loss + torch.nn.functional.cross_entropy(patch_probe(features).view(len(patches), -1), patches)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps)
