@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import io
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -89,7 +90,8 @@ def _open_bounded(raw: bytes, max_pixels: int, target_size: int) -> Image.Image:
     if width < 1 or height < 1 or width * height > max_pixels:
         raise ImageRejected("image_too_large", f"image is {width}x{height}; the limit is {max_pixels} pixels")
     if image.format == "JPEG":
-        image.draft("RGB", (target_size, target_size))
+        scale = min(1.0, target_size / max(width, height))
+        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
