@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from PIL import Image
 
@@ -31,15 +32,39 @@ def test_answers_stream_then_finish_once_per_request() -> None:
     assert set(payload["timing"]) >= {"queue_ms", "decode_ms", "model_ms", "first_token_ms", "total_ms"}
 
 
-def test_requests_arriving_together_share_a_batch() -> None:
+def test_returning_clients_share_a_batch() -> None:
     sink = RecordingSinkDouble()
     backend = ScriptedBackendDouble(max_batch_size=8)
-    scheduler = Scheduler(backend, batch_window_s=0.2)
-    for i in range(4):
-        scheduler.submit(make_request(sink, f"r{i}", f"client{i}", f"q{i}"))
-    finals = sink.wait_finals(4)
+    scheduler = Scheduler(backend, batch_window_s=30)
+    for round_ in range(2):
+        for i in range(4):
+            scheduler.submit(make_request(sink, f"r{round_}-{i}", f"client{i}", f"q{i}"))
+        sink.wait_finals(4 * (round_ + 1))
+    finals = sink.finals()
     assert {payload["answer"] for _, payload in finals.values()} == {f"echo: q{i}" for i in range(4)}
-    assert len(backend.batches) == 1 and len(backend.batches[0]) == 4
+    assert sorted(backend.batches[-1]) == [f"q{i}" for i in range(4)], "the second round waited for all four"
+
+
+def test_a_lone_client_does_not_wait_for_company() -> None:
+    sink = RecordingSinkDouble()
+    scheduler = Scheduler(ScriptedBackendDouble(max_batch_size=8), batch_window_s=30)
+    for i in range(3):
+        scheduler.submit(make_request(sink, f"r{i}", "alice"))
+        assert sink.wait_finals(i + 1)[f"r{i}"][0] == "response", "answered without waiting out the 30 s window"
+
+
+@pytest.mark.parametrize("gone", ["disconnected", "one-shot HTTP request"])
+def test_clients_that_will_not_return_are_not_waited_for(gone: str) -> None:
+    sink = RecordingSinkDouble()
+    scheduler = Scheduler(ScriptedBackendDouble(max_batch_size=8), batch_window_s=30)
+    first = make_request(sink, "first", "bob")
+    first.returns = gone == "disconnected"
+    scheduler.submit(first)
+    sink.wait_finals(1)
+    if gone == "disconnected":
+        scheduler.forget_client("bob")
+    scheduler.submit(make_request(sink, "a", "alice"))
+    assert sink.wait_finals(2)["a"][0] == "response", "answered without waiting out the 30 s window"
 
 
 def test_newer_request_supersedes_and_live_frame_keeps_its_place() -> None:

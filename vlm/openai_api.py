@@ -105,7 +105,7 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
             return error_response(error.code, error.message)
         sink = HttpSink(sleep if green else None)
         work = Request(id=incoming.id, client=f"http-{uuid.uuid4().hex}", job=job, sink=sink,
-                       received=received, decode_ms=decode_ms)
+                       received=received, decode_ms=decode_ms, returns=False)
         log.info("query %s over HTTP (%d chars; frames are never stored)", work.id, len(job.text))
         scheduler.submit(work)
         events = iter(sink)

@@ -4,7 +4,8 @@ Each client has at most one unfinished request: a newer one supersedes it (a liv
 replaces the queued one in place, so latest wins without losing its turn). That rule alone
 makes the queue fair, since arrival order across clients is one slot per client. The
 worker waits a few milliseconds for company before starting a batch, because a batched
-decode costs little more than a single one.
+decode costs little more than a single one, but only for company it has reason to expect:
+clients seen in the last second that are not queued yet. A lone user never waits.
 
 Every request ends exactly once, through ``Request.resolve``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
@@ -26,6 +27,9 @@ from .backends.base import Backend, BackendError, Job, Result
 
 log = logging.getLogger(__name__)
 
+# A client that asked or was answered this recently is likely to ask again within a batch window.
+COMPANY_HORIZON_S = 1.0
+
 
 class Sink(Protocol):
     """Where a request's events go: the web layer routes them to the one client that asked."""
@@ -44,6 +48,8 @@ class Request:
     job: Job
     sink: Sink
     live: bool = False
+    # A Socket.IO client keeps asking, so the batch window may wait for it; an HTTP request is one-shot.
+    returns: bool = True
     received: float = field(default_factory=time.perf_counter)
     decode_ms: float = 0.0
     enqueued: float = 0.0
@@ -83,6 +89,7 @@ class Scheduler:
         self._queued: OrderedDict[str, Request] = OrderedDict()
         self._active: dict[str, Request] = {}
         self._running: list[Request] = []
+        self._last_seen: dict[str, float] = {}
         self._accepting = True
         self._worker_generation = 0
         self._start_worker()
@@ -101,6 +108,8 @@ class Scheduler:
                 rejection = None
                 previous = self._active.get(request.client)
                 request.enqueued = time.perf_counter()
+                if request.returns:
+                    self._last_seen[request.client] = request.enqueued
                 self._queued[request.client] = request
                 self._active[request.client] = request
                 self._lock.notify_all()
@@ -119,6 +128,7 @@ class Scheduler:
     def forget_client(self, client: str) -> None:
         """A disconnected client's work is dropped silently: there is nobody left to tell."""
         with self._lock:
+            self._last_seen.pop(client, None)
             request = self._active.get(client)
             if request is not None:
                 self._finish_locked(request)
@@ -142,6 +152,8 @@ class Scheduler:
             del self._queued[request.client]
         if self._active.get(request.client) is request:
             del self._active[request.client]
+        if request.client in self._last_seen:
+            self._last_seen[request.client] = time.perf_counter()
         self._lock.notify_all()
         return True
 
@@ -196,9 +208,9 @@ class Scheduler:
                 self._lock.wait()
             if generation != self._worker_generation:
                 return None
-            if len(self._queued) < self.max_batch_size and self.batch_window_s > 0:
+            if self.batch_window_s > 0:
                 deadline = time.perf_counter() + self.batch_window_s
-                while len(self._queued) < self.max_batch_size:
+                while len(self._queued) < min(self.max_batch_size, self._expected_company_locked()):
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
@@ -211,6 +223,13 @@ class Scheduler:
                 batch.append(request)
             self._running = batch
             return batch
+
+    def _expected_company_locked(self) -> int:
+        """How many clients could be in the next batch: the queued ones and the recently seen ones."""
+        horizon = time.perf_counter() - COMPANY_HORIZON_S
+        for client in [c for c, seen in self._last_seen.items() if seen < horizon and c not in self._queued]:
+            del self._last_seen[client]
+        return len(self._last_seen.keys() | self._queued.keys())
 
     def _execute(self, batch: list[Request]) -> None:
         events = _BatchEvents(self, batch)
