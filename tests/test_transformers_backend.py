@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from scripts.build_tiny_model import build_tiny_model
 from scripts.vlm_factory import ARCHS
 from vlm.backends.base import Job, Result
+from vlm.backends.frame_cache import FrameCache
 from vlm.backends.registry import choose_backend, read_model_config
 from vlm.backends.transformers_backend import TransformersBackend
 
@@ -74,3 +76,30 @@ def test_cancelled_row_gets_no_result_and_others_finish(backend: TransformersBac
 def test_info_reports_a_useful_frame_size(backend: TransformersBackend) -> None:
     assert backend.info.image_size >= 256
     assert backend.info.capabilities == {"query", "caption", "stream"}
+
+
+def test_a_frame_asked_about_again_is_not_encoded_again(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    questions = ("what shape is this?", "what color is this?")
+    same_frame = [Job(task="query", image=FRAMES[0], image_key="red", text=q, max_new_tokens=4) for q in questions]
+    monkeypatch.setattr(backend, "image_features", FrameCache())
+    real_encoder = backend.image_encoder
+    assert real_encoder is not None, "both tiny architectures take pre-encoded images"
+    frames_encoded: list[int] = []
+
+    def counting_encoder(**inputs: torch.Tensor) -> object:
+        frames_encoded.append(len(inputs["pixel_values"]))
+        return real_encoder(**inputs)
+
+    monkeypatch.setattr(backend, "image_encoder", counting_encoder)
+    first, again = Events(2), Events(2)
+    backend.generate(same_frame, first)
+    backend.generate(same_frame, again)
+    assert frames_encoded == [1], "two questions, asked twice, about one frame: one encoding"
+
+    monkeypatch.setattr(backend, "image_encoder", None)
+    uncached = Events(2)
+    backend.generate(same_frame, uncached)
+    for events in (first, again):
+        assert [events.results[i].answer for i in range(2)] == [uncached.results[i].answer for i in range(2)]

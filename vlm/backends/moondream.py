@@ -8,16 +8,15 @@ one snapshot encode it once.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 from .base import Backend, GenerationEvents, Job, ModelInfo, Result, resolve_device, resolve_dtype
+from .frame_cache import FrameCache
 from .remote_code import load_remote_code_model
 
 # moondream2 crops its input into 378 px tiles, up to a few per side; more is wasted bandwidth.
 MOONDREAM_FRAME_SIDE = 756
-ENCODED_FRAMES_KEPT = 8
 
 
 class MoondreamBackend(Backend):
@@ -25,7 +24,7 @@ class MoondreamBackend(Backend):
 
     def __init__(self, model: Any, *, model_id: str, device: str, dtype: str) -> None:
         self.model = model
-        self.encoded: OrderedDict[str, Any] = OrderedDict()
+        self.encoded: FrameCache[Any] = FrameCache()
         self.info = ModelInfo(
             model=model_id,
             backend=self.name,
@@ -64,13 +63,10 @@ class MoondreamBackend(Backend):
         return Result(answer=_found(len(points), job.text), points=points)
 
     def _encode(self, job: Job) -> Any:
-        if job.image_key in self.encoded:
-            self.encoded.move_to_end(job.image_key)
-            return self.encoded[job.image_key]
-        encoded = self.model.encode_image(job.image)
-        self.encoded[job.image_key] = encoded
-        if len(self.encoded) > ENCODED_FRAMES_KEPT:
-            self.encoded.popitem(last=False)
+        encoded = self.encoded.get(job.image_key)
+        if encoded is None:
+            encoded = self.model.encode_image(job.image)
+            self.encoded.put(job.image_key, encoded)
         return encoded
 
     @staticmethod

@@ -4,11 +4,17 @@
 SmolVLM/Idefics3, LLaVA, Qwen-VL and friends without model-specific code. Requests are
 decoded together as one left-padded batch; a small streamer splits the batch's token
 stream back into per-request deltas, and a stopping criterion drops cancelled rows.
+
+Image features are computed by us rather than inside ``generate`` where the model takes
+them pre-encoded (transformers' ``mm_encoder_outputs``), so a frame asked about again is
+not run through the vision tower again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -19,8 +25,12 @@ from transformers import (
     StoppingCriteriaList,
 )
 from transformers.generation.streamers import BaseStreamer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .base import Backend, GenerationEvents, Job, ModelInfo, Result, resolve_device, resolve_dtype
+from .frame_cache import FrameCache
+
+log = logging.getLogger(__name__)
 
 CAPTION_PROMPTS = {
     "short": "Describe the image in one short sentence.",
@@ -41,6 +51,9 @@ class TransformersBackend(Backend):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.eos_ids = _eos_ids(model.generation_config.eos_token_id)
+        self.image_encoder = _image_encoder(model)
+        self.image_encoder_params = _parameters(self.image_encoder)
+        self.image_features: FrameCache[torch.Tensor] = FrameCache()
         self.info = ModelInfo(
             model=model_id,
             backend=self.name,
@@ -76,15 +89,53 @@ class TransformersBackend(Backend):
         ).to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        pre_encoded = self._pre_encoded_images(jobs, inputs)
         streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events)
         self.model.generate(
             **inputs,
+            **pre_encoded,
             max_new_tokens=max(job.max_new_tokens for job in jobs),
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([StopFinishedRows(streamer)]),
         )
+
+    def _pre_encoded_images(self, jobs: list[Job], inputs: dict[str, Any]) -> dict[str, Any]:
+        """``mm_encoder_outputs`` for ``generate``, encoding only frames not seen lately.
+
+        Takes the encoder's inputs out of ``inputs``. Returns nothing (and leaves ``inputs``
+        alone, for ``generate`` to encode as usual) where the model cannot take pre-encoded
+        images or its encoder inputs are not one row per frame.
+        """
+        if self.image_encoder is None:
+            return {}
+        encoder_inputs = {name: inputs[name] for name in self.image_encoder_params if name in inputs}
+        if "pixel_values" not in encoder_inputs or any(
+            not torch.is_tensor(value) or len(value) != len(jobs) for value in encoder_inputs.values()
+        ):
+            return {}
+        features = {job.image_key: self.image_features.get(job.image_key) for job in jobs}
+        missing: dict[str, int] = {}  # frame digest -> the first row asking about it
+        for row, job in enumerate(jobs):
+            if features[job.image_key] is None:
+                missing.setdefault(job.image_key, row)
+        if missing:
+            rows = list(missing.values())
+            encoded = self.image_encoder(**{name: value[rows] for name, value in encoder_inputs.items()},
+                                         return_dict=True).pooler_output
+            if not isinstance(encoded, list | tuple) or len(encoded) != len(rows):
+                log.info("%s encodes images in a shape we cannot split per frame; not caching them",
+                         self.info.model)
+                self.image_encoder = None
+                return {}
+            for key, feature in zip(missing, encoded, strict=True):
+                features[key] = feature
+                self.image_features.put(key, feature)
+        for name in encoder_inputs:
+            del inputs[name]
+        per_job = [features[job.image_key] for job in jobs]
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_job)}}
 
 
 class BatchStreamer(BaseStreamer):
@@ -152,6 +203,17 @@ class StopFinishedRows(StoppingCriteria):
         events = self.streamer.events
         stop = [done or events.cancelled(row) for row, done in enumerate(self.streamer.finished)]
         return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _image_encoder(model: Any) -> Callable[..., Any] | None:
+    """The model's own image encoder, where its ``generate`` accepts images encoded beforehand."""
+    if not model._supports_mm_encoder_outputs() or "image" not in getattr(model, "input_modalities", ()):
+        return None
+    return getattr(model.base_model, "get_image_features", None)
+
+
+def _parameters(function: Callable[..., Any] | None) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters) - {"kwargs"} if function else frozenset()
 
 
 def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:

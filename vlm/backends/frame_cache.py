@@ -1,0 +1,34 @@
+"""The encodings of the last few frames, by frame digest.
+
+Encoding the image is the expensive half of a question on most VLMs, and people ask
+several things about one frame (a snapshot, a caption then a detect, several tabs on one
+camera). Frames are keyed by the digest of their bytes, so equal frames share one entry.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+Encoding = TypeVar("Encoding")
+
+# A handful covers a snapshot conversation; more would only pin memory on the device.
+FRAMES_KEPT = 8
+
+
+class FrameCache(Generic[Encoding]):
+    def __init__(self, capacity: int = FRAMES_KEPT) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[str, Encoding] = OrderedDict()
+
+    def get(self, key: str) -> Encoding | None:
+        encoding = self.entries.get(key)
+        if encoding is not None:
+            self.entries.move_to_end(key)
+        return encoding
+
+    def put(self, key: str, encoding: Encoding) -> None:
+        self.entries[key] = encoding
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
