@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
                         help="requests decoded together (backends that batch)")
     limits.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms,
-                        help="how long the worker waits for more requests to batch")
+                        help="how long the worker waits for recently seen clients to join a batch")
     limits.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
                         dest="request_timeout_s", help="seconds before a generation is abandoned")
     limits.add_argument("--rate-limit", type=float, default=defaults.rate_limit_per_s,
