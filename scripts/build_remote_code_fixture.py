@@ -1,4 +1,4 @@
-"""Build a tiny local ``trust_remote_code`` model that breaks under transformers 5 like moondream2.
+"""Build a tiny local ``trust_remote_code`` stand-in for moondream2: it breaks under transformers 5 alike.
 
 moondream2's remote class (``HfMoondream`` in ``hf_moondream.py``) has two habits that transformers 5
 no longer tolerates: its ``__init__`` never calls ``self.post_init()``, and it computes non-persistent
@@ -12,6 +12,16 @@ whose ``query(image, question)`` greedily decodes an answer that depends on both
 ``model.safetensors`` (seeded random weights) and ``expected.json``: the question, the image colour and the
 answer the model gives when it is built eagerly on CPU, i.e. with its buffers computed by its own
 ``__init__`` (what transformers 4 produced).
+
+It also stands in for moondream2 itself in end-to-end tests (tests/test_moondream_end_to_end.py, the
+browser's overlay test), which run offline, with no model hub to fetch moondream2 from: the model offers
+moondream2's public API as vlm/backends/moondream.py calls it. ``encode_image`` returns an encoding that
+every other method accepts in place of the image; ``query`` and ``caption`` stream their text as a
+generator of chunks with ``stream=True`` and honour ``settings={"max_tokens": n}``; ``detect`` and
+``point`` score each patch of the image prefix against the object's text through the model's own layers,
+so their boxes and points are the model's output too (meaningless, with random weights, but
+deterministic, normalised to 0..1 and never empty). Text is lower-cased and limited to the model's
+vocabulary; anything else is a ``ValueError``.
 
 Two config flags switch the habits off, to model well-behaved remote code:
 ``call_post_init`` (the constructor calls ``post_init()``) and ``init_weights_recomputes_buffers``
@@ -74,7 +84,12 @@ MODELING_SOURCE = '''\
 
 Like moondream2 it does not call ``post_init()`` in ``__init__`` (unless ``config.call_post_init``) and
 it computes two non-persistent buffers in ``__init__``: a causal attention mask whose image prefix is
-bidirectional, and a rotary table ``freqs_cis`` of (cos, sin) pairs. ``query()`` depends on both.
+bidirectional, and a rotary table ``freqs_cis`` of (cos, sin) pairs. Every answer depends on both.
+
+It also offers moondream2's public API as vlm/backends/moondream.py calls it: ``encode_image``,
+``query`` and ``caption`` (optionally streaming), ``detect`` and ``point``, each taking a PIL image or
+what ``encode_image`` returned. The weights are random, so the answers mean nothing, but the model
+computes every one of them, deterministically.
 """
 
 import torch
@@ -83,6 +98,9 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .configuration_tiny_vqa import TinyVqaConfig
+
+# moondream2 captions from a fixed prompt per length; so does this model.
+CAPTION_PROMPTS = {"short": "caption in short?", "normal": "caption?", "long": "caption in detail?"}
 
 
 def prefix_causal_mask(max_context, prefix_len):
@@ -138,14 +156,23 @@ class TinyVqaForCausalLM(PreTrainedModel):
             self.attn_mask.copy_(self._mask())
             self.freqs_cis.copy_(self._rotary())
 
+    @property
+    def grid_side(self):
+        """The image prefix is a square grid of patches, one embedding each, in row-major order."""
+        return int(self.config.prefix_len**0.5)
+
+    @torch.inference_mode()
     def encode_image(self, image):
-        side = int(self.config.prefix_len ** 0.5)
-        pixels = image.convert("RGB").resize((side, side))
+        """The image prefix of a PIL image; an encoding passes through unchanged, as in moondream2."""
+        if isinstance(image, torch.Tensor):
+            return image
+        pixels = image.convert("RGB").resize((self.grid_side, self.grid_side))
         rgb = torch.tensor(list(pixels.getdata()), dtype=torch.float32) / 255.0
         return self.patch_proj(rgb.to(device=self.device, dtype=self.dtype))
 
     def encode_text(self, text):
-        vocab = self.config.vocab
+        """One token per character, lower-cased; anything outside the vocabulary is refused."""
+        vocab, text = self.config.vocab, text.lower()
         if any(ch not in vocab for ch in text):
             raise ValueError(f"text may only use the characters {vocab!r}")
         return torch.tensor([vocab.index(ch) for ch in text], device=self.device)
@@ -168,19 +195,76 @@ class TinyVqaForCausalLM(PreTrainedModel):
             x = torch.cat([self.encode_image(image)[None].expand(x.size(0), -1, -1), x], dim=1)
         return self.lm_head(self.hidden(x))
 
+    def _prompt(self, image, text):
+        """Input embeddings: the image prefix, then ``text``; refused if they do not fit the context."""
+        x = torch.cat([self.encode_image(image), self.wte(self.encode_text(text))])[None]
+        if x.size(1) > self.config.max_context:
+            room = self.config.max_context - self.config.prefix_len
+            raise ValueError(f"text may be at most {room} characters long, got {len(text)}")
+        return x
+
     @torch.inference_mode()
-    def query(self, image, question, max_new_tokens=8):
-        """Greedy answer to ``question`` about ``image`` (a PIL image); ``{"answer": str}`` like moondream2."""
+    def _decode(self, x, max_tokens):
+        """Greedy decoding, one character per chunk, until ".", ``max_tokens`` or the end of the context."""
         vocab = self.config.vocab
-        x = torch.cat([self.encode_image(image), self.wte(self.encode_text(question))])[None]
-        answer = ""
-        for _ in range(max_new_tokens):
+        for _ in range(max_tokens):
             token = int(self.lm_head(self.hidden(x))[0, -1].float().argmax())
             if vocab[token] == ".":
-                break
-            answer += vocab[token]
+                return
+            yield vocab[token]
+            if x.size(1) == self.config.max_context:
+                return
             x = torch.cat([x, self.wte(torch.tensor([[token]], device=self.device))], dim=1)
-        return {"answer": answer}
+
+    def _answer(self, x, stream, settings):
+        """The decoded text, or with ``stream`` a generator of its chunks, as moondream2 returns them."""
+        chunks = self._decode(x, (settings or {}).get("max_tokens", self.config.max_context))
+        return chunks if stream else "".join(chunks)
+
+    @torch.inference_mode()
+    def query(self, image, question, stream=False, settings=None):
+        """``{"answer": ...}`` to ``question``; ``settings={"max_tokens": n}`` bounds it, as in moondream2."""
+        return {"answer": self._answer(self._prompt(image, question), stream, settings)}
+
+    @torch.inference_mode()
+    def caption(self, image, length="normal", stream=False, settings=None):
+        """``{"caption": ...}``: the answer to this length's fixed caption prompt."""
+        if length not in CAPTION_PROMPTS:
+            raise ValueError(f"length must be one of {sorted(CAPTION_PROMPTS)}, got {length!r}")
+        return {"caption": self._answer(self._prompt(image, CAPTION_PROMPTS[length]), stream, settings)}
+
+    def _patch_scores(self, image, object):
+        """How well each image patch matches ``object``: its final hidden state against the text's last one."""
+        if not object.strip():
+            raise ValueError("the object to look for is empty")
+        states = self.hidden(self._prompt(image, object))[0].float()
+        return states[: self.config.prefix_len] @ states[-1]
+
+    def _cell(self, patch):
+        """(column, row) of a patch in the grid."""
+        return patch % self.grid_side, patch // self.grid_side
+
+    @torch.inference_mode()
+    def detect(self, image, object):
+        """``{"objects": [box]}``: the bounds of the patches scoring in the upper half of the range (the best one
+        at least, so something is always found)."""
+        scores = self._patch_scores(image, object)
+        matches = (scores >= (scores.min() + scores.max()) / 2).nonzero().flatten().tolist()
+        columns, rows = zip(*map(self._cell, matches))
+        side = self.grid_side
+        box = {
+            "x_min": min(columns) / side,
+            "y_min": min(rows) / side,
+            "x_max": (max(columns) + 1) / side,
+            "y_max": (max(rows) + 1) / side,
+        }
+        return {"objects": [box]}
+
+    @torch.inference_mode()
+    def point(self, image, object):
+        """``{"points": [point]}``: the centre of the patch that matches ``object`` best."""
+        column, row = self._cell(int(self._patch_scores(image, object).argmax()))
+        return {"points": [{"x": (column + 0.5) / self.grid_side, "y": (row + 0.5) / self.grid_side}]}
 '''
 
 

@@ -1,8 +1,10 @@
 """Real-browser tests: headless Debian Chromium with a fake camera, against the real app.
 
-The app runs as a subprocess with the bundled demo model. Chromium's fake capture device
-plays a y4m clip written here, so the page gets a genuine MediaStream. Failing tests leave
-a screenshot in ``artifacts/``.
+The app runs as a subprocess with the bundled demo model; for the skills the demo model lacks
+(detect, point), a second one serves the tiny moondream2 stand-in of
+scripts/build_remote_code_fixture.py through the moondream backend. Chromium's fake capture
+device plays a y4m clip written here, so the page gets a genuine MediaStream. Failing tests
+leave a screenshot in ``artifacts/``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ def playwright() -> Iterator[Playwright]:
 @pytest.fixture(scope="session")
 def server() -> Iterator[AppProcess]:
     with AppProcess(["--model", "demo"]) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def moondream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
+    """The app on a model with moondream2's API and skills, built here because moondream2 cannot be downloaded."""
+    from scripts.build_remote_code_fixture import build_remote_code_fixture  # torch: only when a test needs it
+
+    model = build_remote_code_fixture(tmp_path_factory.mktemp("moondream-like"))
+    with AppProcess(["--model", str(model), "--backend", "moondream"]) as app:
         yield app
 
 

@@ -1,4 +1,4 @@
-"""The page in a real browser, against the real app and the demo model.
+"""The page in a real browser, against the real app: the demo model, and a moondream2 stand-in for detect/point.
 
 Proves that each question is answered about the frame the camera shows at that moment,
 and covers the real-time experience: streaming, cancel, supersede, live mode with
@@ -41,9 +41,13 @@ SCENE_IS = """([wanted]) => {
 }"""
 
 
+def model_info(app: AppProcess) -> dict:
+    return requests.get(f"{app.url}/api/info", timeout=5).json()
+
+
 @pytest.fixture(scope="session")
 def info(server: AppProcess) -> dict:
-    return requests.get(f"{server.url}/api/info", timeout=5).json()
+    return model_info(server)
 
 
 def entries(page: Page) -> Locator:
@@ -257,8 +261,15 @@ SKILL_CONTROLS = {
 }
 
 
-def test_only_the_skills_the_model_has_are_offered(page: Page, info: dict) -> None:
-    capabilities = set(info["capabilities"])
+@pytest.fixture(params=["server", "moondream_server"], ids=["demo", "moondream-like"])
+def either_server(request: pytest.FixtureRequest) -> AppProcess:
+    """The demo model's app, which lacks detect and point, or the moondream stand-in's, which has every skill."""
+    return request.getfixturevalue(request.param)
+
+
+def test_only_the_skills_the_model_has_are_offered(open_app: OpenApp, either_server: AppProcess) -> None:
+    page = open_app(url=either_server.url)
+    capabilities = set(model_info(either_server)["capabilities"])
     for control, needs in SKILL_CONTROLS.items():
         locator = page.locator(f"#{control}")
         if needs & capabilities:
@@ -271,31 +282,33 @@ def test_only_the_skills_the_model_has_are_offered(page: Page, info: dict) -> No
         assert answer(entries(page).first).strip()
 
 
-@pytest.fixture
-def locating_skill(info: dict) -> Iterator[str]:
-    offered = [skill for skill in ("detect", "point") if skill in info["capabilities"]]
-    if not offered:
-        pytest.skip(f"the model ({info['model']}) offers neither detect nor point: nothing to draw")
-    yield offered[0]
+# How static/app.js draws a result: detect boxes in green, point dots in pink.
+MARK_COLOURS = {"detect": [0x3E, 0xE0, 0x8F], "point": [0xFF, 0x3D, 0x7F]}
 
-
-def test_detect_or_point_draws_on_the_overlay_until_the_next_ask(page: Page, locating_skill: str) -> None:
-    page.fill("#skill-object", "shape")
-    page.click(f"#{locating_skill}")
-    expect(entries(page).first).to_have_attribute("data-state", "done")
-    expect(page.locator("#overlay")).not_to_have_attribute("data-marks", "0")
-    assert page.evaluate(OVERLAY_INKED)
-    ask(page, COLOR_QUESTION)
-    expect(page.locator("#overlay")).to_have_attribute("data-marks", "0")
-    assert not page.evaluate(OVERLAY_INKED)
-
-
-OVERLAY_INKED = """() => {
+# Whether any pixel of the overlay is inked (in the given colour, if one is given).
+OVERLAY_INKED = """(colour) => {
   const canvas = document.getElementById('overlay');
   const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  for (let i = 3; i < pixels.length; i += 4) if (pixels[i]) return true;
+  const matches = (i) => !colour || colour.every((value, c) => Math.abs(pixels[i + c] - value) <= 8);
+  for (let i = 0; i < pixels.length; i += 4) if (pixels[i + 3] && matches(i)) return true;
   return false;
 }"""
+
+
+@pytest.mark.parametrize("skill", ["detect", "point"])
+def test_detect_or_point_draws_on_the_overlay_until_the_next_ask(
+    open_app: OpenApp, moondream_server: AppProcess, skill: str
+) -> None:
+    page = open_app(url=moondream_server.url)
+    overlay = page.locator("#overlay")
+    page.fill("#skill-object", "shape")
+    page.click(f"#{skill}")
+    expect(entries(page).first).to_have_attribute("data-state", "done")
+    expect(overlay).to_have_attribute("data-marks", re.compile(r"^[1-9]\d*$"))
+    assert page.evaluate(OVERLAY_INKED, MARK_COLOURS[skill]), f"no {skill} mark was drawn"
+    ask(page, COLOR_QUESTION)
+    expect(overlay).to_have_attribute("data-marks", "0")
+    assert not page.evaluate(OVERLAY_INKED, None)
 
 
 @pytest.mark.parametrize(
