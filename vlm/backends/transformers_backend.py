@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -225,10 +225,11 @@ def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
 def _processor_image_side(processor: Any) -> int:
     """The longest image side the model actually looks at, from the image processor's size."""
     size = getattr(getattr(processor, "image_processor", None), "size", None)
-    if isinstance(size, Mapping):
-        for key in ("longest_edge", "shortest_edge", "height", "width"):
-            if isinstance(size.get(key), int):
-                return int(size[key])
     if isinstance(size, int):
         return size
+    lookup = getattr(size, "get", None)  # a dict, or transformers' SizeDict
+    for key in ("longest_edge", "shortest_edge", "height", "width"):
+        value = lookup(key) if lookup else None
+        if isinstance(value, int):
+            return value
     return 512
