@@ -1,13 +1,17 @@
-"""Shared fixtures: offline model folders built once per session, and a frame to ask about."""
+"""Shared fixtures: offline model folders built once per session, a frame to ask about, a client."""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from tests.server_process import AppProcess
+from tests.socket_client import RecordingClient
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +39,11 @@ def jpeg_data_url(color: str = "red", size: tuple[int, int] = (640, 480)) -> str
 @pytest.fixture(scope="session")
 def frame() -> str:
     return jpeg_data_url()
+
+
+@pytest.fixture
+def client(app: AppProcess) -> Iterator[RecordingClient]:
+    """A connected Socket.IO client of the module's ``app`` fixture (the server under test there)."""
+    connected = RecordingClient(app.url)
+    yield connected
+    connected.close()

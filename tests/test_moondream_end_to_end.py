@@ -30,13 +30,6 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
         yield running
 
 
-@pytest.fixture
-def client(app: AppProcess) -> Iterator[RecordingClient]:
-    connected = RecordingClient(app.url)
-    yield connected
-    connected.close()
-
-
 def deltas(client: RecordingClient, request_id: str) -> list[str]:
     return [payload["delta"] for event, payload in client.received if event == "stream" and payload["id"] == request_id]
 

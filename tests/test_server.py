@@ -21,13 +21,6 @@ def app(tiny_model: Path) -> Iterator[AppProcess]:
         yield running
 
 
-@pytest.fixture
-def client(app: AppProcess) -> Iterator[RecordingClient]:
-    connected = RecordingClient(app.url)
-    yield connected
-    connected.close()
-
-
 def test_healthz_and_info(app: AppProcess, tiny_model: Path) -> None:
     health = requests.get(f"{app.url}/healthz", timeout=5)
     assert health.status_code == 200

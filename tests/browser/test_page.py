@@ -25,7 +25,7 @@ from tests.server_process import REPO, AppProcess
 SHAPE_QUESTION = "what shape is this?"
 COLOR_QUESTION = "what color is this?"
 FINISHED = re.compile(r"^(done|error|cancelled)$")
-DOCS_SCREENSHOT = REPO / "docs" / "screenshot.png"
+DOCS = REPO / "docs"
 
 # Colour of the video's centre pixel, classified in the page.
 SCENE_IS = """([wanted]) => {
@@ -88,13 +88,13 @@ def wait_until_answered_everything(page: Page) -> None:
     page.wait_for_function("() => window.__vlmStats.outstanding === 0")
 
 
-def save_screenshot(page: Page, name: str, *, for_docs: bool = False) -> None:
-    """Into artifacts/; the README's docs/screenshot.png only when missing or VLM_UPDATE_SCREENSHOT=1."""
+def save_screenshot(page: Page, name: str, *, docs_name: str | None = None) -> None:
+    """Into artifacts/; also into docs/ for the README when it is missing there or VLM_UPDATE_SCREENSHOT=1."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     page.screenshot(path=path)
-    if for_docs and (os.environ.get("VLM_UPDATE_SCREENSHOT") == "1" or not DOCS_SCREENSHOT.exists()):
-        shutil.copyfile(path, DOCS_SCREENSHOT)
+    if docs_name and (os.environ.get("VLM_UPDATE_SCREENSHOT") == "1" or not (DOCS / docs_name).exists()):
+        shutil.copyfile(path, DOCS / docs_name)
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_each_answer_is_about_the_frame_shown_when_asked(switch_page: Page) -> N
     red, _, blue = centre(thumbnail(second))
     assert blue > 150 and red < 110, "the frame sent with the second question was not the blue triangle"
     expect(page.locator("#answer-meta")).to_contain_text("ms")
-    save_screenshot(page, "page-answer.png", for_docs=True)
+    save_screenshot(page, "page-answer.png", docs_name="screenshot.png")
 
 
 def test_answer_streams_in_before_the_final_response(page: Page, info: dict) -> None:
@@ -306,6 +306,7 @@ def test_detect_or_point_draws_on_the_overlay_until_the_next_ask(
     expect(entries(page).first).to_have_attribute("data-state", "done")
     expect(overlay).to_have_attribute("data-marks", re.compile(r"^[1-9]\d*$"))
     assert page.evaluate(OVERLAY_INKED, MARK_COLOURS[skill]), f"no {skill} mark was drawn"
+    save_screenshot(page, f"page-{skill}.png", docs_name="screenshot-detect.png" if skill == "detect" else None)
     ask(page, COLOR_QUESTION)
     expect(overlay).to_have_attribute("data-marks", "0")
     assert not page.evaluate(OVERLAY_INKED, None)
