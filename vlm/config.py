@@ -50,7 +50,7 @@ class Settings:
     max_question_chars: int = 1000
     max_queue: int = 64
     max_batch_size: int = 16
-    batch_window_ms: float = 5.0
+    batch_window_ms: float = 20.0
     request_timeout_s: float = 60.0
     rate_limit_per_s: float = 10.0
     rate_burst: int = 20

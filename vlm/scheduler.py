@@ -5,7 +5,7 @@ replaces the queued one in place, so latest wins without losing its turn). That 
 makes the queue fair, since arrival order across clients is one slot per client. The
 worker waits a few milliseconds for company before starting a batch, because a batched
 decode costs little more than a single one, but only for company it has reason to expect:
-clients seen in the last second that are not queued yet. A lone user never waits.
+clients seen in the last half second that are not queued yet. A lone user never waits.
 
 Every request ends exactly once, through ``Request.resolve``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
@@ -27,8 +27,9 @@ from .backends.base import Backend, BackendError, Job, Result
 
 log = logging.getLogger(__name__)
 
-# A client that asked or was answered this recently is likely to ask again within a batch window.
-COMPANY_HORIZON_S = 1.0
+# A client that asked or was answered this recently is likely to ask again within a batch window
+# (the page's live mode asks every 200 ms by default; a person typing takes seconds).
+COMPANY_HORIZON_S = 0.5
 
 
 class Sink(Protocol):
