@@ -99,7 +99,7 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         try:
             incoming, max_tokens, streaming = parse_chat(request.get_json(silent=True),
                                                          max_question_chars=settings.max_question_chars)
-            job, decode_ms = to_job(incoming, settings, image_size=backend.info.image_size,
+            job, decode_ms = to_job(incoming, settings, decode_size=backend.info.decode_size,
                                     max_new_tokens=max_tokens)
         except (ProtocolError, ImageRejected) as error:
             return error_response(error.code, error.message)

@@ -82,14 +82,14 @@ def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
                     live=_live_field(fields, rid))
 
 
-def to_job(incoming: Incoming, settings: Settings, *, image_size: int,
+def to_job(incoming: Incoming, settings: Settings, *, decode_size: int,
            max_new_tokens: int | None = None) -> tuple[Job, float]:
     """The frame decoded under the server's limits, as model work, and the decode time in ms.
 
     ``max_new_tokens`` is a client's own limit; it can only lower the server's. Raises ``ImageRejected``.
     """
     frame = decode_image(incoming.image, max_bytes=settings.max_image_bytes,
-                         max_pixels=settings.max_image_pixels, target_size=image_size)
+                         max_pixels=settings.max_image_pixels, target_size=decode_size)
     job = Job(task=incoming.task, image=frame.image, image_key=frame.digest, text=incoming.text,
               length=incoming.length, max_new_tokens=min(settings.max_new_tokens,
                                                          max_new_tokens or settings.max_new_tokens))

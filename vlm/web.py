@@ -209,7 +209,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
             return
         try:
             incoming = parse(payload, backend)
-            job, decode_ms = to_job(incoming, settings, image_size=backend.info.image_size)
+            job, decode_ms = to_job(incoming, settings, decode_size=backend.info.decode_size)
         except ProtocolError as error:
             reply_error(payload, error.code, error.message, error.request_id)
             return

@@ -65,8 +65,15 @@ class ModelInfo:
     device: str
     dtype: str
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    # The longest frame side clients should send (the page's history thumbnails are cut from it).
     image_size: int = 512
     max_batch_size: int = 1
+    # The longest side the model gets anything from; the server decodes frames no larger. 0: ``image_size``.
+    input_size: int = 0
+
+    @property
+    def decode_size(self) -> int:
+        return self.input_size or self.image_size
 
 
 class Backend(ABC):

@@ -60,7 +60,8 @@ class TransformersBackend(Backend):
             device=str(model.device),
             dtype=str(model.dtype).removeprefix("torch."),
             capabilities=frozenset({"query", "caption", "stream"}),
-            image_size=max(MIN_FRAME_SIDE, _processor_image_side(processor)),
+            image_size=max(MIN_FRAME_SIDE, input_size := _processor_input_size(processor)),
+            input_size=input_size,
             max_batch_size=max_batch_size,
         )
 
@@ -222,14 +223,19 @@ def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
     return frozenset([eos] if isinstance(eos, int) else eos)
 
 
-def _processor_image_side(processor: Any) -> int:
-    """The longest image side the model actually looks at, from the image processor's size."""
+def _processor_input_size(processor: Any) -> int:
+    """The longest frame side that still holds every pixel the image processor uses.
+
+    A ``longest_edge`` is that side itself. A fixed ``height``/``width`` or a ``shortest_edge`` bounds
+    the frame's shorter side, so the longer one gets room for frames up to 2:1.
+    """
     size = getattr(getattr(processor, "image_processor", None), "size", None)
     if isinstance(size, int):
-        return size
+        return 2 * size
     lookup = getattr(size, "get", None)  # a dict, or transformers' SizeDict
-    for key in ("longest_edge", "shortest_edge", "height", "width"):
-        value = lookup(key) if lookup else None
-        if isinstance(value, int):
-            return value
-    return 512
+    if lookup is None:
+        return 512
+    if isinstance(longest := lookup("longest_edge"), int):
+        return longest
+    sides = [value for key in ("shortest_edge", "height", "width") if isinstance(value := lookup(key), int)]
+    return 2 * max(sides) if sides else 512
