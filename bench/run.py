@@ -209,6 +209,7 @@ def main() -> None:
                ("seed design", seed, "bench/seed_app.py")]
     for label, server_args, script in configs:
         with AppProcess(server_args, script=script) as server:
+            load_test(server.url, frame, max(args.clients), 2.0)  # warm-up, so the first level is not penalised
             for clients in args.clients:
                 r = load_test(server.url, frame, clients, args.seconds)
                 load_rows.append([label, str(clients), f"{r.throughput:.1f}", f"{pct(r.latencies_ms, 50):.0f}",
