@@ -8,12 +8,10 @@ import signal
 import sys
 import threading
 
-from werkzeug.serving import WSGIRequestHandler
-
 from vlm.backends.registry import explain_load_failure, load_backend
 from vlm.config import Settings, parse_settings
 from vlm.scheduler import Scheduler
-from vlm.tls import self_signed_certificate
+from vlm.servers import server_options
 from vlm.web import WebApp, create_app
 
 log = logging.getLogger("vlm")
@@ -68,33 +66,6 @@ def main(argv: list[str] | None = None) -> None:
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
     web.socketio.run(web.app, host=settings.host, port=settings.port, allow_unsafe_werkzeug=True, **options)
-
-
-def tls_options(settings: Settings) -> dict[str, object]:
-    """Each server takes its certificate differently: Werkzeug an ssl_context, eventlet/gevent file names."""
-    if settings.self_signed:
-        cert, key = map(str, self_signed_certificate(host=settings.host))
-    elif settings.ssl_cert and settings.ssl_key:
-        cert, key = settings.ssl_cert, settings.ssl_key
-    else:
-        return {}
-    if settings.async_mode == "threading":
-        return {"ssl_context": (cert, key)}
-    return {"certfile": cert, "keyfile": key}
-
-
-class NoDelayRequestHandler(WSGIRequestHandler):
-    """Werkzeug leaves Nagle's algorithm on, so a short Socket.IO frame sent right after another
-    (the last stream delta, then the response) waits ~40 ms for the client's delayed ACK."""
-
-    disable_nagle_algorithm = True
-
-
-def server_options(settings: Settings) -> dict[str, object]:
-    options = tls_options(settings)
-    if settings.async_mode == "threading":
-        options["request_handler"] = NoDelayRequestHandler
-    return options
 
 
 if __name__ == "__main__":

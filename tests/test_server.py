@@ -13,6 +13,7 @@ import requests
 from tests.conftest import jpeg_data_url
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
+from vlm.config import ASYNC_MODES
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,15 @@ def test_page_is_served_with_security_headers(app: AppProcess) -> None:
     assert page.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_answer_streams_and_reaches_only_the_sender(app: AppProcess, client: RecordingClient, frame: str) -> None:
-    bystander = RecordingClient(app.url)
+@pytest.fixture(scope="module", params=ASYNC_MODES)
+def app_in_each_mode(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[AppProcess]:
+    """The server as each async mode runs it (each wires its own connection handler: see vlm/servers.py)."""
+    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12", "--async-mode", request.param]) as running:
+        yield running
+
+
+def test_answer_streams_and_reaches_only_the_sender(app_in_each_mode: AppProcess, frame: str) -> None:
+    client, bystander = RecordingClient(app_in_each_mode.url), RecordingClient(app_in_each_mode.url)
     try:
         kind, payload = client.ask({"id": "q1", "question": "what shape is this?", "image": frame})
         assert kind == "response", payload
@@ -49,6 +57,7 @@ def test_answer_streams_and_reaches_only_the_sender(app: AppProcess, client: Rec
         time.sleep(0.3)
         assert bystander.received == []
     finally:
+        client.close()
         bystander.close()
 
 
