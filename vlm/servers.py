@@ -50,24 +50,22 @@ class NoDelayRequestHandler(WSGIRequestHandler):
 
 
 def _gevent_handler() -> type:
-    """Imported here: gevent is only loaded when it is the server."""
-    from gevent.pywsgi import WSGIHandler
+    from gevent.pywsgi import WSGIHandler  # imported here: gevent is only loaded when it is the server
 
-    class NoDelayGeventHandler(WSGIHandler):
-        def handle(self) -> None:
-            no_delay(self.socket)
-            super().handle()
-
-    return NoDelayGeventHandler
+    return _nagle_off_before(WSGIHandler, "handle", socket_attribute="socket")
 
 
 def _eventlet_protocol() -> type:
-    """Imported here: eventlet is only loaded when it is the server."""
-    from eventlet.wsgi import HttpProtocol
+    from eventlet.wsgi import HttpProtocol  # imported here: eventlet is only loaded when it is the server
 
-    class NoDelayEventletProtocol(HttpProtocol):
-        def setup(self) -> None:
-            no_delay(self.request)
-            super().setup()
+    return _nagle_off_before(HttpProtocol, "setup", socket_attribute="request")
 
-    return NoDelayEventletProtocol
+
+def _nagle_off_before(base: type, hook: str, *, socket_attribute: str) -> type:
+    """A subclass of a server's connection class whose ``hook`` first switches Nagle off on the connection."""
+
+    def hooked(self: Any) -> None:
+        no_delay(getattr(self, socket_attribute))
+        getattr(base, hook)(self)
+
+    return type(f"NoDelay{base.__name__}", (base,), {hook: hooked})
