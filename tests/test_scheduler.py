@@ -67,13 +67,18 @@ def test_clients_that_will_not_return_are_not_waited_for(gone: str) -> None:
     assert sink.wait_finals(2)["a"][0] == "response", "answered without waiting out the 30 s window"
 
 
-def test_newer_request_supersedes_and_live_frame_keeps_its_place() -> None:
-    sink = RecordingSinkDouble()
-    backend = ScriptedBackendDouble(max_batch_size=1)
+def worker_held_by(client: str, rid: str) -> tuple[RecordingSinkDouble, ScriptedBackendDouble, Scheduler]:
+    """A one-row scheduler whose worker is running ``client``'s request until ``backend.hang`` is cleared."""
+    sink, backend = RecordingSinkDouble(), ScriptedBackendDouble(max_batch_size=1)
     backend.hang.set()
     scheduler = Scheduler(backend, batch_window_s=0)
-    scheduler.submit(make_request(sink, "busy", "bob"))
-    time.sleep(0.05)  # bob's request is now running and holding the worker
+    scheduler.submit(make_request(sink, rid, client))
+    time.sleep(0.05)  # the request is now running and holding the worker
+    return sink, backend, scheduler
+
+
+def test_newer_request_supersedes_and_live_frame_keeps_its_place() -> None:
+    sink, backend, scheduler = worker_held_by("bob", "busy")
     scheduler.submit(make_request(sink, "live1", "alice", "frame one", live=True))
     scheduler.submit(make_request(sink, "carol1", "carol"))
     scheduler.submit(make_request(sink, "live2", "alice", "frame two", live=True))
@@ -142,12 +147,7 @@ def test_hung_model_times_out_and_a_fresh_worker_takes_over() -> None:
 
 
 def test_disconnected_client_work_is_dropped_silently() -> None:
-    sink = RecordingSinkDouble()
-    backend = ScriptedBackendDouble(max_batch_size=1)
-    backend.hang.set()
-    scheduler = Scheduler(backend, batch_window_s=0)
-    scheduler.submit(make_request(sink, "x", "gone"))
-    time.sleep(0.05)
+    sink, backend, scheduler = worker_held_by("gone", "x")
     scheduler.forget_client("gone")
     backend.hang.clear()
     time.sleep(0.1)
