@@ -345,7 +345,7 @@ def test_phone_sized_screen(open_app: OpenApp) -> None:
     page.fill("#question", SHAPE_QUESTION)
     page.tap("#ask")
     expect(entries(page).first).to_have_attribute("data-state", "done")
-    save_screenshot(page, "page-phone.png")
+    save_screenshot(page, "page-phone.png", docs_name="screenshot-phone.png")
 
 
 def test_page_runs_under_its_content_security_policy(open_app: OpenApp, server: AppProcess) -> None:
