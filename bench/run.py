@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -169,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each load level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each load level (median reported)")
     parser.add_argument("--no-readme", action="store_true", help="only write bench/results.md")
     args = parser.parse_args()
 
@@ -212,16 +214,24 @@ def main() -> None:
     for label, server_args, script in configs:
         with AppProcess(server_args, script=script) as server:
             load_test(server.url, frame, max(args.clients), 2.0)  # warm-up, so the first level is not penalised
-            for clients in args.clients:
-                r = load_test(server.url, frame, clients, args.seconds)
-                load_rows.append([label, str(clients), f"{r.throughput:.1f}", f"{pct(r.latencies_ms, 50):.0f}",
-                                  f"{pct(r.latencies_ms, 99):.0f}", str(r.lost), str(r.misdelivered)])
+            # Levels interleaved over rounds: a slow spell on a shared machine hits every level alike.
+            rounds = [[load_test(server.url, frame, clients, args.seconds) for clients in args.clients]
+                      for _ in range(args.rounds)]
+            for level, clients in enumerate(args.clients):
+                runs = [results[level] for results in rounds]
+                throughput = statistics.median(r.throughput for r in runs)
+                latencies = [ms for r in runs for ms in r.latencies_ms]
+                lost, misdelivered = sum(r.lost for r in runs), sum(r.misdelivered for r in runs)
+                load_rows.append([label, str(clients), f"{throughput:.1f}", f"{pct(latencies, 50):.0f}",
+                                  f"{pct(latencies, 99):.0f}", str(lost), str(misdelivered)])
                 if label == "this app, batching":
-                    batching_throughput[clients] = r.throughput
+                    batching_throughput[clients] = throughput
                 if script == "app.py":
-                    our_failures += r.lost + r.misdelivered
+                    our_failures += lost + misdelivered
             load_rows.append([label, "peak RSS", f"{server.memory_mib('VmHWM'):.0f} MiB", "", "", "", ""])
-    sections.append("### Throughput and latency under concurrent clients\n\n" + markdown(
+    method = (f"Median answers/s of {args.rounds} rounds of {args.seconds:g} s per level, levels interleaved; "
+              "latency over all rounds.")
+    sections.append(f"### Throughput and latency under concurrent clients\n\n{method}\n\n" + markdown(
         load_rows, ["server", "clients", "answers/s", "p50 ms", "p99 ms", "lost", "delivered to wrong client"]))
 
     sections.append(targets(pct(mode_ms["threading"], 50), max(ping_p99), batching_throughput, our_failures))
