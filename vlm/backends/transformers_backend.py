@@ -208,7 +208,8 @@ class StopFinishedRows(StoppingCriteria):
 
 def _image_encoder(model: Any) -> Callable[..., Any] | None:
     """The model's own image encoder, where its ``generate`` accepts images encoded beforehand."""
-    if not model._supports_mm_encoder_outputs() or "image" not in getattr(model, "input_modalities", ()):
+    supports = getattr(model, "_supports_mm_encoder_outputs", None)  # transformers 5's generate; private
+    if supports is None or not supports() or "image" not in getattr(model, "input_modalities", ()):
         return None
     return getattr(model.base_model, "get_image_features", None)
 
