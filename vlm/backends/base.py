@@ -18,6 +18,12 @@ from PIL import Image
 Task = Literal["query", "caption", "detect", "point"]
 CaptionLength = Literal["short", "normal"]
 
+# For models with no caption skill of their own: a caption is the answer to one of these.
+CAPTION_PROMPTS: dict[CaptionLength, str] = {
+    "short": "Describe the image in one short sentence.",
+    "normal": "Describe the image.",
+}
+
 
 @dataclass(frozen=True)
 class Job:
@@ -29,6 +35,11 @@ class Job:
     text: str = ""
     length: CaptionLength = "normal"
     max_new_tokens: int = 128
+
+
+def prompt_text(job: Job) -> str:
+    """What to ask a model that only answers questions: the question, or the caption prompt."""
+    return CAPTION_PROMPTS[job.length] if job.task == "caption" else job.text
 
 
 @dataclass

@@ -19,8 +19,7 @@ from typing import Any, ClassVar
 import openai
 from PIL import Image
 
-from .base import Backend, BackendError, GenerationEvents, Job, ModelInfo, Result
-from .transformers_backend import CAPTION_PROMPTS
+from .base import Backend, BackendError, GenerationEvents, Job, ModelInfo, Result, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +99,8 @@ class OpenAIBackend(Backend):
 
 def chat_messages(job: Job) -> list[dict[str, Any]]:
     """One user turn: the frame first (as the local backends' prompts have it), then the question."""
-    text = CAPTION_PROMPTS[job.length] if job.task == "caption" else job.text
     image = {"type": "image_url", "image_url": {"url": jpeg_data_url(job.image)}}
-    return [{"role": "user", "content": [image, {"type": "text", "text": text}]}]
+    return [{"role": "user", "content": [image, {"type": "text", "text": prompt_text(job)}]}]
 
 
 def jpeg_data_url(image: Image.Image) -> str:

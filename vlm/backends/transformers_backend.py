@@ -27,15 +27,20 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .base import Backend, GenerationEvents, Job, ModelInfo, Result, resolve_device, resolve_dtype
+from .base import (
+    Backend,
+    GenerationEvents,
+    Job,
+    ModelInfo,
+    Result,
+    prompt_text,
+    resolve_device,
+    resolve_dtype,
+)
 from .frame_cache import FrameCache
 
 log = logging.getLogger(__name__)
 
-CAPTION_PROMPTS = {
-    "short": "Describe the image in one short sentence.",
-    "normal": "Describe the image.",
-}
 # Thumbnails in the page's history are cut from the frame we ask for, so never ask for tiny ones.
 MIN_FRAME_SIDE = 256
 
@@ -76,8 +81,7 @@ class TransformersBackend(Backend):
         return cls(model.to(device).eval(), processor, model_id=model_id, max_batch_size=max_batch_size)
 
     def prompt_for(self, job: Job) -> str:
-        text = CAPTION_PROMPTS[job.length] if job.task == "caption" else job.text
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(job)}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     @torch.inference_mode()
