@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     drain_on_sigterm(web)
     options = server_options(settings)
     query = f"/?token={settings.token}" if settings.token else "/"
-    scheme = "https" if settings.self_signed or settings.ssl_cert else "http"
+    scheme = "https" if settings.https else "http"
     log.info("serving on %s://%s:%d%s (%s mode)", scheme, settings.host, settings.port, query, settings.async_mode)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)

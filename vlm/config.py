@@ -62,6 +62,11 @@ class Settings:
         return str(alias) if alias else self.model
 
     @property
+    def https(self) -> bool:
+        """Served over TLS: a self-signed certificate, or the given one (the parser makes cert and key go together)."""
+        return self.self_signed or bool(self.ssl_cert and self.ssl_key)
+
+    @property
     def effective_revision(self) -> str | None:
         """A revision only means something for hub ids, and the pin only for the default model."""
         if Path(self.model_path).is_dir():

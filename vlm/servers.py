@@ -30,12 +30,12 @@ def server_options(settings: Settings) -> dict[str, object]:
 
 def tls_options(settings: Settings) -> dict[str, object]:
     """Each server takes its certificate differently: Werkzeug an ssl_context, eventlet/gevent file names."""
+    if not settings.https:
+        return {}
     if settings.self_signed:
         cert, key = map(str, self_signed_certificate(host=settings.host))
-    elif settings.ssl_cert and settings.ssl_key:
-        cert, key = settings.ssl_cert, settings.ssl_key
     else:
-        return {}
+        cert, key = str(settings.ssl_cert), str(settings.ssl_key)
     if settings.async_mode == "threading":
         return {"ssl_context": (cert, key)}
     return {"certfile": cert, "keyfile": key}
