@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import socketio
 
 EVENTS = ("response", "stream", "query_error")
+Found = TypeVar("Found")
 
 
 class RecordingClient:
@@ -30,29 +31,26 @@ class RecordingClient:
 
     def final(self, request_id: str | None, timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
         """The one `response` or `query_error` for a request id (``None``: the first final of any id)."""
-        deadline = time.monotonic() + timeout_s
-        with self.changed:
-            while True:
-                finals = [(e, p) for e, p in self.received
-                          if e != "stream" and request_id in (None, p.get("id"))]
-                if finals:
-                    return finals[0]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no final event for {request_id}; got {self.received[-5:]}")
-                self.changed.wait(remaining)
+
+        def first_final() -> tuple[str, dict[str, Any]] | None:
+            return next(((e, p) for e, p in self.received if e != "stream" and request_id in (None, p.get("id"))),
+                        None)
+
+        return self._wait_for(first_final, timeout_s, f"no final event for {request_id}")
 
     def start(self, payload: dict[str, Any], timeout_s: float = 60.0) -> None:
         """Send a query and return once its first token has streamed back (the generation is running)."""
         self.sio.emit("query", payload)
         rid = str(payload["id"])
-        deadline = time.monotonic() + timeout_s
+        self._wait_for(lambda: any(e == "stream" and p.get("id") == rid for e, p in self.received), timeout_s,
+                       f"{rid} never started streaming")
+
+    def _wait_for(self, found: Callable[[], Found], timeout_s: float, failure: str) -> Found:
         with self.changed:
-            while not any(e == "stream" and p.get("id") == rid for e, p in self.received):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"{rid} never started streaming; got {self.received[-5:]}")
-                self.changed.wait(remaining)
+            result = self.changed.wait_for(found, timeout_s)
+            if not result:
+                raise TimeoutError(f"{failure}; got {self.received[-5:]}")
+            return result
 
     def ask(self, payload: dict[str, Any], event: str = "query", timeout_s: float = 60.0) -> tuple[str, dict[str, Any]]:
         self.sio.emit(event, payload)
