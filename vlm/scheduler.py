@@ -7,7 +7,7 @@ worker waits a few milliseconds for company before starting a batch, because a b
 decode costs little more than a single one, but only for company it has reason to expect:
 clients seen in the last half second that are not queued yet. A lone user never waits.
 
-Every request ends exactly once, through ``Request.resolve``: answered, failed, cancelled
+Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
 superseded or timed-out generation from ever reaching the client twice.
 """
