@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.conftest import jpeg_data_url
 from tests.server_process import AppProcess
@@ -82,6 +85,24 @@ def test_bad_image_errors_to_sender_and_server_keeps_answering(client: Recording
     assert (kind, payload["code"]) == ("query_error", "bad_image")
     assert payload["message"]
     assert client.ask({"id": "good", "question": "what?", "image": frame})[0] == "response"
+
+
+def test_back_to_back_questions_are_taken_in_the_order_sent(client: RecordingClient, frame: str) -> None:
+    """The newer question must win even when the older one's frame takes far longer to decode.
+
+    A big PNG decodes for a tenth of a second, the JPEG after it in about a millisecond: were
+    the two handled side by side, the newer would be queued first and then superseded by the
+    older, so the page would show the answer to the question the user had replaced.
+    """
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 4000), "green").save(buffer, format="PNG")
+    slow_frame = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    client.sio.emit("query", {"id": "older", "question": "what is this?", "image": slow_frame})
+    client.sio.emit("query", {"id": "newer", "question": "what is this?", "image": frame})
+    assert client.final("newer")[0] == "response"
+    client.final("older")
+    finals = [p["id"] for e, p in client.received if e != "stream"]
+    assert finals == ["older", "newer"]
 
 
 def test_skill_caption_and_unsupported_skill(client: RecordingClient, frame: str) -> None:

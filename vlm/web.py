@@ -123,6 +123,9 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         max_http_buffer_size=transport_limit,
         ping_interval=10,
         message_queue=settings.message_queue,
+        # One client's events in the order sent: side by side, a newer question whose frame
+        # decodes faster would be queued first and then superseded by the one it replaced.
+        async_handlers=False,
     )
     outbox = Outbox(socketio, settings.async_mode)
     sink = SocketSink(outbox)
