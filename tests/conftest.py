@@ -30,10 +30,15 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("slow-llava"), arch="llava", profile="slow")
 
 
-def jpeg_data_url(color: str = "red", size: tuple[int, int] = (640, 480)) -> str:
+def data_url(image: Image.Image, fmt: str = "JPEG") -> str:
+    """A frame as the page sends it: the encoded image as a Base64 data URL."""
     buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="JPEG")
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    image.save(buffer, format=fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def jpeg_data_url(color: str = "red", size: tuple[int, int] = (640, 480)) -> str:
+    return data_url(Image.new("RGB", size, color))
 
 
 @pytest.fixture(scope="session")

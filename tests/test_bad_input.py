@@ -15,20 +15,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import data_url
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 
 MAX_IMAGE_BYTES = 256 * 1024
 
 
-def encoded(image: Image.Image, fmt: str) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def truncated_jpeg() -> str:
-    raw = base64.b64decode(encoded(Image.effect_noise((320, 240), 50).convert("RGB"), "JPEG").split(",")[1])
+    raw = base64.b64decode(data_url(Image.effect_noise((320, 240), 50).convert("RGB"), "JPEG").split(",")[1])
     return "data:image/jpeg;base64," + base64.b64encode(raw[: len(raw) // 3]).decode()
 
 
@@ -38,13 +33,13 @@ def bomb() -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-GOOD = encoded(Image.new("RGB", (320, 240), "red"), "JPEG")
+GOOD = data_url(Image.new("RGB", (320, 240), "red"), "JPEG")
 
 REFUSED = {
     "not base64": ({"question": "q", "image": "data:image/jpeg;base64,%%%%"}, "bad_image"),
     "base64 of text": ({"question": "q", "image": base64.b64encode(b"plain text").decode()}, "bad_image"),
     "truncated jpeg": ({"question": "q", "image": truncated_jpeg()}, "bad_image"),
-    "gif": ({"question": "q", "image": encoded(Image.new("RGB", (8, 8)), "GIF")}, "bad_image"),
+    "gif": ({"question": "q", "image": data_url(Image.new("RGB", (8, 8)), "GIF")}, "bad_image"),
     "decompression bomb": ({"question": "q", "image": bomb()}, "image_too_large"),
     "over size limit": ({"question": "q", "image": "data:image/jpeg;base64," + "A" * (MAX_IMAGE_BYTES * 3 // 2)},
                         "image_too_large"),
@@ -61,10 +56,10 @@ REFUSED = {
 }
 
 ACCEPTED = {
-    "png": encoded(Image.new("RGB", (64, 48), "blue"), "PNG"),
-    "webp": encoded(Image.new("RGB", (64, 48), "green"), "WEBP"),
-    "grey": encoded(Image.new("L", (64, 48), 100), "PNG"),
-    "alpha": encoded(Image.new("RGBA", (64, 48), (255, 0, 0, 128)), "PNG"),
+    "png": data_url(Image.new("RGB", (64, 48), "blue"), "PNG"),
+    "webp": data_url(Image.new("RGB", (64, 48), "green"), "WEBP"),
+    "grey": data_url(Image.new("L", (64, 48), 100), "PNG"),
+    "alpha": data_url(Image.new("RGBA", (64, 48), (255, 0, 0, 128)), "PNG"),
 }
 
 

@@ -8,32 +8,26 @@ import io
 import pytest
 from PIL import Image
 
+from tests.conftest import data_url
 from vlm.images import ImageRejected, decode_image
 
 LIMITS = {"max_bytes": 1024 * 1024, "max_pixels": 4096 * 4096, "target_size": 256}
 
 
-def encode(image: Image.Image, fmt: str = "JPEG", data_url: bool = True) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    text = base64.b64encode(buffer.getvalue()).decode()
-    return f"data:image/{fmt.lower()};base64,{text}" if data_url else text
-
-
 def test_jpeg_data_url_is_decoded_and_downscaled() -> None:
-    decoded = decode_image(encode(Image.new("RGB", (640, 480), "red")), **LIMITS)
+    decoded = decode_image(data_url(Image.new("RGB", (640, 480), "red")), **LIMITS)
     assert decoded.image.mode == "RGB"
     assert max(decoded.image.size) <= 256
     assert decoded.image.getpixel((10, 10))[0] > 200
 
 
 def test_bare_base64_is_accepted_as_in_the_seed() -> None:
-    decoded = decode_image(encode(Image.new("RGB", (64, 48), "blue"), data_url=False), **LIMITS)
+    decoded = decode_image(data_url(Image.new("RGB", (64, 48), "blue")).split(",", 1)[1], **LIMITS)
     assert decoded.image.size == (64, 48)
 
 
 def test_same_bytes_give_the_same_digest() -> None:
-    payload = encode(Image.new("RGB", (32, 32), "green"))
+    payload = data_url(Image.new("RGB", (32, 32), "green"))
     assert decode_image(payload, **LIMITS).digest == decode_image(payload, **LIMITS).digest
 
 
@@ -47,16 +41,16 @@ def test_same_bytes_give_the_same_digest() -> None:
     ],
 )
 def test_other_formats_and_modes_become_rgb(image: Image.Image, fmt: str) -> None:
-    assert decode_image(encode(image, fmt), **LIMITS).image.mode == "RGB"
+    assert decode_image(data_url(image, fmt), **LIMITS).image.mode == "RGB"
 
 
 def test_transparent_pixels_become_white() -> None:
-    decoded = decode_image(encode(Image.new("RGBA", (8, 8), (255, 0, 0, 0)), "PNG"), **LIMITS)
+    decoded = decode_image(data_url(Image.new("RGBA", (8, 8), (255, 0, 0, 0)), "PNG"), **LIMITS)
     assert decoded.image.getpixel((0, 0)) == (255, 255, 255)
 
 
 def truncated_jpeg() -> str:
-    raw = base64.b64decode(encode(Image.effect_noise((256, 256), 64).convert("RGB"), data_url=False))
+    raw = base64.b64decode(data_url(Image.effect_noise((256, 256), 64).convert("RGB")).split(",", 1)[1])
     return base64.b64encode(raw[: len(raw) // 2]).decode()
 
 
@@ -78,7 +72,7 @@ def bomb_png() -> str:
         (None, "bad_image"),
         (truncated_jpeg(), "bad_image"),
         (bomb_png(), "image_too_large"),
-        (encode(Image.new("RGB", (8, 8)), "GIF"), "bad_image"),
+        (data_url(Image.new("RGB", (8, 8)), "GIF"), "bad_image"),
         ("A" * (2 * 1024 * 1024), "image_too_large"),
     ],
     ids=["not-base64", "not-an-image", "text-data-url", "empty", "number", "none", "truncated", "bomb", "gif",

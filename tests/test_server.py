@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import jpeg_data_url
+from tests.conftest import data_url, jpeg_data_url
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 from vlm.config import ASYNC_MODES
@@ -94,9 +92,7 @@ def test_back_to_back_questions_are_taken_in_the_order_sent(client: RecordingCli
     the two handled side by side, the newer would be queued first and then superseded by the
     older, so the page would show the answer to the question the user had replaced.
     """
-    buffer = io.BytesIO()
-    Image.new("RGB", (4000, 4000), "green").save(buffer, format="PNG")
-    slow_frame = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    slow_frame = data_url(Image.new("RGB", (4000, 4000), "green"), "PNG")
     client.sio.emit("query", {"id": "older", "question": "what is this?", "image": slow_frame})
     client.sio.emit("query", {"id": "newer", "question": "what is this?", "image": frame})
     assert client.final("newer")[0] == "response"
