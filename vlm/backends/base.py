@@ -35,6 +35,8 @@ class Job:
     text: str = ""
     length: CaptionLength = "normal"
     max_new_tokens: int = 128
+    # 0 is greedy: the same frame and question give the same answer.
+    temperature: float = 0.0
 
 
 def prompt_text(job: Job) -> str:
@@ -42,10 +44,17 @@ def prompt_text(job: Job) -> str:
     return CAPTION_PROMPTS[job.length] if job.task == "caption" else job.text
 
 
+FinishReason = Literal["stop", "length"]
+
+
 @dataclass
 class Result:
     answer: str
+    # Generated tokens as the model counts them (not streamed chunks), and the prompt's, for usage reports.
     tokens: int = 0
+    prompt_tokens: int = 0
+    # "length" when the answer was cut at ``max_new_tokens``.
+    finish_reason: FinishReason = "stop"
     objects: list[dict[str, float]] | None = None
     points: list[dict[str, float]] | None = None
 
