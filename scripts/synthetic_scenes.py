@@ -1,9 +1,11 @@
-"""Synthetic webcam-like scenes of simple coloured shapes, with questions and answers.
+"""Synthetic webcam frames of drawings held up to a camera, with questions and answers.
 
 Used to train and test the bundled demo vision-language model without any downloaded
-data, and by browser tests that need frames whose correct answer is known. Everything
-is deterministic given a `SceneSpec` (or the `random.Random` that made it), so
-training data and held-out sets are reproducible.
+data, and by browser tests that need frames whose correct answer is known. A scene is
+a sheet (white, cream or grey paper, or a dark board) with 1-3 marker drawings on it,
+held at an angle in front of a room, with fingers over its edges, uneven light, white
+balance, noise, blur and JPEG. Everything is deterministic given a `SceneSpec` (or the
+`random.Random` that made it), so training data and held-out sets are reproducible.
 """
 
 from __future__ import annotations
@@ -19,21 +21,27 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
-COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "white")
+COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "white", "black")
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
-    "red": (220, 35, 35),
-    "green": (35, 190, 60),
-    "blue": (45, 80, 235),
-    "yellow": (240, 215, 40),
+    "red": (215, 35, 40),
+    "green": (35, 170, 70),
+    "blue": (40, 75, 220),
+    "yellow": (240, 210, 40),
     "white": (245, 245, 245),
+    "black": (30, 30, 35),
 }
+# Inks that show on each surface: white vanishes on paper, black on a dark board.
+PAPER_INKS: tuple[str, ...] = ("red", "green", "blue", "yellow", "black")
+DARK_INKS: tuple[str, ...] = ("red", "green", "blue", "yellow", "white")
 QUESTION_KINDS: tuple[str, ...] = ("shape", "color", "count", "exists", "describe")
 COUNT_WORDS: tuple[str, ...] = ("1", "2", "3")
 MAX_OBJECTS = len(COUNT_WORDS)
 
-# Common webcam / phone frame sizes (width, height) and how often each is drawn.
+# Common webcam / phone frame sizes (width, height) and how often each is drawn in training.
 CAMERA_SIZES: tuple[tuple[int, int], ...] = ((640, 480), (320, 240), (1280, 720), (640, 360), (800, 600))
-_CAMERA_WEIGHTS = (5, 2, 1, 1, 1)
+_CAMERA_WEIGHTS = (5, 2, 2, 1, 1)
+# Sizes only held-out scenes use: full HD and a phone held upright (portrait).
+UNSEEN_CAMERA_SIZES: tuple[tuple[int, int], ...] = ((1920, 1080), (480, 640), (720, 1280))
 
 _SHAPE_QUESTIONS = ("what shape is this?", "what shape is it?", "which shape is this?", "what shape do you see?")
 _COLOR_OF_QUESTIONS = ("what color is the {shape}?", "what colour is the {shape}?", "which color is the {shape}?")
@@ -42,17 +50,24 @@ _COUNT_QUESTIONS = ("how many shapes are there?", "how many objects are there?",
 _EXISTS_QUESTIONS = ("is there a {shape}?", "is there a {shape} in the image?", "do you see a {shape}?")
 _DESCRIBE_QUESTIONS = ("describe the image.", "describe the image", "what do you see?", "describe this picture.")
 
+FULL_FRAME: tuple[tuple[float, float], ...] = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+DARK_LIMIT = 110  # mean sheet tone below this counts as a dark background
+SKIN_TONES: tuple[tuple[int, int, int], ...] = ((233, 190, 160), (210, 160, 120), (170, 115, 80), (110, 70, 50))
+
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One shape; geometry is relative so the same spec renders at any camera size."""
+    """One drawn shape; geometry is relative to the sheet so the same spec renders at any size."""
 
     shape: str
     color: str
-    center: tuple[float, float] = (0.5, 0.5)  # (x, y) as fractions of width and height
-    size: float = 0.6  # diameter of the enclosing circle, as a fraction of the shorter side
+    center: tuple[float, float] = (0.5, 0.5)  # (x, y) as fractions of the sheet's width and height
+    size: float = 0.6  # diameter of the enclosing circle, as a fraction of the sheet's shorter side
     rotation: float = 0.0  # degrees, counter-clockwise
-    rgb: tuple[int, int, int] | None = None  # exact fill; None uses COLOR_RGB[color]
+    rgb: tuple[int, int, int] | None = None  # exact ink; None uses COLOR_RGB[color]
+    stroke: float = 0.0  # outline width as a fraction of `size`; 0 draws the shape filled
+    wobble: float = 0.0  # hand-drawn unevenness, as a fraction of the radius
+    seed: int = 0  # seeds the wobble and the stroke's uneven width
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -62,29 +77,62 @@ class SceneObject:
 
 
 @dataclass(frozen=True)
-class Background:
-    """A plain, gradient and/or noisy backdrop, kept dark or grey so every object colour stands out."""
+class Sheet:
+    """The surface the shapes are drawn on, and the quadrilateral it covers in the frame.
 
-    color: tuple[int, int, int] = (35, 35, 40)
-    gradient_to: tuple[int, int, int] | None = None
-    gradient_angle: float = 0.0  # degrees
+    `corners` are top-left, top-right, bottom-right, bottom-left as fractions of the frame's
+    width and height; they may lie outside the frame when the sheet is held close.
+    """
+
+    tone: tuple[int, int, int] = (35, 35, 40)
+    corners: tuple[tuple[float, float], ...] = FULL_FRAME
+    ruled: bool = False  # faint notebook lines (only held-out scenes use them)
+
+    @property
+    def dark(self) -> bool:
+        return sum(self.tone) / 3 < DARK_LIMIT
+
+
+@dataclass(frozen=True)
+class Finger:
+    """A finger, thumb or palm: a skin-toned capsule from `base` to `tip` (fractions of the frame)."""
+
+    base: tuple[float, float]
+    tip: tuple[float, float]
+    width: float  # as a fraction of the frame's shorter side
+    tone: tuple[int, int, int] = SKIN_TONES[0]
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """Exposure and white balance (per-channel gain), light falling off across the frame, a shadow, sensor effects."""
+
+    gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    falloff: float = 0.0  # brightness lost across the frame along `falloff_angle`, 0..1
+    falloff_angle: float = 0.0  # degrees
+    shadow: tuple[float, float, float, float] | None = None  # soft ellipse (cx, cy, rx, ry), frame fractions
+    shadow_depth: float = 0.0  # brightness lost at the shadow's centre, 0..1
     noise: float = 0.0  # std-dev of per-pixel sensor noise, in 0..255 units
-    blur: float = 0.0  # box blur radius in pixels at 640 px width (defocus)
+    blur: float = 0.0  # blur radius in pixels at 640 px width (defocus, motion)
     seed: int = 0  # seeds the noise so rendering stays deterministic
 
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """Everything needed to render a scene; `draw_scene` is a pure function of it."""
+    """Everything needed to render a scene; `render` is a pure function of it."""
 
     objects: Sequence[SceneObject]
-    background: Background = field(default_factory=Background)
+    sheet: Sheet = field(default_factory=Sheet)
+    room_seed: int = 0  # what is behind the sheet, where it does not fill the frame
+    fingers: Sequence[Finger] = ()
+    lighting: Lighting = field(default_factory=Lighting)
     jpeg_quality: int | None = None  # re-compress like a webcam stream; None keeps it lossless
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.objects) <= MAX_OBJECTS:
             raise ValueError(f"a scene has 1 to {MAX_OBJECTS} objects, got {len(self.objects)}")
         object.__setattr__(self, "objects", tuple(self.objects))
+        object.__setattr__(self, "fingers", tuple(self.fingers))
 
 
 @dataclass(frozen=True)
@@ -99,64 +147,130 @@ class QA:
 def single_object_scene(
     shape: str, color: str, background: tuple[int, int, int] = (35, 35, 40), size: float = 0.6
 ) -> SceneSpec:
-    """A large centred shape on a plain background: the easiest case, e.g. for a fake camera feed."""
-    return SceneSpec(objects=[SceneObject(shape, color, size=size)], background=Background(color=background))
+    """A large centred filled shape on a plain full-frame background: the easiest case."""
+    return SceneSpec(objects=[SceneObject(shape, color, size=size)], sheet=Sheet(tone=background))
 
 
-def random_camera_size(rng: random.Random) -> tuple[int, int]:
-    """A plausible webcam frame size, so training sees the resize the processor does in the app."""
+def held_drawing_scene(shape: str, color: str, tone: tuple[int, int, int] = (238, 236, 228)) -> SceneSpec:
+    """A filled drawing on a sheet of paper held up at an angle, thumbs over its left and right edges.
+
+    What a person trying the demo shows the camera; the shape's middle stays at the frame's centre.
+    """
+    corners = ((0.2, 0.08), (0.83, 0.16), (0.79, 0.95), (0.14, 0.88))
+    thumbs = [
+        Finger((-0.02, 0.75), (0.2, 0.6), 0.1, SKIN_TONES[1]),
+        Finger((1.02, 0.35), (0.84, 0.47), 0.1, SKIN_TONES[1]),
+    ]
+    return SceneSpec(
+        objects=[SceneObject(shape, color, center=(0.52, 0.5), size=0.55, rotation=5.0, wobble=0.04, seed=7)],
+        sheet=Sheet(tone=tone, corners=corners),
+        room_seed=3,
+        fingers=thumbs,
+        lighting=Lighting(gain=(1.0, 0.98, 0.93), falloff=0.25, falloff_angle=30.0, noise=3.0, blur=0.8, seed=1),
+    )
+
+
+def random_camera_size(rng: random.Random, held_out: bool = False) -> tuple[int, int]:
+    """A plausible webcam frame size; held-out scenes sometimes use sizes training never saw."""
+    if held_out and rng.random() < 0.3:
+        return rng.choice(UNSEEN_CAMERA_SIZES)
     return rng.choices(CAMERA_SIZES, weights=_CAMERA_WEIGHTS)[0]
 
 
-def random_scene(rng: random.Random) -> SceneSpec:
-    """A random scene: a big centred object, a smaller one anywhere, or 2-3 objects.
+def random_scene(rng: random.Random, held_out: bool = False) -> SceneSpec:
+    """A random drawing scene as a webcam might see it.
 
-    Objects stay at least ~30% of the frame's shorter side: the model sees frames at
-    32x32 px, where anything smaller loses its shape.
+    `held_out=True` adds conditions training never uses: ruled notebook paper and light
+    dimmer than any training scene's. Drawings are kept big enough to survive the model's
+    64x64 px view of the frame.
     """
-    kind = rng.random()
-    if kind < 0.35:
-        objects = [_random_object(rng, size=rng.uniform(0.5, 0.85), jitter=0.1)]
-    elif kind < 0.6:
-        objects = _place_objects(rng, 1, (0.38, 0.6))
-    elif kind < 0.8:
-        objects = _place_objects(rng, 2, (0.34, 0.46))
-    else:
-        objects = _place_objects(rng, 3, (0.3, 0.4))
+    while True:
+        tone, paper = _random_surface(rng)
+        close_up = rng.random() < (0.25 if paper else 0.45)
+        corners = _full_frame_corners(rng) if close_up else _held_corners(rng)
+        objects = _random_objects(rng, PAPER_INKS if paper else DARK_INKS)
+        sheet = Sheet(tone=tone, corners=corners, ruled=held_out and paper and rng.random() < 0.3)
+        if all(_fits_in_frame(sheet, obj) for obj in objects):
+            break
+    fingers = _random_fingers(rng, sheet, objects) if rng.random() < (0.35 if close_up else 0.6) else []
     return SceneSpec(
         objects=objects,
-        background=_random_background(rng),
+        sheet=sheet,
+        room_seed=rng.randrange(2**31),
+        fingers=fingers,
+        lighting=_random_lighting(rng, dim=held_out and rng.random() < 0.25),
         jpeg_quality=rng.choice((None, 95, 75, 50, 30)),
     )
 
 
+def scene_conditions(spec: SceneSpec, size: tuple[int, int]) -> set[str]:
+    """Names for what makes a scene hard, for reporting accuracy per condition."""
+    tags = set()
+    level = sum(spec.sheet.tone) / 3
+    if level < DARK_LIMIT:
+        tags.add("dark background")
+    elif level < 205:
+        tags.add("grey paper")
+    else:
+        tags.add("light paper (white, cream)")
+    strokes = {obj.stroke > 0 for obj in spec.objects}
+    if strokes == {False}:
+        tags.add("filled shapes")
+    if strokes == {True}:
+        tags.add("outline shapes")
+    (x0, y0), (x1, y1) = spec.sheet.corners[0], spec.sheet.corners[1]
+    if abs(math.degrees(math.atan2((y1 - y0) * size[1], (x1 - x0) * size[0]))) >= 10:
+        tags.add("rotated sheet (>= 10 degrees)")
+    if spec.fingers:
+        tags.add("partly covered (fingers)")
+    if spec.sheet.ruled:
+        tags.add("not trained: ruled paper")
+    if sum(spec.lighting.gain) / 3 < _MIN_TRAIN_EXPOSURE:
+        tags.add("not trained: dim light")
+    if size in UNSEEN_CAMERA_SIZES:
+        tags.add("not trained: 1080p / portrait frame")
+    return tags
+
+
 def draw_scene(spec: SceneSpec, size: tuple[int, int] = (640, 480)) -> Image.Image:
     """Render `spec` as an RGB image of `size` (width, height)."""
-    image = _draw_background(spec.background, size)
-    _draw_objects(image, spec, [obj.rgb or COLOR_RGB[obj.color] for obj in spec.objects])
-    return _camera_effects(image, spec)
+    return render(spec, size, with_mask=False)[0]
 
 
 def object_mask(spec: SceneSpec, size: tuple[int, int] = (640, 480)) -> Image.Image:
     """Which object covers each pixel ("L" image: 0 is background, i + 1 is `spec.objects[i]`).
 
-    Ground truth for dense supervision, drawn with exactly the geometry of `draw_scene`.
+    Ground truth for dense supervision, drawn with exactly the geometry of `draw_scene`;
+    an outline shape's inside counts as the shape, and fingers hide what is under them.
     """
-    mask = Image.new("L", size, 0)
-    _draw_objects(mask, spec, list(range(1, len(spec.objects) + 1)))
+    mask = render(spec, size, with_mask=True)[1]
+    assert mask is not None
     return mask
 
 
-def _draw_objects(image: Image.Image, spec: SceneSpec, fills: Sequence[tuple[int, int, int] | int]) -> None:
-    draw = ImageDraw.Draw(image)
-    width, height = image.size
-    for obj, fill in zip(spec.objects, fills, strict=True):
-        radius = obj.size * min(width, height) / 2
-        cx, cy = obj.center[0] * width, obj.center[1] * height
-        if obj.shape == "circle":
-            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
-        else:
-            draw.polygon(_polygon(obj.shape, (cx, cy), radius, obj.rotation), fill=fill)
+def render(spec: SceneSpec, size: tuple[int, int], with_mask: bool) -> tuple[Image.Image, Image.Image | None]:
+    """The frame and, if asked, its object mask, from one pass over the geometry."""
+    sheet_size, to_sheet = _sheet_geometry(spec.sheet, size)
+    flat = Image.new("RGB", sheet_size, spec.sheet.tone)
+    if spec.sheet.ruled:
+        _draw_rules(flat)
+    _draw_objects(flat, spec.objects, [obj.rgb or COLOR_RGB[obj.color] for obj in spec.objects], outline=True)
+    coverage = Image.new("L", sheet_size, 255).transform(
+        size, Image.Transform.PERSPECTIVE, to_sheet, Image.Resampling.BILINEAR
+    )
+    image = Image.composite(
+        flat.transform(size, Image.Transform.PERSPECTIVE, to_sheet, Image.Resampling.BICUBIC),
+        _draw_room(spec.room_seed, size),
+        coverage,
+    )
+    _draw_fingers(image, spec.fingers, None)
+    mask = None
+    if with_mask:
+        labels = Image.new("L", sheet_size, 0)
+        _draw_objects(labels, spec.objects, list(range(1, len(spec.objects) + 1)), outline=False)
+        mask = labels.transform(size, Image.Transform.PERSPECTIVE, to_sheet, Image.Resampling.NEAREST)
+        _draw_fingers(mask, spec.fingers, 0)
+    return _camera_effects(image, spec), mask
 
 
 def describe(spec: SceneSpec) -> str:
@@ -221,38 +335,69 @@ def _color_question(objects: Sequence[SceneObject], rng: random.Random) -> QA | 
     return QA("color", rng.choice(_COLOR_OF_QUESTIONS).format(shape=target.shape), target.color)
 
 
-def _random_object(
-    rng: random.Random, size: float, center: tuple[float, float] = (0.5, 0.5), jitter: float = 0.0
-) -> SceneObject:
-    color = rng.choice(COLORS)
-    base = COLOR_RGB[color]
-    rgb = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in base)
-    return SceneObject(
-        shape=rng.choice(SHAPES),
-        color=color,
-        center=(center[0] + rng.uniform(-jitter, jitter), center[1] + rng.uniform(-jitter, jitter)),
-        size=size,
-        rotation=rng.uniform(-20.0, 20.0),
-        rgb=(rgb[0], rgb[1], rgb[2]),
-    )
+# ---------------------------------------------------------------- random scene parts
+
+_MIN_TRAIN_EXPOSURE = 0.75
 
 
-def _place_objects(rng: random.Random, count: int, size_range: tuple[float, float]) -> list[SceneObject]:
-    """Non-overlapping objects, so counting is well defined; shrinks them if they do not fit.
+def _random_surface(rng: random.Random) -> tuple[tuple[int, int, int], bool]:
+    """(tone, is_paper): white, cream or grey paper, or a dark board or dark paper."""
+    kind = rng.random()
+    if kind < 0.25:
+        level = rng.randint(222, 255)
+        return _tint(rng, (level, level, level), 6), True
+    if kind < 0.4:
+        return _tint(rng, (rng.randint(238, 252), rng.randint(226, 242), rng.randint(188, 215)), 5), True
+    if kind < 0.6:
+        level = rng.randint(150, 204)
+        return _tint(rng, (level, level, level), 8), True
+    level = rng.randint(0, 95)
+    return _tint(rng, (level, level, level), 15), False
 
-    Positions are checked in a 4:3 frame; wider frames only add room.
-    """
-    low, high = size_range
+
+def _tint(rng: random.Random, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
+    r, g, b = (min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)
+    return (r, g, b)
+
+
+def _full_frame_corners(rng: random.Random) -> tuple[tuple[float, float], ...]:
+    """The sheet fills the frame: the camera is close to it, or it lies on the desk."""
+    pad = rng.uniform(0.0, 0.12)
+    return tuple((x + (x - 0.5) * 2 * pad + rng.uniform(-0.02, 0.02), y + (y - 0.5) * 2 * pad) for x, y in FULL_FRAME)
+
+
+def _held_corners(rng: random.Random) -> tuple[tuple[float, float], ...]:
+    """A sheet held up at an angle: rotated, foreshortened, off-centre, in a 4:3 frame's units."""
     aspect = 4 / 3
+    short = rng.uniform(0.6, 1.1)  # sheet's shorter side, in units of the frame's shorter side
+    ratio = rng.uniform(1.25, 1.45)
+    width, height = (short * ratio, short) if rng.random() < 0.5 else (short, short * ratio)
+    angle = math.radians(rng.uniform(-32.0, 32.0))
+    cx, cy = 0.5 + rng.uniform(-0.12, 0.12), 0.5 + rng.uniform(-0.1, 0.1)
+    corners = []
+    for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+        dx = sx * width / 2 + rng.uniform(-0.06, 0.06) * short
+        dy = sy * height / 2 + rng.uniform(-0.06, 0.06) * short
+        x = dx * math.cos(angle) - dy * math.sin(angle)
+        y = dx * math.sin(angle) + dy * math.cos(angle)
+        corners.append((cx + x / aspect, cy + y))
+    return tuple(corners)
+
+
+def _random_objects(rng: random.Random, inks: Sequence[str]) -> list[SceneObject]:
+    """1-3 non-overlapping drawings inside the sheet's margins; filled, outlined or (rarely) mixed."""
+    count = rng.choices((1, 2, 3), weights=(0.5, 0.27, 0.23))[0]
+    low, high = {1: (0.3, 0.8), 2: (0.3, 0.45), 3: (0.27, 0.38)}[count]
+    style = rng.random()
     while True:
         placed: list[SceneObject] = []
         for _ in range(200):
             size = rng.uniform(low, high)
             r = size / 2
-            cx = rng.uniform(r / aspect + 0.02, 1 - r / aspect - 0.02)
-            cy = rng.uniform(r + 0.02, 1 - r - 0.02)
-            if all(_apart((cx, cy), r, other, aspect) for other in placed):
-                candidate = _random_object(rng, size, center=(cx, cy))
+            cx, cy = rng.uniform(r + 0.08, 1 - r - 0.08), rng.uniform(r + 0.08, 1 - r - 0.08)
+            if all(math.hypot(cx - o.center[0], cy - o.center[1]) > r + o.size / 2 + 0.05 for o in placed):
+                outline = style < 0.4 or (style > 0.9 and rng.random() < 0.5)
+                candidate = _random_object(rng, inks, size, (cx, cy), outline)
                 if all((candidate.shape, candidate.color) != (o.shape, o.color) for o in placed):
                     placed.append(candidate)
             if len(placed) == count:
@@ -260,59 +405,289 @@ def _place_objects(rng: random.Random, count: int, size_range: tuple[float, floa
         high = max(low, high * 0.9)
 
 
-def _apart(center: tuple[float, float], radius: float, other: SceneObject, aspect: float) -> bool:
-    """Whether two objects keep a visible gap (distances measured in shorter-side units)."""
-    dx = (center[0] - other.center[0]) * aspect
-    dy = center[1] - other.center[1]
-    return math.hypot(dx, dy) > radius + other.size / 2 + 0.05
-
-
-def _random_background(rng: random.Random) -> Background:
-    """Dark or mid-grey, slightly tinted: never bright enough to hide a white or yellow shape."""
-
-    def tone() -> tuple[int, int, int]:
-        level = rng.randint(0, 120)
-        return (
-            max(0, level + rng.randint(-15, 15)),
-            max(0, level + rng.randint(-15, 15)),
-            max(0, level + rng.randint(-15, 15)),
-        )
-
-    return Background(
-        color=tone(),
-        gradient_to=tone() if rng.random() < 0.4 else None,
-        gradient_angle=rng.uniform(0, 360),
-        noise=rng.choice((0.0, 0.0, 4.0, 10.0)),
-        blur=rng.choice((0.0, 0.0, 1.0, 2.5)),
+def _random_object(
+    rng: random.Random, inks: Sequence[str], size: float, center: tuple[float, float], outline: bool
+) -> SceneObject:
+    color = rng.choice(inks)
+    return SceneObject(
+        shape=rng.choice(SHAPES),
+        color=color,
+        center=center,
+        size=size,
+        rotation=rng.uniform(-25.0, 25.0),
+        rgb=_tint(rng, COLOR_RGB[color], 22),
+        stroke=rng.uniform(0.06, 0.14) if outline else 0.0,
+        wobble=rng.uniform(0.0, 0.08),
         seed=rng.randrange(2**31),
     )
 
 
-def _draw_background(background: Background, size: tuple[int, int]) -> Image.Image:
-    plain = Image.new("RGB", size, background.color)
-    if background.gradient_to is None:
-        return plain
-    ramp = Image.linear_gradient("L").rotate(background.gradient_angle, resample=Image.Resampling.BILINEAR)
-    ramp = ramp.crop((48, 48, 208, 208)).resize(size, Image.Resampling.BILINEAR)  # crop away rotation corners
-    return Image.composite(Image.new("RGB", size, background.gradient_to), plain, ramp)
+def _fits_in_frame(sheet: Sheet, obj: SceneObject, margin: float = 0.02, min_size: float = 0.17) -> bool:
+    """Whether the whole drawing is in view (in a 4:3 frame) and big enough to recognise."""
+    ring = _frame_ring(sheet, obj)
+    xs, ys = ring[:, 0] / 640, ring[:, 1] / 480
+    inside = xs.min() > margin and xs.max() < 1 - margin and ys.min() > margin and ys.max() < 1 - margin
+    return bool(inside) and min(xs.max() - xs.min(), (ys.max() - ys.min()) * 0.75) >= min_size * 0.75
+
+
+def _frame_ring(sheet: Sheet, obj: SceneObject) -> np.ndarray:
+    """Points on the drawing's enclosing circle, in the pixels of a 640x480 frame."""
+    to_frame = _homography(_flat_corners(sheet, (640, 480)), [(x * 640, y * 480) for x, y in sheet.corners])
+    width, height = _flat_size(sheet, (640, 480))
+    radius = obj.size * min(width, height) / 2
+    cx, cy = obj.center[0] * width, obj.center[1] * height
+    angles = np.linspace(0, 2 * math.pi, 16, endpoint=False)
+    return np.array([_apply(to_frame, (cx + radius * math.cos(a), cy + radius * math.sin(a))) for a in angles])
+
+
+def _random_fingers(rng: random.Random, sheet: Sheet, objects: Sequence[SceneObject]) -> list[Finger]:
+    """Thumbs over the left/right edges, or fingers from below, never over a drawing.
+
+    Sometimes the palm shows too, outside the sheet.
+    """
+    tone = _tint(rng, rng.choice(SKIN_TONES), 12)
+    width = rng.uniform(0.07, 0.12)
+    edges = rng.choice(((3,), (1,), (3, 1), (2,), (2, 3)))  # 0 top, 1 right, 2 bottom, 3 left
+    fingers: list[Finger] = []
+    to_frame = _homography(_flat_corners(sheet, (640, 480)), [(x * 640, y * 480) for x, y in sheet.corners])
+    flat_w, flat_h = _flat_size(sheet, (640, 480))
+    for edge in edges:
+        for _ in range(rng.choice((1, 1, 2, 3)) if edge == 2 else 1):
+            along, depth = rng.uniform(0.2, 0.8), rng.uniform(0.04, 0.12)
+            inward = {0: (along, 0.0, 0.0, 1.0), 1: (1.0, along, -1.0, 0.0), 2: (along, 1.0, 0.0, -1.0)}
+            u, v, du, dv = inward.get(edge, (0.0, along, 1.0, 0.0))
+            tip_flat = (u + du * depth, v + dv * depth)
+            base_flat = (u - du * 0.3, v - dv * 0.3)
+            tip, base = (_to_frame_fraction(to_frame, p, (flat_w, flat_h)) for p in (tip_flat, base_flat))
+            finger = Finger(base, tip, width, tone)
+            if not any(_covers(finger, obj, sheet) for obj in objects):
+                fingers.append(finger)
+                if rng.random() < 0.4:
+                    palm_end = (base[0] + (base[0] - tip[0]) * 0.6, base[1] + (base[1] - tip[1]) * 0.6)
+                    fingers.insert(0, Finger(base, palm_end, width * 2.4, tone))
+    return fingers
+
+
+def _covers(finger: Finger, obj: SceneObject, sheet: Sheet) -> bool:
+    """Whether the finger's capsule comes near the drawing (checked in 640x480 pixels)."""
+    ring = _frame_ring(sheet, obj)
+    cx, cy = ring.mean(axis=0)
+    radius = float(np.hypot(ring[:, 0] - cx, ring[:, 1] - cy).max())
+    (bx, by), (tx, ty) = [(x * 640, y * 480) for x, y in (finger.base, finger.tip)]
+    t = np.clip(((cx - bx) * (tx - bx) + (cy - by) * (ty - by)) / max(1e-9, (tx - bx) ** 2 + (ty - by) ** 2), 0, 1)
+    distance = math.hypot(cx - (bx + t * (tx - bx)), cy - (by + t * (ty - by)))
+    return distance < radius + finger.width * 480 / 2 + 4
+
+
+def _random_lighting(rng: random.Random, dim: bool) -> Lighting:
+    exposure = rng.uniform(0.5, 0.72) if dim else rng.uniform(_MIN_TRAIN_EXPOSURE, 1.15)
+    warmth = rng.uniform(-0.18, 0.18)
+    gain = (exposure * (1 + warmth), exposure * rng.uniform(0.95, 1.05), exposure * (1 - warmth))
+    shadow = None
+    if rng.random() < 0.35:
+        shadow = (rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.15, 0.5), rng.uniform(0.15, 0.5))
+    return Lighting(
+        gain=gain,
+        falloff=rng.uniform(0.0, 0.45) if rng.random() < 0.6 else 0.0,
+        falloff_angle=rng.uniform(0, 360),
+        shadow=shadow,
+        shadow_depth=rng.uniform(0.15, 0.45),
+        noise=rng.choice((0.0, 3.0, 6.0, 10.0, 14.0)),
+        blur=rng.choice((0.0, 0.0, 0.8, 1.5, 2.5)),
+        seed=rng.randrange(2**31),
+    )
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _flat_size(sheet: Sheet, size: tuple[int, int]) -> tuple[int, int]:
+    """The sheet's unwarped size in pixels: the mean length of its opposite edges in the frame."""
+    (a, b, c, d) = [(x * size[0], y * size[1]) for x, y in sheet.corners]
+    width = (math.dist(a, b) + math.dist(d, c)) / 2
+    height = (math.dist(a, d) + math.dist(b, c)) / 2
+    return max(8, round(width)), max(8, round(height))
+
+
+def _flat_corners(sheet: Sheet, size: tuple[int, int]) -> list[tuple[float, float]]:
+    width, height = _flat_size(sheet, size)
+    return [(0.0, 0.0), (float(width), 0.0), (float(width), float(height)), (0.0, float(height))]
+
+
+def _homography(src: Sequence[tuple[float, float]], dst: Sequence[tuple[float, float]]) -> np.ndarray:
+    """The 8 projective coefficients mapping each `src` point to its `dst` point (PIL's PERSPECTIVE layout)."""
+    rows, values = [], []
+    for (x, y), (u, v) in zip(src, dst, strict=True):
+        rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
+        values += [u, v]
+    return np.linalg.solve(np.array(rows, dtype=np.float64), np.array(values, dtype=np.float64))
+
+
+def _apply(h: np.ndarray, point: tuple[float, float]) -> tuple[float, float]:
+    x, y = point
+    w = h[6] * x + h[7] * y + 1
+    return ((h[0] * x + h[1] * y + h[2]) / w, (h[3] * x + h[4] * y + h[5]) / w)
+
+
+def _to_frame_fraction(to_frame: np.ndarray, uv: tuple[float, float], flat: tuple[int, int]) -> tuple[float, float]:
+    x, y = _apply(to_frame, (uv[0] * flat[0], uv[1] * flat[1]))
+    return (x / 640, y / 480)
+
+
+def _sheet_geometry(sheet: Sheet, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[float, ...]]:
+    """The flat sheet's pixel size and the frame-to-sheet coefficients `Image.transform` wants."""
+    frame_corners = [(x * size[0], y * size[1]) for x, y in sheet.corners]
+    return _flat_size(sheet, size), tuple(_homography(frame_corners, _flat_corners(sheet, size)))
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _draw_objects(
+    image: Image.Image, objects: Sequence[SceneObject], inks: Sequence[tuple[int, int, int] | int], outline: bool
+) -> None:
+    """Draw each shape as a marker would: a filled, wobbly path, or (if `outline`) its stroke of uneven width."""
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    for obj, ink in zip(objects, inks, strict=True):
+        radius = obj.size * min(width, height) / 2
+        rng = random.Random(obj.seed)
+        path = _path(obj, (obj.center[0] * width, obj.center[1] * height), radius, rng)
+        if not outline or obj.stroke == 0:
+            draw.polygon(path, fill=ink)
+            continue
+        base = max(1.0, obj.stroke * 2 * radius)
+        phase, wiggle = rng.uniform(0, 2 * math.pi), rng.uniform(0.15, 0.4)
+        for i, (start, end) in enumerate(zip(path, path[1:] + path[:1], strict=True)):
+            w = base * (1 + wiggle * math.sin(phase + 6 * math.pi * i / len(path)))
+            draw.line([start, end], fill=ink, width=max(1, round(w)))
+            draw.ellipse((start[0] - w / 2, start[1] - w / 2, start[0] + w / 2, start[1] + w / 2), fill=ink)
+
+
+def _path(
+    obj: SceneObject, center: tuple[float, float], radius: float, rng: random.Random
+) -> list[tuple[float, float]]:
+    """The shape's outline as many points, bent by a smooth hand-drawn wobble plus a little jitter."""
+    if obj.shape == "circle":
+        points = [(math.cos(a), -math.sin(a)) for a in np.linspace(0, 2 * math.pi, 72, endpoint=False)]
+    else:
+        corners = _polygon(obj.shape, (0.0, 0.0), 1.0, obj.rotation)
+        points = []
+        for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+            points += [
+                (a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t) for t in np.linspace(0, 1, 10, endpoint=False)
+            ]
+    waves = [(k, rng.uniform(-1, 1), rng.uniform(0, 2 * math.pi)) for k in (2, 3, 5)]
+    out = []
+    for x, y in points:
+        angle = math.atan2(y, x)
+        bend = 1 + obj.wobble * sum(amp * math.sin(k * angle + phase) for k, amp, phase in waves) / 1.5
+        jitter = obj.wobble * 0.1
+        out.append(
+            (
+                center[0] + radius * (x * bend + rng.gauss(0, jitter)),
+                center[1] + radius * (y * bend + rng.gauss(0, jitter)),
+            )
+        )
+    return out
+
+
+def _draw_rules(flat: Image.Image) -> None:
+    """Faint blue notebook lines."""
+    draw = ImageDraw.Draw(flat)
+    width, height = flat.size
+    step = max(6.0, height / 22)
+    ink = (150, 180, 225)
+    for i in range(1, int(height / step)):
+        draw.line([(0, i * step), (width, i * step)], fill=ink, width=max(1, round(height / 400)))
+
+
+def _draw_room(seed: int, size: tuple[int, int]) -> Image.Image:
+    """An out-of-focus room: a wall, often a desk edge, and a few muted objects.
+
+    Drawn at an eighth of the size and scaled up, which blurs it like a far, unfocused background.
+    """
+    rng = random.Random(seed)
+    width, height = max(4, size[0] // 8), max(4, size[1] // 8)
+
+    def muted() -> tuple[int, int, int]:
+        level = rng.randint(20, 220)
+        return _tint(rng, (level, level, level), 35)
+
+    room = Image.new("RGB", (width, height), muted())
+    draw = ImageDraw.Draw(room)
+    for _ in range(rng.randint(1, 5)):
+        x0, y0 = rng.uniform(-0.2, 1.0) * width, rng.uniform(-0.2, 1.0) * height
+        x1, y1 = x0 + rng.uniform(0.1, 0.6) * width, y0 + rng.uniform(0.1, 0.6) * height
+        (draw.rectangle if rng.random() < 0.7 else draw.ellipse)((x0, y0, x1, y1), fill=muted())
+    if rng.random() < 0.7:
+        top, tilt = rng.uniform(0.55, 0.9) * height, rng.uniform(-0.08, 0.08) * height
+        draw.polygon([(0, top + tilt), (width, top - tilt), (width, height), (0, height)], fill=muted())
+    room = room.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0) * width / 80))
+    return room.resize(size, Image.Resampling.BICUBIC)
+
+
+def _draw_fingers(image: Image.Image, fingers: Sequence[Finger], fill: int | None) -> None:
+    """Skin-toned capsules, a little darker along their edges; `fill` paints a mask instead."""
+    draw = ImageDraw.Draw(image)
+    width, height = image.size
+    short = min(width, height)
+    for finger in fingers:
+        (bx, by), (tx, ty) = (
+            (finger.base[0] * width, finger.base[1] * height),
+            (finger.tip[0] * width, finger.tip[1] * height),
+        )
+        layers = [(1.0, fill)] if fill is not None else [(1.0, _shade(finger.tone, 0.8)), (0.7, finger.tone)]
+        for scale, ink in layers:
+            w = finger.width * short * scale
+            draw.line([(bx, by), (tx, ty)], fill=ink, width=max(1, round(w)))
+            draw.ellipse((tx - w / 2, ty - w / 2, tx + w / 2, ty + w / 2), fill=ink)
+
+
+def _shade(rgb: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
+    r, g, b = (round(c * factor) for c in rgb)
+    return (r, g, b)
 
 
 def _camera_effects(image: Image.Image, spec: SceneSpec) -> Image.Image:
-    """Defocus, sensor noise and JPEG re-compression, as a real webcam stream would add."""
-    background = spec.background
-    if background.blur > 0:
-        image = image.filter(ImageFilter.BoxBlur(background.blur * image.width / 640))
-    if background.noise > 0:
+    """Light falloff, shadow, exposure and white balance, then defocus, sensor noise and JPEG."""
+    light = spec.lighting
+    width, height = image.size
+    pixels = np.asarray(image, dtype=np.float32)
+    if light.falloff or light.shadow or light.gain != (1.0, 1.0, 1.0):
+        pixels = pixels * _illumination(light, (width, height))[..., None] * np.array(light.gain, dtype=np.float32)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if light.blur > 0:
+        image = image.filter(ImageFilter.GaussianBlur(light.blur * width / 640))
+    if light.noise > 0:
         pixels = np.asarray(image, dtype=np.float32)
-        noise = np.random.default_rng(background.seed).standard_normal(pixels.shape, dtype=np.float32)
-        pixels = pixels + noise * background.noise
-        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        noise = np.random.default_rng(light.seed).standard_normal(pixels.shape, dtype=np.float32)
+        image = Image.fromarray(np.clip(pixels + noise * light.noise, 0, 255).astype(np.uint8))
     if spec.jpeg_quality is not None:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=spec.jpeg_quality)
         buffer.seek(0)
         image = Image.open(buffer).convert("RGB")
     return image
+
+
+def _illumination(light: Lighting, size: tuple[int, int]) -> np.ndarray:
+    """Brightness per pixel (1 = as lit), computed at an eighth of the size: light varies slowly."""
+    width, height = max(4, size[0] // 8), max(4, size[1] // 8)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = math.radians(light.falloff_angle)
+    ramp = (xs / width - 0.5) * math.cos(angle) + (ys / height - 0.5) * math.sin(angle)
+    illumination = 1 - light.falloff * (ramp - ramp.min()) / max(1e-6, float(ramp.max() - ramp.min()))
+    if light.shadow:
+        cx, cy, rx, ry = light.shadow
+        shade = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(shade).ellipse(
+            ((cx - rx) * width, (cy - ry) * height, (cx + rx) * width, (cy + ry) * height), fill=255
+        )
+        soft = np.asarray(shade.filter(ImageFilter.GaussianBlur(0.08 * width)), dtype=np.float32) / 255
+        illumination = illumination * (1 - light.shadow_depth * soft)
+    small = Image.fromarray(illumination.astype(np.float32))
+    return np.asarray(small.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def _polygon(shape: str, center: tuple[float, float], radius: float, rotation: float) -> list[tuple[float, float]]:

@@ -1,4 +1,4 @@
-"""The bundled demo model answers correctly, and every test-model architecture loads generically.
+"""The demo model answers correctly about drawings held up to a camera; every test architecture loads generically.
 
 Both go through `AutoProcessor` + `AutoModelForImageTextToText` and batched, left-padded
 greedy generation: the path the app uses for any hub checkpoint.
@@ -7,6 +7,7 @@ greedy generation: the path the app uses for any hub checkpoint.
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,22 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from scripts.build_tiny_model import build_tiny_model
-from scripts.synthetic_scenes import SceneObject, SceneSpec, draw_scene, random_scene, single_object_scene
+from scripts.synthetic_scenes import (
+    COLORS,
+    SHAPES,
+    Finger,
+    Lighting,
+    SceneObject,
+    SceneSpec,
+    Sheet,
+    draw_scene,
+    held_drawing_scene,
+    random_camera_size,
+    random_scene,
+    single_object_scene,
+)
 from scripts.vlm_factory import ARCHS
+from vlm.demo_guide import DEMO_QUESTIONS, demo_guide
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "vlm" / "demo_model"
 
@@ -39,8 +54,8 @@ def ask(model_dir: Path, images: list[Image.Image], questions: list[str], max_ne
 
 
 def test_demo_model_answers_fake_camera_frames() -> None:
-    """The frames the browser test shows: a big red circle, then a blue triangle, at 640x480."""
-    circle = draw_scene(single_object_scene("circle", "red"), (640, 480))
+    """The frames the browser test shows: a red circle on paper held up, then a blue triangle on dark, at 640x480."""
+    circle = draw_scene(held_drawing_scene("circle", "red"), (640, 480))
     triangle = draw_scene(single_object_scene("triangle", "blue"), (640, 480))
     answers = ask(
         DEMO_MODEL,
@@ -50,38 +65,95 @@ def test_demo_model_answers_fake_camera_frames() -> None:
     assert answers == ["circle", "red", "triangle", "blue"]
 
 
+def test_the_suggested_questions_are_answered() -> None:
+    """The questions the page offers with the demo model get the right answers about a held-up drawing."""
+    star = draw_scene(held_drawing_scene("star", "green"), (640, 480))
+    assert ask(DEMO_MODEL, [star] * len(DEMO_QUESTIONS), list(DEMO_QUESTIONS)) == ["star", "green", "1", "a green star"]
+
+
+def test_the_guide_is_only_for_the_demo_model() -> None:
+    assert set(demo_guide(str(DEMO_MODEL))) == {"hint", "suggested_questions"}
+    assert demo_guide("vikhyatk/moondream2") == {}
+
+
+# Hand-made scenes no generator drew: drawings on paper and on dark, at an angle, with fingers, in odd light.
+HELD_SHEET = ((0.25, 0.05), (0.85, 0.2), (0.78, 0.97), (0.12, 0.85))
+HELD_OUT = [
+    (
+        SceneSpec(
+            [SceneObject("star", "blue", (0.45, 0.5), 0.6, rotation=10, stroke=0.1, wobble=0.05, seed=1)],
+            sheet=Sheet((245, 236, 205), HELD_SHEET),
+            room_seed=11,
+            fingers=[Finger((0.0, 0.7), (0.2, 0.62), 0.1)],
+            lighting=Lighting(gain=(1.1, 1.0, 0.85), falloff=0.3, falloff_angle=200, noise=6, seed=2),
+        ),
+        (1280, 720),
+        "what shape is this?",
+        "star",
+    ),
+    (
+        SceneSpec(
+            [SceneObject("square", "green", (0.5, 0.45), 0.5, rotation=-15, wobble=0.06, seed=3)],
+            sheet=Sheet((185, 185, 190), HELD_SHEET),
+            room_seed=12,
+            lighting=Lighting(gain=(0.9, 0.95, 1.1), shadow=(0.3, 0.4, 0.3, 0.3), shadow_depth=0.35, seed=3),
+            jpeg_quality=50,
+        ),
+        (640, 480),
+        "what colour is it?",
+        "green",
+    ),
+    (
+        SceneSpec(
+            [
+                SceneObject("circle", "white", (0.25, 0.3), 0.3, stroke=0.1),
+                SceneObject("triangle", "yellow", (0.7, 0.65), 0.35),
+            ]
+        ),
+        (640, 360),
+        "what color is the triangle?",
+        "yellow",
+    ),
+    (
+        SceneSpec(
+            [
+                SceneObject("triangle", "red", (0.25, 0.3), 0.32),
+                SceneObject("square", "black", (0.72, 0.3), 0.3, stroke=0.12),
+                SceneObject("circle", "blue", (0.5, 0.72), 0.32),
+            ],
+            sheet=Sheet((250, 250, 250), ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))),
+            lighting=Lighting(noise=10, blur=1.0, seed=5),
+        ),
+        (640, 480),
+        "how many shapes are there?",
+        "3",
+    ),
+]
+
+
 def test_demo_model_answers_held_out_scenes() -> None:
-    """Freshly drawn scenes (seeds training never used) at several camera sizes."""
-    rng = random.Random(20_240_601)
-    scenes = [
-        (SceneSpec([SceneObject("star", "yellow", (0.3, 0.4), 0.5)]), (1280, 720), "what shape is this?", "star"),
-        (SceneSpec([SceneObject("square", "green", (0.6, 0.5), 0.45)]), (320, 240), "what shape is it?", "square"),
-        (
-            SceneSpec(
-                [SceneObject("circle", "white", (0.25, 0.3), 0.35), SceneObject("star", "red", (0.7, 0.65), 0.4)]
-            ),
-            (640, 480),
-            "what color is the star?",
-            "red",
-        ),
-        (
-            SceneSpec(
-                [
-                    SceneObject("triangle", "yellow", (0.2, 0.3), 0.33),
-                    SceneObject("square", "blue", (0.75, 0.3), 0.33),
-                    SceneObject("circle", "green", (0.5, 0.75), 0.33),
-                ]
-            ),
-            (640, 480),
-            "how many shapes are there?",
-            "3",
-        ),
-        (random_scene(rng), (640, 480), "how many shapes are there?", None),
-    ]
-    last_spec = scenes[-1][0]
-    expected = [answer or str(len(last_spec.objects)) for *_, answer in scenes]
+    """Hand-made scenes at several camera sizes, plus one from a generator seed no training scene used."""
+    rng = random.Random("tests:held-out")
+    spec = random_scene(rng, held_out=True)
+    scenes = [*HELD_OUT, (spec, random_camera_size(rng), "how many shapes are there?", str(len(spec.objects)))]
     answers = ask(DEMO_MODEL, [draw_scene(spec, size) for spec, size, *_ in scenes], [q for _, _, q, _ in scenes])
-    assert answers == expected
+    assert answers == [expected for *_, expected in scenes]
+
+
+PHRASE = rf"a ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})"
+DESCRIPTION = re.compile(rf"^{PHRASE}(?:(?:, {PHRASE})? and {PHRASE})?$")
+
+
+def test_descriptions_are_well_formed() -> None:
+    """ "a red circle", "a red circle and a blue star" or a list of three: never "circle circle circle"."""
+    rng = random.Random("tests:describe")
+    jobs = [(random_scene(rng, held_out=True), random_camera_size(rng, held_out=True)) for _ in range(24)]
+    answers = ask(DEMO_MODEL, [draw_scene(spec, size) for spec, size in jobs], ["describe the image."] * len(jobs), 24)
+    for got in answers:
+        match = DESCRIPTION.match(got)
+        assert match, got
+        phrases = re.findall(PHRASE, got)
+        assert len(set(phrases)) == len(phrases), got
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -24,14 +24,15 @@ ARTIFACTS = REPO / "artifacts"
 TIMEOUT_MS = 15_000
 DESKTOP = {"width": 1280, "height": 800}
 
-# The scenario: a red circle for the first seconds, then a blue triangle for long enough.
-SWITCH_CLIP = (Shot("circle", "red", 5), Shot("triangle", "blue", 40))
+# A red circle drawn on paper held up to the camera for the first seconds, then a blue triangle
+# on a dark background for long enough.
+SWITCH_CLIP = (Shot("circle", "red", 8, paper=True), Shot("triangle", "blue", 40))
 # Everything else: a scene that changes every second, so a frozen frame is told apart from live.
 CYCLE_CLIP = (
-    Shot("square", "green", 1),
+    Shot("square", "green", 1, paper=True),
     Shot("star", "yellow", 1),
     Shot("circle", "white", 1),
-    Shot("triangle", "red", 1),
+    Shot("triangle", "red", 1, paper=True),
 )
 
 

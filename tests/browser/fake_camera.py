@@ -2,7 +2,9 @@
 
 Chromium starts the clip when the page opens the camera, plays it in real time at the
 clip's frame rate and loops it at the end. Frames are synthetic scenes whose correct
-answers are known (``scripts/synthetic_scenes.py``).
+answers are known (``scripts/synthetic_scenes.py``): a drawing on a sheet of light paper
+held up at an angle with thumbs over its edges, as a person trying the demo shows it, or
+a shape filling a dark frame.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scripts.synthetic_scenes import draw_scene, single_object_scene
+from scripts.synthetic_scenes import SceneSpec, draw_scene, held_drawing_scene, single_object_scene
 
 SIZE = (320, 240)
 FPS = 5
@@ -22,11 +24,15 @@ FPS = 5
 
 @dataclass(frozen=True)
 class Shot:
-    """One still scene held for ``seconds``."""
+    """One still scene held for ``seconds``: a drawing on paper held up, or a shape on a dark background."""
 
     shape: str
     color: str
     seconds: float
+    paper: bool = False
+
+    def scene(self) -> SceneSpec:
+        return (held_drawing_scene if self.paper else single_object_scene)(self.shape, self.color)
 
 
 def i420(image: Image.Image) -> bytes:
@@ -52,6 +58,6 @@ def write_y4m(path: Path, shots: Sequence[Shot], size: tuple[int, int] = SIZE, f
     with path.open("wb") as out:
         out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for shot in shots:
-            frame = b"FRAME\n" + i420(draw_scene(single_object_scene(shot.shape, shot.color), size))
+            frame = b"FRAME\n" + i420(draw_scene(shot.scene(), size))
             out.write(frame * max(1, round(shot.seconds * fps)))
     return path

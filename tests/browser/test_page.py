@@ -104,24 +104,52 @@ def switch_page(switch_browser: Browser, open_app: OpenApp) -> Page:
 
 
 def test_each_answer_is_about_the_frame_shown_when_asked(switch_page: Page) -> None:
-    """The issue's scenario: a red circle, then a blue triangle; the answers must follow."""
+    """A red circle drawn on paper held up to the camera, then a blue triangle on a dark background.
+
+    The answers must follow the camera, and be right about the shape and its colour in both.
+    """
     page = switch_page
     page.wait_for_function(SCENE_IS, arg=["red"])
     first = ask(page, SHAPE_QUESTION)
     assert first.get_attribute("data-state") == "done", answer(first)
-    assert "circle" in answer(first).lower()
+    assert answer(first).lower() == "circle"
     red, _, blue = centre(thumbnail(first))
     assert red > 150 and blue < 100, "the frame sent with the first question was not the red circle"
+    first_colour = ask(page, COLOR_QUESTION)
+    assert answer(first_colour).lower() == "red"
+    red, _, blue = centre(thumbnail(first_colour))
+    assert red > 150 and blue < 100, "the frame sent with the colour question was not the red circle"
 
     page.wait_for_function(SCENE_IS, arg=["blue"], timeout=10_000)
     second = ask(page, SHAPE_QUESTION)
     assert second.get_attribute("data-state") == "done", answer(second)
-    assert "triangle" in answer(second).lower()
-    assert "triangle" in page.locator("#answer").inner_text().lower()
+    assert answer(second).lower() == "triangle"
+    assert page.locator("#answer").inner_text().lower() == "triangle"
     red, _, blue = centre(thumbnail(second))
     assert blue > 150 and red < 110, "the frame sent with the second question was not the blue triangle"
+    second_colour = ask(page, COLOR_QUESTION)
+    assert answer(second_colour).lower() == "blue"
     expect(page.locator("#answer-meta")).to_contain_text("ms")
     save_screenshot(page, "page-answer.png", docs_name="screenshot.png")
+
+
+def test_the_guide_shows_only_for_the_demo_model(open_app: OpenApp, either_server: AppProcess) -> None:
+    """With the demo model the page says what it can answer and offers questions to click; others get no guide."""
+    page = open_app(url=either_server.url)
+    info = model_info(either_server)
+    guide = page.locator("#guide")
+    if "hint" not in info:
+        expect(guide).to_be_hidden()
+        return
+    expect(guide).to_be_visible()
+    expect(guide).to_contain_text(info["hint"])
+    buttons = guide.locator("button")
+    expect(buttons).to_have_count(len(info["suggested_questions"]))
+    buttons.first.click()
+    entry = entries(page).first
+    expect(entry).to_have_attribute("data-state", "done")
+    assert entry.locator(".question").inner_text() == info["suggested_questions"][0]
+    assert answer(entry) in {"circle", "square", "triangle", "star"}
 
 
 def test_answer_streams_in_before_the_final_response(page: Page, info: dict) -> None:
