@@ -20,6 +20,7 @@ from flask_socketio import SocketIO
 
 from .backends.base import Backend
 from .config import Settings
+from .demo_guide import demo_guide
 from .images import ImageRejected
 from .openai_api import install_openai_api
 from .protocol import ProtocolError, parse_cancel, parse_query, parse_skill, request_id, to_job
@@ -176,6 +177,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         info = asdict(slot.backend.info)
         info["capabilities"] = sorted(info["capabilities"])
         info.update(max_question_chars=settings.max_question_chars, max_image_bytes=settings.max_image_bytes)
+        info.update(demo_guide(settings.model_path))
         return jsonify(info), 200
 
     install_openai_api(app, settings, slot, authorized=lambda: token_ok(bearer()), sleep=socketio.sleep)
