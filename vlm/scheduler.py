@@ -64,7 +64,7 @@ class Request:
     first_token: float = 0.0
     finished: bool = False
 
-    def timing(self, now: float, tokens: int) -> dict[str, float | int]:
+    def timing(self, now: float, result: Result) -> dict[str, float | int]:
         def ms(seconds: float) -> float:
             return round(seconds * 1000, 2)
 
@@ -74,7 +74,8 @@ class Request:
             "model_ms": ms(now - self.started),
             "first_token_ms": ms((self.first_token or now) - self.started),
             "total_ms": ms(now - self.received),
-            "tokens": tokens,
+            "tokens": result.tokens,
+            "prompt_tokens": result.prompt_tokens,
         }
 
 
@@ -204,7 +205,8 @@ class Scheduler:
         payload: dict[str, Any] = {
             "id": request.id,
             "answer": result.answer,
-            "timing": request.timing(time.perf_counter(), result.tokens),
+            "finish_reason": result.finish_reason,
+            "timing": request.timing(time.perf_counter(), result),
         }
         if request.job.task != "query":
             payload["skill"] = request.job.task

@@ -207,7 +207,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         if slot.backend is None:
             return jsonify(status="loading"), 503
         info = slot.backend.info
-        return jsonify(status="ok", model=info.model, backend=info.backend, device=info.device), 200
+        return jsonify(status="ok", model=settings.model_name, backend=info.backend, device=info.device), 200
 
     @app.get("/api/info")
     def api_info() -> tuple[Response, int]:
@@ -217,7 +217,10 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
             return jsonify(status="loading"), 503
         info = asdict(slot.backend.info)
         info["capabilities"] = sorted(info["capabilities"])
-        info.update(max_question_chars=settings.max_question_chars, max_image_bytes=settings.max_image_bytes)
+        # The page paces its live mode from the rate limit, so that it never trips it.
+        info.update(model=settings.model_name, max_question_chars=settings.max_question_chars,
+                    max_image_bytes=settings.max_image_bytes, rate_limit_per_s=settings.rate_limit_per_s,
+                    rate_burst=settings.rate_burst)
         return jsonify(info), 200
 
     install_openai_api(app, settings, slot, authorized=lambda: token_ok(bearer()), sleep=socketio.sleep)
