@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flask import Flask, Response, abort, jsonify, make_response, render_template, request
+from flask import Flask, Response, jsonify, make_response, render_template, request
 from flask_socketio import SocketIO
 
 from .backends.base import Backend
@@ -195,7 +195,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         """The link with ``?token=`` works once; a cookie keeps reloads working after the page hides it."""
         token = request.args.get("token") or bearer() or request.cookies.get(TOKEN_COOKIE)
         if not token_ok(token):
-            abort(401, "This server needs its access token: open the link printed in its console.")
+            return make_response(render_template("unauthorized.html"), 401)
         response = make_response(render_template("index.html"))
         if settings.token:
             response.set_cookie(TOKEN_COOKIE, settings.token, httponly=True, samesite="Strict",
