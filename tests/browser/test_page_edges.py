@@ -93,7 +93,9 @@ def test_stop_keeps_the_partial_answer_marked_as_stopped(open_app: OpenApp, slow
     entry = page.locator("#history > li").first
     # A first generation on a busy CPU can take a while to start.
     expect(entry).to_have_attribute("data-state", "streaming", timeout=60_000)
-    page.wait_for_function("document.querySelector('#history > li .answer').textContent.length > 10", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#history > li .answer').textContent.length > 10", timeout=60_000
+    )
     page.click("#cancel")
     expect(entry).to_have_attribute("data-state", "cancelled")
     expect(entry).to_have_attribute("data-stopped", "true")
