@@ -76,7 +76,7 @@ def test_cancelled_row_gets_no_result_and_others_finish(backend: TransformersBac
 def test_info_reports_a_useful_frame_size(backend: TransformersBackend) -> None:
     assert backend.info.image_size == MIN_FRAME_SIDE, "tiny models look at tiny images; thumbnails need 256 px"
     assert backend.info.decode_size < MIN_FRAME_SIDE, "the server decodes frames no larger than the model uses"
-    assert backend.info.capabilities == {"query", "caption", "stream"}
+    assert backend.info.capabilities == {"query", "caption", "stream", "text"}
 
 
 def test_a_frame_asked_about_again_is_not_encoded_again(
