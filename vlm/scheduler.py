@@ -134,6 +134,11 @@ class Scheduler:
             if request is not None:
                 self._finish_locked(request)
 
+    def has_room(self, client: str) -> bool:
+        """Whether ``submit`` would queue this client's request now (checked before spending a decode on it)."""
+        with self._lock:
+            return client in self._queued or len(self._queued) < self.max_queue
+
     def pending(self) -> int:
         with self._lock:
             return len(self._queued) + len(self._running)
