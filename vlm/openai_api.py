@@ -97,7 +97,7 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         if backend is None or scheduler is None:
             return error_response("loading", "the model is still loading; try again in a moment")
         try:
-            incoming, max_tokens, streaming = parse_chat(request.get_json(silent=True),
+            incoming, max_tokens, streaming = parse_chat(json_body(),
                                                          max_question_chars=settings.max_question_chars)
             job, decode_ms = to_job(incoming, settings, decode_size=backend.info.decode_size,
                                     max_new_tokens=max_tokens)
@@ -125,6 +125,15 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         return jsonify(completion.message(value)), 200
 
     return api
+
+
+def json_body() -> object:
+    """The request's JSON, or None if it is not JSON; nesting deep enough to exhaust the parser's
+    recursion is refused like any other unusable body rather than failing as a 500."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise ProtocolError("bad_request", "the JSON body is nested too deeply") from None
 
 
 def parse_chat(body: object, *, max_question_chars: int) -> tuple[Incoming, int | None, bool]:

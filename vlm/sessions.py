@@ -9,7 +9,8 @@
   calling ``disconnect(sid)``, which closes the session with ``wait=True`` and blocks in
   ``queue.join()`` for a poll that never comes: the request is never answered and its socket
   and thread are held for good. ``PromptDisconnectServer`` closes without waiting; the CLOSE
-  packet is still queued for any poll or websocket writer that is there to take it.
+  packet is still queued for any poll or websocket writer that is there to take it, and a
+  closed session's next message ends its transport.
 - Socket.IO errors (4xx) also close the HTTP connection, so a malformed exchange ends there.
 """
 
@@ -36,6 +37,13 @@ NAMESPACE = "/"
 
 
 class PromptDisconnectServer(engineio.Server):
+    def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        """A message for a session already closed ends its transport: engineio's websocket loop would
+        otherwise keep reading (and dispatching) whatever a dropped flooder still sends."""
+        if event == "message" and args and args[0] not in self.sockets:
+            raise engineio.exceptions.SocketIsClosedError()
+        return super()._trigger_event(event, *args, **kwargs)
+
     def disconnect(self, sid: str | None = None) -> None:
         sockets = [self.sockets.get(sid)] if sid is not None else list(self.sockets.values())
         for socket in sockets:
@@ -45,6 +53,16 @@ class PromptDisconnectServer(engineio.Server):
             self.sockets = {}
         else:
             self.sockets.pop(sid, None)
+
+
+def drop(socketio: SocketIO, sid: str) -> None:
+    """End a client's Socket.IO session and its Engine.IO transport (a namespace disconnect alone
+    leaves the connection open for the client to close, which a hostile one never does)."""
+    server = socketio.server
+    eio_sid = server.manager.eio_sid_from_sid(sid, NAMESPACE)
+    server.disconnect(sid)
+    if eio_sid is not None:
+        server.eio.disconnect(eio_sid)
 
 
 class SessionBounds:

@@ -28,7 +28,7 @@ from .openai_api import install_openai_api
 from .protocol import ProtocolError, parse_cancel, parse_query, parse_skill, request_id, to_job
 from .ratelimit import EventGate, RateLimiter
 from .scheduler import Request, Scheduler
-from .sessions import SessionBounds
+from .sessions import SessionBounds, drop
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Outbox:
     def _emit(self, event: str, payload: dict[str, Any], sid: str) -> None:
         if self.backlog(sid) > self.MAX_BACKLOG:
             log.warning("dropping %s: %d packets unread", sid, self.backlog(sid))
-            self.socketio.server.disconnect(sid)
+            drop(self.socketio, sid)
             return
         self.socketio.emit(event, payload, to=sid)
 
@@ -152,7 +152,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     sink = SocketSink(outbox)
     gate = EventGate(RateLimiter(settings.rate_limit_per_s, settings.rate_burst),
                      RateLimiter(settings.ip_rate_limit_per_s, settings.ip_rate_limit_per_s * 2),
-                     strikes=settings.rate_burst * 5)
+                     strikes=settings.rate_burst * 2 + 10)
     sessions = SessionBounds(socketio, per_address=settings.max_connections_per_ip, total=settings.max_connections)
     sessions.start()
     # Outermost first: the real client address (trusted proxy only), then the Host check, then session bounds.
@@ -241,7 +241,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
             if verdict.drop:
                 log.warning("dropping %s from %s: it kept flooding after being refused", request.sid,
                             request.remote_addr)
-                socketio.server.disconnect(request.sid)
+                drop(socketio, request.sid)
                 return None
             if not verdict.allowed:
                 if replies:
