@@ -30,8 +30,7 @@ from .ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 5.0
-HANDSHAKES_PER_S = 5.0
-HANDSHAKE_BURST = 20
+HANDSHAKES_PER_S = 10.0
 SWEEP_EVERY_S = 1.0
 NAMESPACE = "/"
 
@@ -70,7 +69,8 @@ class SessionBounds:
         self.socketio = socketio
         self.per_address = per_address
         self.total = total
-        self.handshakes = RateLimiter(HANDSHAKES_PER_S, HANDSHAKE_BURST)
+        # A burst as large as the session cap: a page of many tabs (or a test's 32 clients) may all connect at once.
+        self.handshakes = RateLimiter(HANDSHAKES_PER_S, per_address)
         self._unconnected_since: dict[str, float] = {}
         eio = socketio.server.eio
         eio.__class__ = PromptDisconnectServer  # same object, only disconnect() changes (see module doc)
