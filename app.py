@@ -13,7 +13,7 @@ from transformers.utils import logging as transformers_logging
 from vlm.backends.registry import explain_load_failure, load_backend
 from vlm.config import Settings, parse_settings
 from vlm.images import configure_decoding
-from vlm.logsafe import MASK, configure_logging
+from vlm.logsafe import MASK, configure_logging, route_library_loggers
 from vlm.scheduler import Scheduler
 from vlm.servers import serve
 from vlm.web import WebApp, create_app
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     raise_open_file_limit(4 * settings.max_connections + 256)
     configure_decoding(settings.async_mode)
     web = create_app(settings)
+    route_library_loggers()
     threading.Thread(target=load_model, args=(settings, web), name="vlm-loader", daemon=True).start()
     server = "gunicorn gthread" if settings.async_mode == "threading" else settings.async_mode
     log.info("listening on %s port %d (%s, %s mode); loading %s", settings.host, settings.port, server,

@@ -175,6 +175,13 @@ class DecodeSlots:
             self.semaphore.release()
 
 
+def _outcome(work: Callable[..., Decoded], *args: object) -> Decoded | ImageRejected:
+    try:
+        return work(*args)
+    except ImageRejected as refusal:
+        return refusal
+
+
 def _inline(work: Callable[..., Decoded], *args: object) -> Decoded:
     return work(*args)
 
@@ -195,7 +202,15 @@ def configure_decoding(async_mode: str, slots: int = DECODE_SLOTS) -> None:
         from gevent.threadpool import ThreadPool
 
         pool = ThreadPool(slots)
-        _slots = DecodeSlots(BoundedSemaphore(slots), lambda work, *args: pool.apply(work, args))
+
+        def on_pool(work: Callable[..., Decoded], *args: object) -> Decoded:
+            # gevent's pool prints a traceback for every exception a job raises; a refused frame is no error.
+            outcome = pool.apply(_outcome, (work, *args))
+            if isinstance(outcome, ImageRejected):
+                raise outcome
+            return outcome
+
+        _slots = DecodeSlots(BoundedSemaphore(slots), on_pool)
     elif async_mode == "eventlet":
         import eventlet.semaphore
         import eventlet.tpool

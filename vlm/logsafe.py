@@ -46,9 +46,21 @@ class QuietTimeouts(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], TimeoutError))
 
 
+LIBRARY_LOGGERS = ("engineio.server", "socketio.server", "gevent.pywsgi", "eventlet.wsgi")
+
+
 def configure_logging(token: str | None) -> None:
     """One handler on the root logger for the app and the server alike."""
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter((token,) if token else ()))
     handler.addFilter(QuietTimeouts())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def route_library_loggers() -> None:
+    """python-engineio and python-socketio give their loggers a plain handler of their own when they
+    start; without it their records (which quote what clients sent) go through the root handler."""
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True

@@ -139,6 +139,7 @@ def final_event(events: Iterator[SinkEvent], *, hung_up: Callable[[], bool],
         if time.monotonic() - checked > HANGUP_CHECK_S:
             checked = time.monotonic()
             if hung_up():
+                log.info("the HTTP client hung up; cancelling its generation")
                 cancel()
     raise RuntimeError("the scheduler ended a request without a final event")
 

@@ -11,6 +11,7 @@
   and thread are held for good. ``PromptDisconnectServer`` closes without waiting; the CLOSE
   packet is still queued for any poll or websocket writer that is there to take it, and a
   closed session's next message ends its transport.
+- A message that Socket.IO cannot decode is answered with ``bad_request``.
 - Socket.IO errors (4xx) also close the HTTP connection, so a malformed exchange ends there.
 """
 
@@ -73,7 +74,25 @@ class SessionBounds:
         self.handshakes = RateLimiter(HANDSHAKES_PER_S, per_address)
         self._unconnected_since: dict[str, float] = {}
         eio = socketio.server.eio
-        eio.__class__ = PromptDisconnectServer  # same object, only disconnect() changes (see module doc)
+        eio.__class__ = PromptDisconnectServer  # same object, two methods change (see module doc)
+        eio.handlers["message"] = self._answering_undecodable(eio.handlers["message"])
+
+    def _answering_undecodable(self, handle: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+        """A message Socket.IO cannot decode (its JSON refuses integers over 100 digits) gets a
+        ``bad_request`` reply; engineio would log a traceback and leave the sender waiting."""
+
+        def message(eio_sid: str, data: Any) -> Any:
+            try:
+                return handle(eio_sid, data)
+            except ValueError as error:
+                log.warning("undecodable message from %s: %s", eio_sid, error)
+                sid = self.socketio.server.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+                if sid is not None:
+                    self.socketio.emit("query_error", {"id": None, "code": "bad_request",
+                                                       "message": "the message is not valid Socket.IO JSON"}, to=sid)
+                return None
+
+        return message
 
     def start(self) -> None:
         self.socketio.start_background_task(self._sweep_forever)

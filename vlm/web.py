@@ -65,7 +65,7 @@ class Outbox:
     """
 
     POLL_S = 0.002
-    MAX_BACKLOG = 1024
+    MAX_BACKLOG = 256
 
     def __init__(self, socketio: SocketIO, async_mode: str) -> None:
         self.socketio = socketio
