@@ -92,12 +92,19 @@ def read_response(connection: socket.socket) -> bytes:
     return data
 
 
-def polling_handshake(app: AppProcess, forwarded_for: str | None = None) -> str:
+def get_raw(port: int, path: str, *, address: str = ATTACKER) -> bytes:
+    """One GET on its own connection from ``address``; returns the raw response."""
+    with connect_from(address, port) as connection:
+        connection.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        return read_response(connection)
+
+
+def polling_handshake(app: AppProcess, *, address: str = ATTACKER) -> str:
     """Open an Engine.IO session the way every client starts: one unauthenticated GET. Returns its sid."""
-    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-    reply = requests.get(f"{app.url}/socket.io/?EIO=4&transport=polling", headers=headers, timeout=5)
-    assert reply.status_code == 200, reply.text
-    return str(json.loads(reply.text[1:])["sid"])
+    reply = get_raw(app.port, "/socket.io/?EIO=4&transport=polling", address=address)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    body = reply.split(b"\r\n\r\n", 1)[1]
+    return str(json.loads(body[1:])["sid"])
 
 
 def post_raw(

@@ -47,7 +47,10 @@ WsgiApp = Callable[..., Any]
 
 def serve(settings: Settings, wsgi_app: WsgiApp, *, socketio: Any, on_sigterm: Callable[[], None]) -> None:
     """Serve until the process exits; SIGTERM calls ``on_sigterm`` (which starts draining, then exits)."""
-    limits = AddressLimits(settings.max_connections_per_ip)
+    # Behind a trusted proxy every connection comes from the proxy: only the total bound means anything
+    # there (sessions and events are still limited per forwarded client address, vlm/sessions.py).
+    per_address = settings.max_connections if settings.trusted_proxy else settings.max_connections_per_ip
+    limits = AddressLimits(per_address)
     if settings.async_mode == "threading":
         _serve_gunicorn(settings, wsgi_app, limits, on_sigterm)
         return
@@ -265,7 +268,22 @@ def unmask(data: bytes, mask: bytes, length: int | None = None, offset: int = 0)
 
 
 def _gevent_handler(limits: AddressLimits) -> type:
-    from gevent.pywsgi import WSGIHandler  # imported here: gevent is only loaded when it is the server
+    import gevent  # imported here: gevent is only loaded when it is the server
+    from gevent.pywsgi import WSGIHandler
+    from gevent.socket import socket as GeventSocket
+
+    class YieldingSocket(GeventSocket):  # type: ignore[misc]
+        """A gevent socket only yields to other greenlets when a read would block, so a client that
+        keeps data coming held the hub: simple-websocket's reader (which reads a copy made by
+        ``dup``, of this same class) read the whole flood before the handler that drops the
+        flooder could run. This one yields after every read."""
+
+        __slots__ = ()
+
+        def recv(self, *args: Any) -> bytes:
+            data = super().recv(*args)
+            gevent.sleep(0)
+            return bytes(data)
 
     class GuardedHandler(WSGIHandler):  # type: ignore[misc]
         def handle(self) -> None:
@@ -273,6 +291,7 @@ def _gevent_handler(limits: AddressLimits) -> type:
             if not limits.admit(address):
                 self.socket.close()
                 return
+            self.socket.__class__ = YieldingSocket  # same object and layout, one method changed
             try:
                 no_delay(self.socket)
                 self.socket.settimeout(HEADER_TIMEOUT_S)
@@ -283,6 +302,10 @@ def _gevent_handler(limits: AddressLimits) -> type:
         def run_application(self) -> None:
             self.socket.settimeout(IO_TIMEOUT_S)
             super().run_application()
+
+        def log_error(self, msg: str, *args: object) -> None:
+            """pywsgi writes these (which quote what the client sent) straight to stderr."""
+            log.warning("%s: %s", peer_address(self.client_address), msg % args if args else msg)
 
     return GuardedHandler
 
