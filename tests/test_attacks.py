@@ -291,7 +291,8 @@ def test_big_messages_do_not_stall_the_server(each_mode: AppProcess, frame: str)
         assert sender.final("big9", timeout_s=30)[1]["code"] == "image_too_large"
     finally:
         sender.close()
-    assert max(stalls) < 3.0, f"/healthz waited {max(stalls):.2f}s behind 5 MiB messages"
+    # Before, eventlet alone spent ~1.7 s of stalled server per such message (17 s for these ten).
+    assert sum(stalls) < 10.0, f"/healthz waited {sum(stalls):.2f}s in all behind 6 MiB messages: {stalls}"
     assert_bystander_served(each_mode, frame, auth=AUTH)
     wait_for_recovery(each_mode, baseline, rss_mib=150)
 
@@ -387,7 +388,7 @@ def test_a_client_that_never_reads_is_dropped(slow: AppProcess, frame: str) -> N
     once its buffers fill, or at the latest by the 30 s write and ping timeouts."""
     baseline = settled(slow)
     reader = raw_socketio(slow, receive_buffer=4096)  # the handshake is read; after that, nothing more is
-    deadline, peak_rss = time.monotonic() + IO_TIMEOUT_S + 12, baseline.rss_mib
+    deadline, peak_rss = time.monotonic() + IO_TIMEOUT_S + 25, baseline.rss_mib
     try:
         while time.monotonic() < deadline:
             reader.send("42" + json.dumps(["query", {"id": "r", "question": "describe", "image": frame}]))
