@@ -10,7 +10,8 @@ import threading
 
 from vlm.backends.registry import explain_load_failure, load_backend
 from vlm.config import Settings, parse_settings
-from vlm.scheduler import Scheduler
+from vlm.logformat import use_log_format
+from vlm.metrics import MeteredScheduler
 from vlm.servers import server_options
 from vlm.web import WebApp, create_app
 
@@ -25,8 +26,9 @@ def load_model(settings: Settings, web: WebApp) -> None:
     except Exception as error:  # any failure here is fatal and must read as a sentence
         print(f"\nERROR: {explain_load_failure(settings, error)}\n", file=sys.stderr, flush=True)
         os._exit(2)
-    scheduler = Scheduler(
+    scheduler = MeteredScheduler(
         backend,
+        metrics=web.watch.metrics,
         max_queue=settings.max_queue,
         batch_window_s=settings.batch_window_ms / 1000,
         timeout_s=settings.request_timeout_s,
@@ -34,6 +36,7 @@ def load_model(settings: Settings, web: WebApp) -> None:
     web.slot.install(backend, scheduler)
     info = backend.info
     log.info("model ready: %s via %s on %s (%s)", info.model, info.backend, info.device, info.dtype)
+    web.watch.model_ready(info)
 
 
 def drain_on_sigterm(web: WebApp) -> None:
@@ -56,6 +59,7 @@ def drain_on_sigterm(web: WebApp) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    use_log_format(settings.log_format)
     web = create_app(settings)
     threading.Thread(target=load_model, args=(settings, web), name="vlm-loader", daemon=True).start()
     drain_on_sigterm(web)

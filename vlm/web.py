@@ -25,6 +25,7 @@ from .openai_api import install_openai_api
 from .protocol import ProtocolError, parse_cancel, parse_query, parse_skill, request_id, to_job
 from .ratelimit import RateLimiter
 from .scheduler import Request, Scheduler
+from .watch_web import WatchService, install_watch
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,12 @@ class Outbox:
     def __init__(self, socketio: SocketIO, async_mode: str) -> None:
         self.socketio = socketio
         self.direct = async_mode == "threading"
-        self.pending: deque[tuple[str, dict[str, Any], str]] = deque()
+        self.pending: deque[tuple[str, dict[str, Any], str | None]] = deque()
         if not self.direct:
             socketio.start_background_task(self._pump)
 
-    def send(self, event: str, payload: dict[str, Any], sid: str) -> None:
+    def send(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
+        """To the client ``sid``, or to every client when it is None."""
         if self.direct:
             self.socketio.emit(event, payload, to=sid)
         else:
@@ -102,6 +104,7 @@ class WebApp:
     socketio: SocketIO
     slot: ModelSlot
     outbox: Outbox
+    watch: WatchService
 
     def idle(self) -> bool:
         """Nothing accepted is still unanswered or undelivered (used to drain on shutdown)."""
@@ -179,6 +182,9 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         return jsonify(info), 200
 
     install_openai_api(app, settings, slot, authorized=lambda: token_ok(bearer()), sleep=socketio.sleep)
+    watch = install_watch(app, socketio, settings, scheduler=lambda: slot.scheduler,
+                          decode_size=lambda: slot.backend.info.decode_size if slot.backend else None,
+                          send=outbox.send, token_ok=token_ok, bearer=bearer, cookie=TOKEN_COOKIE)
 
     @socketio.on("connect")
     def on_connect(auth: object = None) -> None:
@@ -189,6 +195,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     @socketio.on("disconnect")
     def on_disconnect(reason: object = None) -> None:
         limiter.forget(request.sid)
+        watch.forget_tab(request.sid)
         if slot.scheduler is not None:
             slot.scheduler.forget_client(request.sid)
 
@@ -198,6 +205,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
                 rid = request_id(payload)
             except ProtocolError:
                 rid = None
+        watch.metrics.refused("socketio", code)
         socketio.emit("query_error", {"id": rid, "code": code, "message": message}, to=request.sid)
 
     def accept(payload: object, parse: Any) -> None:
@@ -243,4 +251,4 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         cancelled = slot.scheduler is not None and slot.scheduler.cancel(request.sid, rid)
         return {"id": rid, "cancelled": cancelled}
 
-    return WebApp(app=app, socketio=socketio, slot=slot, outbox=outbox)
+    return WebApp(app=app, socketio=socketio, slot=slot, outbox=outbox, watch=watch)
