@@ -53,7 +53,7 @@ def alert_record(alert: Alert, seq: int) -> dict[str, Any]:
         "time": round(alert.time, 3),
         "time_iso": datetime.fromtimestamp(alert.time, UTC).isoformat(timespec="milliseconds"),
         "frame_time": round(frame.captured, 3),
-        "source": {"id": "tab" if source.kind == "tab" else source.id, "label": source.label, "kind": source.kind},
+        "source": {"id": source.public_id, "label": source.label, "kind": source.kind},
     }
     if frame.position_s is not None:
         record["position_s"] = round(frame.position_s, 3)

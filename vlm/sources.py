@@ -53,6 +53,11 @@ def open_options(target: str) -> dict[str, object]:
     return options
 
 
+def describe(error: Exception) -> str:
+    """The error without its file name: FFmpeg's messages repeat the URL, credentials included."""
+    return f"{type(error).__name__}: {getattr(error, 'strerror', None) or 'no detail'}"
+
+
 class VideoSource:
     """Feeds one ``Source`` of ``hub`` from ``target`` until ``stop``."""
 
@@ -63,6 +68,7 @@ class VideoSource:
         self.frame_side = frame_side
         self.stopped = threading.Event()
         self.seq = 0
+        self.delivered = 0
         self.thread = threading.Thread(target=self._run, name=f"vlm-source-{source.id}", daemon=True)
 
     def start(self) -> VideoSource:
@@ -73,31 +79,29 @@ class VideoSource:
         self.stopped.set()
 
     def _run(self) -> None:
-        backoff = FIRST_BACKOFF_S
+        backoff = FIRST_BACKOFF_S / 2
         while not self.stopped.is_set():
+            self.delivered = 0
             try:
-                delivered = self._play()
-            except (av.FFmpegError, OSError) as error:
-                delivered = 0
-                problem = f"{type(error).__name__}: {error}"
-            else:
+                self._play()
                 problem = "the stream ended"
+            except (av.FFmpegError, OSError) as error:
+                problem = describe(error)
                 if self.source.kind == "file":
-                    self.hub.set_state(self.source, "ended")
-                    log.info("source %s ended after %d frames", self.source.id, delivered)
+                    self.hub.set_state(self.source, "failed")
+                    log.error("source %s could not be played: %s", self.source.id, problem)
                     return
             if self.source.kind == "file":
-                self.hub.set_state(self.source, "failed")
-                log.error("source %s could not be played: %s", self.source.id, problem)
+                self.hub.set_state(self.source, "ended")
+                log.info("source %s ended after %d frames", self.source.id, self.delivered)
                 return
-            backoff = FIRST_BACKOFF_S if delivered else min(MAX_BACKOFF_S, backoff * 2)
+            backoff = FIRST_BACKOFF_S if self.delivered else min(MAX_BACKOFF_S, backoff * 2)
             self.hub.set_state(self.source, "reconnecting")
             log.warning("source %s dropped (%s); reconnecting in %.1f s", self.source.id, problem, backoff)
             self.stopped.wait(backoff)
 
-    def _play(self) -> int:
-        """Decode until the end or an error; returns how many frames were delivered."""
-        delivered = 0
+    def _play(self) -> None:
+        """Decode until the end or an error, counting the frames delivered in ``self.delivered``."""
         with av.open(self.target, **open_options(self.target)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -112,7 +116,7 @@ class VideoSource:
                     first = position if first is None else first
                     if self.stopped.wait(max(0.0, started + (position - first) - time.monotonic())):
                         break
-                if delivered == 0:
+                if self.delivered == 0:
                     self.hub.set_state(self.source, "playing", started=time.time())
                     log.info("source %s playing (%dx%d)", self.source.id, decoded.width, decoded.height)
                 self.seq += 1
@@ -125,8 +129,7 @@ class VideoSource:
                         position_s=position if paced else None,
                     ),
                 )
-                delivered += 1
-        return delivered
+                self.delivered += 1
 
     def _loader(self, decoded: av.VideoFrame) -> Callable[[], Image.Image]:
         """Scaled by FFmpeg to the model's input size on first use."""

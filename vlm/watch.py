@@ -103,6 +103,11 @@ class Source:
     reconnects: int = 0
     frames: int = 0
 
+    @property
+    def public_id(self) -> str:
+        """A tab's camera is just 'tab' to clients: its id holds the tab's Socket.IO session id."""
+        return "tab" if self.kind == "tab" else self.id
+
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -142,7 +147,7 @@ class Watch:
         return {
             "id": self.id,
             "condition": self.condition,
-            "source": self.source.id,
+            "source": self.source.public_id,
             "paused": self.paused,
             "verdict": self.verdict,
             "on": self.trigger.on,
