@@ -58,6 +58,7 @@ class Settings:
     sources: tuple[str, ...] = ()
     watches: tuple[str, ...] = ()
     watch_interval_ms: float = 200.0
+    watch_cooldown_s: float = 30.0
     webhook_url: str | None = None
     webhook_image: bool = True
     log_format: str = "text"
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="yes/no question checked on every --source, e.g. 'is there a person?' (repeatable)")
     watch.add_argument("--watch-interval-ms", type=float, default=defaults.watch_interval_ms,
                        help="least time between two checks of one watch on a --source")
+    watch.add_argument("--watch-cooldown", type=float, default=defaults.watch_cooldown_s, dest="watch_cooldown_s",
+                       metavar="SECONDS", help="least time between two alerts of one watch")
     watch.add_argument("--webhook-url", metavar="URL",
                        help="receives one JSON POST per alert (set here only, never by clients)")
     watch.add_argument("--webhook-image", action=argparse.BooleanOptionalAction, default=defaults.webhook_image,

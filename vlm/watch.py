@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
@@ -126,7 +126,7 @@ class Watch:
     condition: str
     source: Source
     owner: str | None  # the tab that added it; None for the operator's --watch
-    trigger: Trigger = field(default_factory=Trigger)
+    trigger: Trigger
     paused: bool = False
     busy: bool = False
     last_seq: int = -1
@@ -194,12 +194,14 @@ class WatchHub:
         on_alert: Callable[[Alert], None],
         max_new_tokens: int,
         max_condition_chars: int,
+        cooldown_s: float = COOLDOWN_S,
     ) -> None:
         self.scheduler = scheduler
         self.notify = notify
         self.on_alert = on_alert
         self.max_new_tokens = min(max_new_tokens, VERDICT_TOKENS)
         self.max_condition_chars = max_condition_chars
+        self.cooldown_s = cooldown_s
         self.watches: dict[str, Watch] = {}
         self.sources: dict[str, Source] = {}
         self._changed = threading.Condition()
@@ -262,7 +264,13 @@ class WatchHub:
                 raise WatchError("busy", f"a tab can keep at most {self.MAX_PER_TAB} watches")
             if len(self.watches) >= self.MAX_TOTAL:
                 raise WatchError("busy", f"the server keeps at most {self.MAX_TOTAL} watches")
-            watch = Watch(id=uuid.uuid4().hex[:12], condition=condition, source=source, owner=owner)
+            watch = Watch(
+                id=uuid.uuid4().hex[:12],
+                condition=condition,
+                source=source,
+                owner=owner,
+                trigger=Trigger(cooldown_s=self.cooldown_s),
+            )
             self.watches[watch.id] = watch
             self._changed.notify_all()
         log.info(

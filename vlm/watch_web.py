@@ -103,6 +103,7 @@ def install_watch(
         on_alert=alerts.raise_alert,
         max_new_tokens=settings.max_new_tokens,
         max_condition_chars=settings.max_question_chars,
+        cooldown_s=settings.watch_cooldown_s,
     )
     metrics.track(
         queue_depth=lambda: scheduler().pending() if scheduler() else 0,
