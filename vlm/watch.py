@@ -34,6 +34,7 @@ HITS, WINDOW = 2, 3
 COOLDOWN_S = 30.0
 # The verdict is in the first word; a short cap keeps a chatty model from spending seconds per check.
 VERDICT_TOKENS = 24
+FAILURE_PAUSE_S = 1.0
 YES_WORDS = frozenset({"yes", "yeah", "yep", "true", "correct", "affirmative"})
 NO_WORDS = frozenset({"no", "nope", "not", "false", "none", "never", "negative"})
 _FIRST_WORD = re.compile(r"[^a-z]*([a-z]+)")
@@ -382,11 +383,11 @@ class WatchHub:
             )
         )
 
-    def _ended(self, watch: Watch, frame: Frame) -> None:
+    def _ended(self, watch: Watch, frame: Frame, pause_s: float = 0.0) -> None:
         with self._changed:
             watch.busy = False
             watch.last_seq = max(watch.last_seq, frame.seq)
-            watch.next_at = time.monotonic() + watch.source.interval_s
+            watch.next_at = time.monotonic() + max(pause_s, watch.source.interval_s)
             self._changed.notify_all()
 
     def checked(self, watch: Watch, frame: Frame, answer: str) -> None:
@@ -411,7 +412,8 @@ class WatchHub:
         with self._changed:
             watch.error = None if code == "cancelled" else f"{code}: {message}"
             state = watch.describe()
-        self._ended(watch, frame)
+        # A busy or failing model is not asked again at once (a tab's own pace is kept by its frames).
+        self._ended(watch, frame, 0.0 if code == "cancelled" else FAILURE_PAUSE_S)
         if code != "cancelled":
             self.notify("watch_state", state, watch.owner)
         self._frame_done_if_idle(watch.source)

@@ -65,6 +65,7 @@ def test_a_watch_on_the_camera_alerts_once_when_the_triangle_appears(
     expect(log.first.locator(".alert-condition")).to_have_text(CONDITION)
     red, _, blue = thumbnail_centre(page, "#alert-log > li img.thumb")
     assert blue > 150 and red < 110, "the alert's thumbnail is not the triangle"
+    page.locator("#watch-panel").scroll_into_view_if_needed()
     save_screenshot(page, "page-watch.png", docs_name="screenshot-watch.png")
 
     page.wait_for_function("() => window.__vlmWatchStats.verdicts.length >= 6")
