@@ -231,6 +231,8 @@ def test_a_tabs_own_watch_checks_its_frames_and_alerts(app: AppProcess) -> None:
         assert len(alerts) == 1, "the condition stayed true, so it must alert once"
         assert alerts[0]["source"]["id"] == "tab" and is_blue(centre(alerts[0]["thumbnail"]))
         assert events(client, "watch_state", watch["id"])[-1]["on"] is True
+        states = [p for e, p in client.received if e == "watch_state"]
+        assert {p["id"] for p in states} == {watch["id"]}, "a tab heard about checks of watches not its own"
 
         paused = client.sio.call("watch_pause", {"id": watch["id"], "paused": True}, timeout=10)
         assert paused["watch"]["paused"] is True

@@ -403,7 +403,7 @@ class WatchHub:
         self._ended(watch, frame)
         if not live:
             return
-        self.notify("watch_state", state, watch.owner)
+        self._tell_owner(watch, state)
         if fired:
             self.on_alert(Alert(watch=watch, frame=frame, answer=answer, time=now))
         self._frame_done_if_idle(watch.source)
@@ -415,8 +415,13 @@ class WatchHub:
         # A busy or failing model is not asked again at once (a tab's own pace is kept by its frames).
         self._ended(watch, frame, 0.0 if code == "cancelled" else FAILURE_PAUSE_S)
         if code != "cancelled":
-            self.notify("watch_state", state, watch.owner)
+            self._tell_owner(watch, state)
         self._frame_done_if_idle(watch.source)
+
+    def _tell_owner(self, watch: Watch, state: dict[str, Any]) -> None:
+        """A tab hears about its own watches' checks; the operator's are in ``GET /v1/watch``, not pushed."""
+        if watch.owner is not None:
+            self.notify("watch_state", state, watch.owner)
 
     def _frame_done_if_idle(self, source: Source) -> None:
         """Backpressure for a tab: it sends its next frame only after every watch there has checked this one."""
