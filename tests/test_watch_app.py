@@ -142,6 +142,8 @@ def test_a_file_source_alerts_once_soon_after_the_triangle_appears(app: AppProce
 def test_metrics_are_guarded_and_count_what_happened(app: AppProcess) -> None:
     assert requests.get(f"{app.url}/metrics", timeout=10).status_code == 401
     assert requests.get(f"{app.url}/metrics", headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    for path in ("/v1/watch", "/v1/watch/alerts", "/v1/watch/sources/cam1/mjpeg"):
+        assert requests.get(f"{app.url}{path}", timeout=10).status_code == 401, path
     wait_for_source(app, "ended")
     get(app, "/v1/watch/alerts", after=0, wait=30)
     before = scrape(app)

@@ -312,9 +312,10 @@ class WatchHub:
         with self._changed:
             return sum(1 for w in self.watches.values() if not w.paused)
 
-    def describe(self, owner: str | None = None) -> list[dict[str, Any]]:
+    def operator_watches(self) -> list[dict[str, Any]]:
+        """The ``--watch`` conditions: a tab's own watches are its business only."""
         with self._changed:
-            return [w.describe() for w in self.watches.values() if w.owner is None or w.owner == owner]
+            return [w.describe() for w in self.watches.values() if w.owner is None]
 
     def _stop_check(self, watch: Watch) -> None:
         """Its check in flight is dropped without an answer; a tab waiting on that frame may go on."""

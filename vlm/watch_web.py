@@ -145,7 +145,7 @@ def _install_routes(
     def watch_overview() -> tuple[Response, int]:
         if not token_ok(credential(True)):
             return unauthorized()
-        return jsonify(sources=hub.public_sources(), watches=hub.describe(), last_alert=feed.last_seq), 200
+        return jsonify(sources=hub.public_sources(), watches=hub.operator_watches(), last_alert=feed.last_seq), 200
 
     @app.get("/v1/watch/alerts")
     def watch_alerts() -> tuple[Response, int]:
