@@ -56,7 +56,7 @@ function addWatch(condition, source) {
   askForNotifications();
   page.socket.emit('watch_add', { condition, source }, (ack) => {
     if (ack.error) {
-      page.showError(`Could not start the watch: ${ack.error.message}`);
+      page.showError(`Could not start the watch: ${ack.error.message || ack.error}`);
       return;
     }
     render(ack.watch);
@@ -93,7 +93,7 @@ function render(data) {
 function pause(id) {
   const entry = watches.get(id);
   page.socket.emit('watch_pause', { id, paused: !entry.data.paused }, (ack) => {
-    if (ack.error) return page.showError(ack.error.message);
+    if (ack.error) return page.showError(ack.error.message || ack.error);
     render(ack.watch);
     scheduleFrame();
   });
