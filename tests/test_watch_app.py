@@ -272,6 +272,7 @@ def test_json_logs_hold_no_condition_text(app: AppProcess) -> None:
     assert any("model ready" in message for message in messages)
     assert CONDITION not in app.log() and "triangle" not in app.log()
     assert "s3cret-path" not in app.log(), "the webhook URL's path leaked into the log"
+    assert TOKEN not in app.log(), "the token leaked into the log"
 
 
 def test_watch_needs_a_source(capsys: pytest.CaptureFixture[str]) -> None:

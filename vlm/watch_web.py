@@ -24,7 +24,6 @@ from .backends.base import ModelInfo
 from .config import Settings
 from .images import ImageRejected, decode_image
 from .metrics import Metrics
-from .ratelimit import RateLimiter
 from .sources import VideoSource, source_kind, source_label
 from .watch import Frame, Source, WatchError, WatchHub
 from .webhook import WebhookSender
@@ -32,6 +31,7 @@ from .webhook import WebhookSender
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30.0
+Handler = Callable[..., Any]
 PREVIEW_FPS = 5
 
 
@@ -43,13 +43,11 @@ class WatchService:
     hub: WatchHub
     metrics: Metrics
     feed: AlertFeed
-    limiter: RateLimiter
     players: list[VideoSource] = field(default_factory=list)
 
     def forget_tab(self, sid: str) -> None:
         """The tab closed: its watches stop."""
         self.hub.forget_owner(sid)
-        self.limiter.forget(sid)
 
     def model_ready(self, info: ModelInfo) -> None:
         """Start the ``--source`` players and the ``--watch`` conditions on each of them."""
@@ -79,9 +77,11 @@ def install_watch(
     token_ok: Callable[[object], bool],
     bearer: Callable[[], str | None],
     cookie: str,
+    guard: Callable[[Handler], Handler],
 ) -> WatchService:
     """``send(event, payload, sid or None for all)`` emits from any thread; ``bearer()`` is a request's bearer
-    token and ``cookie`` the name of the cookie in which the page keeps it."""
+    token and ``cookie`` the name of the cookie in which the page keeps it; ``guard`` wraps each event handler
+    in the app's per-connection and per-address event limits."""
 
     def credential(cookie_ok: bool) -> str | None:
         """The token a request presents; an <img> or <video> can only present the page's cookie."""
@@ -112,9 +112,8 @@ def install_watch(
         sources=hub.public_sources,
     )
     _install_routes(app, socketio, hub, metrics, feed, token_ok=token_ok, credential=credential)
-    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst)
-    _install_events(socketio, settings, hub, limiter, decode_size)
-    return WatchService(settings=settings, hub=hub, metrics=metrics, feed=feed, limiter=limiter)
+    _install_events(socketio, settings, hub, decode_size, guard)
+    return WatchService(settings=settings, hub=hub, metrics=metrics, feed=feed)
 
 
 def connected_clients(socketio: SocketIO) -> int:
@@ -195,7 +194,11 @@ def _mjpeg(source: Source, sleep: Callable[[float], object]) -> Iterator[bytes]:
 
 
 def _install_events(
-    socketio: SocketIO, settings: Settings, hub: WatchHub, limiter: RateLimiter, decode_size: Callable[[], int | None]
+    socketio: SocketIO,
+    settings: Settings,
+    hub: WatchHub,
+    decode_size: Callable[[], int | None],
+    guard: Callable[[Handler], Handler],
 ) -> None:
     def refusal(error: WatchError | ImageRejected) -> dict[str, Any]:
         return {"error": {"code": error.code, "message": error.message}}
@@ -206,6 +209,7 @@ def _install_events(
         return payload
 
     @socketio.on("watch_add")
+    @guard
     def on_watch_add(payload: object = None) -> dict[str, Any]:
         try:
             given = fields(payload)
@@ -215,6 +219,7 @@ def _install_events(
         return {"watch": watch.describe()}
 
     @socketio.on("watch_pause")
+    @guard
     def on_watch_pause(payload: object = None) -> dict[str, Any]:
         try:
             given = fields(payload)
@@ -228,6 +233,7 @@ def _install_events(
         return {"watch": watch.describe()}
 
     @socketio.on("watch_remove")
+    @guard
     def on_watch_remove(payload: object = None) -> dict[str, Any]:
         try:
             watch = hub.owned(fields(payload).get("id"), request.sid)
@@ -237,12 +243,11 @@ def _install_events(
         return {"removed": watch.id}
 
     @socketio.on("watch_frame")
+    @guard
     def on_watch_frame(payload: object = None) -> dict[str, Any]:
         received = time.time()
         side = decode_size()
         try:
-            if not limiter.allow(request.sid):
-                raise WatchError("rate_limited", "too many frames; slow down")
             if side is None:
                 raise WatchError("loading", "the model is still loading; try again in a moment")
             frame = decode_image(
