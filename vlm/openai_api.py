@@ -6,8 +6,8 @@ ones (vlm/protocol.py) and wait in the same scheduler, each under its own client
 that none supersedes another. Only the last user message counts: its text parts are the
 question and its one ``image_url`` part, a ``data:`` URL, is the frame; the server never
 fetches remote URLs (that would let any caller make it open connections anywhere).
-Sampling options are ignored because the backends decode greedily; ``max_tokens`` can only
-lower ``--max-new-tokens``.
+``temperature`` replaces ``--temperature`` for the request (0 is greedy); other sampling options
+are ignored; ``max_tokens`` can only lower ``--max-new-tokens``.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         try:
             incoming, max_tokens, streaming = parse_chat(request.get_json(silent=True),
                                                          max_question_chars=settings.max_question_chars)
-            job, decode_ms = to_job(incoming, settings, decode_size=backend.info.decode_size,
-                                    max_new_tokens=max_tokens)
+            job, decode_ms = to_job(incoming, settings, decode_size=backend.info.decode_size, max_new_tokens=max_tokens,
+                                    temperature=requested_temperature(request.get_json(silent=True)))
         except (ProtocolError, ImageRejected) as error:
             return error_response(error.code, error.message)
         sink = HttpSink(sleep if green else None)
@@ -113,7 +113,7 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         first = next(events)
         if first[0] == "error":
             return error_response(*first[1])
-        completion = Completion(id=f"chatcmpl-{incoming.id}", model=backend.info.model, budget=job.max_new_tokens)
+        completion = Completion(id=f"chatcmpl-{incoming.id}", model=backend.info.model)
         if streaming:
             # A client that hangs up mid-stream cancels its generation; after the answer this is a no-op.
             sse = completion.sse(chain([first], events), on_close=partial(scheduler.cancel, work.client, work.id))
@@ -155,6 +155,12 @@ def parse_chat(body: object, *, max_question_chars: int) -> tuple[Incoming, int 
         raise ProtocolError("bad_request", "max_tokens must be a positive integer")
     incoming = parse_query({"question": "\n".join(texts), "image": url}, max_question_chars=max_question_chars)
     return incoming, max_tokens, body.get("stream") is True
+
+
+def requested_temperature(body: object) -> float | None:
+    """The request's ``temperature`` for the Job (None: the server's ``--temperature``)."""
+    value = body.get("temperature") if isinstance(body, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None
 
 
 def error_response(code: str, message: str, *, status: int | None = None) -> tuple[Response, int]:
@@ -211,7 +217,6 @@ class Completion:
 
     id: str
     model: str
-    budget: int
     created: int = field(default_factory=lambda: int(time.time()))
 
     def message(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +246,7 @@ class Completion:
             on_close()
 
     def finish_reason(self, payload: dict[str, Any]) -> str:
-        return "length" if payload["timing"]["tokens"] >= self.budget else "stop"
+        return str(payload["finish_reason"])
 
     def _chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}

@@ -83,16 +83,18 @@ def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
 
 
 def to_job(incoming: Incoming, settings: Settings, *, decode_size: int,
-           max_new_tokens: int | None = None) -> tuple[Job, float]:
+           max_new_tokens: int | None = None, temperature: float | None = None) -> tuple[Job, float]:
     """The frame decoded under the server's limits, as model work, and the decode time in ms.
 
-    ``max_new_tokens`` is a client's own limit; it can only lower the server's. Raises ``ImageRejected``.
+    ``max_new_tokens`` is a client's own limit; it can only lower the server's. ``temperature`` is a
+    client's own, in place of ``--temperature``. Raises ``ImageRejected``.
     """
     frame = decode_image(incoming.image, max_bytes=settings.max_image_bytes,
                          max_pixels=settings.max_image_pixels, target_size=decode_size)
     job = Job(task=incoming.task, image=frame.image, image_key=frame.digest, text=incoming.text,
               length=incoming.length, max_new_tokens=min(settings.max_new_tokens,
-                                                         max_new_tokens or settings.max_new_tokens))
+                                                         max_new_tokens or settings.max_new_tokens),
+              temperature=settings.temperature if temperature is None else temperature)
     return job, frame.decode_ms
 
 
