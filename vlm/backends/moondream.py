@@ -4,8 +4,9 @@ moondream2 is not an ``AutoModelForImageTextToText`` model: it ships its own Pyt
 its own skills, which are the point of using it. What that code does, and what this backend
 does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 revision):
 
-- It builds its layers and casts image crops in bfloat16, whatever dtype is asked for, so
-  only bfloat16 is accepted and the dtype reported is the weights' own.
+- It builds its layers and casts image crops in bfloat16, whatever dtype is asked for:
+  the backend converts it where another dtype is wanted (``run_in``; float32 on a CPU by
+  default) and reports the dtype the weights really have.
 - It samples (temperature 0.5, top_p 0.3) unless told otherwise: every call passes the job's
   temperature, 0 (greedy) by default.
 - Its stream yields whole words, and it tells nobody how many tokens it generated: the
@@ -25,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -50,6 +52,10 @@ def download_commands(model_id: str, revision: str | None) -> list[str]:
     return [f"hf download {model_id}{pinned}", f"hf download {TOKENIZER_REPO} {TOKENIZER_FILE}"]
 
 
+def _never() -> bool:
+    return False
+
+
 class GenerationStopped(Exception):
     """Raised inside moondream2's decoding loop to end a call that was cancelled or timed out."""
 
@@ -66,13 +72,19 @@ class TokenMeter:
     def __init__(self, model: Any) -> None:
         self._prefill, self._decode = model._prefill, model._decode_one_tok
         model._prefill, model._decode_one_tok = self.prefill, self.decode_one_tok
-        self.should_stop: Callable[[], bool] = lambda: False
+        self.should_stop: Callable[[], bool] = _never
         self.prompt_tokens = 0
         self.tokens = 0
 
-    def start(self, should_stop: Callable[[], bool]) -> None:
+    @contextmanager
+    def watching(self, should_stop: Callable[[], bool]) -> Iterator[None]:
+        """Count one call from zero, stopping it once ``should_stop()`` says so."""
         self.should_stop = should_stop
         self.prompt_tokens = self.tokens = 0
+        try:
+            yield
+        finally:
+            self.should_stop = _never
 
     def prefill(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
         self._check()
@@ -88,6 +100,29 @@ class TokenMeter:
     def _check(self) -> None:
         if self.should_stop():
             raise GenerationStopped
+
+
+def moondream_dtype(dtype: str, device: str) -> torch.dtype:
+    """bfloat16, moondream2's own, on a GPU; float32 on a CPU, where bfloat16 matrix products are many
+    times slower unless the CPU has bfloat16 instructions (see the README); or what was asked for."""
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def run_in(model: Any, dtype: torch.dtype) -> None:
+    """Convert moondream2 to ``dtype``, which its code alone cannot do.
+
+    It creates its layers in bfloat16 whatever ``from_pretrained`` is told, and it casts image
+    crops to bfloat16 before the first layer (``prepare_crops``; nothing else in the skills used
+    here is pinned to a dtype): the weights are converted, and the crops on their way into the
+    first layer.
+    """
+    if dtype == torch.bfloat16:
+        return
+    model.to(dtype)
+    patch_embedding = model.model.vision["patch_emb"]
+    patch_embedding.register_forward_pre_hook(lambda layer, args: (args[0].to(layer.weight.dtype), *args[1:]))
 
 
 def frame_side(vision: Any) -> int:
@@ -155,24 +190,18 @@ class MoondreamBackend(Backend):
     @classmethod
     def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str,
              max_crops: int = 0) -> MoondreamBackend:
-        if dtype not in ("auto", "bfloat16"):
-            from .registry import ModelLoadError
-
-            raise ModelLoadError(
-                f"moondream2 runs in bfloat16 only (its code builds every layer and casts every image crop "
-                f"in bfloat16), so --dtype {dtype} cannot take effect: leave --dtype at auto."
-            )
         device = resolve_device(device)
         model = load_remote_code_model(model_id, revision=revision, dtype=torch.bfloat16, device=device)
+        run_in(model, moondream_dtype(dtype, device))
         return cls(model, model_id=model_id, device=device, max_crops=max_crops)
 
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         for index, job in enumerate(jobs):
             if events.cancelled(index):
                 continue
-            self.meter.start(lambda index=index: events.cancelled(index))
             try:
-                result = self._run(index, job, events)
+                with self.meter.watching(lambda index=index: events.cancelled(index)):
+                    result = self._run(index, job, events)
             except GenerationStopped:
                 continue
             events.done(index, result)
