@@ -5,9 +5,10 @@
 
 The weights are random (the model hub is out of reach here), so the answers are noise, but the
 arithmetic is the real model's: moondream2's own code at the commit its 2025-06-21 revision ships,
-built at full size (1.93 B parameters) in the bfloat16 it insists on. It times the image encoding
-for frames that tile into 1, 8 and 12 crops (plus the global crop each time) and a 16-token greedy
-answer about an already encoded frame. The tokenizer is a stand-in: the real one is fetched from the
+built at full size (1.93 B parameters), in float32 as the app runs it on a CPU (``run_in``) or, with
+``--dtype bfloat16``, as the code itself builds it. It times the image encoding for frames that tile
+into 1, 8 and 12 crops (plus the global crop each time) and a 16-token greedy answer about an
+already encoded frame. The tokenizer is a stand-in: the real one is fetched from the
 hub, and the token ids of noise need no meaning. Results go to stdout, one line per measurement, so
 a long run that is stopped still leaves the numbers measured so far. Nothing here is a test.
 """
@@ -26,6 +27,10 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vlm.backends.moondream import run_in
+
 # Frame sizes and the crops moondream2 cuts them into (global crop not counted).
 FRAMES = {"320x240 (1 crop)": (320, 240), "640x480 (8 crops)": (640, 480), "1024x768 (12 crops)": (1024, 768)}
 ANSWER_TOKENS = 16
@@ -43,9 +48,17 @@ def load_real_code(code_dir: Path) -> object:
     return importlib.import_module(f"{code_dir.name}.moondream")
 
 
-def build(moondream: object) -> torch.nn.Module:
+class Wrapper(torch.nn.Module):
+    """What ``run_in`` expects: moondream2's ``HfMoondream`` holds the ``MoondreamModel`` as ``model``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+
+def build(moondream: object, dtype: torch.dtype) -> torch.nn.Module:
     with mock.patch.object(Tokenizer, "from_pretrained", stand_in_tokenizer):
-        model = moondream.MoondreamModel(moondream.MoondreamConfig())
+        model = moondream.MoondreamModel(moondream.MoondreamConfig(), setup_caches=False)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -53,6 +66,8 @@ def build(moondream: object) -> torch.nn.Module:
                 param.fill_(1.0)
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    run_in(Wrapper(model), dtype)
+    model._setup_caches()
     return model.eval()
 
 
@@ -67,11 +82,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("code", type=Path, help="moondream's moondream/torch folder at commit 44146f1")
     parser.add_argument("--frames", nargs="*", default=list(FRAMES), choices=list(FRAMES))
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}", flush=True)
     moondream = load_real_code(args.code.resolve())
-    model = timed("build full-size model (random weights)", lambda: build(moondream))
+    model = timed("build full-size model (random weights)", lambda: build(moondream, getattr(torch, args.dtype)))
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B, "
           f"dtype {next(model.parameters()).dtype}", flush=True)
     encoded = None
