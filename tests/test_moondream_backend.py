@@ -23,7 +23,7 @@ from PIL import Image
 from scripts.build_remote_code_fixture import QUESTION, fixture_image
 from tests.conftest import MoondreamLike, hub_cache
 from vlm.backends.base import Job, Result
-from vlm.backends.moondream import CAMERA_FRAMES, MoondreamBackend, frame_side
+from vlm.backends.moondream import MoondreamBackend, frame_side
 from vlm.config import DEFAULT_MODEL, DEFAULT_REVISION
 
 FRAME = Image.new("RGB", (640, 480), "red")
@@ -196,7 +196,7 @@ def test_image_is_encoded_once_per_frame(md: MoondreamBackend, monkeypatch: pyte
 
 def test_info_reports_the_real_dtype_and_the_models_frame_size(md: MoondreamBackend) -> None:
     assert md.info.dtype == "bfloat16"
-    assert md.info.image_size == md.info.input_size == 1176
+    assert md.info.image_size == md.info.input_size == 1145
     assert md.info.capabilities >= {"query", "caption", "detect", "point", "stream"}
     assert md.info.max_batch_size == 1
 
@@ -215,19 +215,22 @@ def test_auto_dtype_is_float32_on_a_cpu(moondream_like: MoondreamLike) -> None:
 
 
 def test_frame_side_follows_moondream2s_tiling() -> None:
-    # 640-1920 px wide 4:3 and 16:9 frames all become 2 x 4 crops, 1176 x 644 px (from the real code).
-    assert frame_side(RealVision()) == 1176
+    # Worked out by hand from moondream2's select_tiling: 1145 x 644 (16:9) becomes 2 x 4 crops, 1176 x 644;
+    # 1145 x 859 (4:3) 3 x 4, 1176 x 910; at 1176 x 662 a 16:9 frame would also take 3 x 4 and be stretched.
+    assert frame_side(RealVision()) == 1145
     assert frame_side(RealVision(max_crops=4)) == 644
     assert frame_side(RealVision(max_crops=1)) == 378
 
 
-def test_frame_side_is_what_the_look_alike_resizes_camera_frames_to(md: MoondreamBackend) -> None:
+def test_the_look_alike_hardly_enlarges_frames_of_that_side(md: MoondreamBackend) -> None:
     cut_crops = sys.modules[type(md.model.model).__module__].cut_crops
     vision = md.model.model.config.vision
     window = vision.crop_size - 2 * vision.overlap_margin * vision.enc_patch_size
     margin = 2 * vision.overlap_margin * vision.enc_patch_size
-    sides = [max(cut_crops(Image.new("RGB", size), vision)[1]) * window + margin for size in CAMERA_FRAMES]
-    assert max(sides) == md.info.image_size
+    side = md.info.image_size
+    for width, height in [(side, round(side * 3 / 4)), (side, round(side * 9 / 16))]:
+        rows, cols = cut_crops(Image.new("RGB", (width, height)), vision)[1]
+        assert cols * window + margin <= 1.1 * width and rows * window + margin <= 1.1 * height, (rows, cols)
 
 
 def test_fewer_crops_make_smaller_frames(moondream_like: MoondreamLike) -> None:
@@ -269,4 +272,4 @@ def test_real_moondream2_answers_greedily_with_true_counts(real_moondream: Moond
     assert "red" in first.answer.lower() and first.answer == again.answer
     assert 0 < first.tokens <= 16 and first.prompt_tokens > 730
     assert real_moondream.info.dtype == ("bfloat16" if torch.cuda.is_available() else "float32")
-    assert real_moondream.info.image_size == 1176
+    assert real_moondream.info.image_size == 1145

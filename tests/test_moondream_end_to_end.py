@@ -68,7 +68,7 @@ def test_info_reports_the_models_dtype_frame_size_and_skills(app: AppProcess) ->
     assert info["backend"] == "moondream"
     assert set(info["capabilities"]) == {"query", "caption", "detect", "point", "stream"}
     assert info["dtype"] == "bfloat16"
-    assert info["image_size"] == info["input_size"] == 1176  # 2 x 4 crops of 378 px, sharing 56 px
+    assert info["image_size"] == info["input_size"] == 1145  # see vlm.backends.moondream.frame_side
     assert "(bfloat16)" in app.log(), "the ready line names the weights' dtype"
 
 

@@ -13,8 +13,8 @@ does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 r
   backend counts the model's own prompt and per-token steps (``_prefill``,
   ``_decode_one_tok``, the two methods its ``compile()`` replaces the same way), which is
   also where a cancelled or overdue call is stopped at the next token.
-- It tiles a frame into overlapping crops: the frame size clients send comes from the
-  model's crop settings (``frame_side``).
+- It tiles a frame into overlapping crops and resizes it to what they cover: the frame
+  size clients send comes from the model's crop settings (``frame_side``).
 - It keeps one KV cache in the model, so it must never run two calls at once (the
   scheduler guarantees that).
 
@@ -39,8 +39,10 @@ from .remote_code import load_remote_code_model
 # moondream2's code fetches its tokenizer from this hub repo by name (branch main), not from its own folder.
 TOKENIZER_REPO = "moondream/starmie-v1"
 TOKENIZER_FILE = "tokenizer.json"
-# The webcam capture sizes the page is likely to get; the frame size is chosen so that none loses detail.
+# Webcam capture sizes and shapes; the frame size sent is chosen from how moondream2 resizes them.
 CAMERA_FRAMES = ((640, 480), (1280, 720), (1920, 1080))
+ASPECTS = ((4, 3), (16, 9))
+MAX_UPSCALE = 1.1
 # Plain temperature sampling when a temperature is asked for, as the other backends do (moondream's own
 # default would cut the distribution at top_p 0.3).
 TOP_P = 1.0
@@ -126,21 +128,31 @@ def run_in(model: Any, dtype: torch.dtype) -> None:
 
 
 def frame_side(vision: Any) -> int:
-    """The longest frame side worth sending: what moondream2 resizes a webcam frame to before cropping.
+    """The longest frame side to send: the largest at which moondream2 enlarges no common camera frame.
 
     moondream2 covers a frame with overlapping ``crop_size`` crops (``overlap_margin`` patches shared
-    on each side, at most ``max_crops``) and resizes the frame to exactly what its crops cover; a
-    smaller frame is upscaled (detail lost at the camera), a larger one downscaled (bandwidth lost).
-    With moondream2's settings (378 px, margin 4 x 14 px, 12 crops) every common 4:3 and 16:9
-    capture becomes 2 x 4 crops, 1176 x 644 px.
+    on each side, at most ``max_crops``) and resizes the frame to exactly what its crops cover: more
+    pixels than that are thrown away, fewer are upscaled (detail lost at the camera). The side is the
+    largest, up to what a big webcam frame is resized to, at which a 4:3 and a 16:9 frame are each
+    enlarged by at most ``MAX_UPSCALE``; with moondream2's settings (378 px, 4 x 14 px margins, 12
+    crops) that is 1145 px: 16:9 becomes 1176 x 644 (2 x 4 crops), 4:3 1176 x 910 (3 x 4). A 1176 px
+    16:9 frame would be stretched to 1176 x 910, 37 % taller, in 13 crops instead of 9. Where no side
+    qualifies (one crop squashes every frame square) it is what a big webcam frame is resized to.
     """
+    largest = max(max(_target(width, height, vision)) for width, height in CAMERA_FRAMES)
+    for side in range(largest, vision.crop_size - 1, -1):
+        frames = [(side, round(side * short / long)) for long, short in ASPECTS]
+        if all(max(tw / w, th / h) <= MAX_UPSCALE for w, h in frames for tw, th in [_target(w, h, vision)]):
+            return side
+    return largest
+
+
+def _target(width: int, height: int, vision: Any) -> tuple[int, int]:
+    """(width, height) moondream2 resizes a ``width`` x ``height`` frame to before cutting its crops."""
     margin = vision.overlap_margin * vision.enc_patch_size
     window = vision.crop_size - 2 * margin
-    sides = []
-    for width, height in CAMERA_FRAMES:
-        rows, cols = _tiling(height - 2 * margin, width - 2 * margin, window, vision.max_crops)
-        sides.append(max(rows, cols) * window + 2 * margin)
-    return max(sides)
+    rows, cols = _tiling(height - 2 * margin, width - 2 * margin, window, vision.max_crops)
+    return cols * window + 2 * margin, rows * window + 2 * margin
 
 
 def _tiling(height: int, width: int, window: int, max_crops: int) -> tuple[int, int]:
