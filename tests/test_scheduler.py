@@ -182,3 +182,23 @@ def test_disconnected_client_work_is_dropped_silently() -> None:
     time.sleep(0.1)
     assert sink.finals() == {}
     assert scheduler.pending() == 0
+
+
+def test_healthz_says_degraded_while_the_model_is_stuck() -> None:
+    from vlm.config import Settings
+    from vlm.web import create_app
+
+    sink, backend = RecordingSinkDouble(), ScriptedBackendDouble(max_batch_size=1)
+    backend.hang_once = True
+    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.2)
+    web = create_app(Settings(secret_key="test"))
+    web.slot.install(backend, scheduler)
+    health = web.app.test_client()
+    assert health.get("/healthz").json["status"] == "ok"
+    scheduler.submit(make_request(sink, "stuck", "a"))
+    assert sink.wait_finals(1, timeout_s=3)["stuck"] == ("query_error", "timeout")
+    reply = health.get("/healthz")
+    assert (reply.status_code, reply.json["status"]) == (503, "degraded") and reply.json["stuck_s"] >= 0
+    backend.released.set()
+    time.sleep(0.1)
+    assert health.get("/healthz").json["status"] == "ok"
