@@ -76,7 +76,7 @@ def test_cancelled_row_gets_no_result_and_others_finish(backend: TransformersBac
 def test_info_reports_a_useful_frame_size(backend: TransformersBackend) -> None:
     assert backend.info.image_size == MIN_FRAME_SIDE, "tiny models look at tiny images; thumbnails need 256 px"
     assert backend.info.decode_size < MIN_FRAME_SIDE, "the server decodes frames no larger than the model uses"
-    assert backend.info.capabilities == {"query", "caption", "stream"}
+    assert backend.info.capabilities == {"query", "caption", "stream", "text"}
 
 
 def test_a_frame_asked_about_again_is_not_encoded_again(
@@ -137,3 +137,17 @@ def test_results_carry_true_token_counts_and_finish_reason(backend: Transformers
     assert result.finish_reason == ("length" if result.tokens == 3 else "stop")
     assert result.prompt_tokens > len(tokenizer("what shape is this?").input_ids), "image tokens count too"
     assert backend.info.dtype == "float32"
+
+
+def test_text_only_rows_are_answered_alongside_rows_with_a_frame(backend: TransformersBackend) -> None:
+    """The HTTP API's text-only questions may land in a batch with framed ones: each row gets its own answer."""
+    framed = jobs([5])[0]
+    text_only = Job(task="query", image=None, image_key="", text="say hello", max_new_tokens=5)
+    mixed = Events(2)
+    backend.generate([text_only, framed], mixed)
+    alone = Events(1)
+    backend.generate([text_only], alone)
+    assert "text" in backend.info.capabilities
+    assert mixed.results[0].answer == alone.results[0].answer
+    assert "".join(mixed.deltas[1]).strip() == mixed.results[1].answer
+    assert mixed.results[1].finish_reason == ("length" if mixed.results[1].tokens == 5 else "stop")

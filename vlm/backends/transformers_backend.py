@@ -66,7 +66,7 @@ class TransformersBackend(Backend):
             backend=self.name,
             device=str(model.device),
             dtype=weights_dtype(model),
-            capabilities=frozenset({"query", "caption", "stream"}),
+            capabilities=frozenset({"query", "caption", "stream", "text"}),
             image_size=max(MIN_FRAME_SIDE, input_size := _processor_input_size(processor)),
             input_size=input_size,
             max_batch_size=max_batch_size,
@@ -83,18 +83,21 @@ class TransformersBackend(Backend):
         return cls(model.to(device).eval(), processor, model_id=model_id, max_batch_size=max_batch_size)
 
     def prompt_for(self, job: Job) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(job)}]}]
+        image = [] if job.image is None else [{"type": "image"}]
+        messages = [{"role": "user", "content": [*image, {"type": "text", "text": prompt_text(job)}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
-        for temperature in dict.fromkeys(job.temperature for job in jobs):
-            rows = [index for index, job in enumerate(jobs) if job.temperature == temperature]
-            self._generate([jobs[index] for index in rows], _Rows(events, rows), temperature)
+        # A processor batch has an image in every row or in none, and generate samples a whole batch
+        # alike: rows go in sub-batches by both.
+        for key in dict.fromkeys((job.image is None, job.temperature) for job in jobs):
+            rows = [row for row, job in enumerate(jobs) if (job.image is None, job.temperature) == key]
+            self._generate([jobs[row] for row in rows], _Rows(events, rows), key[1])
 
     @torch.inference_mode()
     def _generate(self, jobs: list[Job], events: GenerationEvents, temperature: float) -> None:
         inputs = self.processor(
-            images=[job.image for job in jobs],
+            images=None if jobs[0].image is None else [job.image for job in jobs],
             text=[self.prompt_for(job) for job in jobs],
             return_tensors="pt",
             padding=True,
@@ -156,6 +159,23 @@ class TransformersBackend(Backend):
         return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_job)}}
 
 
+class _Rows:
+    """Events of a sub-batch, passed on under the rows they have in the whole batch."""
+
+    def __init__(self, events: GenerationEvents, rows: list[int]) -> None:
+        self.events = events
+        self.rows = rows
+
+    def delta(self, index: int, text: str) -> None:
+        self.events.delta(self.rows[index], text)
+
+    def done(self, index: int, result: Result) -> None:
+        self.events.done(self.rows[index], result)
+
+    def cancelled(self, index: int) -> bool:
+        return self.events.cancelled(self.rows[index])
+
+
 class BatchStreamer(BaseStreamer):
     """Per-row incremental detokenisation of a batched ``generate``.
 
@@ -214,22 +234,6 @@ class BatchStreamer(BaseStreamer):
         self.events.done(row, Result(answer=answer, tokens=len(tokens), prompt_tokens=self.prompt_tokens[row],
                                      finish_reason=finish))
 
-
-class _Rows:
-    """The events of a sub-batch: its row ``i`` is row ``rows[i]`` of the batch the scheduler gave."""
-
-    def __init__(self, events: GenerationEvents, rows: list[int]) -> None:
-        self.events = events
-        self.rows = rows
-
-    def delta(self, index: int, text: str) -> None:
-        self.events.delta(self.rows[index], text)
-
-    def done(self, index: int, result: Result) -> None:
-        self.events.done(self.rows[index], result)
-
-    def cancelled(self, index: int) -> bool:
-        return self.events.cancelled(self.rows[index])
 
 
 class StopFinishedRows(StoppingCriteria):
