@@ -23,6 +23,7 @@ BACKENDS = ("auto", "moondream", "transformers", "openai")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ASYNC_MODES = ("threading", "eventlet", "gevent")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     max_new_tokens: int = 128
+    temperature: float = 0.0
+    max_crops: int = 0
     async_mode: str = "threading"
     message_queue: str | None = None
     cors_origins: tuple[str, ...] = ()
@@ -59,6 +62,13 @@ class Settings:
     trusted_proxy: bool = False
     max_connections: int = 256
     max_connections_per_ip: int = 64
+    sources: tuple[str, ...] = ()
+    watches: tuple[str, ...] = ()
+    watch_interval_ms: float = 200.0
+    watch_cooldown_s: float = 30.0
+    webhook_url: str | None = None
+    webhook_image: bool = True
+    log_format: str = "text"
 
     @property
     def model_path(self) -> str:
@@ -113,9 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", choices=DEVICES, default=defaults.device,
                        help="'auto' uses CUDA when present")
     model.add_argument("--dtype", choices=DTYPES, default=defaults.dtype,
-                       help="'auto' is float16 on CUDA, float32 on CPU")
+                       help="'auto' is float16 on CUDA, float32 on CPU (moondream2: always bfloat16)")
     model.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                        help="longest answer, in tokens")
+    model.add_argument("--temperature", type=float, default=defaults.temperature,
+                       help="0 answers greedily (the same frame and question give the same answer); "
+                            "above 0 samples, on every backend")
+    model.add_argument("--max-crops", type=int, default=defaults.max_crops,
+                       help="moondream2: most 378 px crops per frame (0: the model's own, 12); "
+                            "1 encodes frames about 4x faster on a CPU, with less detail")
 
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=defaults.host,
@@ -165,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--ip-rate-limit", type=float, default=defaults.ip_rate_limit_per_s,
                         dest="ip_rate_limit_per_s",
                         help="sustained Socket.IO events and HTTP API requests per second per client address")
+
+    watch = parser.add_argument_group("watch mode and monitoring")
+    watch.add_argument("--source", action="append", default=[], dest="sources", metavar="FILE_OR_URL",
+                       help="video file, rtsp:// or http:// (MJPEG) stream, or /dev/videoN to watch on the server "
+                            "(repeatable; shown in the page as cam1, cam2, ...)")
+    watch.add_argument("--watch", action="append", default=[], dest="watches", metavar="CONDITION",
+                       help="yes/no question checked on every --source, e.g. 'is there a person?' (repeatable)")
+    watch.add_argument("--watch-interval-ms", type=float, default=defaults.watch_interval_ms,
+                       help="least time between two checks of one watch on a --source")
+    watch.add_argument("--watch-cooldown", type=float, default=defaults.watch_cooldown_s, dest="watch_cooldown_s",
+                       metavar="SECONDS", help="least time between two alerts of one watch")
+    watch.add_argument("--webhook-url", metavar="URL",
+                       help="receives one JSON POST per alert (set here only, never by clients)")
+    watch.add_argument("--webhook-image", action=argparse.BooleanOptionalAction, default=defaults.webhook_image,
+                       help="include the alert's frame as Base64 JPEG in webhook posts")
+    watch.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format,
+                       help="'json' writes one JSON object per log line")
     return parser
 
 
@@ -173,11 +206,16 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     values = vars(parser.parse_args(argv))
     if bool(values["ssl_cert"]) != bool(values["ssl_key"]):
         parser.error("--ssl-cert and --ssl-key go together")
+    if values["temperature"] < 0 or values["max_crops"] < 0:
+        parser.error("--temperature and --max-crops cannot be negative")
     if values["message_queue"] and values["async_mode"] != "threading":
         # The app never monkey-patches, so a Redis client's blocking reads would stall an eventlet/gevent hub.
         parser.error("--message-queue needs --async-mode threading")
+    if values["watches"] and not values["sources"]:
+        parser.error("--watch needs a --source to watch")
     values["cors_origins"] = tuple(values["cors_origins"])
     values["allowed_hosts"] = tuple(values["allowed_hosts"])
+    values["sources"], values["watches"] = tuple(values["sources"]), tuple(values["watches"])
     values["api_key"] = values["api_key"] or os.environ.get("OPENAI_API_KEY", "")
     values["token"] = values["token"] or os.environ.get("VLM_TOKEN") or None
     values["secret_key"] = os.environ.get("VLM_SECRET_KEY") or secrets.token_hex(32)

@@ -12,6 +12,12 @@ clients seen in the last half second that are not queued yet. A lone user never 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
 superseded or timed-out generation from ever reaching the client twice.
+
+There is one worker, for good: a backend instance never runs two calls at once (moondream2
+keeps a single KV cache in the model; two calls on it corrupt each other). A call that
+overruns ``timeout_s`` is answered ``timeout`` at once and, being finished, is told to stop at
+the backend's next token (``GenerationEvents.cancelled``); until it comes back the scheduler
+reports itself ``stuck`` and queued work waits.
 """
 
 from __future__ import annotations
@@ -100,8 +106,7 @@ class Scheduler:
         self._running: list[Request] = []
         self._last_seen: dict[str, float] = {}
         self._accepting = True
-        self._worker_generation = 0
-        self._start_worker()
+        threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
         threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
 
     # -- called from the web layer -------------------------------------------------
@@ -169,6 +174,14 @@ class Scheduler:
         with self._lock:
             return len(self._queued) + len(self._running) + sum(map(len, self._waiting.values()))
 
+    def stuck_s(self) -> float:
+        """How long the model has been running past ``timeout_s`` on a call it has not given back (0: it is not)."""
+        with self._lock:
+            if not self._running:
+                return 0.0
+            overrun = time.perf_counter() - self._running[0].started - self.timeout_s
+        return max(0.0, overrun)
+
     def stop_accepting(self) -> None:
         """New work is refused from now on (the server is draining for shutdown)."""
         with self._lock:
@@ -224,30 +237,18 @@ class Scheduler:
 
     # -- the worker ------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        self._worker_generation += 1
-        generation = self._worker_generation
-        threading.Thread(target=self._work, args=(generation,), name=f"vlm-worker-{generation}",
-                         daemon=True).start()
-
-    def _work(self, generation: int) -> None:
+    def _work(self) -> None:
         while True:
-            batch = self._next_batch(generation)
-            if batch is None:
-                return
+            batch = self._next_batch()
             self._execute(batch)
             with self._lock:
-                if generation != self._worker_generation:
-                    return  # a hung call came back after a replacement worker took over
                 self._running = []
                 self._lock.notify_all()
 
-    def _next_batch(self, generation: int) -> list[Request] | None:
+    def _next_batch(self) -> list[Request]:
         with self._lock:
             while not self._queued:
                 self._lock.wait()
-            if generation != self._worker_generation:
-                return None
             if self.batch_window_s > 0:
                 deadline = time.perf_counter() + self.batch_window_s
                 while len(self._queued) < min(self.max_batch_size, self._expected_company_locked()):
@@ -293,21 +294,15 @@ class Scheduler:
             self._fail(request, "model_error", "the model returned no answer")
 
     def _watch_timeouts(self) -> None:
-        """Time out generations that run too long; replace a worker that never comes back."""
+        """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""
         while True:
             time.sleep(min(1.0, self.timeout_s / 4))
             now = time.perf_counter()
             with self._lock:
-                overdue = [r for r in self._running if now - r.started > self.timeout_s]
-                hung = bool(self._running) and all(r.finished for r in self._running) and any(
-                    now - r.started > self.timeout_s * 1.5 for r in self._running)
-                if hung:
-                    log.error("model worker is stuck; starting a fresh one")
-                    self._running = []
-                    self._start_worker()
-                    self._lock.notify_all()
+                overdue = [r for r in self._running if not r.finished and now - r.started > self.timeout_s]
             for request in overdue:
-                self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s")
+                if self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s"):
+                    log.warning("request %s overran %g s; the model was asked to stop", request.id, self.timeout_s)
 
 
 class _BatchEvents:
