@@ -43,7 +43,11 @@ class AppProcess:
         log = self.log_path.open("wb")
         command = [sys.executable, str(self.script), "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # a server that never became ready must not outlive the test that started it
+            self.terminate()
+            raise
         return self
 
     def wait_ready(self) -> None:
@@ -54,8 +58,8 @@ class AppProcess:
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1, verify=False).status_code == 200:
                     return
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy loading to answer
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or too busy starting to answer within the probe's second
             time.sleep(0.1)
         raise TimeoutError(f"app not ready after {self.ready_timeout_s}s:\n{self.log()}")
 

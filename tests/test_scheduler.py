@@ -10,14 +10,15 @@ from PIL import Image
 
 from tests.doubles import RecordingSinkDouble, ScriptedBackendDouble
 from vlm.backends.base import Job
-from vlm.scheduler import Request, Scheduler
+from vlm.scheduler import MAX_WAITING_PER_CLIENT, Request, Scheduler
 
 FRAME = Image.new("RGB", (8, 8))
 
 
-def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "hi", live: bool = False) -> Request:
+def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "hi", live: bool = False,
+                 ordered: bool = False) -> Request:
     return Request(id=rid, client=client, job=Job(task="query", image=FRAME, image_key="k", text=text),
-                   sink=sink, live=live)
+                   sink=sink, live=live, ordered=ordered)
 
 
 def test_answers_stream_then_finish_once_per_request() -> None:
@@ -90,6 +91,38 @@ def test_newer_request_supersedes_and_live_frame_keeps_its_place() -> None:
     assert backend.batches[1:] == [["frame two"], ["hi"]], "alice's replacement kept alice's turn"
 
 
+def test_ordered_requests_wait_their_turn_and_a_request_with_an_id_supersedes_them() -> None:
+    sink, backend, scheduler = worker_held_by("seed", "first")
+    scheduler.submit(make_request(sink, "second", "seed", "two", ordered=True))
+    scheduler.submit(make_request(sink, "third", "seed", "three", ordered=True))
+    scheduler.submit(make_request(sink, "other", "bob"))
+    backend.hang.clear()
+    finals = sink.wait_finals(4)
+    seed_answers = [rid for kind, rid, _ in sink.events if kind == "response" and rid != "other"]
+    assert seed_answers == ["first", "second", "third"]
+    assert finals["third"][1]["answer"] == "echo: three"
+    assert scheduler.pending() == 0
+
+    sink, backend, scheduler = worker_held_by("mixed", "running")
+    scheduler.submit(make_request(sink, "waiting", "mixed", ordered=True))
+    scheduler.submit(make_request(sink, "newest", "mixed"))
+    backend.hang.clear()
+    finals = sink.wait_finals(3)
+    assert finals["running"] == finals["waiting"] == ("query_error", "cancelled")
+    assert finals["newest"][0] == "response"
+
+
+def test_ordered_requests_waiting_are_bounded() -> None:
+    sink, backend, scheduler = worker_held_by("seed", "first")
+    for i in range(MAX_WAITING_PER_CLIENT + 1):
+        scheduler.submit(make_request(sink, f"w{i}", "seed", ordered=True))
+    assert sink.wait_finals(1)[f"w{MAX_WAITING_PER_CLIENT}"] == ("query_error", "busy")
+    assert scheduler.cancel("seed", "w0"), "a waiting request can be cancelled by its id"
+    backend.hang.clear()
+    finals = sink.wait_finals(MAX_WAITING_PER_CLIENT + 2)
+    assert finals["w0"] == ("query_error", "cancelled") and finals["w1"][0] == "response"
+
+
 def test_cancel_stops_a_running_generation() -> None:
     sink = RecordingSinkDouble()
     scheduler = Scheduler(ScriptedBackendDouble(word_delay_s=0.05))
@@ -132,18 +165,47 @@ def test_model_errors_and_oom_fail_only_that_batch() -> None:
     assert sink.wait_finals(3)["fine"][0] == "response"
 
 
-def test_hung_model_times_out_and_a_fresh_worker_takes_over() -> None:
+def test_a_stuck_call_times_out_and_nothing_else_runs_on_the_backend_meanwhile() -> None:
     sink = RecordingSinkDouble()
     backend = ScriptedBackendDouble(max_batch_size=1)
     backend.hang_once = True
-    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.4)
+    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.3)
     scheduler.submit(make_request(sink, "stuck", "a"))
     assert sink.wait_finals(1, timeout_s=3)["stuck"] == ("query_error", "timeout")
-    time.sleep(0.6)  # past 1.5x the timeout: the watchdog replaces the stuck worker
     scheduler.submit(make_request(sink, "after", "b"))
-    finals = sink.wait_finals(2, timeout_s=3)
-    assert finals["after"][0] == "response"
+    time.sleep(0.8)  # well past 1.5x the timeout, where a fresh worker used to start on the same backend
+    assert scheduler.stuck_s() > 0, "reported as stuck while the call has not come back"
+    assert "after" not in sink.finals() and len(backend.batches) == 1, "nothing else entered the backend"
     backend.released.set()
+    assert sink.wait_finals(2, timeout_s=3)["after"][0] == "response"
+    assert backend.most_inside == 1
+    assert scheduler.stuck_s() == 0
+
+
+def test_an_overrunning_generation_is_stopped_at_its_next_token() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble(max_batch_size=1, word_delay_s=0.05)
+    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.3)
+    scheduler.submit(make_request(sink, "long", "a", " ".join(["word"] * 60)))
+    assert sink.wait_finals(1, timeout_s=3)["long"] == ("query_error", "timeout")
+    time.sleep(0.3)
+    assert scheduler.stuck_s() == 0, "the backend came back soon after the timeout"
+    assert backend.words_emitted < 30, "it stopped at the next word, not at the end of the answer"
+    scheduler.submit(make_request(sink, "next", "b"))
+    assert sink.wait_finals(2, timeout_s=3)["next"][0] == "response"
+    assert backend.most_inside == 1
+
+
+def test_many_clients_never_overlap_on_the_backend() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble(max_batch_size=2, word_delay_s=0.002)
+    scheduler = Scheduler(backend, batch_window_s=0.001, timeout_s=0.05)
+    for i in range(40):
+        scheduler.submit(make_request(sink, f"r{i}", f"c{i % 8}", "one two three four five"))
+    deadline = time.monotonic() + 10
+    while scheduler.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.most_inside == 1
 
 
 def test_disconnected_client_work_is_dropped_silently() -> None:
@@ -153,3 +215,23 @@ def test_disconnected_client_work_is_dropped_silently() -> None:
     time.sleep(0.1)
     assert sink.finals() == {}
     assert scheduler.pending() == 0
+
+
+def test_healthz_says_degraded_while_the_model_is_stuck() -> None:
+    from vlm.config import Settings
+    from vlm.web import create_app
+
+    sink, backend = RecordingSinkDouble(), ScriptedBackendDouble(max_batch_size=1)
+    backend.hang_once = True
+    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.2)
+    web = create_app(Settings(secret_key="test"))
+    web.slot.install(backend, scheduler)
+    health = web.app.test_client()
+    assert health.get("/healthz").json["status"] == "ok"
+    scheduler.submit(make_request(sink, "stuck", "a"))
+    assert sink.wait_finals(1, timeout_s=3)["stuck"] == ("query_error", "timeout")
+    reply = health.get("/healthz")
+    assert (reply.status_code, reply.json["status"]) == (503, "degraded") and reply.json["stuck_s"] >= 0
+    backend.released.set()
+    time.sleep(0.1)
+    assert health.get("/healthz").json["status"] == "ok"

@@ -76,7 +76,7 @@ def test_cancelled_row_gets_no_result_and_others_finish(backend: TransformersBac
 def test_info_reports_a_useful_frame_size(backend: TransformersBackend) -> None:
     assert backend.info.image_size == MIN_FRAME_SIDE, "tiny models look at tiny images; thumbnails need 256 px"
     assert backend.info.decode_size < MIN_FRAME_SIDE, "the server decodes frames no larger than the model uses"
-    assert backend.info.capabilities == {"query", "caption", "stream"}
+    assert backend.info.capabilities == {"query", "caption", "stream", "text"}
 
 
 def test_a_frame_asked_about_again_is_not_encoded_again(
@@ -104,3 +104,50 @@ def test_a_frame_asked_about_again_is_not_encoded_again(
     backend.generate(same_frame, uncached)
     for events in (first, again):
         assert [events.results[i].answer for i in range(2)] == [uncached.results[i].answer for i in range(2)]
+
+
+def test_greedy_by_default_and_temperature_samples(backend: TransformersBackend) -> None:
+    def answer(temperature: float) -> str:
+        events = Events(1)
+        backend.generate([Job(task="query", image=FRAMES[0], image_key="t", text="what shape is this?",
+                              max_new_tokens=8, temperature=temperature)], events)
+        return events.results[0].answer
+
+    assert len({answer(0.0) for _ in range(3)}) == 1
+    assert len({answer(5.0) for _ in range(5)}) > 1
+
+
+def test_a_batch_mixing_temperatures_answers_every_row_in_place(backend: TransformersBackend) -> None:
+    greedy = Events(1)
+    backend.generate(jobs([6]), greedy)
+    mixed = [*jobs([6]), Job(task="query", image=FRAMES[1], image_key="hot", text="what is it?", max_new_tokens=6,
+                             temperature=5.0)]
+    events = Events(2)
+    backend.generate(mixed, events)
+    assert set(events.results) == {0, 1}
+    assert events.results[0].answer == greedy.results[0].answer
+
+
+def test_results_carry_true_token_counts_and_finish_reason(backend: TransformersBackend) -> None:
+    events = Events(1)
+    backend.generate(jobs([3]), events)
+    result = events.results[0]
+    tokenizer = backend.tokenizer
+    assert 0 < result.tokens <= 3
+    assert result.finish_reason == ("length" if result.tokens == 3 else "stop")
+    assert result.prompt_tokens > len(tokenizer("what shape is this?").input_ids), "image tokens count too"
+    assert backend.info.dtype == "float32"
+
+
+def test_text_only_rows_are_answered_alongside_rows_with_a_frame(backend: TransformersBackend) -> None:
+    """The HTTP API's text-only questions may land in a batch with framed ones: each row gets its own answer."""
+    framed = jobs([5])[0]
+    text_only = Job(task="query", image=None, image_key="", text="say hello", max_new_tokens=5)
+    mixed = Events(2)
+    backend.generate([text_only, framed], mixed)
+    alone = Events(1)
+    backend.generate([text_only], alone)
+    assert "text" in backend.info.capabilities
+    assert mixed.results[0].answer == alone.results[0].answer
+    assert "".join(mixed.deltas[1]).strip() == mixed.results[1].answer
+    assert mixed.results[1].finish_reason == ("length" if mixed.results[1].tokens == 5 else "stop")

@@ -23,6 +23,7 @@ BACKENDS = ("auto", "moondream", "transformers", "openai")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ASYNC_MODES = ("threading", "eventlet", "gevent")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     max_new_tokens: int = 128
+    temperature: float = 0.0
+    max_crops: int = 0
     async_mode: str = "threading"
     message_queue: str | None = None
     cors_origins: tuple[str, ...] = ()
@@ -54,12 +57,34 @@ class Settings:
     request_timeout_s: float = 60.0
     rate_limit_per_s: float = 10.0
     rate_burst: int = 20
+    ip_rate_limit_per_s: float = 100.0
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_proxy: bool = False
+    max_connections: int = 256
+    max_connections_per_ip: int = 64
+    sources: tuple[str, ...] = ()
+    watches: tuple[str, ...] = ()
+    watch_interval_ms: float = 200.0
+    watch_cooldown_s: float = 30.0
+    webhook_url: str | None = None
+    webhook_image: bool = True
+    log_format: str = "text"
 
     @property
     def model_path(self) -> str:
         """The model id or folder to load, with aliases such as ``demo`` resolved."""
         alias = MODEL_ALIASES.get(self.model)
         return str(alias) if alias else self.model
+
+    @property
+    def model_name(self) -> str:
+        """The model as the operator named it, for clients: an alias or hub id as given, a folder by its name.
+
+        An absolute path would tell every client how this machine's disk is laid out.
+        """
+        if self.model in MODEL_ALIASES or not Path(self.model).is_dir():
+            return self.model
+        return Path(self.model).resolve().name
 
     @property
     def https(self) -> bool:
@@ -98,14 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", choices=DEVICES, default=defaults.device,
                        help="'auto' uses CUDA when present")
     model.add_argument("--dtype", choices=DTYPES, default=defaults.dtype,
-                       help="'auto' is float16 on CUDA, float32 on CPU")
+                       help="'auto' is float16 on CUDA, float32 on CPU (moondream2: always bfloat16)")
     model.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                        help="longest answer, in tokens")
+    model.add_argument("--temperature", type=float, default=defaults.temperature,
+                       help="0 answers greedily (the same frame and question give the same answer); "
+                            "above 0 samples, on every backend")
+    model.add_argument("--max-crops", type=int, default=defaults.max_crops,
+                       help="moondream2: most 378 px crops per frame (0: the model's own, 12); "
+                            "1 encodes frames about 4x faster on a CPU, with less detail")
 
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=defaults.host,
                         help="interface to listen on; 0.0.0.0 exposes the app to your network")
-    server.add_argument("--port", type=int, default=defaults.port)
+    server.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
     server.add_argument("--async-mode", choices=ASYNC_MODES, default=defaults.async_mode,
                         help="Socket.IO concurrency model (see README for measurements)")
     server.add_argument("--message-queue", metavar="URL",
@@ -114,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
                         metavar="ORIGIN",
                         help="extra origin allowed to open Socket.IO connections (repeatable, '*' for any)")
+    server.add_argument("--allowed-host", action="append", default=[], dest="allowed_hosts", metavar="NAME",
+                        help="extra Host name the server answers to (repeatable, '*' for any); IP addresses, "
+                             "localhost, --host and the --cors-origin hosts always are. Refusing other names "
+                             "stops DNS rebinding")
+    server.add_argument("--trusted-proxy", action="store_true",
+                        help="a reverse proxy in front sets X-Forwarded-For/-Proto: trust them for the client "
+                             "address (rate limits) and https (Secure cookie). Only with a proxy you run")
     server.add_argument("--token",
                         help="shared access token for the page, Socket.IO and HTTP API (env VLM_TOKEN)")
     server.add_argument("--ssl-cert", help="TLS certificate (PEM) to serve https://, needed for phone cameras on a LAN")
@@ -122,8 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve https:// with a self-signed certificate made once in ~/.cache/webcam-vlm")
 
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes)
-    limits.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars)
+    limits.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes,
+                        help="largest frame a client may send, in encoded (JPEG/PNG) bytes (larger: 'image_too_large')")
+    limits.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars,
+                        help="longest question, in characters (longer: 'question_too_long')")
+    limits.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="open connections in total; further ones wait in the listen backlog")
+    limits.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip,
+                        help="open connections (and Socket.IO sessions) from one client address")
     limits.add_argument("--max-queue", type=int, default=defaults.max_queue,
                         help="queued requests before new ones get a 'busy' error")
     limits.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
@@ -133,7 +177,27 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
                         dest="request_timeout_s", help="seconds before a generation is abandoned")
     limits.add_argument("--rate-limit", type=float, default=defaults.rate_limit_per_s,
-                        dest="rate_limit_per_s", help="sustained requests per second per client")
+                        dest="rate_limit_per_s", help="sustained Socket.IO events per second per connection")
+    limits.add_argument("--ip-rate-limit", type=float, default=defaults.ip_rate_limit_per_s,
+                        dest="ip_rate_limit_per_s",
+                        help="sustained Socket.IO events and HTTP API requests per second per client address")
+
+    watch = parser.add_argument_group("watch mode and monitoring")
+    watch.add_argument("--source", action="append", default=[], dest="sources", metavar="FILE_OR_URL",
+                       help="video file, rtsp:// or http:// (MJPEG) stream, or /dev/videoN to watch on the server "
+                            "(repeatable; shown in the page as cam1, cam2, ...)")
+    watch.add_argument("--watch", action="append", default=[], dest="watches", metavar="CONDITION",
+                       help="yes/no question checked on every --source, e.g. 'is there a person?' (repeatable)")
+    watch.add_argument("--watch-interval-ms", type=float, default=defaults.watch_interval_ms,
+                       help="least time between two checks of one watch on a --source")
+    watch.add_argument("--watch-cooldown", type=float, default=defaults.watch_cooldown_s, dest="watch_cooldown_s",
+                       metavar="SECONDS", help="least time between two alerts of one watch")
+    watch.add_argument("--webhook-url", metavar="URL",
+                       help="receives one JSON POST per alert (set here only, never by clients)")
+    watch.add_argument("--webhook-image", action=argparse.BooleanOptionalAction, default=defaults.webhook_image,
+                       help="include the alert's frame as Base64 JPEG in webhook posts")
+    watch.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format,
+                       help="'json' writes one JSON object per log line")
     return parser
 
 
@@ -142,10 +206,16 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     values = vars(parser.parse_args(argv))
     if bool(values["ssl_cert"]) != bool(values["ssl_key"]):
         parser.error("--ssl-cert and --ssl-key go together")
+    if values["temperature"] < 0 or values["max_crops"] < 0:
+        parser.error("--temperature and --max-crops cannot be negative")
     if values["message_queue"] and values["async_mode"] != "threading":
         # The app never monkey-patches, so a Redis client's blocking reads would stall an eventlet/gevent hub.
         parser.error("--message-queue needs --async-mode threading")
+    if values["watches"] and not values["sources"]:
+        parser.error("--watch needs a --source to watch")
     values["cors_origins"] = tuple(values["cors_origins"])
+    values["allowed_hosts"] = tuple(values["allowed_hosts"])
+    values["sources"], values["watches"] = tuple(values["sources"]), tuple(values["watches"])
     values["api_key"] = values["api_key"] or os.environ.get("OPENAI_API_KEY", "")
     values["token"] = values["token"] or os.environ.get("VLM_TOKEN") or None
     values["secret_key"] = os.environ.get("VLM_SECRET_KEY") or secrets.token_hex(32)

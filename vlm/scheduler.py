@@ -2,7 +2,9 @@
 
 Each client has at most one unfinished request: a newer one supersedes it (a live frame
 replaces the queued one in place, so latest wins without losing its turn). That rule alone
-makes the queue fair, since arrival order across clients is one slot per client. The
+makes the queue fair, since arrival order across clients is one slot per client. Requests
+marked ``ordered`` (from clients that send no ids, as the original page did) wait behind the
+client's unfinished one instead, a few at most, and are answered one after another. The
 worker waits a few milliseconds for company before starting a batch, because a batched
 decode costs little more than a single one, but only for company it has reason to expect:
 clients seen in the last half second that are not queued yet. A lone user never waits.
@@ -10,6 +12,12 @@ clients seen in the last half second that are not queued yet. A lone user never 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
 superseded or timed-out generation from ever reaching the client twice.
+
+There is one worker, for good: a backend instance never runs two calls at once (moondream2
+keeps a single KV cache in the model; two calls on it corrupt each other). A call that
+overruns ``timeout_s`` is answered ``timeout`` at once and, being finished, is told to stop at
+the backend's next token (``GenerationEvents.cancelled``); until it comes back the scheduler
+reports itself ``stuck`` and queued work waits.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +38,8 @@ log = logging.getLogger(__name__)
 # A client that asked or was answered this recently is likely to ask again within a batch window
 # (the page's live mode asks every 200 ms by default; a person typing takes seconds).
 COMPANY_HORIZON_S = 0.5
+# Ordered requests one client may have waiting behind its unfinished one before it hears ``busy``.
+MAX_WAITING_PER_CLIENT = 8
 
 
 class Sink(Protocol):
@@ -51,6 +61,8 @@ class Request:
     live: bool = False
     # A Socket.IO client keeps asking, so the batch window may wait for it; an HTTP request is one-shot.
     returns: bool = True
+    # Wait behind the client's unfinished request instead of superseding it.
+    ordered: bool = False
     received: float = field(default_factory=time.perf_counter)
     decode_ms: float = 0.0
     enqueued: float = 0.0
@@ -58,7 +70,7 @@ class Request:
     first_token: float = 0.0
     finished: bool = False
 
-    def timing(self, now: float, tokens: int) -> dict[str, float | int]:
+    def timing(self, now: float, result: Result) -> dict[str, float | int]:
         def ms(seconds: float) -> float:
             return round(seconds * 1000, 2)
 
@@ -68,7 +80,8 @@ class Request:
             "model_ms": ms(now - self.started),
             "first_token_ms": ms((self.first_token or now) - self.started),
             "total_ms": ms(now - self.received),
-            "tokens": tokens,
+            "tokens": result.tokens,
+            "prompt_tokens": result.prompt_tokens,
         }
 
 
@@ -89,40 +102,55 @@ class Scheduler:
         self._lock = threading.Condition()
         self._queued: OrderedDict[str, Request] = OrderedDict()
         self._active: dict[str, Request] = {}
+        self._waiting: dict[str, deque[Request]] = {}
         self._running: list[Request] = []
         self._last_seen: dict[str, float] = {}
         self._accepting = True
-        self._worker_generation = 0
-        self._start_worker()
+        threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
         threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
 
     # -- called from the web layer -------------------------------------------------
 
     def submit(self, request: Request) -> None:
-        previous: Request | None = None
+        previous: list[Request] = []
         with self._lock:
+            waiting = self._waiting.get(request.client, ())
             if not self._accepting:
                 rejection = ("busy", "the server is shutting down")
+            elif request.ordered and request.client in self._active:
+                rejection = self._wait_behind_locked(request)
             elif request.client not in self._queued and len(self._queued) >= self.max_queue:
                 rejection = ("busy", f"the server is busy ({self.max_queue} requests queued); try again shortly")
             else:
                 rejection = None
-                previous = self._active.get(request.client)
-                request.enqueued = time.perf_counter()
-                if request.returns:
-                    self._last_seen[request.client] = request.enqueued
-                self._queued[request.client] = request
-                self._active[request.client] = request
-                self._lock.notify_all()
+                previous = [*waiting, self._active[request.client]] if request.client in self._active else [*waiting]
+                self._waiting.pop(request.client, None)
+                self._enqueue_locked(request)
         if rejection:
             self._fail(request, *rejection)
-        elif previous is not None:
-            self._fail(previous, "cancelled", "superseded by a newer request")
+        for superseded in previous:
+            self._fail(superseded, "cancelled", "superseded by a newer request")
+
+    def _wait_behind_locked(self, request: Request) -> tuple[str, str] | None:
+        waiting = self._waiting.setdefault(request.client, deque())
+        if len(waiting) >= MAX_WAITING_PER_CLIENT:
+            return "busy", f"{MAX_WAITING_PER_CLIENT} questions are already waiting; wait for their answers"
+        waiting.append(request)
+        return None
+
+    def _enqueue_locked(self, request: Request) -> None:
+        request.enqueued = time.perf_counter()
+        if request.returns:
+            self._last_seen[request.client] = request.enqueued
+        self._queued[request.client] = request
+        self._active[request.client] = request
+        self._lock.notify_all()
 
     def cancel(self, client: str, request_id: str) -> bool:
         with self._lock:
-            request = self._active.get(client)
-        if request is None or request.id != request_id:
+            candidates = [self._active.get(client), *self._waiting.get(client, ())]
+        request = next((r for r in candidates if r is not None and r.id == request_id), None)
+        if request is None:
             return False
         return self._fail(request, "cancelled", "cancelled by the client")
 
@@ -130,13 +158,29 @@ class Scheduler:
         """A disconnected client's work is dropped silently: there is nobody left to tell."""
         with self._lock:
             self._last_seen.pop(client, None)
+            for waiting in self._waiting.pop(client, ()):
+                waiting.finished = True
             request = self._active.get(client)
             if request is not None:
                 self._finish_locked(request)
 
+    def has_room(self, client: str, *, ordered: bool = False) -> bool:
+        """Whether ``submit`` would not refuse this client's request as ``busy`` (checked before a decode)."""
+        with self._lock:
+            return ((ordered and client in self._active) or client in self._queued
+                    or len(self._queued) < self.max_queue)
+
     def pending(self) -> int:
         with self._lock:
-            return len(self._queued) + len(self._running)
+            return len(self._queued) + len(self._running) + sum(map(len, self._waiting.values()))
+
+    def stuck_s(self) -> float:
+        """How long the model has been running past ``timeout_s`` on a call it has not given back (0: it is not)."""
+        with self._lock:
+            if not self._running:
+                return 0.0
+            overrun = time.perf_counter() - self._running[0].started - self.timeout_s
+        return max(0.0, overrun)
 
     def stop_accepting(self) -> None:
         """New work is refused from now on (the server is draining for shutdown)."""
@@ -151,8 +195,15 @@ class Scheduler:
         request.finished = True
         if self._queued.get(request.client) is request:
             del self._queued[request.client]
+        waiting = self._waiting.get(request.client)
+        if waiting and request in waiting:
+            waiting.remove(request)
         if self._active.get(request.client) is request:
             del self._active[request.client]
+            if waiting:
+                self._enqueue_locked(waiting.popleft())
+        if not waiting:
+            self._waiting.pop(request.client, None)
         if request.client in self._last_seen:
             self._last_seen[request.client] = time.perf_counter()
         self._lock.notify_all()
@@ -173,7 +224,8 @@ class Scheduler:
         payload: dict[str, Any] = {
             "id": request.id,
             "answer": result.answer,
-            "timing": request.timing(time.perf_counter(), result.tokens),
+            "finish_reason": result.finish_reason,
+            "timing": request.timing(time.perf_counter(), result),
         }
         if request.job.task != "query":
             payload["skill"] = request.job.task
@@ -185,30 +237,18 @@ class Scheduler:
 
     # -- the worker ------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        self._worker_generation += 1
-        generation = self._worker_generation
-        threading.Thread(target=self._work, args=(generation,), name=f"vlm-worker-{generation}",
-                         daemon=True).start()
-
-    def _work(self, generation: int) -> None:
+    def _work(self) -> None:
         while True:
-            batch = self._next_batch(generation)
-            if batch is None:
-                return
+            batch = self._next_batch()
             self._execute(batch)
             with self._lock:
-                if generation != self._worker_generation:
-                    return  # a hung call came back after a replacement worker took over
                 self._running = []
                 self._lock.notify_all()
 
-    def _next_batch(self, generation: int) -> list[Request] | None:
+    def _next_batch(self) -> list[Request]:
         with self._lock:
             while not self._queued:
                 self._lock.wait()
-            if generation != self._worker_generation:
-                return None
             if self.batch_window_s > 0:
                 deadline = time.perf_counter() + self.batch_window_s
                 while len(self._queued) < min(self.max_batch_size, self._expected_company_locked()):
@@ -254,21 +294,15 @@ class Scheduler:
             self._fail(request, "model_error", "the model returned no answer")
 
     def _watch_timeouts(self) -> None:
-        """Time out generations that run too long; replace a worker that never comes back."""
+        """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""
         while True:
             time.sleep(min(1.0, self.timeout_s / 4))
             now = time.perf_counter()
             with self._lock:
-                overdue = [r for r in self._running if now - r.started > self.timeout_s]
-                hung = bool(self._running) and all(r.finished for r in self._running) and any(
-                    now - r.started > self.timeout_s * 1.5 for r in self._running)
-                if hung:
-                    log.error("model worker is stuck; starting a fresh one")
-                    self._running = []
-                    self._start_worker()
-                    self._lock.notify_all()
+                overdue = [r for r in self._running if not r.finished and now - r.started > self.timeout_s]
             for request in overdue:
-                self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s")
+                if self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s"):
+                    log.warning("request %s overran %g s; the model was asked to stop", request.id, self.timeout_s)
 
 
 class _BatchEvents:

@@ -30,7 +30,8 @@ class Job:
     """One unit of model work: what to do, on which frame."""
 
     task: Task
-    image: Image.Image
+    # None: a text-only question (HTTP API), for backends with the "text" capability.
+    image: Image.Image | None
     image_key: str
     text: str = ""
     length: CaptionLength = "normal"
@@ -111,6 +112,11 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     return device
+
+
+def weights_dtype(model: torch.nn.Module) -> str:
+    """The dtype the weights really have, which is not always the one asked for (a mix is listed)."""
+    return "/".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})) or "n/a"
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:

@@ -2,8 +2,9 @@
 
 ``AutoProcessor`` + ``AutoModelForImageTextToText`` + the model's own chat template cover
 SmolVLM/Idefics3, LLaVA, Qwen-VL and friends without model-specific code. Requests are
-decoded together as one left-padded batch; a small streamer splits the batch's token
-stream back into per-request deltas, and a stopping criterion drops cancelled rows.
+decoded together as one left-padded batch (one per temperature: ``generate`` samples a
+whole batch alike); a small streamer splits the batch's token stream back into per-request
+deltas with their true token counts, and a stopping criterion drops cancelled rows.
 
 Image features are computed by us rather than inside ``generate`` where the model takes
 them pre-encoded (transformers' ``mm_encoder_outputs``), so a frame asked about again is
@@ -36,6 +37,7 @@ from .base import (
     prompt_text,
     resolve_device,
     resolve_dtype,
+    weights_dtype,
 )
 from .frame_cache import FrameCache
 
@@ -63,8 +65,8 @@ class TransformersBackend(Backend):
             model=model_id,
             backend=self.name,
             device=str(model.device),
-            dtype=str(model.dtype).removeprefix("torch."),
-            capabilities=frozenset({"query", "caption", "stream"}),
+            dtype=weights_dtype(model),
+            capabilities=frozenset({"query", "caption", "stream", "text"}),
             image_size=max(MIN_FRAME_SIDE, input_size := _processor_input_size(processor)),
             input_size=input_size,
             max_batch_size=max_batch_size,
@@ -81,26 +83,40 @@ class TransformersBackend(Backend):
         return cls(model.to(device).eval(), processor, model_id=model_id, max_batch_size=max_batch_size)
 
     def prompt_for(self, job: Job) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(job)}]}]
+        image = [] if job.image is None else [{"type": "image"}]
+        messages = [{"role": "user", "content": [*image, {"type": "text", "text": prompt_text(job)}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    @torch.inference_mode()
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        # A processor batch has an image in every row or in none, and generate samples a whole batch
+        # alike: rows go in sub-batches by both.
+        for key in dict.fromkeys((job.image is None, job.temperature) for job in jobs):
+            rows = [row for row, job in enumerate(jobs) if (job.image is None, job.temperature) == key]
+            self._generate([jobs[row] for row in rows], _Rows(events, rows), key[1])
+
+    @torch.inference_mode()
+    def _generate(self, jobs: list[Job], events: GenerationEvents, temperature: float) -> None:
         inputs = self.processor(
-            images=[job.image for job in jobs],
+            images=None if jobs[0].image is None else [job.image for job in jobs],
             text=[self.prompt_for(job) for job in jobs],
             return_tensors="pt",
             padding=True,
         ).to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         pre_encoded = self._pre_encoded_images(jobs, inputs)
-        streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events)
+        streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events,
+                                 prompt_tokens)
+        # Greedy, or plain temperature sampling over the whole vocabulary, as the other backends do.
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
         self.model.generate(
             **inputs,
             **pre_encoded,
+            **sampling,
             max_new_tokens=max(job.max_new_tokens for job in jobs),
-            do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([StopFinishedRows(streamer)]),
@@ -143,6 +159,23 @@ class TransformersBackend(Backend):
         return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_job)}}
 
 
+class _Rows:
+    """Events of a sub-batch, passed on under the rows they have in the whole batch."""
+
+    def __init__(self, events: GenerationEvents, rows: list[int]) -> None:
+        self.events = events
+        self.rows = rows
+
+    def delta(self, index: int, text: str) -> None:
+        self.events.delta(self.rows[index], text)
+
+    def done(self, index: int, result: Result) -> None:
+        self.events.done(self.rows[index], result)
+
+    def cancelled(self, index: int) -> bool:
+        return self.events.cancelled(self.rows[index])
+
+
 class BatchStreamer(BaseStreamer):
     """Per-row incremental detokenisation of a batched ``generate``.
 
@@ -151,8 +184,9 @@ class BatchStreamer(BaseStreamer):
     """
 
     def __init__(self, tokenizer: Any, eos_ids: frozenset[int], budgets: list[int],
-                 events: GenerationEvents) -> None:
+                 events: GenerationEvents, prompt_tokens: list[int]) -> None:
         self.tokenizer = tokenizer
+        self.prompt_tokens = prompt_tokens
         self.eos_ids = eos_ids
         self.budgets = budgets
         self.events = events
@@ -194,8 +228,12 @@ class BatchStreamer(BaseStreamer):
 
     def _finish(self, row: int) -> None:
         self.finished[row] = True
-        answer = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).strip()
-        self.events.done(row, Result(answer=answer, tokens=len(self.tokens[row])))
+        tokens = self.tokens[row]
+        answer = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        finish = "length" if len(tokens) >= self.budgets[row] else "stop"
+        self.events.done(row, Result(answer=answer, tokens=len(tokens), prompt_tokens=self.prompt_tokens[row],
+                                     finish_reason=finish))
+
 
 
 class StopFinishedRows(StoppingCriteria):
