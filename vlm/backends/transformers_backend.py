@@ -1,9 +1,11 @@
 """Any Hugging Face image-text-to-text model, through the library's generic path.
 
 ``AutoProcessor`` + ``AutoModelForImageTextToText`` + the model's own chat template cover
-SmolVLM/Idefics3, LLaVA, Qwen-VL and friends without model-specific code. Requests are
-decoded together as one left-padded batch; a small streamer splits the batch's token
-stream back into per-request deltas, and a stopping criterion drops cancelled rows.
+SmolVLM/Idefics3, LLaVA, Qwen-VL and friends without model-specific code. Where the model
+allows it (``step_decoder.can_step``), the scheduler drives a ``StepDecoder``: requests join
+and leave the running batch between tokens. Otherwise, and in ``generate``, requests are
+decoded together as one left-padded batch; a small streamer splits the batch's token stream
+back into per-request deltas, and a stopping criterion drops cancelled rows.
 
 Image features are computed by us rather than inside ``generate`` where the model takes
 them pre-encoded (transformers' ``mm_encoder_outputs``), so a frame asked about again is
@@ -29,15 +31,18 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .base import (
     Backend,
+    Decoder,
     GenerationEvents,
     Job,
     ModelInfo,
     Result,
+    RowEvents,
     prompt_text,
     resolve_device,
     resolve_dtype,
 )
 from .frame_cache import FrameCache
+from .step_decoder import RowText, StepDecoder, can_step
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +89,26 @@ class TransformersBackend(Backend):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(job)}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
+    def decoder(self, events: RowEvents) -> Decoder:
+        if can_step(self.model):
+            return StepDecoder(self.model, self.tokenizer, self.eos_ids, self.model_inputs, events)
+        return super().decoder(events)
+
     @torch.inference_mode()
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        inputs = self.model_inputs(jobs)
+        streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events)
+        self.model.generate(
+            **inputs,
+            max_new_tokens=max(job.max_new_tokens for job in jobs),
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([StopFinishedRows(streamer)]),
+        )
+
+    def model_inputs(self, jobs: list[Job]) -> dict[str, Any]:
+        """The model's inputs for ``jobs`` as one left-padded batch, with frames seen lately pre-encoded."""
         inputs = self.processor(
             images=[job.image for job in jobs],
             text=[self.prompt_for(job) for job in jobs],
@@ -94,17 +117,8 @@ class TransformersBackend(Backend):
         ).to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        pre_encoded = self._pre_encoded_images(jobs, inputs)
-        streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events)
-        self.model.generate(
-            **inputs,
-            **pre_encoded,
-            max_new_tokens=max(job.max_new_tokens for job in jobs),
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([StopFinishedRows(streamer)]),
-        )
+        pre_encoded = self._pre_encoded_images(jobs, inputs)  # takes the encoder's inputs out of ``inputs``
+        return {**inputs, **pre_encoded}
 
     def _pre_encoded_images(self, jobs: list[Job], inputs: dict[str, Any]) -> dict[str, Any]:
         """``mm_encoder_outputs`` for ``generate``, encoding only frames not seen lately.
@@ -156,8 +170,7 @@ class BatchStreamer(BaseStreamer):
         self.eos_ids = eos_ids
         self.budgets = budgets
         self.events = events
-        self.tokens: list[list[int]] = [[] for _ in budgets]
-        self.texts = [""] * len(budgets)
+        self.texts = [RowText(tokenizer) for _ in budgets]
         self.finished = [False] * len(budgets)
         self.prompt_seen = False
 
@@ -173,9 +186,9 @@ class BatchStreamer(BaseStreamer):
             elif token in self.eos_ids:
                 self._finish(row)
             else:
-                self.tokens[row].append(token)
-                self._emit_delta(row)
-                if len(self.tokens[row]) >= self.budgets[row]:
+                if delta := self.texts[row].add(token):
+                    self.events.delta(row, delta)
+                if len(self.texts[row].tokens) >= self.budgets[row]:
                     self._finish(row)
 
     def end(self) -> None:
@@ -183,19 +196,10 @@ class BatchStreamer(BaseStreamer):
             if not finished and not self.events.cancelled(row):
                 self._finish(row)
 
-    def _emit_delta(self, row: int) -> None:
-        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return  # half of a multi-byte character; wait for the rest
-        delta = text[len(self.texts[row]):]
-        self.texts[row] = text
-        if delta:
-            self.events.delta(row, delta)
-
     def _finish(self, row: int) -> None:
         self.finished[row] = True
-        answer = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).strip()
-        self.events.done(row, Result(answer=answer, tokens=len(self.tokens[row])))
+        text = self.texts[row]
+        self.events.done(row, Result(answer=text.answer(), tokens=len(text.tokens)))
 
 
 class StopFinishedRows(StoppingCriteria):
