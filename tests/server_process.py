@@ -54,7 +54,7 @@ class AppProcess:
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1, verify=False).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy importing on a loaded machine
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"app not ready after {self.ready_timeout_s}s:\n{self.log()}")
