@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.generation.streamers import BaseStreamer
 
 from bench.run import camera_frame, markdown, pct
@@ -319,6 +320,38 @@ def limit_rows(
             ]
         )
     return rows
+
+
+def vision_batching(device: Device) -> str:
+    """moondream2's vision tower (SigLIP-SO400M: 27 layers, 1152 wide, 378 px crops of 729 patches) per crop,
+    one 640×480 frame's 9 crops at once (as moondream2 runs them) against two and four frames' crops at once.
+
+    On a CPU only the first layer runs (27 would take minutes per crop); per-crop cost is per layer there.
+    """
+    layers = 27 if device.name == "cuda" else 1
+    config = SiglipVisionConfig(
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        image_size=378,
+        patch_size=14,
+    )
+    dtype = getattr(torch, device.dtypes[SMALL])
+    tower = SiglipVisionModel(config).to(device.name, dtype).eval()
+    per_crop = {}
+    for frames in (1, 2, 4) if device.name == "cuda" else (1, 2):
+        crops = torch.randn(9 * frames, 3, 378, 378, dtype=dtype, device=device.name)
+        with torch.inference_mode():
+            tower(pixel_values=crops[:9])  # warm-up
+            device.sync()
+            started = time.perf_counter()
+            tower(pixel_values=crops)
+            device.sync()
+        per_crop[frames] = (time.perf_counter() - started) / len(crops) * 1000
+    unit = "ms per crop" if layers == 27 else "ms per crop and layer (×27 for the tower)"
+    rows = [[str(frames), str(9 * frames), f"{ms:.1f}", f"{per_crop[1] / ms:.2f}×"] for frames, ms in per_crop.items()]
+    return markdown(rows, ["frames encoded together", "crops", unit, "throughput vs one frame"])
 
 
 def write_readme(report: str, device: Device) -> None:
