@@ -7,6 +7,11 @@ const THUMB_SIDE = 160;
 const TOKEN_KEY = 'vlm-token';
 const LIVE_RETRY_MS = 500;
 const LIVE_ERROR_BACKOFF_MS = 1500;
+// Live mode uses at most this share of the server's per-client rate limit, leaving the rest
+// (and the burst) for questions asked by hand, so it never trips the limit itself.
+const LIVE_RATE_SHARE = 0.8;
+// Fewer tokens than this make a tokens/s figure meaningless (two tokens in 1.3 s reads "1.5 tok/s").
+const MIN_TOKENS_FOR_RATE = 3;
 
 const $ = (id) => document.getElementById(id);
 
@@ -23,6 +28,7 @@ const els = {
   frozenBadge: $('frozen-badge'),
   cameraMessage: $('camera-message'),
   cameraMessageText: $('camera-message-text'),
+  cameraRetry: $('camera-retry'),
   snapshot: $('snapshot'),
   camera: $('camera'),
   flip: $('flip'),
@@ -55,6 +61,7 @@ const state = {
   socket: null,
   capabilities: new Set(),
   imageSize: DEFAULT_IMAGE_SIZE,
+  minLiveGapMs: 0, // from the server's rate limit in /api/info
   stream: null,
   cameraGeneration: 0,
   facing: 'user',
@@ -79,6 +86,8 @@ const stats = {
   maxOutstanding: 0,
   liveOutstanding: 0,
   maxLiveOutstanding: 0,
+  minLiveGapMs: null, // shortest time between two live frames sent back to back
+  lastLiveSentAt: null,
 };
 window.__vlmStats = stats;
 
@@ -134,20 +143,15 @@ function applyInfo(info) {
   state.capabilities = new Set(info.capabilities || []);
   state.imageSize = info.image_size || DEFAULT_IMAGE_SIZE;
   if (info.model) {
-    els.modelInfo.textContent = [displayName(info.model), info.device].filter(Boolean).join(' · ');
+    els.modelInfo.textContent = [info.model, info.device].filter(Boolean).join(' · ');
     els.modelInfo.title = `${info.model}\nbackend ${info.backend || '?'}, dtype ${info.dtype || '?'}, `
       + `frames up to ${state.imageSize} px`;
   }
   if (info.max_question_chars) els.question.maxLength = info.max_question_chars;
+  if (info.rate_limit_per_s > 0) state.minLiveGapMs = 1000 / (info.rate_limit_per_s * LIVE_RATE_SHARE);
   els.liveSize.value = state.imageSize;
   showOfferedSkills();
   els.root.dataset.info = 'loaded';
-}
-
-// A local model folder is shown by its name; hub ids ("org/model") as they are.
-function displayName(model) {
-  const isPath = /^([/~.]|[A-Za-z]:[\\/])/.test(model);
-  return isPath ? model.split(/[\\/]/).filter(Boolean).pop() : model;
 }
 
 function showOfferedSkills() {
@@ -172,6 +176,7 @@ function connect() {
   socket.on('disconnect', () => {
     setStatus(socket.active ? 'reconnecting' : 'disconnected');
     connectionLost();
+    if (socket.active) showError(LOST_CONNECTION, 'connection');
   });
   socket.on('connect_error', (err) => {
     setStatus(socket.active ? 'reconnecting' : 'disconnected');
@@ -185,6 +190,8 @@ function connect() {
 }
 
 const STATUS_TEXT = { connected: 'Connected', disconnected: 'Disconnected', reconnecting: 'Reconnecting…' };
+const LOST_CONNECTION = 'The connection to the server was lost (was it stopped or restarted?). '
+  + 'Asking is paused until it is back; the page keeps trying to reconnect by itself.';
 
 function setStatus(status) {
   els.status.dataset.state = status;
@@ -212,7 +219,10 @@ async function startCamera(deviceId = null) {
   const generation = ++state.cameraGeneration;
   stopCamera();
   if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
-    cameraProblem('The camera only works on a secure page: open this app over https:// or at http://localhost.');
+    // Trying again cannot help here: only a different address can.
+    cameraProblem('The camera only works on a secure page, and this one is plain http:// on a network address. '
+      + 'Restart the server with --self-signed (or --ssl-cert and --ssl-key) and open its https:// link, '
+      + 'or open the app at http://localhost on the machine it runs on.', { retry: false });
     return;
   }
   setCameraState('starting');
@@ -272,10 +282,11 @@ function cameraErrorMessage(err) {
   }
 }
 
-function cameraProblem(message) {
+function cameraProblem(message, { retry = true } = {}) {
   stopCamera();
   setCameraState('error');
   els.cameraMessageText.textContent = message;
+  els.cameraRetry.hidden = !retry;
   els.cameraMessage.hidden = false;
   showError(message, 'camera');
 }
@@ -493,6 +504,9 @@ function countSent(live) {
   stats.outstanding += 1;
   stats.maxOutstanding = Math.max(stats.maxOutstanding, stats.outstanding);
   if (!live) return;
+  const now = performance.now();
+  if (stats.lastLiveSentAt !== null) stats.minLiveGapMs = Math.min(stats.minLiveGapMs ?? Infinity, now - stats.lastLiveSentAt);
+  stats.lastLiveSentAt = now;
   stats.liveSent += 1;
   stats.liveOutstanding += 1;
   stats.maxLiveOutstanding = Math.max(stats.maxLiveOutstanding, stats.liveOutstanding);
@@ -540,6 +554,8 @@ function cancel() {
   if (!request) return;
   state.socket.emit('cancel', { id: request.id });
   if (request.live) setLive(false);
+  request.stopped = true;
+  if (request.text.trim()) request.meta = 'Stopped: the answer is cut short here';
   finish(request, 'cancelled', 'Cancelled.');
 }
 
@@ -600,7 +616,7 @@ function finish(request, outcome, message = '', resumeLive = true) {
 function describeTiming(request, timing) {
   if (!timing) return;
   const parts = [`${Math.round(timing.total_ms)} ms`];
-  if (timing.tokens > 0 && timing.model_ms > 0) {
+  if (timing.tokens >= MIN_TOKENS_FOR_RATE && timing.model_ms > 0) {
     parts.push(`${(timing.tokens / (timing.model_ms / 1000)).toFixed(1)} tok/s`);
   }
   request.meta = parts.join(' · ');
@@ -614,6 +630,7 @@ function describeTiming(request, timing) {
 // ---------------------------------------------------------------- rendering answers
 
 function answerText(request) {
+  if (request.stopped && request.text.trim()) return request.text.trim(); // what had streamed when Stop was pressed
   if (request.state === 'cancelled' || request.state === 'error') return request.error;
   if (request.state === 'done') return request.text || '(empty answer)';
   return request.text;
@@ -624,6 +641,7 @@ function renderInto(view, request) {
   view.question.textContent = request.label;
   view.answer.textContent = answerText(request);
   view.meta.textContent = request.meta;
+  view.box.dataset.stopped = String(Boolean(request.stopped));
   view.meta.title = request.metaTitle;
 }
 
@@ -765,7 +783,7 @@ function liveTick() {
     ? send({ event: 'query', payload: { question, live: true }, label: question, live: true })
     : send({ event: 'skill', payload: { skill: 'caption', length: 'short', live: true }, label: 'Caption', live: true });
   if (!request) return;
-  state.nextLiveAt = performance.now() + liveInterval();
+  state.nextLiveAt = performance.now() + Math.max(liveInterval(), state.minLiveGapMs);
 }
 
 // ---------------------------------------------------------------- controls
@@ -774,6 +792,7 @@ function updateControls() {
   const connected = Boolean(state.socket?.connected);
   const haveFrame = els.root.dataset.camera === 'ready' || state.frozen;
   els.ask.disabled = !connected || !haveFrame;
+  els.ask.title = !connected ? 'Not connected to the server' : !haveFrame ? 'No camera frame yet' : '';
   els.cancel.disabled = !state.current;
   els.snapshot.disabled = !haveFrame;
   for (const button of els.skills.querySelectorAll('button')) button.disabled = !connected || !haveFrame;
@@ -802,7 +821,7 @@ function bindEvents() {
   els.flip.addEventListener('click', flipCamera);
   els.resolution.addEventListener('change', () => startCamera(activeDeviceId()));
   els.mirror.addEventListener('change', () => setMirror(els.mirror.checked));
-  $('camera-retry').addEventListener('click', () => startCamera());
+  els.cameraRetry.addEventListener('click', () => startCamera());
   $('error-close').addEventListener('click', () => clearError());
   $('copy-all').addEventListener('click', (event) => copyText(allEntriesText(), event.currentTarget));
   $('clear-history').addEventListener('click', clearHistory);

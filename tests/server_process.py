@@ -54,8 +54,8 @@ class AppProcess:
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1, verify=False).status_code == 200:
                     return
-            except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy importing on a loaded machine
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or too busy starting to answer within the probe's second
             time.sleep(0.1)
         raise TimeoutError(f"app not ready after {self.ready_timeout_s}s:\n{self.log()}")
 

@@ -1,7 +1,8 @@
 """The README's bad-input table, row by row, against the running server.
 
-Every row gets a ``query_error`` to the sender only, with a clear code, and the server then
-answers a normal query. A bystander client stays connected throughout and hears nothing.
+Every row gets a ``query_error`` (on ``response`` for a payload without an id) to the sender
+only, with a clear code, and the server then answers a normal query. A bystander client stays
+connected throughout and hears nothing.
 """
 
 from __future__ import annotations
@@ -84,9 +85,12 @@ def test_refused_with_code_then_served(app: AppProcess, bystander: RecordingClie
     payload, code = REFUSED[case]
     client = RecordingClient(app.url)
     try:
-        client.sio.emit("query", payload)
-        kind, error = client.final(None, timeout_s=20)
-        assert (kind, error["code"]) == ("query_error", code)
+        # A payload that can carry an id carries one; a string or list cannot, so its error comes on `response`
+        # the way clients that send no id hear every outcome (tests/test_clients.py).
+        client.sio.emit("query", {"id": case, **payload} if isinstance(payload, dict) else payload)
+        kind, reply = client.final(None, timeout_s=20)
+        error = reply if isinstance(payload, dict) else reply["error"]
+        assert (kind, error["code"]) == ("query_error" if isinstance(payload, dict) else "response", code)
         assert error["message"]
         assert client.ask({"id": "after", "question": "what is this?", "image": GOOD})[0] == "response"
     finally:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,8 +34,53 @@ def streamed(client: openai.OpenAI, question: str, image_url: str) -> list[str]:
     return [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
 
 
-def test_models_lists_the_loaded_model(app: AppProcess, tiny_model: Path) -> None:
-    assert [model.id for model in openai_client(app.url).models.list()] == [str(tiny_model)]
+def test_models_show_the_name_the_operator_gave_never_a_path(app: AppProcess, tiny_model: Path) -> None:
+    client = openai_client(app.url)
+    assert [model.id for model in client.models.list()] == [tiny_model.name]
+    assert client.models.retrieve(tiny_model.name).id == tiny_model.name
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-4o")
+    assert missing.value.code == "model_not_found"
+    completion = client.chat.completions.create(model="any", messages=frame_question("what?", jpeg_data_url()))
+    assert completion.model == tiny_model.name
+    for path in ("/healthz", "/api/info"):
+        assert requests.get(f"{app.url}{path}", timeout=5).json()["model"] == tiny_model.name
+
+
+def test_usage_and_finish_reason_on_every_completion(app: AppProcess, frame: str) -> None:
+    client = openai_client(app.url)
+    completion = client.chat.completions.create(model="any", messages=frame_question("what shape is this?", frame))
+    usage = completion.usage
+    assert usage is not None and usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    chunks = list(client.chat.completions.create(model="any", messages=frame_question("what shape is this?", frame),
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage == usage, "the last chunk carries the same usage"
+    assert [chunk.choices[0].finish_reason for chunk in chunks[:-1]][-1] == completion.choices[0].finish_reason
+    plain = list(client.chat.completions.create(model="any", messages=frame_question("what?", frame), stream=True))
+    assert all(chunk.usage is None for chunk in plain), "usage is streamed only when asked for"
+
+
+def test_text_only_questions_and_plain_string_image_urls(app: AppProcess, frame: str) -> None:
+    client = openai_client(app.url)
+    text_only = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "say hello"}])
+    assert text_only.choices[0].message.content
+    as_string = [{"role": "user", "content": [{"type": "text", "text": "what shape is this?"},
+                                              {"type": "image_url", "image_url": frame}]}]
+    answer = client.chat.completions.create(model="any", messages=as_string).choices[0].message.content  # type: ignore[arg-type]
+    assert answer == ask(client, "what shape is this?", frame)
+
+
+def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess, frame: str) -> None:
+    client = openai_client(app.url)
+    assert ask(client, "what?", frame, temperature=0.7, n=1)
+    refusals = [({"n": 2}, "n"), ({"temperature": 3}, "temperature"), ({"temperature": -0.1}, "temperature"),
+                ({"max_tokens": 1.5}, "max_tokens"), ({"max_completion_tokens": "8"}, "max_completion_tokens")]
+    for options, param in refusals:
+        with pytest.raises(openai.BadRequestError) as refused:
+            ask(client, "what?", frame, **options)
+        assert refused.value.param == param, options
 
 
 def test_completion_equals_streamed_concatenation_and_socket_answer(app: AppProcess, frame: str) -> None:
@@ -85,16 +132,57 @@ def test_remote_image_url_is_refused_and_never_fetched(app: AppProcess) -> None:
         ({"messages": frame_question("what?", "data:image/jpeg;base64,!!!")}, "bad_image"),
         ({"messages": frame_question("what?", "data:image/png;base64,aGVsbG8=")}, "bad_image"),
         ({"messages": frame_question(" ", jpeg_data_url())}, "empty_question"),
-        ({"messages": [{"role": "user", "content": "no frame here"}]}, "bad_request"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": jpeg_data_url()}] * 2}]},
+         "bad_request"),
         ({"messages": frame_question("what?", jpeg_data_url()), "max_tokens": 0}, "bad_request"),
         ({"messages": "hello"}, "bad_request"),
     ],
-    ids=["not base64", "not an image", "empty question", "no image part", "zero max_tokens", "messages not a list"],
+    ids=["not base64", "not an image", "empty question", "two images", "zero max_tokens", "messages not a list"],
 )
 def test_bad_input_gets_400_in_openai_shape(app: AppProcess, body: dict[str, object], code: str) -> None:
     refused = requests.post(f"{app.url}/v1/chat/completions", json={"model": "any", **body}, timeout=30)
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == code and refused.json()["error"]["type"] == "invalid_request_error"
+    assert set(refused.json()["error"]) == {"message", "type", "code", "param"}
+
+
+def curl(*args: str) -> tuple[int, dict[str, object]]:
+    """The HTTP status and JSON body as curl gets them."""
+    done = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True,
+                          timeout=60, check=True)
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "code"),
+    [
+        (["/v1/completions", "-d", "{}", "-H", "Content-Type: application/json"], 404, "not_found"),
+        (["/v1/nothing/here"], 404, "not_found"),
+        (["/v1/models/gpt-4o"], 404, "model_not_found"),
+        (["/v1/chat/completions"], 405, "method_not_allowed"),
+        (["-X", "DELETE", "/v1/models"], 405, "method_not_allowed"),
+        (["/v1/chat/completions", "-d", "not json", "-H", "Content-Type: application/json"], 400, "bad_request"),
+    ],
+    ids=["legacy completions", "unknown path", "unknown model", "GET completions", "DELETE models", "not JSON"],
+)
+def test_every_v1_error_is_an_openai_error_object_under_curl(app: AppProcess, args: list[str], status: int,
+                                                             code: str) -> None:
+    got, body = curl(*[f"{app.url}{arg}" if arg.startswith("/v1") else arg for arg in args])
+    assert got == status
+    error = body["error"]
+    assert isinstance(error, dict) and set(error) == {"message", "type", "code", "param"}
+    assert error["code"] == code and error["message"]
+
+
+def test_curl_gets_an_answer_with_usage(app: AppProcess, frame: str) -> None:
+    request = {"model": "any", "messages": frame_question("what shape is this?", frame)}
+    status, body = curl(f"{app.url}/v1/chat/completions", "-H", "Content-Type: application/json",
+                        "-d", json.dumps(request))
+    assert status == 200 and body["choices"][0]["message"]["content"]  # type: ignore[index]
+    assert body["usage"]["completion_tokens"] > 0  # type: ignore[index]
+    assert requests.get(f"{app.url}/nowhere", timeout=5).headers["Content-Type"].startswith("text/html"), \
+        "outside /v1, Flask's own error page"
 
 
 @pytest.mark.parametrize("mode", ["eventlet", "gevent"])

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.openai_client import ask, openai_client
@@ -72,6 +73,13 @@ def test_chained_instance_streams_exactly_the_upstream_answer(clients: tuple[Rec
 
 def test_chained_instance_serves_the_openai_api_too(upstream: AppProcess, chained: AppProcess, frame: str) -> None:
     assert ask(openai_client(chained.url), "what?", frame) == ask(openai_client(upstream.url, TOKEN), "what?", frame)
+
+
+def test_text_only_question_is_refused_clearly_where_the_backend_needs_an_image(chained: AppProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client(chained.url).chat.completions.create(model="any", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.code == "image_required" and refused.value.param == "messages"
+    assert "image" in refused.value.message
 
 
 def test_missing_base_url_is_refused_with_a_sentence() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vlm.protocol import ProtocolError, parse_cancel, parse_query, parse_skill
+from vlm.config import Settings
+from vlm.openai_api import parse_chat
+from vlm.protocol import ProtocolError, parse_cancel, parse_query, parse_skill, to_job
 
 IMAGE = "data:image/jpeg;base64,AAAA"
 
@@ -65,3 +67,13 @@ def test_cancel_needs_an_object_payload() -> None:
     assert parse_cancel({"id": "abc"}) == "abc"
     with pytest.raises(ProtocolError):
         parse_cancel("abc")
+
+
+def test_http_temperature_and_text_only_reach_the_job() -> None:
+    body = {"messages": [{"role": "user", "content": "say hi"}], "temperature": 0.7}
+    chat = parse_chat(body, max_question_chars=100, text_only=True)
+    job, _ = to_job(chat.incoming, Settings(), decode_size=64, temperature=chat.temperature)
+    assert (job.temperature, job.image, job.text) == (0.7, None, "say hi")
+    with pytest.raises(ProtocolError) as refused:
+        parse_chat(body, max_question_chars=100, text_only=False)
+    assert (refused.value.code, refused.value.param) == ("image_required", "messages")

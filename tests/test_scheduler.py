@@ -10,14 +10,15 @@ from PIL import Image
 
 from tests.doubles import RecordingSinkDouble, ScriptedBackendDouble, SteppingBackendDouble
 from vlm.backends.base import Job
-from vlm.scheduler import Request, Scheduler
+from vlm.scheduler import MAX_WAITING_PER_CLIENT, Request, Scheduler
 
 FRAME = Image.new("RGB", (8, 8))
 
 
-def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "hi", live: bool = False) -> Request:
+def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "hi", live: bool = False,
+                 ordered: bool = False) -> Request:
     return Request(id=rid, client=client, job=Job(task="query", image=FRAME, image_key="k", text=text),
-                   sink=sink, live=live)
+                   sink=sink, live=live, ordered=ordered)
 
 
 def test_answers_stream_then_finish_once_per_request() -> None:
@@ -88,6 +89,38 @@ def test_newer_request_supersedes_and_live_frame_keeps_its_place() -> None:
     assert finals["live2"][1]["answer"] == "echo: frame two"
     assert finals["carol1"][0] == "response"
     assert backend.batches[1:] == [["frame two"], ["hi"]], "alice's replacement kept alice's turn"
+
+
+def test_ordered_requests_wait_their_turn_and_a_request_with_an_id_supersedes_them() -> None:
+    sink, backend, scheduler = worker_held_by("seed", "first")
+    scheduler.submit(make_request(sink, "second", "seed", "two", ordered=True))
+    scheduler.submit(make_request(sink, "third", "seed", "three", ordered=True))
+    scheduler.submit(make_request(sink, "other", "bob"))
+    backend.hang.clear()
+    finals = sink.wait_finals(4)
+    seed_answers = [rid for kind, rid, _ in sink.events if kind == "response" and rid != "other"]
+    assert seed_answers == ["first", "second", "third"]
+    assert finals["third"][1]["answer"] == "echo: three"
+    assert scheduler.pending() == 0
+
+    sink, backend, scheduler = worker_held_by("mixed", "running")
+    scheduler.submit(make_request(sink, "waiting", "mixed", ordered=True))
+    scheduler.submit(make_request(sink, "newest", "mixed"))
+    backend.hang.clear()
+    finals = sink.wait_finals(3)
+    assert finals["running"] == finals["waiting"] == ("query_error", "cancelled")
+    assert finals["newest"][0] == "response"
+
+
+def test_ordered_requests_waiting_are_bounded() -> None:
+    sink, backend, scheduler = worker_held_by("seed", "first")
+    for i in range(MAX_WAITING_PER_CLIENT + 1):
+        scheduler.submit(make_request(sink, f"w{i}", "seed", ordered=True))
+    assert sink.wait_finals(1)[f"w{MAX_WAITING_PER_CLIENT}"] == ("query_error", "busy")
+    assert scheduler.cancel("seed", "w0"), "a waiting request can be cancelled by its id"
+    backend.hang.clear()
+    finals = sink.wait_finals(MAX_WAITING_PER_CLIENT + 2)
+    assert finals["w0"] == ("query_error", "cancelled") and finals["w1"][0] == "response"
 
 
 def test_cancel_stops_a_running_generation() -> None:

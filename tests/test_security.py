@@ -23,7 +23,8 @@ def guarded(tiny_model: Path) -> Iterator[AppProcess]:
 
 
 def test_page_and_api_need_the_token(guarded: AppProcess) -> None:
-    assert requests.get(guarded.url, timeout=5).status_code == 401
+    refused = requests.get(guarded.url, timeout=5)
+    assert refused.status_code == 401 and "?token=" in refused.text, "a page that says how to get the link"
     assert requests.get(f"{guarded.url}/?token=wrong", timeout=5).status_code == 401
     session = requests.Session()
     assert session.get(f"{guarded.url}/?token={TOKEN}", timeout=5).status_code == 200
@@ -56,6 +57,7 @@ def websocket_handshake(url: str, origin: str) -> bool:
 
 
 def test_cross_origin_websocket_is_refused(tiny_model: Path) -> None:
+    """Without --cors-origin only the own origin; tests/test_clients.py covers widening it."""
     with AppProcess(["--model", str(tiny_model)]) as running:
         assert websocket_handshake(running.url, running.url)
         assert not websocket_handshake(running.url, "http://evil.example")

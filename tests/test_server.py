@@ -26,7 +26,7 @@ def app(tiny_model: Path) -> Iterator[AppProcess]:
 def test_healthz_and_info(app: AppProcess, tiny_model: Path) -> None:
     health = requests.get(f"{app.url}/healthz", timeout=5)
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "model": str(tiny_model), "backend": "transformers", "device": "cpu"}
+    assert health.json() == {"status": "ok", "model": tiny_model.name, "backend": "transformers", "device": "cpu"}
     info = requests.get(f"{app.url}/api/info", timeout=5).json()
     assert "query" in info["capabilities"] and "detect" not in info["capabilities"]
     assert info["image_size"] >= 256

@@ -82,7 +82,7 @@ def test_cancelled_row_gets_no_result_and_others_finish(backend: TransformersBac
 def test_info_reports_a_useful_frame_size(backend: TransformersBackend) -> None:
     assert backend.info.image_size == MIN_FRAME_SIDE, "tiny models look at tiny images; thumbnails need 256 px"
     assert backend.info.decode_size < MIN_FRAME_SIDE, "the server decodes frames no larger than the model uses"
-    assert backend.info.capabilities == {"query", "caption", "stream"}
+    assert backend.info.capabilities == {"query", "caption", "stream", "text"}
 
 
 def test_a_frame_asked_about_again_is_not_encoded_again(
@@ -120,14 +120,15 @@ def varied_jobs(budgets: list[int]) -> list[Job]:
             for i, n in enumerate(budgets)]
 
 
-def alone(backend: TransformersBackend, job: Job) -> Result:
+def answered_alone(backend: TransformersBackend, job: Job) -> Result:
     events = Events(1)
     backend.generate([job], events)
     return events.results[0]
 
 
 def test_rows_joining_a_running_batch_answer_as_they_would_alone(backend: TransformersBackend) -> None:
-    work = varied_jobs([12, 5, 9, 12, 7])
+    work = [*varied_jobs([12, 5, 9, 12, 7]), Job(task="query", image=None, image_key="", text="say hello",
+                                                 max_new_tokens=6)]
     events = Events(len(work))
     decoder = backend.decoder(events)
     assert isinstance(decoder, StepDecoder)
@@ -139,11 +140,11 @@ def test_rows_joining_a_running_batch_answer_as_they_would_alone(backend: Transf
     decoder.join({3: work[3]})
     for _ in range(3):
         decoder.step()
-    decoder.join({4: work[4]})  # after rows have left: the cache was cut and is padded again
+    decoder.join({4: work[4], 5: work[5]})  # after rows have left (the cache was cut); one has no frame
     while decoder.rows():
         decoder.step()
     for index, job in enumerate(work):
-        expected, got = alone(backend, job), events.results[index]
+        expected, got = answered_alone(backend, job), events.results[index]
         assert got.answer == expected.answer, f"row {index} answers as it would alone"
         assert "".join(events.deltas[index]).strip() == got.answer
         assert got.tokens == expected.tokens and got.prompt_tokens > 0
@@ -163,4 +164,18 @@ def test_finished_and_cancelled_rows_leave_the_batch_at_once(backend: Transforme
     while decoder.rows():
         decoder.step()
     assert set(events.results) == {0, 1}
-    assert events.results[1].answer == alone(backend, varied_jobs([2, 20])[1]).answer
+    assert events.results[1].answer == answered_alone(backend, varied_jobs([2, 20])[1]).answer
+
+
+def test_text_only_rows_are_answered_alongside_rows_with_a_frame(backend: TransformersBackend) -> None:
+    """The HTTP API's text-only questions may land in a batch with framed ones: each row gets its own answer."""
+    framed = jobs([5])[0]
+    text_only = Job(task="query", image=None, image_key="", text="say hello", max_new_tokens=5)
+    mixed = Events(2)
+    backend.generate([text_only, framed], mixed)
+    alone = Events(1)
+    backend.generate([text_only], alone)
+    assert "text" in backend.info.capabilities
+    assert mixed.results[0].answer == alone.results[0].answer
+    assert "".join(mixed.deltas[1]).strip() == mixed.results[1].answer
+    assert mixed.results[1].finish_reason == ("length" if mixed.results[1].tokens == 5 else "stop")

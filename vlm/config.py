@@ -63,6 +63,16 @@ class Settings:
         return str(alias) if alias else self.model
 
     @property
+    def model_name(self) -> str:
+        """The model as the operator named it, for clients: an alias or hub id as given, a folder by its name.
+
+        An absolute path would tell every client how this machine's disk is laid out.
+        """
+        if self.model in MODEL_ALIASES or not Path(self.model).is_dir():
+            return self.model
+        return Path(self.model).resolve().name
+
+    @property
     def https(self) -> bool:
         """Served over TLS: a self-signed certificate, or the given one (the parser makes cert and key go together)."""
         return self.self_signed or bool(self.ssl_cert and self.ssl_key)
@@ -106,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=defaults.host,
                         help="interface to listen on; 0.0.0.0 exposes the app to your network")
-    server.add_argument("--port", type=int, default=defaults.port)
+    server.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
     server.add_argument("--async-mode", choices=ASYNC_MODES, default=defaults.async_mode,
                         help="Socket.IO concurrency model (see README for measurements)")
     server.add_argument("--message-queue", metavar="URL",
@@ -123,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve https:// with a self-signed certificate made once in ~/.cache/webcam-vlm")
 
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes)
-    limits.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars)
+    limits.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes,
+                        help="largest frame a client may send, in encoded (JPEG/PNG) bytes (larger: 'image_too_large')")
+    limits.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars,
+                        help="longest question, in characters (longer: 'question_too_long')")
     limits.add_argument("--max-queue", type=int, default=defaults.max_queue,
                         help="queued requests before new ones get a 'busy' error")
     limits.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,

@@ -5,9 +5,11 @@ openai``) can ask about one frame per request. Requests pass the same checks as 
 ones (vlm/protocol.py) and wait in the same scheduler, each under its own client key so
 that none supersedes another. Only the last user message counts: its text parts are the
 question and its one ``image_url`` part, a ``data:`` URL, is the frame; the server never
-fetches remote URLs (that would let any caller make it open connections anywhere).
-Sampling options are ignored because the backends decode greedily; ``max_tokens`` can only
-lower ``--max-new-tokens``.
+fetches remote URLs (that would let any caller make it open connections anywhere). Without
+an image the question is text-only, for backends that can answer one. ``max_tokens`` can only
+lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy).
+A value the server cannot honour (``n`` > 1, a temperature out of range) is refused with a
+400 naming the ``param``, as OpenAI does, rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 ERROR_STATUS = {"unauthorized": 401, "busy": 429, "loading": 503, "model_error": 500, "upstream_error": 502,
                 "timeout": 504}
 ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx: invalid_request_error
+MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
 
 SinkEvent = tuple[str, Any]  # ("stream", delta) | ("response", payload) | ("error", (code, message))
 
@@ -53,6 +56,15 @@ def install_openai_api(app: Flask, settings: Settings, slot: ModelSlot, *, autho
     """
     app.register_blueprint(openai_blueprint(settings, slot, authorized=authorized, sleep=sleep))
     app.wsgi_app = unbuffered(app.wsgi_app)  # type: ignore[method-assign]
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> HTTPException | tuple[Response, int]:
+        """Under ``/v1`` every refusal (an unknown path, a wrong method, a body cut off at the transport)
+        is an OpenAI error object, which clients parse; elsewhere Flask's own page."""
+        if request.path != "/v1" and not request.path.startswith("/v1/"):
+            return error
+        code = (error.name or "error").lower().replace(" ", "_")
+        return error_response(code, error.description or code, status=error.code or 500)
 
 
 def unbuffered(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,18 +89,23 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
     def require_token() -> tuple[Response, int] | None:
         return None if authorized() else error_response("unauthorized", "missing or wrong bearer token")
 
-    @api.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> tuple[Response, int]:
-        """Transport refusals (an oversized body is cut off before it is read) in the OpenAI error shape too."""
-        code = (error.name or "error").lower().replace(" ", "_")
-        return error_response(code, error.description or code, status=error.code or 500)
+    def model_entry() -> dict[str, Any]:
+        return {"id": settings.model_name, "object": "model", "created": started, "owned_by": "webcam-vlm"}
 
     @api.get("/models")
     def models() -> tuple[Response, int]:
         if slot.backend is None:
             return error_response("loading", "the model is still loading; try again in a moment")
-        entry = {"id": slot.backend.info.model, "object": "model", "created": started, "owned_by": "webcam-vlm"}
-        return jsonify(object="list", data=[entry]), 200
+        return jsonify(object="list", data=[model_entry()]), 200
+
+    @api.get("/models/<path:model>")
+    def model(model: str) -> tuple[Response, int]:
+        if slot.backend is None:
+            return error_response("loading", "the model is still loading; try again in a moment")
+        if model != settings.model_name:
+            return error_response("model_not_found", f"this server serves {settings.model_name!r}, not {model!r}",
+                                  status=404, param="model")
+        return jsonify(model_entry()), 200
 
     @api.post("/chat/completions")
     def chat_completions() -> Response | tuple[Response, int]:
@@ -97,12 +114,15 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         if backend is None or scheduler is None:
             return error_response("loading", "the model is still loading; try again in a moment")
         try:
-            incoming, max_tokens, streaming = parse_chat(request.get_json(silent=True),
-                                                         max_question_chars=settings.max_question_chars)
-            job, decode_ms = to_job(incoming, settings, decode_size=backend.info.decode_size,
-                                    max_new_tokens=max_tokens)
-        except (ProtocolError, ImageRejected) as error:
-            return error_response(error.code, error.message)
+            chat = parse_chat(request.get_json(silent=True), max_question_chars=settings.max_question_chars,
+                              text_only="text" in backend.info.capabilities)
+            job, decode_ms = to_job(chat.incoming, settings, decode_size=backend.info.decode_size,
+                                    max_new_tokens=chat.max_tokens, temperature=chat.temperature)
+        except ProtocolError as error:
+            return error_response(error.code, error.message, param=error.param)
+        except ImageRejected as error:
+            return error_response(error.code, error.message, param="messages")
+        incoming = chat.incoming
         sink = HttpSink(sleep if green else None)
         work = Request(id=incoming.id, client=f"http-{uuid.uuid4().hex}", job=job, sink=sink,
                        received=received, decode_ms=decode_ms, returns=False)
@@ -113,8 +133,9 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         first = next(events)
         if first[0] == "error":
             return error_response(*first[1])
-        completion = Completion(id=f"chatcmpl-{incoming.id}", model=backend.info.model, budget=job.max_new_tokens)
-        if streaming:
+        completion = Completion(id=f"chatcmpl-{incoming.id}", model=settings.model_name,
+                                include_usage=chat.include_usage)
+        if chat.streaming:
             # A client that hangs up mid-stream cancels its generation; after the answer this is a no-op.
             sse = completion.sse(chain([first], events), on_close=partial(scheduler.cancel, work.client, work.id))
             return Response(sse, mimetype="text/event-stream",
@@ -127,45 +148,86 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
     return api
 
 
-def parse_chat(body: object, *, max_question_chars: int) -> tuple[Incoming, int | None, bool]:
-    """The last user message as a ``query`` validated by the Socket.IO rules, the client's token limit,
-    and whether it asked for a stream."""
+@dataclass(frozen=True)
+class ChatRequest:
+    incoming: Incoming
+    max_tokens: int | None
+    temperature: float
+    streaming: bool
+    include_usage: bool
+
+
+def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> ChatRequest:
+    """The last user message as a ``query`` validated by the Socket.IO rules, and the options that shape it.
+
+    ``text_only``: the backend can answer without an image; otherwise a message without one is refused.
+    """
     if not isinstance(body, dict):
         raise ProtocolError("bad_request", "the body must be a JSON object")
     messages = body.get("messages")
     turns = [turn for turn in messages if isinstance(turn, dict) and turn.get("role") == "user"] \
         if isinstance(messages, list) else []
     if not turns:
-        raise ProtocolError("bad_request", "messages must hold a user message")
+        raise ProtocolError("bad_request", "messages must hold a user message", param="messages")
     content = turns[-1].get("content")
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
-        raise ProtocolError("bad_request", "content must be a string or a list of parts")
+        raise ProtocolError("bad_request", "content must be a string or a list of parts", param="messages")
     texts = [part.get("text") for part in parts if part.get("type") == "text"]
     images = [part.get("image_url") for part in parts if part.get("type") == "image_url"]
     if not all(isinstance(text, str) for text in texts):
-        raise ProtocolError("bad_request", "a text part's text must be a string")
-    if len(images) != 1 or not isinstance(images[0], dict) or not isinstance(images[0].get("url"), str):
-        raise ProtocolError("bad_request", "the last user message needs exactly one image_url part with a url")
-    url = images[0]["url"]
-    if not url.startswith("data:"):
-        raise ProtocolError("bad_image", "image_url must be a data: URL; this server does not fetch remote images")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
-        raise ProtocolError("bad_request", "max_tokens must be a positive integer")
-    incoming = parse_query({"question": "\n".join(texts), "image": url}, max_question_chars=max_question_chars)
-    return incoming, max_tokens, body.get("stream") is True
+        raise ProtocolError("bad_request", "a text part's text must be a string", param="messages")
+    urls = [image.get("url") if isinstance(image, dict) else image for image in images]
+    if len(urls) > 1 or not all(isinstance(url, str) for url in urls):
+        raise ProtocolError("bad_request", "the last user message may hold one image_url part, with a url",
+                            param="messages")
+    if not urls and not text_only:
+        raise ProtocolError("image_required", "the loaded model answers questions about an image only: add an "
+                            "image_url part with a data: URL", param="messages")
+    if urls and not urls[0].startswith("data:"):
+        raise ProtocolError("bad_image", "image_url must be a data: URL; this server does not fetch remote images",
+                            param="messages")
+    if (n := body.get("n")) is not None and (type(n) is not int or n != 1):
+        raise ProtocolError("bad_request", "n must be 1: this server returns one choice", param="n")
+    fields = {"question": "\n".join(texts), "image": urls[0] if urls else None}
+    return ChatRequest(
+        incoming=parse_query(fields, max_question_chars=max_question_chars, image_required=False),
+        max_tokens=_max_tokens(body),
+        temperature=_temperature(body),
+        streaming=body.get("stream") is True,
+        include_usage=isinstance(options := body.get("stream_options"), dict) and options.get("include_usage") is True,
+    )
 
 
-def error_response(code: str, message: str, *, status: int | None = None) -> tuple[Response, int]:
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    value = body.get(name)
+    if value is not None and (type(value) is not int or value < 1):
+        raise ProtocolError("bad_request", f"{name} must be a positive integer", param=name)
+    return value
+
+
+def _temperature(body: dict[str, Any]) -> float:
+    value = body.get("temperature")
+    if value is None:
+        return 0.0
+    if type(value) not in (int, float) or not 0 <= value <= MAX_TEMPERATURE:
+        raise ProtocolError("bad_request", f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}",
+                            param="temperature")
+    return float(value)
+
+
+def error_response(code: str, message: str, *, status: int | None = None,
+                   param: str | None = None) -> tuple[Response, int]:
     status = status or ERROR_STATUS.get(code, 400)
-    return jsonify(error_body(code, message, status)), status
+    return jsonify(error_body(code, message, status, param)), status
 
 
-def error_body(code: str, message: str, status: int | None = None) -> dict[str, Any]:
+def error_body(code: str, message: str, status: int | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object: clients read ``message``, branch on ``type``/``code``, and point at ``param``."""
     status = status or ERROR_STATUS.get(code, 400)
     kind = ERROR_TYPE.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "code": code}}
+    return {"error": {"message": message, "type": kind, "code": code, "param": param}}
 
 
 class HttpSink:
@@ -211,17 +273,18 @@ class Completion:
 
     id: str
     model: str
-    budget: int
+    include_usage: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     def message(self, payload: dict[str, Any]) -> dict[str, Any]:
         choice = {"index": 0, "message": {"role": "assistant", "content": payload["answer"]},
-                  "finish_reason": self.finish_reason(payload)}
-        return {**self._envelope("chat.completion"), "choices": [choice]}
+                  "finish_reason": payload["finish_reason"]}
+        return {**self._envelope("chat.completion"), "choices": [choice], "usage": usage(payload)}
 
     def sse(self, events: Iterator[SinkEvent], *, on_close: Callable[[], None]) -> Iterator[str]:
         """Deltas trimmed so that they add up to exactly the non-streamed answer, then ``data: [DONE]``.
 
+        With ``stream_options.include_usage`` a last chunk with no choices carries the usage, as OpenAI sends it.
         ``on_close`` runs however the stream ends, including a client that hung up.
         """
         text = AnswerText()
@@ -235,13 +298,13 @@ class Completion:
                 if delta:
                     yield self._chunk({"content": delta})
                 if kind == "response":
-                    yield self._chunk({}, self.finish_reason(value))
+                    yield self._chunk({}, value["finish_reason"])
+                    if self.include_usage:
+                        yield _data({**self._envelope("chat.completion.chunk"), "choices": [],
+                                     "usage": usage(value)})
             yield "data: [DONE]\n\n"
         finally:
             on_close()
-
-    def finish_reason(self, payload: dict[str, Any]) -> str:
-        return "length" if payload["timing"]["tokens"] >= self.budget else "stop"
 
     def _chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
@@ -249,6 +312,12 @@ class Completion:
 
     def _envelope(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+
+def usage(payload: dict[str, Any]) -> dict[str, int]:
+    """Token counts as the backend's model counted them (``Result.tokens`` and ``prompt_tokens``)."""
+    prompt, completion = payload["timing"]["prompt_tokens"], payload["timing"]["tokens"]
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class AnswerText:

@@ -22,11 +22,14 @@ MAX_OBJECT_CHARS = 100
 
 
 class ProtocolError(ValueError):
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+    """``param`` names the offending HTTP API parameter, for OpenAI-style error objects."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None, *, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -52,15 +55,16 @@ def request_id(payload: object) -> str:
     return text
 
 
-def parse_query(payload: object, *, max_question_chars: int) -> Incoming:
+def parse_query(payload: object, *, max_question_chars: int, image_required: bool = True) -> Incoming:
+    """``image_required=False`` (the HTTP API's text-only conversations) lets ``image`` be absent (``None``)."""
     rid, fields = _envelope(payload)
     question = _text_field(fields, "question", rid)
     if not question:
         raise ProtocolError("empty_question", "question is empty", rid)
     if len(question) > max_question_chars:
         raise ProtocolError("question_too_long", f"question is longer than {max_question_chars} characters", rid)
-    return Incoming(id=rid, task="query", text=question, image=_image_field(fields, rid),
-                    live=_live_field(fields, rid))
+    image = _image_field(fields, rid) if image_required or fields.get("image") is not None else None
+    return Incoming(id=rid, task="query", text=question, image=image, live=_live_field(fields, rid))
 
 
 def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
@@ -83,16 +87,20 @@ def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
 
 
 def to_job(incoming: Incoming, settings: Settings, *, decode_size: int,
-           max_new_tokens: int | None = None) -> tuple[Job, float]:
+           max_new_tokens: int | None = None, temperature: float = 0.0) -> tuple[Job, float]:
     """The frame decoded under the server's limits, as model work, and the decode time in ms.
 
-    ``max_new_tokens`` is a client's own limit; it can only lower the server's. Raises ``ImageRejected``.
+    ``max_new_tokens`` is a client's own limit; it can only lower the server's. A text-only
+    request (no image) becomes a job without a frame. Raises ``ImageRejected``.
     """
+    limit = min(settings.max_new_tokens, max_new_tokens or settings.max_new_tokens)
+    if incoming.image is None:
+        return Job(task=incoming.task, image=None, image_key="", text=incoming.text, length=incoming.length,
+                   max_new_tokens=limit, temperature=temperature), 0.0
     frame = decode_image(incoming.image, max_bytes=settings.max_image_bytes,
                          max_pixels=settings.max_image_pixels, target_size=decode_size)
     job = Job(task=incoming.task, image=frame.image, image_key=frame.digest, text=incoming.text,
-              length=incoming.length, max_new_tokens=min(settings.max_new_tokens,
-                                                         max_new_tokens or settings.max_new_tokens))
+              length=incoming.length, max_new_tokens=limit, temperature=temperature)
     return job, frame.decode_ms
 
 

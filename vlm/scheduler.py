@@ -2,7 +2,9 @@
 
 Each client has at most one unfinished request: a newer one supersedes it (a live frame
 replaces the queued one in place, so latest wins without losing its turn). That rule alone
-makes the queue fair, since arrival order across clients is one slot per client. The
+makes the queue fair, since arrival order across clients is one slot per client. Requests
+marked ``ordered`` (from clients that send no ids, as the original page did) wait behind the
+client's unfinished one instead, a few at most, and are answered one after another. The
 worker waits a few milliseconds for company before starting a batch, because a batched
 decode costs little more than a single one, but only for company it has reason to expect:
 clients seen in the last half second that are not queued yet. A lone user never waits.
@@ -18,7 +20,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 # A client that asked or was answered this recently is likely to ask again within a batch window
 # (the page's live mode asks every 200 ms by default; a person typing takes seconds).
 COMPANY_HORIZON_S = 0.5
+# Ordered requests one client may have waiting behind its unfinished one before it hears ``busy``.
+MAX_WAITING_PER_CLIENT = 8
 
 
 class Sink(Protocol):
@@ -52,6 +56,8 @@ class Request:
     live: bool = False
     # A Socket.IO client keeps asking, so the batch window may wait for it; an HTTP request is one-shot.
     returns: bool = True
+    # Wait behind the client's unfinished request instead of superseding it.
+    ordered: bool = False
     received: float = field(default_factory=time.perf_counter)
     decode_ms: float = 0.0
     enqueued: float = 0.0
@@ -60,7 +66,7 @@ class Request:
     finished: bool = False
     row: int | None = None  # the key of its row in the running batch, once admitted
 
-    def timing(self, now: float, tokens: int) -> dict[str, float | int]:
+    def timing(self, now: float, result: Result) -> dict[str, float | int]:
         def ms(seconds: float) -> float:
             return round(seconds * 1000, 2)
 
@@ -70,7 +76,8 @@ class Request:
             "model_ms": ms(now - self.started),
             "first_token_ms": ms((self.first_token or now) - self.started),
             "total_ms": ms(now - self.received),
-            "tokens": tokens,
+            "tokens": result.tokens,
+            "prompt_tokens": result.prompt_tokens,
         }
 
 
@@ -93,6 +100,7 @@ class Scheduler:
         self._lock = threading.Condition()
         self._queued: OrderedDict[str, Request] = OrderedDict()
         self._active: dict[str, Request] = {}
+        self._waiting: dict[str, deque[Request]] = {}
         # Admitted and not yet finished, by row key (the decoder's name for the request).
         self._rows: dict[int, Request] = {}
         self._row_keys = itertools.count()
@@ -106,30 +114,45 @@ class Scheduler:
     # -- called from the web layer -------------------------------------------------
 
     def submit(self, request: Request) -> None:
-        previous: Request | None = None
+        previous: list[Request] = []
         with self._lock:
+            waiting = self._waiting.get(request.client, ())
             if not self._accepting:
                 rejection = ("busy", "the server is shutting down")
+            elif request.ordered and request.client in self._active:
+                rejection = self._wait_behind_locked(request)
             elif request.client not in self._queued and len(self._queued) >= self.max_queue:
                 rejection = ("busy", f"the server is busy ({self.max_queue} requests queued); try again shortly")
             else:
                 rejection = None
-                previous = self._active.get(request.client)
-                request.enqueued = time.perf_counter()
-                if request.returns:
-                    self._last_seen[request.client] = request.enqueued
-                self._queued[request.client] = request
-                self._active[request.client] = request
-                self._lock.notify_all()
+                previous = [*waiting, self._active[request.client]] if request.client in self._active else [*waiting]
+                self._waiting.pop(request.client, None)
+                self._enqueue_locked(request)
         if rejection:
             self._fail(request, *rejection)
-        elif previous is not None:
-            self._fail(previous, "cancelled", "superseded by a newer request")
+        for superseded in previous:
+            self._fail(superseded, "cancelled", "superseded by a newer request")
+
+    def _wait_behind_locked(self, request: Request) -> tuple[str, str] | None:
+        waiting = self._waiting.setdefault(request.client, deque())
+        if len(waiting) >= MAX_WAITING_PER_CLIENT:
+            return "busy", f"{MAX_WAITING_PER_CLIENT} questions are already waiting; wait for their answers"
+        waiting.append(request)
+        return None
+
+    def _enqueue_locked(self, request: Request) -> None:
+        request.enqueued = time.perf_counter()
+        if request.returns:
+            self._last_seen[request.client] = request.enqueued
+        self._queued[request.client] = request
+        self._active[request.client] = request
+        self._lock.notify_all()
 
     def cancel(self, client: str, request_id: str) -> bool:
         with self._lock:
-            request = self._active.get(client)
-        if request is None or request.id != request_id:
+            candidates = [self._active.get(client), *self._waiting.get(client, ())]
+        request = next((r for r in candidates if r is not None and r.id == request_id), None)
+        if request is None:
             return False
         return self._fail(request, "cancelled", "cancelled by the client")
 
@@ -137,13 +160,15 @@ class Scheduler:
         """A disconnected client's work is dropped silently: there is nobody left to tell."""
         with self._lock:
             self._last_seen.pop(client, None)
+            for waiting in self._waiting.pop(client, ()):
+                waiting.finished = True
             request = self._active.get(client)
             if request is not None:
                 self._finish_locked(request)
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._queued) + len(self._rows)
+            return len(self._queued) + len(self._rows) + sum(map(len, self._waiting.values()))
 
     def stop_accepting(self) -> None:
         """New work is refused from now on (the server is draining for shutdown)."""
@@ -158,8 +183,15 @@ class Scheduler:
         request.finished = True
         if self._queued.get(request.client) is request:
             del self._queued[request.client]
+        waiting = self._waiting.get(request.client)
+        if waiting and request in waiting:
+            waiting.remove(request)
         if self._active.get(request.client) is request:
             del self._active[request.client]
+            if waiting:
+                self._enqueue_locked(waiting.popleft())
+        if not waiting:
+            self._waiting.pop(request.client, None)
         if request.row is not None:
             self._rows.pop(request.row, None)
         if request.client in self._last_seen:
@@ -182,7 +214,8 @@ class Scheduler:
         payload: dict[str, Any] = {
             "id": request.id,
             "answer": result.answer,
-            "timing": request.timing(time.perf_counter(), result.tokens),
+            "finish_reason": result.finish_reason,
+            "timing": request.timing(time.perf_counter(), result),
         }
         if request.job.task != "query":
             payload["skill"] = request.job.task

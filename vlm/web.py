@@ -12,10 +12,11 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flask import Flask, Response, abort, jsonify, make_response, render_template, request
+from flask import Flask, Response, jsonify, make_response, render_template, request
 from flask_socketio import SocketIO
 
 from .backends.base import Backend
@@ -80,11 +81,25 @@ class Outbox:
             self.socketio.sleep(self.POLL_S)
 
 
-class SocketSink:
-    """Routes one request's events to the client that sent it."""
+def error_event(rid: str | None, code: str, message: str, *, seed: bool) -> tuple[str, dict[str, Any]]:
+    """A refusal as the client can read it.
 
-    def __init__(self, outbox: Outbox) -> None:
+    A client that sent an id listens for ``query_error``. One that sent none is written like the
+    original page, which listens only for ``response`` and shows its ``answer``: it gets the
+    error there, worded as the original server worded its errors, so it never waits forever.
+    """
+    if seed:
+        return "response", {"id": rid, "answer": f"Sorry, an error occurred: {message}",
+                            "error": {"code": code, "message": message}}
+    return "query_error", {"id": rid, "code": code, "message": message}
+
+
+class SocketSink:
+    """Routes one request's events to the client that sent it; ``seed`` for clients that sent no id."""
+
+    def __init__(self, outbox: Outbox, *, seed: bool = False) -> None:
         self.outbox = outbox
+        self.seed = seed
 
     def stream(self, request: Request, delta: str) -> None:
         self.outbox.send("stream", {"id": request.id, "delta": delta}, request.client)
@@ -93,7 +108,34 @@ class SocketSink:
         self.outbox.send("response", payload, request.client)
 
     def error(self, request: Request, code: str, message: str) -> None:
-        self.outbox.send("query_error", {"id": request.id, "code": code, "message": message}, request.client)
+        self.outbox.send(*error_event(request.id, code, message, seed=self.seed), request.client)
+
+
+def has_id(payload: object) -> bool:
+    return isinstance(payload, dict) and payload.get("id") is not None
+
+
+def socket_origins(extra: tuple[str, ...]) -> str | list[str] | Callable[[str, dict[str, Any]], bool] | None:
+    """``--cors-origin`` widens the default same-origin rule: the app's own page must keep connecting.
+
+    The own origin is the one the request came to (``Host``, or a proxy's ``X-Forwarded-*``),
+    as Engine.IO checks it when given no list.
+    """
+    if not extra:
+        return None
+    if "*" in extra:
+        return "*"
+
+    def allowed(origin: str, environ: dict[str, Any]) -> bool:
+        host = environ.get("HTTP_HOST", "")
+        own = {f"{environ.get('wsgi.url_scheme', 'http')}://{host}"}
+        if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
+            scheme = environ.get("HTTP_X_FORWARDED_PROTO", environ.get("wsgi.url_scheme", "http"))
+            forwarded_host = environ.get("HTTP_X_FORWARDED_HOST", host)
+            own.add(f"{scheme.split(',')[0].strip()}://{forwarded_host.split(',')[0].strip()}")
+        return origin in own or origin in extra
+
+    return allowed
 
 
 @dataclass(frozen=True)
@@ -119,7 +161,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     socketio = SocketIO(
         app,
         async_mode=settings.async_mode,
-        cors_allowed_origins=list(settings.cors_origins) or None,
+        cors_allowed_origins=socket_origins(settings.cors_origins),
         max_http_buffer_size=transport_limit,
         ping_interval=10,
         message_queue=settings.message_queue,
@@ -128,7 +170,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         async_handlers=False,
     )
     outbox = Outbox(socketio, settings.async_mode)
-    sink = SocketSink(outbox)
+    sinks = {False: SocketSink(outbox), True: SocketSink(outbox, seed=True)}
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst)
 
     def token_ok(candidate: object) -> bool:
@@ -153,7 +195,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         """The link with ``?token=`` works once; a cookie keeps reloads working after the page hides it."""
         token = request.args.get("token") or bearer() or request.cookies.get(TOKEN_COOKIE)
         if not token_ok(token):
-            abort(401, "This server needs its access token: open the link printed in its console.")
+            return make_response(render_template("unauthorized.html"), 401)
         response = make_response(render_template("index.html"))
         if settings.token:
             response.set_cookie(TOKEN_COOKIE, settings.token, httponly=True, samesite="Strict",
@@ -165,7 +207,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         if slot.backend is None:
             return jsonify(status="loading"), 503
         info = slot.backend.info
-        return jsonify(status="ok", model=info.model, backend=info.backend, device=info.device), 200
+        return jsonify(status="ok", model=settings.model_name, backend=info.backend, device=info.device), 200
 
     @app.get("/api/info")
     def api_info() -> tuple[Response, int]:
@@ -175,7 +217,10 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
             return jsonify(status="loading"), 503
         info = asdict(slot.backend.info)
         info["capabilities"] = sorted(info["capabilities"])
-        info.update(max_question_chars=settings.max_question_chars, max_image_bytes=settings.max_image_bytes)
+        # The page paces its live mode from the rate limit, so that it never trips it.
+        info.update(model=settings.model_name, max_question_chars=settings.max_question_chars,
+                    max_image_bytes=settings.max_image_bytes, rate_limit_per_s=settings.rate_limit_per_s,
+                    rate_burst=settings.rate_burst)
         return jsonify(info), 200
 
     install_openai_api(app, settings, slot, authorized=lambda: token_ok(bearer()), sleep=socketio.sleep)
@@ -192,45 +237,49 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         if slot.scheduler is not None:
             slot.scheduler.forget_client(request.sid)
 
-    def reply_error(payload: object, code: str, message: str, rid: str | None = None) -> None:
+    def reply_error(payload: object, code: str, message: str, rid: str | None = None) -> str | None:
         if rid is None:
             try:
                 rid = request_id(payload)
             except ProtocolError:
                 rid = None
-        socketio.emit("query_error", {"id": rid, "code": code, "message": message}, to=request.sid)
+        event, body = error_event(rid, code, message, seed=not has_id(payload))
+        socketio.emit(event, body, to=request.sid)
+        return rid
 
-    def accept(payload: object, parse: Any) -> None:
-        """Shared path of ``query`` and ``skill``: every refusal is a query_error to the sender."""
+    def accept(payload: object, parse: Any) -> dict[str, str | None]:
+        """Shared path of ``query`` and ``skill``: every refusal goes to the sender only.
+
+        The acknowledgement carries the request's id, so a client that sent none learns the
+        one the server made up before any event about it arrives.
+        """
         received = time.perf_counter()
         if not limiter.allow(request.sid):
-            reply_error(payload, "rate_limited", "too many requests; slow down")
-            return
+            return {"id": reply_error(payload, "rate_limited", "too many requests; slow down")}
         backend, scheduler = slot.backend, slot.scheduler
         if backend is None or scheduler is None:
-            reply_error(payload, "loading", "the model is still loading; try again in a moment")
-            return
+            return {"id": reply_error(payload, "loading", "the model is still loading; try again in a moment")}
         try:
             incoming = parse(payload, backend)
             job, decode_ms = to_job(incoming, settings, decode_size=backend.info.decode_size)
         except ProtocolError as error:
-            reply_error(payload, error.code, error.message, error.request_id)
-            return
+            return {"id": reply_error(payload, error.code, error.message, error.request_id)}
         except ImageRejected as error:
-            reply_error(payload, error.code, error.message, incoming.id)
-            return
+            return {"id": reply_error(payload, error.code, error.message, incoming.id)}
         log.info("%s %s from %s (%d chars; frames are never stored)", incoming.task, incoming.id,
                  request.sid, len(incoming.text))
-        scheduler.submit(Request(id=incoming.id, client=request.sid, job=job, sink=sink,
+        seed = not has_id(payload)
+        scheduler.submit(Request(id=incoming.id, client=request.sid, job=job, sink=sinks[seed], ordered=seed,
                                  live=incoming.live, received=received, decode_ms=decode_ms))
+        return {"id": incoming.id}
 
     @socketio.on("query")
-    def on_query(payload: object = None) -> None:
-        accept(payload, lambda p, _: parse_query(p, max_question_chars=settings.max_question_chars))
+    def on_query(payload: object = None) -> dict[str, str | None]:
+        return accept(payload, lambda p, _: parse_query(p, max_question_chars=settings.max_question_chars))
 
     @socketio.on("skill")
-    def on_skill(payload: object = None) -> None:
-        accept(payload, lambda p, backend: parse_skill(p, capabilities=backend.info.capabilities))
+    def on_skill(payload: object = None) -> dict[str, str | None]:
+        return accept(payload, lambda p, backend: parse_skill(p, capabilities=backend.info.capabilities))
 
     @socketio.on("cancel")
     def on_cancel(payload: object = None) -> dict[str, object] | None:

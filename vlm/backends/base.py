@@ -36,7 +36,8 @@ class Job:
     """One unit of model work: what to do, on which frame."""
 
     task: Task
-    image: Image.Image
+    # None: a text-only question (HTTP API), for backends with the "text" capability.
+    image: Image.Image | None
     image_key: str
     text: str = ""
     length: CaptionLength = "normal"

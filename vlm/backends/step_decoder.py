@@ -113,6 +113,12 @@ class StepDecoder(Decoder):
     @torch.inference_mode()
     def join(self, jobs: dict[int, Job]) -> None:
         self._drop_ended()
+        for text_only in (False, True):  # a processor batch has a frame in every row or in none
+            if group := {key: job for key, job in jobs.items() if (job.image is None) == text_only}:
+                self._prefill(group)
+        self._drop_ended()
+
+    def _prefill(self, jobs: dict[int, Job]) -> None:
         inputs = self.model_inputs(list(jobs.values()))
         mask = inputs["attention_mask"].long()
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
@@ -126,7 +132,6 @@ class StepDecoder(Decoder):
         self._append(rows, cache, mask, positions[:, -1] + 1, tokens)
         for row, token in zip(rows, tokens.tolist(), strict=True):
             self._take(row, token)
-        self._drop_ended()
 
     @torch.inference_mode()
     def step(self) -> None:

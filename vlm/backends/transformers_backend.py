@@ -69,7 +69,7 @@ class TransformersBackend(Backend):
             backend=self.name,
             device=str(model.device),
             dtype=str(model.dtype).removeprefix("torch."),
-            capabilities=frozenset({"query", "caption", "stream"}),
+            capabilities=frozenset({"query", "caption", "stream", "text"}),
             image_size=max(MIN_FRAME_SIDE, input_size := _processor_input_size(processor)),
             input_size=input_size,
             max_batch_size=max_batch_size,
@@ -86,7 +86,8 @@ class TransformersBackend(Backend):
         return cls(model.to(device).eval(), processor, model_id=model_id, max_batch_size=max_batch_size)
 
     def prompt_for(self, job: Job) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(job)}]}]
+        image = [] if job.image is None else [{"type": "image"}]
+        messages = [{"role": "user", "content": [*image, {"type": "text", "text": prompt_text(job)}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def decoder(self, events: RowEvents) -> Decoder:
@@ -96,6 +97,12 @@ class TransformersBackend(Backend):
 
     @torch.inference_mode()
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        if len({job.image is None for job in jobs}) > 1:
+            # A processor batch has an image in every row or in none: text-only rows go on their own.
+            for text_only in (False, True):
+                rows = [row for row, job in enumerate(jobs) if (job.image is None) == text_only]
+                self.generate([jobs[row] for row in rows], _Rows(events, rows))
+            return
         inputs = self.model_inputs(jobs)
         streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events)
         self.model.generate(
@@ -108,9 +115,10 @@ class TransformersBackend(Backend):
         )
 
     def model_inputs(self, jobs: list[Job]) -> dict[str, Any]:
-        """The model's inputs for ``jobs`` as one left-padded batch, with frames seen lately pre-encoded."""
+        """The model's inputs for ``jobs`` (all with a frame, or all without) as one left-padded batch,
+        with frames seen lately pre-encoded."""
         inputs = self.processor(
-            images=[job.image for job in jobs],
+            images=None if jobs[0].image is None else [job.image for job in jobs],
             text=[self.prompt_for(job) for job in jobs],
             return_tensors="pt",
             padding=True,
@@ -157,6 +165,23 @@ class TransformersBackend(Backend):
         return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_job)}}
 
 
+class _Rows:
+    """Events of a sub-batch, passed on under the rows they have in the whole batch."""
+
+    def __init__(self, events: GenerationEvents, rows: list[int]) -> None:
+        self.events = events
+        self.rows = rows
+
+    def delta(self, index: int, text: str) -> None:
+        self.events.delta(self.rows[index], text)
+
+    def done(self, index: int, result: Result) -> None:
+        self.events.done(self.rows[index], result)
+
+    def cancelled(self, index: int) -> bool:
+        return self.events.cancelled(self.rows[index])
+
+
 class BatchStreamer(BaseStreamer):
     """Per-row incremental detokenisation of a batched ``generate``.
 
@@ -199,7 +224,9 @@ class BatchStreamer(BaseStreamer):
     def _finish(self, row: int) -> None:
         self.finished[row] = True
         text = self.texts[row]
-        self.events.done(row, Result(answer=text.answer(), tokens=len(text.tokens)))
+        tokens = len(text.tokens)
+        self.events.done(row, Result(answer=text.answer(), tokens=tokens,
+                                     finish_reason="length" if tokens >= self.budgets[row] else "stop"))
 
 
 class StopFinishedRows(StoppingCriteria):

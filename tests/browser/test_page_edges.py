@@ -1,0 +1,164 @@
+"""The page at its edges, in real Chromium: live mode at full speed against the server's rate limit,
+Stop with half an answer, tiny answers, the token page, a server that goes away, and an accessibility scan.
+
+The scan uses axe-core (MPL-2.0), a test-only tool that `.ci/run` and the README fetch with npm
+into the git-ignored ``tests/browser/.axe``; it is never served by the app.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser.conftest import DESKTOP, TIMEOUT_MS, OpenApp, wait_until_ready
+from tests.server_process import AppProcess
+
+AXE = Path(__file__).parent / ".axe" / "node_modules" / "axe-core" / "axe.min.js"
+RATE_LIMIT = 4
+TOKEN = "edge-token"
+
+
+@pytest.fixture(scope="module")
+def axe_source() -> str:
+    if not AXE.is_file():
+        if os.environ.get("VLM_SKIP_AXE") == "1":
+            pytest.skip("axe-core is not installed and VLM_SKIP_AXE=1")
+        pytest.fail(
+            f"{AXE} is missing, so the accessibility scan cannot run. Fetch it with "
+            "`npm install --no-save --no-package-lock --prefix tests/browser/.axe axe-core@4.14.1` "
+            "(npm: `apt-get install npm`), or set VLM_SKIP_AXE=1 to skip it on purpose.",
+            pytrace=False,
+        )
+    return AXE.read_text()
+
+
+def axe_violations(page: Page, axe_source: str) -> list[str]:
+    """axe-core's WCAG 2.x A/AA and best-practice rules over the whole page, one line per violation."""
+    page.evaluate(axe_source)  # through DevTools, so the page's CSP (no inline script) stays as it is
+    found = page.evaluate("""async () => (await axe.run(document)).violations
+        .map((v) => `${v.id} (${v.impact}): ${v.help} @ ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)""")
+    return list(found)
+
+
+def test_page_has_no_accessibility_violations(open_app: OpenApp, axe_source: str) -> None:
+    page = open_app()
+    assert axe_violations(page, axe_source) == []
+    page.fill("#question", "what shape is this?")
+    page.press("#question", "Enter")
+    expect(page.locator("#history > li").first).to_have_attribute("data-state", "done")
+    page.click("#live-toggle")
+    expect(page.locator("#live-panel")).to_be_visible()
+    page.click("#live-toggle")
+    assert axe_violations(page, axe_source) == [], "with an answer, history and the live panel showing"
+    assert page.locator("#video").get_attribute("aria-label")
+
+
+@pytest.fixture(scope="module")
+def token_server() -> Iterator[AppProcess]:
+    with AppProcess(["--model", "demo", "--token", TOKEN]) as app:
+        yield app
+
+
+def test_without_the_token_the_page_says_how_to_get_the_link(
+    browser: Browser, token_server: AppProcess, axe_source: str
+) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        response = page.goto(token_server.url)
+        assert response is not None and response.status == 401
+        notice = page.locator("[data-testid=unauthorized]")
+        expect(notice).to_contain_text("?token=")
+        expect(notice).to_contain_text("console")
+        assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgba(0, 0, 0, 0)", "styled"
+        assert axe_violations(page, axe_source) == []
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def slow_server(slow_model: Path) -> Iterator[AppProcess]:
+    with AppProcess(["--model", str(slow_model), "--max-new-tokens", "300"]) as app:
+        yield app
+
+
+def test_stop_keeps_the_partial_answer_marked_as_stopped(open_app: OpenApp, slow_server: AppProcess) -> None:
+    page = open_app(url=slow_server.url)
+    page.fill("#question", "describe")
+    page.press("#question", "Enter")
+    entry = page.locator("#history > li").first
+    # A first generation on a busy CPU can take a while to start.
+    expect(entry).to_have_attribute("data-state", "streaming", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#history > li .answer').textContent.length > 10", timeout=60_000
+    )
+    page.click("#cancel")
+    expect(entry).to_have_attribute("data-state", "cancelled")
+    expect(entry).to_have_attribute("data-stopped", "true")
+    kept = entry.locator(".answer").inner_text()
+    assert len(kept) > 10 and kept != "Cancelled.", kept
+    expect(entry.locator(".meta")).to_contain_text("Stopped")
+    expect(page.locator("#answer")).to_have_text(kept)
+    page.wait_for_timeout(500)
+    assert entry.locator(".answer").inner_text() == kept, "nothing streamed after Stop is added"
+
+
+@pytest.fixture(scope="module")
+def limited_server() -> Iterator[AppProcess]:
+    """Answers of at most two tokens, and a low per-client rate limit the demo model could outrun many times over."""
+    with AppProcess(["--model", "demo", "--max-new-tokens", "2", "--rate-limit", str(RATE_LIMIT)]) as app:
+        yield app
+
+
+def test_tokens_per_second_is_hidden_on_answers_of_two_tokens(open_app: OpenApp, limited_server: AppProcess) -> None:
+    page = open_app(url=limited_server.url)
+    page.fill("#question", "what shape is this?")
+    page.press("#question", "Enter")
+    entry = page.locator("#history > li").first
+    expect(entry).to_have_attribute("data-state", "done")
+    expect(entry.locator(".meta")).to_contain_text("ms")
+    expect(entry.locator(".meta")).not_to_contain_text("tok/s")
+
+
+def test_live_mode_at_interval_zero_never_trips_the_rate_limit(open_app: OpenApp, limited_server: AppProcess) -> None:
+    """The demo model answers many times faster than the limit; live mode must pace itself by /api/info."""
+    page = open_app(url=limited_server.url)
+    page.fill("#live-interval", "0")
+    page.fill("#question", "what color is this?")
+    page.click("#live-toggle")
+    page.wait_for_function("() => window.__vlmStats.liveSent >= 8", timeout=30_000)
+    page.click("#live-toggle")
+    page.wait_for_function("() => window.__vlmStats.outstanding === 0")
+    stats = page.evaluate("() => ({...window.__vlmStats})")
+    assert stats["errors"] == 0, stats
+    assert stats["minLiveGapMs"] >= 1000 / RATE_LIMIT, f"frames were sent faster than the limit: {stats}"
+
+
+def test_when_the_server_goes_away_the_page_says_so(browser: Browser, limited_server: AppProcess) -> None:
+    """Runs last in this module: it stops the server (its own page is opened by hand, because a browser
+    logs every refused reconnect as a console error)."""
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        page.goto(limited_server.url)
+        wait_until_ready(page)
+        limited_server.terminate()
+        expect(page.locator("#error")).to_be_visible()
+        expect(page.locator("#error")).to_contain_text("connection to the server was lost")
+        expect(page.locator("#error")).to_contain_text("Asking is paused")
+        expect(page.locator("#ask")).to_be_disabled()
+        assert page.locator("#ask").get_attribute("title") == "Not connected to the server"
+    finally:
+        context.close()
+
+
+def test_an_insecure_page_says_how_to_fix_it_and_offers_no_retry(open_app: OpenApp) -> None:
+    page = open_app(ready=False, init_script="Object.defineProperty(window, 'isSecureContext', {value: false});")
+    expect(page.locator("#camera-message")).to_be_visible()
+    expect(page.locator("#camera-message")).to_contain_text("--self-signed")
+    expect(page.locator("#camera-retry")).to_be_hidden()
