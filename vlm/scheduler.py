@@ -1,13 +1,19 @@
-"""One model worker off the event loop, a bounded fair queue, and micro-batches.
+"""One model worker off the event loop, a bounded fair queue, and continuous batching.
 
 Each client has at most one unfinished request: a newer one supersedes it (a live frame
 replaces the queued one in place, so latest wins without losing its turn). That rule alone
 makes the queue fair, since arrival order across clients is one slot per client. Requests
 marked ``ordered`` (from clients that send no ids, as the original page did) wait behind the
-client's unfinished one instead, a few at most, and are answered one after another. The
-worker waits a few milliseconds for company before starting a batch, because a batched
-decode costs little more than a single one, but only for company it has reason to expect:
-clients seen in the last half second that are not queued yet. A lone user never waits.
+client's unfinished one instead, a few at most, and are answered one after another.
+
+The worker feeds the backend's ``Decoder``, a running batch: between decode steps it admits
+queued requests into the batch (up to ``max_batch_size`` unfinished), so a newcomer starts at
+the next token boundary instead of waiting for the batch to end, and the decoder drops rows
+that are answered or cancelled at once. Backends that cannot do that run whole waves
+(``WaveDecoder``), as ``continuous=False`` makes every backend do. An idle worker waits a
+few milliseconds for company before starting, because a batched step costs little more
+than a single one, but only for company it has reason to expect: clients seen in the last
+half second that are not queued yet. A lone user never waits.
 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
