@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,35 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from scripts.build_tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("slow-llava"), arch="llava", profile="slow")
+
+
+@dataclass(frozen=True)
+class MoondreamLike:
+    """The moondream2 look-alike's folder, and the Hugging Face cache that holds its tokenizer."""
+
+    folder: Path
+    hub_cache: Path
+
+
+@pytest.fixture(scope="session")
+def moondream_like(tmp_path_factory: pytest.TempPathFactory) -> MoondreamLike:
+    from scripts.build_remote_code_fixture import build_remote_code_fixture
+
+    hub_cache = tmp_path_factory.mktemp("hub-cache")
+    return MoondreamLike(build_remote_code_fixture(tmp_path_factory.mktemp("moondream-like"), hub_cache), hub_cache)
+
+
+@contextmanager
+def hub_cache(path: Path) -> Iterator[None]:
+    """Hugging Face downloads in this process look in ``path`` (offline) while the block runs."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE
+    constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(path), True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
 
 
 def data_url(image: Image.Image, fmt: str = "JPEG") -> str:

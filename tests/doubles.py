@@ -13,7 +13,13 @@ from vlm.scheduler import Request
 
 
 class ScriptedBackendDouble(Backend):
-    """Answers ``echo: <text>`` word by word, after an optional per-word delay; can be told to fail or hang."""
+    """Answers ``echo: <text>`` word by word, after an optional per-word delay; can be told to fail or hang.
+
+    It records how many calls were inside it at once (``most_inside``): a real model with one KV cache
+    (moondream2) corrupts both answers when that is ever more than one. Like a real backend it stops at
+    the next word once a request is cancelled, but not while it hangs (``hang_once`` models a call stuck
+    where it cannot look, such as a long image encoding).
+    """
 
     name: ClassVar[str] = "double"
 
@@ -26,8 +32,22 @@ class ScriptedBackendDouble(Backend):
         self.hang = threading.Event()
         self.hang_once = False
         self.released = threading.Event()
+        self.words_emitted = 0
+        self.inside = 0
+        self.most_inside = 0
+        self.entry = threading.Lock()
 
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        with self.entry:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            self._generate(jobs, events)
+        finally:
+            with self.entry:
+                self.inside -= 1
+
+    def _generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         self.batches.append([job.text for job in jobs])
         if self.fail_with is not None:
             raise self.fail_with
@@ -38,9 +58,12 @@ class ScriptedBackendDouble(Backend):
             self.released.wait()
         words = [f"echo: {job.text}".split() for job in jobs]
         for step in range(max(len(w) for w in words)):
+            if all(events.cancelled(index) for index in range(len(jobs))):
+                return  # every row answered, cancelled or timed out
             time.sleep(self.word_delay_s)
             for index, row in enumerate(words):
                 if step < len(row) and not events.cancelled(index):
+                    self.words_emitted += 1
                     events.delta(index, ("" if step == 0 else " ") + row[step])
                     if step == len(row) - 1:
                         events.done(index, Result(answer=" ".join(row), tokens=len(row)))

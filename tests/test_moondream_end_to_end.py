@@ -1,33 +1,48 @@
 """The moondream backend end to end: the real app, the real python-socketio client, offline.
 
-moondream2's weights cannot be downloaded here, so the app serves the tiny ``trust_remote_code`` model of
-scripts/build_remote_code_fixture.py instead: it breaks under transformers 5 the way moondream2 does and
-offers moondream2's API (streaming ``query`` and ``caption``, ``detect``, ``point``). Its weights are
-random, so these tests check the path and the shape of every reply (remote-code loader, backend, scheduler,
-wire protocol), not what the answers say.
+moondream2's weights cannot be downloaded here, so the app serves the look-alike of
+scripts/build_remote_code_fixture.py instead: it breaks under transformers 5 the way moondream2 does,
+offers moondream2's API and behaves like its code (bfloat16, sampling defaults, word-chunked streaming,
+crop tiling, one KV cache, a tokenizer fetched from the Hugging Face cache). Its weights are random, so
+these tests check the path and the shape of every reply, and what the model reports about itself.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from scripts.build_remote_code_fixture import QUESTION, build_remote_code_fixture
+from scripts.build_remote_code_fixture import QUESTION, TOKENIZER_REPO, fixture_image
+from tests.conftest import MoondreamLike, data_url
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 
-MAX_NEW_TOKENS = 4
+MAX_NEW_TOKENS = 64
+
+
+def serve(moondream_like: MoondreamLike, *extra: str, hub_cache: Path | None = None) -> AppProcess:
+    args = ["--model", str(moondream_like.folder), "--backend", "moondream", "--max-new-tokens", str(MAX_NEW_TOKENS),
+            *extra]
+    return AppProcess(args, env={"HF_HUB_CACHE": str(hub_cache or moondream_like.hub_cache)})
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
-    model = build_remote_code_fixture(tmp_path_factory.mktemp("moondream-like"))
-    args = ["--model", str(model), "--backend", "moondream", "--max-new-tokens", str(MAX_NEW_TOKENS)]
-    with AppProcess(args) as running:
+def app(moondream_like: MoondreamLike) -> Iterator[AppProcess]:
+    with serve(moondream_like, "--dtype", "bfloat16") as running:  # moondream2's own dtype: expected.json's
         yield running
+
+
+@pytest.fixture(scope="module")
+def expected(moondream_like: MoondreamLike) -> dict[str, Any]:
+    return json.loads((moondream_like.folder / "expected.json").read_text())
+
+
+FIXTURE_FRAME = data_url(fixture_image(), "PNG")  # lossless: the model sees expected.json's pixels
 
 
 def deltas(client: RecordingClient, request_id: str) -> list[str]:
@@ -40,18 +55,44 @@ def response(client: RecordingClient, payload: dict[str, Any], event: str) -> di
     return reply
 
 
-def test_info_lists_the_skills(app: AppProcess) -> None:
+def chat(app: AppProcess, **body: Any) -> dict[str, Any]:
+    content = [{"type": "image_url", "image_url": {"url": FIXTURE_FRAME}}, {"type": "text", "text": QUESTION}]
+    reply = requests.post(f"{app.url}/v1/chat/completions", timeout=60,
+                          json={"model": "any", "messages": [{"role": "user", "content": content}], **body})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_info_reports_the_models_dtype_frame_size_and_skills(app: AppProcess) -> None:
     info = requests.get(f"{app.url}/api/info", timeout=5).json()
     assert info["backend"] == "moondream"
     assert set(info["capabilities"]) == {"query", "caption", "detect", "point", "stream"}
+    assert info["dtype"] == "bfloat16"
+    assert info["image_size"] == info["input_size"] == 1145  # see vlm.backends.moondream.frame_side
+    assert "(bfloat16)" in app.log(), "the ready line names the weights' dtype"
 
 
-def test_query_streams_its_answer_within_the_token_budget(client: RecordingClient, frame: str) -> None:
-    reply = response(client, {"id": "q1", "question": QUESTION, "image": frame}, "query")
+def test_query_is_greedy_with_true_token_counts(client: RecordingClient, expected: dict[str, Any]) -> None:
+    first = response(client, {"id": "q1", "question": QUESTION, "image": FIXTURE_FRAME}, "query")
     streamed = deltas(client, "q1")
-    assert streamed, "the answer was not streamed"
-    assert reply["answer"] and reply["answer"] == "".join(streamed).strip()
-    assert len(streamed) == reply["timing"]["tokens"] <= MAX_NEW_TOKENS
+    again = response(client, {"id": "q2", "question": QUESTION, "image": FIXTURE_FRAME}, "query")
+    assert first["answer"] == again["answer"] == expected["answer"].strip() == "".join(streamed).strip()
+    assert first["timing"]["tokens"] == expected["tokens"] > len(streamed), "tokens, not streamed chunks"
+    assert first["timing"]["prompt_tokens"] > 730  # the image prefix, then the question
+    assert first["finish_reason"] == "stop"
+
+
+def test_v1_answer_cut_at_max_tokens_says_length(app: AppProcess, expected: dict[str, Any]) -> None:
+    reply = chat(app, max_tokens=5)
+    assert reply["choices"][0]["finish_reason"] == "length"
+    assert reply["choices"][0]["message"]["content"] == expected["answer"][:5].strip()
+    assert chat(app)["choices"][0]["finish_reason"] == "stop"
+
+
+def test_v1_temperature_reaches_the_model(app: AppProcess) -> None:
+    sampled = {chat(app, temperature=1.0, max_tokens=20)["choices"][0]["message"]["content"] for _ in range(5)}
+    greedy = {chat(app, temperature=0, max_tokens=20)["choices"][0]["message"]["content"] for _ in range(2)}
+    assert len(sampled) > 1 and len(greedy) == 1
 
 
 @pytest.mark.parametrize("length", ["short", "normal"])
@@ -63,7 +104,7 @@ def test_caption_streams(client: RecordingClient, frame: str, length: str) -> No
 
 def test_detect_returns_boxes_in_the_frame(client: RecordingClient, frame: str) -> None:
     reply = response(client, {"id": "d1", "skill": "detect", "object": "Shape", "image": frame}, "skill")
-    assert reply["skill"] == "detect" and reply["objects"]
+    assert reply["skill"] == "detect" and isinstance(reply["objects"], list)
     for box in reply["objects"]:
         assert 0 <= box["x_min"] < box["x_max"] <= 1 and 0 <= box["y_min"] < box["y_max"] <= 1, box
 
@@ -73,3 +114,12 @@ def test_point_returns_points_in_the_frame(client: RecordingClient, frame: str) 
     assert reply["skill"] == "point" and reply["points"]
     for point in reply["points"]:
         assert 0 <= point["x"] <= 1 and 0 <= point["y"] <= 1, point
+
+
+def test_missing_tokenizer_is_named_with_the_hf_download_line(moondream_like: MoondreamLike, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="exited with 2") as failure, serve(moondream_like, hub_cache=tmp_path):
+        pass
+    log = str(failure.value)
+    assert f"tokenizer.json of {TOKENIZER_REPO} (revision main)" in log
+    assert f"hf download {TOKENIZER_REPO} tokenizer.json" in log
+    assert "huggingface-cli" not in log

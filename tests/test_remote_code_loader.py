@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from scripts import build_remote_code_fixture as builder
+from tests.conftest import hub_cache
 from vlm.backends.remote_code import load_remote_code_model
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -40,25 +42,32 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(scope="module")
-def remote_code_fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return {
-        name: builder.build_remote_code_fixture(tmp_path_factory.mktemp(name), **overrides)
+def remote_code_fixtures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    cache = tmp_path_factory.mktemp("hub-cache")
+    fixtures = {
+        name: builder.build_remote_code_fixture(tmp_path_factory.mktemp(name), cache, **overrides)
         for name, overrides in VARIANTS.items()
     }
+    with hub_cache(cache):  # the look-alike fetches its tokenizer from the hub cache, as moondream2 does
+        yield fixtures
 
 
 def _expected(fixture: Path) -> dict[str, Any]:
     return json.loads((fixture / "expected.json").read_text())
 
 
+GREEDY = {"temperature": 0}
+
+
 def _answer(model: nn.Module) -> str:
-    return model.query(builder.fixture_image(), builder.QUESTION)["answer"]
+    return model.query(model.encode_image(builder.fixture_image()), builder.QUESTION, settings=GREEDY)["answer"]
 
 
 def _buffers_correct(model: nn.Module) -> bool:
     """The buffers equal what the model's own helpers compute now, on a real device."""
-    mask, freqs = model._mask(), model._rotary()
-    return torch.equal(model.attn_mask.cpu(), mask) and torch.equal(model.freqs_cis.cpu().float(), freqs)
+    inner = model.model
+    mask, freqs = inner._mask(), inner._rotary()
+    return torch.equal(inner.attn_mask.cpu(), mask) and torch.equal(inner.text.freqs_cis.cpu(), freqs)
 
 
 def _remote_class(fixture: Path) -> type[nn.Module]:
@@ -78,10 +87,10 @@ def _eager_reference(fixture: Path, dtype: torch.dtype) -> nn.Module:
     return model.eval()
 
 
-def _logits(model: nn.Module) -> torch.Tensor:
-    input_ids = model.encode_text(builder.QUESTION)[None]
-    with torch.inference_mode():
-        return model(input_ids, image=builder.fixture_image()).float().cpu()
+def _encoding(model: nn.Module) -> list[torch.Tensor]:
+    """The frame's prefix in the KV cache: every layer of the model, the buffers included, shapes it."""
+    encoded = model.encode_image(builder.fixture_image())
+    return [tensor.float().cpu() for pair in encoded.caches for tensor in pair]
 
 
 # --- (a) plain transformers 5 -------------------------------------------------------------------
@@ -98,8 +107,8 @@ import json, sys, torch
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
 print(json.dumps({
-    "mask_ok": torch.equal(model.attn_mask, model._mask()),
-    "freqs_ok": torch.equal(model.freqs_cis, model._rotary()),
+    "mask_ok": torch.equal(model.model.attn_mask, model.model._mask()),
+    "freqs_ok": torch.equal(model.model.text.freqs_cis, model.model._rotary()),
 }))
 """
 
@@ -107,7 +116,9 @@ print(json.dumps({
 def test_plain_load_leaves_init_computed_buffers_uninitialised(remote_code_fixtures: dict[str, Path]) -> None:
     # In a fresh interpreter, so that torch.empty_like cannot hand back memory that happens to hold
     # the right values because an earlier test computed (and freed) them.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    from huggingface_hub import constants
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_CACHE": constants.HF_HUB_CACHE}
     done = subprocess.run(
         [sys.executable, "-c", _PLAIN_LOAD, str(remote_code_fixtures["calls_post_init"])],
         capture_output=True,
@@ -134,8 +145,8 @@ def test_answer_depends_on_the_buffers(remote_code_fixtures: dict[str, Path], ga
     fixture = remote_code_fixtures["moondream_like"]
     model = _eager_reference(fixture, torch.float32)
     assert _answer(model) == _expected(fixture)["answer"] != ""
-    model.attn_mask = garbage(model.attn_mask)
-    model.freqs_cis = garbage(model.freqs_cis)
+    model.model.attn_mask = garbage(model.model.attn_mask)
+    model.model.text.freqs_cis = garbage(model.model.text.freqs_cis)
     assert _answer(model) != _expected(fixture)["answer"]
 
 
@@ -154,16 +165,17 @@ def test_loader_restores_post_init_and_buffers(
     assert not model.training
     assert isinstance(model.all_tied_weights_keys, dict)
     assert "_remote_code_post_init_called" not in model.__dict__
-    assert {p.dtype for p in model.parameters()} == {dtype}
+    # Layers created with an explicit dtype keep it, whatever from_pretrained is asked for (as moondream2's
+    # bfloat16 ones do); so does the float32 rotary table.
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.model.text.freqs_cis.dtype == torch.float32
     assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"cpu"}
-    assert model.freqs_cis.dtype == torch.float32  # created with an explicit dtype: left alone
     assert _buffers_correct(model)
 
     reference = _eager_reference(fixture, dtype)
-    torch.testing.assert_close(_logits(model), _logits(reference), rtol=0, atol=0)
-    assert _answer(model) == _answer(reference)
-    if dtype == torch.float32:
-        assert _answer(model) == _expected(fixture)["answer"]
+    for loaded, built in zip(_encoding(model), _encoding(reference), strict=True):
+        torch.testing.assert_close(loaded, built, rtol=0, atol=0)
+    assert _answer(model) == _answer(reference) == _expected(fixture)["answer"]
 
 
 def test_loader_changes_nothing_for_well_behaved_remote_code(remote_code_fixtures: dict[str, Path]) -> None:
@@ -178,14 +190,19 @@ def test_loader_changes_nothing_for_well_behaved_remote_code(remote_code_fixture
 
 
 @pytest.mark.parametrize("variant", ["moondream_like", "well_behaved"])
-def test_loader_still_initialises_weights_missing_from_the_checkpoint(tmp_path: Path, variant: str) -> None:
+def test_loader_still_initialises_weights_missing_from_the_checkpoint(
+    remote_code_fixtures: dict[str, Path], tmp_path: Path, variant: str
+) -> None:
     # Transformers initialises missing weights after loading; nothing the loader does may get in the way.
-    fixture = builder.build_remote_code_fixture(tmp_path / variant, **VARIANTS[variant])
+    from huggingface_hub import constants
+
+    fixture = builder.build_remote_code_fixture(tmp_path / variant, Path(constants.HF_HUB_CACHE), **VARIANTS[variant])
     weights = load_file(fixture / "model.safetensors")
-    del weights["ln_out.weight"]
+    del weights["model.text.post_ln.weight"]
     save_file(weights, str(fixture / "model.safetensors"), metadata={"format": "pt"})
     model = load_remote_code_model(str(fixture), revision=None, dtype=torch.float32, device="cpu")
-    assert torch.equal(model.ln_out.weight, torch.ones(model.config.dim))
+    weight = model.model.text.post_ln.weight
+    assert torch.equal(weight, torch.ones_like(weight))
     assert _buffers_correct(model)
 
 

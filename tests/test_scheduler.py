@@ -165,18 +165,47 @@ def test_model_errors_and_oom_fail_only_that_batch() -> None:
     assert sink.wait_finals(3)["fine"][0] == "response"
 
 
-def test_hung_model_times_out_and_a_fresh_worker_takes_over() -> None:
+def test_a_stuck_call_times_out_and_nothing_else_runs_on_the_backend_meanwhile() -> None:
     sink = RecordingSinkDouble()
     backend = ScriptedBackendDouble(max_batch_size=1)
     backend.hang_once = True
-    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.4)
+    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.3)
     scheduler.submit(make_request(sink, "stuck", "a"))
     assert sink.wait_finals(1, timeout_s=3)["stuck"] == ("query_error", "timeout")
-    time.sleep(0.6)  # past 1.5x the timeout: the watchdog replaces the stuck worker
     scheduler.submit(make_request(sink, "after", "b"))
-    finals = sink.wait_finals(2, timeout_s=3)
-    assert finals["after"][0] == "response"
+    time.sleep(0.8)  # well past 1.5x the timeout, where a fresh worker used to start on the same backend
+    assert scheduler.stuck_s() > 0, "reported as stuck while the call has not come back"
+    assert "after" not in sink.finals() and len(backend.batches) == 1, "nothing else entered the backend"
     backend.released.set()
+    assert sink.wait_finals(2, timeout_s=3)["after"][0] == "response"
+    assert backend.most_inside == 1
+    assert scheduler.stuck_s() == 0
+
+
+def test_an_overrunning_generation_is_stopped_at_its_next_token() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble(max_batch_size=1, word_delay_s=0.05)
+    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.3)
+    scheduler.submit(make_request(sink, "long", "a", " ".join(["word"] * 60)))
+    assert sink.wait_finals(1, timeout_s=3)["long"] == ("query_error", "timeout")
+    time.sleep(0.3)
+    assert scheduler.stuck_s() == 0, "the backend came back soon after the timeout"
+    assert backend.words_emitted < 30, "it stopped at the next word, not at the end of the answer"
+    scheduler.submit(make_request(sink, "next", "b"))
+    assert sink.wait_finals(2, timeout_s=3)["next"][0] == "response"
+    assert backend.most_inside == 1
+
+
+def test_many_clients_never_overlap_on_the_backend() -> None:
+    sink = RecordingSinkDouble()
+    backend = ScriptedBackendDouble(max_batch_size=2, word_delay_s=0.002)
+    scheduler = Scheduler(backend, batch_window_s=0.001, timeout_s=0.05)
+    for i in range(40):
+        scheduler.submit(make_request(sink, f"r{i}", f"c{i % 8}", "one two three four five"))
+    deadline = time.monotonic() + 10
+    while scheduler.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.most_inside == 1
 
 
 def test_disconnected_client_work_is_dropped_silently() -> None:
@@ -245,3 +274,23 @@ def test_a_cancelled_row_leaves_the_running_batch() -> None:
     assert sink.wait_finals(2, timeout_s=10)["other"][0] == "response"
     assert backend.steps[6:] == [[f"{LONG} more"]] * (len(backend.steps) - 6), "the cancelled row left"
     assert streamed(sink, "long") < 6
+
+
+def test_healthz_says_degraded_while_the_model_is_stuck() -> None:
+    from vlm.config import Settings
+    from vlm.web import create_app
+
+    sink, backend = RecordingSinkDouble(), ScriptedBackendDouble(max_batch_size=1)
+    backend.hang_once = True
+    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=0.2)
+    web = create_app(Settings(secret_key="test"))
+    web.slot.install(backend, scheduler)
+    health = web.app.test_client()
+    assert health.get("/healthz").json["status"] == "ok"
+    scheduler.submit(make_request(sink, "stuck", "a"))
+    assert sink.wait_finals(1, timeout_s=3)["stuck"] == ("query_error", "timeout")
+    reply = health.get("/healthz")
+    assert (reply.status_code, reply.json["status"]) == (503, "degraded") and reply.json["stuck_s"] >= 0
+    backend.released.set()
+    time.sleep(0.1)
+    assert health.get("/healthz").json["status"] == "ok"

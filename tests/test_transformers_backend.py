@@ -167,6 +167,54 @@ def test_finished_and_cancelled_rows_leave_the_batch_at_once(backend: Transforme
     assert events.results[1].answer == answered_alone(backend, varied_jobs([2, 20])[1]).answer
 
 
+def test_a_sampled_row_in_the_running_batch_leaves_greedy_rows_exact(backend: TransformersBackend) -> None:
+    greedy, hot = varied_jobs([8])[0], Job(task="query", image=FRAMES[1], image_key="hot", text="what is it?",
+                                           max_new_tokens=8, temperature=5.0)
+    answers = set()
+    for _ in range(3):
+        events = Events(2)
+        decoder = backend.decoder(events)
+        decoder.join({0: greedy, 1: hot})
+        while decoder.rows():
+            decoder.step()
+        assert events.results[0].answer == answered_alone(backend, greedy).answer
+        answers.add(events.results[1].answer)
+    assert len(answers) > 1, "temperature 5 samples"
+
+
+def test_greedy_by_default_and_temperature_samples(backend: TransformersBackend) -> None:
+    def answer(temperature: float) -> str:
+        events = Events(1)
+        backend.generate([Job(task="query", image=FRAMES[0], image_key="t", text="what shape is this?",
+                              max_new_tokens=8, temperature=temperature)], events)
+        return events.results[0].answer
+
+    assert len({answer(0.0) for _ in range(3)}) == 1
+    assert len({answer(5.0) for _ in range(5)}) > 1
+
+
+def test_a_batch_mixing_temperatures_answers_every_row_in_place(backend: TransformersBackend) -> None:
+    greedy = Events(1)
+    backend.generate(jobs([6]), greedy)
+    mixed = [*jobs([6]), Job(task="query", image=FRAMES[1], image_key="hot", text="what is it?", max_new_tokens=6,
+                             temperature=5.0)]
+    events = Events(2)
+    backend.generate(mixed, events)
+    assert set(events.results) == {0, 1}
+    assert events.results[0].answer == greedy.results[0].answer
+
+
+def test_results_carry_true_token_counts_and_finish_reason(backend: TransformersBackend) -> None:
+    events = Events(1)
+    backend.generate(jobs([3]), events)
+    result = events.results[0]
+    tokenizer = backend.tokenizer
+    assert 0 < result.tokens <= 3
+    assert result.finish_reason == ("length" if result.tokens == 3 else "stop")
+    assert result.prompt_tokens > len(tokenizer("what shape is this?").input_ids), "image tokens count too"
+    assert backend.info.dtype == "float32"
+
+
 def test_text_only_rows_are_answered_alongside_rows_with_a_frame(backend: TransformersBackend) -> None:
     """The HTTP API's text-only questions may land in a batch with framed ones: each row gets its own answer."""
     framed = jobs([5])[0]

@@ -152,7 +152,7 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
 class ChatRequest:
     incoming: Incoming
     max_tokens: int | None
-    temperature: float
+    temperature: float | None  # None: the server's --temperature
     streaming: bool
     include_usage: bool
 
@@ -207,10 +207,10 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return value
 
 
-def _temperature(body: dict[str, Any]) -> float:
+def _temperature(body: dict[str, Any]) -> float | None:
     value = body.get("temperature")
     if value is None:
-        return 0.0
+        return None
     if type(value) not in (int, float) or not 0 <= value <= MAX_TEMPERATURE:
         raise ProtocolError("bad_request", f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}",
                             param="temperature")

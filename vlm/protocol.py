@@ -87,13 +87,15 @@ def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
 
 
 def to_job(incoming: Incoming, settings: Settings, *, decode_size: int,
-           max_new_tokens: int | None = None, temperature: float = 0.0) -> tuple[Job, float]:
+           max_new_tokens: int | None = None, temperature: float | None = None) -> tuple[Job, float]:
     """The frame decoded under the server's limits, as model work, and the decode time in ms.
 
     ``max_new_tokens`` is a client's own limit; it can only lower the server's. A text-only
-    request (no image) becomes a job without a frame. Raises ``ImageRejected``.
+    request (no image) becomes a job without a frame. ``temperature`` is a client's own, in place of
+    ``--temperature``. Raises ``ImageRejected``.
     """
     limit = min(settings.max_new_tokens, max_new_tokens or settings.max_new_tokens)
+    temperature = settings.temperature if temperature is None else temperature
     if incoming.image is None:
         return Job(task=incoming.task, image=None, image_key="", text=incoming.text, length=incoming.length,
                    max_new_tokens=limit, temperature=temperature), 0.0

@@ -18,6 +18,12 @@ half second that are not queued yet. A lone user never waits.
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
 superseded or timed-out generation from ever reaching the client twice.
+
+There is one worker, for good: a backend instance never runs two calls at once (moondream2
+keeps a single KV cache in the model; two calls on it corrupt each other). A call that
+overruns ``timeout_s`` is answered ``timeout`` at once and, being finished, is told to stop at
+the backend's next token (``GenerationEvents.cancelled``); until it comes back the scheduler
+reports itself ``stuck`` and queued work waits.
 """
 
 from __future__ import annotations
@@ -113,8 +119,7 @@ class Scheduler:
         self._busy_since: float | None = None  # when the worker's current backend call began
         self._last_seen: dict[str, float] = {}
         self._accepting = True
-        self._worker_generation = 0
-        self._start_worker()
+        threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
         threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
 
     # -- called from the web layer -------------------------------------------------
@@ -176,6 +181,14 @@ class Scheduler:
         with self._lock:
             return len(self._queued) + len(self._rows) + sum(map(len, self._waiting.values()))
 
+    def stuck_s(self) -> float:
+        """How long the model has been running past ``timeout_s`` on a call it has not given back (0: it is not)."""
+        with self._lock:
+            if self._busy_since is None:
+                return 0.0
+            overrun = time.perf_counter() - self._busy_since - self.timeout_s
+        return max(0.0, overrun)
+
     def stop_accepting(self) -> None:
         """New work is refused from now on (the server is draining for shutdown)."""
         with self._lock:
@@ -233,23 +246,13 @@ class Scheduler:
 
     # -- the worker ------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        self._worker_generation += 1
-        self._busy_since = None
-        generation = self._worker_generation
-        threading.Thread(target=self._work, args=(generation,), name=f"vlm-worker-{generation}",
-                         daemon=True).start()
-
-    def _work(self, generation: int) -> None:
+    def _work(self) -> None:
         events = _RowEvents(self)
         decoder = self.backend.decoder(events) if self.continuous else WaveDecoder(self.backend, events)
         while True:
-            joining = self._admit(generation, decoder)
-            if joining is None:
-                return  # a hung call came back after a replacement worker took over
-            self._advance(generation, decoder, joining)
+            self._advance(decoder, self._admit(decoder))
 
-    def _admit(self, generation: int, decoder: Decoder) -> dict[int, Request] | None:
+    def _admit(self, decoder: Decoder) -> dict[int, Request]:
         """Wait for work, then take from the queue what fits in the running batch.
 
         Newcomers join a running batch at once; only an idle worker waits a few milliseconds
@@ -257,11 +260,8 @@ class Scheduler:
         """
         stepping = not decoder.advances_itself
         with self._lock:
-            while generation == self._worker_generation and not (stepping and decoder.rows()) and not (
-                    self._queued and len(self._rows) < self.max_batch_size):
+            while not (stepping and decoder.rows()) and not (self._queued and len(self._rows) < self.max_batch_size):
                 self._lock.wait()
-            if generation != self._worker_generation:
-                return None
             if stepping and not decoder.rows() and self.batch_window_s > 0:
                 deadline = time.perf_counter() + self.batch_window_s
                 while len(self._queued) < min(self.max_batch_size - len(self._rows),
@@ -287,7 +287,7 @@ class Scheduler:
             del self._last_seen[client]
         return len(self._last_seen.keys() | self._queued.keys())
 
-    def _advance(self, generation: int, decoder: Decoder, joining: dict[int, Request]) -> None:
+    def _advance(self, decoder: Decoder, joining: dict[int, Request]) -> None:
         """Newcomers join, then every running row moves one step; a failure fails the rows it touched."""
         try:
             if joining:
@@ -308,8 +308,7 @@ class Scheduler:
             log.exception("model failed on a batch of %d", len(decoder.rows() | joining.keys()))
             self._fail_rows(decoder, joining, "model_error", "the model failed on this request")
         with self._lock:
-            if generation == self._worker_generation:
-                self._busy_since = None
+            self._busy_since = None
             running = decoder.rows()
             lost = [request for row, request in self._rows.items() if row not in running]
         for request in lost:
@@ -323,18 +322,15 @@ class Scheduler:
             self._fail(request, code, message)
 
     def _watch_timeouts(self) -> None:
-        """Time out generations that run too long; replace a worker whose call never comes back."""
+        """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""
         while True:
             time.sleep(min(1.0, self.timeout_s / 4))
             now = time.perf_counter()
             with self._lock:
-                overdue = [r for r in self._rows.values() if now - r.started > self.timeout_s]
-                if self._busy_since is not None and now - self._busy_since > self.timeout_s * 1.5:
-                    log.error("model worker is stuck; starting a fresh one")
-                    self._start_worker()
-                    self._lock.notify_all()
+                overdue = [r for r in self._rows.values() if not r.finished and now - r.started > self.timeout_s]
             for request in overdue:
-                self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s")
+                if self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s"):
+                    log.warning("request %s overran %g s; the model was asked to stop", request.id, self.timeout_s)
 
 
 class _RowEvents:

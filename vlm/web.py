@@ -207,6 +207,10 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         if slot.backend is None:
             return jsonify(status="loading"), 503
         info = slot.backend.info
+        stuck_s = slot.scheduler.stuck_s() if slot.scheduler is not None else 0.0
+        if stuck_s:  # the model has not come back from an overdue call; nothing else can run meanwhile
+            return jsonify(status="degraded", stuck_s=round(stuck_s, 1), model=settings.model_name,
+                           backend=info.backend, device=info.device), 503
         return jsonify(status="ok", model=settings.model_name, backend=info.backend, device=info.device), 200
 
     @app.get("/api/info")

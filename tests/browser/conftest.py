@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.browser.fake_camera import Shot, write_y4m
+from tests.conftest import MoondreamLike
 from tests.server_process import REPO, AppProcess
 
 CHROMIUM = Path(os.environ.get("VLM_CHROMIUM", "/usr/bin/chromium"))
@@ -82,12 +83,10 @@ def server() -> Iterator[AppProcess]:
 
 
 @pytest.fixture(scope="session")
-def moondream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
+def moondream_server(moondream_like: MoondreamLike) -> Iterator[AppProcess]:
     """The app on a model with moondream2's API and skills, built here because moondream2 cannot be downloaded."""
-    from scripts.build_remote_code_fixture import build_remote_code_fixture  # torch: only when a test needs it
-
-    model = build_remote_code_fixture(tmp_path_factory.mktemp("moondream-like"))
-    with AppProcess(["--model", str(model), "--backend", "moondream"]) as app:
+    with AppProcess(["--model", str(moondream_like.folder), "--backend", "moondream", "--max-new-tokens", "16"],
+                    env={"HF_HUB_CACHE": str(moondream_like.hub_cache)}) as app:
         yield app
 
 

@@ -207,6 +207,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def weights_dtype(model: torch.nn.Module) -> str:
+    """The dtype the weights really have, which is not always the one asked for (a mix is listed)."""
+    return "/".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})) or "n/a"
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """fp16 keeps a GPU-resident model small and fast; CPUs are fastest and exact in fp32."""
     if dtype == "auto":

@@ -1,66 +1,244 @@
 """moondream2 through its own remote-code API (``query``, ``caption``, ``detect``, ``point``).
 
 moondream2 is not an ``AutoModelForImageTextToText`` model: it ships its own Python and
-its own skills, which are the point of using it. The image encoding is the expensive half
-of a query, so it is cached per frame digest: several questions, a caption and a detect on
-one snapshot encode it once.
+its own skills, which are the point of using it. What that code does, and what this backend
+does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 revision):
+
+- It builds its layers and casts image crops in bfloat16, whatever dtype is asked for:
+  the backend converts it where another dtype is wanted (``run_in``; float32 on a CPU by
+  default) and reports the dtype the weights really have.
+- It samples (temperature 0.5, top_p 0.3) unless told otherwise: every call passes the job's
+  temperature, 0 (greedy) by default.
+- Its stream yields whole words, and it tells nobody how many tokens it generated: the
+  backend counts the model's own prompt and per-token steps (``_prefill``,
+  ``_decode_one_tok``, the two methods its ``compile()`` replaces the same way), which is
+  also where a cancelled or overdue call is stopped at the next token.
+- It tiles a frame into overlapping crops and resizes it to what they cover: the frame
+  size clients send comes from the model's crop settings (``frame_side``).
+- It keeps one KV cache in the model, so it must never run two calls at once (the
+  scheduler guarantees that).
+
+The image encoding is the expensive half of a query, so it is cached per frame digest:
+several questions, a caption and a detect on one snapshot encode it once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from .base import Backend, GenerationEvents, Job, ModelInfo, Result, resolve_device, resolve_dtype
+import torch
+
+from .base import Backend, GenerationEvents, Job, ModelInfo, Result, resolve_device, weights_dtype
 from .frame_cache import FrameCache
 from .remote_code import load_remote_code_model
 
-# moondream2 crops its input into 378 px tiles, up to a few per side; more is wasted bandwidth.
-MOONDREAM_FRAME_SIDE = 756
+# moondream2's code fetches its tokenizer from this hub repo by name (branch main), not from its own folder.
+TOKENIZER_REPO = "moondream/starmie-v1"
+TOKENIZER_FILE = "tokenizer.json"
+# Webcam capture sizes and shapes; the frame size sent is chosen from how moondream2 resizes them.
+CAMERA_FRAMES = ((640, 480), (1280, 720), (1920, 1080))
+ASPECTS = ((4, 3), (16, 9))
+MAX_UPSCALE = 1.1
+# Plain temperature sampling when a temperature is asked for, as the other backends do (moondream's own
+# default would cut the distribution at top_p 0.3).
+TOP_P = 1.0
+
+
+def download_commands(model_id: str, revision: str | None) -> list[str]:
+    """The ``hf download`` lines that put moondream2 and its tokenizer in the Hugging Face cache."""
+    pinned = f" --revision {revision}" if revision else ""
+    return [f"hf download {model_id}{pinned}", f"hf download {TOKENIZER_REPO} {TOKENIZER_FILE}"]
+
+
+def _never() -> bool:
+    return False
+
+
+class GenerationStopped(Exception):
+    """Raised inside moondream2's decoding loop to end a call that was cancelled or timed out."""
+
+
+class TokenMeter:
+    """Counts the tokens moondream2 really processes, and stops it between two of them when told to.
+
+    Installs itself over the model's ``_prefill`` (a prompt, written into the KV cache at
+    ``pos_ids``) and ``_decode_one_tok`` (one generated token each). One answer token costs one
+    decode step, the stream's word chunks notwithstanding, and the last prompt position is the
+    prompt length, image included.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._prefill, self._decode = model._prefill, model._decode_one_tok
+        model._prefill, model._decode_one_tok = self.prefill, self.decode_one_tok
+        self.should_stop: Callable[[], bool] = _never
+        self.prompt_tokens = 0
+        self.tokens = 0
+
+    @contextmanager
+    def watching(self, should_stop: Callable[[], bool]) -> Iterator[None]:
+        """Count one call from zero, stopping it once ``should_stop()`` says so."""
+        self.should_stop = should_stop
+        self.prompt_tokens = self.tokens = 0
+        try:
+            yield
+        finally:
+            self.should_stop = _never
+
+    def prefill(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
+        self._check()
+        hidden = self._prefill(x, attn_mask, pos_ids, lora)
+        self.prompt_tokens, self.tokens = int(pos_ids[-1]) + 1, 0
+        return hidden
+
+    def decode_one_tok(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
+        self._check()
+        self.tokens += 1
+        return self._decode(x, attn_mask, pos_ids, lora)
+
+    def _check(self) -> None:
+        if self.should_stop():
+            raise GenerationStopped
+
+
+def moondream_dtype(dtype: str, device: str) -> torch.dtype:
+    """bfloat16, moondream2's own, on a GPU; float32 on a CPU, where bfloat16 matrix products are many
+    times slower unless the CPU has bfloat16 instructions (see the README); or what was asked for."""
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def run_in(model: Any, dtype: torch.dtype) -> None:
+    """Convert moondream2 to ``dtype``, which its code alone cannot do.
+
+    It creates its layers in bfloat16 whatever ``from_pretrained`` is told, and it casts image
+    crops to bfloat16 before the first layer (``prepare_crops``; nothing else in the skills used
+    here is pinned to a dtype): the weights are converted, and the crops on their way into the
+    first layer.
+    """
+    if dtype == torch.bfloat16:
+        return
+    model.to(dtype)
+    patch_embedding = model.model.vision["patch_emb"]
+    patch_embedding.register_forward_pre_hook(lambda layer, args: (args[0].to(layer.weight.dtype), *args[1:]))
+
+
+def frame_side(vision: Any) -> int:
+    """The longest frame side to send: the largest at which moondream2 enlarges no common camera frame.
+
+    moondream2 covers a frame with overlapping ``crop_size`` crops (``overlap_margin`` patches shared
+    on each side, at most ``max_crops``) and resizes the frame to exactly what its crops cover: more
+    pixels than that are thrown away, fewer are upscaled (detail lost at the camera). The side is the
+    largest, up to what a big webcam frame is resized to, at which a 4:3 and a 16:9 frame are each
+    enlarged by at most ``MAX_UPSCALE``; with moondream2's settings (378 px, 4 x 14 px margins, 12
+    crops) that is 1145 px: 16:9 becomes 1176 x 644 (2 x 4 crops), 4:3 1176 x 910 (3 x 4). A 1176 px
+    16:9 frame would be stretched to 1176 x 910, 37 % taller, in 13 crops instead of 9. Where no side
+    qualifies (one crop squashes every frame square) it is what a big webcam frame is resized to.
+    """
+    largest = max(max(_target(width, height, vision)) for width, height in CAMERA_FRAMES)
+    for side in range(largest, vision.crop_size - 1, -1):
+        frames = [(side, round(side * short / long)) for long, short in ASPECTS]
+        if all(max(tw / w, th / h) <= MAX_UPSCALE for w, h in frames for tw, th in [_target(w, h, vision)]):
+            return side
+    return largest
+
+
+def _target(width: int, height: int, vision: Any) -> tuple[int, int]:
+    """(width, height) moondream2 resizes a ``width`` x ``height`` frame to before cutting its crops."""
+    margin = vision.overlap_margin * vision.enc_patch_size
+    window = vision.crop_size - 2 * margin
+    rows, cols = _tiling(height - 2 * margin, width - 2 * margin, window, vision.max_crops)
+    return cols * window + 2 * margin, rows * window + 2 * margin
+
+
+def _tiling(height: int, width: int, window: int, max_crops: int) -> tuple[int, int]:
+    """moondream2's choice of (rows, columns): enough ``window``-pixel crops to cover the area at its
+    aspect ratio, scaled down in proportion where that would exceed ``max_crops``."""
+    if height <= window or width <= window:
+        return 1, 1
+    need_rows, need_cols = math.ceil(height / window), math.ceil(width / window)
+    if need_rows * need_cols > max_crops:
+        scale = math.sqrt(max_crops / (need_rows * need_cols))
+        return max(1, math.floor(need_rows * scale)), max(1, math.floor(need_cols * scale))
+    rows = max(need_rows, math.floor(math.sqrt(max_crops * height / width)))
+    cols = max(need_cols, math.floor(math.sqrt(max_crops * width / height)))
+    if rows * cols > max_crops:
+        if cols > rows:
+            cols = max_crops // rows
+        else:
+            rows = max_crops // cols
+    return max(1, rows), max(1, cols)
 
 
 class MoondreamBackend(Backend):
     name: ClassVar[str] = "moondream"
 
-    def __init__(self, model: Any, *, model_id: str, device: str, dtype: str) -> None:
+    def __init__(self, model: Any, *, model_id: str, device: str, max_crops: int = 0) -> None:
+        """``model`` is moondream2's ``HfMoondream``; ``max_crops`` (0: the model's own) trades detail for speed."""
         self.model = model
+        inner = model.model  # HfMoondream wraps the MoondreamModel that holds the config and the loop
+        if max_crops:
+            inner.config = dataclasses.replace(
+                inner.config, vision=dataclasses.replace(inner.config.vision, max_crops=max_crops)
+            )
+        self.meter = TokenMeter(inner)
         self.encoded: FrameCache[Any] = FrameCache()
+        side = frame_side(inner.config.vision)
         self.info = ModelInfo(
             model=model_id,
             backend=self.name,
             device=device,
-            dtype=dtype,
+            dtype=weights_dtype(model),
             capabilities=frozenset({"query", "caption", "detect", "point", "stream"}),
-            image_size=MOONDREAM_FRAME_SIDE,
+            image_size=side,
+            input_size=side,
             max_batch_size=1,
         )
 
     @classmethod
-    def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str) -> MoondreamBackend:
+    def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str,
+             max_crops: int = 0) -> MoondreamBackend:
         device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, device)
-        model = load_remote_code_model(model_id, revision=revision, dtype=torch_dtype, device=device)
-        return cls(model, model_id=model_id, device=device, dtype=str(torch_dtype).removeprefix("torch."))
+        model = load_remote_code_model(model_id, revision=revision, dtype=torch.bfloat16, device=device)
+        run_in(model, moondream_dtype(dtype, device))
+        return cls(model, model_id=model_id, device=device, max_crops=max_crops)
 
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         for index, job in enumerate(jobs):
-            if not events.cancelled(index):
-                events.done(index, self._run(index, job, events))
+            if events.cancelled(index):
+                continue
+            try:
+                with self.meter.watching(lambda index=index: events.cancelled(index)):
+                    result = self._run(index, job, events)
+            except GenerationStopped:
+                continue
+            events.done(index, result)
 
     def _run(self, index: int, job: Job, events: GenerationEvents) -> Result:
         encoded = self._encode(job)
-        settings = {"max_tokens": job.max_new_tokens}
-        if job.task == "query":
-            reply = self.model.query(encoded, job.text, stream=True, settings=settings)
-            return self._stream(index, reply["answer"], events)
-        if job.task == "caption":
-            reply = self.model.caption(encoded, length=job.length, stream=True, settings=settings)
-            return self._stream(index, reply["caption"], events)
+        if job.task in ("query", "caption"):
+            settings = {"max_tokens": job.max_new_tokens, "temperature": job.temperature, "top_p": TOP_P}
+            if job.task == "query":
+                chunks = self.model.query(encoded, job.text, stream=True, settings=settings)["answer"]
+            else:
+                chunks = self.model.caption(encoded, length=job.length, stream=True, settings=settings)["caption"]
+            answer = self._stream(index, chunks, events)
+            finish = "length" if self.meter.tokens >= job.max_new_tokens else "stop"
+            return Result(answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens,
+                          finish_reason=finish)
         if job.task == "detect":
-            objects = [_box(item) for item in self.model.detect(encoded, job.text)["objects"]]
-            return Result(answer=_found(len(objects), job.text), objects=objects)
-        points = [{"x": float(p["x"]), "y": float(p["y"])} for p in self.model.point(encoded, job.text)["points"]]
-        return Result(answer=_found(len(points), job.text), points=points)
+            boxes = [_box(item) for item in self.model.detect(encoded, job.text)["objects"]]
+            objects = [b for b in boxes if b["x_min"] < b["x_max"] and b["y_min"] < b["y_max"]]
+            return self._found(_found(len(objects), job.text), objects=objects)
+        points = [_point(item) for item in self.model.point(encoded, job.text)["points"]]
+        return self._found(_found(len(points), job.text), points=points)
+
+    def _found(self, answer: str, **geometry: Any) -> Result:
+        return Result(answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens, **geometry)
 
     def _encode(self, job: Job) -> Any:
         encoded = self.encoded.get(job.image_key)
@@ -70,26 +248,35 @@ class MoondreamBackend(Backend):
         return encoded
 
     @staticmethod
-    def _stream(index: int, chunks: Iterable[str] | str, events: GenerationEvents) -> Result:
-        if isinstance(chunks, str):
-            chunks = [chunks]
+    def _stream(index: int, chunks: Iterable[str], events: GenerationEvents) -> str:
+        """Forward the stream's chunks; a cancel closes it (the meter stops it mid-word, too)."""
         parts: list[str] = []
-        iterator: Iterator[str] = iter(chunks)
+        iterator = iter(chunks)
         try:
             for chunk in iterator:
                 if events.cancelled(index):
-                    break
+                    raise GenerationStopped
                 parts.append(chunk)
                 events.delta(index, chunk)
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
-        return Result(answer="".join(parts).strip(), tokens=len(parts))
+        return "".join(parts).strip()
+
+
+def _unit(value: Any) -> float:
+    """moondream2's boxes are centre +- size / 2, so they can stick out of the frame (or lie outside it,
+    and are then dropped); the page draws inside it."""
+    return min(1.0, max(0.0, float(value)))
 
 
 def _box(item: dict[str, Any]) -> dict[str, float]:
-    return {key: float(item[key]) for key in ("x_min", "y_min", "x_max", "y_max")}
+    return {key: _unit(item[key]) for key in ("x_min", "y_min", "x_max", "y_max")}
+
+
+def _point(item: dict[str, Any]) -> dict[str, float]:
+    return {"x": _unit(item["x"]), "y": _unit(item["y"])}
 
 
 def _found(count: int, what: str) -> str:

@@ -79,19 +79,29 @@ class OpenAIBackend(Backend):
 
     def _stream(self, index: int, job: Job, events: GenerationEvents) -> None:
         parts: list[str] = []
+        chunks = 0
+        finish: str | None = None
+        usage: Any = None
         try:
             with self.client.chat.completions.create(
                 model=self.model,
                 messages=chat_messages(job),
                 max_tokens=job.max_new_tokens,
-                temperature=0,  # the local backends decode greedily; answers should not change with the deployment
+                temperature=job.temperature,  # 0 is greedy, as on the local backends
+                top_p=1.0,
                 stream=True,
+                stream_options={"include_usage": True},  # the true token counts, in a last chunk
             ) as stream:
                 for chunk in stream:
                     if events.cancelled(index):
                         return  # leaving the block closes the connection, which stops the upstream generation
-                    delta = chunk.choices[0].delta.content if chunk.choices else None
+                    usage = chunk.usage or usage
+                    if not chunk.choices:
+                        continue
+                    finish = chunk.choices[0].finish_reason or finish
+                    delta = chunk.choices[0].delta.content
                     if delta:
+                        chunks += 1
                         parts.append(delta)
                         events.delta(index, delta)
         except openai.APITimeoutError as error:
@@ -101,7 +111,11 @@ class OpenAIBackend(Backend):
             raise BackendError(code, f"the model server refused: {error.message}") from error
         except openai.APIError as error:
             raise BackendError("upstream_error", f"the model server failed: {error.message}") from error
-        events.done(index, Result(answer="".join(parts).strip(), tokens=len(parts)))
+        # A server that reports no usage streams (nearly always) one token per chunk; count those then.
+        tokens = usage.completion_tokens if usage else chunks
+        events.done(index, Result(answer="".join(parts).strip(), tokens=tokens,
+                                  prompt_tokens=usage.prompt_tokens if usage else 0,
+                                  finish_reason="length" if finish == "length" else "stop"))
 
 
 class Forwarder(Decoder):

@@ -10,6 +10,8 @@ padding no row needs any more is cut off.
 
 Only text decoders whose cache is a plain ``DynamicCache`` with 1-D positions are stepped this
 way, and only with plain greedy settings (see ``can_step``); other models keep ``generate``.
+A row with a temperature samples from the whole vocabulary at that temperature, as
+``generate`` does for the other backends' sampling; greedy rows are exact.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ GREEDY_CHANGERS: dict[str, object] = {
 
 
 def can_step(model: Any) -> bool:
-    """Whether ``StepDecoder`` reproduces this model's greedy ``generate`` exactly."""
+    """Whether ``StepDecoder`` reproduces this model's greedy ``generate``."""
     settings = model.generation_config
     return model.config.get_text_config().model_type in STEPPED_TEXT_MODELS and all(
         getattr(settings, name, None) in (None, neutral) for name, neutral in GREEDY_CHANGERS.items()
@@ -103,6 +105,7 @@ class StepDecoder(Decoder):
         self.mask = torch.empty(0, 0, dtype=torch.long, device=self.model.device)  # rows x cached tokens
         self.positions = torch.empty(0, dtype=torch.long, device=self.model.device)  # each row's next position
         self.last = torch.empty(0, dtype=torch.long, device=self.model.device)  # each row's latest token
+        self.temperatures = torch.empty(0, device=self.model.device)  # 0: greedy
 
     def rows(self) -> Set[int]:
         return {row.key for row in self.batch}
@@ -126,10 +129,11 @@ class StepDecoder(Decoder):
         logits = self.model(**inputs, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits
         if any(type(layer) is not DynamicLayer for layer in cache.layers):
             raise RuntimeError("the model's cache is not a plain dynamic cache; it cannot be batched step-wise")
-        tokens = self._choose(logits[:, -1])
+        temperatures = torch.tensor([job.temperature for job in jobs.values()], device=self.model.device)
+        tokens = self._choose(logits[:, -1], temperatures)
         rows = [_Row(key, job.max_new_tokens, int(count), RowText(self.tokenizer))
                 for (key, job), count in zip(jobs.items(), mask.sum(-1).tolist(), strict=True)]
-        self._append(rows, cache, mask, positions[:, -1] + 1, tokens)
+        self._append(rows, cache, mask, positions[:, -1] + 1, tokens, temperatures)
         for row, token in zip(rows, tokens.tolist(), strict=True):
             self._take(row, token)
 
@@ -143,17 +147,21 @@ class StepDecoder(Decoder):
                             position_ids=self.positions[:, None], cache=self.cache, use_cache=True,
                             logits_to_keep=1).logits
         self.positions = self.positions + 1
-        self.last = self._choose(logits[:, -1])
+        self.last = self._choose(logits[:, -1], self.temperatures)
         for row, token in zip(self.batch, self.last.tolist(), strict=True):
             self._take(row, token)
         self._drop_ended()
 
-    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """Greedy, as ``generate`` chooses: the model's suppressed tokens never win."""
+    def _choose(self, logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+        """Greedy, as ``generate`` chooses, or sampled where a row has a temperature; suppressed tokens never win."""
         logits = logits.float()
         if len(self.suppressed):
             logits[:, self.suppressed] = -float("inf")
-        return logits.argmax(-1)
+        chosen = logits.argmax(-1)
+        if (sampled := temperatures > 0).any():
+            probabilities = torch.softmax(logits[sampled] / temperatures[sampled, None], dim=-1)
+            chosen[sampled] = torch.multinomial(probabilities, 1).squeeze(-1)
+        return chosen
 
     def _take(self, row: _Row, token: int) -> None:
         if row.ended or self.events.cancelled(row.key):
@@ -172,10 +180,11 @@ class StepDecoder(Decoder):
                                          prompt_tokens=row.prompt_tokens, finish_reason=reason))
 
     def _append(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor,
-                last: torch.Tensor) -> None:
+                last: torch.Tensor, temperatures: torch.Tensor) -> None:
         """Newly prefilled rows join the batch: both sides left-padded to one cache length."""
         if self.cache is None:
-            self.batch, self.cache, self.mask, self.positions, self.last = rows, cache, mask, positions, last
+            self.batch, self.cache, self.mask, self.positions = rows, cache, mask, positions
+            self.last, self.temperatures = last, temperatures
             return
         length = max(self.mask.shape[1], mask.shape[1])
         ours, theirs = length - self.mask.shape[1], length - mask.shape[1]
@@ -185,6 +194,7 @@ class StepDecoder(Decoder):
         self.mask = torch.cat([F.pad(self.mask, (ours, 0)), F.pad(mask, (theirs, 0))])
         self.positions = torch.cat([self.positions, positions])
         self.last = torch.cat([self.last, last])
+        self.temperatures = torch.cat([self.temperatures, temperatures])
         self.batch = self.batch + rows
 
     def _drop_ended(self) -> None:
@@ -207,6 +217,7 @@ class StepDecoder(Decoder):
             layer.values = layer.values[index, :, cut:]
         self.positions = self.positions[index]
         self.last = self.last[index]
+        self.temperatures = self.temperatures[index]
         self.batch = [self.batch[i] for i in keep]
 
 

@@ -4,8 +4,9 @@
 SmolVLM/Idefics3, LLaVA, Qwen-VL and friends without model-specific code. Where the model
 allows it (``step_decoder.can_step``), the scheduler drives a ``StepDecoder``: requests join
 and leave the running batch between tokens. Otherwise, and in ``generate``, requests are
-decoded together as one left-padded batch; a small streamer splits the batch's token stream
-back into per-request deltas, and a stopping criterion drops cancelled rows.
+decoded together as one left-padded batch (one per temperature: ``generate`` samples a
+whole batch alike); a small streamer splits the batch's token stream back into per-request
+deltas with their true token counts, and a stopping criterion drops cancelled rows.
 
 Image features are computed by us rather than inside ``generate`` where the model takes
 them pre-encoded (transformers' ``mm_encoder_outputs``), so a frame asked about again is
@@ -40,6 +41,7 @@ from .base import (
     prompt_text,
     resolve_device,
     resolve_dtype,
+    weights_dtype,
 )
 from .frame_cache import FrameCache
 from .step_decoder import RowText, StepDecoder, can_step
@@ -68,7 +70,7 @@ class TransformersBackend(Backend):
             model=model_id,
             backend=self.name,
             device=str(model.device),
-            dtype=str(model.dtype).removeprefix("torch."),
+            dtype=weights_dtype(model),
             capabilities=frozenset({"query", "caption", "stream", "text"}),
             image_size=max(MIN_FRAME_SIDE, input_size := _processor_input_size(processor)),
             input_size=input_size,
@@ -95,20 +97,27 @@ class TransformersBackend(Backend):
             return StepDecoder(self.model, self.tokenizer, self.eos_ids, self.model_inputs, events)
         return super().decoder(events)
 
-    @torch.inference_mode()
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
-        if len({job.image is None for job in jobs}) > 1:
-            # A processor batch has an image in every row or in none: text-only rows go on their own.
-            for text_only in (False, True):
-                rows = [row for row, job in enumerate(jobs) if (job.image is None) == text_only]
-                self.generate([jobs[row] for row in rows], _Rows(events, rows))
-            return
+        # A processor batch has an image in every row or in none, and generate samples a whole batch
+        # alike: rows go in sub-batches by both.
+        for key in dict.fromkeys((job.image is None, job.temperature) for job in jobs):
+            rows = [row for row, job in enumerate(jobs) if (job.image is None, job.temperature) == key]
+            self._generate([jobs[row] for row in rows], _Rows(events, rows), key[1])
+
+    @torch.inference_mode()
+    def _generate(self, jobs: list[Job], events: GenerationEvents, temperature: float) -> None:
         inputs = self.model_inputs(jobs)
-        streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events,
+                                 prompt_tokens)
+        # Greedy, or plain temperature sampling over the whole vocabulary, as the other backends do.
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
         self.model.generate(
             **inputs,
+            **sampling,
             max_new_tokens=max(job.max_new_tokens for job in jobs),
-            do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([StopFinishedRows(streamer)]),
@@ -190,8 +199,8 @@ class BatchStreamer(BaseStreamer):
     """
 
     def __init__(self, tokenizer: Any, eos_ids: frozenset[int], budgets: list[int],
-                 events: GenerationEvents) -> None:
-        self.tokenizer = tokenizer
+                 events: GenerationEvents, prompt_tokens: list[int]) -> None:
+        self.prompt_tokens = prompt_tokens
         self.eos_ids = eos_ids
         self.budgets = budgets
         self.events = events
@@ -225,7 +234,7 @@ class BatchStreamer(BaseStreamer):
         self.finished[row] = True
         text = self.texts[row]
         tokens = len(text.tokens)
-        self.events.done(row, Result(answer=text.answer(), tokens=tokens,
+        self.events.done(row, Result(answer=text.answer(), tokens=tokens, prompt_tokens=self.prompt_tokens[row],
                                      finish_reason="length" if tokens >= self.budgets[row] else "stop"))
 
 
