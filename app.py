@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
+import resource
 import sys
 import threading
 
+from transformers.utils import logging as transformers_logging
+
 from vlm.backends.registry import explain_load_failure, load_backend
 from vlm.config import Settings, parse_settings
+from vlm.images import configure_decoding
+from vlm.logsafe import MASK, configure_logging, route_library_loggers
 from vlm.scheduler import Scheduler
-from vlm.servers import server_options
+from vlm.servers import serve
 from vlm.web import WebApp, create_app
 
 log = logging.getLogger("vlm")
@@ -20,6 +24,7 @@ DRAIN_TIMEOUT_S = 30.0
 
 def load_model(settings: Settings, web: WebApp) -> None:
     """Load the singleton model while the server already answers /healthz with 503."""
+    transformers_logging.disable_progress_bar()  # a progress bar is carriage returns in a log file
     try:
         backend = load_backend(settings)
     except Exception as error:  # any failure here is fatal and must read as a sentence
@@ -35,10 +40,27 @@ def load_model(settings: Settings, web: WebApp) -> None:
     web.slot.install(backend, scheduler)
     info = backend.info
     log.info("model ready: %s via %s on %s (%s)", info.model, info.backend, info.device, info.dtype)
+    announce_ready(settings)
 
 
-def drain_on_sigterm(web: WebApp) -> None:
-    """SIGTERM finishes accepted requests (up to a bound), delivers their answers, then exits."""
+def page_url(settings: Settings, token: str | None) -> str:
+    query = f"/?token={token}" if token else "/"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"{'https' if settings.https else 'http'}://{host}:{settings.port}{query}"
+
+
+def announce_ready(settings: Settings) -> None:
+    """One "ready" line with the page's address, once the model can answer.
+
+    The log shows the token masked; the full link goes to the terminal only, when there is one.
+    """
+    log.info("ready: open %s", page_url(settings, settings.token and MASK))
+    if settings.token and sys.stdout.isatty():
+        print(f"\n  Open {page_url(settings, settings.token)}\n", flush=True)
+
+
+def drainer(web: WebApp) -> object:
+    """What SIGTERM runs: finish accepted requests (up to a bound), deliver their answers, then exit."""
 
     def drain() -> None:
         if web.slot.scheduler is not None:
@@ -51,22 +73,31 @@ def drain_on_sigterm(web: WebApp) -> None:
         logging.shutdown()
         os._exit(0)
 
-    signal.signal(signal.SIGTERM, lambda *_: web.socketio.start_background_task(drain))
+    return lambda: web.socketio.start_background_task(drain)
+
+
+def raise_open_file_limit(wanted: int) -> None:
+    """Each connection is one file descriptor; the common soft limit of 1024 is below what the bounds allow."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.token)
+    raise_open_file_limit(4 * settings.max_connections + 256)
+    configure_decoding(settings.async_mode)
     web = create_app(settings)
+    route_library_loggers()
     threading.Thread(target=load_model, args=(settings, web), name="vlm-loader", daemon=True).start()
-    drain_on_sigterm(web)
-    options = server_options(settings)
-    query = f"/?token={settings.token}" if settings.token else "/"
-    scheme = "https" if settings.https else "http"
-    log.info("serving on %s://%s:%d%s (%s mode)", scheme, settings.host, settings.port, query, settings.async_mode)
+    server = "gunicorn gthread" if settings.async_mode == "threading" else settings.async_mode
+    log.info("listening on %s port %d (%s, %s mode); loading %s", settings.host, settings.port, server,
+             settings.async_mode, settings.model)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
-    web.socketio.run(web.app, host=settings.host, port=settings.port, allow_unsafe_werkzeug=True, **options)
+    serve(settings, web.app, socketio=web.socketio, on_sigterm=drainer(web))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,11 @@ class AppProcess:
         log = self.log_path.open("wb")
         command = [sys.executable, str(self.script), "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # a server that never became ready must not outlive the test that started it
+            self.terminate()
+            raise
         return self
 
     def wait_ready(self) -> None:

@@ -83,3 +83,24 @@ def test_bad_payloads_are_refused_with_a_code(payload: object, code: str) -> Non
         decode_image(payload, **LIMITS)
     assert refused.value.code == code
     assert refused.value.message
+
+
+def test_exif_orientation_is_applied() -> None:
+    """A phone stores a portrait photo as landscape pixels plus an orientation tag; it must arrive upright."""
+    landscape = Image.new("RGB", (64, 32), "red")
+    exif = landscape.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    buffer = io.BytesIO()
+    landscape.save(buffer, format="JPEG", exif=exif.tobytes())
+    decoded = decode_image("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(), **LIMITS)
+    assert decoded.image.size == (32, 64)
+
+
+def test_sixteen_bit_grey_keeps_its_level() -> None:
+    """46 % grey in a 16-bit PNG is 46 % grey, not white (a plain convert clips every value above 255)."""
+    import numpy
+
+    grey = Image.fromarray(numpy.full((30, 40), 30147, dtype=numpy.uint16))
+    assert grey.mode.startswith("I")
+    red, green, blue = decode_image(data_url(grey, "PNG"), **LIMITS).image.getpixel((5, 5))
+    assert red == green == blue and abs(red - 117) <= 1

@@ -57,6 +57,11 @@ class Settings:
     request_timeout_s: float = 60.0
     rate_limit_per_s: float = 10.0
     rate_burst: int = 20
+    ip_rate_limit_per_s: float = 100.0
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_proxy: bool = False
+    max_connections: int = 256
+    max_connections_per_ip: int = 64
 
     @property
     def model_path(self) -> str:
@@ -133,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
                         metavar="ORIGIN",
                         help="extra origin allowed to open Socket.IO connections (repeatable, '*' for any)")
+    server.add_argument("--allowed-host", action="append", default=[], dest="allowed_hosts", metavar="NAME",
+                        help="extra Host name the server answers to (repeatable, '*' for any); IP addresses, "
+                             "localhost, --host and the --cors-origin hosts always are. Refusing other names "
+                             "stops DNS rebinding")
+    server.add_argument("--trusted-proxy", action="store_true",
+                        help="a reverse proxy in front sets X-Forwarded-For/-Proto: trust them for the client "
+                             "address (rate limits) and https (Secure cookie). Only with a proxy you run")
     server.add_argument("--token",
                         help="shared access token for the page, Socket.IO and HTTP API (env VLM_TOKEN)")
     server.add_argument("--ssl-cert", help="TLS certificate (PEM) to serve https://, needed for phone cameras on a LAN")
@@ -145,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest frame a client may send, in encoded (JPEG/PNG) bytes (larger: 'image_too_large')")
     limits.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars,
                         help="longest question, in characters (longer: 'question_too_long')")
+    limits.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="open connections in total; further ones wait in the listen backlog")
+    limits.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip,
+                        help="open connections (and Socket.IO sessions) from one client address")
     limits.add_argument("--max-queue", type=int, default=defaults.max_queue,
                         help="queued requests before new ones get a 'busy' error")
     limits.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
@@ -157,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
                         dest="request_timeout_s", help="seconds before a generation is abandoned")
     limits.add_argument("--rate-limit", type=float, default=defaults.rate_limit_per_s,
-                        dest="rate_limit_per_s", help="sustained requests per second per client")
+                        dest="rate_limit_per_s", help="sustained Socket.IO events per second per connection")
+    limits.add_argument("--ip-rate-limit", type=float, default=defaults.ip_rate_limit_per_s,
+                        dest="ip_rate_limit_per_s",
+                        help="sustained Socket.IO events and HTTP API requests per second per client address")
     return parser
 
 
@@ -172,6 +191,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         # The app never monkey-patches, so a Redis client's blocking reads would stall an eventlet/gevent hub.
         parser.error("--message-queue needs --async-mode threading")
     values["cors_origins"] = tuple(values["cors_origins"])
+    values["allowed_hosts"] = tuple(values["allowed_hosts"])
     values["api_key"] = values["api_key"] or os.environ.get("OPENAI_API_KEY", "")
     values["token"] = values["token"] or os.environ.get("VLM_TOKEN") or None
     values["secret_key"] = os.environ.get("VLM_SECRET_KEY") or secrets.token_hex(32)

@@ -3,7 +3,10 @@
 Frames arrive as Base64 text from any client, so every step is bounded before work is
 spent on it: text length before decoding, pixel count before decompressing, and JPEG
 frames are decoded straight at reduced scale (draft mode) because the model never needs
-more than its own input size.
+more than its own input size. Other formats are shrunk before any colour conversion, so a
+big frame is copied at full size as few times as possible. At most ``DECODE_SLOTS`` frames
+are decoded at once in the whole process (so concurrent big frames cannot multiply memory),
+each on a native thread (so under eventlet or gevent the event loop keeps serving).
 """
 
 from __future__ import annotations
@@ -14,12 +17,19 @@ import hashlib
 import io
 import math
 import re
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+DECODE_SLOTS = 2
+DECODE_WAIT_S = 10.0
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.-]+)*?;base64,", re.IGNORECASE)
 
 
@@ -47,6 +57,12 @@ def decode_image(
     target_size: int,
 ) -> DecodedImage:
     """Decode a data URL or bare Base64 image, downscaled so its longest side is ``target_size``."""
+    if not isinstance(payload, str):
+        raise ImageRejected("bad_image", "image must be a data URL or Base64 string")
+    return _slots.run(_decode, payload, max_bytes, max_pixels, target_size)
+
+
+def _decode(payload: str, max_bytes: int, max_pixels: int, target_size: int) -> DecodedImage:
     started = time.perf_counter()
     raw = _base64_bytes(payload, max_bytes)
     image = _open_bounded(raw, max_pixels, target_size)
@@ -57,9 +73,7 @@ def decode_image(
     )
 
 
-def _base64_bytes(payload: object, max_bytes: int) -> bytes:
-    if not isinstance(payload, str):
-        raise ImageRejected("bad_image", "image must be a data URL or Base64 string")
+def _base64_bytes(payload: str, max_bytes: int) -> bytes:
     text = payload.strip()
     match = _DATA_URL.match(text)
     if match:
@@ -96,16 +110,114 @@ def _open_bounded(raw: bytes, max_pixels: int, target_size: int) -> Image.Image:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise ImageRejected("bad_image", "image data is truncated or corrupt") from None
-    image = _to_rgb(image)
+    orientation = image.getexif().get(ImageOps.ExifTags.Base.Orientation, 1)
+    if image.mode in SIXTEEN_BIT_MODES:
+        # Converting 16-bit grey straight to RGB clips every value above 255 to white.
+        image = image.convert("I").point(lambda value: value / 257).convert("L")
+    if image.mode not in ("RGB", "RGBA", "L", "LA"):
+        image = _to_rgb(image)
     if max(image.size) > target_size:
-        image.thumbnail((target_size, target_size), Image.Resampling.BILINEAR)
-    return image
+        # reducing_gap: shrink by whole factors first (cheap, little memory), then resample.
+        image.thumbnail((target_size, target_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return _upright(_to_rgb(image), orientation)
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """Apply the EXIF orientation a phone camera records instead of rotating its pixels."""
+    method = ORIENTATIONS.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Flatten transparency onto white, as a viewer would show it, then drop to plain RGB."""
+    if image.mode == "RGB":
+        return image
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+Decoded = TypeVar("Decoded")
+
+
+class _Semaphore(Protocol):
+    def acquire(self, blocking: bool = ..., timeout: float | None = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class DecodeSlots:
+    """At most ``slots`` decodes at a time, each run by ``offload`` (a native thread under eventlet/gevent)."""
+
+    def __init__(self, semaphore: _Semaphore, offload: Callable[..., Any]) -> None:
+        self.semaphore = semaphore
+        self.offload = offload
+
+    def run(self, work: Callable[..., Decoded], *args: object) -> Decoded:
+        if not self.semaphore.acquire(True, DECODE_WAIT_S):
+            raise ImageRejected("busy", "the server is decoding too many images; try again shortly")
+        try:
+            return self.offload(work, *args)
+        finally:
+            self.semaphore.release()
+
+
+def _outcome(work: Callable[..., Decoded], *args: object) -> Decoded | ImageRejected:
+    try:
+        return work(*args)
+    except ImageRejected as refusal:
+        return refusal
+
+
+def _inline(work: Callable[..., Decoded], *args: object) -> Decoded:
+    return work(*args)
+
+
+_slots = DecodeSlots(threading.BoundedSemaphore(DECODE_SLOTS), _inline)
+
+
+def configure_decoding(async_mode: str, slots: int = DECODE_SLOTS) -> None:
+    """Set once at start-up: ``slots`` decode threads of their own, waited on in the server's own way.
+
+    Their own threads, not the connections': glibc gives each thread that allocates big buffers
+    its own heap arena and keeps what was freed there, so decodes spread over every connection
+    thread ratcheted memory up by a frame's size per thread (8 clients: +1.2 GiB), two threads do not.
+    """
+    global _slots
+    if async_mode == "gevent":
+        from gevent.lock import BoundedSemaphore  # imported here: gevent is only loaded when it is the server
+        from gevent.threadpool import ThreadPool
+
+        pool = ThreadPool(slots)
+
+        def on_pool(work: Callable[..., Decoded], *args: object) -> Decoded:
+            # gevent's pool prints a traceback for every exception a job raises; a refused frame is no error.
+            outcome = pool.apply(_outcome, (work, *args))
+            if isinstance(outcome, ImageRejected):
+                raise outcome
+            return outcome
+
+        _slots = DecodeSlots(BoundedSemaphore(slots), on_pool)
+    elif async_mode == "eventlet":
+        import eventlet.semaphore
+        import eventlet.tpool
+
+        eventlet.tpool.set_num_threads(slots)
+        _slots = DecodeSlots(eventlet.semaphore.BoundedSemaphore(slots), eventlet.tpool.execute)
+    else:
+        executor = ThreadPoolExecutor(slots, thread_name_prefix="vlm-decode")
+        _slots = DecodeSlots(threading.BoundedSemaphore(slots),
+                             lambda work, *args: executor.submit(work, *args).result())

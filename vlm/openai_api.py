@@ -18,7 +18,6 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,6 +29,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .config import Settings
+from .hangup import hung_up
 from .images import ImageRejected
 from .protocol import Incoming, ProtocolError, parse_query, to_job
 from .scheduler import Request
@@ -45,6 +45,7 @@ ERROR_STATUS = {"unauthorized": 401, "busy": 429, "loading": 503, "model_error":
 ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx: invalid_request_error
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
 
+HANGUP_CHECK_S = 0.2
 SinkEvent = tuple[str, Any]  # ("stream", delta) | ("response", payload) | ("error", (code, message))
 
 
@@ -114,7 +115,7 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         if backend is None or scheduler is None:
             return error_response("loading", "the model is still loading; try again in a moment")
         try:
-            chat = parse_chat(request.get_json(silent=True), max_question_chars=settings.max_question_chars,
+            chat = parse_chat(json_body(), max_question_chars=settings.max_question_chars,
                               text_only="text" in backend.info.capabilities)
             job, decode_ms = to_job(chat.incoming, settings, decode_size=backend.info.decode_size,
                                     max_new_tokens=chat.max_tokens, temperature=chat.temperature)
@@ -140,12 +141,37 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
             sse = completion.sse(chain([first], events), on_close=partial(scheduler.cancel, work.client, work.id))
             return Response(sse, mimetype="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        kind, value = deque(chain([first], events), maxlen=1)[0]  # without streaming, only the final event
+        kind, value = final_event(chain([first], events), hung_up=partial(hung_up, request.environ),
+                                  cancel=partial(scheduler.cancel, work.client, work.id))
         if kind == "error":
             return error_response(*value)
         return jsonify(completion.message(value)), 200
 
     return api
+
+
+def final_event(events: Iterator[SinkEvent], *, hung_up: Callable[[], bool],
+                cancel: Callable[[], object]) -> SinkEvent:
+    """The answer's last event; a client found gone between tokens has its generation cancelled."""
+    checked = time.monotonic()
+    for event in events:
+        if event[0] != "stream":
+            return event
+        if time.monotonic() - checked > HANGUP_CHECK_S:
+            checked = time.monotonic()
+            if hung_up():
+                log.info("the HTTP client hung up; cancelling its generation")
+                cancel()
+    raise RuntimeError("the scheduler ended a request without a final event")
+
+
+def json_body() -> object:
+    """The request's JSON, or None if it is not JSON; nesting deep enough to exhaust the parser's
+    recursion is refused like any other unusable body rather than failing as a 500."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise ProtocolError("bad_request", "the JSON body is nested too deeply") from None
 
 
 @dataclass(frozen=True)

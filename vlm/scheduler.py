@@ -177,6 +177,12 @@ class Scheduler:
             if request is not None:
                 self._finish_locked(request)
 
+    def has_room(self, client: str, *, ordered: bool = False) -> bool:
+        """Whether ``submit`` would not refuse this client's request as ``busy`` (checked before a decode)."""
+        with self._lock:
+            return ((ordered and client in self._active) or client in self._queued
+                    or len(self._queued) < self.max_queue)
+
     def pending(self) -> int:
         with self._lock:
             return len(self._queued) + len(self._rows) + sum(map(len, self._waiting.values()))

@@ -14,18 +14,22 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 from flask import Flask, Response, jsonify, make_response, render_template, request
 from flask_socketio import SocketIO
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .backends.base import Backend
 from .config import Settings
+from .hosts import allowed_hosts, host_guard
 from .images import ImageRejected
 from .openai_api import install_openai_api
 from .protocol import ProtocolError, parse_cancel, parse_query, parse_skill, request_id, to_job
-from .ratelimit import RateLimiter
+from .ratelimit import EventGate, RateLimiter
 from .scheduler import Request, Scheduler
+from .sessions import SessionBounds, drop
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,13 @@ class Outbox:
     In threading mode any thread may emit. Under eventlet or gevent the worker is a
     native thread that must not touch the hub, so it drops events in a deque that a
     green task empties every couple of milliseconds.
+
+    A client whose unsent packets pile up past ``MAX_BACKLOG`` is not reading (its socket's
+    buffers are full): it is dropped rather than let the server's memory grow for it.
     """
 
     POLL_S = 0.002
+    MAX_BACKLOG = 256
 
     def __init__(self, socketio: SocketIO, async_mode: str) -> None:
         self.socketio = socketio
@@ -69,15 +77,28 @@ class Outbox:
 
     def send(self, event: str, payload: dict[str, Any], sid: str) -> None:
         if self.direct:
-            self.socketio.emit(event, payload, to=sid)
+            self._emit(event, payload, sid)
         else:
             self.pending.append((event, payload, sid))
+
+    def _emit(self, event: str, payload: dict[str, Any], sid: str) -> None:
+        if self.backlog(sid) > self.MAX_BACKLOG:
+            log.warning("dropping %s: %d packets unread", sid, self.backlog(sid))
+            drop(self.socketio, sid)
+            return
+        self.socketio.emit(event, payload, to=sid)
+
+    def backlog(self, sid: str) -> int:
+        """Packets queued for one client and not yet written to its socket (0 if it is gone or remote)."""
+        server = self.socketio.server
+        eio_sid = server.manager.eio_sid_from_sid(sid, "/")
+        connection = server.eio.sockets.get(eio_sid) if eio_sid else None
+        return connection.queue.qsize() if connection is not None else 0
 
     def _pump(self) -> None:
         while True:
             while self.pending:
-                event, payload, sid = self.pending.popleft()
-                self.socketio.emit(event, payload, to=sid)
+                self._emit(*self.pending.popleft())
             self.socketio.sleep(self.POLL_S)
 
 
@@ -154,9 +175,9 @@ class WebApp:
 def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     slot = slot or ModelSlot()
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
-    # Base64 inflates by 4/3; above twice that, a message is not a mistake worth answering but
+    # Base64 inflates by 4/3; above 1.5 times that, a message is not a mistake worth answering but
     # something to cut off at the transport, before it is buffered.
-    transport_limit = settings.max_image_bytes * 3
+    transport_limit = settings.max_image_bytes * 2
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=transport_limit)
     socketio = SocketIO(
         app,
@@ -171,12 +192,25 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     )
     outbox = Outbox(socketio, settings.async_mode)
     sinks = {False: SocketSink(outbox), True: SocketSink(outbox, seed=True)}
-    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst)
+    gate = EventGate(RateLimiter(settings.rate_limit_per_s, settings.rate_burst),
+                     RateLimiter(settings.ip_rate_limit_per_s, settings.ip_rate_limit_per_s * 2),
+                     strikes=settings.rate_burst * 2 + 10)
+    sessions = SessionBounds(socketio, per_address=settings.max_connections_per_ip, total=settings.max_connections)
+    sessions.start()
+    # Outermost first: the real client address (trusted proxy only), then the Host check, then session bounds.
+    app.wsgi_app = sessions.wrap(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = host_guard(app.wsgi_app, allowed_hosts(settings))  # type: ignore[method-assign]
+    if settings.trusted_proxy:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
 
     def token_ok(candidate: object) -> bool:
         if not settings.token:
             return True
-        return isinstance(candidate, str) and hmac.compare_digest(candidate.encode(), settings.token.encode())
+        if not isinstance(candidate, str):
+            return False
+        # surrogatepass: a lone surrogate from a JSON string is a wrong token, not a traceback.
+        return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"),
+                                   settings.token.encode("utf-8", "surrogatepass"))
 
     def bearer() -> str | None:
         header = request.headers.get("Authorization", "")
@@ -231,15 +265,46 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
 
     @socketio.on("connect")
     def on_connect(auth: object = None) -> None:
+        """The token from ``auth``, or the HttpOnly cookie the page set (a new tab has only that);
+        a cross-site page cannot use the cookie: SameSite=Strict, and its Origin is refused."""
         token = auth.get("token") if isinstance(auth, dict) else None
-        if not token_ok(token):
+        if not token_ok(token) and not token_ok(request.cookies.get(TOKEN_COOKIE)):
             raise ConnectionRefusedError("unauthorized")
 
     @socketio.on("disconnect")
     def on_disconnect(reason: object = None) -> None:
-        limiter.forget(request.sid)
+        gate.forget(request.sid)
         if slot.scheduler is not None:
             slot.scheduler.forget_client(request.sid)
+
+    def gated(handler: Any, *, replies: bool = True) -> Any:
+        """Every event is charged to its connection and its address before anything else is done.
+
+        Handlers take any arguments, so a client sending the wrong number still gets a reply.
+        ``replies=False``: a refusal is only acknowledged (a ``cancel``'s id names the query it
+        targets, which must not read as failed).
+        """
+
+        def receive(*args: object) -> object:
+            verdict = gate.check(request.sid, request.remote_addr or "")
+            if verdict.drop:
+                log.warning("dropping %s from %s: it kept flooding after being refused", request.sid,
+                            request.remote_addr)
+                drop(socketio, request.sid)
+                return None
+            payload = args[0] if args else None
+            if not verdict.allowed:
+                if not replies:
+                    return {"error": "rate_limited"}
+                return {"id": reply_error(payload, "rate_limited", "too many requests; slow down")}
+            if len(args) != 1:
+                if not replies:
+                    return {"error": "bad_request"}
+                return {"id": reply_error(payload, "bad_request", "send exactly one payload object")}
+            return handler(args[0])
+
+        receive.__name__ = handler.__name__
+        return receive
 
     def reply_error(payload: object, code: str, message: str, rid: str | None = None) -> str | None:
         if rid is None:
@@ -258,11 +323,12 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         one the server made up before any event about it arrives.
         """
         received = time.perf_counter()
-        if not limiter.allow(request.sid):
-            return {"id": reply_error(payload, "rate_limited", "too many requests; slow down")}
         backend, scheduler = slot.backend, slot.scheduler
         if backend is None or scheduler is None:
             return {"id": reply_error(payload, "loading", "the model is still loading; try again in a moment")}
+        if not scheduler.has_room(request.sid, ordered=not has_id(payload)):  # before the decode: refusing is free
+            return {"id": reply_error(payload, "busy", f"the server is busy ({scheduler.max_queue} requests "
+                                                       "queued); try again shortly")}
         try:
             incoming = parse(payload, backend)
             job, decode_ms = to_job(incoming, settings, decode_size=backend.info.decode_size)
@@ -278,14 +344,17 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         return {"id": incoming.id}
 
     @socketio.on("query")
+    @gated
     def on_query(payload: object = None) -> dict[str, str | None]:
         return accept(payload, lambda p, _: parse_query(p, max_question_chars=settings.max_question_chars))
 
     @socketio.on("skill")
+    @gated
     def on_skill(payload: object = None) -> dict[str, str | None]:
         return accept(payload, lambda p, backend: parse_skill(p, capabilities=backend.info.capabilities))
 
     @socketio.on("cancel")
+    @partial(gated, replies=False)
     def on_cancel(payload: object = None) -> dict[str, object] | None:
         """Acknowledged, so a client can tell whether its request was still running."""
         try:

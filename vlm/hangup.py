@@ -1,0 +1,41 @@
+"""Whether an HTTP client has hung up while its answer is still being generated.
+
+A non-streamed answer writes nothing until it is complete, so a closed connection shows only as
+the socket becoming readable with nothing to read (EOF). The socket is found where each server
+puts it in the WSGI environ (as simple-websocket finds it); on a server that hides it, a hang-up
+is never reported and the answer is generated as before.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+from typing import Any
+
+
+def client_socket(environ: dict[str, Any]) -> Any:
+    if "gunicorn.socket" in environ:
+        return environ["gunicorn.socket"]
+    if "eventlet.input" in environ:
+        return environ["eventlet.input"].get_socket()
+    stream = environ.get("wsgi.input")
+    stream = getattr(stream, "rfile", stream)  # gevent.pywsgi wraps its file object
+    return getattr(getattr(stream, "raw", None), "_sock", None)
+
+
+def hung_up(environ: dict[str, Any]) -> bool:
+    connection = client_socket(environ)
+    try:
+        descriptor = connection.fileno() if connection is not None else -1
+        if descriptor < 0:
+            return connection is not None
+        if not select.select([descriptor], [], [], 0)[0]:
+            return False
+        # A peek through a duplicate descriptor: the server's own socket object (green or TLS) is left alone.
+        with socket.socket(fileno=os.dup(descriptor)) as probe:
+            return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

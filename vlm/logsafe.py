@@ -1,0 +1,66 @@
+"""Logging that a client cannot forge or read secrets from.
+
+Request ids and questions come from strangers: a newline in one would start a fake log line and an
+escape sequence would repaint the operator's terminal, so every control character in a message is
+written escaped. The access token is replaced wherever it appears, whoever logged it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+MASK = "***"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def neutralise(text: str) -> str:
+    """Control characters as visible escapes (``\\n``, ``\\x1b``), so one record is one plain line."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class SafeFormatter(logging.Formatter):
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(FORMAT)
+        self.secrets = tuple(secret for secret in secrets if secret)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = self.mask(neutralise(record.message))
+        return super().formatMessage(record)
+
+    def formatException(self, ei: object) -> str:
+        return self.mask(super().formatException(ei))  # type: ignore[arg-type]
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+
+class QuietTimeouts(logging.Filter):
+    """A client that stops sending mid-request is cut off by its read timeout; that is the bound working,
+    not an error worth a traceback per connection (which a stranger could otherwise use to fill the disk)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], TimeoutError))
+
+
+LIBRARY_LOGGERS = ("engineio.server", "socketio.server", "gevent.pywsgi", "eventlet.wsgi")
+
+
+def configure_logging(token: str | None) -> None:
+    """One handler on the root logger for the app and the server alike."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter((token,) if token else ()))
+    handler.addFilter(QuietTimeouts())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def route_library_loggers() -> None:
+    """python-engineio and python-socketio give their loggers a plain handler of their own when they
+    start; without it their records (which quote what clients sent) go through the root handler."""
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True

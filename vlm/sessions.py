@@ -1,0 +1,160 @@
+"""Bounds on Engine.IO sessions, which a stranger can open before any token is checked.
+
+- A session is opened by one unauthenticated GET, so handshakes are rate-limited per client
+  address, and sessions are capped per address and in total.
+- A session that has not completed the Socket.IO connect (where the token is checked) within
+  ``HANDSHAKE_TIMEOUT_S`` is closed; otherwise each would hold state and a ping timer until
+  the 30 s ping timeout.
+- python-engineio 4.15.1 (the newest release) answers a malformed or oversized polling POST by
+  calling ``disconnect(sid)``, which closes the session with ``wait=True`` and blocks in
+  ``queue.join()`` for a poll that never comes: the request is never answered and its socket
+  and thread are held for good. ``PromptDisconnectServer`` closes without waiting; the CLOSE
+  packet is still queued for any poll or websocket writer that is there to take it, and a
+  closed session's next message ends its transport.
+- A message that Socket.IO cannot decode is answered with ``bad_request``.
+- Socket.IO errors (4xx) also close the HTTP connection, so a malformed exchange ends there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+import engineio
+from flask_socketio import SocketIO
+
+from .ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 5.0
+HANDSHAKES_PER_S = 10.0
+SWEEP_EVERY_S = 1.0
+NAMESPACE = "/"
+
+
+class PromptDisconnectServer(engineio.Server):
+    def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        """A message for a session already closed ends its transport: engineio's websocket loop would
+        otherwise keep reading (and dispatching) whatever a dropped flooder still sends."""
+        if event == "message" and args and args[0] not in self.sockets:
+            raise engineio.exceptions.SocketIsClosedError()
+        return super()._trigger_event(event, *args, **kwargs)
+
+    def disconnect(self, sid: str | None = None) -> None:
+        sockets = [self.sockets.get(sid)] if sid is not None else list(self.sockets.values())
+        for socket in sockets:
+            if socket is not None:
+                socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        if sid is None:
+            self.sockets = {}
+        else:
+            self.sockets.pop(sid, None)
+
+
+def drop(socketio: SocketIO, sid: str) -> None:
+    """End a client's Socket.IO session and its Engine.IO transport (a namespace disconnect alone
+    leaves the connection open for the client to close, which a hostile one never does)."""
+    server = socketio.server
+    eio_sid = server.manager.eio_sid_from_sid(sid, NAMESPACE)
+    server.disconnect(sid)
+    if eio_sid is not None:
+        server.eio.disconnect(eio_sid)
+
+
+class SessionBounds:
+    def __init__(self, socketio: SocketIO, *, per_address: int, total: int) -> None:
+        self.socketio = socketio
+        self.per_address = per_address
+        self.total = total
+        # A burst as large as the session cap: a page of many tabs (or a test's 32 clients) may all connect at once.
+        self.handshakes = RateLimiter(HANDSHAKES_PER_S, per_address)
+        self._unconnected_since: dict[str, float] = {}
+        eio = socketio.server.eio
+        eio.__class__ = PromptDisconnectServer  # same object, two methods change (see module doc)
+        eio.handlers["message"] = self._answering_undecodable(eio.handlers["message"])
+
+    def _answering_undecodable(self, handle: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+        """A message Socket.IO cannot decode (its JSON refuses integers over 100 digits) gets a
+        ``bad_request`` reply; engineio would log a traceback and leave the sender waiting."""
+
+        def message(eio_sid: str, data: Any) -> Any:
+            try:
+                return handle(eio_sid, data)
+            except ValueError as error:
+                log.warning("undecodable message from %s: %s", eio_sid, error)
+                sid = self.socketio.server.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+                if sid is not None:
+                    self.socketio.emit("query_error", {"id": None, "code": "bad_request",
+                                                       "message": "the message is not valid Socket.IO JSON"}, to=sid)
+                return None
+
+        return message
+
+    def start(self) -> None:
+        self.socketio.start_background_task(self._sweep_forever)
+
+    def wrap(self, wsgi_app: Callable[..., Iterable[bytes]], path: str = "/socket.io/") -> Callable[..., Any]:
+        """Refuse handshakes over the bounds; close the connection after any Engine.IO error."""
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if not environ.get("PATH_INFO", "").startswith(path):
+                return wsgi_app(environ, start_response)
+            if "sid" not in parse_qs(environ.get("QUERY_STRING", "")):
+                refusal = self.refusal(environ.get("REMOTE_ADDR", ""))
+                if refusal:
+                    return _plain(start_response, *refusal)
+
+            def closing_on_error(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+                if status[:1] == "4":
+                    headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
+                return start_response(status, headers, *rest)
+
+            return wsgi_app(environ, closing_on_error)
+
+        return app
+
+    def refusal(self, address: str) -> tuple[str, str] | None:
+        environs = list(self.socketio.server.environ.values())
+        if len(environs) >= self.total:
+            return "503 Service Unavailable", "too many sessions; try again shortly"
+        if sum(1 for environ in environs if environ.get("REMOTE_ADDR") == address) >= self.per_address:
+            return "429 Too Many Requests", "too many sessions from your address"
+        if not self.handshakes.allow(address):
+            return "429 Too Many Requests", "too many new sessions from your address; slow down"
+        return None
+
+    def _sweep_forever(self) -> None:
+        while True:
+            self.socketio.sleep(SWEEP_EVERY_S)
+            try:
+                self.sweep(time.monotonic())
+            except Exception:  # the sweeper must outlive any one bad session
+                log.exception("session sweep failed")
+
+    def sweep(self, now: float) -> None:
+        """Close sessions that have not connected to Socket.IO within the handshake timeout."""
+        server = self.socketio.server
+        eio = server.eio
+        alive = set(eio.sockets)
+        for eio_sid in list(self._unconnected_since):
+            if eio_sid not in alive or server.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is not None:
+                del self._unconnected_since[eio_sid]
+        for eio_sid in alive:
+            if server.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is not None:
+                continue
+            since = self._unconnected_since.setdefault(eio_sid, now)
+            if now - since >= HANDSHAKE_TIMEOUT_S:
+                del self._unconnected_since[eio_sid]
+                eio.disconnect(eio_sid)
+
+
+def _plain(start_response: Callable[..., Any], status: str, message: str) -> list[bytes]:
+    body = (message + "\n").encode()
+    start_response(
+        status, [("Content-Type", "text/plain"), ("Connection", "close"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
