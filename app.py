@@ -13,8 +13,9 @@ from transformers.utils import logging as transformers_logging
 from vlm.backends.registry import explain_load_failure, load_backend
 from vlm.config import Settings, parse_settings
 from vlm.images import configure_decoding
+from vlm.logformat import use_log_format
 from vlm.logsafe import MASK, configure_logging, route_library_loggers
-from vlm.scheduler import Scheduler
+from vlm.metrics import MeteredScheduler
 from vlm.servers import serve
 from vlm.web import WebApp, create_app
 
@@ -30,8 +31,9 @@ def load_model(settings: Settings, web: WebApp) -> None:
     except Exception as error:  # any failure here is fatal and must read as a sentence
         print(f"\nERROR: {explain_load_failure(settings, error)}\n", file=sys.stderr, flush=True)
         os._exit(2)
-    scheduler = Scheduler(
+    scheduler = MeteredScheduler(
         backend,
+        metrics=web.watch.metrics,
         max_queue=settings.max_queue,
         batch_window_s=settings.batch_window_ms / 1000,
         timeout_s=settings.request_timeout_s,
@@ -40,6 +42,7 @@ def load_model(settings: Settings, web: WebApp) -> None:
     web.slot.install(backend, scheduler)
     info = backend.info
     log.info("model ready: %s via %s on %s (%s)", info.model, info.backend, info.device, info.dtype)
+    web.watch.model_ready(info)
     announce_ready(settings)
 
 
@@ -87,6 +90,7 @@ def raise_open_file_limit(wanted: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     configure_logging(settings.token)
+    use_log_format(settings.log_format, settings.token)
     raise_open_file_limit(4 * settings.max_connections + 256)
     configure_decoding(settings.async_mode)
     web = create_app(settings)

@@ -841,6 +841,15 @@ function main() {
   loadInfo();
   connect();
   startCamera();
+  // What watch mode (static/watch.js) uses of this page: its connection and its frames.
+  window.vlmPage = {
+    socket: state.socket,
+    token: state.token,
+    captureFrame: (maxSide) => captureFrame(maxSide, false),
+    frameSize: liveFrameSize,
+    interval: liveInterval,
+    showError,
+  };
 }
 
 main();

@@ -13,11 +13,17 @@ Found = TypeVar("Found")
 
 
 class RecordingClient:
-    def __init__(self, url: str, auth: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        auth: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        events: tuple[str, ...] = EVENTS,
+    ) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.changed = threading.Condition()
         self.sio = socketio.Client(reconnection=False)
-        for event in EVENTS:
+        for event in events:
             self.sio.on(event, self._recorder(event))
         self.sio.connect(url, auth=auth, headers=headers or {}, transports=["websocket"], wait_timeout=10)
 

@@ -23,6 +23,7 @@ BACKENDS = ("auto", "moondream", "transformers", "openai")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ASYNC_MODES = ("threading", "eventlet", "gevent")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,13 @@ class Settings:
     trusted_proxy: bool = False
     max_connections: int = 256
     max_connections_per_ip: int = 64
+    sources: tuple[str, ...] = ()
+    watches: tuple[str, ...] = ()
+    watch_interval_ms: float = 200.0
+    watch_cooldown_s: float = 30.0
+    webhook_url: str | None = None
+    webhook_image: bool = True
+    log_format: str = "text"
 
     @property
     def model_path(self) -> str:
@@ -177,6 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--ip-rate-limit", type=float, default=defaults.ip_rate_limit_per_s,
                         dest="ip_rate_limit_per_s",
                         help="sustained Socket.IO events and HTTP API requests per second per client address")
+
+    watch = parser.add_argument_group("watch mode and monitoring")
+    watch.add_argument("--source", action="append", default=[], dest="sources", metavar="FILE_OR_URL",
+                       help="video file, rtsp:// or http:// (MJPEG) stream, or /dev/videoN to watch on the server "
+                            "(repeatable; shown in the page as cam1, cam2, ...)")
+    watch.add_argument("--watch", action="append", default=[], dest="watches", metavar="CONDITION",
+                       help="yes/no question checked on every --source, e.g. 'is there a person?' (repeatable)")
+    watch.add_argument("--watch-interval-ms", type=float, default=defaults.watch_interval_ms,
+                       help="least time between two checks of one watch on a --source")
+    watch.add_argument("--watch-cooldown", type=float, default=defaults.watch_cooldown_s, dest="watch_cooldown_s",
+                       metavar="SECONDS", help="least time between two alerts of one watch")
+    watch.add_argument("--webhook-url", metavar="URL",
+                       help="receives one JSON POST per alert (set here only, never by clients)")
+    watch.add_argument("--webhook-image", action=argparse.BooleanOptionalAction, default=defaults.webhook_image,
+                       help="include the alert's frame as Base64 JPEG in webhook posts")
+    watch.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format,
+                       help="'json' writes one JSON object per log line")
     return parser
 
 
@@ -190,8 +215,11 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     if values["message_queue"] and values["async_mode"] != "threading":
         # The app never monkey-patches, so a Redis client's blocking reads would stall an eventlet/gevent hub.
         parser.error("--message-queue needs --async-mode threading")
+    if values["watches"] and not values["sources"]:
+        parser.error("--watch needs a --source to watch")
     values["cors_origins"] = tuple(values["cors_origins"])
     values["allowed_hosts"] = tuple(values["allowed_hosts"])
+    values["sources"], values["watches"] = tuple(values["sources"]), tuple(values["watches"])
     values["api_key"] = values["api_key"] or os.environ.get("OPENAI_API_KEY", "")
     values["token"] = values["token"] or os.environ.get("VLM_TOKEN") or None
     values["secret_key"] = os.environ.get("VLM_SECRET_KEY") or secrets.token_hex(32)

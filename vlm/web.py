@@ -30,6 +30,7 @@ from .protocol import ProtocolError, parse_cancel, parse_query, parse_skill, req
 from .ratelimit import EventGate, RateLimiter
 from .scheduler import Request, Scheduler
 from .sessions import SessionBounds, drop
+from .watch_web import WatchService, install_watch
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,19 @@ class Outbox:
     def __init__(self, socketio: SocketIO, async_mode: str) -> None:
         self.socketio = socketio
         self.direct = async_mode == "threading"
-        self.pending: deque[tuple[str, dict[str, Any], str]] = deque()
+        self.pending: deque[tuple[str, dict[str, Any], str | None]] = deque()
         if not self.direct:
             socketio.start_background_task(self._pump)
 
-    def send(self, event: str, payload: dict[str, Any], sid: str) -> None:
+    def send(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
+        """To the client ``sid``, or to every client when it is None."""
         if self.direct:
             self._emit(event, payload, sid)
         else:
             self.pending.append((event, payload, sid))
 
-    def _emit(self, event: str, payload: dict[str, Any], sid: str) -> None:
-        if self.backlog(sid) > self.MAX_BACKLOG:
+    def _emit(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
+        if sid is not None and self.backlog(sid) > self.MAX_BACKLOG:
             log.warning("dropping %s: %d packets unread", sid, self.backlog(sid))
             drop(self.socketio, sid)
             return
@@ -165,6 +167,7 @@ class WebApp:
     socketio: SocketIO
     slot: ModelSlot
     outbox: Outbox
+    watch: WatchService
 
     def idle(self) -> bool:
         """Nothing accepted is still unanswered or undelivered (used to drain on shutdown)."""
@@ -274,6 +277,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     @socketio.on("disconnect")
     def on_disconnect(reason: object = None) -> None:
         gate.forget(request.sid)
+        watch.forget_tab(request.sid)
         if slot.scheduler is not None:
             slot.scheduler.forget_client(request.sid)
 
@@ -306,12 +310,18 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         receive.__name__ = handler.__name__
         return receive
 
+    watch = install_watch(app, socketio, settings, scheduler=lambda: slot.scheduler,
+                          decode_size=lambda: slot.backend.info.decode_size if slot.backend else None,
+                          send=outbox.send, token_ok=token_ok, bearer=bearer, cookie=TOKEN_COOKIE,
+                          guard=partial(gated, replies=False))
+
     def reply_error(payload: object, code: str, message: str, rid: str | None = None) -> str | None:
         if rid is None:
             try:
                 rid = request_id(payload)
             except ProtocolError:
                 rid = None
+        watch.metrics.refused("socketio", code)
         event, body = error_event(rid, code, message, seed=not has_id(payload))
         socketio.emit(event, body, to=request.sid)
         return rid
@@ -365,4 +375,4 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         cancelled = slot.scheduler is not None and slot.scheduler.cancel(request.sid, rid)
         return {"id": rid, "cancelled": cancelled}
 
-    return WebApp(app=app, socketio=socketio, slot=slot, outbox=outbox)
+    return WebApp(app=app, socketio=socketio, slot=slot, outbox=outbox, watch=watch)

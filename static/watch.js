@@ -1,0 +1,244 @@
+// Watch mode: "tell me when ..." conditions checked again and again by the server's model.
+// A watch on this tab's camera checks the frames this page sends: one frame in flight, the
+// next only after the server's watch_frame_done (live mode's backpressure). A watch on a
+// server-side camera (--source) checks that camera's frames on the server. Wire protocol:
+// docs/PROTOCOL.md, "Watch mode".
+
+const page = window.vlmPage;
+const $ = (id) => document.getElementById(id);
+const FRAME_RETRY_MS = 500;
+const ERROR_BACKOFF_MS = 1500;
+
+const els = {
+  form: $('watch-form'),
+  condition: $('watch-condition'),
+  source: $('watch-source'),
+  preview: $('watch-preview'),
+  list: $('watch-list'),
+  watchTemplate: $('watch-template'),
+  banner: $('alert-banner'),
+  bannerText: $('alert-banner-text'),
+  log: $('alert-log'),
+  alertTemplate: $('alert-template'),
+};
+
+const watches = new Map(); // id -> {data, item}
+const tab = { inFlight: null, lastDone: 0, timer: 0, nextAt: 0 };
+let audio = null;
+
+// Counters for tests (and the curious: window.__vlmWatchStats in the console).
+const stats = { framesSent: 0, inFlight: 0, maxInFlight: 0, verdicts: [], alerts: 0, beeps: 0, notifications: 0 };
+window.__vlmWatchStats = stats;
+
+// ---------------------------------------------------------------- sources
+
+async function loadSources() {
+  const headers = page.token ? { Authorization: `Bearer ${page.token}` } : {};
+  try {
+    const response = await fetch('/v1/watch', { headers, cache: 'no-store' });
+    if (!response.ok) return;
+    const { sources } = await response.json();
+    for (const source of sources) els.source.append(new Option(`Server: ${source.label} (${source.id})`, source.id));
+  } catch {
+    // Without the list only this tab's camera is offered, which is what a plain set-up has anyway.
+  }
+}
+
+function showPreview() {
+  const id = els.source.value;
+  els.preview.hidden = id === 'tab';
+  els.preview.src = id === 'tab' ? '' : `/v1/watch/sources/${encodeURIComponent(id)}/mjpeg`;
+}
+
+// ---------------------------------------------------------------- watches
+
+function addWatch(condition, source) {
+  askForNotifications();
+  page.socket.emit('watch_add', { condition, source }, (ack) => {
+    if (ack.error) {
+      page.showError(`Could not start the watch: ${ack.error.message || ack.error}`);
+      return;
+    }
+    render(ack.watch);
+    scheduleFrame();
+  });
+}
+
+function render(data) {
+  let entry = watches.get(data.id);
+  if (!entry) {
+    const item = els.watchTemplate.content.firstElementChild.cloneNode(true);
+    item.dataset.id = data.id;
+    item.querySelector('.watch-pause').addEventListener('click', () => pause(data.id));
+    item.querySelector('.watch-remove').addEventListener('click', () => remove(data.id));
+    els.list.append(item);
+    entry = { data, item };
+    watches.set(data.id, entry);
+  }
+  entry.data = { ...entry.data, ...data };
+  const { item } = entry;
+  const watch = entry.data;
+  item.dataset.verdict = watch.verdict || 'pending';
+  item.dataset.on = String(Boolean(watch.on));
+  item.dataset.paused = String(watch.paused);
+  item.querySelector('.watch-condition').textContent = watch.condition;
+  item.querySelector('.watch-source').textContent = watch.source === 'tab' ? 'this camera' : watch.source;
+  item.querySelector('.watch-verdict').textContent = watch.paused ? 'paused' : (watch.verdict || 'checking…');
+  item.querySelector('.watch-answer').textContent = watch.error || watch.answer || '';
+  item.querySelector('.watch-checked').textContent = watch.checked
+    ? `checked ${clock(watch.checked)} · ${watch.checks} checks` : '';
+  item.querySelector('.watch-pause').textContent = watch.paused ? 'Resume' : 'Pause';
+}
+
+function pause(id) {
+  const entry = watches.get(id);
+  page.socket.emit('watch_pause', { id, paused: !entry.data.paused }, (ack) => {
+    if (ack.error) return page.showError(ack.error.message || ack.error);
+    render(ack.watch);
+    scheduleFrame();
+  });
+}
+
+function remove(id) {
+  page.socket.emit('watch_remove', { id }, () => {
+    watches.get(id)?.item.remove();
+    watches.delete(id);
+    scheduleFrame();
+  });
+}
+
+// The server forgets a tab's watches when its connection ends; a reconnect starts them again.
+function restartAll() {
+  const old = [...watches.values()].map(({ data }) => data);
+  els.list.replaceChildren();
+  watches.clear();
+  tab.inFlight = null;
+  for (const watch of old) addWatch(watch.condition, watch.source);
+}
+
+// ---------------------------------------------------------------- this tab's frames
+
+function tabWatching() {
+  return [...watches.values()].some(({ data }) => data.source === 'tab' && !data.paused);
+}
+
+function scheduleFrame() {
+  clearTimeout(tab.timer);
+  if (tab.inFlight !== null || !tabWatching()) return;
+  tab.timer = setTimeout(sendFrame, Math.max(0, tab.nextAt - performance.now()));
+}
+
+function sendFrame() {
+  if (tab.inFlight !== null || !tabWatching()) return;
+  const frame = page.socket.connected ? page.captureFrame(page.frameSize()) : null;
+  if (!frame) {
+    tab.timer = setTimeout(sendFrame, FRAME_RETRY_MS);
+    return;
+  }
+  tab.inFlight = Infinity; // until the ack says which frame it is
+  stats.framesSent += 1;
+  stats.inFlight += 1;
+  stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight);
+  tab.nextAt = performance.now() + page.interval();
+  page.socket.emit('watch_frame', { image: frame.dataUrl }, (ack) => {
+    if (ack.error) {
+      tab.nextAt = performance.now() + ERROR_BACKOFF_MS;
+      frameDone();
+    } else if (ack.checking === 0 || ack.frame <= tab.lastDone) {
+      frameDone();
+    } else {
+      tab.inFlight = ack.frame;
+    }
+  });
+}
+
+function onFrameDone({ frame }) {
+  tab.lastDone = Math.max(tab.lastDone, frame);
+  if (tab.inFlight !== null && frame >= tab.inFlight) frameDone();
+}
+
+function frameDone() {
+  tab.inFlight = null;
+  stats.inFlight = Math.max(0, stats.inFlight - 1);
+  scheduleFrame();
+}
+
+// ---------------------------------------------------------------- alerts
+
+function onAlert(alert) {
+  stats.alerts += 1;
+  const when = clock(alert.time);
+  els.bannerText.textContent = `${alert.condition} — ${alert.answer} (${when}, ${alert.source.label})`;
+  els.banner.hidden = false;
+  const item = els.alertTemplate.content.firstElementChild.cloneNode(true);
+  item.querySelector('.thumb').src = alert.thumbnail;
+  item.querySelector('.alert-condition').textContent = alert.condition;
+  item.querySelector('.alert-answer').textContent = alert.answer;
+  item.querySelector('.alert-time').textContent = `${when} · ${alert.source.label}`;
+  els.log.prepend(item);
+  beep();
+  notify(alert);
+}
+
+function askForNotifications() {
+  if (window.Notification?.permission === 'default') Notification.requestPermission().catch(() => {});
+  // The sound needs an AudioContext made during a click; browsers keep it silent otherwise.
+  audio ||= window.AudioContext ? new AudioContext() : null;
+}
+
+function beep() {
+  if (!audio) return;
+  audio.resume().catch(() => {});
+  const tone = audio.createOscillator();
+  const gain = audio.createGain();
+  tone.frequency.value = 880;
+  gain.gain.setValueAtTime(0.2, audio.currentTime);
+  gain.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.4);
+  tone.connect(gain).connect(audio.destination);
+  tone.start();
+  tone.stop(audio.currentTime + 0.4);
+  stats.beeps += 1;
+}
+
+function notify(alert) {
+  if (window.Notification?.permission !== 'granted') return;
+  try {
+    new Notification('Watch alert', { body: `${alert.condition} — ${alert.answer}`, tag: alert.watch });
+    stats.notifications += 1;
+  } catch {
+    // Some mobile browsers only notify through a service worker; the banner and the sound remain.
+  }
+}
+
+function clock(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString();
+}
+
+// ---------------------------------------------------------------- wiring
+
+function main() {
+  els.form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const condition = els.condition.value.trim();
+    if (!condition) {
+      els.condition.focus();
+      return;
+    }
+    addWatch(condition, els.source.value);
+    els.condition.value = '';
+  });
+  els.source.addEventListener('change', showPreview);
+  $('alert-banner-close').addEventListener('click', () => { els.banner.hidden = true; });
+  $('alert-log-clear').addEventListener('click', () => els.log.replaceChildren());
+  page.socket.on('watch_state', (watch) => {
+    stats.verdicts.push(watch.verdict);
+    render(watch);
+  });
+  page.socket.on('watch_alert', onAlert);
+  page.socket.on('watch_frame_done', onFrameDone);
+  page.socket.on('connect', () => { if (watches.size) restartAll(); });
+  page.socket.on('disconnect', () => { tab.inFlight = null; });
+  loadSources();
+}
+
+main();

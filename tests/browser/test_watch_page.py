@@ -1,0 +1,104 @@
+"""Watch mode in the page, in real Chromium against the real app and the demo model.
+
+The fake camera shows a red circle for five seconds, then a blue triangle; a watch for
+"is there a triangle?" must say no, then raise exactly one alert: the banner, the sound,
+a notification and an alert-log entry whose thumbnail is the triangle. The app also plays
+a video file as a server-side camera, which the page offers, previews and watches.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect
+
+from tests.browser.conftest import OpenApp
+from tests.browser.fake_camera import Shot
+from tests.browser.test_page import save_screenshot
+from tests.server_process import AppProcess
+from tests.video_clips import write_clip
+
+CONDITION = "is there a triangle?"
+
+
+@pytest.fixture(scope="module")
+def source_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
+    clip = write_clip(
+        tmp_path_factory.mktemp("server-camera") / "yard.mp4", (Shot("circle", "red", 1), Shot("triangle", "blue", 60))
+    )
+    with AppProcess(["--model", "demo", "--source", str(clip)]) as app:
+        yield app
+
+
+def stats(page: Page) -> dict:
+    return page.evaluate("() => ({...window.__vlmWatchStats})")
+
+
+def thumbnail_centre(page: Page, selector: str) -> tuple[int, int, int]:
+    src = page.locator(selector).get_attribute("src") or ""
+    image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
+    return image.getpixel((image.width // 2, image.height // 2))
+
+
+def test_a_watch_on_the_camera_alerts_once_when_the_triangle_appears(
+    switch_browser: Browser, open_app: OpenApp, source_server: AppProcess
+) -> None:
+    page = open_app(browser=switch_browser, url=source_server.url)
+    page.context.grant_permissions(["notifications"])
+    page.fill("#watch-condition", CONDITION)
+    page.click("#watch-add")
+    watch = page.locator("#watch-list > li")
+    expect(watch).to_have_count(1)
+    expect(watch.locator(".watch-condition")).to_have_text(CONDITION)
+    expect(watch).to_have_attribute("data-verdict", "no")
+
+    banner = page.locator("#alert-banner")
+    expect(banner).to_be_visible(timeout=20_000)
+    expect(banner).to_contain_text(CONDITION)
+    expect(watch).to_have_attribute("data-on", "true")
+    log = page.locator("#alert-log > li")
+    expect(log).to_have_count(1)
+    expect(log.first.locator(".alert-condition")).to_have_text(CONDITION)
+    red, _, blue = thumbnail_centre(page, "#alert-log > li img.thumb")
+    assert blue > 150 and red < 110, "the alert's thumbnail is not the triangle"
+    page.locator("#watch-panel").scroll_into_view_if_needed()
+    save_screenshot(page, "page-watch.png", docs_name="screenshot-watch.png")
+
+    page.wait_for_function("() => window.__vlmWatchStats.verdicts.length >= 6")
+    seen = stats(page)
+    assert seen["verdicts"][0] == "no" and "yes" in seen["verdicts"]
+    assert seen["alerts"] == 1 and seen["beeps"] == 1 and seen["notifications"] == 1, seen
+    assert seen["maxInFlight"] == 1, "more than one frame in flight"
+
+    watch.locator(".watch-pause").click()
+    expect(watch).to_have_attribute("data-paused", "true")
+    expect(watch.locator(".watch-verdict")).to_have_text("paused")
+    page.wait_for_timeout(500)
+    paused_at = stats(page)["framesSent"]
+    page.wait_for_timeout(1000)
+    assert stats(page)["framesSent"] == paused_at, "a paused watch kept the page sending frames"
+    watch.locator(".watch-remove").click()
+    expect(watch).to_have_count(0)
+    page.locator("#alert-banner-close").click()
+    expect(banner).to_be_hidden()
+
+
+def test_the_page_offers_previews_and_watches_a_server_camera(open_app: OpenApp, source_server: AppProcess) -> None:
+    page = open_app(url=source_server.url)
+    option = page.locator("#watch-source option[value=cam1]")
+    expect(option).to_have_text("Server: yard.mp4 (cam1)")
+    page.select_option("#watch-source", "cam1")
+    preview = page.locator("#watch-preview")
+    expect(preview).to_be_visible()
+    page.wait_for_function("() => document.getElementById('watch-preview').naturalWidth > 0")
+    page.fill("#watch-condition", CONDITION)
+    page.click("#watch-add")
+    watch = page.locator("#watch-list > li")
+    expect(watch.locator(".watch-source")).to_have_text("cam1")
+    expect(page.locator("#alert-log > li")).to_have_count(1, timeout=20_000)
+    expect(page.locator("#alert-log > li .alert-time")).to_contain_text("yard.mp4")
+    assert stats(page)["framesSent"] == 0, "a server camera's watch needs no frames from the page"

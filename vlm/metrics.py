@@ -1,0 +1,192 @@
+"""Prometheus metrics for ``GET /metrics``, in a registry of this app's own.
+
+A registry per app (not prometheus_client's global one) keeps two apps in one process,
+as in tests, from counting into each other. Requests are counted where every one of them
+ends, at its sink: ``MeteredScheduler`` wraps each submitted request's sink, so the
+Socket.IO, HTTP and watch paths are all measured without each having to remember to.
+Requests refused before reaching the scheduler (bad input, rate limit, loading) are counted
+by the door that refused them (``refused``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from flask import g, has_request_context
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .backends.base import Backend, GenerationEvents, Job, ModelInfo
+from .scheduler import Request, Scheduler
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+STAGES = ("queue", "decode", "model", "first_token", "total")
+
+
+def door(client: str) -> str:
+    """Which way a request came in, from its scheduler client key."""
+    if client.startswith("watch:"):
+        return "watch"
+    return "http" if client.startswith("http-") else "socketio"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "vlm_requests",
+            "Requests that reached the model queue, by door, outcome and code",
+            ["door", "outcome", "code"],
+            registry=registry,
+        )
+        self.refusals = Counter(
+            "vlm_refused_requests",
+            "Requests refused before the model queue, by door and code",
+            ["door", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "vlm_latency_seconds",
+            "Answered requests: time in each stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "vlm_batch_size", "Requests decoded together per model call", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.tokens = Counter("vlm_generated_tokens", "Tokens generated in answered requests", registry=registry)
+        self.alerts = Counter(
+            "vlm_watch_alerts", "Watch alerts raised, by kind of source", ["source_kind"], registry=registry
+        )
+        self.webhook_posts = Counter("vlm_webhook_deliveries", "Alerts delivered to --webhook-url", registry=registry)
+        self.webhook_failures = Counter(
+            "vlm_webhook_failures", "Alerts that could not be delivered to --webhook-url", registry=registry
+        )
+        self.model = Info("vlm_model", "The loaded model", registry=registry)
+        self.queue_depth = Gauge("vlm_queue_depth", "Requests queued or running", registry=registry)
+        self.clients = Gauge("vlm_connected_clients", "Socket.IO clients connected to this process", registry=registry)
+        self.watches = Gauge("vlm_watches_active", "Watches not paused", registry=registry)
+        ProcessCollector(registry=registry)
+
+    def track(
+        self,
+        *,
+        queue_depth: Callable[[], int],
+        clients: Callable[[], int],
+        watches: Callable[[], int],
+        sources: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        """Gauges read when scraped, from the parts that know."""
+        self.queue_depth.set_function(queue_depth)
+        self.clients.set_function(clients)
+        self.watches.set_function(watches)
+        self.registry.register(_SourceCollector(sources))
+        self.registry.register(_CudaCollector())
+
+    def model_loaded(self, info: ModelInfo) -> None:
+        self.model.info({"model": info.model, "backend": info.backend, "device": info.device, "dtype": info.dtype})
+
+    def answered(self, client: str, timing: dict[str, float]) -> None:
+        self.requests.labels(door(client), "answered", "").inc()
+        for stage in STAGES:
+            if f"{stage}_ms" in timing:
+                self.latency.labels(stage).observe(timing[f"{stage}_ms"] / 1000)
+        self.tokens.inc(timing.get("tokens", 0))
+
+    def failed(self, client: str, code: str) -> None:
+        self.requests.labels(door(client), "cancelled" if code == "cancelled" else "error", code).inc()
+
+    def refused(self, door_name: str, code: str) -> None:
+        self.refusals.labels(door_name, code).inc()
+
+    def webhook_result(self, delivered: bool) -> None:
+        (self.webhook_posts if delivered else self.webhook_failures).inc()
+
+
+class MeteredSink:
+    """Counts a request's outcome and timings, then passes every event on unchanged."""
+
+    def __init__(self, inner: Any, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def stream(self, request: Request, delta: str) -> None:
+        self.inner.stream(request, delta)
+
+    def respond(self, request: Request, payload: dict[str, Any]) -> None:
+        self.metrics.answered(request.client, payload.get("timing", {}))
+        self.inner.respond(request, payload)
+
+    def error(self, request: Request, code: str, message: str) -> None:
+        self.metrics.failed(request.client, code)
+        self.inner.error(request, code, message)
+
+
+class MeteredScheduler(Scheduler):
+    def __init__(self, backend: Backend, *, metrics: Metrics, **options: Any) -> None:
+        self.metrics = metrics
+        super().__init__(MeteredBackend(backend, metrics), **options)
+
+    def submit(self, request: Request) -> None:
+        request.sink = MeteredSink(request.sink, self.metrics)
+        if has_request_context():
+            g.vlm_queued = True  # an HTTP error after this was counted here, not as a refusal
+        super().submit(request)
+
+
+class MeteredBackend(Backend):
+    """The loaded backend, observed: how many jobs each model call decodes together."""
+
+    def __init__(self, inner: Backend, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self.info = inner.info
+        self.name = inner.name  # type: ignore[misc]
+
+    def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        self.metrics.batch_size.observe(len(jobs))
+        self.inner.generate(jobs, events)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _SourceCollector(Collector):
+    def __init__(self, sources: Callable[[], list[dict[str, Any]]]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        frames = CounterMetricFamily("vlm_source_frames", "Frames decoded from a --source", labels=["source"])
+        reconnects = CounterMetricFamily(
+            "vlm_source_reconnects", "Times a --source dropped and was reopened", labels=["source"]
+        )
+        for source in self.sources():
+            frames.add_metric([source["id"]], source["frames"])
+            reconnects.add_metric([source["id"]], source["reconnects"])
+        yield frames
+        yield reconnects
+
+
+class _CudaCollector(Collector):
+    """CUDA memory of this process, once it uses a GPU (no series on CPU; never creates a CUDA context)."""
+
+    def collect(self) -> Iterator[Metric]:
+        if not torch.cuda.is_initialized():
+            return
+        allocated = GaugeMetricFamily(
+            "vlm_cuda_memory_allocated_bytes", "CUDA memory held by tensors", labels=["device"]
+        )
+        reserved = GaugeMetricFamily(
+            "vlm_cuda_memory_reserved_bytes", "CUDA memory reserved by the caching allocator", labels=["device"]
+        )
+        for index in range(torch.cuda.device_count()):
+            allocated.add_metric([str(index)], torch.cuda.memory_allocated(index))
+            reserved.add_metric([str(index)], torch.cuda.memory_reserved(index))
+        yield allocated
+        yield reserved

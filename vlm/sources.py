@@ -1,0 +1,138 @@
+"""Server-side video sources for ``--source``: a video file, an RTSP or HTTP (MJPEG) stream, or a device.
+
+Decoding is FFmpeg's, through PyAV, on one thread per source that keeps only the latest
+frame (a frame is turned into a picture only if a watch or a viewer takes it). A file plays
+once at its own frame rate, so a watch sees what a camera would have shown; anything else
+is live: when it drops or cannot be opened, it is opened again after a pause that doubles
+up to ``MAX_BACKOFF_S`` and starts over once frames flow again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import av
+from PIL import Image
+
+from .watch import Frame, Source, SourceKind, WatchHub
+
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 5.0
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 10.0
+
+
+def source_kind(target: str) -> SourceKind:
+    return "file" if Path(target).is_file() else "stream"
+
+
+def source_label(target: str) -> str:
+    """What the page and the alerts may show: never credentials or a query string from the URL."""
+    parts = urlsplit(target)
+    if parts.scheme and parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return f"{parts.scheme}://{host}{parts.path}"
+    return Path(target).name or target
+
+
+def open_options(target: str) -> dict[str, object]:
+    """``av.open`` arguments: TCP for RTSP (UDP loses frames behind NAT), V4L2 for /dev/video*."""
+    options: dict[str, object] = {"timeout": (OPEN_TIMEOUT_S, READ_TIMEOUT_S)}
+    if target.startswith(("rtsp://", "rtsps://")):
+        options["options"] = {"rtsp_transport": "tcp"}
+    if target.startswith("/dev/video"):
+        options["format"] = "v4l2"
+    return options
+
+
+def describe(error: Exception) -> str:
+    """The error without its file name: FFmpeg's messages repeat the URL, credentials included."""
+    return f"{type(error).__name__}: {getattr(error, 'strerror', None) or 'no detail'}"
+
+
+class VideoSource:
+    """Feeds one ``Source`` of ``hub`` from ``target`` until ``stop``."""
+
+    def __init__(self, hub: WatchHub, source: Source, target: str, *, frame_side: int) -> None:
+        self.hub = hub
+        self.source = source
+        self.target = target
+        self.frame_side = frame_side
+        self.stopped = threading.Event()
+        self.seq = 0
+        self.delivered = 0
+        self.thread = threading.Thread(target=self._run, name=f"vlm-source-{source.id}", daemon=True)
+
+    def start(self) -> VideoSource:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        backoff = FIRST_BACKOFF_S / 2
+        while not self.stopped.is_set():
+            self.delivered = 0
+            try:
+                self._play()
+                problem = "the stream ended"
+            except (av.FFmpegError, OSError) as error:
+                problem = describe(error)
+                if self.source.kind == "file":
+                    self.hub.set_state(self.source, "failed")
+                    log.error("source %s could not be played: %s", self.source.id, problem)
+                    return
+            if self.source.kind == "file":
+                self.hub.set_state(self.source, "ended")
+                log.info("source %s ended after %d frames", self.source.id, self.delivered)
+                return
+            backoff = FIRST_BACKOFF_S if self.delivered else min(MAX_BACKOFF_S, backoff * 2)
+            self.hub.set_state(self.source, "reconnecting")
+            log.warning("source %s dropped (%s); reconnecting in %.1f s", self.source.id, problem, backoff)
+            self.stopped.wait(backoff)
+
+    def _play(self) -> None:
+        """Decode until the end or an error, counting the frames delivered in ``self.delivered``."""
+        with av.open(self.target, **open_options(self.target)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            paced = self.source.kind == "file"
+            started = time.monotonic()
+            first: float | None = None
+            for decoded in container.decode(stream):
+                if self.stopped.is_set():
+                    break
+                position = decoded.time
+                if paced and position is not None:
+                    first = position if first is None else first
+                    if self.stopped.wait(max(0.0, started + (position - first) - time.monotonic())):
+                        break
+                if self.delivered == 0:
+                    self.hub.set_state(self.source, "playing", started=time.time())
+                    log.info("source %s playing (%dx%d)", self.source.id, decoded.width, decoded.height)
+                self.seq += 1
+                self.hub.offer(
+                    self.source,
+                    Frame(
+                        seq=self.seq,
+                        load=self._loader(decoded),
+                        captured=time.time(),
+                        position_s=position if paced else None,
+                    ),
+                )
+                self.delivered += 1
+
+    def _loader(self, decoded: av.VideoFrame) -> Callable[[], Image.Image]:
+        """Scaled by FFmpeg to the model's input size on first use."""
+        scale = min(1.0, self.frame_side / max(decoded.width, decoded.height))
+        width, height = max(1, math.ceil(decoded.width * scale)), max(1, math.ceil(decoded.height * scale))
+        return lambda: decoded.reformat(width=width, height=height, format="rgb24").to_image()

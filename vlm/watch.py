@@ -1,0 +1,455 @@
+"""Watches: a yes/no condition asked again and again about a source's latest frame.
+
+A source is a browser tab's camera (the page sends frames) or a server-side video source
+(vlm/sources.py). Each watch has at most one check in the scheduler at a time, under a
+client key of its own, so it never supersedes a person's questions or another watch; when
+a check ends, the next one takes the newest frame (older ones are simply skipped), which
+paces every watch at the model's speed. A check's free-text answer is read as yes, no or
+unclear by its first word (``read_verdict``), and an alert fires when the condition turns
+true: ``HITS`` of the last ``WINDOW`` checks said yes, and the last alert of that watch is
+more than ``COOLDOWN_S`` ago (``Trigger``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+from PIL import Image
+
+from .backends.base import Job
+from .scheduler import Request, Scheduler
+
+log = logging.getLogger(__name__)
+
+HITS, WINDOW = 2, 3
+COOLDOWN_S = 30.0
+# The verdict is in the first word; a short cap keeps a chatty model from spending seconds per check.
+VERDICT_TOKENS = 24
+FAILURE_PAUSE_S = 1.0
+YES_WORDS = frozenset({"yes", "yeah", "yep", "true", "correct", "affirmative"})
+NO_WORDS = frozenset({"no", "nope", "not", "false", "none", "never", "negative"})
+_FIRST_WORD = re.compile(r"[^a-z]*([a-z]+)")
+
+Verdict = Literal["yes", "no", "unclear"]
+SourceKind = Literal["tab", "file", "stream"]
+
+
+def read_verdict(answer: str) -> Verdict:
+    """'Yes, a person is ...' -> yes; 'No.' -> no; anything else (a caption, an empty answer) -> unclear."""
+    match = _FIRST_WORD.match(answer.lower())
+    word = match.group(1) if match else ""
+    return "yes" if word in YES_WORDS else "no" if word in NO_WORDS else "unclear"
+
+
+class Trigger:
+    """Debounce: the condition is on once ``hits`` of the last ``window`` checks said yes.
+
+    Only turning on alerts, and not again within ``cooldown_s`` of the last alert; it turns off
+    (and re-arms) once fewer than ``hits`` of the last ``window`` said yes. Unclear counts as no.
+    """
+
+    def __init__(self, hits: int = HITS, window: int = WINDOW, cooldown_s: float = COOLDOWN_S) -> None:
+        self.hits = hits
+        self.cooldown_s = cooldown_s
+        self.recent: deque[bool] = deque(maxlen=window)
+        self.on = False
+        self.last_alert = float("-inf")
+
+    def feed(self, verdict: Verdict, now: float) -> bool:
+        """Record one check; True when this check raises an alert."""
+        self.recent.append(verdict == "yes")
+        was_on, self.on = self.on, sum(self.recent) >= self.hits
+        if self.on and not was_on and now - self.last_alert >= self.cooldown_s:
+            self.last_alert = now
+            return True
+        return False
+
+
+@dataclass(eq=False)
+class Frame:
+    """One frame of a source. ``load`` makes the RGB picture on first use (most decoded frames are never checked)."""
+
+    seq: int
+    load: Callable[[], Image.Image]
+    captured: float  # wall-clock time (time.time()) it was taken or received
+    decode_ms: float = 0.0
+    position_s: float | None = None  # where in a video file it is
+
+    @cached_property
+    def image(self) -> Image.Image:
+        return self.load()
+
+
+@dataclass(eq=False)
+class Source:
+    """Where a watch gets frames: the latest one, and how playback is going."""
+
+    id: str
+    label: str
+    kind: SourceKind
+    owner: str | None = None  # the tab whose camera it is
+    interval_s: float = 0.0  # least time between two checks of one watch (a tab paces itself)
+    latest: Frame | None = None
+    state: str = "starting"  # starting | playing | reconnecting | ended | failed
+    started: float | None = None  # wall-clock time the current playback began
+    reconnects: int = 0
+    frames: int = 0
+
+    @property
+    def public_id(self) -> str:
+        """A tab's camera is just 'tab' to clients: its id holds the tab's Socket.IO session id."""
+        return "tab" if self.kind == "tab" else self.id
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "kind": self.kind,
+            "state": self.state,
+            "started": self.started,
+            "reconnects": self.reconnects,
+            "frames": self.frames,
+        }
+
+
+@dataclass(eq=False)
+class Watch:
+    id: str
+    condition: str
+    source: Source
+    owner: str | None  # the tab that added it; None for the operator's --watch
+    trigger: Trigger
+    paused: bool = False
+    busy: bool = False
+    last_seq: int = -1
+    next_at: float = 0.0  # monotonic time before which it is not checked again
+    checks: int = 0
+    alerts: int = 0
+    verdict: Verdict | None = None
+    answer: str = ""
+    checked: float | None = None
+    error: str | None = None
+
+    @property
+    def client(self) -> str:
+        """Its own scheduler client key: a watch's check supersedes only its own previous check."""
+        return f"watch:{self.id}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "condition": self.condition,
+            "source": self.source.public_id,
+            "paused": self.paused,
+            "verdict": self.verdict,
+            "on": self.trigger.on,
+            "answer": self.answer,
+            "checked": self.checked,
+            "checks": self.checks,
+            "alerts": self.alerts,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A watch's condition turned true on ``frame``; vlm/alerts.py sends it everywhere it should go."""
+
+    watch: Watch
+    frame: Frame
+    answer: str
+    time: float
+
+
+class WatchError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# (event, payload, tab sid or None for everyone)
+Notify = Callable[[str, dict[str, Any], str | None], None]
+
+
+class WatchHub:
+    """All watches and sources of this process, and the thread that keeps them checking."""
+
+    MAX_PER_TAB = 8
+    MAX_TOTAL = 64
+
+    def __init__(
+        self,
+        *,
+        scheduler: Callable[[], Scheduler | None],
+        notify: Notify,
+        on_alert: Callable[[Alert], None],
+        max_new_tokens: int,
+        max_condition_chars: int,
+        cooldown_s: float = COOLDOWN_S,
+    ) -> None:
+        self.scheduler = scheduler
+        self.notify = notify
+        self.on_alert = on_alert
+        self.max_new_tokens = min(max_new_tokens, VERDICT_TOKENS)
+        self.max_condition_chars = max_condition_chars
+        self.cooldown_s = cooldown_s
+        self.watches: dict[str, Watch] = {}
+        self.sources: dict[str, Source] = {}
+        self._changed = threading.Condition()
+        threading.Thread(target=self._run, name="vlm-watches", daemon=True).start()
+
+    # -- sources --------------------------------------------------------------------
+
+    def add_source(self, source: Source) -> Source:
+        with self._changed:
+            self.sources[source.id] = source
+        return source
+
+    def tab_source(self, sid: str) -> Source:
+        with self._changed:
+            source = self.sources.get(f"tab:{sid}")
+            if source is None:
+                source = self.sources[f"tab:{sid}"] = Source(
+                    id=f"tab:{sid}", label="this tab's camera", kind="tab", owner=sid
+                )
+            return source
+
+    def offer(self, source: Source, frame: Frame) -> int:
+        """A new latest frame; returns how many watches will check it (tabs wait for ``watch_frame_done``)."""
+        with self._changed:
+            source.latest = frame
+            source.frames += 1
+            self._changed.notify_all()
+            return sum(1 for w in self.watches.values() if w.source is source and not w.paused)
+
+    def set_state(self, source: Source, state: str, *, started: float | None = None) -> None:
+        with self._changed:
+            source.state = state
+            if started is not None:
+                source.started = started
+            if state == "reconnecting":
+                source.reconnects += 1
+
+    def public_sources(self) -> list[dict[str, Any]]:
+        with self._changed:
+            return [s.describe() for s in self.sources.values() if s.kind != "tab"]
+
+    # -- watches ----------------------------------------------------------------------
+
+    def add(self, condition: object, source_id: object, owner: str | None) -> Watch:
+        if not isinstance(condition, str) or not condition.strip():
+            raise WatchError("empty_question", "condition is empty")
+        condition = condition.strip()
+        if len(condition) > self.max_condition_chars:
+            raise WatchError("question_too_long", f"condition is longer than {self.max_condition_chars} characters")
+        if self.scheduler() is None:
+            raise WatchError("loading", "the model is still loading; try again in a moment")
+        with self._changed:
+            if source_id == "tab" and owner is not None:
+                source = self.tab_source(owner)
+            elif isinstance(source_id, str) and source_id in self.sources and self.sources[source_id].kind != "tab":
+                source = self.sources[source_id]
+            else:
+                raise WatchError("bad_request", "source must be 'tab' or the id of a server source")
+            if owner is not None and sum(w.owner == owner for w in self.watches.values()) >= self.MAX_PER_TAB:
+                raise WatchError("busy", f"a tab can keep at most {self.MAX_PER_TAB} watches")
+            if len(self.watches) >= self.MAX_TOTAL:
+                raise WatchError("busy", f"the server keeps at most {self.MAX_TOTAL} watches")
+            watch = Watch(
+                id=uuid.uuid4().hex[:12],
+                condition=condition,
+                source=source,
+                owner=owner,
+                trigger=Trigger(cooldown_s=self.cooldown_s),
+            )
+            self.watches[watch.id] = watch
+            self._changed.notify_all()
+        log.info(
+            "watch %s added on %s (%d chars)", watch.id, source.id if source.kind != "tab" else "a tab", len(condition)
+        )
+        return watch
+
+    def owned(self, watch_id: object, owner: str) -> Watch:
+        with self._changed:
+            watch = self.watches.get(watch_id) if isinstance(watch_id, str) else None
+        if watch is None or watch.owner != owner:
+            raise WatchError("bad_request", "no such watch")
+        return watch
+
+    def pause(self, watch: Watch, paused: bool) -> None:
+        with self._changed:
+            watch.paused = paused
+            self._changed.notify_all()
+        if paused:
+            self._stop_check(watch)
+
+    def remove(self, watch: Watch) -> None:
+        with self._changed:
+            self.watches.pop(watch.id, None)
+        self._stop_check(watch)
+
+    def forget_owner(self, sid: str) -> None:
+        """A tab closed: its watches and its camera source go with it."""
+        with self._changed:
+            mine = [w for w in self.watches.values() if w.owner == sid]
+            for watch in mine:
+                del self.watches[watch.id]
+            self.sources.pop(f"tab:{sid}", None)
+        for watch in mine:
+            self._stop_check(watch)
+
+    def active_count(self) -> int:
+        with self._changed:
+            return sum(1 for w in self.watches.values() if not w.paused)
+
+    def operator_watches(self) -> list[dict[str, Any]]:
+        """The ``--watch`` conditions: a tab's own watches are its business only."""
+        with self._changed:
+            return [w.describe() for w in self.watches.values() if w.owner is None]
+
+    def _stop_check(self, watch: Watch) -> None:
+        """Its check in flight is dropped without an answer; a tab waiting on that frame may go on."""
+        scheduler = self.scheduler()
+        if scheduler is not None:
+            scheduler.forget_client(watch.client)
+        with self._changed:
+            watch.busy = False
+            self._changed.notify_all()
+        self._frame_done_if_idle(watch.source)
+
+    # -- checking ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                due, wait = self._due_locked(time.monotonic())
+                if not due:
+                    self._changed.wait(wait)
+                    continue
+                for watch, _ in due:
+                    watch.busy = True
+            for watch, frame in due:
+                self._check(watch, frame)
+
+    def _due_locked(self, now: float) -> tuple[list[tuple[Watch, Frame]], float | None]:
+        due: list[tuple[Watch, Frame]] = []
+        wait: float | None = None
+        for watch in self.watches.values():
+            frame = watch.source.latest
+            if watch.paused or watch.busy or frame is None or frame.seq <= watch.last_seq:
+                continue
+            if watch.next_at > now:
+                wait = min(wait or watch.next_at - now, watch.next_at - now)
+                continue
+            due.append((watch, frame))
+        return due, wait
+
+    def _check(self, watch: Watch, frame: Frame) -> None:
+        scheduler = self.scheduler()
+        try:
+            image = frame.image
+        except Exception:
+            log.exception("could not convert a frame of %s", watch.source.id)
+            self._ended(watch, frame)
+            return
+        if scheduler is None:
+            self._ended(watch, frame)
+            return
+        watch.checks += 1
+        job = Job(
+            task="query",
+            image=image,
+            image_key=f"{watch.source.id}#{frame.seq}",
+            text=watch.condition,
+            max_new_tokens=self.max_new_tokens,
+        )
+        scheduler.submit(
+            Request(
+                id=f"{watch.id}-{watch.checks}",
+                client=watch.client,
+                job=job,
+                sink=_CheckSink(self, watch, frame),
+                live=True,
+                decode_ms=frame.decode_ms,
+            )
+        )
+
+    def _ended(self, watch: Watch, frame: Frame, pause_s: float = 0.0) -> None:
+        with self._changed:
+            watch.busy = False
+            watch.last_seq = max(watch.last_seq, frame.seq)
+            watch.next_at = time.monotonic() + max(pause_s, watch.source.interval_s)
+            self._changed.notify_all()
+
+    def checked(self, watch: Watch, frame: Frame, answer: str) -> None:
+        verdict = read_verdict(answer)
+        now = time.time()
+        with self._changed:
+            live = self.watches.get(watch.id) is watch and not watch.paused
+            fired = live and watch.trigger.feed(verdict, now)
+            watch.verdict, watch.answer, watch.checked, watch.error = verdict, answer, now, None
+            if fired:
+                watch.alerts += 1
+            state = watch.describe()
+        self._ended(watch, frame)
+        if not live:
+            return
+        self._tell_owner(watch, state)
+        if fired:
+            self.on_alert(Alert(watch=watch, frame=frame, answer=answer, time=now))
+        self._frame_done_if_idle(watch.source)
+
+    def failed(self, watch: Watch, frame: Frame, code: str, message: str) -> None:
+        with self._changed:
+            watch.error = None if code == "cancelled" else f"{code}: {message}"
+            state = watch.describe()
+        # A busy or failing model is not asked again at once (a tab's own pace is kept by its frames).
+        self._ended(watch, frame, 0.0 if code == "cancelled" else FAILURE_PAUSE_S)
+        if code != "cancelled":
+            self._tell_owner(watch, state)
+        self._frame_done_if_idle(watch.source)
+
+    def _tell_owner(self, watch: Watch, state: dict[str, Any]) -> None:
+        """A tab hears about its own watches' checks; the operator's are in ``GET /v1/watch``, not pushed."""
+        if watch.owner is not None:
+            self.notify("watch_state", state, watch.owner)
+
+    def _frame_done_if_idle(self, source: Source) -> None:
+        """Backpressure for a tab: it sends its next frame only after every watch there has checked this one."""
+        if source.kind != "tab" or source.latest is None or source.owner is None:
+            return
+        frame = source.latest
+        with self._changed:
+            waiting = [
+                w
+                for w in self.watches.values()
+                if w.source is source and not w.paused and (w.busy or w.last_seq < frame.seq)
+            ]
+        if not waiting:
+            self.notify("watch_frame_done", {"frame": frame.seq}, source.owner)
+
+
+class _CheckSink:
+    """One check's outcome, back to the hub (on the model worker thread: only bookkeeping here)."""
+
+    def __init__(self, hub: WatchHub, watch: Watch, frame: Frame) -> None:
+        self.hub, self.watch, self.frame = hub, watch, frame
+
+    def stream(self, request: Request, delta: str) -> None:
+        return None
+
+    def respond(self, request: Request, payload: dict[str, Any]) -> None:
+        self.hub.checked(self.watch, self.frame, str(payload.get("answer", "")))
+
+    def error(self, request: Request, code: str, message: str) -> None:
+        self.hub.failed(self.watch, self.frame, code, message)

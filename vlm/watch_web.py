@@ -1,0 +1,265 @@
+"""Watch mode and metrics on the web: Socket.IO events, ``/v1/watch`` routes and ``GET /metrics``.
+
+Wired into the app by ``install_watch`` from ``create_app``; the wire protocol is in
+docs/PROTOCOL.md. A tab's watches check the frames the tab sends with ``watch_frame``; the
+tab sends the next one only after ``watch_frame_done`` (the live-mode backpressure: one
+frame in flight per tab, and each check takes the newest). Everything here answers the
+sender only, except alerts of the operator's ``--watch`` conditions, which go to every tab.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from flask_socketio import SocketIO
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .alerts import AlertDispatcher, AlertFeed, jpeg_bytes
+from .backends.base import ModelInfo
+from .config import Settings
+from .images import ImageRejected, decode_image
+from .metrics import Metrics
+from .sources import VideoSource, source_kind, source_label
+from .watch import Frame, Source, WatchError, WatchHub
+from .webhook import WebhookSender
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 30.0
+Handler = Callable[..., Any]
+PREVIEW_FPS = 5
+
+
+@dataclass
+class WatchService:
+    """What the app keeps of watch mode: started for real once the model is loaded."""
+
+    settings: Settings
+    hub: WatchHub
+    metrics: Metrics
+    feed: AlertFeed
+    players: list[VideoSource] = field(default_factory=list)
+
+    def forget_tab(self, sid: str) -> None:
+        """The tab closed: its watches stop."""
+        self.hub.forget_owner(sid)
+
+    def model_ready(self, info: ModelInfo) -> None:
+        """Start the ``--source`` players and the ``--watch`` conditions on each of them."""
+        self.metrics.model_loaded(info)
+        for number, target in enumerate(self.settings.sources, start=1):
+            source = self.hub.add_source(
+                Source(
+                    id=f"cam{number}",
+                    label=source_label(target),
+                    kind=source_kind(target),
+                    interval_s=self.settings.watch_interval_ms / 1000,
+                )
+            )
+            self.players.append(VideoSource(self.hub, source, target, frame_side=info.decode_size).start())
+            for condition in self.settings.watches:
+                self.hub.add(condition, source.id, owner=None)
+
+
+def install_watch(
+    app: Flask,
+    socketio: SocketIO,
+    settings: Settings,
+    *,
+    scheduler: Callable[[], Any],
+    decode_size: Callable[[], int | None],
+    send: Callable[[str, dict[str, Any], str | None], None],
+    token_ok: Callable[[object], bool],
+    bearer: Callable[[], str | None],
+    cookie: str,
+    guard: Callable[[Handler], Handler],
+) -> WatchService:
+    """``send(event, payload, sid or None for all)`` emits from any thread; ``bearer()`` is a request's bearer
+    token and ``cookie`` the name of the cookie in which the page keeps it; ``guard`` wraps each event handler
+    in the app's per-connection and per-address event limits."""
+
+    def credential(cookie_ok: bool) -> str | None:
+        """The token a request presents; an <img> or <video> can only present the page's cookie."""
+        return bearer() or (request.cookies.get(cookie) if cookie_ok else None)
+
+    metrics = Metrics()
+    feed = AlertFeed(socketio.sleep)
+    webhook = WebhookSender(settings.webhook_url, on_result=metrics.webhook_result) if settings.webhook_url else None
+    alerts = AlertDispatcher(
+        notify=send,
+        feed=feed,
+        webhook=webhook.send if webhook else None,
+        webhook_image=settings.webhook_image,
+        counted=lambda alert: metrics.alerts.labels(alert.watch.source.kind).inc(),
+    )
+    hub = WatchHub(
+        scheduler=scheduler,
+        notify=send,
+        on_alert=alerts.raise_alert,
+        max_new_tokens=settings.max_new_tokens,
+        max_condition_chars=settings.max_question_chars,
+        cooldown_s=settings.watch_cooldown_s,
+    )
+    metrics.track(
+        queue_depth=lambda: scheduler().pending() if scheduler() else 0,
+        clients=lambda: connected_clients(socketio),
+        watches=hub.active_count,
+        sources=hub.public_sources,
+    )
+    _install_routes(app, socketio, hub, metrics, feed, token_ok=token_ok, credential=credential)
+    _install_events(socketio, settings, hub, decode_size, guard)
+    return WatchService(settings=settings, hub=hub, metrics=metrics, feed=feed)
+
+
+def connected_clients(socketio: SocketIO) -> int:
+    # python-socketio's manager keeps every connected sid of a namespace in its room None.
+    return len(socketio.server.manager.rooms.get("/", {}).get(None, {}))
+
+
+def _install_routes(
+    app: Flask,
+    socketio: SocketIO,
+    hub: WatchHub,
+    metrics: Metrics,
+    feed: AlertFeed,
+    *,
+    token_ok: Callable[[object], bool],
+    credential: Callable[[bool], str | None],
+) -> None:
+    def unauthorized() -> tuple[Response, int]:
+        return jsonify(error={"code": "unauthorized", "message": "missing or wrong bearer token"}), 401
+
+    @app.get("/metrics")
+    def prometheus() -> Response | tuple[Response, int]:
+        if not token_ok(credential(False)):
+            return unauthorized()
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/watch")
+    def watch_overview() -> tuple[Response, int]:
+        if not token_ok(credential(True)):
+            return unauthorized()
+        return jsonify(sources=hub.public_sources(), watches=hub.operator_watches(), last_alert=feed.last_seq), 200
+
+    @app.get("/v1/watch/alerts")
+    def watch_alerts() -> tuple[Response, int]:
+        if not token_ok(credential(False)):
+            return unauthorized()
+        try:
+            after = int(request.args.get("after", "0"))
+            wait = min(MAX_WAIT_S, max(0.0, float(request.args.get("wait", "0"))))
+        except ValueError:
+            return jsonify(error={"code": "bad_request", "message": "after and wait must be numbers"}), 400
+        records = feed.after(after, wait)
+        return jsonify(alerts=records, last=records[-1]["seq"] if records else max(after, 0)), 200
+
+    @app.get("/v1/watch/sources/<source_id>/mjpeg")
+    def watch_preview(source_id: str) -> Response | tuple[Response, int]:
+        """What a server-side source shows, for the page (an <img> sends the page's cookie, not a header)."""
+        if not token_ok(credential(True)):
+            return unauthorized()
+        source = hub.sources.get(source_id)
+        if source is None or source.kind == "tab":
+            return jsonify(error={"code": "not_found", "message": "no such source"}), 404
+        return Response(
+            _mjpeg(source, socketio.sleep),
+            mimetype="multipart/x-mixed-replace; boundary=frame",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.after_request
+    def count_http_refusals(response: Response) -> Response:
+        """/v1 requests refused before the model queue (after it, the scheduler's sink counted them)."""
+        if request.path.startswith("/v1/chat/") and response.status_code >= 400 and not g.get("vlm_queued"):
+            body = response.get_json(silent=True) if response.is_json else None
+            code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+            metrics.refused("http", str(code or response.status_code))
+        return response
+
+
+def _mjpeg(source: Source, sleep: Callable[[float], object]) -> Iterator[bytes]:
+    shown = -1
+    while True:
+        frame = source.latest
+        if frame is not None and frame.seq != shown:
+            shown = frame.seq
+            jpeg = jpeg_bytes(frame.image)
+            yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
+        sleep(1 / PREVIEW_FPS)
+
+
+def _install_events(
+    socketio: SocketIO,
+    settings: Settings,
+    hub: WatchHub,
+    decode_size: Callable[[], int | None],
+    guard: Callable[[Handler], Handler],
+) -> None:
+    def refusal(error: WatchError | ImageRejected) -> dict[str, Any]:
+        return {"error": {"code": error.code, "message": error.message}}
+
+    def fields(payload: object) -> dict[str, Any]:
+        if not isinstance(payload, dict):
+            raise WatchError("bad_request", "payload must be a JSON object")
+        return payload
+
+    @socketio.on("watch_add")
+    @guard
+    def on_watch_add(payload: object = None) -> dict[str, Any]:
+        try:
+            given = fields(payload)
+            watch = hub.add(given.get("condition"), given.get("source", "tab"), owner=request.sid)
+        except WatchError as error:
+            return refusal(error)
+        return {"watch": watch.describe()}
+
+    @socketio.on("watch_pause")
+    @guard
+    def on_watch_pause(payload: object = None) -> dict[str, Any]:
+        try:
+            given = fields(payload)
+            watch = hub.owned(given.get("id"), request.sid)
+            paused = given.get("paused", True)
+            if not isinstance(paused, bool):
+                raise WatchError("bad_request", "paused must be true or false")
+        except WatchError as error:
+            return refusal(error)
+        hub.pause(watch, paused)
+        return {"watch": watch.describe()}
+
+    @socketio.on("watch_remove")
+    @guard
+    def on_watch_remove(payload: object = None) -> dict[str, Any]:
+        try:
+            watch = hub.owned(fields(payload).get("id"), request.sid)
+        except WatchError as error:
+            return refusal(error)
+        hub.remove(watch)
+        return {"removed": watch.id}
+
+    @socketio.on("watch_frame")
+    @guard
+    def on_watch_frame(payload: object = None) -> dict[str, Any]:
+        received = time.time()
+        side = decode_size()
+        try:
+            if side is None:
+                raise WatchError("loading", "the model is still loading; try again in a moment")
+            frame = decode_image(
+                fields(payload).get("image"),
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                target_size=side,
+            )
+        except (WatchError, ImageRejected) as error:
+            return refusal(error)
+        source = hub.tab_source(request.sid)
+        seq = (source.latest.seq if source.latest else 0) + 1
+        image = frame.image
+        checking = hub.offer(source, Frame(seq=seq, load=lambda: image, captured=received, decode_ms=frame.decode_ms))
+        return {"frame": seq, "checking": checking}
