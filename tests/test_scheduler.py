@@ -10,6 +10,7 @@ from PIL import Image
 
 from tests.doubles import RecordingSinkDouble, ScriptedBackendDouble, SteppingBackendDouble
 from vlm.backends.base import Job
+from vlm.metrics import MeteredScheduler, Metrics
 from vlm.scheduler import MAX_WAITING_PER_CLIENT, Request, Scheduler
 
 FRAME = Image.new("RGB", (8, 8))
@@ -294,3 +295,12 @@ def test_healthz_says_degraded_while_the_model_is_stuck() -> None:
     backend.released.set()
     time.sleep(0.1)
     assert health.get("/healthz").json["status"] == "ok"
+
+
+def test_the_metered_scheduler_keeps_the_backends_running_batch() -> None:
+    sink, backend = RecordingSinkDouble(), SteppingBackendDouble(max_batch_size=8, word_delay_s=0.02)
+    scheduler = MeteredScheduler(backend, metrics=Metrics(), batch_window_s=0)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    wait_streamed(sink, "long", 3)
+    scheduler.submit(make_request(sink, "short", "bob", "hi"))
+    assert list(sink.wait_finals(1)) == ["short"], "the newcomer joined the running batch"
