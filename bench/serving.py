@@ -179,6 +179,8 @@ def app_args(folder: Path, device: Device, dtype: str, tokens: int, *extra: str)
         "100000",
         "--request-timeout",
         "3600",
+        "--batching",
+        "continuous",
         *extra,
     ]
 
