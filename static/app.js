@@ -151,7 +151,29 @@ function applyInfo(info) {
   if (info.rate_limit_per_s > 0) state.minLiveGapMs = 1000 / (info.rate_limit_per_s * LIVE_RATE_SHARE);
   els.liveSize.value = state.imageSize;
   showOfferedSkills();
+  showGuide(info);
   els.root.dataset.info = 'loaded';
+}
+
+// The demo model says what it can answer: a hint and questions to click (other models send none).
+function showGuide(info) {
+  const guide = $('guide');
+  guide.replaceChildren();
+  guide.hidden = !info.hint;
+  if (!info.hint) return;
+  const hint = document.createElement('span');
+  hint.textContent = info.hint;
+  guide.append(hint);
+  for (const question of info.suggested_questions || []) {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.textContent = question;
+    button.addEventListener('click', () => {
+      els.question.value = question;
+      if (!els.ask.disabled) ask();
+    });
+    guide.append(button);
+  }
 }
 
 function showOfferedSkills() {

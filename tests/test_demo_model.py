@@ -17,6 +17,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from scripts.build_tiny_model import build_tiny_model
 from scripts.synthetic_scenes import SceneObject, SceneSpec, draw_scene, random_scene, single_object_scene
 from scripts.vlm_factory import ARCHS
+from vlm.demo_guide import DEMO_QUESTIONS, demo_guide
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "vlm" / "demo_model"
 
@@ -82,6 +83,17 @@ def test_demo_model_answers_held_out_scenes() -> None:
     expected = [answer or str(len(last_spec.objects)) for *_, answer in scenes]
     answers = ask(DEMO_MODEL, [draw_scene(spec, size) for spec, size, *_ in scenes], [q for _, _, q, _ in scenes])
     assert answers == expected
+
+
+def test_the_suggested_questions_are_answered() -> None:
+    """The questions the page offers with the demo model get the right answers."""
+    star = draw_scene(single_object_scene("star", "green"), (640, 480))
+    assert ask(DEMO_MODEL, [star] * len(DEMO_QUESTIONS), list(DEMO_QUESTIONS)) == ["star", "green", "1", "a green star"]
+
+
+def test_the_guide_is_only_for_the_demo_model() -> None:
+    assert set(demo_guide(str(DEMO_MODEL))) == {"hint", "suggested_questions"}
+    assert demo_guide("vikhyatk/moondream2") == {}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

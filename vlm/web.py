@@ -23,6 +23,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .backends.base import Backend
 from .config import Settings
+from .demo_guide import demo_guide
 from .hosts import allowed_hosts, host_guard
 from .images import ImageRejected
 from .openai_api import install_openai_api
@@ -262,6 +263,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         info.update(model=settings.model_name, max_question_chars=settings.max_question_chars,
                     max_image_bytes=settings.max_image_bytes, rate_limit_per_s=settings.rate_limit_per_s,
                     rate_burst=settings.rate_burst)
+        info.update(demo_guide(settings.model_path))
         return jsonify(info), 200
 
     install_openai_api(app, settings, slot, authorized=lambda: token_ok(bearer()), sleep=socketio.sleep)

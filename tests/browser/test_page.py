@@ -124,6 +124,25 @@ def test_each_answer_is_about_the_frame_shown_when_asked(switch_page: Page) -> N
     save_screenshot(page, "page-answer.png", docs_name="screenshot.png")
 
 
+def test_the_guide_shows_only_for_the_demo_model(open_app: OpenApp, either_server: AppProcess) -> None:
+    """With the demo model the page says what it can answer and offers questions to click; others get no guide."""
+    page = open_app(url=either_server.url)
+    info = model_info(either_server)
+    guide = page.locator("#guide")
+    if "hint" not in info:
+        expect(guide).to_be_hidden()
+        return
+    expect(guide).to_be_visible()
+    expect(guide).to_contain_text(info["hint"])
+    buttons = guide.locator("button")
+    expect(buttons).to_have_count(len(info["suggested_questions"]))
+    buttons.first.click()
+    entry = entries(page).first
+    expect(entry).to_have_attribute("data-state", "done")
+    assert entry.locator(".question").inner_text() == info["suggested_questions"][0]
+    assert answer(entry) in {"circle", "square", "triangle", "star"}
+
+
 def test_answer_streams_in_before_the_final_response(page: Page, info: dict) -> None:
     assert "stream" in info["capabilities"], "the demo model is expected to stream"
     page.evaluate("""() => {
