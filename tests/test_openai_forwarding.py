@@ -24,9 +24,18 @@ FRAME = Image.new("RGB", (320, 240), "red")
 
 @pytest.fixture(scope="module")
 def upstream(slow_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(
-        ["--model", str(slow_model), "--max-new-tokens", "200", "--request-timeout", "600"], env={"VLM_TOKEN": TOKEN}
-    ) as running:
+    """An upstream that batches continuously, as vLLM does: it answers a short request beside a long one."""
+    args = [
+        "--model",
+        str(slow_model),
+        "--max-new-tokens",
+        "200",
+        "--request-timeout",
+        "600",
+        "--batching",
+        "continuous",
+    ]
+    with AppProcess(args, env={"VLM_TOKEN": TOKEN}) as running:
         yield running
 
 
