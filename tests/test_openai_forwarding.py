@@ -50,7 +50,7 @@ def test_a_request_is_forwarded_while_another_streams(upstream: AppProcess, slow
     )
     sink = RecordingSinkDouble()
     scheduler = Scheduler(backend, batch_window_s=0, timeout_s=600)
-    scheduler.submit(ask(sink, "long", "alice", 60))
+    scheduler.submit(ask(sink, "long", "alice", 200))
     with sink.finished:
         assert sink.finished.wait_for(lambda: any(e[:2] == ("stream", "long") for e in sink.events), 60)
     scheduler.submit(ask(sink, "short", "bob", 3))
