@@ -37,6 +37,7 @@ def load_model(settings: Settings, web: WebApp) -> None:
         max_queue=settings.max_queue,
         batch_window_s=settings.batch_window_ms / 1000,
         timeout_s=settings.request_timeout_s,
+        continuous=settings.batching == "continuous",
     )
     web.slot.install(backend, scheduler)
     info = backend.info

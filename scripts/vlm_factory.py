@@ -53,6 +53,12 @@ class ModelSize:
     image_size: int = 32  # pixels per side the processor resizes every camera frame to
     patch_size: int = 4
     max_positions: int = 512
+    # What real checkpoints set and these small models leave at their simplest (0: as many as text_heads).
+    text_kv_heads: int = 0
+    rope_theta: float = 10000.0
+    scale_factor: int = 2  # Idefics3's pixel shuffle: image tokens per tile = (image_size / patch_size / this)²
+    # 0: the corpus's words; more pads the vocabulary with placeholder words to a real model's size.
+    vocab_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,12 +88,13 @@ def chat_template(image_markup: str) -> str:
     )
 
 
-def build_tokenizer(corpus: Iterable[str], image_tokens: Sequence[str]) -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus: Iterable[str], image_tokens: Sequence[str], vocab_size: int = 0) -> PreTrainedTokenizerFast:
     """A word-level tokenizer trained on `corpus`: lower-cased, split on spaces and punctuation.
 
     "What shape is this?" and "what shape is this ?" tokenize alike; words outside the
     corpus become <unk>. No BOS is added automatically because the chat template writes it.
-    Padding is on the left, as batched generation needs.
+    Padding is on the left, as batched generation needs. A `vocab_size` beyond the corpus's
+    adds placeholder words, so embedding and LM-head shapes match a real checkpoint's.
     """
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.Lowercase()
@@ -95,6 +102,10 @@ def build_tokenizer(corpus: Iterable[str], image_tokens: Sequence[str]) -> PreTr
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words, glues punctuation
     trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK, BOS, EOS, *image_tokens], min_frequency=0)
     tokenizer.train_from_iterator([*corpus, " ".join(CHAT_WORDS)], trainer)
+    vocab = tokenizer.get_vocab()
+    if vocab_size > len(vocab):
+        vocab |= {f"w{index}": index for index in range(len(vocab), vocab_size)}
+        tokenizer.model = models.WordLevel(vocab=vocab, unk_token=UNK)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token=PAD,
@@ -114,7 +125,7 @@ def build_model(
     `can_stop=False` makes EOS unreachable, so generation always runs to `max_new_tokens`.
     """
     spec = ARCHS[arch]
-    tokenizer = build_tokenizer(corpus, spec.image_tokens)
+    tokenizer = build_tokenizer(corpus, spec.image_tokens, size.vocab_size)
     torch.manual_seed(seed)
     model, processor = spec.build(size, tokenizer, chat_template(spec.image_markup))
     model.generation_config = generation_config(tokenizer, can_stop)
@@ -150,8 +161,9 @@ def _llama_config(size: ModelSize, tokenizer: PreTrainedTokenizerFast) -> LlamaC
         intermediate_size=size.text_intermediate,
         num_hidden_layers=size.text_layers,
         num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_heads,
+        num_key_value_heads=size.text_kv_heads or size.text_heads,
         max_position_embeddings=size.max_positions,
+        rope_theta=size.rope_theta,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -210,7 +222,7 @@ def _build_idefics3(
 
     Image splitting is off, so each frame becomes one padded global tile of `image_size`.
     """
-    scale_factor = 2
+    scale_factor = size.scale_factor
     vision = Idefics3VisionConfig(**_vision_tower(size))
     config = Idefics3Config(
         vision_config=vision,

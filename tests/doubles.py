@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from vlm.backends.base import Backend, GenerationEvents, Job, ModelInfo, Result
+from vlm.backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents
 from vlm.scheduler import Request
 
 
@@ -66,6 +67,53 @@ class ScriptedBackendDouble(Backend):
                     events.delta(index, ("" if step == 0 else " ") + row[step])
                     if step == len(row) - 1:
                         events.done(index, Result(answer=" ".join(row), tokens=len(row)))
+
+
+class SteppingBackendDouble(ScriptedBackendDouble):
+    """``ScriptedBackendDouble`` answers, decoded step-wise: one word per row per step, rows join between steps.
+
+    ``steps`` records which rows (by question) each step computed.
+    """
+
+    def __init__(self, *, max_batch_size: int = 4, word_delay_s: float = 0.0) -> None:
+        super().__init__(max_batch_size=max_batch_size, word_delay_s=word_delay_s)
+        self.steps: list[list[str]] = []
+
+    def decoder(self, events: RowEvents) -> Decoder:
+        return _WordDecoder(self, events)
+
+
+class _WordDecoder(Decoder):
+    def __init__(self, backend: SteppingBackendDouble, events: RowEvents) -> None:
+        self.backend = backend
+        self.events = events
+        self.running: dict[int, tuple[str, list[str]]] = {}
+        self.emitted: dict[int, int] = {}
+
+    def join(self, jobs: dict[int, Job]) -> None:
+        for key, job in jobs.items():
+            self.running[key] = (job.text, f"echo: {job.text}".split())
+            self.emitted[key] = 0
+
+    def step(self) -> None:
+        time.sleep(self.backend.word_delay_s)
+        self.backend.steps.append([text for text, _ in self.running.values()])
+        for key, (_, words) in list(self.running.items()):
+            if self.events.cancelled(key):
+                del self.running[key]
+                continue
+            index = self.emitted[key]
+            self.events.delta(key, ("" if index == 0 else " ") + words[index])
+            self.emitted[key] = index + 1
+            if index + 1 == len(words):
+                del self.running[key]
+                self.events.done(key, Result(answer=" ".join(words), tokens=len(words)))
+
+    def rows(self) -> Set[int]:
+        return self.running.keys()
+
+    def clear(self) -> None:
+        self.running = {}
 
 
 @dataclass

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.doubles import RecordingSinkDouble, ScriptedBackendDouble
+from tests.doubles import RecordingSinkDouble, ScriptedBackendDouble, SteppingBackendDouble
 from vlm.backends.base import Job
+from vlm.metrics import MeteredScheduler, Metrics
 from vlm.scheduler import MAX_WAITING_PER_CLIENT, Request, Scheduler
 
 FRAME = Image.new("RGB", (8, 8))
@@ -217,6 +218,65 @@ def test_disconnected_client_work_is_dropped_silently() -> None:
     assert scheduler.pending() == 0
 
 
+LONG = " ".join(f"w{i}" for i in range(30))
+
+
+def streamed(sink: RecordingSinkDouble, rid: str) -> int:
+    return sum(1 for kind, request_id, _ in sink.events if kind == "stream" and request_id == rid)
+
+
+def wait_streamed(sink: RecordingSinkDouble, rid: str, count: int) -> None:
+    with sink.finished:
+        assert sink.finished.wait_for(lambda: streamed(sink, rid) >= count, 5), f"{rid} streamed {count} words"
+
+
+def test_a_newcomer_joins_the_running_batch_and_a_finished_row_leaves_at_once() -> None:
+    sink, backend = RecordingSinkDouble(), SteppingBackendDouble(max_batch_size=8, word_delay_s=0.02)
+    scheduler = Scheduler(backend, batch_window_s=0)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    wait_streamed(sink, "long", 3)
+    scheduler.submit(make_request(sink, "short", "bob", "hi"))
+    finals = sink.wait_finals(1)
+    assert set(finals) == {"short"}, "the newcomer was answered while the long answer was still being generated"
+    finals = sink.wait_finals(2)
+    assert finals["long"][1]["answer"] == f"echo: {LONG}" and finals["short"][1]["answer"] == "echo: hi"
+    together = [i for i, rows in enumerate(backend.steps) if sorted(rows) == sorted([LONG, "hi"])]
+    assert len(together) == 2, "'echo: hi' took two steps in the running batch"
+    assert backend.steps[together[-1] + 1] == [LONG], "the finished row left before the next step"
+
+
+def test_wave_batching_makes_a_newcomer_wait_for_the_whole_wave() -> None:
+    sink = RecordingSinkDouble()
+    scheduler = Scheduler(SteppingBackendDouble(max_batch_size=8, word_delay_s=0.01), batch_window_s=0,
+                          continuous=False)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    wait_streamed(sink, "long", 3)
+    scheduler.submit(make_request(sink, "short", "bob", "hi"))
+    assert list(sink.wait_finals(2)) == ["long", "short"]
+
+
+def test_the_running_batch_never_exceeds_the_batch_size() -> None:
+    sink, backend = RecordingSinkDouble(), SteppingBackendDouble(max_batch_size=2, word_delay_s=0.005)
+    scheduler = Scheduler(backend, batch_window_s=0)
+    for i in range(5):
+        scheduler.submit(make_request(sink, f"r{i}", f"c{i}", f"q{i} a b"))
+    finals = sink.wait_finals(5)
+    assert all(finals[f"r{i}"][1]["answer"] == f"echo: q{i} a b" for i in range(5))
+    assert max(len(rows) for rows in backend.steps) == 2
+
+
+def test_a_cancelled_row_leaves_the_running_batch() -> None:
+    sink, backend = RecordingSinkDouble(), SteppingBackendDouble(max_batch_size=8, word_delay_s=0.02)
+    scheduler = Scheduler(backend, batch_window_s=0)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    scheduler.submit(make_request(sink, "other", "bob", f"{LONG} more"))
+    wait_streamed(sink, "long", 2)
+    assert scheduler.cancel("alice", "long")
+    assert sink.wait_finals(2, timeout_s=10)["other"][0] == "response"
+    assert backend.steps[6:] == [[f"{LONG} more"]] * (len(backend.steps) - 6), "the cancelled row left"
+    assert streamed(sink, "long") < 6
+
+
 def test_healthz_says_degraded_while_the_model_is_stuck() -> None:
     from vlm.config import Settings
     from vlm.web import create_app
@@ -235,3 +295,12 @@ def test_healthz_says_degraded_while_the_model_is_stuck() -> None:
     backend.released.set()
     time.sleep(0.1)
     assert health.get("/healthz").json["status"] == "ok"
+
+
+def test_the_metered_scheduler_keeps_the_backends_running_batch() -> None:
+    sink, backend = RecordingSinkDouble(), SteppingBackendDouble(max_batch_size=8, word_delay_s=0.02)
+    scheduler = MeteredScheduler(backend, metrics=Metrics(), batch_window_s=0)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    wait_streamed(sink, "long", 3)
+    scheduler.submit(make_request(sink, "short", "bob", "hi"))
+    assert list(sink.wait_finals(1)) == ["short"], "the newcomer joined the running batch"

@@ -11,12 +11,15 @@ from scripts.vlm_factory import ARCHS
 from vlm.backends.base import Job, Result
 from vlm.backends.frame_cache import FrameCache
 from vlm.backends.registry import choose_backend, read_model_config
+from vlm.backends.step_decoder import StepDecoder
 from vlm.backends.transformers_backend import MIN_FRAME_SIDE, TransformersBackend
 
 FRAMES = [Image.new("RGB", (320, 240), color) for color in ("red", "blue", "green")]
 
 
 class Events:
+    """Records a backend's reports by row; ``failed`` is how a step-wise decoder would report a lost row."""
+
     def __init__(self, size: int, cancel_row: int | None = None) -> None:
         self.deltas: list[list[str]] = [[] for _ in range(size)]
         self.results: dict[int, Result] = {}
@@ -33,6 +36,9 @@ class Events:
 
     def cancelled(self, index: int) -> bool:
         return index == self.cancel_row and len(self.deltas[index]) >= 2
+
+    def failed(self, index: int, code: str, message: str) -> None:
+        raise AssertionError(f"row {index} failed: {code} {message}")
 
 
 def jobs(budgets: list[int]) -> list[Job]:
@@ -104,6 +110,76 @@ def test_a_frame_asked_about_again_is_not_encoded_again(
     backend.generate(same_frame, uncached)
     for events in (first, again):
         assert [events.results[i].answer for i in range(2)] == [uncached.results[i].answer for i in range(2)]
+
+
+QUESTIONS = ("what shape is this?", "what color is this?", "describe the image", "is there a circle?")
+
+
+def varied_jobs(budgets: list[int]) -> list[Job]:
+    return [Job(task="query", image=FRAMES[i % 3], image_key=f"v{i}", text=QUESTIONS[i % 4], max_new_tokens=n)
+            for i, n in enumerate(budgets)]
+
+
+def answered_alone(backend: TransformersBackend, job: Job) -> Result:
+    events = Events(1)
+    backend.generate([job], events)
+    return events.results[0]
+
+
+def test_rows_joining_a_running_batch_answer_as_they_would_alone(backend: TransformersBackend) -> None:
+    work = [*varied_jobs([12, 5, 9, 12, 7]), Job(task="query", image=None, image_key="", text="say hello",
+                                                 max_new_tokens=6)]
+    events = Events(len(work))
+    decoder = backend.decoder(events)
+    assert isinstance(decoder, StepDecoder)
+    decoder.join({0: work[0]})
+    decoder.step()
+    decoder.step()
+    decoder.join({1: work[1], 2: work[2]})  # two newcomers, padded to each other, then to the running row
+    decoder.step()
+    decoder.join({3: work[3]})
+    for _ in range(3):
+        decoder.step()
+    decoder.join({4: work[4], 5: work[5]})  # after rows have left (the cache was cut); one has no frame
+    while decoder.rows():
+        decoder.step()
+    for index, job in enumerate(work):
+        expected, got = answered_alone(backend, job), events.results[index]
+        assert got.answer == expected.answer, f"row {index} answers as it would alone"
+        assert "".join(events.deltas[index]).strip() == got.answer
+        assert got.tokens == expected.tokens and got.prompt_tokens > 0
+
+
+def test_finished_and_cancelled_rows_leave_the_batch_at_once(backend: TransformersBackend) -> None:
+    events = Events(3, cancel_row=2)
+    decoder = backend.decoder(events)
+    assert isinstance(decoder, StepDecoder)
+    decoder.join(dict(enumerate(varied_jobs([2, 20, 20]))))
+    decoder.step()
+    assert 0 not in decoder.rows() and events.results[0].finish_reason == "length", "row 0 spent its 2 tokens"
+    while 2 in decoder.rows():
+        decoder.step()
+    assert len(events.deltas[2]) == 2, "row 2 left in the step it was cancelled in"
+    assert decoder.cache is not None and decoder.cache.layers[0].keys.shape[0] == 1 == len(decoder.mask)
+    while decoder.rows():
+        decoder.step()
+    assert set(events.results) == {0, 1}
+    assert events.results[1].answer == answered_alone(backend, varied_jobs([2, 20])[1]).answer
+
+
+def test_a_sampled_row_in_the_running_batch_leaves_greedy_rows_exact(backend: TransformersBackend) -> None:
+    greedy, hot = varied_jobs([8])[0], Job(task="query", image=FRAMES[1], image_key="hot", text="what is it?",
+                                           max_new_tokens=8, temperature=5.0)
+    answers = set()
+    for _ in range(3):
+        events = Events(2)
+        decoder = backend.decoder(events)
+        decoder.join({0: greedy, 1: hot})
+        while decoder.rows():
+            decoder.step()
+        assert events.results[0].answer == answered_alone(backend, greedy).answer
+        answers.add(events.results[1].answer)
+    assert len(answers) > 1, "temperature 5 samples"
 
 
 def test_greedy_by_default_and_temperature_samples(backend: TransformersBackend) -> None:

@@ -10,7 +10,7 @@ by the door that refused them (``refused``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .backends.base import Backend, GenerationEvents, Job, ModelInfo
+from .backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, RowEvents
 from .scheduler import Request, Scheduler
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -153,8 +153,34 @@ class MeteredBackend(Backend):
         self.metrics.batch_size.observe(len(jobs))
         self.inner.generate(jobs, events)
 
+    def decoder(self, events: RowEvents) -> Decoder:
+        """The inner backend's own running batch (continuous where it can), observed per step."""
+        return MeteredDecoder(self.inner.decoder(events), self.metrics)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+class MeteredDecoder(Decoder):
+    """A running batch, observed: how many rows each step decodes together."""
+
+    def __init__(self, inner: Decoder, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+        self.advances_itself = inner.advances_itself  # type: ignore[misc]
+
+    def join(self, jobs: dict[int, Job]) -> None:
+        self.inner.join(jobs)
+
+    def step(self) -> None:
+        self.metrics.batch_size.observe(len(self.inner.rows()))
+        self.inner.step()
+
+    def rows(self) -> Set[int]:
+        return self.inner.rows()
+
+    def clear(self) -> None:
+        self.inner.clear()
 
 
 class _SourceCollector(Collector):

@@ -1,13 +1,19 @@
-"""One model worker off the event loop, a bounded fair queue, and micro-batches.
+"""One model worker off the event loop, a bounded fair queue, and continuous batching.
 
 Each client has at most one unfinished request: a newer one supersedes it (a live frame
 replaces the queued one in place, so latest wins without losing its turn). That rule alone
 makes the queue fair, since arrival order across clients is one slot per client. Requests
 marked ``ordered`` (from clients that send no ids, as the original page did) wait behind the
-client's unfinished one instead, a few at most, and are answered one after another. The
-worker waits a few milliseconds for company before starting a batch, because a batched
-decode costs little more than a single one, but only for company it has reason to expect:
-clients seen in the last half second that are not queued yet. A lone user never waits.
+client's unfinished one instead, a few at most, and are answered one after another.
+
+The worker feeds the backend's ``Decoder``, a running batch: between decode steps it admits
+queued requests into the batch (up to ``max_batch_size`` unfinished), so a newcomer starts at
+the next token boundary instead of waiting for the batch to end, and the decoder drops rows
+that are answered or cancelled at once. Backends that cannot do that run whole waves
+(``WaveDecoder``), as ``continuous=False`` makes every backend do. An idle worker waits a
+few milliseconds for company before starting, because a batched step costs little more
+than a single one, but only for company it has reason to expect: clients seen in the last
+half second that are not queued yet. A lone user never waits.
 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
@@ -22,6 +28,7 @@ reports itself ``stuck`` and queued work waits.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -31,7 +38,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .backends.base import Backend, BackendError, Job, Result
+from .backends.base import Backend, BackendError, Decoder, Job, Result, WaveDecoder
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,7 @@ class Request:
     started: float = 0.0
     first_token: float = 0.0
     finished: bool = False
+    row: int | None = None  # the key of its row in the running batch, once admitted
 
     def timing(self, now: float, result: Result) -> dict[str, float | int]:
         def ms(seconds: float) -> float:
@@ -93,17 +101,22 @@ class Scheduler:
         max_queue: int = 64,
         batch_window_s: float = 0.005,
         timeout_s: float = 60.0,
+        continuous: bool = True,
     ) -> None:
         self.backend = backend
         self.max_queue = max_queue
         self.max_batch_size = max(1, backend.info.max_batch_size)
         self.batch_window_s = batch_window_s
         self.timeout_s = timeout_s
+        self.continuous = continuous
         self._lock = threading.Condition()
         self._queued: OrderedDict[str, Request] = OrderedDict()
         self._active: dict[str, Request] = {}
         self._waiting: dict[str, deque[Request]] = {}
-        self._running: list[Request] = []
+        # Admitted and not yet finished, by row key (the decoder's name for the request).
+        self._rows: dict[int, Request] = {}
+        self._row_keys = itertools.count()
+        self._busy_since: float | None = None  # when the worker's current backend call began
         self._last_seen: dict[str, float] = {}
         self._accepting = True
         threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
@@ -172,14 +185,14 @@ class Scheduler:
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._queued) + len(self._running) + sum(map(len, self._waiting.values()))
+            return len(self._queued) + len(self._rows) + sum(map(len, self._waiting.values()))
 
     def stuck_s(self) -> float:
         """How long the model has been running past ``timeout_s`` on a call it has not given back (0: it is not)."""
         with self._lock:
-            if not self._running:
+            if self._busy_since is None:
                 return 0.0
-            overrun = time.perf_counter() - self._running[0].started - self.timeout_s
+            overrun = time.perf_counter() - self._busy_since - self.timeout_s
         return max(0.0, overrun)
 
     def stop_accepting(self) -> None:
@@ -204,6 +217,8 @@ class Scheduler:
                 self._enqueue_locked(waiting.popleft())
         if not waiting:
             self._waiting.pop(request.client, None)
+        if request.row is not None:
+            self._rows.pop(request.row, None)
         if request.client in self._last_seen:
             self._last_seen[request.client] = time.perf_counter()
         self._lock.notify_all()
@@ -238,32 +253,38 @@ class Scheduler:
     # -- the worker ------------------------------------------------------------------
 
     def _work(self) -> None:
+        events = _RowEvents(self)
+        decoder = self.backend.decoder(events) if self.continuous else WaveDecoder(self.backend, events)
         while True:
-            batch = self._next_batch()
-            self._execute(batch)
-            with self._lock:
-                self._running = []
-                self._lock.notify_all()
+            self._advance(decoder, self._admit(decoder))
 
-    def _next_batch(self) -> list[Request]:
+    def _admit(self, decoder: Decoder) -> dict[int, Request]:
+        """Wait for work, then take from the queue what fits in the running batch.
+
+        Newcomers join a running batch at once; only an idle worker waits a few milliseconds
+        for company it has reason to expect.
+        """
+        stepping = not decoder.advances_itself
         with self._lock:
-            while not self._queued:
+            while not (stepping and decoder.rows()) and not (self._queued and len(self._rows) < self.max_batch_size):
                 self._lock.wait()
-            if self.batch_window_s > 0:
+            if stepping and not decoder.rows() and self.batch_window_s > 0:
                 deadline = time.perf_counter() + self.batch_window_s
-                while len(self._queued) < min(self.max_batch_size, self._expected_company_locked()):
+                while len(self._queued) < min(self.max_batch_size - len(self._rows),
+                                              self._expected_company_locked()):
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
                     self._lock.wait(remaining)
             started = time.perf_counter()
-            batch = []
-            while self._queued and len(batch) < self.max_batch_size:
+            joining: dict[int, Request] = {}
+            while self._queued and len(self._rows) < self.max_batch_size:
                 _, request = self._queued.popitem(last=False)
                 request.started = started
-                batch.append(request)
-            self._running = batch
-            return batch
+                request.row = next(self._row_keys)
+                self._rows[request.row] = joining[request.row] = request
+            self._busy_since = started
+            return joining
 
     def _expected_company_locked(self) -> int:
         """How many clients could be in the next batch: the queued ones and the recently seen ones."""
@@ -272,26 +293,39 @@ class Scheduler:
             del self._last_seen[client]
         return len(self._last_seen.keys() | self._queued.keys())
 
-    def _execute(self, batch: list[Request]) -> None:
-        events = _BatchEvents(self, batch)
+    def _advance(self, decoder: Decoder, joining: dict[int, Request]) -> None:
+        """Newcomers join, then every running row moves one step; a failure fails the rows it touched."""
         try:
-            self.backend.generate([request.job for request in batch], events)
+            if joining:
+                decoder.join({row: request.job for row, request in joining.items()})
+            if not decoder.advances_itself and decoder.rows():
+                decoder.step()
         except torch.OutOfMemoryError:
-            log.warning("out of memory on a batch of %d", len(batch))
+            log.warning("out of memory on a batch of %d", len(decoder.rows() | joining.keys()))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            for request in batch:
-                self._fail(request, "model_error", "the model ran out of memory; try a smaller image or fewer users")
+            self._fail_rows(decoder, joining, "model_error",
+                            "the model ran out of memory; try a smaller image or fewer users")
         except BackendError as error:
-            log.warning("backend failed on a batch of %d: %s %s", len(batch), error.code, error.message)
-            for request in batch:
-                self._fail(request, error.code, error.message)
+            log.warning("backend failed on a batch of %d: %s %s", len(decoder.rows() | joining.keys()),
+                        error.code, error.message)
+            self._fail_rows(decoder, joining, error.code, error.message)
         except Exception:
-            log.exception("model failed on a batch of %d", len(batch))
-            for request in batch:
-                self._fail(request, "model_error", "the model failed on this request")
-        for request in batch:
+            log.exception("model failed on a batch of %d", len(decoder.rows() | joining.keys()))
+            self._fail_rows(decoder, joining, "model_error", "the model failed on this request")
+        with self._lock:
+            self._busy_since = None
+            running = decoder.rows()
+            lost = [request for row, request in self._rows.items() if row not in running]
+        for request in lost:
             self._fail(request, "model_error", "the model returned no answer")
+
+    def _fail_rows(self, decoder: Decoder, joining: dict[int, Request], code: str, message: str) -> None:
+        with self._lock:
+            failed = [self._rows[row] for row in decoder.rows() | joining.keys() if row in self._rows]
+        decoder.clear()
+        for request in failed:
+            self._fail(request, code, message)
 
     def _watch_timeouts(self) -> None:
         """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""
@@ -299,29 +333,34 @@ class Scheduler:
             time.sleep(min(1.0, self.timeout_s / 4))
             now = time.perf_counter()
             with self._lock:
-                overdue = [r for r in self._running if not r.finished and now - r.started > self.timeout_s]
+                overdue = [r for r in self._rows.values() if not r.finished and now - r.started > self.timeout_s]
             for request in overdue:
                 if self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s"):
                     log.warning("request %s overran %g s; the model was asked to stop", request.id, self.timeout_s)
 
 
-class _BatchEvents:
-    """Adapts backend callbacks (by batch index) to the requests they belong to."""
+class _RowEvents:
+    """Routes a decoder's reports, by row key, to the request that row belongs to; ended rows are ignored."""
 
-    def __init__(self, scheduler: Scheduler, batch: list[Request]) -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        self.batch = batch
 
-    def delta(self, index: int, text: str) -> None:
-        request = self.batch[index]
-        if request.finished:
+    def delta(self, row: int, text: str) -> None:
+        request = self.scheduler._rows.get(row)
+        if request is None or request.finished:
             return
         if not request.first_token:
             request.first_token = time.perf_counter()
         request.sink.stream(request, text)
 
-    def done(self, index: int, result: Result) -> None:
-        self.scheduler._answer(self.batch[index], result)
+    def done(self, row: int, result: Result) -> None:
+        if (request := self.scheduler._rows.get(row)) is not None:
+            self.scheduler._answer(request, result)
 
-    def cancelled(self, index: int) -> bool:
-        return self.batch[index].finished
+    def failed(self, row: int, code: str, message: str) -> None:
+        if (request := self.scheduler._rows.get(row)) is not None:
+            self.scheduler._fail(request, code, message)
+
+    def cancelled(self, row: int) -> bool:
+        request = self.scheduler._rows.get(row)
+        return request is None or request.finished

@@ -1,14 +1,20 @@
 """The one small interface every model backend implements.
 
 A backend is loaded once and then only ever called from the scheduler's worker thread,
-one batch at a time, so implementations need no locking of their own. It reports what it
+one call at a time, so implementations need no locking of their own. It reports what it
 can do (``capabilities``) so the page offers only working buttons, and streams through
 ``GenerationEvents`` so the scheduler, not the backend, decides who hears about it.
+
+The scheduler drives a backend through a ``Decoder``: a running batch that requests join
+and leave between decode steps. Every backend has one: by default a ``WaveDecoder``, which
+runs whole ``generate`` calls; backends that can do better (a step-wise decode loop, or an
+upstream server that batches on its own) return their own.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
@@ -79,6 +85,89 @@ class GenerationEvents(Protocol):
     def cancelled(self, index: int) -> bool: ...
 
 
+class RowEvents(GenerationEvents, Protocol):
+    """``GenerationEvents`` by row key, plus a failure of one row that leaves the others running."""
+
+    def failed(self, index: int, code: str, message: str) -> None: ...
+
+
+class Decoder(ABC):
+    """A running batch: jobs join it and rows leave it between decode steps (continuous batching).
+
+    Rows are named by keys the caller picks, and report through ``RowEvents`` by key. A row
+    leaves after ``done``, after ``failed``, or at the first step after it is cancelled. An
+    exception from ``join`` or ``step`` means the rows still listed by ``rows`` are lost: the
+    caller fails them (and the jobs that were joining) and calls ``clear``.
+    """
+
+    # True where rows advance on threads of their own (a remote server) and ``step`` is never needed.
+    advances_itself: ClassVar[bool] = False
+
+    @abstractmethod
+    def join(self, jobs: dict[int, Job]) -> None:
+        """Start ``jobs``; stepping decoders run their prefill here and report each one's first token."""
+
+    @abstractmethod
+    def step(self) -> None:
+        """Advance every running row by one token (or, for a ``WaveDecoder``, to its end)."""
+
+    @abstractmethod
+    def rows(self) -> Set[int]:
+        """The keys of the rows still running."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget every row (after a failure that left the batch's state unknown)."""
+
+
+class WaveDecoder(Decoder):
+    """Whole ``generate`` calls: the jobs that joined since the last step run together to their end.
+
+    Rows cannot join a running wave; this is the batching of backends without a step-wise loop.
+    """
+
+    def __init__(self, backend: Backend, events: RowEvents) -> None:
+        self.backend = backend
+        self.events = events
+        self.jobs: dict[int, Job] = {}
+
+    def join(self, jobs: dict[int, Job]) -> None:
+        self.jobs.update(jobs)
+
+    def step(self) -> None:
+        wave = _Wave(list(self.jobs), self.events)
+        self.backend.generate(list(self.jobs.values()), wave)
+        self.jobs = {}
+        for key in wave.keys:
+            if key not in wave.answered and not self.events.cancelled(key):
+                self.events.failed(key, "model_error", "the model returned no answer")
+
+    def rows(self) -> Set[int]:
+        return self.jobs.keys()
+
+    def clear(self) -> None:
+        self.jobs = {}
+
+
+class _Wave:
+    """A wave's ``GenerationEvents`` by batch index, passed on by row key; remembers who was answered."""
+
+    def __init__(self, keys: list[int], events: RowEvents) -> None:
+        self.keys = keys
+        self.events = events
+        self.answered: set[int] = set()
+
+    def delta(self, index: int, text: str) -> None:
+        self.events.delta(self.keys[index], text)
+
+    def done(self, index: int, result: Result) -> None:
+        self.answered.add(self.keys[index])
+        self.events.done(self.keys[index], result)
+
+    def cancelled(self, index: int) -> bool:
+        return self.events.cancelled(self.keys[index])
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     model: str
@@ -104,6 +193,10 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         """Run ``jobs`` together, calling ``events.done`` once per job that was not cancelled."""
+
+    def decoder(self, events: RowEvents) -> Decoder:
+        """The running batch the scheduler feeds; whole waves of ``generate`` unless a backend does better."""
+        return WaveDecoder(self, events)
 
 
 def resolve_device(device: str) -> str:

@@ -2,10 +2,12 @@
 
 vLLM, SGLang, llama.cpp, Ollama, LM Studio, or another instance of this app: the GPU work
 happens there, so this process can be a light web tier. The upstream engine batches on its
-own, so a batch from the scheduler goes out as concurrent streamed requests, one pool
-thread each (``GenerationEvents`` calls are therefore made from several threads; the
-scheduler's handlers are safe for that). Closing a stream is how a cancel reaches the
-upstream server, and upstream failures become ``BackendError`` codes a client can act on.
+own (continuously, in vLLM and SGLang), so every request is forwarded the moment the
+scheduler admits it, as a streamed request on a pool thread of its own, up to
+``max_batch_size`` at once; nothing waits for a wave (``Forwarder``). Events are therefore
+reported from several threads; the scheduler's handlers are safe for that. Closing a stream
+is how a cancel reaches the upstream server, and upstream failures become ``BackendError``
+codes a client can act on.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import threading
+from collections.abc import Set
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, ClassVar
 
 import openai
 from PIL import Image
 
-from .base import Backend, BackendError, GenerationEvents, Job, ModelInfo, Result, prompt_text
+from .base import Backend, BackendError, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,9 @@ class OpenAIBackend(Backend):
             # llama.cpp answers whatever name it is asked for; vLLM and Ollama will refuse each request.
             log.warning("%s lists %s, not %r; requests may be refused", base_url, served, model)
         return cls(client, model=model, max_batch_size=max_batch_size)
+
+    def decoder(self, events: RowEvents) -> Decoder:
+        return Forwarder(self, events)
 
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         """Stream every job at once; a failure is raised only after all have ended, so it reaches just the
@@ -109,6 +116,48 @@ class OpenAIBackend(Backend):
         events.done(index, Result(answer="".join(parts).strip(), tokens=tokens,
                                   prompt_tokens=usage.prompt_tokens if usage else 0,
                                   finish_reason="length" if finish == "length" else "stop"))
+
+
+class Forwarder(Decoder):
+    """Each admitted job streams from the upstream server on its own pool thread from the moment it joins."""
+
+    advances_itself: ClassVar[bool] = True
+
+    def __init__(self, backend: OpenAIBackend, events: RowEvents) -> None:
+        self.backend = backend
+        self.events = events
+        self.lock = threading.Lock()
+        self.running: set[int] = set()
+
+    def join(self, jobs: dict[int, Job]) -> None:
+        with self.lock:
+            self.running |= jobs.keys()
+        for key, job in jobs.items():
+            self.backend.pool.submit(self._forward, key, job)
+
+    def _forward(self, key: int, job: Job) -> None:
+        """Stream one job; its outcome is reported before it leaves ``running``."""
+        try:
+            self.backend._stream(key, job, self.events)
+        except BackendError as error:
+            self.events.failed(key, error.code, error.message)
+        except Exception:
+            log.exception("forwarding a request failed")
+            self.events.failed(key, "upstream_error", "the model server failed")
+        finally:
+            with self.lock:
+                self.running.discard(key)
+
+    def step(self) -> None:
+        """Nothing to do: rows advance on their own threads."""
+
+    def rows(self) -> Set[int]:
+        with self.lock:
+            return set(self.running)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.running.clear()
 
 
 def chat_messages(job: Job) -> list[dict[str, Any]]:

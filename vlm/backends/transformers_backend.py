@@ -1,7 +1,9 @@
 """Any Hugging Face image-text-to-text model, through the library's generic path.
 
 ``AutoProcessor`` + ``AutoModelForImageTextToText`` + the model's own chat template cover
-SmolVLM/Idefics3, LLaVA, Qwen-VL and friends without model-specific code. Requests are
+SmolVLM/Idefics3, LLaVA, Qwen-VL and friends without model-specific code. Where the model
+allows it (``step_decoder.can_step``), the scheduler drives a ``StepDecoder``: requests join
+and leave the running batch between tokens. Otherwise, and in ``generate``, requests are
 decoded together as one left-padded batch (one per temperature: ``generate`` samples a
 whole batch alike); a small streamer splits the batch's token stream back into per-request
 deltas with their true token counts, and a stopping criterion drops cancelled rows.
@@ -30,16 +32,19 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .base import (
     Backend,
+    Decoder,
     GenerationEvents,
     Job,
     ModelInfo,
     Result,
+    RowEvents,
     prompt_text,
     resolve_device,
     resolve_dtype,
     weights_dtype,
 )
 from .frame_cache import FrameCache
+from .step_decoder import RowText, StepDecoder, can_step
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,11 @@ class TransformersBackend(Backend):
         messages = [{"role": "user", "content": [*image, {"type": "text", "text": prompt_text(job)}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
+    def decoder(self, events: RowEvents) -> Decoder:
+        if can_step(self.model):
+            return StepDecoder(self.model, self.tokenizer, self.eos_ids, self.model_inputs, events)
+        return super().decoder(events)
+
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         # A processor batch has an image in every row or in none, and generate samples a whole batch
         # alike: rows go in sub-batches by both.
@@ -96,16 +106,8 @@ class TransformersBackend(Backend):
 
     @torch.inference_mode()
     def _generate(self, jobs: list[Job], events: GenerationEvents, temperature: float) -> None:
-        inputs = self.processor(
-            images=None if jobs[0].image is None else [job.image for job in jobs],
-            text=[self.prompt_for(job) for job in jobs],
-            return_tensors="pt",
-            padding=True,
-        ).to(self.model.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs = self.model_inputs(jobs)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        pre_encoded = self._pre_encoded_images(jobs, inputs)
         streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events,
                                  prompt_tokens)
         # Greedy, or plain temperature sampling over the whole vocabulary, as the other backends do.
@@ -114,13 +116,26 @@ class TransformersBackend(Backend):
             sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
         self.model.generate(
             **inputs,
-            **pre_encoded,
             **sampling,
             max_new_tokens=max(job.max_new_tokens for job in jobs),
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([StopFinishedRows(streamer)]),
         )
+
+    def model_inputs(self, jobs: list[Job]) -> dict[str, Any]:
+        """The model's inputs for ``jobs`` (all with a frame, or all without) as one left-padded batch,
+        with frames seen lately pre-encoded."""
+        inputs = self.processor(
+            images=None if jobs[0].image is None else [job.image for job in jobs],
+            text=[self.prompt_for(job) for job in jobs],
+            return_tensors="pt",
+            padding=True,
+        ).to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        pre_encoded = self._pre_encoded_images(jobs, inputs)  # takes the encoder's inputs out of ``inputs``
+        return {**inputs, **pre_encoded}
 
     def _pre_encoded_images(self, jobs: list[Job], inputs: dict[str, Any]) -> dict[str, Any]:
         """``mm_encoder_outputs`` for ``generate``, encoding only frames not seen lately.
@@ -185,13 +200,11 @@ class BatchStreamer(BaseStreamer):
 
     def __init__(self, tokenizer: Any, eos_ids: frozenset[int], budgets: list[int],
                  events: GenerationEvents, prompt_tokens: list[int]) -> None:
-        self.tokenizer = tokenizer
         self.prompt_tokens = prompt_tokens
         self.eos_ids = eos_ids
         self.budgets = budgets
         self.events = events
-        self.tokens: list[list[int]] = [[] for _ in budgets]
-        self.texts = [""] * len(budgets)
+        self.texts = [RowText(tokenizer) for _ in budgets]
         self.finished = [False] * len(budgets)
         self.prompt_seen = False
 
@@ -207,9 +220,9 @@ class BatchStreamer(BaseStreamer):
             elif token in self.eos_ids:
                 self._finish(row)
             else:
-                self.tokens[row].append(token)
-                self._emit_delta(row)
-                if len(self.tokens[row]) >= self.budgets[row]:
+                if delta := self.texts[row].add(token):
+                    self.events.delta(row, delta)
+                if len(self.texts[row].tokens) >= self.budgets[row]:
                     self._finish(row)
 
     def end(self) -> None:
@@ -217,23 +230,12 @@ class BatchStreamer(BaseStreamer):
             if not finished and not self.events.cancelled(row):
                 self._finish(row)
 
-    def _emit_delta(self, row: int) -> None:
-        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return  # half of a multi-byte character; wait for the rest
-        delta = text[len(self.texts[row]):]
-        self.texts[row] = text
-        if delta:
-            self.events.delta(row, delta)
-
     def _finish(self, row: int) -> None:
         self.finished[row] = True
-        tokens = self.tokens[row]
-        answer = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        finish = "length" if len(tokens) >= self.budgets[row] else "stop"
-        self.events.done(row, Result(answer=answer, tokens=len(tokens), prompt_tokens=self.prompt_tokens[row],
-                                     finish_reason=finish))
-
+        text = self.texts[row]
+        tokens = len(text.tokens)
+        self.events.done(row, Result(answer=text.answer(), tokens=tokens, prompt_tokens=self.prompt_tokens[row],
+                                     finish_reason="length" if tokens >= self.budgets[row] else "stop"))
 
 
 class StopFinishedRows(StoppingCriteria):

@@ -1,0 +1,561 @@
+"""Serving figures on real-size models: the limit, the app against it, continuous against wave batching.
+
+    python bench/serving.py                 # this machine (CPU: float32; the 2.2 B model in bfloat16)
+    python bench/serving.py --device cuda   # a CUDA machine: float16, figures headed with the card's name
+
+Builds random-weight models of real size (``scripts/build_real_size_model.py``) into ``--models``
+(kept for the next run), then measures, per model: the memory-bandwidth bound per decode step
+(bytes of the weights a step reads ÷ measured copy bandwidth), raw ``generate`` time per token at
+batch 1 and 16 with no server, and the app end to end on the same frame and question. Then, on
+the small model with 96-token answers, 16 clients in live mode (each asks again the moment it is
+answered, starts spread over one answer's time) against continuous batching, wave batching and
+the seed re-creation, and one client alone. Results go to ``--out`` (or ``$VLM_BENCH_OUT``) and
+into the README between this device's markers. Nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import socketio
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from transformers import SiglipVisionConfig, SiglipVisionModel
+from transformers.generation.streamers import BaseStreamer
+
+from bench.run import camera_frame, markdown, pct
+from scripts.build_real_size_model import build_real_size_model
+from tests.server_process import REPO, AppProcess
+from tests.socket_client import RecordingClient
+from vlm.backends.base import Job
+from vlm.backends.transformers_backend import TransformersBackend
+from vlm.images import decode_image
+
+README = REPO / "README.md"
+QUESTION = "describe the image"
+SMALL, LARGE = "smolvlm-256m", "smolvlm-2.2b"
+# Parts of a VLM a decode step does not read: the vision side, and the embedding table (one row per token).
+NOT_READ_PER_STEP = ("vision", "connector", "multi_modal_projector", "embed_tokens")
+
+
+@dataclass
+class Device:
+    name: str  # "cpu" | "cuda"
+    label: str
+    dtypes: dict[str, str]  # model -> dtype it runs in
+    stored: dict[str, str]  # model -> dtype its weights are saved in
+
+    def sync(self) -> None:
+        if self.name == "cuda":
+            torch.cuda.synchronize()
+
+
+def pick_device(requested: str) -> Device:
+    name = "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    if name == "cuda":
+        label = f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}, float16"
+        half = {SMALL: "float16", LARGE: "float16"}
+        return Device(name, label, half, half)
+    label = (
+        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared with other "
+        f"work, {torch.get_num_threads()} torch threads, float32"
+    )
+    # The large model is saved in bfloat16 (4.5 GB, built in half the memory) and run in float32: this CPU has
+    # no bfloat16 matrix units, and its bfloat16 matmuls are several times slower than float32 ones.
+    return Device(name, label, {SMALL: "float32", LARGE: "float32"}, {SMALL: "float32", LARGE: "bfloat16"})
+
+
+def available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
+def copy_bandwidth(device: Device) -> float:
+    """Bytes per second a large tensor copy moves (each byte read once and written once)."""
+    size = (1 << 30) if device.name == "cuda" else (256 << 20)
+    source = torch.empty(size // 4, dtype=torch.float32, device=device.name)
+    target = torch.empty_like(source)
+    for _ in range(2):
+        target.copy_(source)
+    device.sync()
+    rounds, started = 5, time.perf_counter()
+    for _ in range(rounds):
+        target.copy_(source)
+    device.sync()
+    return 2 * size * rounds / (time.perf_counter() - started)
+
+
+def bytes_read_per_step(model: Any) -> int:
+    return sum(
+        p.numel() * p.element_size()
+        for name, p in model.named_parameters()
+        if not any(part in name for part in NOT_READ_PER_STEP)
+    )
+
+
+def frame_image(frame: str, size: int) -> Any:
+    """The frame as the server decodes it, so raw runs and app runs see the same pixels."""
+    return decode_image(frame, max_bytes=16 << 20, max_pixels=1 << 26, target_size=size).image
+
+
+class Clock(BaseStreamer):
+    """When ``generate`` produced each token (it hands the streamer tokens on the CPU, so the time is real)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        self.times.append(time.perf_counter())
+
+
+@dataclass
+class Raw:
+    bytes_per_step: int
+    seconds: dict[int, float] = field(default_factory=dict)  # batch -> seconds for a whole answer
+    step_ms: dict[int, float] = field(default_factory=dict)  # batch -> ms per decode step after the first token
+
+
+def raw_generate(
+    folder: Path, device: Device, dtype: str, frame: str, tokens: int, batches: list[int], warm: bool
+) -> Raw:
+    """``model.generate`` straight from transformers on the app's inputs: no server, no text streaming."""
+    backend = TransformersBackend.load(str(folder), revision=None, device=device.name, dtype=dtype)
+    image = frame_image(frame, backend.info.decode_size)
+    raw = Raw(bytes_read_per_step(backend.model))
+    for batch in batches:
+        jobs = [
+            Job(task="query", image=image, image_key=f"raw{batch}", text=QUESTION, max_new_tokens=tokens)
+            for _ in range(batch)
+        ]
+        for count in (2, tokens) if warm else (tokens,):  # a short first run warms up
+            backend.image_features.entries.clear()  # the app encodes a new live frame every time
+            clock = Clock()
+            device.sync()
+            started = time.perf_counter()
+            with torch.inference_mode():
+                backend.model.generate(
+                    **backend.model_inputs(jobs),
+                    max_new_tokens=count,
+                    do_sample=False,
+                    pad_token_id=backend.tokenizer.pad_token_id,
+                    streamer=clock,
+                )
+            device.sync()
+        raw.seconds[batch] = time.perf_counter() - started
+        first_token, last_token = clock.times[1], clock.times[-2]  # times[0]: the prompt handed over
+        raw.step_ms[batch] = (last_token - first_token) / (tokens - 1) * 1000
+    del backend
+    return raw
+
+
+def app_args(folder: Path, device: Device, dtype: str, tokens: int, *extra: str) -> list[str]:
+    return [
+        "--model",
+        str(folder),
+        "--device",
+        device.name,
+        "--dtype",
+        dtype,
+        "--max-new-tokens",
+        str(tokens),
+        "--rate-limit",
+        "100000",
+        "--request-timeout",
+        "3600",
+        "--batching",
+        "continuous",
+        *extra,
+    ]
+
+
+def app_end_to_end(
+    folder: Path, device: Device, dtype: str, frame: str, tokens: int, batch: int, warm: bool
+) -> tuple[float, float]:
+    """Seconds for ``batch`` clients asking at once to all be answered, and the server's model time."""
+    with AppProcess(app_args(folder, device, dtype, tokens), ready_timeout_s=900) as app:
+        clients = [RecordingClient(app.url) for _ in range(batch)]
+        try:
+            if warm:
+                ask_together(clients, frame, "warm")
+            return ask_together(clients, frame, "measured")
+        finally:
+            for client in clients:
+                client.close()
+
+
+def ask_together(clients: list[RecordingClient], frame: str, tag: str) -> tuple[float, float]:
+    finals: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    threads = [
+        threading.Thread(
+            target=lambda c=c, i=i: finals.append(
+                c.ask({"id": f"{tag}-{i}", "question": QUESTION, "image": frame}, timeout_s=3600)[1]
+            )
+        )
+        for i, c in enumerate(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return elapsed, max(f["timing"]["model_ms"] if "timing" in f else f["model_ms"] for f in finals) / 1000
+
+
+def warm_up(url: str, frame: str) -> float:
+    """One answer, so the measured ones do not pay for first-call costs; returns its seconds."""
+    client = RecordingClient(url)
+    try:
+        return ask_together([client], frame, "warm")[0]
+    finally:
+        client.close()
+
+
+@dataclass
+class Load:
+    answers: int = 0
+    lost: int = 0
+    misrouted: int = 0
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def live_clients(url: str, frame: str, clients: int, seconds: float, spread_s: float, answer_s: float) -> Load:
+    """Clients in live mode: each asks again the moment it is answered; starts spread over ``spread_s``.
+
+    Requests sent before the window closes are waited for (up to ``answer_s`` each), so nothing
+    counts as lost that was merely still running.
+    """
+    load, lock = Load(), threading.Lock()
+    started = time.monotonic()
+    until = started + seconds
+
+    def client(index: int) -> None:
+        time.sleep(index * spread_s / clients)
+        try:
+            connection = RecordingClient(url)
+        except socketio.exceptions.ConnectionError:  # the seed design cannot accept while it generates
+            with lock:
+                load.lost += 1
+            return
+        count = 0
+        try:
+            while time.monotonic() < until:
+                rid = f"c{index}-{count}"
+                sent = time.perf_counter()
+                try:
+                    kind, _ = connection.ask(
+                        {"id": rid, "question": QUESTION, "image": frame, "live": True}, timeout_s=answer_s
+                    )
+                except TimeoutError:
+                    with lock:
+                        load.lost += 1
+                    continue
+                with lock:
+                    if kind == "response":
+                        load.answers += 1
+                        load.latencies.append(time.perf_counter() - sent)
+                count += 1
+            with lock:
+                load.misrouted += sum(
+                    1
+                    for event, body in connection.received
+                    if event == "response" and not str(body.get("id", "")).startswith(f"c{index}-")
+                )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    load.seconds = time.monotonic() - started
+    return load
+
+
+def limit_rows(
+    name: str,
+    device: Device,
+    bandwidth: float,
+    raw: Raw,
+    tokens: int,
+    batches: list[int],
+    app: dict[int, tuple[float, float]],
+) -> list[list[str]]:
+    bound_ms = raw.bytes_per_step / bandwidth * 1000
+    rows = []
+    for batch in batches:
+        step_ms = raw.step_ms[batch]
+        raw_s = raw.seconds[batch]
+        e2e_s, model_s = app[batch]
+        rows.append(
+            [
+                name,
+                device.dtypes[name],
+                str(batch),
+                f"{raw.bytes_per_step / 2**20:.0f}",
+                f"{bound_ms:.1f}",
+                f"{step_ms:.1f}",
+                f"{step_ms / bound_ms:.1f}×",
+                f"{batch * 1000 / step_ms:.1f}",
+                f"{raw_s:.2f}",
+                f"{e2e_s:.2f}",
+                f"{model_s:.2f}",
+                f"{(e2e_s - raw_s) / raw_s * 100:+.1f}%",
+            ]
+        )
+    return rows
+
+
+def vision_batching(device: Device) -> str:
+    """moondream2's vision tower (SigLIP-SO400M: 27 layers, 1152 wide, 378 px crops of 729 patches) per crop,
+    one 640×480 frame's 9 crops at once (as moondream2 runs them) against two and four frames' crops at once.
+
+    On a CPU only the first layer runs (27 would take minutes per crop); per-crop cost is per layer there.
+    """
+    layers = 27 if device.name == "cuda" else 1
+    config = SiglipVisionConfig(
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        image_size=378,
+        patch_size=14,
+    )
+    dtype = getattr(torch, device.dtypes[SMALL])
+    tower = SiglipVisionModel(config).to(device.name, dtype).eval()
+    per_crop = {}
+    for frames in (1, 2, 4) if device.name == "cuda" else (1, 2):
+        crops = torch.randn(9 * frames, 3, 378, 378, dtype=dtype, device=device.name)
+        with torch.inference_mode():
+            tower(pixel_values=crops[:9])  # warm-up
+            device.sync()
+            started = time.perf_counter()
+            tower(pixel_values=crops)
+            device.sync()
+        per_crop[frames] = (time.perf_counter() - started) / len(crops) * 1000
+    unit = "ms per crop" if layers == 27 else "ms per crop and layer (×27 for the tower)"
+    rows = [[str(frames), str(9 * frames), f"{ms:.1f}", f"{per_crop[1] / ms:.2f}×"] for frames, ms in per_crop.items()]
+    return markdown(rows, ["frames encoded together", "crops", unit, "throughput vs one frame"])
+
+
+def limit_section(limit: list[list[str]], tokens: int, skipped: list[str]) -> str:
+    header = [
+        "model",
+        "dtype",
+        "batch",
+        "MiB read / step",
+        "bound ms / step",
+        "raw ms / step",
+        "raw ÷ bound",
+        "raw tokens / s",
+        "raw s / answer",
+        "app s / answer",
+        "app model s",
+        "app overhead",
+    ]
+    return (
+        f"### The limit: {tokens}-token answers, raw `generate` against the bound and the app\n\n"
+        "Bound: the bytes one decode step reads (the text decoder and LM head) ÷ copy bandwidth. "
+        "Raw: `model.generate` on the app's inputs, no server; per-step time is from the first token to "
+        "the last over the steps between. App: clients over Socket.IO on loopback, "
+        "the same frame and question, one run after a warm-up (no warm-up for the 2.2 B model on a CPU); "
+        "overhead is app ÷ raw − 1.\n\n" + markdown(limit, header) + "".join(f"\n\n{line}." for line in skipped)
+    )
+
+
+def write_readme(report: str, device: Device) -> None:
+    markers = (f"<!-- bench-serving-{device.name}:start -->", f"<!-- bench-serving-{device.name}:end -->")
+    text = README.read_text()
+    if markers[0] not in text:
+        return
+    start, end = (text.index(marker) for marker in markers)
+    README.write_text(text[: start + len(markers[0])] + "\n" + report + text[end:])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "webcam-vlm-real-size",
+        help="where the real-size models are built (reused when present)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=os.environ.get("VLM_BENCH_OUT"),
+        help="results file (default: $VLM_BENCH_OUT, else bench/serving-<device>.md)",
+    )
+    parser.add_argument("--tokens", type=int, default=32, help="answer length for the limit figures")
+    parser.add_argument("--live-tokens", type=int, default=96, help="answer length under live load")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=0, help="each live-load window (0: 1.5 answers' time)")
+    parser.add_argument("--skip-large", action="store_true", help=f"no {LARGE} figures")
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args(argv)
+
+    device = pick_device(args.device)
+    frame = camera_frame()
+    folders = {}
+    skipped = []
+    for name in [SMALL] if args.skip_large else [SMALL, LARGE]:
+        folders[name] = args.models / f"{name}-{device.stored[name]}"
+        if not (folders[name] / "model.safetensors").exists():
+            print(f"building {name} in {folders[name]}", flush=True)
+            build_real_size_model(folders[name], name, device.stored[name])
+    if LARGE in folders and device.name == "cpu" and available_gib() < 12:
+        skipped.append(
+            f"{LARGE} not measured: {available_gib():.0f} GiB of memory free, and it needs ~9 GiB "
+            "in float32 twice over (the raw run, then the app)"
+        )
+        del folders[LARGE]
+    bandwidth = copy_bandwidth(device)
+    out = args.out or REPO / "bench" / f"serving-{device.name}.md"
+    sections: dict[str, str] = {}
+
+    def publish() -> None:
+        """Write what is measured so far: a run cut short still leaves its finished sections."""
+        order = ("device", "limit", "live", "moondream", "targets")
+        report = "\n\n".join(sections[key] for key in order if key in sections) + "\n"
+        Path(out).write_text(f"# Serving benchmark ({device.name})\n\n" + report)
+        if not args.no_readme:
+            write_readme(report, device)
+
+    sections["device"] = (
+        f"Device: {device.label}. Copy bandwidth {bandwidth / 1e9:.1f} GB/s. Random-weight models of "
+        f"real size (`scripts/build_real_size_model.py`), EOS suppressed, answers of fixed length; "
+        f"the frame is a 640×480 camera JPEG, one tile per frame."
+    )
+
+    limit: list[list[str]] = []
+
+    def measure_limit(name: str) -> None:
+        folder = folders[name]
+        # The large model: batch 1, and no warm-up run on a CPU (a first call's extra second is lost in minutes).
+        batches, warm = ([1, args.clients], True) if name == SMALL else ([1], device.name == "cuda")
+        print(f"raw generate: {name}", flush=True)
+        raw = raw_generate(folder, device, device.dtypes[name], frame, args.tokens, batches, warm)
+        print(f"app end to end: {name}", flush=True)
+        app = {
+            batch: app_end_to_end(folder, device, device.dtypes[name], frame, args.tokens, batch, warm)
+            for batch in batches
+        }
+        limit.extend(limit_rows(name, device, bandwidth, raw, args.tokens, batches, app))
+        sections["limit"] = limit_section(limit, args.tokens, skipped)
+        publish()
+
+    measure_limit(SMALL)
+    small = folders[SMALL]
+    dtype = device.dtypes[SMALL]
+    tokens = args.live_tokens
+    with AppProcess(app_args(small, device, dtype, tokens), ready_timeout_s=900) as app:
+        first_s = warm_up(app.url, frame)
+        alone = live_clients(app.url, frame, 1, 2.5 * first_s, 0, 3600)
+    answer_s = statistics.median(alone.latencies)
+    window = args.seconds or 1.5 * answer_s
+    loads: list[tuple[str, Load]] = [("this app, 1 client", alone)]
+    for label, script, extra in [
+        ("this app, continuous batching", "app.py", []),
+        ("this app, wave batching", "app.py", ["--batching", "wave"]),
+    ]:
+        print(f"live load: {label}", flush=True)
+        with AppProcess(app_args(small, device, dtype, tokens, *extra), script=script, ready_timeout_s=900) as app:
+            warm_up(app.url, frame)
+            loads.append((label, live_clients(app.url, frame, args.clients, window, answer_s, 60 * answer_s)))
+    print("live load: seed design", flush=True)
+    seed_args = ["--model", str(small), "--max-new-tokens", str(tokens), "--device", device.name, "--dtype", dtype]
+    with AppProcess(seed_args, script="bench/seed_app.py", ready_timeout_s=900) as seed:
+        loads.append(("seed design", live_clients(seed.url, frame, args.clients, window, answer_s, window)))
+    rows = []
+    for label, load in loads:
+        clients = 1 if load is alone else args.clients
+        median = statistics.median(load.latencies) if load.latencies else float("nan")
+        rows.append(
+            [
+                label,
+                str(clients),
+                f"{load.answers / load.seconds:.3f}",
+                f"{load.answers * tokens / load.seconds:.1f}",
+                f"{median:.1f}",
+                f"{pct(load.latencies, 90):.1f}",
+                f"{median / answer_s:.2f}×",
+                str(load.lost),
+                str(load.misrouted),
+            ]
+        )
+    sections["live"] = (
+        f"### {args.clients} clients in live mode, {SMALL}, {tokens}-token answers\n\n"
+        f"Each client asks again the moment it is answered; starts are spread over one answer's time "
+        f"({answer_s:.1f} s alone), so requests keep arriving while others generate. Window {window:.0f} s; "
+        "requests sent in it are waited for. The seed design answers one request at a time, blocking, and "
+        "broadcasts every answer; its unanswered requests at the window's end, and clients it could not "
+        "accept while generating, count as lost.\n\n"
+        + markdown(
+            rows,
+            [
+                "server",
+                "clients",
+                "answers / s",
+                "tokens / s",
+                "median s",
+                "p90 s",
+                "median ÷ alone",
+                "lost",
+                "delivered to wrong client",
+            ],
+        )
+    )
+
+    print("moondream2 vision batching", flush=True)
+    sections["moondream"] = (
+        "### moondream2: encoding several frames' crops at once\n\n"
+        "moondream2 already runs a frame's crops through its vision tower as one batch; this is what batching "
+        "different frames adds (a random SigLIP-SO400M-shaped tower at moondream2's crop size).\n\n"
+        + vision_batching(device)
+    )
+
+    by_label = dict(loads)
+    continuous, wave = by_label["this app, continuous batching"], by_label["this app, wave batching"]
+    median_ratio = statistics.median(continuous.latencies) / answer_s
+    vs_wave = continuous.answers / continuous.seconds / (wave.answers / wave.seconds)
+    vs_one = continuous.answers / continuous.seconds / (alone.answers / alone.seconds)
+    failures = continuous.lost + continuous.misrouted
+    checks = [
+        ["newly arrived request, median latency ÷ alone", "≤ 1.5×", f"{median_ratio:.2f}×", median_ratio <= 1.5],
+        ["throughput, continuous ÷ wave", "≥ 1×", f"{vs_wave:.2f}×", vs_wave >= 1],
+        [f"throughput, {args.clients} clients ÷ 1 client", "≥ 4×", f"{vs_one:.2f}×", vs_one >= 4],
+        ["lost or misrouted (continuous)", "0", str(failures), failures == 0],
+    ]
+    sections["targets"] = "### Against the targets\n\n" + markdown(
+        [[name, target, value, "met" if met else "**missed**"] for name, target, value, met in checks],
+        ["figure", "target", "this run", ""],
+    )
+
+    publish()
+    if LARGE in folders:
+        measure_limit(LARGE)
+    print(Path(out).read_text())
+
+
+if __name__ == "__main__":
+    main()

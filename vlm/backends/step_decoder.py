@@ -1,0 +1,226 @@
+"""Continuous batching for transformers models: a decode loop that rows join and leave between tokens.
+
+``generate`` runs a fixed batch to its end, so a question that arrives one token after a batch
+started waits for the whole batch. Here a newcomer is prefilled on its own (prompt and image
+through the model once), then its KV cache is appended to the running batch's on the batch
+dimension: both are left-padded to one length, the attention mask hides the padding, and every
+row keeps its own position ids, so each row computes what it would have computed alone. A row
+that ends (EOS, its token budget, or cancelled) is dropped from the cache by index at once, and
+padding no row needs any more is cut off.
+
+Only text decoders whose cache is a plain ``DynamicCache`` with 1-D positions are stepped this
+way, and only with plain greedy settings (see ``can_step``); other models keep ``generate``.
+A row with a temperature samples from the whole vocabulary at that temperature, as
+``generate`` does for the other backends' sampling; greedy rows are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Set
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from .base import Decoder, FinishReason, Job, Result, RowEvents
+
+# Text decoders checked to keep a dynamic full-attention cache and 1-D rotary positions (Llama:
+# SmolVLM/Idefics3, LLaVA-1.5). Sliding windows, M-RoPE (Qwen-VL) or linear attention would not survive
+# the padding and cutting done here.
+STEPPED_TEXT_MODELS = frozenset({"llama"})
+# Generation settings that change greedy choices beyond suppressing tokens, with their neutral values.
+# The loop reproduces none of them, so a model that sets one keeps ``generate``.
+GREEDY_CHANGERS: dict[str, object] = {
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": 0,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+}
+
+
+def can_step(model: Any) -> bool:
+    """Whether ``StepDecoder`` reproduces this model's greedy ``generate``."""
+    settings = model.generation_config
+    return model.config.get_text_config().model_type in STEPPED_TEXT_MODELS and all(
+        getattr(settings, name, None) in (None, neutral) for name, neutral in GREEDY_CHANGERS.items()
+    )
+
+
+class RowText:
+    """One answer's tokens and the text streamed so far; a delta never ends inside a character."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.text = ""
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""  # half of a multi-byte character; wait for the rest
+        delta, self.text = text[len(self.text):], text
+        return delta
+
+    def answer(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True).strip()
+
+
+@dataclass
+class _Row:
+    key: int
+    budget: int
+    prompt_tokens: int
+    text: RowText
+    ended: bool = False
+
+
+class StepDecoder(Decoder):
+    """The running batch of one transformers model, advanced one token per ``step``."""
+
+    def __init__(self, model: Any, tokenizer: Any, eos_ids: frozenset[int],
+                 model_inputs: Callable[[list[Job]], dict[str, Any]], events: RowEvents) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.model_inputs = model_inputs
+        self.events = events
+        suppressed = sorted(set(model.generation_config.suppress_tokens or ()))
+        self.suppressed = torch.tensor(suppressed, dtype=torch.long, device=model.device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.batch: list[_Row] = []
+        self.cache: DynamicCache | None = None
+        self.mask = torch.empty(0, 0, dtype=torch.long, device=self.model.device)  # rows x cached tokens
+        self.positions = torch.empty(0, dtype=torch.long, device=self.model.device)  # each row's next position
+        self.last = torch.empty(0, dtype=torch.long, device=self.model.device)  # each row's latest token
+        self.temperatures = torch.empty(0, device=self.model.device)  # 0: greedy
+
+    def rows(self) -> Set[int]:
+        return {row.key for row in self.batch}
+
+    def clear(self) -> None:
+        self._reset()
+
+    @torch.inference_mode()
+    def join(self, jobs: dict[int, Job]) -> None:
+        self._drop_ended()
+        for text_only in (False, True):  # a processor batch has a frame in every row or in none
+            if group := {key: job for key, job in jobs.items() if (job.image is None) == text_only}:
+                self._prefill(group)
+        self._drop_ended()
+
+    def _prefill(self, jobs: dict[int, Job]) -> None:
+        inputs = self.model_inputs(list(jobs.values()))
+        mask = inputs["attention_mask"].long()
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(**inputs, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            raise RuntimeError("the model's cache is not a plain dynamic cache; it cannot be batched step-wise")
+        temperatures = torch.tensor([job.temperature for job in jobs.values()], device=self.model.device)
+        tokens = self._choose(logits[:, -1], temperatures)
+        rows = [_Row(key, job.max_new_tokens, int(count), RowText(self.tokenizer))
+                for (key, job), count in zip(jobs.items(), mask.sum(-1).tolist(), strict=True)]
+        self._append(rows, cache, mask, positions[:, -1] + 1, tokens, temperatures)
+        for row, token in zip(rows, tokens.tolist(), strict=True):
+            self._take(row, token)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        self._drop_ended()
+        if not self.batch:
+            return
+        self.mask = F.pad(self.mask, (0, 1), value=1)
+        logits = self.model(input_ids=self.last[:, None], attention_mask=self.mask,
+                            position_ids=self.positions[:, None], cache=self.cache, use_cache=True,
+                            logits_to_keep=1).logits
+        self.positions = self.positions + 1
+        self.last = self._choose(logits[:, -1], self.temperatures)
+        for row, token in zip(self.batch, self.last.tolist(), strict=True):
+            self._take(row, token)
+        self._drop_ended()
+
+    def _choose(self, logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+        """Greedy, as ``generate`` chooses, or sampled where a row has a temperature; suppressed tokens never win."""
+        logits = logits.float()
+        if len(self.suppressed):
+            logits[:, self.suppressed] = -float("inf")
+        chosen = logits.argmax(-1)
+        if (sampled := temperatures > 0).any():
+            probabilities = torch.softmax(logits[sampled] / temperatures[sampled, None], dim=-1)
+            chosen[sampled] = torch.multinomial(probabilities, 1).squeeze(-1)
+        return chosen
+
+    def _take(self, row: _Row, token: int) -> None:
+        if row.ended or self.events.cancelled(row.key):
+            row.ended = True
+        elif token in self.eos_ids:
+            self._finish(row, "stop")
+        else:
+            if delta := row.text.add(token):
+                self.events.delta(row.key, delta)
+            if len(row.text.tokens) >= row.budget:
+                self._finish(row, "length")
+
+    def _finish(self, row: _Row, reason: FinishReason) -> None:
+        row.ended = True
+        self.events.done(row.key, Result(answer=row.text.answer(), tokens=len(row.text.tokens),
+                                         prompt_tokens=row.prompt_tokens, finish_reason=reason))
+
+    def _append(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor,
+                last: torch.Tensor, temperatures: torch.Tensor) -> None:
+        """Newly prefilled rows join the batch: both sides left-padded to one cache length."""
+        if self.cache is None:
+            self.batch, self.cache, self.mask, self.positions = rows, cache, mask, positions
+            self.last, self.temperatures = last, temperatures
+            return
+        length = max(self.mask.shape[1], mask.shape[1])
+        ours, theirs = length - self.mask.shape[1], length - mask.shape[1]
+        for running, joining in zip(self.cache.layers, cache.layers, strict=True):
+            running.keys = torch.cat([_pad_left(running.keys, ours), _pad_left(joining.keys, theirs)])
+            running.values = torch.cat([_pad_left(running.values, ours), _pad_left(joining.values, theirs)])
+        self.mask = torch.cat([F.pad(self.mask, (ours, 0)), F.pad(mask, (theirs, 0))])
+        self.positions = torch.cat([self.positions, positions])
+        self.last = torch.cat([self.last, last])
+        self.temperatures = torch.cat([self.temperatures, temperatures])
+        self.batch = self.batch + rows
+
+    def _drop_ended(self) -> None:
+        """Ended and cancelled rows leave the cache; columns that are padding for every row left go too."""
+        for row in self.batch:
+            row.ended = row.ended or self.events.cancelled(row.key)
+        keep = [index for index, row in enumerate(self.batch) if not row.ended]
+        if len(keep) == len(self.batch):
+            return
+        if not keep:
+            self._reset()
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.mask = self.mask[index]
+        cut = int(self.mask.any(0).long().argmax())  # the first column some row still attends to
+        self.mask = self.mask[:, cut:]
+        assert self.cache is not None
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, cut:]
+            layer.values = layer.values[index, :, cut:]
+        self.positions = self.positions[index]
+        self.last = self.last[index]
+        self.temperatures = self.temperatures[index]
+        self.batch = [self.batch[i] for i in keep]
+
+
+def _pad_left(states: torch.Tensor, count: int) -> torch.Tensor:
+    """Zero key/value states for ``count`` masked positions before a row's own (batch, heads, tokens, dim)."""
+    return F.pad(states, (0, 0, count, 0)) if count else states
