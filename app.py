@@ -8,9 +8,8 @@ import resource
 import sys
 import threading
 
-from transformers.utils import logging as transformers_logging
-
-from vlm.backends.registry import explain_load_failure, load_backend
+from vlm.backends.load_failure import explain_load_failure
+from vlm.backends.registry import load_backend
 from vlm.config import Settings, parse_settings
 from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
@@ -25,7 +24,6 @@ DRAIN_TIMEOUT_S = 30.0
 
 def load_model(settings: Settings, web: WebApp) -> None:
     """Load the singleton model while the server already answers /healthz with 503."""
-    transformers_logging.disable_progress_bar()  # a progress bar is carriage returns in a log file
     try:
         backend = load_backend(settings)
     except Exception as error:  # any failure here is fatal and must read as a sentence

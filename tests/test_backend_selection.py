@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vlm.backends.registry import ModelLoadError, choose_backend, read_model_config
+from vlm.backends.registry import choose_backend, read_model_config
 from vlm.config import DEFAULT_MODEL, DEFAULT_REVISION, parse_settings
+from vlm.errors import ModelLoadError
 
 MOONDREAM2_CONFIG = {
     "architectures": ["HfMoondream"],

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import data_url
-from vlm.images import ImageRejected, decode_image
+from vlm.errors import VlmError
+from vlm.images import decode_image
 
 LIMITS = {"max_bytes": 1024 * 1024, "max_pixels": 4096 * 4096, "target_size": 256}
 
@@ -79,7 +80,7 @@ def bomb_png() -> str:
          "oversized"],
 )
 def test_bad_payloads_are_refused_with_a_code(payload: object, code: str) -> None:
-    with pytest.raises(ImageRejected) as refused:
+    with pytest.raises(VlmError) as refused:
         decode_image(payload, **LIMITS)
     assert refused.value.code == code
     assert refused.value.message

@@ -16,8 +16,9 @@ import pytest
 from tests.openai_client import ask, openai_client
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
-from vlm.backends.registry import ModelLoadError, load_backend
+from vlm.backends.registry import load_backend
 from vlm.config import Settings
+from vlm.errors import ModelLoadError
 
 TOKEN = "upstream-secret"
 

@@ -13,6 +13,7 @@ from vlm.backends.frame_cache import FrameCache
 from vlm.backends.registry import choose_backend, read_model_config
 from vlm.backends.step_decoder import StepDecoder
 from vlm.backends.transformers_backend import MIN_FRAME_SIDE, TransformersBackend
+from vlm.errors import VlmError
 
 FRAMES = [Image.new("RGB", (320, 240), color) for color in ("red", "blue", "green")]
 
@@ -37,8 +38,8 @@ class Events:
     def cancelled(self, index: int) -> bool:
         return index == self.cancel_row and len(self.deltas[index]) >= 2
 
-    def failed(self, index: int, code: str, message: str) -> None:
-        raise AssertionError(f"row {index} failed: {code} {message}")
+    def failed(self, index: int, error: VlmError) -> None:
+        raise AssertionError(f"row {index} failed: {error.code} {error.message}")
 
 
 def jobs(budgets: list[int]) -> list[Job]:

@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backends.registry import backend_names
+
 DEFAULT_MODEL = "vikhyatk/moondream2"
 # The 2025-06-21 release is the newest moondream2 revision with the query/caption/detect/point
 # streaming API we use; pinning it means remote code we have read is the code that runs.
@@ -19,7 +21,6 @@ DEFAULT_REVISION = "2025-06-21"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 MODEL_ALIASES = {"demo": DEMO_MODEL_DIR}
 
-BACKENDS = ("auto", "moondream", "transformers", "openai")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ASYNC_MODES = ("threading", "eventlet", "gevent")
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hub id, local model folder, or 'demo' for the bundled offline model")
     model.add_argument("--revision", default=defaults.revision,
                        help="hub revision; pinned for the default model, ignored for local folders")
-    model.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+    model.add_argument("--backend", choices=backend_names(), default=defaults.backend,
                        help="'auto' picks from the model's config.json; 'openai' forwards to --base-url")
     model.add_argument("--base-url",
                        help="OpenAI-compatible server for --backend openai, e.g. http://gpu-box:8000/v1 "

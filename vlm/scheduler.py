@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-import torch
-
-from .backends.base import Backend, BackendError, Decoder, Job, Result, WaveDecoder
+from .backends.base import Backend, Decoder, Job, Result, WaveDecoder
+from .errors import Code, VlmError
+from .results import Answer, Sink, Timing
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +49,12 @@ COMPANY_HORIZON_S = 0.5
 MAX_WAITING_PER_CLIENT = 8
 
 
-class Sink(Protocol):
-    """Where a request's events go: the web layer routes them to the one client that asked."""
-
-    def stream(self, request: Request, delta: str) -> None: ...
-
-    def respond(self, request: Request, payload: dict[str, Any]) -> None: ...
-
-    def error(self, request: Request, code: str, message: str) -> None: ...
-
-
 @dataclass(eq=False)
 class Request:
     id: str
     client: str
     job: Job
     sink: Sink
-    live: bool = False
     # A Socket.IO client keeps asking, so the batch window may wait for it; an HTTP request is one-shot.
     returns: bool = True
     # Wait behind the client's unfinished request instead of superseding it.
@@ -78,19 +67,17 @@ class Request:
     finished: bool = False
     row: int | None = None  # the key of its row in the running batch, once admitted
 
-    def timing(self, now: float, result: Result) -> dict[str, float | int]:
+    def timing(self, now: float) -> Timing:
         def ms(seconds: float) -> float:
             return round(seconds * 1000, 2)
 
-        return {
-            "queue_ms": ms(self.started - self.enqueued),
-            "decode_ms": round(self.decode_ms, 2),
-            "model_ms": ms(now - self.started),
-            "first_token_ms": ms((self.first_token or now) - self.started),
-            "total_ms": ms(now - self.received),
-            "tokens": result.tokens,
-            "prompt_tokens": result.prompt_tokens,
-        }
+        return Timing(
+            queue_ms=ms(self.started - self.enqueued),
+            decode_ms=round(self.decode_ms, 2),
+            model_ms=ms(now - self.started),
+            first_token_ms=ms((self.first_token or now) - self.started),
+            total_ms=ms(now - self.received),
+        )
 
 
 class Scheduler:
@@ -129,25 +116,27 @@ class Scheduler:
         with self._lock:
             waiting = self._waiting.get(request.client, ())
             if not self._accepting:
-                rejection = ("busy", "the server is shutting down")
+                rejection = VlmError(Code.BUSY, "the server is shutting down")
             elif request.ordered and request.client in self._active:
                 rejection = self._wait_behind_locked(request)
             elif request.client not in self._queued and len(self._queued) >= self.max_queue:
-                rejection = ("busy", f"the server is busy ({self.max_queue} requests queued); try again shortly")
+                rejection = VlmError(Code.BUSY, f"the server is busy ({self.max_queue} requests queued); "
+                                                "try again shortly")
             else:
                 rejection = None
                 previous = [*waiting, self._active[request.client]] if request.client in self._active else [*waiting]
                 self._waiting.pop(request.client, None)
                 self._enqueue_locked(request)
         if rejection:
-            self._fail(request, *rejection)
+            self._fail(request, rejection)
         for superseded in previous:
-            self._fail(superseded, "cancelled", "superseded by a newer request")
+            self._fail(superseded, VlmError(Code.CANCELLED, "superseded by a newer request"))
 
-    def _wait_behind_locked(self, request: Request) -> tuple[str, str] | None:
+    def _wait_behind_locked(self, request: Request) -> VlmError | None:
         waiting = self._waiting.setdefault(request.client, deque())
         if len(waiting) >= MAX_WAITING_PER_CLIENT:
-            return "busy", f"{MAX_WAITING_PER_CLIENT} questions are already waiting; wait for their answers"
+            return VlmError(Code.BUSY, f"{MAX_WAITING_PER_CLIENT} questions are already waiting; "
+                                       "wait for their answers")
         waiting.append(request)
         return None
 
@@ -165,7 +154,7 @@ class Scheduler:
         request = next((r for r in candidates if r is not None and r.id == request_id), None)
         if request is None:
             return False
-        return self._fail(request, "cancelled", "cancelled by the client")
+        return self._fail(request, VlmError(Code.CANCELLED, "cancelled by the client"))
 
     def forget_client(self, client: str) -> None:
         """A disconnected client's work is dropped silently: there is nobody left to tell."""
@@ -224,31 +213,18 @@ class Scheduler:
         self._lock.notify_all()
         return True
 
-    def _fail(self, request: Request, code: str, message: str) -> bool:
+    def _fail(self, request: Request, error: VlmError) -> bool:
         with self._lock:
             won = self._finish_locked(request)
         if won:
-            request.sink.error(request, code, message)
+            request.sink.failed(error)
         return won
 
     def _answer(self, request: Request, result: Result) -> None:
         with self._lock:
             won = self._finish_locked(request)
-        if not won:
-            return
-        payload: dict[str, Any] = {
-            "id": request.id,
-            "answer": result.answer,
-            "finish_reason": result.finish_reason,
-            "timing": request.timing(time.perf_counter(), result),
-        }
-        if request.job.task != "query":
-            payload["skill"] = request.job.task
-        if result.objects is not None:
-            payload["objects"] = result.objects
-        if result.points is not None:
-            payload["points"] = result.points
-        request.sink.respond(request, payload)
+        if won:
+            request.sink.answered(Answer(request.id, request.job.task, result, request.timing(time.perf_counter())))
 
     # -- the worker ------------------------------------------------------------------
 
@@ -300,32 +276,32 @@ class Scheduler:
                 decoder.join({row: request.job for row, request in joining.items()})
             if not decoder.advances_itself and decoder.rows():
                 decoder.step()
-        except torch.OutOfMemoryError:
-            log.warning("out of memory on a batch of %d", len(decoder.rows() | joining.keys()))
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self._fail_rows(decoder, joining, "model_error",
-                            "the model ran out of memory; try a smaller image or fewer users")
-        except BackendError as error:
+        except VlmError as error:
             log.warning("backend failed on a batch of %d: %s %s", len(decoder.rows() | joining.keys()),
                         error.code, error.message)
-            self._fail_rows(decoder, joining, error.code, error.message)
-        except Exception:
-            log.exception("model failed on a batch of %d", len(decoder.rows() | joining.keys()))
-            self._fail_rows(decoder, joining, "model_error", "the model failed on this request")
+            self._fail_rows(decoder, joining, error)
+        except Exception as error:
+            if out_of_memory(error):
+                log.warning("out of memory on a batch of %d", len(decoder.rows() | joining.keys()))
+                release_cached_memory()
+                self._fail_rows(decoder, joining, VlmError(
+                    Code.MODEL_ERROR, "the model ran out of memory; try a smaller image or fewer users"))
+            else:
+                log.exception("model failed on a batch of %d", len(decoder.rows() | joining.keys()))
+                self._fail_rows(decoder, joining, VlmError(Code.MODEL_ERROR, "the model failed on this request"))
         with self._lock:
             self._busy_since = None
             running = decoder.rows()
             lost = [request for row, request in self._rows.items() if row not in running]
         for request in lost:
-            self._fail(request, "model_error", "the model returned no answer")
+            self._fail(request, VlmError(Code.MODEL_ERROR, "the model returned no answer"))
 
-    def _fail_rows(self, decoder: Decoder, joining: dict[int, Request], code: str, message: str) -> None:
+    def _fail_rows(self, decoder: Decoder, joining: dict[int, Request], error: VlmError) -> None:
         with self._lock:
             failed = [self._rows[row] for row in decoder.rows() | joining.keys() if row in self._rows]
         decoder.clear()
         for request in failed:
-            self._fail(request, code, message)
+            self._fail(request, error)
 
     def _watch_timeouts(self) -> None:
         """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""
@@ -335,7 +311,7 @@ class Scheduler:
             with self._lock:
                 overdue = [r for r in self._rows.values() if not r.finished and now - r.started > self.timeout_s]
             for request in overdue:
-                if self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s"):
+                if self._fail(request, VlmError(Code.TIMEOUT, f"no answer within {self.timeout_s:g} s")):
                     log.warning("request %s overran %g s; the model was asked to stop", request.id, self.timeout_s)
 
 
@@ -351,16 +327,30 @@ class _RowEvents:
             return
         if not request.first_token:
             request.first_token = time.perf_counter()
-        request.sink.stream(request, text)
+        request.sink.stream(text)
 
     def done(self, row: int, result: Result) -> None:
         if (request := self.scheduler._rows.get(row)) is not None:
             self.scheduler._answer(request, result)
 
-    def failed(self, row: int, code: str, message: str) -> None:
+    def failed(self, row: int, error: VlmError) -> None:
         if (request := self.scheduler._rows.get(row)) is not None:
-            self.scheduler._fail(request, code, message)
+            self.scheduler._fail(request, error)
 
     def cancelled(self, row: int) -> bool:
         request = self.scheduler._rows.get(row)
         return request is None or request.finished
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """torch's out-of-memory error, told apart without importing torch: a backend that never loaded it
+    (``--backend openai``, the light web tier) cannot raise it."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
+
+
+def release_cached_memory() -> None:
+    """Give the CUDA blocks of a failed batch back before the next one."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -32,9 +32,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from .base import Backend, GenerationEvents, Job, ModelInfo, Result, resolve_device, weights_dtype
+from .base import Backend, GenerationEvents, Job, ModelInfo, Result
 from .frame_cache import FrameCache
 from .remote_code import load_remote_code_model
+from .torch_device import resolve_device, weights_dtype
 
 # moondream2's code fetches its tokenizer from this hub repo by name (branch main), not from its own folder.
 TOKENIZER_REPO = "moondream/starmie-v1"

@@ -39,12 +39,10 @@ from .base import (
     Result,
     RowEvents,
     prompt_text,
-    resolve_device,
-    resolve_dtype,
-    weights_dtype,
 )
 from .frame_cache import FrameCache
 from .step_decoder import RowText, StepDecoder, can_step
+from .torch_device import resolve_device, resolve_dtype, weights_dtype
 
 log = logging.getLogger(__name__)
 
