@@ -1,4 +1,8 @@
-"""Shared fixtures: offline model folders built once per session, a frame to ask about, a client."""
+"""Shared fixtures: offline model folders built once per session, a frame to ask about, a client.
+
+Tests are marked by what they need (see pyproject's markers): a module marks itself ``unit``;
+everything else is marked ``process``, or ``browser`` under tests/browser, here.
+"""
 
 from __future__ import annotations
 
@@ -83,3 +87,10 @@ def client(app: AppProcess) -> Iterator[RecordingClient]:
     connected = RecordingClient(app.url)
     yield connected
     connected.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("unit") or item.get_closest_marker("process"):
+            continue
+        item.add_marker(pytest.mark.browser if "browser" in item.path.parent.parts else pytest.mark.process)

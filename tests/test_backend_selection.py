@@ -11,6 +11,8 @@ from vlm.backends.registry import choose_backend, read_model_config
 from vlm.config import DEFAULT_MODEL, DEFAULT_REVISION, parse_settings
 from vlm.errors import ModelLoadError
 
+pytestmark = pytest.mark.unit
+
 MOONDREAM2_CONFIG = {
     "architectures": ["HfMoondream"],
     "auto_map": {"AutoConfig": "hf_moondream.HfConfig", "AutoModelForCausalLM": "hf_moondream.HfMoondream"},

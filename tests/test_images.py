@@ -12,6 +12,8 @@ from tests.conftest import data_url
 from vlm.errors import VlmError
 from vlm.images import decode_image
 
+pytestmark = pytest.mark.unit
+
 LIMITS = {"max_bytes": 1024 * 1024, "max_pixels": 4096 * 4096, "target_size": 256}
 
 

@@ -9,6 +9,8 @@ from vlm.errors import VlmError
 from vlm.openai_api import parse_chat
 from vlm.protocol import parse_cancel, parse_query, parse_skill, to_job
 
+pytestmark = pytest.mark.unit
+
 IMAGE = "data:image/jpeg;base64,AAAA"
 
 

@@ -14,6 +14,8 @@ from vlm.backends.base import Job
 from vlm.metrics import MeteredScheduler, Metrics
 from vlm.scheduler import MAX_WAITING_PER_CLIENT, Request, Scheduler
 
+pytestmark = pytest.mark.unit
+
 FRAME = Image.new("RGB", (8, 8))
 
 

@@ -21,8 +21,9 @@ class Access:
         if not isinstance(candidate, str):
             return False
         # surrogatepass: a lone surrogate from a JSON string is a wrong token, not a traceback.
-        return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"),
-                                   self.token.encode("utf-8", "surrogatepass"))
+        return hmac.compare_digest(
+            candidate.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass")
+        )
 
     @staticmethod
     def bearer() -> str | None:

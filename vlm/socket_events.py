@@ -49,8 +49,9 @@ def gated(*, replies: bool) -> Callable[[Handler], Callable[..., Any]]:
         def receive(self: AppNamespace, *args: object) -> Any:
             verdict = self.gate.check(request.sid, request.remote_addr or "")
             if verdict.drop:
-                log.warning("dropping %s from %s: it kept flooding after being refused", request.sid,
-                            request.remote_addr)
+                log.warning(
+                    "dropping %s from %s: it kept flooding after being refused", request.sid, request.remote_addr
+                )
                 drop(self.socketio, request.sid)
                 return None
             payload = args[0] if args else None
@@ -78,8 +79,16 @@ def watch_fields(payload: object) -> dict[str, Any]:
 
 
 class AppNamespace(Namespace):
-    def __init__(self, settings: Settings, slot: ModelSlot, *, access: Access, gate: EventGate, outbox: Outbox,
-                 watch: WatchService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        slot: ModelSlot,
+        *,
+        access: Access,
+        gate: EventGate,
+        outbox: Outbox,
+        watch: WatchService,
+    ) -> None:
         super().__init__("/")
         self.settings = settings
         self.slot = slot
@@ -139,22 +148,43 @@ class AppNamespace(Namespace):
         received = time.perf_counter()
         backend, scheduler = self.slot.backend, self.slot.scheduler
         if backend is None or scheduler is None:
-            return {"id": self.refuse(payload, VlmError(Code.LOADING, "the model is still loading; try again in a "
-                                                                       "moment"))}
+            return {
+                "id": self.refuse(payload, VlmError(Code.LOADING, "the model is still loading; try again in a moment"))
+            }
         seed = is_seed(payload)
         if not scheduler.has_room(request.sid, ordered=seed):  # before the decode: refusing is free
-            return {"id": self.refuse(payload, VlmError(Code.BUSY, f"the server is busy ({scheduler.max_queue} "
-                                                                    "requests queued); try again shortly"))}
+            return {
+                "id": self.refuse(
+                    payload,
+                    VlmError(
+                        Code.BUSY, f"the server is busy ({scheduler.max_queue} requests queued); try again shortly"
+                    ),
+                )
+            }
         try:
             incoming = parse(backend)
             job, decode_ms = to_job(incoming, self.settings, decode_size=backend.info.decode_size)
         except VlmError as error:
             return {"id": self.refuse(payload, error)}
-        log.info("%s %s from %s (%d chars; frames are never stored)", incoming.task, incoming.id,
-                 request.sid, len(incoming.text))
+        log.info(
+            "%s %s from %s (%d chars; frames are never stored)",
+            incoming.task,
+            incoming.id,
+            request.sid,
+            len(incoming.text),
+        )
         sink = SocketSink(self.outbox.send, request.sid, incoming.id, seed=seed)
-        scheduler.submit(Request(id=incoming.id, client=request.sid, job=job, sink=sink, ordered=seed,
-                                 received=received, decode_ms=decode_ms))
+        scheduler.submit(
+            Request(
+                id=incoming.id,
+                client=request.sid,
+                job=job,
+                sink=sink,
+                ordered=seed,
+                received=received,
+                decode_ms=decode_ms,
+            )
+        )
         return {"id": incoming.id}
 
     def refuse(self, payload: object, error: VlmError) -> str | None:

@@ -17,8 +17,10 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
             "Check that the server is running and reachable from here, that --base-url ends in /v1, "
             "and that --api-key (or OPENAI_API_KEY) is what it expects."
         )
-    loading = (f"Could not load the model {settings.model!r} "
-               f"(backend {settings.backend}, revision {settings.effective_revision or 'n/a'})")
+    loading = (
+        f"Could not load the model {settings.model!r} "
+        f"(backend {settings.backend}, revision {settings.effective_revision or 'n/a'})"
+    )
     missing = missing_hub_files(error)
     if missing:
         from huggingface_hub import constants
@@ -26,18 +28,24 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
         from .moondream import download_commands
 
         # The model being loaded comes whole; a file it fetches from elsewhere (a tokenizer) on its own.
-        lines = [f"hf download {repo}" + ("" if repo == settings.model_path else f" {file}")
-                 + (f" --revision {rev}" if rev and rev != "main" else "")
-                 for repo, file, rev in missing]
+        lines = [
+            f"hf download {repo}"
+            + ("" if repo == settings.model_path else f" {file}")
+            + (f" --revision {rev}" if rev and rev != "main" else "")
+            for repo, file, rev in missing
+        ]
         lines = list(dict.fromkeys(lines))
         wanted = ", ".join(f"{file} of {repo} (revision {rev or 'main'})" for repo, file, rev in missing)
-        text = (f"{loading}: it needs {wanted}, which is not in this machine's Hugging Face cache "
-                f"({constants.HF_HUB_CACHE}) and could not be downloaded. On a machine with internet access run\n  "
-                + "\n  ".join(lines)
-                + "\nthen copy its Hugging Face cache folder here (or point HF_HOME at a copy).")
+        text = (
+            f"{loading}: it needs {wanted}, which is not in this machine's Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and could not be downloaded. On a machine with internet access run\n  "
+            + "\n  ".join(lines)
+            + "\nthen copy its Hugging Face cache folder here (or point HF_HOME at a copy)."
+        )
         if settings.model == DEFAULT_MODEL:
-            text += (" moondream2 needs both the model and its tokenizer; everything at once:\n  "
-                     + " && ".join(download_commands(DEFAULT_MODEL, settings.revision)))
+            text += " moondream2 needs both the model and its tokenizer; everything at once:\n  " + " && ".join(
+                download_commands(DEFAULT_MODEL, settings.revision)
+            )
         return text + "\nTo try the app without any download, run `python app.py --model demo`."
     return (
         f"{loading}: {type(error).__name__}: {error}. "
@@ -69,8 +77,11 @@ def missing_hub_files(error: BaseException) -> list[tuple[str, str, str | None]]
         while traceback is not None:
             frame = traceback.tb_frame
             if frame.f_code.co_name == "hf_hub_download" and isinstance(frame.f_locals.get("repo_id"), str):
-                wanted = (frame.f_locals["repo_id"], str(frame.f_locals.get("filename")),
-                          frame.f_locals.get("revision"))
+                wanted = (
+                    frame.f_locals["repo_id"],
+                    str(frame.f_locals.get("filename")),
+                    frame.f_locals.get("revision"),
+                )
                 if wanted not in found:
                     found.append(wanted)
             traceback = traceback.tb_next
