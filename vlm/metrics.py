@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, RowEvents
-from .errors import VlmError
+from .errors import Code, VlmError
 from .results import Answer, Sink
 from .scheduler import Request, Scheduler
 
@@ -103,7 +103,7 @@ class Metrics:
         self.tokens.inc(answer.result.tokens)
 
     def failed(self, client: str, code: str) -> None:
-        self.requests.labels(door(client), "cancelled" if code == "cancelled" else "error", code).inc()
+        self.requests.labels(door(client), "cancelled" if code == Code.CANCELLED else "error", code).inc()
 
     def refused(self, door_name: str, code: str) -> None:
         self.refusals.labels(door_name, code).inc()

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify, make_response, render_template, 
 from .access import TOKEN_COOKIE, Access
 from .config import Settings
 from .demo_guide import demo_guide
+from .errors import Code
 from .model_slot import ModelSlot
 
 CONTENT_SECURITY_POLICY = (
@@ -62,7 +63,7 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access) -> Blue
     @pages.get("/api/info")
     def api_info() -> tuple[Response, int]:
         if not access.bearer_ok():
-            return jsonify(error="unauthorized"), 401
+            return jsonify(error=Code.UNAUTHORIZED), Code.UNAUTHORIZED.status
         if slot.backend is None:
             return jsonify(status="loading"), 503
         info = asdict(slot.backend.info)

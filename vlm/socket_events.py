@@ -110,7 +110,7 @@ class AppNamespace(Namespace):
         a cross-site page cannot use the cookie: SameSite=Strict, and its Origin is refused."""
         token = auth.get("token") if isinstance(auth, dict) else None
         if not self.access.ok(token) and not self.access.cookie_ok():
-            raise ConnectionRefusedError("unauthorized")
+            raise ConnectionRefusedError(Code.UNAUTHORIZED)
 
     def on_disconnect(self, reason: object = None) -> None:
         self.gate.forget(request.sid)

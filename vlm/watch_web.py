@@ -23,6 +23,7 @@ from .access import TOKEN_COOKIE, Access
 from .alerts import AlertDispatcher, AlertFeed, jpeg_bytes
 from .backends.base import ModelInfo
 from .config import Settings
+from .errors import Code
 from .metrics import Metrics
 from .sources import VideoSource, source_kind, source_label
 from .watch import Source, WatchHub
@@ -121,7 +122,7 @@ def _install_routes(
         return access.ok(access.bearer() or (request.cookies.get(TOKEN_COOKIE) if cookie_ok else None))
 
     def unauthorized() -> tuple[Response, int]:
-        return jsonify(error={"code": "unauthorized", "message": "missing or wrong bearer token"}), 401
+        return refusal(Code.UNAUTHORIZED, "missing or wrong bearer token")
 
     @app.get("/metrics")
     def prometheus() -> Response | tuple[Response, int]:
@@ -143,7 +144,7 @@ def _install_routes(
             after = int(request.args.get("after", "0"))
             wait = min(MAX_WAIT_S, max(0.0, float(request.args.get("wait", "0"))))
         except ValueError:
-            return jsonify(error={"code": "bad_request", "message": "after and wait must be numbers"}), 400
+            return refusal(Code.BAD_REQUEST, "after and wait must be numbers")
         records = feed.after(after, wait)
         return jsonify(alerts=records, last=records[-1]["seq"] if records else max(after, 0)), 200
 
@@ -154,7 +155,7 @@ def _install_routes(
             return unauthorized()
         source = hub.sources.get(source_id)
         if source is None or source.kind == "tab":
-            return jsonify(error={"code": "not_found", "message": "no such source"}), 404
+            return refusal(Code.NOT_FOUND, "no such source")
         return Response(
             _mjpeg(source, socketio.sleep),
             mimetype="multipart/x-mixed-replace; boundary=frame",
@@ -169,6 +170,11 @@ def _install_routes(
             code = body.get("error", {}).get("code") if isinstance(body, dict) else None
             metrics.refused("http", str(code or response.status_code))
         return response
+
+
+def refusal(code: Code, message: str) -> tuple[Response, int]:
+    """The watch routes' error shape (docs/PROTOCOL.md), with the code's own HTTP status."""
+    return jsonify(error={"code": code, "message": message}), code.status
 
 
 def _mjpeg(source: Source, sleep: Callable[[float], object]) -> Iterator[bytes]:
