@@ -74,9 +74,9 @@ def app(tiny_model: Path) -> Iterator[AppProcess]:
 
 @pytest.fixture(scope="module")
 def bystander(app: AppProcess) -> Iterator[RecordingClient]:
+    """A client connected through every test here; each test checks that nothing of its reached it."""
     client = RecordingClient(app.url)
     yield client
-    assert client.received == [], "nothing leaked to another client"
     client.close()
 
 
@@ -95,6 +95,7 @@ def test_refused_with_code_then_served(app: AppProcess, bystander: RecordingClie
         assert client.ask({"id": "after", "question": "what is this?", "image": GOOD})[0] == "response"
     finally:
         client.close()
+    assert bystander.received == [], "nothing leaked to another client"
 
 
 @pytest.mark.parametrize("case", list(ACCEPTED))
@@ -104,6 +105,7 @@ def test_other_formats_are_converted(app: AppProcess, bystander: RecordingClient
         assert client.ask({"id": case, "question": "what?", "image": ACCEPTED[case], "extra": True})[0] == "response"
     finally:
         client.close()
+    assert bystander.received == [], "nothing leaked to another client"
 
 
 def test_transport_limit_disconnects_only_the_offender(app: AppProcess, bystander: RecordingClient) -> None:
@@ -116,6 +118,7 @@ def test_transport_limit_disconnects_only_the_offender(app: AppProcess, bystande
         assert survivor.ask({"id": "still", "question": "q", "image": GOOD})[0] == "response"
     finally:
         survivor.close()
+    assert bystander.received == [], "nothing leaked to another client"
 
 
 def test_flood_is_rate_limited_per_client(app: AppProcess, bystander: RecordingClient) -> None:
@@ -129,3 +132,4 @@ def test_flood_is_rate_limited_per_client(app: AppProcess, bystander: RecordingC
     finally:
         flooder.close()
         other.close()
+    assert bystander.received == [], "nothing leaked to another client"
