@@ -204,13 +204,13 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Cha
     urls = [image.get("url") if isinstance(image, dict) else image for image in images]
     if len(urls) > 1 or not all(isinstance(url, str) for url in urls):
         raise VlmError(Code.BAD_REQUEST, "the last user message may hold one image_url part, with a url",
-                            param="messages")
+                       param="messages")
     if not urls and not text_only:
         raise VlmError(Code.IMAGE_REQUIRED, "the loaded model answers questions about an image only: add an "
-                            "image_url part with a data: URL", param="messages")
+                       "image_url part with a data: URL", param="messages")
     if urls and not urls[0].startswith("data:"):
         raise VlmError(Code.BAD_IMAGE, "image_url must be a data: URL; this server does not fetch remote images",
-                            param="messages")
+                       param="messages")
     if (n := body.get("n")) is not None and (type(n) is not int or n != 1):
         raise VlmError(Code.BAD_REQUEST, "n must be 1: this server returns one choice", param="n")
     fields = {"question": "\n".join(texts), "image": urls[0] if urls else None}
@@ -237,7 +237,7 @@ def _temperature(body: dict[str, Any]) -> float | None:
         return None
     if type(value) not in (int, float) or not 0 <= value <= MAX_TEMPERATURE:
         raise VlmError(Code.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}",
-                            param="temperature")
+                       param="temperature")
     return float(value)
 
 

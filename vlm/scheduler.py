@@ -17,7 +17,8 @@ half second that are not queued yet. A lone user never waits.
 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
-superseded or timed-out generation from ever reaching the client twice.
+superseded or timed-out generation from ever reaching the client twice. The outcome goes to
+the request's ``Sink`` typed (vlm/results.py): the scheduler never builds a wire payload.
 
 There is one worker, for good: a backend instance never runs two calls at once (moondream2
 keeps a single KV cache in the model; two calls on it corrupt each other). A call that
@@ -51,6 +52,8 @@ MAX_WAITING_PER_CLIENT = 8
 
 @dataclass(eq=False)
 class Request:
+    """One unit of work from any door; ``client`` keys the fairness rules, ``sink`` hears how it ends."""
+
     id: str
     client: str
     job: Job
