@@ -29,7 +29,7 @@ from .scheduler import Request
 from .sessions import drop
 from .socket_sink import SocketSink, is_seed
 from .watch import Frame
-from .watch_web import WatchService
+from .watch_web import WatchService, watch_error
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,6 @@ def gated(*, replies: bool) -> Callable[[Handler], Callable[..., Any]]:
         return receive
 
     return decorate
-
-
-def watch_refusal(error: VlmError) -> dict[str, Any]:
-    return {"error": {"code": error.code, "message": error.message}}
 
 
 def watch_fields(payload: object) -> dict[str, Any]:
@@ -211,7 +207,7 @@ class AppNamespace(Namespace):
             given = watch_fields(payload)
             watch = self.watch.hub.add(given.get("condition"), given.get("source", "tab"), owner=request.sid)
         except VlmError as error:
-            return watch_refusal(error)
+            return watch_error(error)
         return {"watch": watch.describe()}
 
     @gated(replies=False)
@@ -223,7 +219,7 @@ class AppNamespace(Namespace):
             if not isinstance(paused, bool):
                 raise VlmError(Code.BAD_REQUEST, "paused must be true or false")
         except VlmError as error:
-            return watch_refusal(error)
+            return watch_error(error)
         self.watch.hub.pause(watch, paused)
         return {"watch": watch.describe()}
 
@@ -232,7 +228,7 @@ class AppNamespace(Namespace):
         try:
             watch = self.watch.hub.owned(watch_fields(payload).get("id"), request.sid)
         except VlmError as error:
-            return watch_refusal(error)
+            return watch_error(error)
         self.watch.hub.remove(watch)
         return {"removed": watch.id}
 
@@ -251,7 +247,7 @@ class AppNamespace(Namespace):
                 target_size=side,
             )
         except VlmError as error:
-            return watch_refusal(error)
+            return watch_error(error)
         hub = self.watch.hub
         source = hub.tab_source(request.sid)
         seq = (source.latest.seq if source.latest else 0) + 1

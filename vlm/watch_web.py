@@ -23,7 +23,7 @@ from .access import TOKEN_COOKIE, Access
 from .alerts import AlertDispatcher, AlertFeed, jpeg_bytes
 from .backends.base import ModelInfo
 from .config import Settings
-from .errors import Code
+from .errors import Code, VlmError
 from .metrics import Metrics
 from .sources import VideoSource, source_kind, source_label
 from .watch import Source, WatchHub
@@ -172,9 +172,14 @@ def _install_routes(
         return response
 
 
+def watch_error(error: VlmError) -> dict[str, Any]:
+    """Watch mode's error shape (docs/PROTOCOL.md), for its routes and its Socket.IO acknowledgements alike."""
+    return {"error": {"code": error.code, "message": error.message}}
+
+
 def refusal(code: Code, message: str) -> tuple[Response, int]:
-    """The watch routes' error shape (docs/PROTOCOL.md), with the code's own HTTP status."""
-    return jsonify(error={"code": code, "message": message}), code.status
+    """A watch route's refusal, with the code's own HTTP status."""
+    return jsonify(watch_error(VlmError(code, message))), code.status
 
 
 def _mjpeg(source: Source, sleep: Callable[[float], object]) -> Iterator[bytes]:
