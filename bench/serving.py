@@ -179,8 +179,6 @@ def app_args(folder: Path, device: Device, dtype: str, tokens: int, *extra: str)
         "100000",
         "--request-timeout",
         "3600",
-        "--batching",
-        "continuous",
         *extra,
     ]
 
