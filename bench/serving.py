@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import socketio
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.generation.streamers import BaseStreamer
 
-from bench.run import camera_frame, markdown, pct
+from bench.common import Asking, Load, camera_frame, load_test, markdown, pct, targets_table, write_between_markers
 from scripts.build_real_size_model import build_real_size_model
 from tests.server_process import REPO, AppProcess
 from tests.socket_client import RecordingClient
@@ -226,67 +225,9 @@ def warm_up(url: str, frame: str) -> float:
         client.close()
 
 
-@dataclass
-class Load:
-    answers: int = 0
-    lost: int = 0
-    misrouted: int = 0
-    latencies: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 def live_clients(url: str, frame: str, clients: int, seconds: float, spread_s: float, answer_s: float) -> Load:
-    """Clients in live mode: each asks again the moment it is answered; starts spread over ``spread_s``.
-
-    Requests sent before the window closes are waited for (up to ``answer_s`` each), so nothing
-    counts as lost that was merely still running.
-    """
-    load, lock = Load(), threading.Lock()
-    started = time.monotonic()
-    until = started + seconds
-
-    def client(index: int) -> None:
-        time.sleep(index * spread_s / clients)
-        try:
-            connection = RecordingClient(url)
-        except socketio.exceptions.ConnectionError:  # the seed design cannot accept while it generates
-            with lock:
-                load.lost += 1
-            return
-        count = 0
-        try:
-            while time.monotonic() < until:
-                rid = f"c{index}-{count}"
-                sent = time.perf_counter()
-                try:
-                    kind, _ = connection.ask(
-                        {"id": rid, "question": QUESTION, "image": frame, "live": True}, timeout_s=answer_s
-                    )
-                except TimeoutError:
-                    with lock:
-                        load.lost += 1
-                    continue
-                with lock:
-                    if kind == "response":
-                        load.answers += 1
-                        load.latencies.append(time.perf_counter() - sent)
-                count += 1
-            with lock:
-                load.misrouted += sum(
-                    1
-                    for event, body in connection.received
-                    if event == "response" and not str(body.get("id", "")).startswith(f"c{index}-")
-                )
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    load.seconds = time.monotonic() - started
-    return load
+    """Clients in live mode, starts spread over ``spread_s``, each waiting up to ``answer_s`` for an answer."""
+    return load_test(url, frame, clients, seconds, Asking(QUESTION, answer_s, live=True, spread_s=spread_s))
 
 
 def limit_rows(
@@ -382,11 +323,7 @@ def limit_section(limit: list[list[str]], tokens: int, skipped: list[str]) -> st
 
 def write_readme(report: str, device: Device) -> None:
     markers = (f"<!-- bench-serving-{device.name}:start -->", f"<!-- bench-serving-{device.name}:end -->")
-    text = README.read_text()
-    if markers[0] not in text:
-        return
-    start, end = (text.index(marker) for marker in markers)
-    README.write_text(text[: start + len(markers[0])] + "\n" + report + text[end:])
+    write_between_markers(README, markers, report)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -539,15 +476,12 @@ def main(argv: list[str] | None = None) -> None:
     vs_one = continuous.answers / continuous.seconds / (alone.answers / alone.seconds)
     failures = continuous.lost + continuous.misrouted
     checks = [
-        ["newly arrived request, median latency ÷ alone", "≤ 1.5×", f"{median_ratio:.2f}×", median_ratio <= 1.5],
-        ["throughput, continuous ÷ wave", "≥ 1×", f"{vs_wave:.2f}×", vs_wave >= 1],
-        [f"throughput, {args.clients} clients ÷ 1 client", "≥ 4×", f"{vs_one:.2f}×", vs_one >= 4],
-        ["lost or misrouted (continuous)", "0", str(failures), failures == 0],
+        ("newly arrived request, median latency ÷ alone", "≤ 1.5×", f"{median_ratio:.2f}×", median_ratio <= 1.5),
+        ("throughput, continuous ÷ wave", "≥ 1×", f"{vs_wave:.2f}×", vs_wave >= 1),
+        (f"throughput, {args.clients} clients ÷ 1 client", "≥ 4×", f"{vs_one:.2f}×", vs_one >= 4),
+        ("lost or misrouted (continuous)", "0", str(failures), failures == 0),
     ]
-    sections["targets"] = "### Against the targets\n\n" + markdown(
-        [[name, target, value, "met" if met else "**missed**"] for name, target, value, met in checks],
-        ["figure", "target", "this run", ""],
-    )
+    sections["targets"] = targets_table(checks)
 
     publish()
     if LARGE in folders:
