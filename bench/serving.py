@@ -4,8 +4,9 @@
     python bench/serving.py --device cuda   # a CUDA machine: float16, figures headed with the card's name
 
 Builds random-weight models of real size (``scripts/build_real_size_model.py``) into ``--models``
-(kept for the next run), then measures, per model: the memory-bandwidth bound per decode step
-(bytes of the weights a step reads ÷ measured copy bandwidth), raw ``generate`` time per token at
+(kept for the next run; on a GPU initialised there in float16, in seconds), then measures, per
+model: the memory-bandwidth bound per decode step (bytes of the weights a step reads ÷ measured
+copy bandwidth), raw ``generate`` time per token at
 batch 1 and 16 with no server, and the app end to end on the same frame and question. Then, on
 the small model with 96-token answers, 16 clients in live mode (each asks again the moment it is
 answered, starts spread over one answer's time) against continuous batching, wave batching and
@@ -183,15 +184,21 @@ def app_args(folder: Path, device: Device, dtype: str, tokens: int, *extra: str)
 
 
 def app_end_to_end(
-    folder: Path, device: Device, dtype: str, frame: str, tokens: int, batch: int, warm: bool
-) -> tuple[float, float]:
-    """Seconds for ``batch`` clients asking at once to all be answered, and the server's model time."""
+    folder: Path, device: Device, dtype: str, frame: str, tokens: int, batches: list[int], warm: bool
+) -> dict[int, tuple[float, float]]:
+    """Per batch, seconds for that many clients asking at once to all be answered, and the server's model time.
+
+    One server for every batch: starting the app (imports, loading the model) costs more than a measurement.
+    """
     with AppProcess(app_args(folder, device, dtype, tokens), ready_timeout_s=900) as app:
-        clients = [RecordingClient(app.url) for _ in range(batch)]
+        clients = [RecordingClient(app.url) for _ in range(max(batches))]
         try:
-            if warm:
-                ask_together(clients, frame, "warm")
-            return ask_together(clients, frame, "measured")
+            measured = {}
+            for batch in batches:
+                if warm:
+                    ask_together(clients[:batch], frame, f"warm{batch}")
+                measured[batch] = ask_together(clients[:batch], frame, f"measured{batch}")
+            return measured
         finally:
             for client in clients:
                 client.close()
@@ -357,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         folders[name] = args.models / f"{name}-{device.stored[name]}"
         if not (folders[name] / "model.safetensors").exists():
             print(f"building {name} in {folders[name]}", flush=True)
-            build_real_size_model(folders[name], name, device.stored[name])
+            build_real_size_model(folders[name], name, device.stored[name], device=device.name)
     if LARGE in folders and device.name == "cpu" and available_gib() < 12:
         skipped.append(
             f"{LARGE} not measured: {available_gib():.0f} GiB of memory free, and it needs ~9 GiB "
@@ -391,10 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"raw generate: {name}", flush=True)
         raw = raw_generate(folder, device, device.dtypes[name], frame, args.tokens, batches, warm)
         print(f"app end to end: {name}", flush=True)
-        app = {
-            batch: app_end_to_end(folder, device, device.dtypes[name], frame, args.tokens, batch, warm)
-            for batch in batches
-        }
+        app = app_end_to_end(folder, device, device.dtypes[name], frame, args.tokens, batches, warm)
         limit.extend(limit_rows(name, device, bandwidth, raw, args.tokens, batches, app))
         sections["limit"] = limit_section(limit, args.tokens, skipped)
         publish()
@@ -403,19 +407,16 @@ def main(argv: list[str] | None = None) -> None:
     small = folders[SMALL]
     dtype = device.dtypes[SMALL]
     tokens = args.live_tokens
-    with AppProcess(app_args(small, device, dtype, tokens), ready_timeout_s=900) as app:
-        first_s = warm_up(app.url, frame)
-        alone = live_clients(app.url, frame, 1, 2.5 * first_s, 0, 3600)
-    answer_s = statistics.median(alone.latencies)
-    window = args.seconds or 1.5 * answer_s
-    loads: list[tuple[str, Load]] = [("this app, 1 client", alone)]
-    for label, script, extra in [
-        ("this app, continuous batching", "app.py", []),
-        ("this app, wave batching", "app.py", ["--batching", "wave"]),
-    ]:
+    loads: list[tuple[str, Load]] = []
+    for label, extra in [("this app, continuous batching", []), ("this app, wave batching", ["--batching", "wave"])]:
         print(f"live load: {label}", flush=True)
-        with AppProcess(app_args(small, device, dtype, tokens, *extra), script=script, ready_timeout_s=900) as app:
-            warm_up(app.url, frame)
+        with AppProcess(app_args(small, device, dtype, tokens, *extra), ready_timeout_s=900) as app:
+            first_s = warm_up(app.url, frame)
+            if not loads:  # one client alone, on the first server (the default): what the others are held to
+                alone = live_clients(app.url, frame, 1, 2.5 * first_s, 0, 3600)
+                answer_s = statistics.median(alone.latencies)
+                window = args.seconds or 1.5 * answer_s
+                loads.append(("this app, 1 client", alone))
             loads.append((label, live_clients(app.url, frame, args.clients, window, answer_s, 60 * answer_s)))
     print("live load: seed design", flush=True)
     seed_args = ["--model", str(small), "--max-new-tokens", str(tokens), "--device", device.name, "--dtype", dtype]
