@@ -6,7 +6,9 @@ models) load the app the same way and report the same way, so both take it from 
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import threading
 import time
 from base64 import b64encode
@@ -14,16 +16,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import socketio
+from PIL import Image
 
 from scripts.synthetic_scenes import draw_scene, single_object_scene
 from tests.socket_client import RecordingClient
 
 
-def camera_frame() -> str:
-    """A realistic 640x480 camera JPEG (noise makes it compress like a real frame)."""
+def camera_frame(number: int = 0) -> str:
+    """A realistic 640x480 camera JPEG (noise makes it compress like a real frame); frame ``number`` differs
+    from the others in one pixel."""
+    image = _scene().copy()
+    if number:
+        image.putpixel((number % 640, number // 640 % 480), (number % 251, 255, 0))
     buffer = io.BytesIO()
-    draw_scene(single_object_scene("circle", "red"), (640, 480)).save(buffer, format="JPEG", quality=80)
+    image.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + b64encode(buffer.getvalue()).decode()
+
+
+def next_camera_frame() -> str:
+    """A frame no server has seen in this run, as a camera's next frame is.
+
+    The app keeps the encodings of recent frames by their bytes, so a benchmark that sent one frame
+    over and over would measure that cache instead of the vision encoder a live camera pays for.
+    """
+    return camera_frame(next(_frame_numbers))
+
+
+_frame_numbers = itertools.count(1)
+
+
+@functools.cache
+def _scene() -> Image.Image:
+    return draw_scene(single_object_scene("circle", "red"), (640, 480))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -74,6 +98,7 @@ class Asking:
     question: str
     timeout_s: float
     live: bool = False
+    new_frames: bool = False  # every request sends a frame never sent before (``next_camera_frame``)
     spread_s: float = 0.0  # client i starts after i/n of this, so requests keep arriving while others generate
     settle_s: float = 0.0  # before counting answers that reached the wrong client
 
@@ -114,7 +139,11 @@ def _client(
     count = 0
     try:
         while time.monotonic() < until:
-            request = {"id": f"{name}-{count}", "question": asking.question, "image": frame}
+            request = {
+                "id": f"{name}-{count}",
+                "question": asking.question,
+                "image": next_camera_frame() if asking.new_frames else frame,
+            }
             if asking.live:
                 request["live"] = True
             sent = time.perf_counter()

@@ -7,7 +7,8 @@ Builds random-weight models of real size (``scripts/build_real_size_model.py``) 
 (kept for the next run; on a GPU initialised there in float16, in seconds), then measures, per
 model: the memory-bandwidth bound per decode step (bytes of the weights a step reads ÷ measured
 copy bandwidth), raw ``generate`` time per token at
-batch 1 and 16 with no server, and the app end to end on the same frame and question. Then, on
+batch 1 and 16 with no server, and the app end to end on the same question, each run on a frame it
+has not seen (so its cache of frame encodings cannot answer). Then, on
 the small model with 96-token answers, 16 clients in live mode (each asks again the moment it is
 answered, starts spread over one answer's time) against continuous batching, wave batching and
 the seed re-creation, and one client alone. Results go to ``--out`` (or ``$VLM_BENCH_OUT``) and
@@ -35,7 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.generation.streamers import BaseStreamer
 
-from bench.common import Asking, Load, camera_frame, load_test, markdown, pct, targets_table, write_between_markers
+from bench.common import (
+    Asking,
+    Load,
+    camera_frame,
+    load_test,
+    markdown,
+    next_camera_frame,
+    pct,
+    targets_table,
+    write_between_markers,
+)
 from scripts.build_real_size_model import build_real_size_model
 from tests.server_process import REPO, AppProcess
 from tests.socket_client import RecordingClient
@@ -184,9 +195,12 @@ def app_args(folder: Path, device: Device, dtype: str, tokens: int, *extra: str)
 
 
 def app_end_to_end(
-    folder: Path, device: Device, dtype: str, frame: str, tokens: int, batches: list[int], warm: bool
+    folder: Path, device: Device, dtype: str, tokens: int, batches: list[int], warm: bool
 ) -> dict[int, tuple[float, float]]:
     """Per batch, seconds for that many clients asking at once to all be answered, and the server's model time.
+
+    Each round's clients share one frame no round had before: the raw runs encode their frame every
+    time, so the app must not answer from its cache of recent frames' encodings.
 
     One server for every batch: starting the app (imports, loading the model) costs more than a measurement.
     """
@@ -196,8 +210,8 @@ def app_end_to_end(
             measured = {}
             for batch in batches:
                 if warm:
-                    ask_together(clients[:batch], frame, f"warm{batch}")
-                measured[batch] = ask_together(clients[:batch], frame, f"measured{batch}")
+                    ask_together(clients[:batch], next_camera_frame(), f"warm{batch}")
+                measured[batch] = ask_together(clients[:batch], next_camera_frame(), f"measured{batch}")
             return measured
         finally:
             for client in clients:
@@ -233,8 +247,10 @@ def warm_up(url: str, frame: str) -> float:
 
 
 def live_clients(url: str, frame: str, clients: int, seconds: float, spread_s: float, answer_s: float) -> Load:
-    """Clients in live mode, starts spread over ``spread_s``, each waiting up to ``answer_s`` for an answer."""
-    return load_test(url, frame, clients, seconds, Asking(QUESTION, answer_s, live=True, spread_s=spread_s))
+    """Clients in live mode, each request a new camera frame; starts spread over ``spread_s``; each waits up to
+    ``answer_s`` for an answer."""
+    asking = Asking(QUESTION, answer_s, live=True, new_frames=True, spread_s=spread_s)
+    return load_test(url, frame, clients, seconds, asking)
 
 
 def limit_rows(
@@ -323,7 +339,7 @@ def limit_section(limit: list[list[str]], tokens: int, skipped: list[str]) -> st
         "Bound: the bytes one decode step reads (the text decoder and LM head) ÷ copy bandwidth. "
         "Raw: `model.generate` on the app's inputs, no server; per-step time is from the first token to "
         "the last over the steps between. App: clients over Socket.IO on loopback, "
-        "the same frame and question, one run after a warm-up (no warm-up for the 2.2 B model on a CPU); "
+        "the same question on a new frame each run, one run after a warm-up (no warm-up for the 2.2 B model on a CPU); "
         "overhead is app ÷ raw − 1.\n\n" + markdown(limit, header) + "".join(f"\n\n{line}." for line in skipped)
     )
 
@@ -398,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"raw generate: {name}", flush=True)
         raw = raw_generate(folder, device, device.dtypes[name], frame, args.tokens, batches, warm)
         print(f"app end to end: {name}", flush=True)
-        app = app_end_to_end(folder, device, device.dtypes[name], frame, args.tokens, batches, warm)
+        app = app_end_to_end(folder, device, device.dtypes[name], args.tokens, batches, warm)
         limit.extend(limit_rows(name, device, bandwidth, raw, args.tokens, batches, app))
         sections["limit"] = limit_section(limit, args.tokens, skipped)
         publish()
@@ -441,7 +457,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     sections["live"] = (
         f"### {args.clients} clients in live mode, {SMALL}, {tokens}-token answers\n\n"
-        f"Each client asks again the moment it is answered; starts are spread over one answer's time "
+        f"Each client asks again, about a new frame, the moment it is answered; starts are spread over one "
+        f"answer's time "
         f"({answer_s:.1f} s alone), so requests keep arriving while others generate. Window {window:.0f} s; "
         "requests sent in it are waited for. The seed design answers one request at a time, blocking, and "
         "broadcasts every answer; its unanswered requests at the window's end, and clients it could not "
