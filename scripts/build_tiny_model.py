@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_scenes import corpus
-from vlm_factory import ARCHS, ModelSize, build_model, save_model_folder
+from vlm_factory import ARCHS, ModelSize, build_model_folder
 
 PROFILES: dict[str, ModelSize] = {
     "tiny": ModelSize(
@@ -51,8 +51,7 @@ def build_tiny_model(out_dir: Path, arch: str = "llava", profile: str = "tiny", 
     """
     if profile == "slow" and arch != "llava":
         raise ValueError("the slow profile is only built for arch='llava'")
-    model, processor = build_model(arch, PROFILES[profile], corpus(), seed, can_stop=profile != "slow")
-    return save_model_folder(model, processor, Path(out_dir))
+    return build_model_folder(out_dir, arch, PROFILES[profile], corpus(), seed, can_stop=profile != "slow")
 
 
 def main(argv: list[str] | None = None) -> None:

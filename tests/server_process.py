@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -88,3 +90,13 @@ class AppProcess:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.terminate()
+
+
+@contextmanager
+def serving(model: Path | str, *flags: str, max_new_tokens: int, token: str | None = None,
+            script: str = "app.py", env: dict[str, str] | None = None) -> Iterator[AppProcess]:
+    """The app serving ``model`` with answers of at most ``max_new_tokens``, guarded by ``token`` if given."""
+    guard = {"VLM_TOKEN": token} if token else {}
+    args = ["--model", str(model), "--max-new-tokens", str(max_new_tokens), *flags]
+    with AppProcess(args, script=script, env={**guard, **(env or {})}) as app:
+        yield app

@@ -57,6 +57,11 @@ def test_defaults_are_pinned_moondream_on_loopback() -> None:
     assert settings.secret_key and settings.secret_key != parse_settings([]).secret_key
 
 
+def test_batching_is_continuous_by_default_and_wave_stays_available() -> None:
+    assert parse_settings([]).batching == "continuous"
+    assert parse_settings(["--batching", "wave"]).batching == "wave"
+
+
 def test_demo_alias_and_local_folders_drop_the_revision() -> None:
     settings = parse_settings(["--model", "demo"])
     assert settings.model_path.endswith("demo_model")

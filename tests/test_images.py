@@ -6,7 +6,7 @@ import base64
 import io
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from tests.conftest import data_url
 from vlm.errors import VlmError
@@ -107,3 +107,12 @@ def test_sixteen_bit_grey_keeps_its_level() -> None:
     assert grey.mode.startswith("I")
     red, green, blue = decode_image(data_url(grey, "PNG"), **LIMITS).image.getpixel((5, 5))
     assert red == green == blue and abs(red - 117) <= 1
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_decoded_frame_holds_only_its_own_pixels(fmt: str) -> None:
+    """A queued job keeps its frame; a frame still tied to its opened file would keep the decoder too."""
+    decoded = decode_image(data_url(Image.new("RGB", (2048, 1536), "blue"), fmt),
+                           max_bytes=10_000_000, max_pixels=50_000_000, target_size=512)
+    assert not isinstance(decoded.image, ImageFile.ImageFile)
+    assert decoded.image.size == (512, 384)

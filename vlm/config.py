@@ -55,7 +55,7 @@ class Settings:
     max_queue: int = 64
     max_batch_size: int = 16
     batch_window_ms: float = 20.0
-    batching: str = "wave"
+    batching: str = "continuous"
     request_timeout_s: float = 60.0
     rate_limit_per_s: float = 10.0
     rate_burst: int = 20
@@ -178,8 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long the worker waits for recently seen clients to join a batch")
     limits.add_argument("--batching", choices=["continuous", "wave"], default=defaults.batching,
                         help="continuous: requests join and leave the running batch between tokens, where the "
-                             "backend can (opt-in for now, see README); wave: a batch runs to its end before "
-                             "the next one starts")
+                             "backend can; wave: a batch runs to its end before the next one starts")
     limits.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
                         dest="request_timeout_s", help="seconds before a generation is abandoned")
     limits.add_argument("--rate-limit", type=float, default=defaults.rate_limit_per_s,

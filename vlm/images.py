@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import Code, VlmError
 
@@ -112,7 +112,17 @@ def _open_bounded(raw: bytes, max_pixels: int, target_size: int) -> Image.Image:
     if max(image.size) > target_size:
         # reducing_gap: shrink by whole factors first (cheap, little memory), then resample.
         image.thumbnail((target_size, target_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return _upright(_to_rgb(image), orientation)
+    return _detached(_upright(_to_rgb(image), orientation))
+
+
+def _detached(image: Image.Image) -> Image.Image:
+    """The frame's own pixels, cut loose from the file object it was opened from.
+
+    An opened file keeps its decoder for as long as the frame lives (Pillow's WebP file keeps
+    libwebp's full-size canvases: 144 MiB for a 4096x4096 frame), and a job holds its frame while
+    it waits and runs; eight queued big WebPs kept over 1 GB alive. Copying the shrunk frame is cheap.
+    """
+    return image.copy() if isinstance(image, ImageFile.ImageFile) else image
 
 
 def _upright(image: Image.Image, orientation: int) -> Image.Image:
