@@ -213,18 +213,24 @@ def app_end_to_end(
                     ask_together(clients[:batch], next_camera_frame(), f"warm{batch}")
                 measured[batch] = ask_together(clients[:batch], next_camera_frame(), f"measured{batch}")
             return measured
+        except AnswerFailed as failure:
+            raise AnswerFailed(f"{failure}\n--- the app's log ends ---\n{app.log()[-4000:]}") from None
         finally:
             for client in clients:
                 client.close()
 
 
+class AnswerFailed(RuntimeError):
+    """The app answered with an error where the benchmark needs a timed answer."""
+
+
 def ask_together(clients: list[RecordingClient], frame: str, tag: str) -> tuple[float, float]:
-    finals: list[dict[str, Any]] = []
+    finals: list[tuple[str, dict[str, Any]]] = []
     started = time.perf_counter()
     threads = [
         threading.Thread(
             target=lambda c=c, i=i: finals.append(
-                c.ask({"id": f"{tag}-{i}", "question": QUESTION, "image": frame}, timeout_s=3600)[1]
+                c.ask({"id": f"{tag}-{i}", "question": QUESTION, "image": frame}, timeout_s=3600)
             )
         )
         for i, c in enumerate(clients)
@@ -234,7 +240,10 @@ def ask_together(clients: list[RecordingClient], frame: str, tag: str) -> tuple[
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    return elapsed, max(f["timing"]["model_ms"] if "timing" in f else f["model_ms"] for f in finals) / 1000
+    failed = [(event, payload) for event, payload in finals if "timing" not in payload]
+    if failed:
+        raise AnswerFailed(f"{len(failed)} of {len(finals)} requests failed, e.g. {failed[0]}")
+    return elapsed, max(payload["timing"]["model_ms"] for _, payload in finals) / 1000
 
 
 def warm_up(url: str, frame: str) -> float:
