@@ -17,6 +17,8 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
             "Check that the server is running and reachable from here, that --base-url ends in /v1, "
             "and that --api-key (or OPENAI_API_KEY) is what it expects."
         )
+    from .moondream import download_commands  # here: it imports torch, which the openai tier never needs
+
     loading = (
         f"Could not load the model {settings.model!r} "
         f"(backend {settings.backend}, revision {settings.effective_revision or 'n/a'})"
@@ -24,8 +26,6 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
     missing = missing_hub_files(error)
     if missing:
         from huggingface_hub import constants
-
-        from .moondream import download_commands
 
         # The model being loaded comes whole; a file it fetches from elsewhere (a tokenizer) on its own.
         lines = [
