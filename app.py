@@ -95,8 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     route_library_loggers()
     threading.Thread(target=load_model, args=(settings, web), name="vlm-loader", daemon=True).start()
     server = "gunicorn gthread" if settings.async_mode == "threading" else settings.async_mode
-    log.info("listening on %s port %d (%s, %s mode); loading %s", settings.host, settings.port, server,
-             settings.async_mode, settings.model)
+    log.info(
+        "listening on %s port %d (%s, %s mode); loading %s",
+        settings.host,
+        settings.port,
+        server,
+        settings.async_mode,
+        settings.model,
+    )
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
     serve(settings, web.app, socketio=web.socketio, on_sigterm=drainer(web))

@@ -74,16 +74,24 @@ def ping_during_generation(url: str, frame: str, pings: int) -> list[float]:
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def targets(overhead_p50: float, worst_ping_p99: float, throughput: dict[int, float], failures: int) -> str:
     """This run against the scheduler issue's targets, so the verdict is rewritten with the numbers."""
-    checks = [("app overhead p50 (default threading mode)", "≤ 5 ms", f"{overhead_p50:.1f} ms", overhead_p50 <= 5),
-              ("Socket.IO round trip p99 during generation (worst async mode)", "≤ 50 ms",
-               f"{worst_ping_p99:.1f} ms", worst_ping_p99 <= 50),
-              ("lost or misdelivered answers (this app, all levels)", "0", str(failures), failures == 0)]
+    checks = [
+        ("app overhead p50 (default threading mode)", "≤ 5 ms", f"{overhead_p50:.1f} ms", overhead_p50 <= 5),
+        (
+            "Socket.IO round trip p99 during generation (worst async mode)",
+            "≤ 50 ms",
+            f"{worst_ping_p99:.1f} ms",
+            worst_ping_p99 <= 50,
+        ),
+        ("lost or misdelivered answers (this app, all levels)", "0", str(failures), failures == 0),
+    ]
     if 1 in throughput and 16 in throughput:
         ratio = throughput[16] / throughput[1]
         checks.append(("throughput at 16 clients / at 1 client (batching)", "≥ 3×", f"{ratio:.2f}×", ratio >= 3))
@@ -102,9 +110,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vlm-bench-"))
     slow = build_tiny_model(work / "slow", arch="llava", profile="slow")
     model = str(DEMO_MODEL_DIR)
-    sections = [f"Machine: {machine()}. Model for overhead/throughput: the bundled demo model "
-                f"(`--model demo`); for the round trip during generation: the random `slow` LLaVA "
-                f"(`scripts/build_tiny_model.py --profile slow`, 100 tokens, no EOS)."]
+    sections = [
+        f"Machine: {machine()}. Model for overhead/throughput: the bundled demo model "
+        f"(`--model demo`); for the round trip during generation: the random `slow` LLaVA "
+        f"(`scripts/build_tiny_model.py --profile slow`, 100 tokens, no EOS)."
+    ]
 
     seed = ["--model", model, "--max-new-tokens", "32"]
     with AppProcess(seed, script="bench/seed_app.py") as baseline:
@@ -113,11 +123,19 @@ def main() -> None:
     for mode in ASYNC_MODES:
         with AppProcess(["--model", model, *UNLIMITED, "--async-mode", mode]) as ours:
             mode_ms[mode] = ours_ms = overhead(ours.url, frame, 40)
-        overhead_rows.append([f"this app, {mode}", f"{pct(ours_ms, 50):.1f}", f"{pct(ours_ms, 99):.1f}",
-                              f"{pct(seed_ms, 50) / pct(ours_ms, 50):.2f}×"])
+        overhead_rows.append(
+            [
+                f"this app, {mode}",
+                f"{pct(ours_ms, 50):.1f}",
+                f"{pct(ours_ms, 99):.1f}",
+                f"{pct(seed_ms, 50) / pct(ours_ms, 50):.2f}×",
+            ]
+        )
     overhead_rows.append(["seed design (eventlet)", f"{pct(seed_ms, 50):.1f}", f"{pct(seed_ms, 99):.1f}", ""])
-    sections.append("### App overhead (end-to-end minus model time, 640×480 JPEG, loopback)\n\n" + markdown(
-        overhead_rows, ["server", "p50 ms", "p99 ms", "seed p50 / ours"]))
+    sections.append(
+        "### App overhead (end-to-end minus model time, 640×480 JPEG, loopback)\n\n"
+        + markdown(overhead_rows, ["server", "p50 ms", "p99 ms", "seed p50 / ours"])
+    )
 
     ping_rows, ping_p99 = [], []
     for mode in ASYNC_MODES:
@@ -128,35 +146,56 @@ def main() -> None:
     with AppProcess(["--model", str(slow), "--max-new-tokens", "100"], script="bench/seed_app.py") as baseline:
         samples = ping_during_generation(baseline.url, frame, 3)
     ping_rows.append(["seed design (eventlet, blocking handler)", f"{pct(samples, 50):.1f}", f"{pct(samples, 99):.1f}"])
-    sections.append("### Socket.IO round trip from a second client during a long generation\n\n"
-                    + markdown(ping_rows, ["server", "p50 ms", "p99 ms"]))
+    sections.append(
+        "### Socket.IO round trip from a second client during a long generation\n\n"
+        + markdown(ping_rows, ["server", "p50 ms", "p99 ms"])
+    )
 
     load_rows, batching_throughput, our_failures = [], {}, 0
-    configs = [("this app, batching", ["--model", model, *UNLIMITED], "app.py"),
-               ("this app, no batching", ["--model", model, *UNLIMITED, "--max-batch-size", "1"], "app.py"),
-               ("seed design", seed, "bench/seed_app.py")]
+    configs = [
+        ("this app, batching", ["--model", model, *UNLIMITED], "app.py"),
+        ("this app, no batching", ["--model", model, *UNLIMITED, "--max-batch-size", "1"], "app.py"),
+        ("seed design", seed, "bench/seed_app.py"),
+    ]
     for label, server_args, script in configs:
         with AppProcess(server_args, script=script) as server:
             load_test(server.url, frame, max(args.clients), 2.0, ASKING)  # warm-up: the first level is not penalised
             # Levels interleaved over rounds: a slow spell on a shared machine hits every level alike.
-            rounds = [[load_test(server.url, frame, clients, args.seconds, ASKING) for clients in args.clients]
-                      for _ in range(args.rounds)]
+            rounds = [
+                [load_test(server.url, frame, clients, args.seconds, ASKING) for clients in args.clients]
+                for _ in range(args.rounds)
+            ]
             for level, clients in enumerate(args.clients):
                 runs = [results[level] for results in rounds]
                 throughput = statistics.median(r.throughput for r in runs)
                 latencies = [seconds * 1000 for r in runs for seconds in r.latencies]
                 lost, misdelivered = sum(r.lost for r in runs), sum(r.misrouted for r in runs)
-                load_rows.append([label, str(clients), f"{throughput:.1f}", f"{pct(latencies, 50):.0f}",
-                                  f"{pct(latencies, 99):.0f}", str(lost), str(misdelivered)])
+                load_rows.append(
+                    [
+                        label,
+                        str(clients),
+                        f"{throughput:.1f}",
+                        f"{pct(latencies, 50):.0f}",
+                        f"{pct(latencies, 99):.0f}",
+                        str(lost),
+                        str(misdelivered),
+                    ]
+                )
                 if label == "this app, batching":
                     batching_throughput[clients] = throughput
                 if script == "app.py":
                     our_failures += lost + misdelivered
             load_rows.append([label, "peak RSS", f"{server.memory_mib('VmHWM'):.0f} MiB", "", "", "", ""])
-    method = (f"Median answers/s of {args.rounds} rounds of {args.seconds:g} s per level, levels interleaved; "
-              "latency over all rounds.")
-    sections.append(f"### Throughput and latency under concurrent clients\n\n{method}\n\n" + markdown(
-        load_rows, ["server", "clients", "answers/s", "p50 ms", "p99 ms", "lost", "delivered to wrong client"]))
+    method = (
+        f"Median answers/s of {args.rounds} rounds of {args.seconds:g} s per level, levels interleaved; "
+        "latency over all rounds."
+    )
+    sections.append(
+        f"### Throughput and latency under concurrent clients\n\n{method}\n\n"
+        + markdown(
+            load_rows, ["server", "clients", "answers/s", "p50 ms", "p99 ms", "lost", "delivered to wrong client"]
+        )
+    )
 
     sections.append(targets(pct(mode_ms["threading"], 50), max(ping_p99), batching_throughput, our_failures))
 

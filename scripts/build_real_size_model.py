@@ -63,11 +63,13 @@ CONFIGS: dict[str, ModelSize] = {
 }
 
 
-def build_real_size_model(out_dir: Path, config: str, dtype: str = "float32", seed: int = 0,
-                          device: str = "cpu") -> Path:
+def build_real_size_model(
+    out_dir: Path, config: str, dtype: str = "float32", seed: int = 0, device: str = "cpu"
+) -> Path:
     """Write the model folder (weights in ``dtype``, initialised on ``device``) to ``out_dir`` and return it."""
-    return build_model_folder(out_dir, "idefics3", CONFIGS[config], corpus(), seed, can_stop=False, dtype=dtype,
-                              device=device)
+    return build_model_folder(
+        out_dir, "idefics3", CONFIGS[config], corpus(), seed, can_stop=False, dtype=dtype, device=device
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

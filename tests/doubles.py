@@ -25,8 +25,14 @@ class ScriptedBackendDouble(Backend):
     name: ClassVar[str] = "double"
 
     def __init__(self, *, max_batch_size: int = 4, word_delay_s: float = 0.0) -> None:
-        self.info = ModelInfo(model="double", backend=self.name, device="cpu", dtype="float32",
-                              capabilities=frozenset({"query", "caption", "stream"}), max_batch_size=max_batch_size)
+        self.info = ModelInfo(
+            model="double",
+            backend=self.name,
+            device="cpu",
+            dtype="float32",
+            capabilities=frozenset({"query", "caption", "stream"}),
+            max_batch_size=max_batch_size,
+        )
         self.word_delay_s = word_delay_s
         self.batches: list[list[str]] = []
         self.fail_with: BaseException | None = None

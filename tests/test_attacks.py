@@ -49,8 +49,14 @@ NOFILE = 256  # a leak of one descriptor per attempt would kill the server withi
 
 def limited(model: Path, *flags: str) -> AbstractContextManager[AppProcess]:
     """The app with 4-token answers and this module's token, under a low open-file limit."""
-    return serving(model, *flags, max_new_tokens=4, token=TOKEN, script="tests/limited_app.py",
-                   env={"VLM_TEST_NOFILE": str(NOFILE)})
+    return serving(
+        model,
+        *flags,
+        max_new_tokens=4,
+        token=TOKEN,
+        script="tests/limited_app.py",
+        env={"VLM_TEST_NOFILE": str(NOFILE)},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,10 @@ REFUSED = {
     "truncated jpeg": ({"question": "q", "image": truncated_jpeg()}, "bad_image"),
     "gif": ({"question": "q", "image": data_url(Image.new("RGB", (8, 8)), "GIF")}, "bad_image"),
     "decompression bomb": ({"question": "q", "image": bomb()}, "image_too_large"),
-    "over size limit": ({"question": "q", "image": "data:image/jpeg;base64," + "A" * (MAX_IMAGE_BYTES * 3 // 2)},
-                        "image_too_large"),
+    "over size limit": (
+        {"question": "q", "image": "data:image/jpeg;base64," + "A" * (MAX_IMAGE_BYTES * 3 // 2)},
+        "image_too_large",
+    ),
     "empty question": ({"question": "", "image": GOOD}, "empty_question"),
     "whitespace question": ({"question": " \n\t ", "image": GOOD}, "empty_question"),
     "over-long question": ({"question": "why " * 300, "image": GOOD}, "question_too_long"),
@@ -66,8 +68,18 @@ ACCEPTED = {
 
 @pytest.fixture(scope="module")
 def app(tiny_model: Path) -> Iterator[AppProcess]:
-    args = ["--model", str(tiny_model), "--max-new-tokens", "4", "--max-image-bytes", str(MAX_IMAGE_BYTES),
-            "--max-question-chars", "500", "--rate-limit", "5"]
+    args = [
+        "--model",
+        str(tiny_model),
+        "--max-new-tokens",
+        "4",
+        "--max-image-bytes",
+        str(MAX_IMAGE_BYTES),
+        "--max-question-chars",
+        "500",
+        "--rate-limit",
+        "5",
+    ]
     with AppProcess(args) as running:
         yield running
 

@@ -19,10 +19,14 @@ pytestmark = pytest.mark.unit
 FRAME = Image.new("RGB", (8, 8))
 
 
-def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "hi",
-                 ordered: bool = False) -> Request:
-    return Request(id=rid, client=client, job=Job(task="query", image=FRAME, image_key="k", text=text),
-                   sink=sink.to(rid), ordered=ordered)
+def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "hi", ordered: bool = False) -> Request:
+    return Request(
+        id=rid,
+        client=client,
+        job=Job(task="query", image=FRAME, image_key="k", text=text),
+        sink=sink.to(rid),
+        ordered=ordered,
+    )
 
 
 def test_answers_stream_then_finish_once_per_request() -> None:
@@ -250,8 +254,9 @@ def test_a_newcomer_joins_the_running_batch_and_a_finished_row_leaves_at_once() 
 
 def test_wave_batching_makes_a_newcomer_wait_for_the_whole_wave() -> None:
     sink = RecordingSinkDouble()
-    scheduler = Scheduler(SteppingBackendDouble(max_batch_size=8, word_delay_s=0.01), batch_window_s=0,
-                          continuous=False)
+    scheduler = Scheduler(
+        SteppingBackendDouble(max_batch_size=8, word_delay_s=0.01), batch_window_s=0, continuous=False
+    )
     scheduler.submit(make_request(sink, "long", "alice", LONG))
     wait_streamed(sink, "long", 3)
     scheduler.submit(make_request(sink, "short", "bob", "hi"))

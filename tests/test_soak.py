@@ -14,8 +14,7 @@ CLIENTS, ROUNDS, PER_ROUND = 32, 5, 5
 def client_round(client: RecordingClient, name: str, start: int, frame: str, outcomes: dict[str, str]) -> None:
     for index in range(start, start + PER_ROUND):
         rid = f"{name}-{index}"
-        kind, payload = client.ask({"id": rid, "question": "how many shapes are there?", "image": frame},
-                                   timeout_s=120)
+        kind, payload = client.ask({"id": rid, "question": "how many shapes are there?", "image": frame}, timeout_s=120)
         outcomes[rid] = kind if kind == "response" else payload["code"]
 
 
@@ -27,9 +26,10 @@ def test_soak_every_query_answered_once_to_its_sender(tiny_model: Path, frame: s
         rss_after_round = []
         try:
             for round_index in range(ROUNDS):
-                threads = [threading.Thread(target=client_round,
-                                            args=(c, f"c{i}", round_index * PER_ROUND, frame, outcomes))
-                           for i, c in enumerate(clients)]
+                threads = [
+                    threading.Thread(target=client_round, args=(c, f"c{i}", round_index * PER_ROUND, frame, outcomes))
+                    for i, c in enumerate(clients)
+                ]
                 for thread in threads:
                     thread.start()
                 for thread in threads:

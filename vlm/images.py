@@ -73,7 +73,7 @@ def _base64_bytes(payload: str, max_bytes: int) -> bytes:
         mime = (match.group("mime") or "").lower()
         if mime and not mime.startswith("image/"):
             raise VlmError(Code.BAD_IMAGE, f"data URL has type {mime}, not an image")
-        text = text[match.end():]
+        text = text[match.end() :]
     if not text:
         raise VlmError(Code.BAD_IMAGE, "image is empty")
     if len(text) > (max_bytes * 4) // 3 + 4:
@@ -222,5 +222,6 @@ def configure_decoding(async_mode: str, slots: int = DECODE_SLOTS) -> None:
         _slots = DecodeSlots(eventlet.semaphore.BoundedSemaphore(slots), eventlet.tpool.execute)
     else:
         executor = ThreadPoolExecutor(slots, thread_name_prefix="vlm-decode")
-        _slots = DecodeSlots(threading.BoundedSemaphore(slots),
-                             lambda work, *args: executor.submit(work, *args).result())
+        _slots = DecodeSlots(
+            threading.BoundedSemaphore(slots), lambda work, *args: executor.submit(work, *args).result()
+        )

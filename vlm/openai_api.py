@@ -46,8 +46,9 @@ HANGUP_CHECK_S = 0.2
 SinkEvent = tuple[str, Any]
 
 
-def install_openai_api(app: Flask, settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool],
-                       sleep: Callable[[float], object]) -> None:
+def install_openai_api(
+    app: Flask, settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool], sleep: Callable[[float], object]
+) -> None:
     """Mount ``/v1`` on ``app``, after ``SocketIO(app)`` so that ``unbuffered`` wraps Socket.IO's middleware.
 
     ``authorized`` is the app's own token check, ``sleep`` its async mode's.
@@ -76,8 +77,9 @@ def unbuffered(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
     return app
 
 
-def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool],
-                     sleep: Callable[[float], object]) -> Blueprint:
+def openai_blueprint(
+    settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool], sleep: Callable[[float], object]
+) -> Blueprint:
     """The ``/v1`` routes, answered from ``slot``'s scheduler."""
     api = Blueprint("openai_api", __name__, url_prefix="/v1")
     started = int(time.time())
@@ -101,8 +103,12 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         if slot.backend is None:
             return error_response(Code.LOADING, "the model is still loading; try again in a moment")
         if model != settings.model_name:
-            return error_response(Code.MODEL_NOT_FOUND, f"this server serves {settings.model_name!r}, not {model!r}",
-                                  status=404, param="model")
+            return error_response(
+                Code.MODEL_NOT_FOUND,
+                f"this server serves {settings.model_name!r}, not {model!r}",
+                status=404,
+                param="model",
+            )
         return jsonify(model_entry()), 200
 
     @api.post("/chat/completions")
@@ -112,19 +118,34 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         if backend is None or scheduler is None:
             return error_response(Code.LOADING, "the model is still loading; try again in a moment")
         try:
-            chat = parse_chat(json_body(), max_question_chars=settings.max_question_chars,
-                              text_only="text" in backend.info.capabilities)
+            chat = parse_chat(
+                json_body(),
+                max_question_chars=settings.max_question_chars,
+                text_only="text" in backend.info.capabilities,
+            )
         except VlmError as error:
             return error_response(error.code, error.message, param=error.param)
         try:
-            job, decode_ms = to_job(chat.incoming, settings, decode_size=backend.info.decode_size,
-                                    max_new_tokens=chat.max_tokens, temperature=chat.temperature)
+            job, decode_ms = to_job(
+                chat.incoming,
+                settings,
+                decode_size=backend.info.decode_size,
+                max_new_tokens=chat.max_tokens,
+                temperature=chat.temperature,
+            )
         except VlmError as error:  # the frame in the image_url part
             return error_response(error.code, error.message, param="messages")
         incoming = chat.incoming
         sink = HttpSink(sleep if green else None)
-        work = Request(id=incoming.id, client=f"http-{uuid.uuid4().hex}", job=job, sink=sink,
-                       received=received, decode_ms=decode_ms, returns=False)
+        work = Request(
+            id=incoming.id,
+            client=f"http-{uuid.uuid4().hex}",
+            job=job,
+            sink=sink,
+            received=received,
+            decode_ms=decode_ms,
+            returns=False,
+        )
         log.info("query %s over HTTP (%d chars; frames are never stored)", work.id, len(job.text))
         scheduler.submit(work)
         events = iter(sink)
@@ -132,15 +153,20 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         first = next(events)
         if first[0] == "error":
             return error_response(first[1].code, first[1].message)
-        completion = Completion(id=f"chatcmpl-{incoming.id}", model=settings.model_name,
-                                include_usage=chat.include_usage)
+        completion = Completion(
+            id=f"chatcmpl-{incoming.id}", model=settings.model_name, include_usage=chat.include_usage
+        )
         if chat.streaming:
             # A client that hangs up mid-stream cancels its generation; after the answer this is a no-op.
             sse = completion.sse(chain([first], events), on_close=partial(scheduler.cancel, work.client, work.id))
-            return Response(sse, mimetype="text/event-stream",
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        kind, value = final_event(chain([first], events), hung_up=partial(hung_up, request.environ),
-                                  cancel=partial(scheduler.cancel, work.client, work.id))
+            return Response(
+                sse, mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            )
+        kind, value = final_event(
+            chain([first], events),
+            hung_up=partial(hung_up, request.environ),
+            cancel=partial(scheduler.cancel, work.client, work.id),
+        )
         if kind == "error":
             return error_response(value.code, value.message)
         return jsonify(completion.message(value)), 200
@@ -148,8 +174,7 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
     return api
 
 
-def final_event(events: Iterator[SinkEvent], *, hung_up: Callable[[], bool],
-                cancel: Callable[[], object]) -> SinkEvent:
+def final_event(events: Iterator[SinkEvent], *, hung_up: Callable[[], bool], cancel: Callable[[], object]) -> SinkEvent:
     """The answer's last event; a client found gone between tokens has its generation cancelled."""
     checked = time.monotonic()
     for event in events:
@@ -189,8 +214,11 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Cha
     if not isinstance(body, dict):
         raise VlmError(Code.BAD_REQUEST, "the body must be a JSON object")
     messages = body.get("messages")
-    turns = [turn for turn in messages if isinstance(turn, dict) and turn.get("role") == "user"] \
-        if isinstance(messages, list) else []
+    turns = (
+        [turn for turn in messages if isinstance(turn, dict) and turn.get("role") == "user"]
+        if isinstance(messages, list)
+        else []
+    )
     if not turns:
         raise VlmError(Code.BAD_REQUEST, "messages must hold a user message", param="messages")
     content = turns[-1].get("content")
@@ -203,14 +231,19 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Cha
         raise VlmError(Code.BAD_REQUEST, "a text part's text must be a string", param="messages")
     urls = [image.get("url") if isinstance(image, dict) else image for image in images]
     if len(urls) > 1 or not all(isinstance(url, str) for url in urls):
-        raise VlmError(Code.BAD_REQUEST, "the last user message may hold one image_url part, with a url",
-                       param="messages")
+        raise VlmError(
+            Code.BAD_REQUEST, "the last user message may hold one image_url part, with a url", param="messages"
+        )
     if not urls and not text_only:
-        raise VlmError(Code.IMAGE_REQUIRED, "the loaded model answers questions about an image only: add an "
-                       "image_url part with a data: URL", param="messages")
+        raise VlmError(
+            Code.IMAGE_REQUIRED,
+            "the loaded model answers questions about an image only: add an image_url part with a data: URL",
+            param="messages",
+        )
     if urls and not urls[0].startswith("data:"):
-        raise VlmError(Code.BAD_IMAGE, "image_url must be a data: URL; this server does not fetch remote images",
-                       param="messages")
+        raise VlmError(
+            Code.BAD_IMAGE, "image_url must be a data: URL; this server does not fetch remote images", param="messages"
+        )
     if (n := body.get("n")) is not None and (type(n) is not int or n != 1):
         raise VlmError(Code.BAD_REQUEST, "n must be 1: this server returns one choice", param="n")
     fields = {"question": "\n".join(texts), "image": urls[0] if urls else None}
@@ -236,13 +269,15 @@ def _temperature(body: dict[str, Any]) -> float | None:
     if value is None:
         return None
     if type(value) not in (int, float) or not 0 <= value <= MAX_TEMPERATURE:
-        raise VlmError(Code.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}",
-                       param="temperature")
+        raise VlmError(
+            Code.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}", param="temperature"
+        )
     return float(value)
 
 
-def error_response(code: str, message: str, *, status: int | None = None,
-                   param: str | None = None) -> tuple[Response, int]:
+def error_response(
+    code: str, message: str, *, status: int | None = None, param: str | None = None
+) -> tuple[Response, int]:
     status = status or http_status(code)
     return jsonify(error_body(code, message, status, param)), status
 
@@ -301,8 +336,11 @@ class Completion:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def message(self, answer: Answer) -> dict[str, Any]:
-        choice = {"index": 0, "message": {"role": "assistant", "content": answer.result.answer},
-                  "finish_reason": answer.result.finish_reason}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": answer.result.answer},
+            "finish_reason": answer.result.finish_reason,
+        }
         return {**self._envelope("chat.completion"), "choices": [choice], "usage": usage(answer)}
 
     def sse(self, events: Iterator[SinkEvent], *, on_close: Callable[[], None]) -> Iterator[str]:
@@ -324,8 +362,7 @@ class Completion:
                 if kind == "answer":
                     yield self._chunk({}, value.result.finish_reason)
                     if self.include_usage:
-                        yield _data({**self._envelope("chat.completion.chunk"), "choices": [],
-                                     "usage": usage(value)})
+                        yield _data({**self._envelope("chat.completion.chunk"), "choices": [], "usage": usage(value)})
             yield "data: [DONE]\n\n"
         finally:
             on_close()
@@ -364,7 +401,7 @@ class AnswerText:
         return self._advance(answer) if answer.startswith(self.sent) else ""
 
     def _advance(self, text: str) -> str:
-        delta, self.sent = text[len(self.sent):], text
+        delta, self.sent = text[len(self.sent) :], text
         return delta
 
 

@@ -77,8 +77,14 @@ def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
     return Incoming(id=rid, task=skill, text=text, image=image, length=length)
 
 
-def to_job(incoming: Incoming, settings: Settings, *, decode_size: int,
-           max_new_tokens: int | None = None, temperature: float | None = None) -> tuple[Job, float]:
+def to_job(
+    incoming: Incoming,
+    settings: Settings,
+    *,
+    decode_size: int,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+) -> tuple[Job, float]:
     """The frame decoded under the server's limits, as model work, and the decode time in ms.
 
     ``max_new_tokens`` is a client's own limit; it can only lower the server's. A text-only
@@ -88,15 +94,33 @@ def to_job(incoming: Incoming, settings: Settings, *, decode_size: int,
     limit = min(settings.max_new_tokens, max_new_tokens or settings.max_new_tokens)
     temperature = settings.temperature if temperature is None else temperature
     if incoming.image is None:
-        return Job(task=incoming.task, image=None, image_key="", text=incoming.text, length=incoming.length,
-                   max_new_tokens=limit, temperature=temperature), 0.0
+        return Job(
+            task=incoming.task,
+            image=None,
+            image_key="",
+            text=incoming.text,
+            length=incoming.length,
+            max_new_tokens=limit,
+            temperature=temperature,
+        ), 0.0
     try:
-        frame = decode_image(incoming.image, max_bytes=settings.max_image_bytes,
-                             max_pixels=settings.max_image_pixels, target_size=decode_size)
+        frame = decode_image(
+            incoming.image,
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            target_size=decode_size,
+        )
     except VlmError as error:
         raise VlmError(error.code, error.message, incoming.id) from error
-    job = Job(task=incoming.task, image=frame.image, image_key=frame.digest, text=incoming.text,
-              length=incoming.length, max_new_tokens=limit, temperature=temperature)
+    job = Job(
+        task=incoming.task,
+        image=frame.image,
+        image_key=frame.digest,
+        text=incoming.text,
+        length=incoming.length,
+        max_new_tokens=limit,
+        temperature=temperature,
+    )
     return job, frame.decode_ms
 
 

@@ -123,8 +123,9 @@ class Scheduler:
             elif request.ordered and request.client in self._active:
                 rejection = self._wait_behind_locked(request)
             elif request.client not in self._queued and len(self._queued) >= self.max_queue:
-                rejection = VlmError(Code.BUSY, f"the server is busy ({self.max_queue} requests queued); "
-                                                "try again shortly")
+                rejection = VlmError(
+                    Code.BUSY, f"the server is busy ({self.max_queue} requests queued); try again shortly"
+                )
             else:
                 rejection = None
                 previous = [*waiting, self._active[request.client]] if request.client in self._active else [*waiting]
@@ -138,8 +139,9 @@ class Scheduler:
     def _wait_behind_locked(self, request: Request) -> VlmError | None:
         waiting = self._waiting.setdefault(request.client, deque())
         if len(waiting) >= MAX_WAITING_PER_CLIENT:
-            return VlmError(Code.BUSY, f"{MAX_WAITING_PER_CLIENT} questions are already waiting; "
-                                       "wait for their answers")
+            return VlmError(
+                Code.BUSY, f"{MAX_WAITING_PER_CLIENT} questions are already waiting; wait for their answers"
+            )
         waiting.append(request)
         return None
 
@@ -172,8 +174,7 @@ class Scheduler:
     def has_room(self, client: str, *, ordered: bool = False) -> bool:
         """Whether ``submit`` would not refuse this client's request as ``busy`` (checked before a decode)."""
         with self._lock:
-            return ((ordered and client in self._active) or client in self._queued
-                    or len(self._queued) < self.max_queue)
+            return (ordered and client in self._active) or client in self._queued or len(self._queued) < self.max_queue
 
     def pending(self) -> int:
         with self._lock:
@@ -249,8 +250,7 @@ class Scheduler:
                 self._lock.wait()
             if stepping and not decoder.rows() and self.batch_window_s > 0:
                 deadline = time.perf_counter() + self.batch_window_s
-                while len(self._queued) < min(self.max_batch_size - len(self._rows),
-                                              self._expected_company_locked()):
+                while len(self._queued) < min(self.max_batch_size - len(self._rows), self._expected_company_locked()):
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
@@ -280,15 +280,22 @@ class Scheduler:
             if not decoder.advances_itself and decoder.rows():
                 decoder.step()
         except VlmError as error:
-            log.warning("backend failed on a batch of %d: %s %s", len(decoder.rows() | joining.keys()),
-                        error.code, error.message)
+            log.warning(
+                "backend failed on a batch of %d: %s %s",
+                len(decoder.rows() | joining.keys()),
+                error.code,
+                error.message,
+            )
             self._fail_rows(decoder, joining, error)
         except Exception as error:
             if out_of_memory(error):
                 log.warning("out of memory on a batch of %d", len(decoder.rows() | joining.keys()))
                 release_cached_memory()
-                self._fail_rows(decoder, joining, VlmError(
-                    Code.MODEL_ERROR, "the model ran out of memory; try a smaller image or fewer users"))
+                self._fail_rows(
+                    decoder,
+                    joining,
+                    VlmError(Code.MODEL_ERROR, "the model ran out of memory; try a smaller image or fewer users"),
+                )
             else:
                 log.exception("model failed on a batch of %d", len(decoder.rows() | joining.keys()))
                 self._fail_rows(decoder, joining, VlmError(Code.MODEL_ERROR, "the model failed on this request"))

@@ -94,8 +94,10 @@ def server() -> Iterator[AppProcess]:
 @pytest.fixture(scope="session")
 def moondream_server(moondream_like: MoondreamLike) -> Iterator[AppProcess]:
     """The app on a model with moondream2's API and skills, built here because moondream2 cannot be downloaded."""
-    with AppProcess(["--model", str(moondream_like.folder), "--backend", "moondream", "--max-new-tokens", "16"],
-                    env={"HF_HUB_CACHE": str(moondream_like.hub_cache)}) as app:
+    with AppProcess(
+        ["--model", str(moondream_like.folder), "--backend", "moondream", "--max-new-tokens", "16"],
+        env={"HF_HUB_CACHE": str(moondream_like.hub_cache)},
+    ) as app:
         yield app
 
 

@@ -201,8 +201,9 @@ class MoondreamBackend(Backend):
         )
 
     @classmethod
-    def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str,
-             max_crops: int = 0) -> MoondreamBackend:
+    def load(
+        cls, model_id: str, *, revision: str | None, device: str, dtype: str, max_crops: int = 0
+    ) -> MoondreamBackend:
         device = resolve_device(device)
         model = load_remote_code_model(model_id, revision=revision, dtype=torch.bfloat16, device=device)
         run_in(model, moondream_dtype(dtype, device))
@@ -229,8 +230,9 @@ class MoondreamBackend(Backend):
                 chunks = self.model.caption(encoded, length=job.length, stream=True, settings=settings)["caption"]
             answer = self._stream(index, chunks, events)
             finish = "length" if self.meter.tokens >= job.max_new_tokens else "stop"
-            return Result(answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens,
-                          finish_reason=finish)
+            return Result(
+                answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens, finish_reason=finish
+            )
         if job.task == "detect":
             boxes = [_box(item) for item in self.model.detect(encoded, job.text)["objects"]]
             objects = [b for b in boxes if b["x_min"] < b["x_max"] and b["y_min"] < b["y_max"]]

@@ -56,11 +56,9 @@ class OpenAIBackend(Backend):
         )
 
     @classmethod
-    def load(cls, base_url: str, *, api_key: str, model: str, timeout_s: float,
-             max_batch_size: int) -> OpenAIBackend:
+    def load(cls, base_url: str, *, api_key: str, model: str, timeout_s: float, max_batch_size: int) -> OpenAIBackend:
         """Connect and list the upstream models, so a wrong URL or key fails at start, not on a question."""
-        client = openai.OpenAI(base_url=base_url, api_key=api_key or PLACEHOLDER_KEY, timeout=timeout_s,
-                               max_retries=0)
+        client = openai.OpenAI(base_url=base_url, api_key=api_key or PLACEHOLDER_KEY, timeout=timeout_s, max_retries=0)
         served = [entry.id for entry in client.models.list()]
         if model not in served:
             # llama.cpp answers whatever name it is asked for; vLLM and Ollama will refuse each request.
@@ -114,9 +112,15 @@ class OpenAIBackend(Backend):
             raise VlmError(Code.UPSTREAM_ERROR, f"the model server failed: {error.message}") from error
         # A server that reports no usage streams (nearly always) one token per chunk; count those then.
         tokens = usage.completion_tokens if usage else chunks
-        events.done(index, Result(answer="".join(parts).strip(), tokens=tokens,
-                                  prompt_tokens=usage.prompt_tokens if usage else 0,
-                                  finish_reason="length" if finish == "length" else "stop"))
+        events.done(
+            index,
+            Result(
+                answer="".join(parts).strip(),
+                tokens=tokens,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                finish_reason="length" if finish == "length" else "stop",
+            ),
+        )
 
 
 class Forwarder(Decoder):

@@ -91,8 +91,13 @@ def load_moondream(settings: Settings) -> Backend:
     quiet_transformers()
     from .moondream import MoondreamBackend
 
-    return MoondreamBackend.load(settings.model_path, revision=settings.effective_revision, device=settings.device,
-                                 dtype=settings.dtype, max_crops=settings.max_crops)
+    return MoondreamBackend.load(
+        settings.model_path,
+        revision=settings.effective_revision,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_crops=settings.max_crops,
+    )
 
 
 @register("transformers")
@@ -100,17 +105,28 @@ def load_transformers(settings: Settings) -> Backend:
     quiet_transformers()
     from .transformers_backend import TransformersBackend
 
-    return TransformersBackend.load(settings.model_path, revision=settings.effective_revision, device=settings.device,
-                                    dtype=settings.dtype, max_batch_size=settings.max_batch_size)
+    return TransformersBackend.load(
+        settings.model_path,
+        revision=settings.effective_revision,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_batch_size=settings.max_batch_size,
+    )
 
 
 @register("openai")
 def load_openai(settings: Settings) -> Backend:
     """Never picked by ``auto``: forwarding frames to another server must be asked for, and to a named one."""
     if not settings.base_url:
-        raise ModelLoadError("--backend openai needs --base-url, the upstream server's /v1 address "
-                             "(e.g. http://127.0.0.1:8000/v1)")
+        raise ModelLoadError(
+            "--backend openai needs --base-url, the upstream server's /v1 address (e.g. http://127.0.0.1:8000/v1)"
+        )
     from .openai_backend import OpenAIBackend
 
-    return OpenAIBackend.load(settings.base_url, api_key=settings.api_key, model=settings.model,
-                              timeout_s=settings.request_timeout_s, max_batch_size=settings.max_batch_size)
+    return OpenAIBackend.load(
+        settings.base_url,
+        api_key=settings.api_key,
+        model=settings.model,
+        timeout_s=settings.request_timeout_s,
+        max_batch_size=settings.max_batch_size,
+    )
