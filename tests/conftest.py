@@ -1,7 +1,8 @@
 """Shared fixtures: offline model folders built once per session, a frame to ask about, a client.
 
 Tests are marked by what they need (see pyproject's markers): a module marks itself ``unit``;
-everything else is marked ``process``, or ``browser`` under tests/browser, here.
+everything else is marked ``process``, or ``browser`` under tests/browser, here. A module that
+shares one app process among its tests says how to start it with ``pytest.mark.app`` (see ``app``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 
 
@@ -79,6 +80,26 @@ def jpeg_data_url(color: str = "red", size: tuple[int, int] = (640, 480)) -> str
 @pytest.fixture(scope="session")
 def frame() -> str:
     return jpeg_data_url()
+
+
+MODEL_FIXTURES = {"tiny": "tiny_model", "slow": "slow_model"}
+
+
+@pytest.fixture(scope="module")
+def app(request: pytest.FixtureRequest) -> Iterator[AppProcess]:
+    """The app process a module's tests share, started as the module's ``pytest.mark.app`` says.
+
+    ``pytestmark = pytest.mark.app("tiny", "--rate-limit", "5", max_new_tokens=4, token=TOKEN)`` serves
+    the ``tiny_model`` fixture's folder ("slow": ``slow_model``; any other name, e.g. "demo", as given)
+    with those flags and ``serving``'s keywords, so one fixture starts every module's server.
+    """
+    marker = request.node.get_closest_marker("app")
+    if marker is None or not marker.args:
+        raise pytest.UsageError(f"{request.node.nodeid} uses the app fixture without pytest.mark.app(MODEL, ...)")
+    name, *flags = marker.args
+    model = request.getfixturevalue(MODEL_FIXTURES[name]) if name in MODEL_FIXTURES else name
+    with serving(model, *flags, **marker.kwargs) as running:
+        yield running
 
 
 @pytest.fixture

@@ -108,13 +108,13 @@ class AppProcess:
 def serving(
     model: Path | str,
     *flags: str,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     token: str | None = None,
     script: str = "app.py",
     env: dict[str, str] | None = None,
 ) -> Iterator[AppProcess]:
-    """The app serving ``model`` with answers of at most ``max_new_tokens``, guarded by ``token`` if given."""
+    """The app serving ``model`` (answers of at most ``max_new_tokens`` if given), guarded by ``token`` if given."""
     guard = {"VLM_TOKEN": token} if token else {}
-    args = ["--model", str(model), "--max-new-tokens", str(max_new_tokens), *flags]
-    with AppProcess(args, script=script, env={**guard, **(env or {})}) as app:
+    budget = ["--max-new-tokens", str(max_new_tokens)] if max_new_tokens is not None else []
+    with AppProcess(["--model", str(model), *budget, *flags], script=script, env={**guard, **(env or {})}) as app:
         yield app

@@ -11,7 +11,6 @@ import base64
 import io
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -66,22 +65,8 @@ ACCEPTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def app(tiny_model: Path) -> Iterator[AppProcess]:
-    args = [
-        "--model",
-        str(tiny_model),
-        "--max-new-tokens",
-        "4",
-        "--max-image-bytes",
-        str(MAX_IMAGE_BYTES),
-        "--max-question-chars",
-        "500",
-        "--rate-limit",
-        "5",
-    ]
-    with AppProcess(args) as running:
-        yield running
+LIMITS = ("--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-question-chars", "500", "--rate-limit", "5")
+pytestmark = pytest.mark.app("tiny", *LIMITS, max_new_tokens=4)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -16,16 +15,13 @@ import requests
 
 from tests.conftest import jpeg_data_url
 from tests.openai_client import ask, frame_question, openai_client
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 
 TOKEN = "v1-shared-secret"
 
 
-@pytest.fixture(scope="module")
-def app(tiny_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12"]) as running:
-        yield running
+pytestmark = pytest.mark.app("tiny", max_new_tokens=12)
 
 
 def streamed(client: openai.OpenAI, question: str, image_url: str) -> list[str]:
@@ -123,7 +119,7 @@ def test_max_tokens_can_only_shorten_the_answer(app: AppProcess, frame: str) -> 
 
 
 def test_token_is_required_when_the_server_has_one(tiny_model: Path, frame: str) -> None:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "4"], env={"VLM_TOKEN": TOKEN}) as guarded:
+    with serving(tiny_model, max_new_tokens=4, token=TOKEN) as guarded:
         anonymous = requests.get(f"{guarded.url}/v1/models", timeout=5)
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["type"] == "authentication_error"
@@ -211,7 +207,7 @@ def test_curl_gets_an_answer_with_usage(app: AppProcess, frame: str) -> None:
 @pytest.mark.parametrize("mode", ["eventlet", "gevent"])
 def test_streaming_under_green_async_modes_keeps_the_server_responsive(slow_model: Path, frame: str, mode: str) -> None:
     """The view waits for a native worker thread; under a green hub that wait must not stall other requests."""
-    with AppProcess(["--model", str(slow_model), "--max-new-tokens", "12", "--async-mode", mode]) as running:
+    with serving(slow_model, "--async-mode", mode, max_new_tokens=12) as running:
         client = openai_client(running.url)
         first_delta, finished = threading.Event(), threading.Event()
         deltas: list[str] = []

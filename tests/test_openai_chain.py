@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.openai_client import ask, openai_client
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 from vlm.backends.registry import load_backend
 from vlm.config import Settings
@@ -33,7 +33,7 @@ def chained_to(upstream: AppProcess, model: Path, *args: str, key: str = TOKEN) 
 
 @pytest.fixture(scope="module")
 def upstream(tiny_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12"], env={"VLM_TOKEN": TOKEN}) as running:
+    with serving(tiny_model, max_new_tokens=12, token=TOKEN) as running:
         yield running
 
 
@@ -103,7 +103,7 @@ def test_wrong_upstream_key_fails_at_start_with_advice(upstream: AppProcess, tin
 
 def test_cancel_on_the_chained_instance_stops_the_upstream_generation(slow_model: Path, frame: str) -> None:
     with (
-        AppProcess(["--model", str(slow_model), "--max-new-tokens", "300"], env={"VLM_TOKEN": TOKEN}) as slow,
+        serving(slow_model, max_new_tokens=300, token=TOKEN) as slow,
         chained_to(slow, slow_model, "--max-new-tokens", "300") as front,
     ):
         asker = RecordingClient(front.url)

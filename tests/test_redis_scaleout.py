@@ -20,7 +20,7 @@ import redis
 import socketio
 
 from tests.openai_client import ask, openai_client
-from tests.server_process import AppProcess, free_port
+from tests.server_process import AppProcess, free_port, serving
 from tests.socket_client import RecordingClient
 from vlm.config import parse_settings
 
@@ -59,7 +59,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def model_server(tiny_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12"]) as running:
+    with serving(tiny_model, max_new_tokens=12) as running:
         yield running
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from tests.server_process import AppProcess
+from tests.server_process import serving
 from tests.socket_client import RecordingClient
 
 CLIENTS, ROUNDS, PER_ROUND = 32, 5, 5
@@ -19,8 +19,7 @@ def client_round(client: RecordingClient, name: str, start: int, frame: str, out
 
 
 def test_soak_every_query_answered_once_to_its_sender(tiny_model: Path, frame: str) -> None:
-    args = ["--model", str(tiny_model), "--max-new-tokens", "4", "--max-queue", "64"]
-    with AppProcess(args) as app:
+    with serving(tiny_model, "--max-queue", "64", max_new_tokens=4) as app:
         clients = [RecordingClient(app.url) for _ in range(CLIENTS)]
         outcomes: dict[str, str] = {}
         rss_after_round = []
