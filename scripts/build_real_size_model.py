@@ -1,6 +1,6 @@
 """Build random-weight vision-language models of real size and architecture, offline.
 
-    python scripts/build_real_size_model.py OUT_DIR --config smolvlm-256m|smolvlm-2.2b [--dtype float32] [--device cpu]
+    python -m scripts.build_real_size_model OUT_DIR --config smolvlm-256m|smolvlm-2.2b [--dtype float32] [--device cpu]
 
 The dimensions are the published ``config.json`` numbers of HuggingFaceTB/SmolVLM-256M-Instruct
 and HuggingFaceTB/SmolVLM-Instruct (2.2 B; its text tower has the shape of moondream2's: 2048
@@ -15,13 +15,10 @@ chat template is the tiny models' one. The answers are gibberish.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from synthetic_scenes import corpus
-from vlm_factory import ModelSize, build_model_folder
+from .synthetic_scenes import corpus
+from .vlm_factory import ModelSize, build_model_folder
 
 CONFIGS: dict[str, ModelSize] = {
     # HuggingFaceTB/SmolVLM-256M-Instruct: SmolLM2-135M text, SigLIP-B/16-512 vision, 4x pixel shuffle (64 tokens).

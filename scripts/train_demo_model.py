@@ -1,6 +1,6 @@
 """Train the bundled demo vision-language model from scratch on synthetic shape scenes, on CPU.
 
-    python scripts/train_demo_model.py [--out-dir vlm/demo_model] [--vision-steps N] [--steps N] [--seed N]
+    python -m scripts.train_demo_model [--out-dir vlm/demo_model] [--vision-steps N] [--steps N] [--seed N]
 
 The result is a real LLaVA checkpoint (CLIP vision tower + Llama decoder, a few hundred
 thousand parameters) that loads through `AutoProcessor` / `AutoModelForImageTextToText`
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,10 +25,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-# Sibling modules must resolve whether this file runs as a script or is imported as scripts.train_demo_model.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from synthetic_scenes import (
+from .synthetic_scenes import (
     COLORS,
     QUESTION_KINDS,
     SHAPES,
@@ -42,7 +38,7 @@ from synthetic_scenes import (
     random_scene,
     single_object_scene,
 )
-from vlm_factory import ModelSize, build_model, save_model_folder
+from .vlm_factory import ModelSize, build_model, save_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = "llava"
@@ -389,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     facts = {
         "command": (
-            f"python scripts/train_demo_model.py --vision-steps {args.vision_steps} --steps {args.steps}"
+            f"python -m scripts.train_demo_model --vision-steps {args.vision_steps} --steps {args.steps}"
             f" --seed {args.seed}"
         ),
         "params": f"{sum(p.numel() for p in model.parameters()):,}",
@@ -442,7 +438,7 @@ messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text",
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 inputs = processor(images=[image], text=[prompt], return_tensors="pt")
 out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+print(processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 ```
 
 ## How it was made

@@ -2,8 +2,8 @@
 
 The folders load through the same generic path as any hub checkpoint
 (`AutoProcessor` + `AutoModelForImageTextToText`), so tests and the demo exercise the
-app's real code without downloading anything. Shared by `build_tiny_model.py` (random
-weights) and `train_demo_model.py` (trained weights), so both produce identical
+app's real code without downloading anything. Shared by `scripts.build_tiny_model` (random
+weights) and `scripts.train_demo_model` (trained weights), so both produce identical
 tokenizers, processors and chat templates.
 """
 
