@@ -12,7 +12,8 @@ from PIL import Image
 from tests.doubles import RecordingSinkDouble, ScriptedBackendDouble, SteppingBackendDouble
 from vlm.backends.base import Job
 from vlm.metrics import MeteredScheduler, Metrics
-from vlm.scheduler import MAX_WAITING_PER_CLIENT, Request, Scheduler
+from vlm.request_queue import MAX_WAITING_PER_CLIENT
+from vlm.scheduler import Request, Scheduler
 
 pytestmark = pytest.mark.unit
 

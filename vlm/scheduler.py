@@ -4,7 +4,8 @@ Each client has at most one unfinished request: a newer one supersedes it (a liv
 replaces the queued one in place, so latest wins without losing its turn). That rule alone
 makes the queue fair, since arrival order across clients is one slot per client. Requests
 marked ``ordered`` (from clients that send no ids, as the original page did) wait behind the
-client's unfinished one instead, a few at most, and are answered one after another.
+client's unfinished one instead, a few at most, and are answered one after another. That
+policy is ``ClientQueue`` (vlm/request_queue.py); a request's ``status`` says where it stands.
 
 The worker feeds the backend's ``Decoder``, a running batch: between decode steps it admits
 queued requests into the batch (up to ``max_batch_size`` unfinished), so a newcomer starts at
@@ -34,11 +35,11 @@ import logging
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from .backends.base import Backend, Decoder, Job, Result, WaveDecoder
 from .errors import Code, VlmError
+from .request_queue import ClientQueue, RequestStatus
 from .results import Answer, Sink, Timing
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ log = logging.getLogger(__name__)
 # A client that asked or was answered this recently is likely to ask again within a batch window
 # (the page's live mode asks every 200 ms by default; a person typing takes seconds).
 COMPANY_HORIZON_S = 0.5
-# Ordered requests one client may have waiting behind its unfinished one before it hears ``busy``.
-MAX_WAITING_PER_CLIENT = 8
 
 
 @dataclass(eq=False)
@@ -67,8 +66,12 @@ class Request:
     enqueued: float = 0.0
     started: float = 0.0
     first_token: float = 0.0
-    finished: bool = False
+    status: RequestStatus = RequestStatus.NEW
     row: int | None = None  # the key of its row in the running batch, once admitted
+
+    @property
+    def finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
 
     def timing(self, now: float) -> Timing:
         def ms(seconds: float) -> float:
@@ -94,15 +97,12 @@ class Scheduler:
         continuous: bool = True,
     ) -> None:
         self.backend = backend
-        self.max_queue = max_queue
         self.max_batch_size = max(1, backend.info.max_batch_size)
         self.batch_window_s = batch_window_s
         self.timeout_s = timeout_s
         self.continuous = continuous
         self._lock = threading.Condition()
-        self._queued: OrderedDict[str, Request] = OrderedDict()
-        self._active: dict[str, Request] = {}
-        self._waiting: dict[str, deque[Request]] = {}
+        self._queue: ClientQueue[Request] = ClientQueue(max_queue)
         # Admitted and not yet finished, by row key (the decoder's name for the request).
         self._rows: dict[int, Request] = {}
         self._row_keys = itertools.count()
@@ -112,51 +112,41 @@ class Scheduler:
         threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
         threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
 
+    @property
+    def max_queue(self) -> int:
+        return self._queue.max_queue
+
     # -- called from the web layer -------------------------------------------------
 
     def submit(self, request: Request) -> None:
         previous: list[Request] = []
+        rejection: VlmError | None = None
         with self._lock:
-            waiting = self._waiting.get(request.client, ())
-            if not self._accepting:
-                rejection = VlmError(Code.BUSY, "the server is shutting down")
-            elif request.ordered and request.client in self._active:
-                rejection = self._wait_behind_locked(request)
-            elif request.client not in self._queued and len(self._queued) >= self.max_queue:
-                rejection = VlmError(
-                    Code.BUSY, f"the server is busy ({self.max_queue} requests queued); try again shortly"
-                )
+            try:
+                if not self._accepting:
+                    raise VlmError(Code.BUSY, "the server is shutting down")
+                previous = self._queue.offer(request)
+            except VlmError as error:
+                rejection = error
             else:
-                rejection = None
-                previous = [*waiting, self._active[request.client]] if request.client in self._active else [*waiting]
-                self._waiting.pop(request.client, None)
-                self._enqueue_locked(request)
+                if request.status is RequestStatus.QUEUED:
+                    self._enqueued_locked(request)
         if rejection:
             self._fail(request, rejection)
         for superseded in previous:
             self._fail(superseded, VlmError(Code.CANCELLED, "superseded by a newer request"))
 
-    def _wait_behind_locked(self, request: Request) -> VlmError | None:
-        waiting = self._waiting.setdefault(request.client, deque())
-        if len(waiting) >= MAX_WAITING_PER_CLIENT:
-            return VlmError(
-                Code.BUSY, f"{MAX_WAITING_PER_CLIENT} questions are already waiting; wait for their answers"
-            )
-        waiting.append(request)
-        return None
-
-    def _enqueue_locked(self, request: Request) -> None:
+    def _enqueued_locked(self, request: Request) -> None:
+        """A request just took its client's place in the queue: note when, and wake the worker."""
         request.enqueued = time.perf_counter()
         if request.returns:
             self._last_seen[request.client] = request.enqueued
-        self._queued[request.client] = request
-        self._active[request.client] = request
         self._lock.notify_all()
 
     def cancel(self, client: str, request_id: str) -> bool:
         with self._lock:
-            candidates = [self._active.get(client), *self._waiting.get(client, ())]
-        request = next((r for r in candidates if r is not None and r.id == request_id), None)
+            candidates = self._queue.unfinished(client)
+        request = next((r for r in candidates if r.id == request_id), None)
         if request is None:
             return False
         return self._fail(request, VlmError(Code.CANCELLED, "cancelled by the client"))
@@ -165,20 +155,20 @@ class Scheduler:
         """A disconnected client's work is dropped silently: there is nobody left to tell."""
         with self._lock:
             self._last_seen.pop(client, None)
-            for waiting in self._waiting.pop(client, ()):
-                waiting.finished = True
-            request = self._active.get(client)
+            for waiting in self._queue.drop_waiting(client):
+                waiting.status = RequestStatus.FINISHED
+            request = self._queue.active(client)
             if request is not None:
                 self._finish_locked(request)
 
     def has_room(self, client: str, *, ordered: bool = False) -> bool:
         """Whether ``submit`` would not refuse this client's request as ``busy`` (checked before a decode)."""
         with self._lock:
-            return (ordered and client in self._active) or client in self._queued or len(self._queued) < self.max_queue
+            return self._queue.has_room(client, ordered=ordered)
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._queued) + len(self._rows) + sum(map(len, self._waiting.values()))
+            return self._queue.pending() + len(self._rows)
 
     def stuck_s(self) -> float:
         """How long the model has been running past ``timeout_s`` on a call it has not given back (0: it is not)."""
@@ -198,18 +188,9 @@ class Scheduler:
     def _finish_locked(self, request: Request) -> bool:
         if request.finished:
             return False
-        request.finished = True
-        if self._queued.get(request.client) is request:
-            del self._queued[request.client]
-        waiting = self._waiting.get(request.client)
-        if waiting and request in waiting:
-            waiting.remove(request)
-        if self._active.get(request.client) is request:
-            del self._active[request.client]
-            if waiting:
-                self._enqueue_locked(waiting.popleft())
-        if not waiting:
-            self._waiting.pop(request.client, None)
+        request.status = RequestStatus.FINISHED
+        if (promoted := self._queue.remove(request)) is not None:
+            self._enqueued_locked(promoted)
         if request.row is not None:
             self._rows.pop(request.row, None)
         if request.client in self._last_seen:
@@ -246,19 +227,19 @@ class Scheduler:
         """
         stepping = not decoder.advances_itself
         with self._lock:
-            while not (stepping and decoder.rows()) and not (self._queued and len(self._rows) < self.max_batch_size):
+            while not (stepping and decoder.rows()) and not (self._queue and len(self._rows) < self.max_batch_size):
                 self._lock.wait()
             if stepping and not decoder.rows() and self.batch_window_s > 0:
                 deadline = time.perf_counter() + self.batch_window_s
-                while len(self._queued) < min(self.max_batch_size - len(self._rows), self._expected_company_locked()):
+                while len(self._queue) < min(self.max_batch_size - len(self._rows), self._expected_company_locked()):
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
                     self._lock.wait(remaining)
             started = time.perf_counter()
             joining: dict[int, Request] = {}
-            while self._queued and len(self._rows) < self.max_batch_size:
-                _, request = self._queued.popitem(last=False)
+            while self._queue and len(self._rows) < self.max_batch_size:
+                request = self._queue.pop()
                 request.started = started
                 request.row = next(self._row_keys)
                 self._rows[request.row] = joining[request.row] = request
@@ -268,9 +249,10 @@ class Scheduler:
     def _expected_company_locked(self) -> int:
         """How many clients could be in the next batch: the queued ones and the recently seen ones."""
         horizon = time.perf_counter() - COMPANY_HORIZON_S
-        for client in [c for c, seen in self._last_seen.items() if seen < horizon and c not in self._queued]:
+        queued = self._queue.queued_clients()
+        for client in [c for c, seen in self._last_seen.items() if seen < horizon and c not in queued]:
             del self._last_seen[client]
-        return len(self._last_seen.keys() | self._queued.keys())
+        return len(self._last_seen.keys() | queued)
 
     def _advance(self, decoder: Decoder, joining: dict[int, Request]) -> None:
         """Newcomers join, then every running row moves one step; a failure fails the rows it touched."""

@@ -25,6 +25,7 @@ from .model_slot import ModelSlot
 from .outbox import Outbox
 from .protocol import Incoming, parse_cancel, parse_query, parse_skill, request_id, to_job
 from .ratelimit import EventGate
+from .request_queue import queue_full
 from .scheduler import Request
 from .sessions import drop
 from .socket_sink import SocketSink, is_seed
@@ -149,14 +150,7 @@ class AppNamespace(Namespace):
             }
         seed = is_seed(payload)
         if not scheduler.has_room(request.sid, ordered=seed):  # before the decode: refusing is free
-            return {
-                "id": self.refuse(
-                    payload,
-                    VlmError(
-                        Code.BUSY, f"the server is busy ({scheduler.max_queue} requests queued); try again shortly"
-                    ),
-                )
-            }
+            return {"id": self.refuse(payload, queue_full(scheduler.max_queue))}
         try:
             incoming = parse(backend)
             job, decode_ms = to_job(incoming, self.settings, decode_size=backend.info.decode_size)
