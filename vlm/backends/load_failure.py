@@ -5,6 +5,16 @@ from __future__ import annotations
 from ..config import DEFAULT_MODEL, Settings
 from ..errors import ModelLoadError
 
+# moondream2 loads its tokenizer from another repository than its weights.
+TOKENIZER_REPO = "moondream/starmie-v1"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def download_commands(model_id: str, revision: str | None) -> list[str]:
+    """The ``hf download`` lines that put moondream2 and its tokenizer in the Hugging Face cache."""
+    pinned = f" --revision {revision}" if revision else ""
+    return [f"hf download {model_id}{pinned}", f"hf download {TOKENIZER_REPO} {TOKENIZER_FILE}"]
+
 
 def explain_load_failure(settings: Settings, error: BaseException) -> str:
     """One paragraph a user can act on, instead of a traceback."""
@@ -17,8 +27,6 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
             "Check that the server is running and reachable from here, that --base-url ends in /v1, "
             "and that --api-key (or OPENAI_API_KEY) is what it expects."
         )
-    from .moondream import download_commands  # here: it imports torch, which the openai tier never needs
-
     loading = (
         f"Could not load the model {settings.model!r} "
         f"(backend {settings.backend}, revision {settings.effective_revision or 'n/a'})"

@@ -38,8 +38,6 @@ from .remote_code import load_remote_code_model
 from .torch_device import resolve_device, weights_dtype
 
 # moondream2's code fetches its tokenizer from this hub repo by name (branch main), not from its own folder.
-TOKENIZER_REPO = "moondream/starmie-v1"
-TOKENIZER_FILE = "tokenizer.json"
 # Webcam capture sizes and shapes; the frame size sent is chosen from how moondream2 resizes them.
 CAMERA_FRAMES = ((640, 480), (1280, 720), (1920, 1080))
 ASPECTS = ((4, 3), (16, 9))
@@ -47,12 +45,6 @@ MAX_UPSCALE = 1.1
 # Plain temperature sampling when a temperature is asked for, as the other backends do (moondream's own
 # default would cut the distribution at top_p 0.3).
 TOP_P = 1.0
-
-
-def download_commands(model_id: str, revision: str | None) -> list[str]:
-    """The ``hf download`` lines that put moondream2 and its tokenizer in the Hugging Face cache."""
-    pinned = f" --revision {revision}" if revision else ""
-    return [f"hf download {model_id}{pinned}", f"hf download {TOKENIZER_REPO} {TOKENIZER_FILE}"]
 
 
 def _never() -> bool:
