@@ -92,7 +92,8 @@ def open_seed_page(
     seed_html: str,
     widened_server: AppProcess,
 ) -> Iterator[OpenSeedPage]:
-    """Opens the seed-style page at ``origin`` + /seed.html, talking to the widened server; its errors fail the test."""
+    """Opens the seed-style page at ``origin`` + /seed.html, talking to the widened server, once its camera runs;
+    its errors fail the test."""
     opened: list[Page] = []
 
     def open_(origin: str) -> Page:
@@ -106,6 +107,8 @@ def open_seed_page(
         opened.append(tab)
         tab.goto(f"{origin}/seed.html")
         expect(tab.locator("#status")).to_have_text("Connected")
+        # Until the camera's metadata arrives the page grabs its blank 300x150 canvas, as the original did.
+        tab.wait_for_function("document.getElementById('cam').videoWidth > 0")
         return tab
 
     yield open_
@@ -127,7 +130,6 @@ def test_a_page_written_like_the_original_gets_answers_and_errors(
     open_seed_page: OpenSeedPage, widened_server: AppProcess
 ) -> None:
     page = open_seed_page(widened_server.url)
-    page.wait_for_function("document.getElementById('cam').videoWidth > 0")
     first = ask_like_the_original(page, "what shape is this?")
     assert first and not first.startswith("Sorry"), first
     refused = ask_like_the_original(page, "x" * (MAX_QUESTION + 1))
