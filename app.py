@@ -8,9 +8,8 @@ import resource
 import sys
 import threading
 
-from transformers.utils import logging as transformers_logging
-
-from vlm.backends.registry import explain_load_failure, load_backend
+from vlm.backends.load_failure import explain_load_failure
+from vlm.backends.registry import load_backend
 from vlm.config import Settings, parse_settings
 from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
@@ -25,7 +24,6 @@ DRAIN_TIMEOUT_S = 30.0
 
 def load_model(settings: Settings, web: WebApp) -> None:
     """Load the singleton model while the server already answers /healthz with 503."""
-    transformers_logging.disable_progress_bar()  # a progress bar is carriage returns in a log file
     try:
         backend = load_backend(settings)
     except Exception as error:  # any failure here is fatal and must read as a sentence
@@ -97,8 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     route_library_loggers()
     threading.Thread(target=load_model, args=(settings, web), name="vlm-loader", daemon=True).start()
     server = "gunicorn gthread" if settings.async_mode == "threading" else settings.async_mode
-    log.info("listening on %s port %d (%s, %s mode); loading %s", settings.host, settings.port, server,
-             settings.async_mode, settings.model)
+    log.info(
+        "listening on %s port %d (%s, %s mode); loading %s",
+        settings.host,
+        settings.port,
+        server,
+        settings.async_mode,
+        settings.model,
+    )
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
     serve(settings, web.app, socketio=web.socketio, on_sigterm=drainer(web))

@@ -84,12 +84,17 @@ def main() -> None:
     parser.add_argument("--frames", nargs="*", default=list(FRAMES), choices=list(FRAMES))
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}", flush=True)
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}",
+        flush=True,
+    )
     moondream = load_real_code(args.code.resolve())
     model = timed("build full-size model (random weights)", lambda: build(moondream, getattr(torch, args.dtype)))
-    print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B, "
-          f"dtype {next(model.parameters()).dtype}", flush=True)
+    print(
+        f"parameters: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B, dtype {next(model.parameters()).dtype}",
+        flush=True,
+    )
     encoded = None
     for label in args.frames:
         image = Image.new("RGB", FRAMES[label], (90, 140, 200))

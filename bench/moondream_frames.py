@@ -33,8 +33,9 @@ def main() -> None:
         folder = build_remote_code_fixture(Path(scratch) / "model", cache)
         for max_crops in (0, 1):
             with hub_cache(cache):
-                backend = MoondreamBackend.load(str(folder), revision=None, device="cpu", dtype="auto",
-                                                max_crops=max_crops)
+                backend = MoondreamBackend.load(
+                    str(folder), revision=None, device="cpu", dtype="auto", max_crops=max_crops
+                )
             cut_crops = sys.modules[type(backend.model.model).__module__].cut_crops
             vision = backend.model.model.config.vision
             print(f"max_crops {vision.max_crops}: frame side {backend.info.image_size}")
@@ -46,8 +47,10 @@ def main() -> None:
                     backend.model.encode_image(frame)
                     times.append(time.perf_counter() - started)
                 _, tiling = cut_crops(frame, vision)
-                print(f"  {width}x{height}: {tiling[0]}x{tiling[1]} crops (+1 global), "
-                      f"{statistics.median(times) * 1000:.0f} ms")
+                print(
+                    f"  {width}x{height}: {tiling[0]}x{tiling[1]} crops (+1 global), "
+                    f"{statistics.median(times) * 1000:.0f} ms"
+                )
 
 
 if __name__ == "__main__":

@@ -10,23 +10,19 @@ Nothing here is a test: numbers depend on the machine, which the report names.
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from base64 import b64encode
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import Asking, camera_frame, load_test, markdown, pct, targets_table, write_between_markers
 from scripts.build_tiny_model import build_tiny_model
-from scripts.synthetic_scenes import draw_scene, single_object_scene
 from tests.server_process import REPO, AppProcess
 from tests.socket_client import RecordingClient
 from vlm.config import ASYNC_MODES, DEMO_MODEL_DIR
@@ -37,72 +33,7 @@ MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 # A benchmark client asks back to back, and all come from one address; the per-connection and
 # per-address rate limits would measure themselves, not the server.
 UNLIMITED = ["--rate-limit", "100000", "--ip-rate-limit", "100000"]
-
-
-def camera_frame() -> str:
-    """A realistic 640x480 camera JPEG (noise makes it compress like a real frame)."""
-    buffer = io.BytesIO()
-    draw_scene(single_object_scene("circle", "red"), (640, 480)).save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + b64encode(buffer.getvalue()).decode()
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
-
-
-@dataclass
-class LoadResult:
-    answers: int = 0
-    misdelivered: int = 0
-    lost: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def throughput(self) -> float:
-        return self.answers / self.seconds if self.seconds else 0.0
-
-
-def run_client(url: str, frame: str, name: str, until: float, result: LoadResult, lock: threading.Lock) -> None:
-    client = RecordingClient(url)
-    count = 0
-    try:
-        while time.monotonic() < until:
-            rid = f"{name}-{count}"
-            sent = time.perf_counter()
-            try:
-                kind, _ = client.ask({"id": rid, "question": "what shape is this?", "image": frame}, timeout_s=120)
-            except TimeoutError:
-                with lock:
-                    result.lost += 1
-                continue
-            elapsed = (time.perf_counter() - sent) * 1000
-            with lock:
-                if kind == "response":
-                    result.answers += 1
-                    result.latencies_ms.append(elapsed)
-            count += 1
-        time.sleep(0.5)
-        with lock:
-            result.misdelivered += sum(1 for e, p in client.received
-                                       if e == "response" and not str(p.get("id", "")).startswith(f"{name}-"))
-    finally:
-        client.close()
-
-
-def load_test(url: str, frame: str, clients: int, seconds: float) -> LoadResult:
-    result, lock = LoadResult(), threading.Lock()
-    until = time.monotonic() + seconds
-    started = time.monotonic()
-    threads = [threading.Thread(target=run_client, args=(url, frame, f"c{i}", until, result, lock))
-               for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.monotonic() - started
-    return result
+ASKING = Asking(question="what shape is this?", timeout_s=120, settle_s=0.5)
 
 
 def overhead(url: str, frame: str, rounds: int) -> list[float]:
@@ -140,31 +71,31 @@ def ping_during_generation(url: str, frame: str, pings: int) -> list[float]:
     return samples
 
 
-def markdown(rows: list[list[str]], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def targets(overhead_p50: float, worst_ping_p99: float, throughput: dict[int, float], failures: int) -> str:
     """This run against the scheduler issue's targets, so the verdict is rewritten with the numbers."""
-    rows = [["app overhead p50 (default threading mode)", "≤ 5 ms", f"{overhead_p50:.1f} ms", overhead_p50 <= 5],
-            ["Socket.IO round trip p99 during generation (worst async mode)", "≤ 50 ms",
-             f"{worst_ping_p99:.1f} ms", worst_ping_p99 <= 50],
-            ["lost or misdelivered answers (this app, all levels)", "0", str(failures), failures == 0]]
+    checks = [
+        ("app overhead p50 (default threading mode)", "≤ 5 ms", f"{overhead_p50:.1f} ms", overhead_p50 <= 5),
+        (
+            "Socket.IO round trip p99 during generation (worst async mode)",
+            "≤ 50 ms",
+            f"{worst_ping_p99:.1f} ms",
+            worst_ping_p99 <= 50,
+        ),
+        ("lost or misdelivered answers (this app, all levels)", "0", str(failures), failures == 0),
+    ]
     if 1 in throughput and 16 in throughput:
         ratio = throughput[16] / throughput[1]
-        rows.append(["throughput at 16 clients / at 1 client (batching)", "≥ 3×", f"{ratio:.2f}×", ratio >= 3])
-    return "### Against the targets\n\n" + markdown(
-        [[name, target, value, "met" if met else "**missed**"] for name, target, value, met in rows],
-        ["figure", "target", "this run", ""])
+        checks.append(("throughput at 16 clients / at 1 client (batching)", "≥ 3×", f"{ratio:.2f}×", ratio >= 3))
+    return targets_table(checks)
 
 
 def main() -> None:
@@ -179,9 +110,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vlm-bench-"))
     slow = build_tiny_model(work / "slow", arch="llava", profile="slow")
     model = str(DEMO_MODEL_DIR)
-    sections = [f"Machine: {machine()}. Model for overhead/throughput: the bundled demo model "
-                f"(`--model demo`); for the round trip during generation: the random `slow` LLaVA "
-                f"(`scripts/build_tiny_model.py --profile slow`, 100 tokens, no EOS)."]
+    sections = [
+        f"Machine: {machine()}. Model for overhead/throughput: the bundled demo model "
+        f"(`--model demo`); for the round trip during generation: the random `slow` LLaVA "
+        f"(`scripts/build_tiny_model.py --profile slow`, 100 tokens, no EOS)."
+    ]
 
     seed = ["--model", model, "--max-new-tokens", "32"]
     with AppProcess(seed, script="bench/seed_app.py") as baseline:
@@ -190,11 +123,19 @@ def main() -> None:
     for mode in ASYNC_MODES:
         with AppProcess(["--model", model, *UNLIMITED, "--async-mode", mode]) as ours:
             mode_ms[mode] = ours_ms = overhead(ours.url, frame, 40)
-        overhead_rows.append([f"this app, {mode}", f"{pct(ours_ms, 50):.1f}", f"{pct(ours_ms, 99):.1f}",
-                              f"{pct(seed_ms, 50) / pct(ours_ms, 50):.2f}×"])
+        overhead_rows.append(
+            [
+                f"this app, {mode}",
+                f"{pct(ours_ms, 50):.1f}",
+                f"{pct(ours_ms, 99):.1f}",
+                f"{pct(seed_ms, 50) / pct(ours_ms, 50):.2f}×",
+            ]
+        )
     overhead_rows.append(["seed design (eventlet)", f"{pct(seed_ms, 50):.1f}", f"{pct(seed_ms, 99):.1f}", ""])
-    sections.append("### App overhead (end-to-end minus model time, 640×480 JPEG, loopback)\n\n" + markdown(
-        overhead_rows, ["server", "p50 ms", "p99 ms", "seed p50 / ours"]))
+    sections.append(
+        "### App overhead (end-to-end minus model time, 640×480 JPEG, loopback)\n\n"
+        + markdown(overhead_rows, ["server", "p50 ms", "p99 ms", "seed p50 / ours"])
+    )
 
     ping_rows, ping_p99 = [], []
     for mode in ASYNC_MODES:
@@ -205,44 +146,63 @@ def main() -> None:
     with AppProcess(["--model", str(slow), "--max-new-tokens", "100"], script="bench/seed_app.py") as baseline:
         samples = ping_during_generation(baseline.url, frame, 3)
     ping_rows.append(["seed design (eventlet, blocking handler)", f"{pct(samples, 50):.1f}", f"{pct(samples, 99):.1f}"])
-    sections.append("### Socket.IO round trip from a second client during a long generation\n\n"
-                    + markdown(ping_rows, ["server", "p50 ms", "p99 ms"]))
+    sections.append(
+        "### Socket.IO round trip from a second client during a long generation\n\n"
+        + markdown(ping_rows, ["server", "p50 ms", "p99 ms"])
+    )
 
     load_rows, batching_throughput, our_failures = [], {}, 0
-    configs = [("this app, batching", ["--model", model, *UNLIMITED], "app.py"),
-               ("this app, no batching", ["--model", model, *UNLIMITED, "--max-batch-size", "1"], "app.py"),
-               ("seed design", seed, "bench/seed_app.py")]
+    configs = [
+        ("this app, batching", ["--model", model, *UNLIMITED], "app.py"),
+        ("this app, no batching", ["--model", model, *UNLIMITED, "--max-batch-size", "1"], "app.py"),
+        ("seed design", seed, "bench/seed_app.py"),
+    ]
     for label, server_args, script in configs:
         with AppProcess(server_args, script=script) as server:
-            load_test(server.url, frame, max(args.clients), 2.0)  # warm-up, so the first level is not penalised
+            load_test(server.url, frame, max(args.clients), 2.0, ASKING)  # warm-up: the first level is not penalised
             # Levels interleaved over rounds: a slow spell on a shared machine hits every level alike.
-            rounds = [[load_test(server.url, frame, clients, args.seconds) for clients in args.clients]
-                      for _ in range(args.rounds)]
+            rounds = [
+                [load_test(server.url, frame, clients, args.seconds, ASKING) for clients in args.clients]
+                for _ in range(args.rounds)
+            ]
             for level, clients in enumerate(args.clients):
                 runs = [results[level] for results in rounds]
                 throughput = statistics.median(r.throughput for r in runs)
-                latencies = [ms for r in runs for ms in r.latencies_ms]
-                lost, misdelivered = sum(r.lost for r in runs), sum(r.misdelivered for r in runs)
-                load_rows.append([label, str(clients), f"{throughput:.1f}", f"{pct(latencies, 50):.0f}",
-                                  f"{pct(latencies, 99):.0f}", str(lost), str(misdelivered)])
+                latencies = [seconds * 1000 for r in runs for seconds in r.latencies]
+                lost, misdelivered = sum(r.lost for r in runs), sum(r.misrouted for r in runs)
+                load_rows.append(
+                    [
+                        label,
+                        str(clients),
+                        f"{throughput:.1f}",
+                        f"{pct(latencies, 50):.0f}",
+                        f"{pct(latencies, 99):.0f}",
+                        str(lost),
+                        str(misdelivered),
+                    ]
+                )
                 if label == "this app, batching":
                     batching_throughput[clients] = throughput
                 if script == "app.py":
                     our_failures += lost + misdelivered
             load_rows.append([label, "peak RSS", f"{server.memory_mib('VmHWM'):.0f} MiB", "", "", "", ""])
-    method = (f"Median answers/s of {args.rounds} rounds of {args.seconds:g} s per level, levels interleaved; "
-              "latency over all rounds.")
-    sections.append(f"### Throughput and latency under concurrent clients\n\n{method}\n\n" + markdown(
-        load_rows, ["server", "clients", "answers/s", "p50 ms", "p99 ms", "lost", "delivered to wrong client"]))
+    method = (
+        f"Median answers/s of {args.rounds} rounds of {args.seconds:g} s per level, levels interleaved; "
+        "latency over all rounds."
+    )
+    sections.append(
+        f"### Throughput and latency under concurrent clients\n\n{method}\n\n"
+        + markdown(
+            load_rows, ["server", "clients", "answers/s", "p50 ms", "p99 ms", "lost", "delivered to wrong client"]
+        )
+    )
 
     sections.append(targets(pct(mode_ms["threading"], 50), max(ping_p99), batching_throughput, our_failures))
 
     report = "\n\n".join(sections) + "\n"
     RESULTS.write_text("# Benchmark results\n\n" + report)
-    if not args.no_readme and README.exists():
-        text = README.read_text()
-        start, end = (text.index(marker) for marker in MARKERS)
-        README.write_text(text[: start + len(MARKERS[0])] + "\n" + report + text[end:])
+    if not args.no_readme:
+        write_between_markers(README, MARKERS, report)
     print(report)
 
 

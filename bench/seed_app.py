@@ -44,8 +44,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")  # the seed ran on the CPU; a GPU benchmark gives it the GPU too
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
-    backend = TransformersBackend.load(args.model, revision=None, device=args.device, dtype=args.dtype,
-                                       max_batch_size=1)
+    backend = TransformersBackend.load(
+        args.model, revision=None, device=args.device, dtype=args.dtype, max_batch_size=1
+    )
     app = Flask(__name__)
     socketio = SocketIO(app, async_mode="eventlet", max_http_buffer_size=16 * 1024 * 1024)
 

@@ -4,9 +4,11 @@
     python bench/serving.py --device cuda   # a CUDA machine: float16, figures headed with the card's name
 
 Builds random-weight models of real size (``scripts/build_real_size_model.py``) into ``--models``
-(kept for the next run), then measures, per model: the memory-bandwidth bound per decode step
-(bytes of the weights a step reads ÷ measured copy bandwidth), raw ``generate`` time per token at
-batch 1 and 16 with no server, and the app end to end on the same frame and question. Then, on
+(kept for the next run; on a GPU initialised there in float16, in seconds), then measures, per
+model: the memory-bandwidth bound per decode step (bytes of the weights a step reads ÷ measured
+copy bandwidth), raw ``generate`` time per token at
+batch 1 and 16 with no server, and the app end to end on the same question, each run on a frame it
+has not seen (so its cache of frame encodings cannot answer). Then, on
 the small model with 96-token answers, 16 clients in live mode (each asks again the moment it is
 answered, starts spread over one answer's time) against continuous batching, wave batching and
 the seed re-creation, and one client alone. Results go to ``--out`` (or ``$VLM_BENCH_OUT``) and
@@ -27,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import socketio
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,7 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.generation.streamers import BaseStreamer
 
-from bench.run import camera_frame, markdown, pct
+from bench.common import (
+    Asking,
+    Load,
+    camera_frame,
+    load_test,
+    markdown,
+    next_camera_frame,
+    pct,
+    targets_table,
+    write_between_markers,
+)
 from scripts.build_real_size_model import build_real_size_model
 from tests.server_process import REPO, AppProcess
 from tests.socket_client import RecordingClient
@@ -179,34 +190,47 @@ def app_args(folder: Path, device: Device, dtype: str, tokens: int, *extra: str)
         "100000",
         "--request-timeout",
         "3600",
-        "--batching",
-        "continuous",
         *extra,
     ]
 
 
 def app_end_to_end(
-    folder: Path, device: Device, dtype: str, frame: str, tokens: int, batch: int, warm: bool
-) -> tuple[float, float]:
-    """Seconds for ``batch`` clients asking at once to all be answered, and the server's model time."""
+    folder: Path, device: Device, dtype: str, tokens: int, batches: list[int], warm: bool
+) -> dict[int, tuple[float, float]]:
+    """Per batch, seconds for that many clients asking at once to all be answered, and the server's model time.
+
+    Each round's clients share one frame no round had before: the raw runs encode their frame every
+    time, so the app must not answer from its cache of recent frames' encodings.
+
+    One server for every batch: starting the app (imports, loading the model) costs more than a measurement.
+    """
     with AppProcess(app_args(folder, device, dtype, tokens), ready_timeout_s=900) as app:
-        clients = [RecordingClient(app.url) for _ in range(batch)]
+        clients = [RecordingClient(app.url) for _ in range(max(batches))]
         try:
-            if warm:
-                ask_together(clients, frame, "warm")
-            return ask_together(clients, frame, "measured")
+            measured = {}
+            for batch in batches:
+                if warm:
+                    ask_together(clients[:batch], next_camera_frame(), f"warm{batch}")
+                measured[batch] = ask_together(clients[:batch], next_camera_frame(), f"measured{batch}")
+            return measured
+        except AnswerFailed as failure:
+            raise AnswerFailed(f"{failure}\n--- the app's log ends ---\n{app.log()[-4000:]}") from None
         finally:
             for client in clients:
                 client.close()
 
 
+class AnswerFailed(RuntimeError):
+    """The app answered with an error where the benchmark needs a timed answer."""
+
+
 def ask_together(clients: list[RecordingClient], frame: str, tag: str) -> tuple[float, float]:
-    finals: list[dict[str, Any]] = []
+    finals: list[tuple[str, dict[str, Any]]] = []
     started = time.perf_counter()
     threads = [
         threading.Thread(
             target=lambda c=c, i=i: finals.append(
-                c.ask({"id": f"{tag}-{i}", "question": QUESTION, "image": frame}, timeout_s=3600)[1]
+                c.ask({"id": f"{tag}-{i}", "question": QUESTION, "image": frame}, timeout_s=3600)
             )
         )
         for i, c in enumerate(clients)
@@ -216,7 +240,10 @@ def ask_together(clients: list[RecordingClient], frame: str, tag: str) -> tuple[
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    return elapsed, max(f["timing"]["model_ms"] if "timing" in f else f["model_ms"] for f in finals) / 1000
+    failed = [(event, payload) for event, payload in finals if "timing" not in payload]
+    if failed:
+        raise AnswerFailed(f"{len(failed)} of {len(finals)} requests failed, e.g. {failed[0]}")
+    return elapsed, max(payload["timing"]["model_ms"] for _, payload in finals) / 1000
 
 
 def warm_up(url: str, frame: str) -> float:
@@ -228,67 +255,11 @@ def warm_up(url: str, frame: str) -> float:
         client.close()
 
 
-@dataclass
-class Load:
-    answers: int = 0
-    lost: int = 0
-    misrouted: int = 0
-    latencies: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 def live_clients(url: str, frame: str, clients: int, seconds: float, spread_s: float, answer_s: float) -> Load:
-    """Clients in live mode: each asks again the moment it is answered; starts spread over ``spread_s``.
-
-    Requests sent before the window closes are waited for (up to ``answer_s`` each), so nothing
-    counts as lost that was merely still running.
-    """
-    load, lock = Load(), threading.Lock()
-    started = time.monotonic()
-    until = started + seconds
-
-    def client(index: int) -> None:
-        time.sleep(index * spread_s / clients)
-        try:
-            connection = RecordingClient(url)
-        except socketio.exceptions.ConnectionError:  # the seed design cannot accept while it generates
-            with lock:
-                load.lost += 1
-            return
-        count = 0
-        try:
-            while time.monotonic() < until:
-                rid = f"c{index}-{count}"
-                sent = time.perf_counter()
-                try:
-                    kind, _ = connection.ask(
-                        {"id": rid, "question": QUESTION, "image": frame, "live": True}, timeout_s=answer_s
-                    )
-                except TimeoutError:
-                    with lock:
-                        load.lost += 1
-                    continue
-                with lock:
-                    if kind == "response":
-                        load.answers += 1
-                        load.latencies.append(time.perf_counter() - sent)
-                count += 1
-            with lock:
-                load.misrouted += sum(
-                    1
-                    for event, body in connection.received
-                    if event == "response" and not str(body.get("id", "")).startswith(f"c{index}-")
-                )
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    load.seconds = time.monotonic() - started
-    return load
+    """Clients in live mode, each request a new camera frame; starts spread over ``spread_s``; each waits up to
+    ``answer_s`` for an answer."""
+    asking = Asking(QUESTION, answer_s, live=True, new_frames=True, spread_s=spread_s)
+    return load_test(url, frame, clients, seconds, asking)
 
 
 def limit_rows(
@@ -377,18 +348,14 @@ def limit_section(limit: list[list[str]], tokens: int, skipped: list[str]) -> st
         "Bound: the bytes one decode step reads (the text decoder and LM head) ÷ copy bandwidth. "
         "Raw: `model.generate` on the app's inputs, no server; per-step time is from the first token to "
         "the last over the steps between. App: clients over Socket.IO on loopback, "
-        "the same frame and question, one run after a warm-up (no warm-up for the 2.2 B model on a CPU); "
+        "the same question on a new frame each run, one run after a warm-up (no warm-up for the 2.2 B model on a CPU); "
         "overhead is app ÷ raw − 1.\n\n" + markdown(limit, header) + "".join(f"\n\n{line}." for line in skipped)
     )
 
 
 def write_readme(report: str, device: Device) -> None:
     markers = (f"<!-- bench-serving-{device.name}:start -->", f"<!-- bench-serving-{device.name}:end -->")
-    text = README.read_text()
-    if markers[0] not in text:
-        return
-    start, end = (text.index(marker) for marker in markers)
-    README.write_text(text[: start + len(markers[0])] + "\n" + report + text[end:])
+    write_between_markers(README, markers, report)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -422,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         folders[name] = args.models / f"{name}-{device.stored[name]}"
         if not (folders[name] / "model.safetensors").exists():
             print(f"building {name} in {folders[name]}", flush=True)
-            build_real_size_model(folders[name], name, device.stored[name])
+            build_real_size_model(folders[name], name, device.stored[name], device=device.name)
     if LARGE in folders and device.name == "cpu" and available_gib() < 12:
         skipped.append(
             f"{LARGE} not measured: {available_gib():.0f} GiB of memory free, and it needs ~9 GiB "
@@ -456,10 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"raw generate: {name}", flush=True)
         raw = raw_generate(folder, device, device.dtypes[name], frame, args.tokens, batches, warm)
         print(f"app end to end: {name}", flush=True)
-        app = {
-            batch: app_end_to_end(folder, device, device.dtypes[name], frame, args.tokens, batch, warm)
-            for batch in batches
-        }
+        app = app_end_to_end(folder, device, device.dtypes[name], args.tokens, batches, warm)
         limit.extend(limit_rows(name, device, bandwidth, raw, args.tokens, batches, app))
         sections["limit"] = limit_section(limit, args.tokens, skipped)
         publish()
@@ -468,19 +432,16 @@ def main(argv: list[str] | None = None) -> None:
     small = folders[SMALL]
     dtype = device.dtypes[SMALL]
     tokens = args.live_tokens
-    with AppProcess(app_args(small, device, dtype, tokens), ready_timeout_s=900) as app:
-        first_s = warm_up(app.url, frame)
-        alone = live_clients(app.url, frame, 1, 2.5 * first_s, 0, 3600)
-    answer_s = statistics.median(alone.latencies)
-    window = args.seconds or 1.5 * answer_s
-    loads: list[tuple[str, Load]] = [("this app, 1 client", alone)]
-    for label, script, extra in [
-        ("this app, continuous batching", "app.py", []),
-        ("this app, wave batching", "app.py", ["--batching", "wave"]),
-    ]:
+    loads: list[tuple[str, Load]] = []
+    for label, extra in [("this app, continuous batching", []), ("this app, wave batching", ["--batching", "wave"])]:
         print(f"live load: {label}", flush=True)
-        with AppProcess(app_args(small, device, dtype, tokens, *extra), script=script, ready_timeout_s=900) as app:
-            warm_up(app.url, frame)
+        with AppProcess(app_args(small, device, dtype, tokens, *extra), ready_timeout_s=900) as app:
+            first_s = warm_up(app.url, frame)
+            if not loads:  # one client alone, on the first server (the default): what the others are held to
+                alone = live_clients(app.url, frame, 1, 2.5 * first_s, 0, 3600)
+                answer_s = statistics.median(alone.latencies)
+                window = args.seconds or 1.5 * answer_s
+                loads.append(("this app, 1 client", alone))
             loads.append((label, live_clients(app.url, frame, args.clients, window, answer_s, 60 * answer_s)))
     print("live load: seed design", flush=True)
     seed_args = ["--model", str(small), "--max-new-tokens", str(tokens), "--device", device.name, "--dtype", dtype]
@@ -505,7 +466,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     sections["live"] = (
         f"### {args.clients} clients in live mode, {SMALL}, {tokens}-token answers\n\n"
-        f"Each client asks again the moment it is answered; starts are spread over one answer's time "
+        f"Each client asks again, about a new frame, the moment it is answered; starts are spread over one "
+        f"answer's time "
         f"({answer_s:.1f} s alone), so requests keep arriving while others generate. Window {window:.0f} s; "
         "requests sent in it are waited for. The seed design answers one request at a time, blocking, and "
         "broadcasts every answer; its unanswered requests at the window's end, and clients it could not "
@@ -541,15 +503,12 @@ def main(argv: list[str] | None = None) -> None:
     vs_one = continuous.answers / continuous.seconds / (alone.answers / alone.seconds)
     failures = continuous.lost + continuous.misrouted
     checks = [
-        ["newly arrived request, median latency ÷ alone", "≤ 1.5×", f"{median_ratio:.2f}×", median_ratio <= 1.5],
-        ["throughput, continuous ÷ wave", "≥ 1×", f"{vs_wave:.2f}×", vs_wave >= 1],
-        [f"throughput, {args.clients} clients ÷ 1 client", "≥ 4×", f"{vs_one:.2f}×", vs_one >= 4],
-        ["lost or misrouted (continuous)", "0", str(failures), failures == 0],
+        ("newly arrived request, median latency ÷ alone", "≤ 1.5×", f"{median_ratio:.2f}×", median_ratio <= 1.5),
+        ("throughput, continuous ÷ wave", "≥ 1×", f"{vs_wave:.2f}×", vs_wave >= 1),
+        (f"throughput, {args.clients} clients ÷ 1 client", "≥ 4×", f"{vs_one:.2f}×", vs_one >= 4),
+        ("lost or misrouted (continuous)", "0", str(failures), failures == 0),
     ]
-    sections["targets"] = "### Against the targets\n\n" + markdown(
-        [[name, target, value, "met" if met else "**missed**"] for name, target, value, met in checks],
-        ["figure", "target", "this run", ""],
-    )
+    sections["targets"] = targets_table(checks)
 
     publish()
     if LARGE in folders:

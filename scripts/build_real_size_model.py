@@ -1,6 +1,6 @@
 """Build random-weight vision-language models of real size and architecture, offline.
 
-    python scripts/build_real_size_model.py OUT_DIR --config smolvlm-256m|smolvlm-2.2b [--dtype float32]
+    python -m scripts.build_real_size_model OUT_DIR --config smolvlm-256m|smolvlm-2.2b [--dtype float32] [--device cpu]
 
 The dimensions are the published ``config.json`` numbers of HuggingFaceTB/SmolVLM-256M-Instruct
 and HuggingFaceTB/SmolVLM-Instruct (2.2 B; its text tower has the shape of moondream2's: 2048
@@ -15,15 +15,10 @@ chat template is the tiny models' one. The answers are gibberish.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from synthetic_scenes import corpus
-from vlm_factory import ModelSize, build_model, save_model_folder
+from .synthetic_scenes import corpus
+from .vlm_factory import ModelSize, build_model_folder
 
 CONFIGS: dict[str, ModelSize] = {
     # HuggingFaceTB/SmolVLM-256M-Instruct: SmolLM2-135M text, SigLIP-B/16-512 vision, 4x pixel shuffle (64 tokens).
@@ -65,15 +60,13 @@ CONFIGS: dict[str, ModelSize] = {
 }
 
 
-def build_real_size_model(out_dir: Path, config: str, dtype: str = "float32", seed: int = 0) -> Path:
-    """Write the model folder (weights in ``dtype``) to ``out_dir`` and return it."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(getattr(torch, dtype))  # build in the stored dtype: the 2.2 B model is 9 GB in fp32
-    try:
-        model, processor = build_model("idefics3", CONFIGS[config], corpus(), seed, can_stop=False)
-    finally:
-        torch.set_default_dtype(previous)
-    return save_model_folder(model, processor, Path(out_dir))
+def build_real_size_model(
+    out_dir: Path, config: str, dtype: str = "float32", seed: int = 0, device: str = "cpu"
+) -> Path:
+    """Write the model folder (weights in ``dtype``, initialised on ``device``) to ``out_dir`` and return it."""
+    return build_model_folder(
+        out_dir, "idefics3", CONFIGS[config], corpus(), seed, can_stop=False, dtype=dtype, device=device
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,9 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="smolvlm-256m")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--device", default="cpu", help="where the random weights are initialised (cuda: seconds)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(build_real_size_model(args.out_dir, args.config, args.dtype, args.seed))
+    print(build_real_size_model(args.out_dir, args.config, args.dtype, args.seed, args.device))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ Two config flags switch the transformers 5 habits off, to model well-behaved rem
 ``call_post_init`` and ``init_weights_recomputes_buffers``. Both default to ``False`` (moondream2).
 ``vision`` overrides the crop settings (``crop_size``, ``max_crops``, ``overlap_margin``).
 
-Usage: ``python scripts/build_remote_code_fixture.py OUT_DIR HUB_CACHE``
+Usage: ``python -m scripts.build_remote_code_fixture OUT_DIR HUB_CACHE``
 """
 
 from __future__ import annotations
@@ -667,5 +667,5 @@ def build_remote_code_fixture(out_dir: Path, hub_cache: Path, **config_overrides
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python scripts/build_remote_code_fixture.py OUT_DIR HUB_CACHE")
+        sys.exit("usage: python -m scripts.build_remote_code_fixture OUT_DIR HUB_CACHE")
     print(build_remote_code_fixture(Path(sys.argv[1]), Path(sys.argv[2])))

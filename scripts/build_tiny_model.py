@@ -1,6 +1,6 @@
 """Build a random-weight vision-language model folder for tests, in seconds and offline.
 
-    python scripts/build_tiny_model.py OUT_DIR [--arch llava|idefics3] [--profile tiny|slow] [--seed N]
+    python -m scripts.build_tiny_model OUT_DIR [--arch llava|idefics3] [--profile tiny|slow] [--seed N]
 
 `tiny` is as small as the architecture allows, for fast load/generate smoke tests. `slow`
 is a bigger LLaVA whose EOS is unreachable, so `generate(max_new_tokens=N)` always makes
@@ -11,14 +11,10 @@ generation for cancellation, queueing and timeout tests. The answers are gibberi
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-# Sibling modules must resolve whether this file runs as a script or is imported as scripts.build_tiny_model.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from synthetic_scenes import corpus
-from vlm_factory import ARCHS, ModelSize, build_model, save_model_folder
+from .synthetic_scenes import corpus
+from .vlm_factory import ARCHS, ModelSize, build_model_folder
 
 PROFILES: dict[str, ModelSize] = {
     "tiny": ModelSize(
@@ -51,8 +47,7 @@ def build_tiny_model(out_dir: Path, arch: str = "llava", profile: str = "tiny", 
     """
     if profile == "slow" and arch != "llava":
         raise ValueError("the slow profile is only built for arch='llava'")
-    model, processor = build_model(arch, PROFILES[profile], corpus(), seed, can_stop=profile != "slow")
-    return save_model_folder(model, processor, Path(out_dir))
+    return build_model_folder(out_dir, arch, PROFILES[profile], corpus(), seed, can_stop=profile != "slow")
 
 
 def main(argv: list[str] | None = None) -> None:

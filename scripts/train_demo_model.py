@@ -1,6 +1,6 @@
 """Train the bundled demo vision-language model from scratch on synthetic drawing scenes.
 
-    python scripts/train_demo_model.py [--out-dir vlm/demo_model] [--vision-steps N] [--steps N]
+    python -m scripts.train_demo_model [--out-dir vlm/demo_model] [--vision-steps N] [--steps N]
         [--first-scenes N] [--scenes-per-step X] [--seed N] [--device auto|cpu|cuda] [--workers N]
         [--budget-minutes M]
 
@@ -21,7 +21,6 @@ import io
 import math
 import os
 import random
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -35,10 +34,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-# Sibling modules must resolve whether this file runs as a script or is imported as scripts.train_demo_model.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from synthetic_scenes import (
+from .synthetic_scenes import (
     COLORS,
     DARK_INKS,
     PAPER_INKS,
@@ -55,7 +51,7 @@ from synthetic_scenes import (
     scene_conditions,
     single_object_scene,
 )
-from vlm_factory import ModelSize, build_model, save_model_folder
+from .vlm_factory import ModelSize, build_model, save_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = "llava"
@@ -660,7 +656,7 @@ def main(argv: list[str] | None = None) -> None:
     print("below the bar:", misses(scores) or "none", flush=True)
     facts = {
         "command": (
-            f"python scripts/train_demo_model.py --vision-steps {args.vision_steps} --steps {args.steps}"
+            f"python -m scripts.train_demo_model --vision-steps {args.vision_steps} --steps {args.steps}"
             f" --first-scenes {args.first_scenes} --scenes-per-step {args.scenes_per_step:g}"
             f" --eval-scenes {args.eval_scenes} --seed {args.seed} --device {device.type}"
         ),
@@ -732,7 +728,7 @@ messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text",
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 inputs = processor(images=[image], text=[prompt], return_tensors="pt")
 out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+print(processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 ```
 
 ## What it answers

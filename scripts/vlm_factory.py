@@ -2,8 +2,8 @@
 
 The folders load through the same generic path as any hub checkpoint
 (`AutoProcessor` + `AutoModelForImageTextToText`), so tests and the demo exercise the
-app's real code without downloading anything. Shared by `build_tiny_model.py` (random
-weights) and `train_demo_model.py` (trained weights), so both produce identical
+app's real code without downloading anything. Shared by `scripts.build_tiny_model` (random
+weights) and `scripts.train_demo_model` (trained weights), so both produce identical
 tokenizers, processors and chat templates.
 """
 
@@ -152,6 +152,32 @@ def save_model_folder(model: PreTrainedModel, processor: ProcessorMixin, out_dir
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def build_model_folder(
+    out_dir: Path,
+    arch: str,
+    size: ModelSize,
+    corpus: Iterable[str],
+    seed: int,
+    *,
+    can_stop: bool = True,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> Path:
+    """Build a random model straight in ``dtype`` on ``device`` and write its folder to ``out_dir``.
+
+    Initialising on the device in the stored dtype is what makes real sizes cheap: a 2.2 B model
+    is 9 GB in float32 on a CPU, but seconds of random init in float16 on a GPU.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        with torch.device(device):
+            model, processor = build_model(arch, size, corpus, seed, can_stop=can_stop)
+    finally:
+        torch.set_default_dtype(previous)
+    return save_model_folder(model, processor, Path(out_dir))
 
 
 def _llama_config(size: ModelSize, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:

@@ -1,4 +1,9 @@
-"""Shared fixtures: offline model folders built once per session, a frame to ask about, a client."""
+"""Shared fixtures: offline model folders built once per session, a frame to ask about, a client.
+
+Tests are marked by what they need (see pyproject's markers): a module marks itself ``unit``;
+everything else is marked ``process``, or ``browser`` under tests/browser, here. A module that
+shares one app process among its tests says how to start it with ``pytest.mark.app`` (see ``app``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 
 
@@ -77,9 +82,45 @@ def frame() -> str:
     return jpeg_data_url()
 
 
+MODEL_FIXTURES = {"tiny": "tiny_model", "slow": "slow_model"}
+
+
+@pytest.fixture(scope="module")
+def app(request: pytest.FixtureRequest) -> Iterator[AppProcess]:
+    """The app process a module's tests share, started as the module's ``pytest.mark.app`` says.
+
+    ``pytestmark = pytest.mark.app("tiny", "--rate-limit", "5", max_new_tokens=4, token=TOKEN)`` serves
+    the ``tiny_model`` fixture's folder ("slow": ``slow_model``; any other name, e.g. "demo", as given)
+    with those flags and ``serving``'s keywords, so one fixture starts every module's server.
+    """
+    marker = request.node.get_closest_marker("app")
+    if marker is None or not marker.args:
+        raise pytest.UsageError(f"{request.node.nodeid} uses the app fixture without pytest.mark.app(MODEL, ...)")
+    name, *flags = marker.args
+    model = request.getfixturevalue(MODEL_FIXTURES[name]) if name in MODEL_FIXTURES else name
+    with serving(model, *flags, **marker.kwargs) as running:
+        yield running
+
+
 @pytest.fixture
 def client(app: AppProcess) -> Iterator[RecordingClient]:
     """A connected Socket.IO client of the module's ``app`` fixture (the server under test there)."""
     connected = RecordingClient(app.url)
     yield connected
     connected.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("unit") or item.get_closest_marker("process"):
+            continue
+        item.add_marker(pytest.mark.browser if "browser" in item.path.parent.parts else pytest.mark.process)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``-m unit`` skips importing the other test modules: several import transformers, about 12 s each time."""
+    if config.getoption("markexpr") != "unit" or collection_path.suffix != ".py":
+        return None
+    if collection_path.name == "conftest.py":
+        return None
+    return "pytest.mark.unit" not in collection_path.read_text()

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from vlm.backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents
-from vlm.scheduler import Request
+from vlm.errors import VlmError
+from vlm.results import Answer
 
 
 class ScriptedBackendDouble(Backend):
@@ -24,8 +25,14 @@ class ScriptedBackendDouble(Backend):
     name: ClassVar[str] = "double"
 
     def __init__(self, *, max_batch_size: int = 4, word_delay_s: float = 0.0) -> None:
-        self.info = ModelInfo(model="double", backend=self.name, device="cpu", dtype="float32",
-                              capabilities=frozenset({"query", "caption", "stream"}), max_batch_size=max_batch_size)
+        self.info = ModelInfo(
+            model="double",
+            backend=self.name,
+            device="cpu",
+            dtype="float32",
+            capabilities=frozenset({"query", "caption", "stream"}),
+            max_batch_size=max_batch_size,
+        )
         self.word_delay_s = word_delay_s
         self.batches: list[list[str]] = []
         self.fail_with: BaseException | None = None
@@ -118,23 +125,20 @@ class _WordDecoder(Decoder):
 
 @dataclass
 class RecordingSinkDouble:
-    """Collects what the scheduler would send, per request id."""
+    """Collects what the scheduler delivers to many requests: ``to(rid)`` is the sink of request ``rid``.
+
+    Events are ``("stream", rid, delta)``, ``("response", rid, Answer)`` and ``("query_error", rid, code)``.
+    """
 
     events: list[tuple[str, str, Any]] = field(default_factory=list)
     finished: threading.Condition = field(default_factory=threading.Condition)
 
-    def stream(self, request: Request, delta: str) -> None:
-        self._record("stream", request, delta)
+    def to(self, request_id: str) -> _RequestSink:
+        return _RequestSink(self, request_id)
 
-    def respond(self, request: Request, payload: dict[str, Any]) -> None:
-        self._record("response", request, payload)
-
-    def error(self, request: Request, code: str, message: str) -> None:
-        self._record("query_error", request, code)
-
-    def _record(self, kind: str, request: Request, value: Any) -> None:
+    def record(self, kind: str, request_id: str, value: Any) -> None:
         with self.finished:
-            self.events.append((kind, request.id, value))
+            self.events.append((kind, request_id, value))
             self.finished.notify_all()
 
     def finals(self) -> dict[str, tuple[str, Any]]:
@@ -144,3 +148,18 @@ class RecordingSinkDouble:
         with self.finished:
             self.finished.wait_for(lambda: len(self.finals()) >= count, timeout_s)
         return self.finals()
+
+
+@dataclass(frozen=True)
+class _RequestSink:
+    recording: RecordingSinkDouble
+    request_id: str
+
+    def stream(self, delta: str) -> None:
+        self.recording.record("stream", self.request_id, delta)
+
+    def answered(self, answer: Answer) -> None:
+        self.recording.record("response", self.request_id, answer)
+
+    def failed(self, error: VlmError) -> None:
+        self.recording.record("query_error", self.request_id, error.code)

@@ -13,8 +13,12 @@ def openai_client(url: str, api_key: str = "unused") -> OpenAI:
 
 
 def frame_question(question: str, image_url: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": [{"type": "text", "text": question},
-                                         {"type": "image_url", "image_url": {"url": image_url}}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": image_url}}],
+        }
+    ]
 
 
 def ask(client: OpenAI, question: str, image_url: str, **options: Any) -> str:

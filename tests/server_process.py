@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -25,16 +27,27 @@ def free_port() -> int:
 class AppProcess:
     """``with AppProcess(["--model", "demo"]) as app: app.url`` runs ``python app.py`` until the block ends."""
 
-    def __init__(self, args: list[str], *, ready_timeout_s: float = 120.0, env: dict[str, str] | None = None,
-                 script: str = "app.py") -> None:
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        ready_timeout_s: float = 120.0,
+        env: dict[str, str] | None = None,
+        script: str = "app.py",
+    ) -> None:
         self.port = free_port()
         self.https = "--self-signed" in args or "--ssl-cert" in args
         self.url = f"{'https' if self.https else 'http'}://127.0.0.1:{self.port}"
         self.args = args
         self.script = REPO / script
         self.ready_timeout_s = ready_timeout_s
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
-                    **(env or {})}
+        self.env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(REPO),
+            **(env or {}),
+        }
         self.log_path = REPO / "artifacts" / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -85,6 +98,23 @@ class AppProcess:
                 self.process.wait()
         return self.process.returncode
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.terminate()
+
+
+@contextmanager
+def serving(
+    model: Path | str,
+    *flags: str,
+    max_new_tokens: int | None = None,
+    token: str | None = None,
+    script: str = "app.py",
+    env: dict[str, str] | None = None,
+) -> Iterator[AppProcess]:
+    """The app serving ``model`` (answers of at most ``max_new_tokens`` if given), guarded by ``token`` if given."""
+    guard = {"VLM_TOKEN": token} if token else {}
+    budget = ["--max-new-tokens", str(max_new_tokens)] if max_new_tokens is not None else []
+    with AppProcess(["--model", str(model), *budget, *flags], script=script, env={**guard, **(env or {})}) as app:
+        yield app

@@ -39,8 +39,7 @@ class RecordingClient:
         """The one `response` or `query_error` for a request id (``None``: the first final of any id)."""
 
         def first_final() -> tuple[str, dict[str, Any]] | None:
-            return next(((e, p) for e, p in self.received if e != "stream" and request_id in (None, p.get("id"))),
-                        None)
+            return next(((e, p) for e, p in self.received if e != "stream" and request_id in (None, p.get("id"))), None)
 
         return self._wait_for(first_final, timeout_s, f"no final event for {request_id}")
 
@@ -48,8 +47,11 @@ class RecordingClient:
         """Send a query and return once its first token has streamed back (the generation is running)."""
         self.sio.emit("query", payload)
         rid = str(payload["id"])
-        self._wait_for(lambda: any(e == "stream" and p.get("id") == rid for e, p in self.received), timeout_s,
-                       f"{rid} never started streaming")
+        self._wait_for(
+            lambda: any(e == "stream" and p.get("id") == rid for e, p in self.received),
+            timeout_s,
+            f"{rid} never started streaming",
+        )
 
     def _wait_for(self, found: Callable[[], Found], timeout_s: float, failure: str) -> Found:
         with self.changed:

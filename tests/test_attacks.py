@@ -14,6 +14,7 @@ import time
 from base64 import b64encode
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from tests.attack_tools import (
     usage,
     wait_for_recovery,
 )
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 from vlm.config import parse_settings
 from vlm.hosts import allowed_hosts, host_allowed
@@ -46,31 +47,28 @@ AUTH = {"token": TOKEN}
 NOFILE = 256  # a leak of one descriptor per attempt would kill the server within the loops below
 
 
+def limited(model: Path, *flags: str) -> AbstractContextManager[AppProcess]:
+    """The app with 4-token answers and this module's token, under a low open-file limit."""
+    return serving(
+        model,
+        *flags,
+        max_new_tokens=4,
+        token=TOKEN,
+        script="tests/limited_app.py",
+        env={"VLM_TEST_NOFILE": str(NOFILE)},
+    )
+
+
 @pytest.fixture(scope="module")
 def target(tiny_model: Path) -> Iterator[AppProcess]:
     """The default server (gunicorn, threading), with lower connection caps than the defaults."""
-    args = [
-        "--model",
-        str(tiny_model),
-        "--max-new-tokens",
-        "4",
-        "--max-connections",
-        "96",
-        "--max-connections-per-ip",
-        "32",
-    ]
-    with AppProcess(
-        args, script="tests/limited_app.py", env={"VLM_TEST_NOFILE": str(NOFILE), "VLM_TOKEN": TOKEN}
-    ) as app:
+    with limited(tiny_model, "--max-connections", "96", "--max-connections-per-ip", "32") as app:
         yield app
 
 
 @pytest.fixture(scope="module", params=["threading", "gevent", "eventlet"])
 def each_mode(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[AppProcess]:
-    args = ["--model", str(tiny_model), "--max-new-tokens", "4", "--async-mode", request.param]
-    with AppProcess(
-        args, script="tests/limited_app.py", env={"VLM_TEST_NOFILE": str(NOFILE), "VLM_TOKEN": TOKEN}
-    ) as app:
+    with limited(tiny_model, "--async-mode", request.param) as app:
         yield app
 
 
@@ -342,8 +340,7 @@ def test_odd_but_harmless_input_gets_clean_answers(target: AppProcess, frame: st
 def slow(slow_model: Path) -> Iterator[AppProcess]:
     """Long answers (the random model never stops before its budget), one batch at a time, behind a
     (pretended) trusted TLS proxy."""
-    args = ["--model", str(slow_model), "--max-new-tokens", "400", "--max-batch-size", "1", "--trusted-proxy"]
-    with AppProcess(args, env={"VLM_TOKEN": TOKEN}) as app:
+    with serving(slow_model, "--max-batch-size", "1", "--trusted-proxy", max_new_tokens=400, token=TOKEN) as app:
         yield app
 
 

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from vlm.backends.registry import ModelLoadError, choose_backend, read_model_config
+from vlm.backends.load_failure import explain_load_failure
+from vlm.backends.registry import choose_backend, read_model_config
 from vlm.config import DEFAULT_MODEL, DEFAULT_REVISION, parse_settings
+from vlm.errors import ModelLoadError
+
+pytestmark = pytest.mark.unit
 
 MOONDREAM2_CONFIG = {
     "architectures": ["HfMoondream"],
@@ -54,7 +58,21 @@ def test_defaults_are_pinned_moondream_on_loopback() -> None:
     assert settings.secret_key and settings.secret_key != parse_settings([]).secret_key
 
 
+def test_batching_is_continuous_by_default_and_wave_stays_available() -> None:
+    assert parse_settings([]).batching == "continuous"
+    assert parse_settings(["--batching", "wave"]).batching == "wave"
+
+
 def test_demo_alias_and_local_folders_drop_the_revision() -> None:
     settings = parse_settings(["--model", "demo"])
     assert settings.model_path.endswith("demo_model")
     assert settings.effective_revision is None
+
+
+def test_a_load_failure_that_is_not_a_missing_download_is_explained(tmp_path: Path) -> None:
+    """A model that fails to load for another reason (here: a processor class this transformers
+    cannot import) is explained with its error and the offline download advice, not a traceback."""
+    settings = parse_settings(["--model", str(tmp_path)])
+    text = explain_load_failure(settings, ValueError("Could not load any image processor class"))
+    assert "ValueError: Could not load any image processor class" in text
+    assert "hf download vikhyatk/moondream2" in text and "python app.py --model demo" in text

@@ -11,7 +11,6 @@ import base64
 import io
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -42,8 +41,10 @@ REFUSED = {
     "truncated jpeg": ({"question": "q", "image": truncated_jpeg()}, "bad_image"),
     "gif": ({"question": "q", "image": data_url(Image.new("RGB", (8, 8)), "GIF")}, "bad_image"),
     "decompression bomb": ({"question": "q", "image": bomb()}, "image_too_large"),
-    "over size limit": ({"question": "q", "image": "data:image/jpeg;base64," + "A" * (MAX_IMAGE_BYTES * 3 // 2)},
-                        "image_too_large"),
+    "over size limit": (
+        {"question": "q", "image": "data:image/jpeg;base64," + "A" * (MAX_IMAGE_BYTES * 3 // 2)},
+        "image_too_large",
+    ),
     "empty question": ({"question": "", "image": GOOD}, "empty_question"),
     "whitespace question": ({"question": " \n\t ", "image": GOOD}, "empty_question"),
     "over-long question": ({"question": "why " * 300, "image": GOOD}, "question_too_long"),
@@ -64,19 +65,15 @@ ACCEPTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def app(tiny_model: Path) -> Iterator[AppProcess]:
-    args = ["--model", str(tiny_model), "--max-new-tokens", "4", "--max-image-bytes", str(MAX_IMAGE_BYTES),
-            "--max-question-chars", "500", "--rate-limit", "5"]
-    with AppProcess(args) as running:
-        yield running
+LIMITS = ("--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-question-chars", "500", "--rate-limit", "5")
+pytestmark = pytest.mark.app("tiny", *LIMITS, max_new_tokens=4)
 
 
 @pytest.fixture(scope="module")
 def bystander(app: AppProcess) -> Iterator[RecordingClient]:
+    """A client connected through every test here; each test checks that nothing of its reached it."""
     client = RecordingClient(app.url)
     yield client
-    assert client.received == [], "nothing leaked to another client"
     client.close()
 
 
@@ -95,6 +92,7 @@ def test_refused_with_code_then_served(app: AppProcess, bystander: RecordingClie
         assert client.ask({"id": "after", "question": "what is this?", "image": GOOD})[0] == "response"
     finally:
         client.close()
+    assert bystander.received == [], "nothing leaked to another client"
 
 
 @pytest.mark.parametrize("case", list(ACCEPTED))
@@ -104,6 +102,7 @@ def test_other_formats_are_converted(app: AppProcess, bystander: RecordingClient
         assert client.ask({"id": case, "question": "what?", "image": ACCEPTED[case], "extra": True})[0] == "response"
     finally:
         client.close()
+    assert bystander.received == [], "nothing leaked to another client"
 
 
 def test_transport_limit_disconnects_only_the_offender(app: AppProcess, bystander: RecordingClient) -> None:
@@ -116,6 +115,7 @@ def test_transport_limit_disconnects_only_the_offender(app: AppProcess, bystande
         assert survivor.ask({"id": "still", "question": "q", "image": GOOD})[0] == "response"
     finally:
         survivor.close()
+    assert bystander.received == [], "nothing leaked to another client"
 
 
 def test_flood_is_rate_limited_per_client(app: AppProcess, bystander: RecordingClient) -> None:
@@ -129,3 +129,4 @@ def test_flood_is_rate_limited_per_client(app: AppProcess, bystander: RecordingC
     finally:
         flooder.close()
         other.close()
+    assert bystander.received == [], "nothing leaked to another client"

@@ -7,8 +7,6 @@ app to that for clients that send no id, while clients that do keep ``query_erro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.conftest import jpeg_data_url
@@ -20,11 +18,7 @@ EXTRA_ORIGIN = "http://widget.example"
 MAX_QUESTION = 60
 
 
-@pytest.fixture(scope="module")
-def app() -> Iterator[AppProcess]:
-    args = ["--model", "demo", "--max-question-chars", str(MAX_QUESTION), "--cors-origin", EXTRA_ORIGIN]
-    with AppProcess(args) as running:
-        yield running
+pytestmark = pytest.mark.app("demo", "--max-question-chars", str(MAX_QUESTION), "--cors-origin", EXTRA_ORIGIN)
 
 
 def responses(client: RecordingClient, count: int) -> list[dict[str, object]]:

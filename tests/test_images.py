@@ -6,10 +6,13 @@ import base64
 import io
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from tests.conftest import data_url
-from vlm.images import ImageRejected, decode_image
+from vlm.errors import VlmError
+from vlm.images import decode_image
+
+pytestmark = pytest.mark.unit
 
 LIMITS = {"max_bytes": 1024 * 1024, "max_pixels": 4096 * 4096, "target_size": 256}
 
@@ -75,11 +78,21 @@ def bomb_png() -> str:
         (data_url(Image.new("RGB", (8, 8)), "GIF"), "bad_image"),
         ("A" * (2 * 1024 * 1024), "image_too_large"),
     ],
-    ids=["not-base64", "not-an-image", "text-data-url", "empty", "number", "none", "truncated", "bomb", "gif",
-         "oversized"],
+    ids=[
+        "not-base64",
+        "not-an-image",
+        "text-data-url",
+        "empty",
+        "number",
+        "none",
+        "truncated",
+        "bomb",
+        "gif",
+        "oversized",
+    ],
 )
 def test_bad_payloads_are_refused_with_a_code(payload: object, code: str) -> None:
-    with pytest.raises(ImageRejected) as refused:
+    with pytest.raises(VlmError) as refused:
         decode_image(payload, **LIMITS)
     assert refused.value.code == code
     assert refused.value.message
@@ -104,3 +117,16 @@ def test_sixteen_bit_grey_keeps_its_level() -> None:
     assert grey.mode.startswith("I")
     red, green, blue = decode_image(data_url(grey, "PNG"), **LIMITS).image.getpixel((5, 5))
     assert red == green == blue and abs(red - 117) <= 1
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_decoded_frame_holds_only_its_own_pixels(fmt: str) -> None:
+    """A queued job keeps its frame; a frame still tied to its opened file would keep the decoder too."""
+    decoded = decode_image(
+        data_url(Image.new("RGB", (2048, 1536), "blue"), fmt),
+        max_bytes=10_000_000,
+        max_pixels=50_000_000,
+        target_size=512,
+    )
+    assert not isinstance(decoded.image, ImageFile.ImageFile)
+    assert decoded.image.size == (512, 384)

@@ -181,6 +181,7 @@ def test_image_is_encoded_once_per_frame(md: MoondreamBackend, monkeypatch: pyte
     inner = md.model.model
     calls: list[Image.Image] = []
     encode = inner.encode_image
+
     def counting(image: Any, *rest: Any) -> Any:
         if isinstance(image, Image.Image):  # the skills pass an encoding through encode_image too
             calls.append(image)
@@ -260,9 +261,11 @@ def cached_moondream() -> Path | None:
 def real_moondream() -> Iterator[MoondreamBackend]:
     path = cached_moondream()
     if path is None:
-        pytest.skip("moondream2 is not in the HF cache (no model hub here); run "
-                    "`hf download vikhyatk/moondream2 --revision 2025-06-21 && "
-                    "hf download moondream/starmie-v1 tokenizer.json`, or set VLM_MOONDREAM_PATH")
+        pytest.skip(
+            "moondream2 is not in the HF cache (no model hub here); run "
+            "`hf download vikhyatk/moondream2 --revision 2025-06-21 && "
+            "hf download moondream/starmie-v1 tokenizer.json`, or set VLM_MOONDREAM_PATH"
+        )
     yield MoondreamBackend.load(str(path), revision=None, device="auto", dtype="auto")
 
 

@@ -26,8 +26,15 @@ MAX_NEW_TOKENS = 64
 
 
 def serve(moondream_like: MoondreamLike, *extra: str, hub_cache: Path | None = None) -> AppProcess:
-    args = ["--model", str(moondream_like.folder), "--backend", "moondream", "--max-new-tokens", str(MAX_NEW_TOKENS),
-            *extra]
+    args = [
+        "--model",
+        str(moondream_like.folder),
+        "--backend",
+        "moondream",
+        "--max-new-tokens",
+        str(MAX_NEW_TOKENS),
+        *extra,
+    ]
     return AppProcess(args, env={"HF_HUB_CACHE": str(hub_cache or moondream_like.hub_cache)})
 
 
@@ -57,8 +64,11 @@ def response(client: RecordingClient, payload: dict[str, Any], event: str) -> di
 
 def chat(app: AppProcess, **body: Any) -> dict[str, Any]:
     content = [{"type": "image_url", "image_url": {"url": FIXTURE_FRAME}}, {"type": "text", "text": QUESTION}]
-    reply = requests.post(f"{app.url}/v1/chat/completions", timeout=60,
-                          json={"model": "any", "messages": [{"role": "user", "content": content}], **body})
+    reply = requests.post(
+        f"{app.url}/v1/chat/completions",
+        timeout=60,
+        json={"model": "any", "messages": [{"role": "user", "content": content}], **body},
+    )
     assert reply.status_code == 200, reply.text
     return reply.json()
 

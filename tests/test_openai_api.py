@@ -7,7 +7,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -16,16 +15,13 @@ import requests
 
 from tests.conftest import jpeg_data_url
 from tests.openai_client import ask, frame_question, openai_client
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 
 TOKEN = "v1-shared-secret"
 
 
-@pytest.fixture(scope="module")
-def app(tiny_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12"]) as running:
-        yield running
+pytestmark = pytest.mark.app("tiny", max_new_tokens=12)
 
 
 def streamed(client: openai.OpenAI, question: str, image_url: str) -> list[str]:
@@ -54,8 +50,14 @@ def test_usage_and_finish_reason_on_every_completion(app: AppProcess, frame: str
     assert usage is not None and usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert completion.choices[0].finish_reason in ("stop", "length")
-    chunks = list(client.chat.completions.create(model="any", messages=frame_question("what shape is this?", frame),
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="any",
+            messages=frame_question("what shape is this?", frame),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage == usage, "the last chunk carries the same usage"
     assert [chunk.choices[0].finish_reason for chunk in chunks[:-1]][-1] == completion.choices[0].finish_reason
     plain = list(client.chat.completions.create(model="any", messages=frame_question("what?", frame), stream=True))
@@ -66,8 +68,12 @@ def test_text_only_questions_and_plain_string_image_urls(app: AppProcess, frame:
     client = openai_client(app.url)
     text_only = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "say hello"}])
     assert text_only.choices[0].message.content
-    as_string = [{"role": "user", "content": [{"type": "text", "text": "what shape is this?"},
-                                              {"type": "image_url", "image_url": frame}]}]
+    as_string = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "what shape is this?"}, {"type": "image_url", "image_url": frame}],
+        }
+    ]
     answer = client.chat.completions.create(model="any", messages=as_string).choices[0].message.content  # type: ignore[arg-type]
     assert answer == ask(client, "what shape is this?", frame)
 
@@ -75,8 +81,13 @@ def test_text_only_questions_and_plain_string_image_urls(app: AppProcess, frame:
 def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess, frame: str) -> None:
     client = openai_client(app.url)
     assert ask(client, "what?", frame, temperature=0.7, n=1)
-    refusals = [({"n": 2}, "n"), ({"temperature": 3}, "temperature"), ({"temperature": -0.1}, "temperature"),
-                ({"max_tokens": 1.5}, "max_tokens"), ({"max_completion_tokens": "8"}, "max_completion_tokens")]
+    refusals = [
+        ({"n": 2}, "n"),
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"max_completion_tokens": "8"}, "max_completion_tokens"),
+    ]
     for options, param in refusals:
         with pytest.raises(openai.BadRequestError) as refused:
             ask(client, "what?", frame, **options)
@@ -99,14 +110,16 @@ def test_completion_equals_streamed_concatenation_and_socket_answer(app: AppProc
 
 def test_max_tokens_can_only_shorten_the_answer(app: AppProcess, frame: str) -> None:
     completion = openai_client(app.url).chat.completions.create(
-        model="any", messages=frame_question("what shape is this?", frame), max_tokens=2)
+        model="any", messages=frame_question("what shape is this?", frame), max_tokens=2
+    )
     assert completion.choices[0].finish_reason == "length"
-    assert len(completion.choices[0].message.content or "") < len(ask(openai_client(app.url), "what shape is this?",
-                                                                      frame))
+    assert len(completion.choices[0].message.content or "") < len(
+        ask(openai_client(app.url), "what shape is this?", frame)
+    )
 
 
 def test_token_is_required_when_the_server_has_one(tiny_model: Path, frame: str) -> None:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "4"], env={"VLM_TOKEN": TOKEN}) as guarded:
+    with serving(tiny_model, max_new_tokens=4, token=TOKEN) as guarded:
         anonymous = requests.get(f"{guarded.url}/v1/models", timeout=5)
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["type"] == "authentication_error"
@@ -132,8 +145,10 @@ def test_remote_image_url_is_refused_and_never_fetched(app: AppProcess) -> None:
         ({"messages": frame_question("what?", "data:image/jpeg;base64,!!!")}, "bad_image"),
         ({"messages": frame_question("what?", "data:image/png;base64,aGVsbG8=")}, "bad_image"),
         ({"messages": frame_question(" ", jpeg_data_url())}, "empty_question"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": jpeg_data_url()}] * 2}]},
-         "bad_request"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": jpeg_data_url()}] * 2}]},
+            "bad_request",
+        ),
         ({"messages": frame_question("what?", jpeg_data_url()), "max_tokens": 0}, "bad_request"),
         ({"messages": "hello"}, "bad_request"),
     ],
@@ -148,8 +163,9 @@ def test_bad_input_gets_400_in_openai_shape(app: AppProcess, body: dict[str, obj
 
 def curl(*args: str) -> tuple[int, dict[str, object]]:
     """The HTTP status and JSON body as curl gets them."""
-    done = subprocess.run(["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True,
-                          timeout=60, check=True)
+    done = subprocess.run(
+        ["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=60, check=True
+    )
     body, _, status = done.stdout.rpartition("\n")
     return int(status), json.loads(body)
 
@@ -166,8 +182,9 @@ def curl(*args: str) -> tuple[int, dict[str, object]]:
     ],
     ids=["legacy completions", "unknown path", "unknown model", "GET completions", "DELETE models", "not JSON"],
 )
-def test_every_v1_error_is_an_openai_error_object_under_curl(app: AppProcess, args: list[str], status: int,
-                                                             code: str) -> None:
+def test_every_v1_error_is_an_openai_error_object_under_curl(
+    app: AppProcess, args: list[str], status: int, code: str
+) -> None:
     got, body = curl(*[f"{app.url}{arg}" if arg.startswith("/v1") else arg for arg in args])
     assert got == status
     error = body["error"]
@@ -177,19 +194,20 @@ def test_every_v1_error_is_an_openai_error_object_under_curl(app: AppProcess, ar
 
 def test_curl_gets_an_answer_with_usage(app: AppProcess, frame: str) -> None:
     request = {"model": "any", "messages": frame_question("what shape is this?", frame)}
-    status, body = curl(f"{app.url}/v1/chat/completions", "-H", "Content-Type: application/json",
-                        "-d", json.dumps(request))
+    status, body = curl(
+        f"{app.url}/v1/chat/completions", "-H", "Content-Type: application/json", "-d", json.dumps(request)
+    )
     assert status == 200 and body["choices"][0]["message"]["content"]  # type: ignore[index]
     assert body["usage"]["completion_tokens"] > 0  # type: ignore[index]
-    assert requests.get(f"{app.url}/nowhere", timeout=5).headers["Content-Type"].startswith("text/html"), \
+    assert requests.get(f"{app.url}/nowhere", timeout=5).headers["Content-Type"].startswith("text/html"), (
         "outside /v1, Flask's own error page"
+    )
 
 
 @pytest.mark.parametrize("mode", ["eventlet", "gevent"])
-def test_streaming_under_green_async_modes_keeps_the_server_responsive(slow_model: Path, frame: str,
-                                                                       mode: str) -> None:
+def test_streaming_under_green_async_modes_keeps_the_server_responsive(slow_model: Path, frame: str, mode: str) -> None:
     """The view waits for a native worker thread; under a green hub that wait must not stall other requests."""
-    with AppProcess(["--model", str(slow_model), "--max-new-tokens", "12", "--async-mode", mode]) as running:
+    with serving(slow_model, "--async-mode", mode, max_new_tokens=12) as running:
         client = openai_client(running.url)
         first_delta, finished = threading.Event(), threading.Event()
         deltas: list[str] = []

@@ -14,23 +14,26 @@ import openai
 import pytest
 
 from tests.openai_client import ask, openai_client
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
-from vlm.backends.registry import ModelLoadError, load_backend
+from vlm.backends.registry import load_backend
 from vlm.config import Settings
+from vlm.errors import ModelLoadError
 
 TOKEN = "upstream-secret"
 
 
 def chained_to(upstream: AppProcess, model: Path, *args: str, key: str = TOKEN) -> AppProcess:
     """An instance whose model is ``upstream``; the key comes from OPENAI_API_KEY, as a deployment would set it."""
-    return AppProcess(["--backend", "openai", "--base-url", f"{upstream.url}/v1", "--model", str(model), *args],
-                      env={"OPENAI_API_KEY": key})
+    return AppProcess(
+        ["--backend", "openai", "--base-url", f"{upstream.url}/v1", "--model", str(model), *args],
+        env={"OPENAI_API_KEY": key},
+    )
 
 
 @pytest.fixture(scope="module")
 def upstream(tiny_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12"], env={"VLM_TOKEN": TOKEN}) as running:
+    with serving(tiny_model, max_new_tokens=12, token=TOKEN) as running:
         yield running
 
 
@@ -55,13 +58,17 @@ def events_for(client: RecordingClient, payload: dict[str, object], event: str) 
     return [(kind, body) for kind, body in client.received if body.get("id") == payload["id"]]
 
 
-@pytest.mark.parametrize(("event", "payload"), [
-    ("query", {"id": "q", "question": "what shape is this?"}),
-    ("skill", {"id": "c", "skill": "caption", "length": "short"}),
-], ids=["query", "caption"])
-def test_chained_instance_streams_exactly_the_upstream_answer(clients: tuple[RecordingClient, RecordingClient],
-                                                             frame: str, event: str,
-                                                             payload: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    ("event", "payload"),
+    [
+        ("query", {"id": "q", "question": "what shape is this?"}),
+        ("skill", {"id": "c", "skill": "caption", "length": "short"}),
+    ],
+    ids=["query", "caption"],
+)
+def test_chained_instance_streams_exactly_the_upstream_answer(
+    clients: tuple[RecordingClient, RecordingClient], frame: str, event: str, payload: dict[str, object]
+) -> None:
     direct, via = (events_for(client, {**payload, "image": frame}, event) for client in clients)
     assert direct[-1][0] == via[-1][0] == "response"
     answer = direct[-1][1]["answer"]
@@ -95,8 +102,10 @@ def test_wrong_upstream_key_fails_at_start_with_advice(upstream: AppProcess, tin
 
 
 def test_cancel_on_the_chained_instance_stops_the_upstream_generation(slow_model: Path, frame: str) -> None:
-    with AppProcess(["--model", str(slow_model), "--max-new-tokens", "300"], env={"VLM_TOKEN": TOKEN}) as slow, \
-            chained_to(slow, slow_model, "--max-new-tokens", "300") as front:
+    with (
+        serving(slow_model, max_new_tokens=300, token=TOKEN) as slow,
+        chained_to(slow, slow_model, "--max-new-tokens", "300") as front,
+    ):
         asker = RecordingClient(front.url)
         try:
             asker.start({"id": "long", "question": "describe", "image": frame})
@@ -110,8 +119,9 @@ def test_cancel_on_the_chained_instance_stops_the_upstream_generation(slow_model
         assert time.monotonic() - started < 20
 
 
-def test_upstream_gone_is_an_upstream_error(upstream: AppProcess, clients: tuple[RecordingClient, RecordingClient],
-                                            frame: str) -> None:
+def test_upstream_gone_is_an_upstream_error(
+    upstream: AppProcess, clients: tuple[RecordingClient, RecordingClient], frame: str
+) -> None:
     """Runs last in this module: it stops the upstream."""
     upstream.terminate()
     kind, payload = clients[1].ask({"id": "orphan", "question": "what?", "image": frame})

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.doubles import RecordingSinkDouble
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from vlm.backends.base import Job
 from vlm.backends.openai_backend import OpenAIBackend
 from vlm.scheduler import Request, Scheduler
@@ -24,24 +24,15 @@ FRAME = Image.new("RGB", (320, 240), "red")
 
 @pytest.fixture(scope="module")
 def upstream(slow_model: Path) -> Iterator[AppProcess]:
-    """An upstream that batches continuously, as vLLM does: it answers a short request beside a long one."""
-    args = [
-        "--model",
-        str(slow_model),
-        "--max-new-tokens",
-        "200",
-        "--request-timeout",
-        "600",
-        "--batching",
-        "continuous",
-    ]
-    with AppProcess(args, env={"VLM_TOKEN": TOKEN}) as running:
+    """An upstream that batches continuously (the default), as vLLM does: a short request is answered beside
+    a long one."""
+    with serving(slow_model, "--request-timeout", "600", max_new_tokens=200, token=TOKEN) as running:
         yield running
 
 
 def ask(sink: RecordingSinkDouble, rid: str, client: str, tokens: int) -> Request:
     job = Job(task="query", image=FRAME, image_key=rid, text="describe the image", max_new_tokens=tokens)
-    return Request(id=rid, client=client, job=job, sink=sink)
+    return Request(id=rid, client=client, job=job, sink=sink.to(rid))
 
 
 def test_a_request_is_forwarded_while_another_streams(upstream: AppProcess, slow_model: Path) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from vlm.config import Settings
+from vlm.errors import VlmError
 from vlm.openai_api import parse_chat
-from vlm.protocol import ProtocolError, parse_cancel, parse_query, parse_skill, to_job
+from vlm.protocol import parse_cancel, parse_query, parse_skill, to_job
+
+pytestmark = pytest.mark.unit
 
 IMAGE = "data:image/jpeg;base64,AAAA"
 
@@ -41,7 +44,7 @@ def test_client_id_is_kept_and_extra_fields_ignored() -> None:
     ],
 )
 def test_bad_queries_are_refused(payload: object, code: str) -> None:
-    with pytest.raises(ProtocolError) as refused:
+    with pytest.raises(VlmError) as refused:
         parse_query(payload, max_question_chars=100)
     assert refused.value.code == code
 
@@ -49,23 +52,23 @@ def test_bad_queries_are_refused(payload: object, code: str) -> None:
 def test_skills_respect_capabilities() -> None:
     caps = frozenset({"query", "caption"})
     assert parse_skill({"skill": "caption", "image": IMAGE, "length": "short"}, capabilities=caps).length == "short"
-    with pytest.raises(ProtocolError, match="cannot detect"):
+    with pytest.raises(VlmError, match="cannot detect"):
         parse_skill({"skill": "detect", "object": "cup", "image": IMAGE}, capabilities=caps)
-    with pytest.raises(ProtocolError) as refused:
+    with pytest.raises(VlmError) as refused:
         parse_skill({"skill": "juggle", "image": IMAGE}, capabilities=caps)
     assert refused.value.code == "unsupported_skill"
 
 
 def test_detect_needs_an_object() -> None:
     caps = frozenset({"detect"})
-    with pytest.raises(ProtocolError):
+    with pytest.raises(VlmError):
         parse_skill({"skill": "detect", "image": IMAGE}, capabilities=caps)
     assert parse_skill({"skill": "detect", "object": "cup", "image": IMAGE}, capabilities=caps).text == "cup"
 
 
 def test_cancel_needs_an_object_payload() -> None:
     assert parse_cancel({"id": "abc"}) == "abc"
-    with pytest.raises(ProtocolError):
+    with pytest.raises(VlmError):
         parse_cancel("abc")
 
 
@@ -74,6 +77,6 @@ def test_http_temperature_and_text_only_reach_the_job() -> None:
     chat = parse_chat(body, max_question_chars=100, text_only=True)
     job, _ = to_job(chat.incoming, Settings(), decode_size=64, temperature=chat.temperature)
     assert (job.temperature, job.image, job.text) == (0.7, None, "say hi")
-    with pytest.raises(ProtocolError) as refused:
+    with pytest.raises(VlmError) as refused:
         parse_chat(body, max_question_chars=100, text_only=False)
     assert (refused.value.code, refused.value.param) == ("image_required", "messages")

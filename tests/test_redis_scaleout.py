@@ -20,7 +20,7 @@ import redis
 import socketio
 
 from tests.openai_client import ask, openai_client
-from tests.server_process import AppProcess, free_port
+from tests.server_process import AppProcess, free_port, serving
 from tests.socket_client import RecordingClient
 from vlm.config import parse_settings
 
@@ -36,8 +36,11 @@ def redis_url() -> Iterator[str]:
             pytest.skip("redis-server is not installed and VLM_SKIP_REDIS=1")
         pytest.fail("redis-server is not installed: `apt-get install redis-server` (or set VLM_SKIP_REDIS=1 to skip)")
     port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -56,14 +59,22 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def model_server(tiny_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12"]) as running:
+    with serving(tiny_model, max_new_tokens=12) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def web_tier(redis_url: str, model_server: AppProcess, tiny_model: Path) -> Iterator[list[AppProcess]]:
-    args = ["--backend", "openai", "--base-url", f"{model_server.url}/v1", "--model", str(tiny_model),
-            "--message-queue", redis_url]
+    args = [
+        "--backend",
+        "openai",
+        "--base-url",
+        f"{model_server.url}/v1",
+        "--model",
+        str(tiny_model),
+        "--message-queue",
+        redis_url,
+    ]
     with AppProcess(args) as first, AppProcess(args) as second:
         yield [first, second]
 
@@ -78,8 +89,9 @@ def publishes(redis_url: str) -> int:
     return int(redis.Redis.from_url(redis_url).info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
 
 
-def test_clients_on_either_process_get_their_own_answers(redis_url: str, model_server: AppProcess,
-                                                         web_tier: list[AppProcess], frame: str) -> None:
+def test_clients_on_either_process_get_their_own_answers(
+    redis_url: str, model_server: AppProcess, web_tier: list[AppProcess], frame: str
+) -> None:
     expected = [ask(openai_client(model_server.url), question, frame) for question in QUESTIONS]
     published_before = publishes(redis_url)
     clients = [RecordingClient(web_tier[index % 2].url) for index in range(len(QUESTIONS))]
@@ -99,8 +111,9 @@ def test_clients_on_either_process_get_their_own_answers(redis_url: str, model_s
     assert publishes(redis_url) - published_before >= events, "every emit is published to the other process"
 
 
-def test_an_emit_published_to_redis_reaches_a_client_of_either_process(redis_url: str,
-                                                                        web_tier: list[AppProcess]) -> None:
+def test_an_emit_published_to_redis_reaches_a_client_of_either_process(
+    redis_url: str, web_tier: list[AppProcess]
+) -> None:
     """An emitter holding no connection at all: delivery can only go through Redis to the owning process."""
     clients = [RecordingClient(web.url) for web in web_tier]
     try:
@@ -111,8 +124,9 @@ def test_an_emit_published_to_redis_reaches_a_client_of_either_process(redis_url
             time.sleep(0.05)
         emitter = socketio.RedisManager(redis_url, channel=CHANNEL, write_only=True)
         for index, client in enumerate(clients):
-            emitter.emit("response", {"id": f"via-redis-{index}", "answer": "hello"}, to=client.sio.get_sid("/"),
-                         namespace="/")
+            emitter.emit(
+                "response", {"id": f"via-redis-{index}", "answer": "hello"}, to=client.sio.get_sid("/"), namespace="/"
+            )
         for index, client in enumerate(clients):
             assert client.final(f"via-redis-{index}", timeout_s=10)[1]["answer"] == "hello"
             assert len(client.received) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -11,15 +12,22 @@ from PIL import Image
 from tests.doubles import RecordingSinkDouble, ScriptedBackendDouble, SteppingBackendDouble
 from vlm.backends.base import Job
 from vlm.metrics import MeteredScheduler, Metrics
-from vlm.scheduler import MAX_WAITING_PER_CLIENT, Request, Scheduler
+from vlm.request_queue import MAX_WAITING_PER_CLIENT
+from vlm.scheduler import Request, Scheduler
+
+pytestmark = pytest.mark.unit
 
 FRAME = Image.new("RGB", (8, 8))
 
 
-def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "hi", live: bool = False,
-                 ordered: bool = False) -> Request:
-    return Request(id=rid, client=client, job=Job(task="query", image=FRAME, image_key="k", text=text),
-                   sink=sink, live=live, ordered=ordered)
+def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "hi", ordered: bool = False) -> Request:
+    return Request(
+        id=rid,
+        client=client,
+        job=Job(task="query", image=FRAME, image_key="k", text=text),
+        sink=sink.to(rid),
+        ordered=ordered,
+    )
 
 
 def test_answers_stream_then_finish_once_per_request() -> None:
@@ -28,10 +36,10 @@ def test_answers_stream_then_finish_once_per_request() -> None:
     scheduler.submit(make_request(sink, "a", "alice", "red circle"))
     finals = sink.wait_finals(1)
     kind, payload = finals["a"]
-    assert kind == "response" and payload["answer"] == "echo: red circle"
+    assert kind == "response" and payload.result.answer == "echo: red circle"
     deltas = "".join(value for kind, rid, value in sink.events if kind == "stream")
     assert deltas == "echo: red circle"
-    assert set(payload["timing"]) >= {"queue_ms", "decode_ms", "model_ms", "first_token_ms", "total_ms"}
+    assert set(asdict(payload.timing)) >= {"queue_ms", "decode_ms", "model_ms", "first_token_ms", "total_ms"}
 
 
 def test_returning_clients_share_a_batch() -> None:
@@ -43,7 +51,7 @@ def test_returning_clients_share_a_batch() -> None:
             scheduler.submit(make_request(sink, f"r{round_}-{i}", f"client{i}", f"q{i}"))
         sink.wait_finals(4 * (round_ + 1))
     finals = sink.finals()
-    assert {payload["answer"] for _, payload in finals.values()} == {f"echo: q{i}" for i in range(4)}
+    assert {payload.result.answer for _, payload in finals.values()} == {f"echo: q{i}" for i in range(4)}
     assert sorted(backend.batches[-1]) == [f"q{i}" for i in range(4)], "the second round waited for all four"
 
 
@@ -81,13 +89,13 @@ def worker_held_by(client: str, rid: str) -> tuple[RecordingSinkDouble, Scripted
 
 def test_newer_request_supersedes_and_live_frame_keeps_its_place() -> None:
     sink, backend, scheduler = worker_held_by("bob", "busy")
-    scheduler.submit(make_request(sink, "live1", "alice", "frame one", live=True))
+    scheduler.submit(make_request(sink, "live1", "alice", "frame one"))
     scheduler.submit(make_request(sink, "carol1", "carol"))
-    scheduler.submit(make_request(sink, "live2", "alice", "frame two", live=True))
+    scheduler.submit(make_request(sink, "live2", "alice", "frame two"))
     backend.hang.clear()
     finals = sink.wait_finals(4)
     assert finals["live1"] == ("query_error", "cancelled")
-    assert finals["live2"][1]["answer"] == "echo: frame two"
+    assert finals["live2"][1].result.answer == "echo: frame two"
     assert finals["carol1"][0] == "response"
     assert backend.batches[1:] == [["frame two"], ["hi"]], "alice's replacement kept alice's turn"
 
@@ -101,7 +109,7 @@ def test_ordered_requests_wait_their_turn_and_a_request_with_an_id_supersedes_th
     finals = sink.wait_finals(4)
     seed_answers = [rid for kind, rid, _ in sink.events if kind == "response" and rid != "other"]
     assert seed_answers == ["first", "second", "third"]
-    assert finals["third"][1]["answer"] == "echo: three"
+    assert finals["third"][1].result.answer == "echo: three"
     assert scheduler.pending() == 0
 
     sink, backend, scheduler = worker_held_by("mixed", "running")
@@ -239,7 +247,7 @@ def test_a_newcomer_joins_the_running_batch_and_a_finished_row_leaves_at_once() 
     finals = sink.wait_finals(1)
     assert set(finals) == {"short"}, "the newcomer was answered while the long answer was still being generated"
     finals = sink.wait_finals(2)
-    assert finals["long"][1]["answer"] == f"echo: {LONG}" and finals["short"][1]["answer"] == "echo: hi"
+    assert finals["long"][1].result.answer == f"echo: {LONG}" and finals["short"][1].result.answer == "echo: hi"
     together = [i for i, rows in enumerate(backend.steps) if sorted(rows) == sorted([LONG, "hi"])]
     assert len(together) == 2, "'echo: hi' took two steps in the running batch"
     assert backend.steps[together[-1] + 1] == [LONG], "the finished row left before the next step"
@@ -247,8 +255,9 @@ def test_a_newcomer_joins_the_running_batch_and_a_finished_row_leaves_at_once() 
 
 def test_wave_batching_makes_a_newcomer_wait_for_the_whole_wave() -> None:
     sink = RecordingSinkDouble()
-    scheduler = Scheduler(SteppingBackendDouble(max_batch_size=8, word_delay_s=0.01), batch_window_s=0,
-                          continuous=False)
+    scheduler = Scheduler(
+        SteppingBackendDouble(max_batch_size=8, word_delay_s=0.01), batch_window_s=0, continuous=False
+    )
     scheduler.submit(make_request(sink, "long", "alice", LONG))
     wait_streamed(sink, "long", 3)
     scheduler.submit(make_request(sink, "short", "bob", "hi"))
@@ -261,7 +270,7 @@ def test_the_running_batch_never_exceeds_the_batch_size() -> None:
     for i in range(5):
         scheduler.submit(make_request(sink, f"r{i}", f"c{i}", f"q{i} a b"))
     finals = sink.wait_finals(5)
-    assert all(finals[f"r{i}"][1]["answer"] == f"echo: q{i} a b" for i in range(5))
+    assert all(finals[f"r{i}"][1].result.answer == f"echo: q{i} a b" for i in range(5))
     assert max(len(rows) for rows in backend.steps) == 2
 
 

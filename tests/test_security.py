@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,36 +9,33 @@ import requests
 import socketio
 import websocket
 
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 
 TOKEN = "correct-horse-battery-staple"
 
 
-@pytest.fixture(scope="module")
-def guarded(tiny_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "4"], env={"VLM_TOKEN": TOKEN}) as running:
-        yield running
+pytestmark = pytest.mark.app("tiny", max_new_tokens=4, token=TOKEN)
 
 
-def test_page_and_api_need_the_token(guarded: AppProcess) -> None:
-    refused = requests.get(guarded.url, timeout=5)
+def test_page_and_api_need_the_token(app: AppProcess) -> None:
+    refused = requests.get(app.url, timeout=5)
     assert refused.status_code == 401 and "?token=" in refused.text, "a page that says how to get the link"
-    assert requests.get(f"{guarded.url}/?token=wrong", timeout=5).status_code == 401
+    assert requests.get(f"{app.url}/?token=wrong", timeout=5).status_code == 401
     session = requests.Session()
-    assert session.get(f"{guarded.url}/?token={TOKEN}", timeout=5).status_code == 200
-    assert session.get(guarded.url, timeout=5).status_code == 200, "a reload without ?token= still works"
-    assert requests.get(f"{guarded.url}/api/info", timeout=5).status_code == 401
+    assert session.get(f"{app.url}/?token={TOKEN}", timeout=5).status_code == 200
+    assert session.get(app.url, timeout=5).status_code == 200, "a reload without ?token= still works"
+    assert requests.get(f"{app.url}/api/info", timeout=5).status_code == 401
     authorised = {"Authorization": f"Bearer {TOKEN}"}
-    assert requests.get(f"{guarded.url}/api/info", headers=authorised, timeout=5).status_code == 200
+    assert requests.get(f"{app.url}/api/info", headers=authorised, timeout=5).status_code == 200
 
 
-def test_socket_connect_needs_the_token(guarded: AppProcess, frame: str) -> None:
+def test_socket_connect_needs_the_token(app: AppProcess, frame: str) -> None:
     with pytest.raises(socketio.exceptions.ConnectionError):
-        RecordingClient(guarded.url)
+        RecordingClient(app.url)
     with pytest.raises(socketio.exceptions.ConnectionError):
-        RecordingClient(guarded.url, auth={"token": "wrong"})
-    client = RecordingClient(guarded.url, auth={"token": TOKEN})
+        RecordingClient(app.url, auth={"token": "wrong"})
+    client = RecordingClient(app.url, auth={"token": TOKEN})
     try:
         assert client.ask({"id": "ok", "question": "q", "image": frame})[0] == "response"
     finally:
@@ -58,13 +54,13 @@ def websocket_handshake(url: str, origin: str) -> bool:
 
 def test_cross_origin_websocket_is_refused(tiny_model: Path) -> None:
     """Without --cors-origin only the own origin; tests/test_clients.py covers widening it."""
-    with AppProcess(["--model", str(tiny_model)]) as running:
+    with serving(tiny_model) as running:
         assert websocket_handshake(running.url, running.url)
         assert not websocket_handshake(running.url, "http://evil.example")
 
 
 def test_self_signed_https(tiny_model: Path, tmp_path: Path) -> None:
-    with AppProcess(["--model", str(tiny_model), "--self-signed"], env={"HOME": str(tmp_path)}) as running:
+    with serving(tiny_model, "--self-signed", env={"HOME": str(tmp_path)}) as running:
         cert = tmp_path / ".cache" / "webcam-vlm" / "cert.pem"
         assert cert.exists()
         with pytest.raises(requests.exceptions.SSLError):

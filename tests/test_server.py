@@ -12,15 +12,11 @@ import requests
 from PIL import Image
 
 from tests.conftest import data_url, jpeg_data_url
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 from vlm.config import ASYNC_MODES
 
-
-@pytest.fixture(scope="module")
-def app(tiny_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12"]) as running:
-        yield running
+pytestmark = pytest.mark.app("tiny", max_new_tokens=12)
 
 
 def test_healthz_and_info(app: AppProcess, tiny_model: Path) -> None:
@@ -42,7 +38,7 @@ def test_page_is_served_with_security_headers(app: AppProcess) -> None:
 @pytest.fixture(scope="module", params=ASYNC_MODES)
 def app_in_each_mode(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[AppProcess]:
     """The server as each async mode runs it (each wires its own connection handler: see vlm/servers.py)."""
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "12", "--async-mode", request.param]) as running:
+    with serving(tiny_model, "--async-mode", request.param, max_new_tokens=12) as running:
         yield running
 
 
@@ -123,7 +119,7 @@ def test_concurrent_clients_each_get_their_own_answer(app: AppProcess, frame: st
 
 @pytest.fixture(scope="module")
 def slow_app(slow_model: Path) -> Iterator[AppProcess]:
-    with AppProcess(["--model", str(slow_model), "--max-new-tokens", "400"]) as running:
+    with serving(slow_model, max_new_tokens=400) as running:
         yield running
 
 
@@ -168,7 +164,7 @@ def test_new_question_supersedes_unfinished_one(slow_app: AppProcess, frame: str
 
 
 def test_sigterm_drains_in_flight_requests(tiny_model: Path, frame: str) -> None:
-    with AppProcess(["--model", str(tiny_model), "--max-new-tokens", "60"]) as running:
+    with serving(tiny_model, max_new_tokens=60) as running:
         asker = RecordingClient(running.url)
         asker.start({"id": "last", "question": "what?", "image": frame})
         exited = threading.Thread(target=running.terminate)

@@ -13,6 +13,7 @@ from vlm.backends.frame_cache import FrameCache
 from vlm.backends.registry import choose_backend, read_model_config
 from vlm.backends.step_decoder import StepDecoder
 from vlm.backends.transformers_backend import MIN_FRAME_SIDE, TransformersBackend
+from vlm.errors import VlmError
 
 FRAMES = [Image.new("RGB", (320, 240), color) for color in ("red", "blue", "green")]
 
@@ -37,13 +38,15 @@ class Events:
     def cancelled(self, index: int) -> bool:
         return index == self.cancel_row and len(self.deltas[index]) >= 2
 
-    def failed(self, index: int, code: str, message: str) -> None:
-        raise AssertionError(f"row {index} failed: {code} {message}")
+    def failed(self, index: int, error: VlmError) -> None:
+        raise AssertionError(f"row {index} failed: {error.code} {error.message}")
 
 
 def jobs(budgets: list[int]) -> list[Job]:
-    return [Job(task="query", image=FRAMES[i % 3], image_key=str(i), text="what shape is this?", max_new_tokens=n)
-            for i, n in enumerate(budgets)]
+    return [
+        Job(task="query", image=FRAMES[i % 3], image_key=str(i), text="what shape is this?", max_new_tokens=n)
+        for i, n in enumerate(budgets)
+    ]
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
@@ -116,8 +119,10 @@ QUESTIONS = ("what shape is this?", "what color is this?", "describe the image",
 
 
 def varied_jobs(budgets: list[int]) -> list[Job]:
-    return [Job(task="query", image=FRAMES[i % 3], image_key=f"v{i}", text=QUESTIONS[i % 4], max_new_tokens=n)
-            for i, n in enumerate(budgets)]
+    return [
+        Job(task="query", image=FRAMES[i % 3], image_key=f"v{i}", text=QUESTIONS[i % 4], max_new_tokens=n)
+        for i, n in enumerate(budgets)
+    ]
 
 
 def answered_alone(backend: TransformersBackend, job: Job) -> Result:
@@ -127,8 +132,10 @@ def answered_alone(backend: TransformersBackend, job: Job) -> Result:
 
 
 def test_rows_joining_a_running_batch_answer_as_they_would_alone(backend: TransformersBackend) -> None:
-    work = [*varied_jobs([12, 5, 9, 12, 7]), Job(task="query", image=None, image_key="", text="say hello",
-                                                 max_new_tokens=6)]
+    work = [
+        *varied_jobs([12, 5, 9, 12, 7]),
+        Job(task="query", image=None, image_key="", text="say hello", max_new_tokens=6),
+    ]
     events = Events(len(work))
     decoder = backend.decoder(events)
     assert isinstance(decoder, StepDecoder)
@@ -168,8 +175,10 @@ def test_finished_and_cancelled_rows_leave_the_batch_at_once(backend: Transforme
 
 
 def test_a_sampled_row_in_the_running_batch_leaves_greedy_rows_exact(backend: TransformersBackend) -> None:
-    greedy, hot = varied_jobs([8])[0], Job(task="query", image=FRAMES[1], image_key="hot", text="what is it?",
-                                           max_new_tokens=8, temperature=5.0)
+    greedy, hot = (
+        varied_jobs([8])[0],
+        Job(task="query", image=FRAMES[1], image_key="hot", text="what is it?", max_new_tokens=8, temperature=5.0),
+    )
     answers = set()
     for _ in range(3):
         events = Events(2)
@@ -185,8 +194,19 @@ def test_a_sampled_row_in_the_running_batch_leaves_greedy_rows_exact(backend: Tr
 def test_greedy_by_default_and_temperature_samples(backend: TransformersBackend) -> None:
     def answer(temperature: float) -> str:
         events = Events(1)
-        backend.generate([Job(task="query", image=FRAMES[0], image_key="t", text="what shape is this?",
-                              max_new_tokens=8, temperature=temperature)], events)
+        backend.generate(
+            [
+                Job(
+                    task="query",
+                    image=FRAMES[0],
+                    image_key="t",
+                    text="what shape is this?",
+                    max_new_tokens=8,
+                    temperature=temperature,
+                )
+            ],
+            events,
+        )
         return events.results[0].answer
 
     assert len({answer(0.0) for _ in range(3)}) == 1
@@ -196,8 +216,10 @@ def test_greedy_by_default_and_temperature_samples(backend: TransformersBackend)
 def test_a_batch_mixing_temperatures_answers_every_row_in_place(backend: TransformersBackend) -> None:
     greedy = Events(1)
     backend.generate(jobs([6]), greedy)
-    mixed = [*jobs([6]), Job(task="query", image=FRAMES[1], image_key="hot", text="what is it?", max_new_tokens=6,
-                             temperature=5.0)]
+    mixed = [
+        *jobs([6]),
+        Job(task="query", image=FRAMES[1], image_key="hot", text="what is it?", max_new_tokens=6, temperature=5.0),
+    ]
     events = Events(2)
     backend.generate(mixed, events)
     assert set(events.results) == {0, 1}

@@ -11,6 +11,8 @@ from vlm.sources import source_label
 from vlm.watch import Trigger, read_verdict
 from vlm.webhook import WebhookSender
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("answer", "verdict"),

@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backends.registry import backend_names
+
 DEFAULT_MODEL = "vikhyatk/moondream2"
 # The 2025-06-21 release is the newest moondream2 revision with the query/caption/detect/point
 # streaming API we use; pinning it means remote code we have read is the code that runs.
@@ -19,7 +21,6 @@ DEFAULT_REVISION = "2025-06-21"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 MODEL_ALIASES = {"demo": DEMO_MODEL_DIR}
 
-BACKENDS = ("auto", "moondream", "transformers", "openai")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ASYNC_MODES = ("threading", "eventlet", "gevent")
@@ -54,7 +55,7 @@ class Settings:
     max_queue: int = 64
     max_batch_size: int = 16
     batch_window_ms: float = 20.0
-    batching: str = "wave"
+    batching: str = "continuous"
     request_timeout_s: float = 60.0
     rate_limit_per_s: float = 10.0
     rate_burst: int = 20
@@ -110,99 +111,218 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default=defaults.model,
-                       help="hub id, local model folder, or 'demo' for the bundled offline model")
-    model.add_argument("--revision", default=defaults.revision,
-                       help="hub revision; pinned for the default model, ignored for local folders")
-    model.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                       help="'auto' picks from the model's config.json; 'openai' forwards to --base-url")
-    model.add_argument("--base-url",
-                       help="OpenAI-compatible server for --backend openai, e.g. http://gpu-box:8000/v1 "
-                            "(--model is then the model name that server knows)")
-    model.add_argument("--api-key", default="",
-                       help="key sent to --base-url if it wants one; prefer env OPENAI_API_KEY (argv shows in ps)")
-    model.add_argument("--device", choices=DEVICES, default=defaults.device,
-                       help="'auto' uses CUDA when present")
-    model.add_argument("--dtype", choices=DTYPES, default=defaults.dtype,
-                       help="'auto' is float16 on CUDA, float32 on CPU (moondream2: always bfloat16)")
-    model.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                       help="longest answer, in tokens")
-    model.add_argument("--temperature", type=float, default=defaults.temperature,
-                       help="0 answers greedily (the same frame and question give the same answer); "
-                            "above 0 samples, on every backend")
-    model.add_argument("--max-crops", type=int, default=defaults.max_crops,
-                       help="moondream2: most 378 px crops per frame (0: the model's own, 12); "
-                            "1 encodes frames about 4x faster on a CPU, with less detail")
+    model.add_argument(
+        "--model", default=defaults.model, help="hub id, local model folder, or 'demo' for the bundled offline model"
+    )
+    model.add_argument(
+        "--revision",
+        default=defaults.revision,
+        help="hub revision; pinned for the default model, ignored for local folders",
+    )
+    model.add_argument(
+        "--backend",
+        choices=backend_names(),
+        default=defaults.backend,
+        help="'auto' picks from the model's config.json; 'openai' forwards to --base-url",
+    )
+    model.add_argument(
+        "--base-url",
+        help="OpenAI-compatible server for --backend openai, e.g. http://gpu-box:8000/v1 "
+        "(--model is then the model name that server knows)",
+    )
+    model.add_argument(
+        "--api-key",
+        default="",
+        help="key sent to --base-url if it wants one; prefer env OPENAI_API_KEY (argv shows in ps)",
+    )
+    model.add_argument("--device", choices=DEVICES, default=defaults.device, help="'auto' uses CUDA when present")
+    model.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=defaults.dtype,
+        help="'auto' is float16 on CUDA, float32 on CPU (moondream2: always bfloat16)",
+    )
+    model.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest answer, in tokens")
+    model.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        help="0 answers greedily (the same frame and question give the same answer); above 0 samples, on every backend",
+    )
+    model.add_argument(
+        "--max-crops",
+        type=int,
+        default=defaults.max_crops,
+        help="moondream2: most 378 px crops per frame (0: the model's own, 12); "
+        "1 encodes frames about 4x faster on a CPU, with less detail",
+    )
 
     server = parser.add_argument_group("server")
-    server.add_argument("--host", default=defaults.host,
-                        help="interface to listen on; 0.0.0.0 exposes the app to your network")
+    server.add_argument(
+        "--host", default=defaults.host, help="interface to listen on; 0.0.0.0 exposes the app to your network"
+    )
     server.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
-    server.add_argument("--async-mode", choices=ASYNC_MODES, default=defaults.async_mode,
-                        help="Socket.IO concurrency model (see README for measurements)")
-    server.add_argument("--message-queue", metavar="URL",
-                        help="redis://host:port/0 shared by several app processes behind one address "
-                             "(needs --async-mode threading; see docs/DEPLOYMENT.md)")
-    server.add_argument("--cors-origin", action="append", default=[], dest="cors_origins",
-                        metavar="ORIGIN",
-                        help="extra origin allowed to open Socket.IO connections (repeatable, '*' for any)")
-    server.add_argument("--allowed-host", action="append", default=[], dest="allowed_hosts", metavar="NAME",
-                        help="extra Host name the server answers to (repeatable, '*' for any); IP addresses, "
-                             "localhost, --host and the --cors-origin hosts always are. Refusing other names "
-                             "stops DNS rebinding")
-    server.add_argument("--trusted-proxy", action="store_true",
-                        help="a reverse proxy in front sets X-Forwarded-For/-Proto: trust them for the client "
-                             "address (rate limits) and https (Secure cookie). Only with a proxy you run")
-    server.add_argument("--token",
-                        help="shared access token for the page, Socket.IO and HTTP API (env VLM_TOKEN)")
+    server.add_argument(
+        "--async-mode",
+        choices=ASYNC_MODES,
+        default=defaults.async_mode,
+        help="Socket.IO concurrency model (see README for measurements)",
+    )
+    server.add_argument(
+        "--message-queue",
+        metavar="URL",
+        help="redis://host:port/0 shared by several app processes behind one address "
+        "(needs --async-mode threading; see docs/DEPLOYMENT.md)",
+    )
+    server.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="extra origin allowed to open Socket.IO connections (repeatable, '*' for any)",
+    )
+    server.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        dest="allowed_hosts",
+        metavar="NAME",
+        help="extra Host name the server answers to (repeatable, '*' for any); IP addresses, "
+        "localhost, --host and the --cors-origin hosts always are. Refusing other names "
+        "stops DNS rebinding",
+    )
+    server.add_argument(
+        "--trusted-proxy",
+        action="store_true",
+        help="a reverse proxy in front sets X-Forwarded-For/-Proto: trust them for the client "
+        "address (rate limits) and https (Secure cookie). Only with a proxy you run",
+    )
+    server.add_argument("--token", help="shared access token for the page, Socket.IO and HTTP API (env VLM_TOKEN)")
     server.add_argument("--ssl-cert", help="TLS certificate (PEM) to serve https://, needed for phone cameras on a LAN")
     server.add_argument("--ssl-key", help="TLS private key (PEM) for --ssl-cert")
-    server.add_argument("--self-signed", action="store_true",
-                        help="serve https:// with a self-signed certificate made once in ~/.cache/webcam-vlm")
+    server.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="serve https:// with a self-signed certificate made once in ~/.cache/webcam-vlm",
+    )
 
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-image-bytes", type=int, default=defaults.max_image_bytes,
-                        help="largest frame a client may send, in encoded (JPEG/PNG) bytes (larger: 'image_too_large')")
-    limits.add_argument("--max-question-chars", type=int, default=defaults.max_question_chars,
-                        help="longest question, in characters (longer: 'question_too_long')")
-    limits.add_argument("--max-connections", type=int, default=defaults.max_connections,
-                        help="open connections in total; further ones wait in the listen backlog")
-    limits.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip,
-                        help="open connections (and Socket.IO sessions) from one client address")
-    limits.add_argument("--max-queue", type=int, default=defaults.max_queue,
-                        help="queued requests before new ones get a 'busy' error")
-    limits.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
-                        help="requests decoded together (backends that batch)")
-    limits.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_ms,
-                        help="how long the worker waits for recently seen clients to join a batch")
-    limits.add_argument("--batching", choices=["continuous", "wave"], default=defaults.batching,
-                        help="continuous: requests join and leave the running batch between tokens, where the "
-                             "backend can (opt-in for now, see README); wave: a batch runs to its end before "
-                             "the next one starts")
-    limits.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
-                        dest="request_timeout_s", help="seconds before a generation is abandoned")
-    limits.add_argument("--rate-limit", type=float, default=defaults.rate_limit_per_s,
-                        dest="rate_limit_per_s", help="sustained Socket.IO events per second per connection")
-    limits.add_argument("--ip-rate-limit", type=float, default=defaults.ip_rate_limit_per_s,
-                        dest="ip_rate_limit_per_s",
-                        help="sustained Socket.IO events and HTTP API requests per second per client address")
+    limits.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=defaults.max_image_bytes,
+        help="largest frame a client may send, in encoded (JPEG/PNG) bytes (larger: 'image_too_large')",
+    )
+    limits.add_argument(
+        "--max-question-chars",
+        type=int,
+        default=defaults.max_question_chars,
+        help="longest question, in characters (longer: 'question_too_long')",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="open connections in total; further ones wait in the listen backlog",
+    )
+    limits.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=defaults.max_connections_per_ip,
+        help="open connections (and Socket.IO sessions) from one client address",
+    )
+    limits.add_argument(
+        "--max-queue", type=int, default=defaults.max_queue, help="queued requests before new ones get a 'busy' error"
+    )
+    limits.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=defaults.max_batch_size,
+        help="requests decoded together (backends that batch)",
+    )
+    limits.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=defaults.batch_window_ms,
+        help="how long the worker waits for recently seen clients to join a batch",
+    )
+    limits.add_argument(
+        "--batching",
+        choices=["continuous", "wave"],
+        default=defaults.batching,
+        help="continuous: requests join and leave the running batch between tokens, where the "
+        "backend can; wave: a batch runs to its end before the next one starts",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout_s,
+        dest="request_timeout_s",
+        help="seconds before a generation is abandoned",
+    )
+    limits.add_argument(
+        "--rate-limit",
+        type=float,
+        default=defaults.rate_limit_per_s,
+        dest="rate_limit_per_s",
+        help="sustained Socket.IO events per second per connection",
+    )
+    limits.add_argument(
+        "--ip-rate-limit",
+        type=float,
+        default=defaults.ip_rate_limit_per_s,
+        dest="ip_rate_limit_per_s",
+        help="sustained Socket.IO events and HTTP API requests per second per client address",
+    )
 
     watch = parser.add_argument_group("watch mode and monitoring")
-    watch.add_argument("--source", action="append", default=[], dest="sources", metavar="FILE_OR_URL",
-                       help="video file, rtsp:// or http:// (MJPEG) stream, or /dev/videoN to watch on the server "
-                            "(repeatable; shown in the page as cam1, cam2, ...)")
-    watch.add_argument("--watch", action="append", default=[], dest="watches", metavar="CONDITION",
-                       help="yes/no question checked on every --source, e.g. 'is there a person?' (repeatable)")
-    watch.add_argument("--watch-interval-ms", type=float, default=defaults.watch_interval_ms,
-                       help="least time between two checks of one watch on a --source")
-    watch.add_argument("--watch-cooldown", type=float, default=defaults.watch_cooldown_s, dest="watch_cooldown_s",
-                       metavar="SECONDS", help="least time between two alerts of one watch")
-    watch.add_argument("--webhook-url", metavar="URL",
-                       help="receives one JSON POST per alert (set here only, never by clients)")
-    watch.add_argument("--webhook-image", action=argparse.BooleanOptionalAction, default=defaults.webhook_image,
-                       help="include the alert's frame as Base64 JPEG in webhook posts")
-    watch.add_argument("--log-format", choices=LOG_FORMATS, default=defaults.log_format,
-                       help="'json' writes one JSON object per log line")
+    watch.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        dest="sources",
+        metavar="FILE_OR_URL",
+        help="video file, rtsp:// or http:// (MJPEG) stream, or /dev/videoN to watch on the server "
+        "(repeatable; shown in the page as cam1, cam2, ...)",
+    )
+    watch.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        dest="watches",
+        metavar="CONDITION",
+        help="yes/no question checked on every --source, e.g. 'is there a person?' (repeatable)",
+    )
+    watch.add_argument(
+        "--watch-interval-ms",
+        type=float,
+        default=defaults.watch_interval_ms,
+        help="least time between two checks of one watch on a --source",
+    )
+    watch.add_argument(
+        "--watch-cooldown",
+        type=float,
+        default=defaults.watch_cooldown_s,
+        dest="watch_cooldown_s",
+        metavar="SECONDS",
+        help="least time between two alerts of one watch",
+    )
+    watch.add_argument(
+        "--webhook-url", metavar="URL", help="receives one JSON POST per alert (set here only, never by clients)"
+    )
+    watch.add_argument(
+        "--webhook-image",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.webhook_image,
+        help="include the alert's frame as Base64 JPEG in webhook posts",
+    )
+    watch.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=defaults.log_format,
+        help="'json' writes one JSON object per log line",
+    )
     return parser
 
 

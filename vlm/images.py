@@ -24,22 +24,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import Code, VlmError
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 DECODE_SLOTS = 2
 DECODE_WAIT_S = 10.0
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.-]+)*?;base64,", re.IGNORECASE)
-
-
-class ImageRejected(ValueError):
-    """A payload that is not an acceptable image; ``code`` goes on the wire."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -58,7 +51,7 @@ def decode_image(
 ) -> DecodedImage:
     """Decode a data URL or bare Base64 image, downscaled so its longest side is ``target_size``."""
     if not isinstance(payload, str):
-        raise ImageRejected("bad_image", "image must be a data URL or Base64 string")
+        raise VlmError(Code.BAD_IMAGE, "image must be a data URL or Base64 string")
     return _slots.run(_decode, payload, max_bytes, max_pixels, target_size)
 
 
@@ -79,37 +72,37 @@ def _base64_bytes(payload: str, max_bytes: int) -> bytes:
     if match:
         mime = (match.group("mime") or "").lower()
         if mime and not mime.startswith("image/"):
-            raise ImageRejected("bad_image", f"data URL has type {mime}, not an image")
-        text = text[match.end():]
+            raise VlmError(Code.BAD_IMAGE, f"data URL has type {mime}, not an image")
+        text = text[match.end() :]
     if not text:
-        raise ImageRejected("bad_image", "image is empty")
+        raise VlmError(Code.BAD_IMAGE, "image is empty")
     if len(text) > (max_bytes * 4) // 3 + 4:
-        raise ImageRejected("image_too_large", f"image is larger than {max_bytes // 1024} KiB")
+        raise VlmError(Code.IMAGE_TOO_LARGE, f"image is larger than {max_bytes // 1024} KiB")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ImageRejected("bad_image", "image is not valid Base64") from None
+        raise VlmError(Code.BAD_IMAGE, "image is not valid Base64") from None
 
 
 def _open_bounded(raw: bytes, max_pixels: int, target_size: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(raw))
     except Image.DecompressionBombError:
-        raise ImageRejected("image_too_large", "image dimensions are far beyond any camera frame") from None
+        raise VlmError(Code.IMAGE_TOO_LARGE, "image dimensions are far beyond any camera frame") from None
     except (UnidentifiedImageError, OSError):
-        raise ImageRejected("bad_image", "data is not a JPEG, PNG or WebP image") from None
+        raise VlmError(Code.BAD_IMAGE, "data is not a JPEG, PNG or WebP image") from None
     if image.format not in ACCEPTED_FORMATS:
-        raise ImageRejected("bad_image", f"{image.format} images are not accepted; send JPEG, PNG or WebP")
+        raise VlmError(Code.BAD_IMAGE, f"{image.format} images are not accepted; send JPEG, PNG or WebP")
     width, height = image.size
     if width < 1 or height < 1 or width * height > max_pixels:
-        raise ImageRejected("image_too_large", f"image is {width}x{height}; the limit is {max_pixels} pixels")
+        raise VlmError(Code.IMAGE_TOO_LARGE, f"image is {width}x{height}; the limit is {max_pixels} pixels")
     if image.format == "JPEG":
         scale = min(1.0, target_size / max(width, height))
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise ImageRejected("bad_image", "image data is truncated or corrupt") from None
+        raise VlmError(Code.BAD_IMAGE, "image data is truncated or corrupt") from None
     orientation = image.getexif().get(ImageOps.ExifTags.Base.Orientation, 1)
     if image.mode in SIXTEEN_BIT_MODES:
         # Converting 16-bit grey straight to RGB clips every value above 255 to white.
@@ -119,7 +112,17 @@ def _open_bounded(raw: bytes, max_pixels: int, target_size: int) -> Image.Image:
     if max(image.size) > target_size:
         # reducing_gap: shrink by whole factors first (cheap, little memory), then resample.
         image.thumbnail((target_size, target_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return _upright(_to_rgb(image), orientation)
+    return _detached(_upright(_to_rgb(image), orientation))
+
+
+def _detached(image: Image.Image) -> Image.Image:
+    """The frame's own pixels, cut loose from the file object it was opened from.
+
+    An opened file keeps its decoder for as long as the frame lives (Pillow's WebP file keeps
+    libwebp's full-size canvases: 144 MiB for a 4096x4096 frame), and a job holds its frame while
+    it waits and runs; eight queued big WebPs kept over 1 GB alive. Copying the shrunk frame is cheap.
+    """
+    return image.copy() if isinstance(image, ImageFile.ImageFile) else image
 
 
 def _upright(image: Image.Image, orientation: int) -> Image.Image:
@@ -168,17 +171,17 @@ class DecodeSlots:
 
     def run(self, work: Callable[..., Decoded], *args: object) -> Decoded:
         if not self.semaphore.acquire(True, DECODE_WAIT_S):
-            raise ImageRejected("busy", "the server is decoding too many images; try again shortly")
+            raise VlmError(Code.BUSY, "the server is decoding too many images; try again shortly")
         try:
             return self.offload(work, *args)
         finally:
             self.semaphore.release()
 
 
-def _outcome(work: Callable[..., Decoded], *args: object) -> Decoded | ImageRejected:
+def _outcome(work: Callable[..., Decoded], *args: object) -> Decoded | VlmError:
     try:
         return work(*args)
-    except ImageRejected as refusal:
+    except VlmError as refusal:
         return refusal
 
 
@@ -206,7 +209,7 @@ def configure_decoding(async_mode: str, slots: int = DECODE_SLOTS) -> None:
         def on_pool(work: Callable[..., Decoded], *args: object) -> Decoded:
             # gevent's pool prints a traceback for every exception a job raises; a refused frame is no error.
             outcome = pool.apply(_outcome, (work, *args))
-            if isinstance(outcome, ImageRejected):
+            if isinstance(outcome, VlmError):
                 raise outcome
             return outcome
 
@@ -219,5 +222,6 @@ def configure_decoding(async_mode: str, slots: int = DECODE_SLOTS) -> None:
         _slots = DecodeSlots(eventlet.semaphore.BoundedSemaphore(slots), eventlet.tpool.execute)
     else:
         executor = ThreadPoolExecutor(slots, thread_name_prefix="vlm-decode")
-        _slots = DecodeSlots(threading.BoundedSemaphore(slots),
-                             lambda work, *args: executor.submit(work, *args).result())
+        _slots = DecodeSlots(
+            threading.BoundedSemaphore(slots), lambda work, *args: executor.submit(work, *args).result()
+        )

@@ -10,16 +10,19 @@ by the door that refused them (``refused``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Set
+from dataclasses import asdict
 from typing import Any
 
-import torch
 from flask import g, has_request_context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, RowEvents
+from .errors import Code, VlmError
+from .results import Answer, Sink
 from .scheduler import Request, Scheduler
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -92,15 +95,15 @@ class Metrics:
     def model_loaded(self, info: ModelInfo) -> None:
         self.model.info({"model": info.model, "backend": info.backend, "device": info.device, "dtype": info.dtype})
 
-    def answered(self, client: str, timing: dict[str, float]) -> None:
+    def answered(self, client: str, answer: Answer) -> None:
         self.requests.labels(door(client), "answered", "").inc()
+        timing = asdict(answer.timing)
         for stage in STAGES:
-            if f"{stage}_ms" in timing:
-                self.latency.labels(stage).observe(timing[f"{stage}_ms"] / 1000)
-        self.tokens.inc(timing.get("tokens", 0))
+            self.latency.labels(stage).observe(timing[f"{stage}_ms"] / 1000)
+        self.tokens.inc(answer.result.tokens)
 
     def failed(self, client: str, code: str) -> None:
-        self.requests.labels(door(client), "cancelled" if code == "cancelled" else "error", code).inc()
+        self.requests.labels(door(client), "cancelled" if code == Code.CANCELLED else "error", code).inc()
 
     def refused(self, door_name: str, code: str) -> None:
         self.refusals.labels(door_name, code).inc()
@@ -112,20 +115,21 @@ class Metrics:
 class MeteredSink:
     """Counts a request's outcome and timings, then passes every event on unchanged."""
 
-    def __init__(self, inner: Any, metrics: Metrics) -> None:
+    def __init__(self, inner: Sink, metrics: Metrics, client: str) -> None:
         self.inner = inner
         self.metrics = metrics
+        self.client = client
 
-    def stream(self, request: Request, delta: str) -> None:
-        self.inner.stream(request, delta)
+    def stream(self, delta: str) -> None:
+        self.inner.stream(delta)
 
-    def respond(self, request: Request, payload: dict[str, Any]) -> None:
-        self.metrics.answered(request.client, payload.get("timing", {}))
-        self.inner.respond(request, payload)
+    def answered(self, answer: Answer) -> None:
+        self.metrics.answered(self.client, answer)
+        self.inner.answered(answer)
 
-    def error(self, request: Request, code: str, message: str) -> None:
-        self.metrics.failed(request.client, code)
-        self.inner.error(request, code, message)
+    def failed(self, error: VlmError) -> None:
+        self.metrics.failed(self.client, error.code)
+        self.inner.failed(error)
 
 
 class MeteredScheduler(Scheduler):
@@ -134,7 +138,7 @@ class MeteredScheduler(Scheduler):
         super().__init__(MeteredBackend(backend, metrics), **options)
 
     def submit(self, request: Request) -> None:
-        request.sink = MeteredSink(request.sink, self.metrics)
+        request.sink = MeteredSink(request.sink, self.metrics, request.client)
         if has_request_context():
             g.vlm_queued = True  # an HTTP error after this was counted here, not as a refusal
         super().submit(request)
@@ -200,10 +204,12 @@ class _SourceCollector(Collector):
 
 
 class _CudaCollector(Collector):
-    """CUDA memory of this process, once it uses a GPU (no series on CPU; never creates a CUDA context)."""
+    """CUDA memory of this process, once it uses a GPU (no series on CPU; never creates a CUDA context,
+    nor imports torch where no backend did)."""
 
     def collect(self) -> Iterator[Metric]:
-        if not torch.cuda.is_initialized():
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_initialized():
             return
         allocated = GaugeMetricFamily(
             "vlm_cuda_memory_allocated_bytes", "CUDA memory held by tensors", labels=["device"]

@@ -23,34 +23,32 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
 from queue import SimpleQueue
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .config import Settings
+from .errors import Code, VlmError, http_status
 from .hangup import hung_up
-from .images import ImageRejected
-from .protocol import Incoming, ProtocolError, parse_query, to_job
+from .model_slot import ModelSlot
+from .protocol import Incoming, parse_query, to_job
+from .results import Answer
 from .scheduler import Request
-
-if TYPE_CHECKING:
-    from .web import ModelSlot
 
 log = logging.getLogger(__name__)
 
-# Codes a client cannot fix by changing its request; every other code is a 400.
-ERROR_STATUS = {"unauthorized": 401, "busy": 429, "loading": 503, "model_error": 500, "upstream_error": 502,
-                "timeout": 504}
 ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx: invalid_request_error
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
 
 HANGUP_CHECK_S = 0.2
-SinkEvent = tuple[str, Any]  # ("stream", delta) | ("response", payload) | ("error", (code, message))
+# ("stream", delta) | ("answer", Answer) | ("error", VlmError): what a sink hands the view, in order.
+SinkEvent = tuple[str, Any]
 
 
-def install_openai_api(app: Flask, settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool],
-                       sleep: Callable[[float], object]) -> None:
+def install_openai_api(
+    app: Flask, settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool], sleep: Callable[[float], object]
+) -> None:
     """Mount ``/v1`` on ``app``, after ``SocketIO(app)`` so that ``unbuffered`` wraps Socket.IO's middleware.
 
     ``authorized`` is the app's own token check, ``sleep`` its async mode's.
@@ -79,8 +77,9 @@ def unbuffered(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
     return app
 
 
-def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool],
-                     sleep: Callable[[float], object]) -> Blueprint:
+def openai_blueprint(
+    settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool], sleep: Callable[[float], object]
+) -> Blueprint:
     """The ``/v1`` routes, answered from ``slot``'s scheduler."""
     api = Blueprint("openai_api", __name__, url_prefix="/v1")
     started = int(time.time())
@@ -88,7 +87,7 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
 
     @api.before_request
     def require_token() -> tuple[Response, int] | None:
-        return None if authorized() else error_response("unauthorized", "missing or wrong bearer token")
+        return None if authorized() else error_response(Code.UNAUTHORIZED, "missing or wrong bearer token")
 
     def model_entry() -> dict[str, Any]:
         return {"id": settings.model_name, "object": "model", "created": started, "owned_by": "webcam-vlm"}
@@ -96,16 +95,20 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
     @api.get("/models")
     def models() -> tuple[Response, int]:
         if slot.backend is None:
-            return error_response("loading", "the model is still loading; try again in a moment")
+            return error_response(Code.LOADING, "the model is still loading; try again in a moment")
         return jsonify(object="list", data=[model_entry()]), 200
 
     @api.get("/models/<path:model>")
     def model(model: str) -> tuple[Response, int]:
         if slot.backend is None:
-            return error_response("loading", "the model is still loading; try again in a moment")
+            return error_response(Code.LOADING, "the model is still loading; try again in a moment")
         if model != settings.model_name:
-            return error_response("model_not_found", f"this server serves {settings.model_name!r}, not {model!r}",
-                                  status=404, param="model")
+            return error_response(
+                Code.MODEL_NOT_FOUND,
+                f"this server serves {settings.model_name!r}, not {model!r}",
+                status=404,
+                param="model",
+            )
         return jsonify(model_entry()), 200
 
     @api.post("/chat/completions")
@@ -113,45 +116,65 @@ def openai_blueprint(settings: Settings, slot: ModelSlot, *, authorized: Callabl
         received = time.perf_counter()
         backend, scheduler = slot.backend, slot.scheduler
         if backend is None or scheduler is None:
-            return error_response("loading", "the model is still loading; try again in a moment")
+            return error_response(Code.LOADING, "the model is still loading; try again in a moment")
         try:
-            chat = parse_chat(json_body(), max_question_chars=settings.max_question_chars,
-                              text_only="text" in backend.info.capabilities)
-            job, decode_ms = to_job(chat.incoming, settings, decode_size=backend.info.decode_size,
-                                    max_new_tokens=chat.max_tokens, temperature=chat.temperature)
-        except ProtocolError as error:
+            chat = parse_chat(
+                json_body(),
+                max_question_chars=settings.max_question_chars,
+                text_only="text" in backend.info.capabilities,
+            )
+        except VlmError as error:
             return error_response(error.code, error.message, param=error.param)
-        except ImageRejected as error:
+        try:
+            job, decode_ms = to_job(
+                chat.incoming,
+                settings,
+                decode_size=backend.info.decode_size,
+                max_new_tokens=chat.max_tokens,
+                temperature=chat.temperature,
+            )
+        except VlmError as error:  # the frame in the image_url part
             return error_response(error.code, error.message, param="messages")
         incoming = chat.incoming
         sink = HttpSink(sleep if green else None)
-        work = Request(id=incoming.id, client=f"http-{uuid.uuid4().hex}", job=job, sink=sink,
-                       received=received, decode_ms=decode_ms, returns=False)
+        work = Request(
+            id=incoming.id,
+            client=f"http-{uuid.uuid4().hex}",
+            job=job,
+            sink=sink,
+            received=received,
+            decode_ms=decode_ms,
+            returns=False,
+        )
         log.info("query %s over HTTP (%d chars; frames are never stored)", work.id, len(job.text))
         scheduler.submit(work)
         events = iter(sink)
         # Waiting for the first event lets a refusal (busy, timeout) still go out with its own HTTP status.
         first = next(events)
         if first[0] == "error":
-            return error_response(*first[1])
-        completion = Completion(id=f"chatcmpl-{incoming.id}", model=settings.model_name,
-                                include_usage=chat.include_usage)
+            return error_response(first[1].code, first[1].message)
+        completion = Completion(
+            id=f"chatcmpl-{incoming.id}", model=settings.model_name, include_usage=chat.include_usage
+        )
         if chat.streaming:
             # A client that hangs up mid-stream cancels its generation; after the answer this is a no-op.
             sse = completion.sse(chain([first], events), on_close=partial(scheduler.cancel, work.client, work.id))
-            return Response(sse, mimetype="text/event-stream",
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        kind, value = final_event(chain([first], events), hung_up=partial(hung_up, request.environ),
-                                  cancel=partial(scheduler.cancel, work.client, work.id))
+            return Response(
+                sse, mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            )
+        kind, value = final_event(
+            chain([first], events),
+            hung_up=partial(hung_up, request.environ),
+            cancel=partial(scheduler.cancel, work.client, work.id),
+        )
         if kind == "error":
-            return error_response(*value)
+            return error_response(value.code, value.message)
         return jsonify(completion.message(value)), 200
 
     return api
 
 
-def final_event(events: Iterator[SinkEvent], *, hung_up: Callable[[], bool],
-                cancel: Callable[[], object]) -> SinkEvent:
+def final_event(events: Iterator[SinkEvent], *, hung_up: Callable[[], bool], cancel: Callable[[], object]) -> SinkEvent:
     """The answer's last event; a client found gone between tokens has its generation cancelled."""
     checked = time.monotonic()
     for event in events:
@@ -171,7 +194,7 @@ def json_body() -> object:
     try:
         return request.get_json(silent=True)
     except RecursionError:
-        raise ProtocolError("bad_request", "the JSON body is nested too deeply") from None
+        raise VlmError(Code.BAD_REQUEST, "the JSON body is nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -189,32 +212,40 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Cha
     ``text_only``: the backend can answer without an image; otherwise a message without one is refused.
     """
     if not isinstance(body, dict):
-        raise ProtocolError("bad_request", "the body must be a JSON object")
+        raise VlmError(Code.BAD_REQUEST, "the body must be a JSON object")
     messages = body.get("messages")
-    turns = [turn for turn in messages if isinstance(turn, dict) and turn.get("role") == "user"] \
-        if isinstance(messages, list) else []
+    turns = (
+        [turn for turn in messages if isinstance(turn, dict) and turn.get("role") == "user"]
+        if isinstance(messages, list)
+        else []
+    )
     if not turns:
-        raise ProtocolError("bad_request", "messages must hold a user message", param="messages")
+        raise VlmError(Code.BAD_REQUEST, "messages must hold a user message", param="messages")
     content = turns[-1].get("content")
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
-        raise ProtocolError("bad_request", "content must be a string or a list of parts", param="messages")
+        raise VlmError(Code.BAD_REQUEST, "content must be a string or a list of parts", param="messages")
     texts = [part.get("text") for part in parts if part.get("type") == "text"]
     images = [part.get("image_url") for part in parts if part.get("type") == "image_url"]
     if not all(isinstance(text, str) for text in texts):
-        raise ProtocolError("bad_request", "a text part's text must be a string", param="messages")
+        raise VlmError(Code.BAD_REQUEST, "a text part's text must be a string", param="messages")
     urls = [image.get("url") if isinstance(image, dict) else image for image in images]
     if len(urls) > 1 or not all(isinstance(url, str) for url in urls):
-        raise ProtocolError("bad_request", "the last user message may hold one image_url part, with a url",
-                            param="messages")
+        raise VlmError(
+            Code.BAD_REQUEST, "the last user message may hold one image_url part, with a url", param="messages"
+        )
     if not urls and not text_only:
-        raise ProtocolError("image_required", "the loaded model answers questions about an image only: add an "
-                            "image_url part with a data: URL", param="messages")
+        raise VlmError(
+            Code.IMAGE_REQUIRED,
+            "the loaded model answers questions about an image only: add an image_url part with a data: URL",
+            param="messages",
+        )
     if urls and not urls[0].startswith("data:"):
-        raise ProtocolError("bad_image", "image_url must be a data: URL; this server does not fetch remote images",
-                            param="messages")
+        raise VlmError(
+            Code.BAD_IMAGE, "image_url must be a data: URL; this server does not fetch remote images", param="messages"
+        )
     if (n := body.get("n")) is not None and (type(n) is not int or n != 1):
-        raise ProtocolError("bad_request", "n must be 1: this server returns one choice", param="n")
+        raise VlmError(Code.BAD_REQUEST, "n must be 1: this server returns one choice", param="n")
     fields = {"question": "\n".join(texts), "image": urls[0] if urls else None}
     return ChatRequest(
         incoming=parse_query(fields, max_question_chars=max_question_chars, image_required=False),
@@ -229,7 +260,7 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     value = body.get(name)
     if value is not None and (type(value) is not int or value < 1):
-        raise ProtocolError("bad_request", f"{name} must be a positive integer", param=name)
+        raise VlmError(Code.BAD_REQUEST, f"{name} must be a positive integer", param=name)
     return value
 
 
@@ -238,20 +269,22 @@ def _temperature(body: dict[str, Any]) -> float | None:
     if value is None:
         return None
     if type(value) not in (int, float) or not 0 <= value <= MAX_TEMPERATURE:
-        raise ProtocolError("bad_request", f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}",
-                            param="temperature")
+        raise VlmError(
+            Code.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}", param="temperature"
+        )
     return float(value)
 
 
-def error_response(code: str, message: str, *, status: int | None = None,
-                   param: str | None = None) -> tuple[Response, int]:
-    status = status or ERROR_STATUS.get(code, 400)
+def error_response(
+    code: str, message: str, *, status: int | None = None, param: str | None = None
+) -> tuple[Response, int]:
+    status = status or http_status(code)
     return jsonify(error_body(code, message, status, param)), status
 
 
 def error_body(code: str, message: str, status: int | None = None, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error object: clients read ``message``, branch on ``type``/``code``, and point at ``param``."""
-    status = status or ERROR_STATUS.get(code, 400)
+    status = status or http_status(code)
     kind = ERROR_TYPE.get(status, "invalid_request_error" if status < 500 else "server_error")
     return {"error": {"message": message, "type": kind, "code": code, "param": param}}
 
@@ -270,17 +303,17 @@ class HttpSink:
         self.green_sleep = green_sleep
         self.queue: SimpleQueue[SinkEvent] = SimpleQueue()
 
-    def stream(self, request: Request, delta: str) -> None:
+    def stream(self, delta: str) -> None:
         self.queue.put(("stream", delta))
 
-    def respond(self, request: Request, payload: dict[str, Any]) -> None:
-        self.queue.put(("response", payload))
+    def answered(self, answer: Answer) -> None:
+        self.queue.put(("answer", answer))
 
-    def error(self, request: Request, code: str, message: str) -> None:
-        self.queue.put(("error", (code, message)))
+    def failed(self, error: VlmError) -> None:
+        self.queue.put(("error", error))
 
     def __iter__(self) -> Iterator[SinkEvent]:
-        """Events in order, ending with the one final ``response`` or ``error`` the scheduler guarantees."""
+        """Events in order, ending with the one final ``answer`` or ``error`` the scheduler guarantees."""
         while True:
             if self.green_sleep is None:
                 event = self.queue.get()
@@ -302,10 +335,13 @@ class Completion:
     include_usage: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def message(self, payload: dict[str, Any]) -> dict[str, Any]:
-        choice = {"index": 0, "message": {"role": "assistant", "content": payload["answer"]},
-                  "finish_reason": payload["finish_reason"]}
-        return {**self._envelope("chat.completion"), "choices": [choice], "usage": usage(payload)}
+    def message(self, answer: Answer) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": answer.result.answer},
+            "finish_reason": answer.result.finish_reason,
+        }
+        return {**self._envelope("chat.completion"), "choices": [choice], "usage": usage(answer)}
 
     def sse(self, events: Iterator[SinkEvent], *, on_close: Callable[[], None]) -> Iterator[str]:
         """Deltas trimmed so that they add up to exactly the non-streamed answer, then ``data: [DONE]``.
@@ -318,16 +354,15 @@ class Completion:
             yield self._chunk({"role": "assistant", "content": ""})
             for kind, value in events:
                 if kind == "error":
-                    yield _data(error_body(*value))
+                    yield _data(error_body(value.code, value.message))
                     break
-                delta = text.feed(value) if kind == "stream" else text.rest(value["answer"])
+                delta = text.feed(value) if kind == "stream" else text.rest(value.result.answer)
                 if delta:
                     yield self._chunk({"content": delta})
-                if kind == "response":
-                    yield self._chunk({}, value["finish_reason"])
+                if kind == "answer":
+                    yield self._chunk({}, value.result.finish_reason)
                     if self.include_usage:
-                        yield _data({**self._envelope("chat.completion.chunk"), "choices": [],
-                                     "usage": usage(value)})
+                        yield _data({**self._envelope("chat.completion.chunk"), "choices": [], "usage": usage(value)})
             yield "data: [DONE]\n\n"
         finally:
             on_close()
@@ -340,9 +375,9 @@ class Completion:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
 
-def usage(payload: dict[str, Any]) -> dict[str, int]:
+def usage(answer: Answer) -> dict[str, int]:
     """Token counts as the backend's model counted them (``Result.tokens`` and ``prompt_tokens``)."""
-    prompt, completion = payload["timing"]["prompt_tokens"], payload["timing"]["tokens"]
+    prompt, completion = answer.result.prompt_tokens, answer.result.tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -366,7 +401,7 @@ class AnswerText:
         return self._advance(answer) if answer.startswith(self.sent) else ""
 
     def _advance(self, text: str) -> str:
-        delta, self.sent = text[len(self.sent):], text
+        delta, self.sent = text[len(self.sent) :], text
         return delta
 
 

@@ -14,22 +14,12 @@ from typing import get_args
 
 from .backends.base import CaptionLength, Job, Task
 from .config import Settings
+from .errors import Code, VlmError
 from .images import decode_image
 
 SKILLS = ("caption", "detect", "point")
 MAX_ID_CHARS = 128
 MAX_OBJECT_CHARS = 100
-
-
-class ProtocolError(ValueError):
-    """``param`` names the offending HTTP API parameter, for OpenAI-style error objects."""
-
-    def __init__(self, code: str, message: str, request_id: str | None = None, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -38,7 +28,6 @@ class Incoming:
     task: Task
     text: str
     image: object
-    live: bool = False
     length: CaptionLength = "normal"
 
 
@@ -48,10 +37,10 @@ def request_id(payload: object) -> str:
     if raw is None:
         return uuid.uuid4().hex
     if isinstance(raw, bool) or not isinstance(raw, str | int):
-        raise ProtocolError("bad_request", "id must be a string or an integer")
+        raise VlmError(Code.BAD_REQUEST, "id must be a string or an integer")
     text = str(raw)
     if not text or len(text) > MAX_ID_CHARS:
-        raise ProtocolError("bad_request", f"id must be 1 to {MAX_ID_CHARS} characters")
+        raise VlmError(Code.BAD_REQUEST, f"id must be 1 to {MAX_ID_CHARS} characters")
     return text
 
 
@@ -60,49 +49,78 @@ def parse_query(payload: object, *, max_question_chars: int, image_required: boo
     rid, fields = _envelope(payload)
     question = _text_field(fields, "question", rid)
     if not question:
-        raise ProtocolError("empty_question", "question is empty", rid)
+        raise VlmError(Code.EMPTY_QUESTION, "question is empty", rid)
     if len(question) > max_question_chars:
-        raise ProtocolError("question_too_long", f"question is longer than {max_question_chars} characters", rid)
+        raise VlmError(Code.QUESTION_TOO_LONG, f"question is longer than {max_question_chars} characters", rid)
     image = _image_field(fields, rid) if image_required or fields.get("image") is not None else None
-    return Incoming(id=rid, task="query", text=question, image=image, live=_live_field(fields, rid))
+    _check_live(fields, rid)
+    return Incoming(id=rid, task="query", text=question, image=image)
 
 
 def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
     rid, fields = _envelope(payload)
     skill = fields.get("skill")
     if skill not in SKILLS:
-        raise ProtocolError("unsupported_skill", f"skill must be one of {', '.join(SKILLS)}", rid)
+        raise VlmError(Code.UNSUPPORTED_SKILL, f"skill must be one of {', '.join(SKILLS)}", rid)
     if skill not in capabilities:
-        raise ProtocolError("unsupported_skill", f"the loaded model cannot {skill}", rid)
+        raise VlmError(Code.UNSUPPORTED_SKILL, f"the loaded model cannot {skill}", rid)
     text = ""
     if skill in ("detect", "point"):
         text = _text_field(fields, "object", rid)
         if not text or len(text) > MAX_OBJECT_CHARS:
-            raise ProtocolError("bad_request", f"object must be 1 to {MAX_OBJECT_CHARS} characters", rid)
+            raise VlmError(Code.BAD_REQUEST, f"object must be 1 to {MAX_OBJECT_CHARS} characters", rid)
     length = fields.get("length", "normal")
     if length not in get_args(CaptionLength):
-        raise ProtocolError("bad_request", "length must be 'short' or 'normal'", rid)
-    return Incoming(id=rid, task=skill, text=text, image=_image_field(fields, rid), length=length,
-                    live=_live_field(fields, rid))
+        raise VlmError(Code.BAD_REQUEST, "length must be 'short' or 'normal'", rid)
+    image = _image_field(fields, rid)
+    _check_live(fields, rid)
+    return Incoming(id=rid, task=skill, text=text, image=image, length=length)
 
 
-def to_job(incoming: Incoming, settings: Settings, *, decode_size: int,
-           max_new_tokens: int | None = None, temperature: float | None = None) -> tuple[Job, float]:
+def to_job(
+    incoming: Incoming,
+    settings: Settings,
+    *,
+    decode_size: int,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+) -> tuple[Job, float]:
     """The frame decoded under the server's limits, as model work, and the decode time in ms.
 
     ``max_new_tokens`` is a client's own limit; it can only lower the server's. A text-only
     request (no image) becomes a job without a frame. ``temperature`` is a client's own, in place of
-    ``--temperature``. Raises ``ImageRejected``.
+    ``--temperature``. Raises ``VlmError``.
     """
     limit = min(settings.max_new_tokens, max_new_tokens or settings.max_new_tokens)
     temperature = settings.temperature if temperature is None else temperature
     if incoming.image is None:
-        return Job(task=incoming.task, image=None, image_key="", text=incoming.text, length=incoming.length,
-                   max_new_tokens=limit, temperature=temperature), 0.0
-    frame = decode_image(incoming.image, max_bytes=settings.max_image_bytes,
-                         max_pixels=settings.max_image_pixels, target_size=decode_size)
-    job = Job(task=incoming.task, image=frame.image, image_key=frame.digest, text=incoming.text,
-              length=incoming.length, max_new_tokens=limit, temperature=temperature)
+        return Job(
+            task=incoming.task,
+            image=None,
+            image_key="",
+            text=incoming.text,
+            length=incoming.length,
+            max_new_tokens=limit,
+            temperature=temperature,
+        ), 0.0
+    try:
+        frame = decode_image(
+            incoming.image,
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            target_size=decode_size,
+        )
+    except VlmError as error:
+        raise VlmError(error.code, error.message, incoming.id) from error
+    job = Job(
+        task=incoming.task,
+        image=frame.image,
+        image_key=frame.digest,
+        text=incoming.text,
+        length=incoming.length,
+        max_new_tokens=limit,
+        temperature=temperature,
+    )
     return job, frame.decode_ms
 
 
@@ -113,31 +131,31 @@ def parse_cancel(payload: object) -> str:
 
 def _envelope(payload: object) -> tuple[str, dict[str, object]]:
     if not isinstance(payload, dict):
-        raise ProtocolError("bad_request", "payload must be a JSON object")
+        raise VlmError(Code.BAD_REQUEST, "payload must be a JSON object")
     return request_id(payload), payload
 
 
 def _text_field(fields: dict[str, object], name: str, rid: str) -> str:
     value = fields.get(name)
     if value is None:
-        raise ProtocolError("bad_request", f"{name} is missing", rid)
+        raise VlmError(Code.BAD_REQUEST, f"{name} is missing", rid)
     if not isinstance(value, str):
-        raise ProtocolError("bad_request", f"{name} must be a string", rid)
+        raise VlmError(Code.BAD_REQUEST, f"{name} must be a string", rid)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ProtocolError("bad_request", f"{name} is not valid UTF-8 text", rid) from None
+        raise VlmError(Code.BAD_REQUEST, f"{name} is not valid UTF-8 text", rid) from None
     return value.strip()
 
 
-def _live_field(fields: dict[str, object], rid: str) -> bool:
-    live = fields.get("live", False)
-    if not isinstance(live, bool):
-        raise ProtocolError("bad_request", "live must be true or false", rid)
-    return live
+def _check_live(fields: dict[str, object], rid: str) -> None:
+    """``live`` marks the page's live-mode frames; the scheduler's latest-wins rule already serves them,
+    so the flag is only checked, keeping the protocol's promise that a malformed one is refused."""
+    if not isinstance(fields.get("live", False), bool):
+        raise VlmError(Code.BAD_REQUEST, "live must be true or false", rid)
 
 
 def _image_field(fields: dict[str, object], rid: str) -> object:
     if "image" not in fields or fields["image"] is None:
-        raise ProtocolError("bad_request", "image is missing", rid)
+        raise VlmError(Code.BAD_REQUEST, "image is missing", rid)
     return fields["image"]

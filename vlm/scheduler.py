@@ -4,7 +4,8 @@ Each client has at most one unfinished request: a newer one supersedes it (a liv
 replaces the queued one in place, so latest wins without losing its turn). That rule alone
 makes the queue fair, since arrival order across clients is one slot per client. Requests
 marked ``ordered`` (from clients that send no ids, as the original page did) wait behind the
-client's unfinished one instead, a few at most, and are answered one after another.
+client's unfinished one instead, a few at most, and are answered one after another. That
+policy is ``ClientQueue`` (vlm/request_queue.py); a request's ``status`` says where it stands.
 
 The worker feeds the backend's ``Decoder``, a running batch: between decode steps it admits
 queued requests into the batch (up to ``max_batch_size`` unfinished), so a newcomer starts at
@@ -17,7 +18,8 @@ half second that are not queued yet. A lone user never waits.
 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
-superseded or timed-out generation from ever reaching the client twice.
+superseded or timed-out generation from ever reaching the client twice. The outcome goes to
+the request's ``Sink`` typed (vlm/results.py): the scheduler never builds a wire payload.
 
 There is one worker, for good: a backend instance never runs two calls at once (moondream2
 keeps a single KV cache in the model; two calls on it corrupt each other). A call that
@@ -30,42 +32,31 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-import torch
-
-from .backends.base import Backend, BackendError, Decoder, Job, Result, WaveDecoder
+from .backends.base import Backend, Decoder, Job, Result, WaveDecoder
+from .errors import Code, VlmError
+from .request_queue import ClientQueue, RequestStatus
+from .results import Answer, Sink, Timing
 
 log = logging.getLogger(__name__)
 
 # A client that asked or was answered this recently is likely to ask again within a batch window
 # (the page's live mode asks every 200 ms by default; a person typing takes seconds).
 COMPANY_HORIZON_S = 0.5
-# Ordered requests one client may have waiting behind its unfinished one before it hears ``busy``.
-MAX_WAITING_PER_CLIENT = 8
-
-
-class Sink(Protocol):
-    """Where a request's events go: the web layer routes them to the one client that asked."""
-
-    def stream(self, request: Request, delta: str) -> None: ...
-
-    def respond(self, request: Request, payload: dict[str, Any]) -> None: ...
-
-    def error(self, request: Request, code: str, message: str) -> None: ...
 
 
 @dataclass(eq=False)
 class Request:
+    """One unit of work from any door; ``client`` keys the fairness rules, ``sink`` hears how it ends."""
+
     id: str
     client: str
     job: Job
     sink: Sink
-    live: bool = False
     # A Socket.IO client keeps asking, so the batch window may wait for it; an HTTP request is one-shot.
     returns: bool = True
     # Wait behind the client's unfinished request instead of superseding it.
@@ -75,22 +66,24 @@ class Request:
     enqueued: float = 0.0
     started: float = 0.0
     first_token: float = 0.0
-    finished: bool = False
+    status: RequestStatus = RequestStatus.NEW
     row: int | None = None  # the key of its row in the running batch, once admitted
 
-    def timing(self, now: float, result: Result) -> dict[str, float | int]:
+    @property
+    def finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def timing(self, now: float) -> Timing:
         def ms(seconds: float) -> float:
             return round(seconds * 1000, 2)
 
-        return {
-            "queue_ms": ms(self.started - self.enqueued),
-            "decode_ms": round(self.decode_ms, 2),
-            "model_ms": ms(now - self.started),
-            "first_token_ms": ms((self.first_token or now) - self.started),
-            "total_ms": ms(now - self.received),
-            "tokens": result.tokens,
-            "prompt_tokens": result.prompt_tokens,
-        }
+        return Timing(
+            queue_ms=ms(self.started - self.enqueued),
+            decode_ms=round(self.decode_ms, 2),
+            model_ms=ms(now - self.started),
+            first_token_ms=ms((self.first_token or now) - self.started),
+            total_ms=ms(now - self.received),
+        )
 
 
 class Scheduler:
@@ -104,15 +97,12 @@ class Scheduler:
         continuous: bool = True,
     ) -> None:
         self.backend = backend
-        self.max_queue = max_queue
         self.max_batch_size = max(1, backend.info.max_batch_size)
         self.batch_window_s = batch_window_s
         self.timeout_s = timeout_s
         self.continuous = continuous
         self._lock = threading.Condition()
-        self._queued: OrderedDict[str, Request] = OrderedDict()
-        self._active: dict[str, Request] = {}
-        self._waiting: dict[str, deque[Request]] = {}
+        self._queue: ClientQueue[Request] = ClientQueue(max_queue)
         # Admitted and not yet finished, by row key (the decoder's name for the request).
         self._rows: dict[int, Request] = {}
         self._row_keys = itertools.count()
@@ -122,70 +112,63 @@ class Scheduler:
         threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
         threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
 
+    @property
+    def max_queue(self) -> int:
+        return self._queue.max_queue
+
     # -- called from the web layer -------------------------------------------------
 
     def submit(self, request: Request) -> None:
         previous: list[Request] = []
+        rejection: VlmError | None = None
         with self._lock:
-            waiting = self._waiting.get(request.client, ())
-            if not self._accepting:
-                rejection = ("busy", "the server is shutting down")
-            elif request.ordered and request.client in self._active:
-                rejection = self._wait_behind_locked(request)
-            elif request.client not in self._queued and len(self._queued) >= self.max_queue:
-                rejection = ("busy", f"the server is busy ({self.max_queue} requests queued); try again shortly")
+            try:
+                if not self._accepting:
+                    raise VlmError(Code.BUSY, "the server is shutting down")
+                previous = self._queue.offer(request)
+            except VlmError as error:
+                rejection = error
             else:
-                rejection = None
-                previous = [*waiting, self._active[request.client]] if request.client in self._active else [*waiting]
-                self._waiting.pop(request.client, None)
-                self._enqueue_locked(request)
+                if request.status is RequestStatus.QUEUED:
+                    self._enqueued_locked(request)
         if rejection:
-            self._fail(request, *rejection)
+            self._fail(request, rejection)
         for superseded in previous:
-            self._fail(superseded, "cancelled", "superseded by a newer request")
+            self._fail(superseded, VlmError(Code.CANCELLED, "superseded by a newer request"))
 
-    def _wait_behind_locked(self, request: Request) -> tuple[str, str] | None:
-        waiting = self._waiting.setdefault(request.client, deque())
-        if len(waiting) >= MAX_WAITING_PER_CLIENT:
-            return "busy", f"{MAX_WAITING_PER_CLIENT} questions are already waiting; wait for their answers"
-        waiting.append(request)
-        return None
-
-    def _enqueue_locked(self, request: Request) -> None:
+    def _enqueued_locked(self, request: Request) -> None:
+        """A request just took its client's place in the queue: note when, and wake the worker."""
         request.enqueued = time.perf_counter()
         if request.returns:
             self._last_seen[request.client] = request.enqueued
-        self._queued[request.client] = request
-        self._active[request.client] = request
         self._lock.notify_all()
 
     def cancel(self, client: str, request_id: str) -> bool:
         with self._lock:
-            candidates = [self._active.get(client), *self._waiting.get(client, ())]
-        request = next((r for r in candidates if r is not None and r.id == request_id), None)
+            candidates = self._queue.unfinished(client)
+        request = next((r for r in candidates if r.id == request_id), None)
         if request is None:
             return False
-        return self._fail(request, "cancelled", "cancelled by the client")
+        return self._fail(request, VlmError(Code.CANCELLED, "cancelled by the client"))
 
     def forget_client(self, client: str) -> None:
         """A disconnected client's work is dropped silently: there is nobody left to tell."""
         with self._lock:
             self._last_seen.pop(client, None)
-            for waiting in self._waiting.pop(client, ()):
-                waiting.finished = True
-            request = self._active.get(client)
+            for waiting in self._queue.drop_waiting(client):
+                waiting.status = RequestStatus.FINISHED
+            request = self._queue.active(client)
             if request is not None:
                 self._finish_locked(request)
 
     def has_room(self, client: str, *, ordered: bool = False) -> bool:
         """Whether ``submit`` would not refuse this client's request as ``busy`` (checked before a decode)."""
         with self._lock:
-            return ((ordered and client in self._active) or client in self._queued
-                    or len(self._queued) < self.max_queue)
+            return self._queue.has_room(client, ordered=ordered)
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._queued) + len(self._rows) + sum(map(len, self._waiting.values()))
+            return self._queue.pending() + len(self._rows)
 
     def stuck_s(self) -> float:
         """How long the model has been running past ``timeout_s`` on a call it has not given back (0: it is not)."""
@@ -205,18 +188,9 @@ class Scheduler:
     def _finish_locked(self, request: Request) -> bool:
         if request.finished:
             return False
-        request.finished = True
-        if self._queued.get(request.client) is request:
-            del self._queued[request.client]
-        waiting = self._waiting.get(request.client)
-        if waiting and request in waiting:
-            waiting.remove(request)
-        if self._active.get(request.client) is request:
-            del self._active[request.client]
-            if waiting:
-                self._enqueue_locked(waiting.popleft())
-        if not waiting:
-            self._waiting.pop(request.client, None)
+        request.status = RequestStatus.FINISHED
+        if (promoted := self._queue.remove(request)) is not None:
+            self._enqueued_locked(promoted)
         if request.row is not None:
             self._rows.pop(request.row, None)
         if request.client in self._last_seen:
@@ -224,31 +198,18 @@ class Scheduler:
         self._lock.notify_all()
         return True
 
-    def _fail(self, request: Request, code: str, message: str) -> bool:
+    def _fail(self, request: Request, error: VlmError) -> bool:
         with self._lock:
             won = self._finish_locked(request)
         if won:
-            request.sink.error(request, code, message)
+            request.sink.failed(error)
         return won
 
     def _answer(self, request: Request, result: Result) -> None:
         with self._lock:
             won = self._finish_locked(request)
-        if not won:
-            return
-        payload: dict[str, Any] = {
-            "id": request.id,
-            "answer": result.answer,
-            "finish_reason": result.finish_reason,
-            "timing": request.timing(time.perf_counter(), result),
-        }
-        if request.job.task != "query":
-            payload["skill"] = request.job.task
-        if result.objects is not None:
-            payload["objects"] = result.objects
-        if result.points is not None:
-            payload["points"] = result.points
-        request.sink.respond(request, payload)
+        if won:
+            request.sink.answered(Answer(request.id, request.job.task, result, request.timing(time.perf_counter())))
 
     # -- the worker ------------------------------------------------------------------
 
@@ -266,20 +227,19 @@ class Scheduler:
         """
         stepping = not decoder.advances_itself
         with self._lock:
-            while not (stepping and decoder.rows()) and not (self._queued and len(self._rows) < self.max_batch_size):
+            while not (stepping and decoder.rows()) and not (self._queue and len(self._rows) < self.max_batch_size):
                 self._lock.wait()
             if stepping and not decoder.rows() and self.batch_window_s > 0:
                 deadline = time.perf_counter() + self.batch_window_s
-                while len(self._queued) < min(self.max_batch_size - len(self._rows),
-                                              self._expected_company_locked()):
+                while len(self._queue) < min(self.max_batch_size - len(self._rows), self._expected_company_locked()):
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
                     self._lock.wait(remaining)
             started = time.perf_counter()
             joining: dict[int, Request] = {}
-            while self._queued and len(self._rows) < self.max_batch_size:
-                _, request = self._queued.popitem(last=False)
+            while self._queue and len(self._rows) < self.max_batch_size:
+                request = self._queue.pop()
                 request.started = started
                 request.row = next(self._row_keys)
                 self._rows[request.row] = joining[request.row] = request
@@ -289,9 +249,10 @@ class Scheduler:
     def _expected_company_locked(self) -> int:
         """How many clients could be in the next batch: the queued ones and the recently seen ones."""
         horizon = time.perf_counter() - COMPANY_HORIZON_S
-        for client in [c for c, seen in self._last_seen.items() if seen < horizon and c not in self._queued]:
+        queued = self._queue.queued_clients()
+        for client in [c for c, seen in self._last_seen.items() if seen < horizon and c not in queued]:
             del self._last_seen[client]
-        return len(self._last_seen.keys() | self._queued.keys())
+        return len(self._last_seen.keys() | queued)
 
     def _advance(self, decoder: Decoder, joining: dict[int, Request]) -> None:
         """Newcomers join, then every running row moves one step; a failure fails the rows it touched."""
@@ -300,32 +261,39 @@ class Scheduler:
                 decoder.join({row: request.job for row, request in joining.items()})
             if not decoder.advances_itself and decoder.rows():
                 decoder.step()
-        except torch.OutOfMemoryError:
-            log.warning("out of memory on a batch of %d", len(decoder.rows() | joining.keys()))
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self._fail_rows(decoder, joining, "model_error",
-                            "the model ran out of memory; try a smaller image or fewer users")
-        except BackendError as error:
-            log.warning("backend failed on a batch of %d: %s %s", len(decoder.rows() | joining.keys()),
-                        error.code, error.message)
-            self._fail_rows(decoder, joining, error.code, error.message)
-        except Exception:
-            log.exception("model failed on a batch of %d", len(decoder.rows() | joining.keys()))
-            self._fail_rows(decoder, joining, "model_error", "the model failed on this request")
+        except VlmError as error:
+            log.warning(
+                "backend failed on a batch of %d: %s %s",
+                len(decoder.rows() | joining.keys()),
+                error.code,
+                error.message,
+            )
+            self._fail_rows(decoder, joining, error)
+        except Exception as error:
+            if out_of_memory(error):
+                log.warning("out of memory on a batch of %d", len(decoder.rows() | joining.keys()))
+                release_cached_memory()
+                self._fail_rows(
+                    decoder,
+                    joining,
+                    VlmError(Code.MODEL_ERROR, "the model ran out of memory; try a smaller image or fewer users"),
+                )
+            else:
+                log.exception("model failed on a batch of %d", len(decoder.rows() | joining.keys()))
+                self._fail_rows(decoder, joining, VlmError(Code.MODEL_ERROR, "the model failed on this request"))
         with self._lock:
             self._busy_since = None
             running = decoder.rows()
             lost = [request for row, request in self._rows.items() if row not in running]
         for request in lost:
-            self._fail(request, "model_error", "the model returned no answer")
+            self._fail(request, VlmError(Code.MODEL_ERROR, "the model returned no answer"))
 
-    def _fail_rows(self, decoder: Decoder, joining: dict[int, Request], code: str, message: str) -> None:
+    def _fail_rows(self, decoder: Decoder, joining: dict[int, Request], error: VlmError) -> None:
         with self._lock:
             failed = [self._rows[row] for row in decoder.rows() | joining.keys() if row in self._rows]
         decoder.clear()
         for request in failed:
-            self._fail(request, code, message)
+            self._fail(request, error)
 
     def _watch_timeouts(self) -> None:
         """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""
@@ -335,7 +303,7 @@ class Scheduler:
             with self._lock:
                 overdue = [r for r in self._rows.values() if not r.finished and now - r.started > self.timeout_s]
             for request in overdue:
-                if self._fail(request, "timeout", f"no answer within {self.timeout_s:g} s"):
+                if self._fail(request, VlmError(Code.TIMEOUT, f"no answer within {self.timeout_s:g} s")):
                     log.warning("request %s overran %g s; the model was asked to stop", request.id, self.timeout_s)
 
 
@@ -351,16 +319,30 @@ class _RowEvents:
             return
         if not request.first_token:
             request.first_token = time.perf_counter()
-        request.sink.stream(request, text)
+        request.sink.stream(text)
 
     def done(self, row: int, result: Result) -> None:
         if (request := self.scheduler._rows.get(row)) is not None:
             self.scheduler._answer(request, result)
 
-    def failed(self, row: int, code: str, message: str) -> None:
+    def failed(self, row: int, error: VlmError) -> None:
         if (request := self.scheduler._rows.get(row)) is not None:
-            self.scheduler._fail(request, code, message)
+            self.scheduler._fail(request, error)
 
     def cancelled(self, row: int) -> bool:
         request = self.scheduler._rows.get(row)
         return request is None or request.finished
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """torch's out-of-memory error, told apart without importing torch: a backend that never loaded it
+    (``--backend openai``, the light web tier) cannot raise it."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
+
+
+def release_cached_memory() -> None:
+    """Give the CUDA blocks of a failed batch back before the next one."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

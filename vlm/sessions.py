@@ -26,7 +26,9 @@ from urllib.parse import parse_qs
 import engineio
 from flask_socketio import SocketIO
 
+from .errors import Code, VlmError
 from .ratelimit import RateLimiter
+from .socket_sink import error_event
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,8 @@ class SessionBounds:
                 log.warning("undecodable message from %s: %s", eio_sid, error)
                 sid = self.socketio.server.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
                 if sid is not None:
-                    self.socketio.emit("query_error", {"id": None, "code": "bad_request",
-                                                       "message": "the message is not valid Socket.IO JSON"}, to=sid)
+                    refusal = VlmError(Code.BAD_REQUEST, "the message is not valid Socket.IO JSON")
+                    self.socketio.emit(*error_event(None, refusal, seed=False), to=sid)
                 return None
 
         return message

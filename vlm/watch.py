@@ -26,6 +26,8 @@ from typing import Any, Literal
 from PIL import Image
 
 from .backends.base import Job
+from .errors import Code, VlmError
+from .results import Answer
 from .scheduler import Request, Scheduler
 
 log = logging.getLogger(__name__)
@@ -170,13 +172,6 @@ class Alert:
     time: float
 
 
-class WatchError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 # (event, payload, tab sid or None for everyone)
 Notify = Callable[[str, dict[str, Any], str | None], None]
 
@@ -248,23 +243,23 @@ class WatchHub:
 
     def add(self, condition: object, source_id: object, owner: str | None) -> Watch:
         if not isinstance(condition, str) or not condition.strip():
-            raise WatchError("empty_question", "condition is empty")
+            raise VlmError(Code.EMPTY_QUESTION, "condition is empty")
         condition = condition.strip()
         if len(condition) > self.max_condition_chars:
-            raise WatchError("question_too_long", f"condition is longer than {self.max_condition_chars} characters")
+            raise VlmError(Code.QUESTION_TOO_LONG, f"condition is longer than {self.max_condition_chars} characters")
         if self.scheduler() is None:
-            raise WatchError("loading", "the model is still loading; try again in a moment")
+            raise VlmError(Code.LOADING, "the model is still loading; try again in a moment")
         with self._changed:
             if source_id == "tab" and owner is not None:
                 source = self.tab_source(owner)
             elif isinstance(source_id, str) and source_id in self.sources and self.sources[source_id].kind != "tab":
                 source = self.sources[source_id]
             else:
-                raise WatchError("bad_request", "source must be 'tab' or the id of a server source")
+                raise VlmError(Code.BAD_REQUEST, "source must be 'tab' or the id of a server source")
             if owner is not None and sum(w.owner == owner for w in self.watches.values()) >= self.MAX_PER_TAB:
-                raise WatchError("busy", f"a tab can keep at most {self.MAX_PER_TAB} watches")
+                raise VlmError(Code.BUSY, f"a tab can keep at most {self.MAX_PER_TAB} watches")
             if len(self.watches) >= self.MAX_TOTAL:
-                raise WatchError("busy", f"the server keeps at most {self.MAX_TOTAL} watches")
+                raise VlmError(Code.BUSY, f"the server keeps at most {self.MAX_TOTAL} watches")
             watch = Watch(
                 id=uuid.uuid4().hex[:12],
                 condition=condition,
@@ -283,7 +278,7 @@ class WatchHub:
         with self._changed:
             watch = self.watches.get(watch_id) if isinstance(watch_id, str) else None
         if watch is None or watch.owner != owner:
-            raise WatchError("bad_request", "no such watch")
+            raise VlmError(Code.BAD_REQUEST, "no such watch")
         return watch
 
     def pause(self, watch: Watch, paused: bool) -> None:
@@ -379,7 +374,6 @@ class WatchHub:
                 client=watch.client,
                 job=job,
                 sink=_CheckSink(self, watch, frame),
-                live=True,
                 decode_ms=frame.decode_ms,
             )
         )
@@ -409,13 +403,14 @@ class WatchHub:
             self.on_alert(Alert(watch=watch, frame=frame, answer=answer, time=now))
         self._frame_done_if_idle(watch.source)
 
-    def failed(self, watch: Watch, frame: Frame, code: str, message: str) -> None:
+    def failed(self, watch: Watch, frame: Frame, error: VlmError) -> None:
+        cancelled = error.code == Code.CANCELLED
         with self._changed:
-            watch.error = None if code == "cancelled" else f"{code}: {message}"
+            watch.error = None if cancelled else f"{error.code}: {error.message}"
             state = watch.describe()
         # A busy or failing model is not asked again at once (a tab's own pace is kept by its frames).
-        self._ended(watch, frame, 0.0 if code == "cancelled" else FAILURE_PAUSE_S)
-        if code != "cancelled":
+        self._ended(watch, frame, 0.0 if cancelled else FAILURE_PAUSE_S)
+        if not cancelled:
             self._tell_owner(watch, state)
         self._frame_done_if_idle(watch.source)
 
@@ -445,11 +440,11 @@ class _CheckSink:
     def __init__(self, hub: WatchHub, watch: Watch, frame: Frame) -> None:
         self.hub, self.watch, self.frame = hub, watch, frame
 
-    def stream(self, request: Request, delta: str) -> None:
+    def stream(self, delta: str) -> None:
         return None
 
-    def respond(self, request: Request, payload: dict[str, Any]) -> None:
-        self.hub.checked(self.watch, self.frame, str(payload.get("answer", "")))
+    def answered(self, answer: Answer) -> None:
+        self.hub.checked(self.watch, self.frame, answer.result.answer)
 
-    def error(self, request: Request, code: str, message: str) -> None:
-        self.hub.failed(self.watch, self.frame, code, message)
+    def failed(self, error: VlmError) -> None:
+        self.hub.failed(self.watch, self.frame, error)

@@ -1,16 +1,16 @@
-"""Watch mode and metrics on the web: Socket.IO events, ``/v1/watch`` routes and ``GET /metrics``.
+"""Watch mode and metrics on the web: the ``WatchService``, ``/v1/watch`` routes and ``GET /metrics``.
 
 Wired into the app by ``install_watch`` from ``create_app``; the wire protocol is in
-docs/PROTOCOL.md. A tab's watches check the frames the tab sends with ``watch_frame``; the
-tab sends the next one only after ``watch_frame_done`` (the live-mode backpressure: one
-frame in flight per tab, and each check takes the newest). Everything here answers the
-sender only, except alerts of the operator's ``--watch`` conditions, which go to every tab.
+docs/PROTOCOL.md, and the Socket.IO events (``watch_*``) are in vlm/socket_events.py. A tab's
+watches check the frames the tab sends with ``watch_frame``; the tab sends the next one only
+after ``watch_frame_done`` (the live-mode backpressure: one frame in flight per tab, and each
+check takes the newest). Everything here answers the sender only, except alerts of the
+operator's ``--watch`` conditions, which go to every tab.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,19 +19,19 @@ from flask import Flask, Response, g, jsonify, request
 from flask_socketio import SocketIO
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .access import TOKEN_COOKIE, Access
 from .alerts import AlertDispatcher, AlertFeed, jpeg_bytes
 from .backends.base import ModelInfo
 from .config import Settings
-from .images import ImageRejected, decode_image
+from .errors import Code, VlmError
 from .metrics import Metrics
 from .sources import VideoSource, source_kind, source_label
-from .watch import Frame, Source, WatchError, WatchHub
+from .watch import Source, WatchHub
 from .webhook import WebhookSender
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30.0
-Handler = Callable[..., Any]
 PREVIEW_FPS = 5
 
 
@@ -72,21 +72,10 @@ def install_watch(
     settings: Settings,
     *,
     scheduler: Callable[[], Any],
-    decode_size: Callable[[], int | None],
     send: Callable[[str, dict[str, Any], str | None], None],
-    token_ok: Callable[[object], bool],
-    bearer: Callable[[], str | None],
-    cookie: str,
-    guard: Callable[[Handler], Handler],
+    access: Access,
 ) -> WatchService:
-    """``send(event, payload, sid or None for all)`` emits from any thread; ``bearer()`` is a request's bearer
-    token and ``cookie`` the name of the cookie in which the page keeps it; ``guard`` wraps each event handler
-    in the app's per-connection and per-address event limits."""
-
-    def credential(cookie_ok: bool) -> str | None:
-        """The token a request presents; an <img> or <video> can only present the page's cookie."""
-        return bearer() or (request.cookies.get(cookie) if cookie_ok else None)
-
+    """``send(event, payload, sid or None for all)`` emits from any thread."""
     metrics = Metrics()
     feed = AlertFeed(socketio.sleep)
     webhook = WebhookSender(settings.webhook_url, on_result=metrics.webhook_result) if settings.webhook_url else None
@@ -111,8 +100,7 @@ def install_watch(
         watches=hub.active_count,
         sources=hub.public_sources,
     )
-    _install_routes(app, socketio, hub, metrics, feed, token_ok=token_ok, credential=credential)
-    _install_events(socketio, settings, hub, decode_size, guard)
+    _install_routes(app, socketio, hub, metrics, feed, access)
     return WatchService(settings=settings, hub=hub, metrics=metrics, feed=feed)
 
 
@@ -127,45 +115,47 @@ def _install_routes(
     hub: WatchHub,
     metrics: Metrics,
     feed: AlertFeed,
-    *,
-    token_ok: Callable[[object], bool],
-    credential: Callable[[bool], str | None],
+    access: Access,
 ) -> None:
+    def authorized(cookie_ok: bool) -> bool:
+        """The bearer token, or where ``cookie_ok`` the page's cookie: an <img> or <video> can present only that."""
+        return access.ok(access.bearer() or (request.cookies.get(TOKEN_COOKIE) if cookie_ok else None))
+
     def unauthorized() -> tuple[Response, int]:
-        return jsonify(error={"code": "unauthorized", "message": "missing or wrong bearer token"}), 401
+        return refusal(Code.UNAUTHORIZED, "missing or wrong bearer token")
 
     @app.get("/metrics")
     def prometheus() -> Response | tuple[Response, int]:
-        if not token_ok(credential(False)):
+        if not authorized(False):
             return unauthorized()
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/watch")
     def watch_overview() -> tuple[Response, int]:
-        if not token_ok(credential(True)):
+        if not authorized(True):
             return unauthorized()
         return jsonify(sources=hub.public_sources(), watches=hub.operator_watches(), last_alert=feed.last_seq), 200
 
     @app.get("/v1/watch/alerts")
     def watch_alerts() -> tuple[Response, int]:
-        if not token_ok(credential(False)):
+        if not authorized(False):
             return unauthorized()
         try:
             after = int(request.args.get("after", "0"))
             wait = min(MAX_WAIT_S, max(0.0, float(request.args.get("wait", "0"))))
         except ValueError:
-            return jsonify(error={"code": "bad_request", "message": "after and wait must be numbers"}), 400
+            return refusal(Code.BAD_REQUEST, "after and wait must be numbers")
         records = feed.after(after, wait)
         return jsonify(alerts=records, last=records[-1]["seq"] if records else max(after, 0)), 200
 
     @app.get("/v1/watch/sources/<source_id>/mjpeg")
     def watch_preview(source_id: str) -> Response | tuple[Response, int]:
         """What a server-side source shows, for the page (an <img> sends the page's cookie, not a header)."""
-        if not token_ok(credential(True)):
+        if not authorized(True):
             return unauthorized()
         source = hub.sources.get(source_id)
         if source is None or source.kind == "tab":
-            return jsonify(error={"code": "not_found", "message": "no such source"}), 404
+            return refusal(Code.NOT_FOUND, "no such source")
         return Response(
             _mjpeg(source, socketio.sleep),
             mimetype="multipart/x-mixed-replace; boundary=frame",
@@ -182,6 +172,16 @@ def _install_routes(
         return response
 
 
+def watch_error(error: VlmError) -> dict[str, Any]:
+    """Watch mode's error shape (docs/PROTOCOL.md), for its routes and its Socket.IO acknowledgements alike."""
+    return {"error": {"code": error.code, "message": error.message}}
+
+
+def refusal(code: Code, message: str) -> tuple[Response, int]:
+    """A watch route's refusal, with the code's own HTTP status."""
+    return jsonify(watch_error(VlmError(code, message))), code.status
+
+
 def _mjpeg(source: Source, sleep: Callable[[float], object]) -> Iterator[bytes]:
     shown = -1
     while True:
@@ -191,75 +191,3 @@ def _mjpeg(source: Source, sleep: Callable[[float], object]) -> Iterator[bytes]:
             jpeg = jpeg_bytes(frame.image)
             yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
         sleep(1 / PREVIEW_FPS)
-
-
-def _install_events(
-    socketio: SocketIO,
-    settings: Settings,
-    hub: WatchHub,
-    decode_size: Callable[[], int | None],
-    guard: Callable[[Handler], Handler],
-) -> None:
-    def refusal(error: WatchError | ImageRejected) -> dict[str, Any]:
-        return {"error": {"code": error.code, "message": error.message}}
-
-    def fields(payload: object) -> dict[str, Any]:
-        if not isinstance(payload, dict):
-            raise WatchError("bad_request", "payload must be a JSON object")
-        return payload
-
-    @socketio.on("watch_add")
-    @guard
-    def on_watch_add(payload: object = None) -> dict[str, Any]:
-        try:
-            given = fields(payload)
-            watch = hub.add(given.get("condition"), given.get("source", "tab"), owner=request.sid)
-        except WatchError as error:
-            return refusal(error)
-        return {"watch": watch.describe()}
-
-    @socketio.on("watch_pause")
-    @guard
-    def on_watch_pause(payload: object = None) -> dict[str, Any]:
-        try:
-            given = fields(payload)
-            watch = hub.owned(given.get("id"), request.sid)
-            paused = given.get("paused", True)
-            if not isinstance(paused, bool):
-                raise WatchError("bad_request", "paused must be true or false")
-        except WatchError as error:
-            return refusal(error)
-        hub.pause(watch, paused)
-        return {"watch": watch.describe()}
-
-    @socketio.on("watch_remove")
-    @guard
-    def on_watch_remove(payload: object = None) -> dict[str, Any]:
-        try:
-            watch = hub.owned(fields(payload).get("id"), request.sid)
-        except WatchError as error:
-            return refusal(error)
-        hub.remove(watch)
-        return {"removed": watch.id}
-
-    @socketio.on("watch_frame")
-    @guard
-    def on_watch_frame(payload: object = None) -> dict[str, Any]:
-        received = time.time()
-        side = decode_size()
-        try:
-            if side is None:
-                raise WatchError("loading", "the model is still loading; try again in a moment")
-            frame = decode_image(
-                fields(payload).get("image"),
-                max_bytes=settings.max_image_bytes,
-                max_pixels=settings.max_image_pixels,
-                target_size=side,
-            )
-        except (WatchError, ImageRejected) as error:
-            return refusal(error)
-        source = hub.tab_source(request.sid)
-        seq = (source.latest.seq if source.latest else 0) + 1
-        image = frame.image
-        checking = hub.offer(source, Frame(seq=seq, load=lambda: image, captured=received, decode_ms=frame.decode_ms))
-        return {"frame": seq, "checking": checking}

@@ -55,6 +55,15 @@ def chromium_args(clip: Path) -> list[str]:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Every tab a test opened must have logged no errors: checked as part of the test, after its body ran."""
+    result = yield
+    messages = [message for problems in item.stash.get(PAGES, []) for message in problems.messages]
+    assert not messages, "the page logged errors:\n" + "\n".join(messages)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
     report = yield
     if report.when == "call":
@@ -86,8 +95,10 @@ def server() -> Iterator[AppProcess]:
 @pytest.fixture(scope="session")
 def moondream_server(moondream_like: MoondreamLike) -> Iterator[AppProcess]:
     """The app on a model with moondream2's API and skills, built here because moondream2 cannot be downloaded."""
-    with AppProcess(["--model", str(moondream_like.folder), "--backend", "moondream", "--max-new-tokens", "16"],
-                    env={"HF_HUB_CACHE": str(moondream_like.hub_cache)}) as app:
+    with AppProcess(
+        ["--model", str(moondream_like.folder), "--backend", "moondream", "--max-new-tokens", "16"],
+        env={"HF_HUB_CACHE": str(moondream_like.hub_cache)},
+    ) as app:
         yield app
 
 
@@ -120,12 +131,17 @@ def switch_browser(playwright: Playwright, clips: dict[str, Path]) -> Iterator[B
 
 
 class PageProblems:
-    """Uncaught exceptions and console errors (CSP violations and failed loads log there)."""
+    """Uncaught exceptions and console errors (CSP violations and failed loads log there) of a tab that ``item``
+    opened; ``pytest_runtest_call`` fails the test if there are any."""
 
-    def __init__(self, page: Page) -> None:
+    def __init__(self, item: pytest.Item, page: Page) -> None:
         self.messages: list[str] = []
         page.on("pageerror", lambda error: self.messages.append(f"uncaught: {error}"))
         page.on("console", lambda msg: msg.type == "error" and self.messages.append(f"console: {msg.text}"))
+        item.stash.setdefault(PAGES, []).append(self)
+
+
+PAGES = pytest.StashKey[list[PageProblems]]()
 
 
 def wait_until_ready(page: Page) -> None:
@@ -138,11 +154,11 @@ OpenApp = Callable[..., Page]
 
 @pytest.fixture
 def open_app(request: pytest.FixtureRequest, browser: Browser, server: AppProcess) -> Iterator[OpenApp]:
-    """Opens the app in a fresh tab (its own browser context) and checks it logged no errors.
+    """Opens the app in a fresh tab (its own browser context), whose errors fail the test (``PageProblems``).
 
     ``open_app(path="/", ready=True, url=server.url, browser=shared, init_script=None, **context_options)``
     """
-    opened: list[tuple[Page, PageProblems]] = []
+    opened: list[Page] = []
 
     def open_(
         path: str = "/",
@@ -159,7 +175,8 @@ def open_app(request: pytest.FixtureRequest, browser: Browser, server: AppProces
         if init_script:
             context.add_init_script(init_script)
         tab = context.new_page()
-        opened.append((tab, PageProblems(tab)))
+        PageProblems(request.node, tab)
+        opened.append(tab)
         tab.goto((url or server.url) + path)
         if ready:
             wait_until_ready(tab)
@@ -167,12 +184,11 @@ def open_app(request: pytest.FixtureRequest, browser: Browser, server: AppProces
 
     yield open_
     failed = request.node.stash.get(FAILED, False)
-    for number, (tab, problems) in enumerate(opened):
+    for number, tab in enumerate(opened):
         if failed:
             ARTIFACTS.mkdir(exist_ok=True)
             tab.screenshot(path=ARTIFACTS / f"failed-{request.node.name}-{number}.png")
         tab.context.close()
-        assert not problems.messages, "the page logged errors:\n" + "\n".join(problems.messages)
 
 
 @pytest.fixture

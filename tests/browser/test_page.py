@@ -310,7 +310,7 @@ def test_only_the_skills_the_model_has_are_offered(open_app: OpenApp, either_ser
         assert answer(entries(page).first).strip()
 
 
-# How static/app.js draws a result: detect boxes in green, point dots in pink.
+# How the page draws a result (static/page/overlay.js, colours from style.css): detect boxes green, point dots pink.
 MARK_COLOURS = {"detect": [0x3E, 0xE0, 0x8F], "point": [0xFF, 0x3D, 0x7F]}
 
 # Whether any pixel of the overlay is inked (in the given colour, if one is given).

@@ -18,8 +18,9 @@ from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
-import torch
 from PIL import Image
+
+from ..errors import Code, VlmError
 
 Task = Literal["query", "caption", "detect", "point"]
 CaptionLength = Literal["short", "normal"]
@@ -66,15 +67,6 @@ class Result:
     points: list[dict[str, float]] | None = None
 
 
-class BackendError(RuntimeError):
-    """A failure the client should hear about by name (``upstream_error``, ``timeout``, ...), not as a model_error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class GenerationEvents(Protocol):
     """How a backend reports progress on job ``index`` of the batch it was given."""
 
@@ -88,7 +80,7 @@ class GenerationEvents(Protocol):
 class RowEvents(GenerationEvents, Protocol):
     """``GenerationEvents`` by row key, plus a failure of one row that leaves the others running."""
 
-    def failed(self, index: int, code: str, message: str) -> None: ...
+    def failed(self, index: int, error: VlmError) -> None: ...
 
 
 class Decoder(ABC):
@@ -140,7 +132,7 @@ class WaveDecoder(Decoder):
         self.jobs = {}
         for key in wave.keys:
             if key not in wave.answered and not self.events.cancelled(key):
-                self.events.failed(key, "model_error", "the model returned no answer")
+                self.events.failed(key, VlmError(Code.MODEL_ERROR, "the model returned no answer"))
 
     def rows(self) -> Set[int]:
         return self.jobs.keys()
@@ -197,23 +189,3 @@ class Backend(ABC):
     def decoder(self, events: RowEvents) -> Decoder:
         """The running batch the scheduler feeds; whole waves of ``generate`` unless a backend does better."""
         return WaveDecoder(self, events)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    return device
-
-
-def weights_dtype(model: torch.nn.Module) -> str:
-    """The dtype the weights really have, which is not always the one asked for (a mix is listed)."""
-    return "/".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})) or "n/a"
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """fp16 keeps a GPU-resident model small and fast; CPUs are fastest and exact in fp32."""
-    if dtype == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
-    return getattr(torch, dtype)

@@ -32,13 +32,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from .base import Backend, GenerationEvents, Job, ModelInfo, Result, resolve_device, weights_dtype
+from .base import Backend, GenerationEvents, Job, ModelInfo, Result
 from .frame_cache import FrameCache
 from .remote_code import load_remote_code_model
+from .torch_device import resolve_device, weights_dtype
 
 # moondream2's code fetches its tokenizer from this hub repo by name (branch main), not from its own folder.
-TOKENIZER_REPO = "moondream/starmie-v1"
-TOKENIZER_FILE = "tokenizer.json"
 # Webcam capture sizes and shapes; the frame size sent is chosen from how moondream2 resizes them.
 CAMERA_FRAMES = ((640, 480), (1280, 720), (1920, 1080))
 ASPECTS = ((4, 3), (16, 9))
@@ -46,12 +45,6 @@ MAX_UPSCALE = 1.1
 # Plain temperature sampling when a temperature is asked for, as the other backends do (moondream's own
 # default would cut the distribution at top_p 0.3).
 TOP_P = 1.0
-
-
-def download_commands(model_id: str, revision: str | None) -> list[str]:
-    """The ``hf download`` lines that put moondream2 and its tokenizer in the Hugging Face cache."""
-    pinned = f" --revision {revision}" if revision else ""
-    return [f"hf download {model_id}{pinned}", f"hf download {TOKENIZER_REPO} {TOKENIZER_FILE}"]
 
 
 def _never() -> bool:
@@ -200,8 +193,9 @@ class MoondreamBackend(Backend):
         )
 
     @classmethod
-    def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str,
-             max_crops: int = 0) -> MoondreamBackend:
+    def load(
+        cls, model_id: str, *, revision: str | None, device: str, dtype: str, max_crops: int = 0
+    ) -> MoondreamBackend:
         device = resolve_device(device)
         model = load_remote_code_model(model_id, revision=revision, dtype=torch.bfloat16, device=device)
         run_in(model, moondream_dtype(dtype, device))
@@ -228,8 +222,9 @@ class MoondreamBackend(Backend):
                 chunks = self.model.caption(encoded, length=job.length, stream=True, settings=settings)["caption"]
             answer = self._stream(index, chunks, events)
             finish = "length" if self.meter.tokens >= job.max_new_tokens else "stop"
-            return Result(answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens,
-                          finish_reason=finish)
+            return Result(
+                answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens, finish_reason=finish
+            )
         if job.task == "detect":
             boxes = [_box(item) for item in self.model.detect(encoded, job.text)["objects"]]
             objects = [b for b in boxes if b["x_min"] < b["x_max"] and b["y_min"] < b["y_max"]]

@@ -6,7 +6,7 @@ own (continuously, in vLLM and SGLang), so every request is forwarded the moment
 scheduler admits it, as a streamed request on a pool thread of its own, up to
 ``max_batch_size`` at once; nothing waits for a wave (``Forwarder``). Events are therefore
 reported from several threads; the scheduler's handlers are safe for that. Closing a stream
-is how a cancel reaches the upstream server, and upstream failures become ``BackendError``
+is how a cancel reaches the upstream server, and upstream failures become ``VlmError``
 codes a client can act on.
 """
 
@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 import openai
 from PIL import Image
 
-from .base import Backend, BackendError, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, prompt_text
+from ..errors import Code, VlmError
+from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ JPEG_QUALITY = 90
 # The client library refuses an empty key; servers without auth ignore it (vLLM's docs use this one).
 PLACEHOLDER_KEY = "EMPTY"
 # Upstream statuses a client can act on as it would on this server's own codes; any other is upstream_error.
-UPSTREAM_STATUS_CODES = {429: "busy", 504: "timeout"}
+UPSTREAM_STATUS_CODES = {429: Code.BUSY, 504: Code.TIMEOUT}
 
 
 class OpenAIBackend(Backend):
@@ -55,11 +56,9 @@ class OpenAIBackend(Backend):
         )
 
     @classmethod
-    def load(cls, base_url: str, *, api_key: str, model: str, timeout_s: float,
-             max_batch_size: int) -> OpenAIBackend:
+    def load(cls, base_url: str, *, api_key: str, model: str, timeout_s: float, max_batch_size: int) -> OpenAIBackend:
         """Connect and list the upstream models, so a wrong URL or key fails at start, not on a question."""
-        client = openai.OpenAI(base_url=base_url, api_key=api_key or PLACEHOLDER_KEY, timeout=timeout_s,
-                               max_retries=0)
+        client = openai.OpenAI(base_url=base_url, api_key=api_key or PLACEHOLDER_KEY, timeout=timeout_s, max_retries=0)
         served = [entry.id for entry in client.models.list()]
         if model not in served:
             # llama.cpp answers whatever name it is asked for; vLLM and Ollama will refuse each request.
@@ -105,17 +104,23 @@ class OpenAIBackend(Backend):
                         parts.append(delta)
                         events.delta(index, delta)
         except openai.APITimeoutError as error:
-            raise BackendError("timeout", f"the model server did not answer within {self.client.timeout} s") from error
+            raise VlmError(Code.TIMEOUT, f"the model server did not answer within {self.client.timeout} s") from error
         except openai.APIStatusError as error:
-            code = UPSTREAM_STATUS_CODES.get(error.status_code, "upstream_error")
-            raise BackendError(code, f"the model server refused: {error.message}") from error
+            code = UPSTREAM_STATUS_CODES.get(error.status_code, Code.UPSTREAM_ERROR)
+            raise VlmError(code, f"the model server refused: {error.message}") from error
         except openai.APIError as error:
-            raise BackendError("upstream_error", f"the model server failed: {error.message}") from error
+            raise VlmError(Code.UPSTREAM_ERROR, f"the model server failed: {error.message}") from error
         # A server that reports no usage streams (nearly always) one token per chunk; count those then.
         tokens = usage.completion_tokens if usage else chunks
-        events.done(index, Result(answer="".join(parts).strip(), tokens=tokens,
-                                  prompt_tokens=usage.prompt_tokens if usage else 0,
-                                  finish_reason="length" if finish == "length" else "stop"))
+        events.done(
+            index,
+            Result(
+                answer="".join(parts).strip(),
+                tokens=tokens,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                finish_reason="length" if finish == "length" else "stop",
+            ),
+        )
 
 
 class Forwarder(Decoder):
@@ -139,11 +144,11 @@ class Forwarder(Decoder):
         """Stream one job; its outcome is reported before it leaves ``running``."""
         try:
             self.backend._stream(key, job, self.events)
-        except BackendError as error:
-            self.events.failed(key, error.code, error.message)
+        except VlmError as error:
+            self.events.failed(key, error)
         except Exception:
             log.exception("forwarding a request failed")
-            self.events.failed(key, "upstream_error", "the model server failed")
+            self.events.failed(key, VlmError(Code.UPSTREAM_ERROR, "the model server failed"))
         finally:
             with self.lock:
                 self.running.discard(key)

@@ -1,23 +1,56 @@
-"""Pick and load the backend a model needs, from nothing but its ``config.json``."""
+"""Backends by name: one mapping that ``--backend``, ``auto`` and tests share.
+
+A loader takes the settings and returns a ready backend. Each imports its backend's module
+only when called, so torch and transformers are loaded by the backends that need them and
+``--backend openai`` stays a light web tier. Add a backend with ``@register("name")``; the
+name is then a ``--backend`` choice, and a test registers its named double the same way.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-from ..config import DEFAULT_MODEL, Settings
+from ..errors import ModelLoadError
 from .base import Backend
 
+if TYPE_CHECKING:
+    from ..config import Settings
 
-class ModelLoadError(RuntimeError):
-    """The model could not be found or loaded; the message is written for the user."""
+Loader = Callable[["Settings"], Backend]
+LOADERS: dict[str, Loader] = {}
+AUTO = "auto"
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+    def add(loader: Loader) -> Loader:
+        LOADERS[name] = loader
+        return loader
+
+    return add
+
+
+def backend_names() -> list[str]:
+    """The ``--backend`` choices: ``auto`` (pick from the model's config.json), then every registered name."""
+    return [AUTO, *LOADERS]
+
+
+def load_backend(settings: Settings) -> Backend:
+    name = settings.backend
+    if name == AUTO:
+        name = choose_backend(read_model_config(settings.model_path, settings.effective_revision))
+    loader = LOADERS.get(name)
+    if loader is None:
+        raise ModelLoadError(f"no backend is registered as {name!r}; choose one of {', '.join(LOADERS)}")
+    return loader(settings)
 
 
 def choose_backend(config: dict[str, Any]) -> str:
     """moondream2 ships remote code with its own skills; everything else goes through transformers."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
     model_type = str(config.get("model_type", "")).lower()
     architectures = " ".join(config.get("architectures") or []).lower()
     if "moondream" in model_type or "moondream" in architectures:
@@ -46,103 +79,54 @@ def read_model_config(model: str, revision: str | None) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_backend(settings: Settings) -> Backend:
-    model, revision = settings.model_path, settings.effective_revision
-    name = settings.backend
-    if name == "openai":
-        return load_openai_backend(settings)
-    if name == "auto":
-        name = choose_backend(read_model_config(model, revision))
-    if name == "moondream":
-        from .moondream import MoondreamBackend
+def quiet_transformers() -> None:
+    """A download progress bar is carriage returns in a log file."""
+    from transformers.utils import logging as transformers_logging
 
-        return MoondreamBackend.load(model, revision=revision, device=settings.device, dtype=settings.dtype,
-                                     max_crops=settings.max_crops)
+    transformers_logging.disable_progress_bar()
+
+
+@register("moondream")
+def load_moondream(settings: Settings) -> Backend:
+    quiet_transformers()
+    from .moondream import MoondreamBackend
+
+    return MoondreamBackend.load(
+        settings.model_path,
+        revision=settings.effective_revision,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_crops=settings.max_crops,
+    )
+
+
+@register("transformers")
+def load_transformers(settings: Settings) -> Backend:
+    quiet_transformers()
     from .transformers_backend import TransformersBackend
 
     return TransformersBackend.load(
-        model, revision=revision, device=settings.device, dtype=settings.dtype,
+        settings.model_path,
+        revision=settings.effective_revision,
+        device=settings.device,
+        dtype=settings.dtype,
         max_batch_size=settings.max_batch_size,
     )
 
 
-def load_openai_backend(settings: Settings) -> Backend:
+@register("openai")
+def load_openai(settings: Settings) -> Backend:
     """Never picked by ``auto``: forwarding frames to another server must be asked for, and to a named one."""
     if not settings.base_url:
-        raise ModelLoadError("--backend openai needs --base-url, the upstream server's /v1 address "
-                             "(e.g. http://127.0.0.1:8000/v1)")
+        raise ModelLoadError(
+            "--backend openai needs --base-url, the upstream server's /v1 address (e.g. http://127.0.0.1:8000/v1)"
+        )
     from .openai_backend import OpenAIBackend
 
-    return OpenAIBackend.load(settings.base_url, api_key=settings.api_key, model=settings.model,
-                              timeout_s=settings.request_timeout_s, max_batch_size=settings.max_batch_size)
-
-
-def explain_load_failure(settings: Settings, error: BaseException) -> str:
-    """One paragraph a user can act on, instead of a traceback."""
-    if isinstance(error, ModelLoadError):
-        return str(error)
-    if settings.backend == "openai":
-        return (
-            f"Could not use the OpenAI-compatible server at {settings.base_url or '(no --base-url)'} "
-            f"for model {settings.model!r}: {type(error).__name__}: {error}. "
-            "Check that the server is running and reachable from here, that --base-url ends in /v1, "
-            "and that --api-key (or OPENAI_API_KEY) is what it expects."
-        )
-    loading = (f"Could not load the model {settings.model!r} "
-               f"(backend {settings.backend}, revision {settings.effective_revision or 'n/a'})")
-    missing = missing_hub_files(error)
-    if missing:
-        from huggingface_hub import constants
-
-        from .moondream import download_commands
-
-        # The model being loaded comes whole; a file it fetches from elsewhere (a tokenizer) on its own.
-        lines = [f"hf download {repo}" + ("" if repo == settings.model_path else f" {file}")
-                 + (f" --revision {rev}" if rev and rev != "main" else "")
-                 for repo, file, rev in missing]
-        lines = list(dict.fromkeys(lines))
-        wanted = ", ".join(f"{file} of {repo} (revision {rev or 'main'})" for repo, file, rev in missing)
-        text = (f"{loading}: it needs {wanted}, which is not in this machine's Hugging Face cache "
-                f"({constants.HF_HUB_CACHE}) and could not be downloaded. On a machine with internet access run\n  "
-                + "\n  ".join(lines)
-                + "\nthen copy its Hugging Face cache folder here (or point HF_HOME at a copy).")
-        if settings.model == DEFAULT_MODEL:
-            text += (" moondream2 needs both the model and its tokenizer; everything at once:\n  "
-                     + " && ".join(download_commands(DEFAULT_MODEL, settings.revision)))
-        return text + "\nTo try the app without any download, run `python app.py --model demo`."
-    return (
-        f"{loading}: {type(error).__name__}: {error}. "
-        "If this machine is offline or the model is not in your Hugging Face cache, download it elsewhere "
-        f"(moondream2: `{' && '.join(download_commands(DEFAULT_MODEL, settings.revision))}`; "
-        "any model: `hf download MODEL_ID --local-dir FOLDER`), copy it here and run "
-        "`python app.py --model /path/to/folder`; to try the app without any download, run "
-        "`python app.py --model demo`."
+    return OpenAIBackend.load(
+        settings.base_url,
+        api_key=settings.api_key,
+        model=settings.model,
+        timeout_s=settings.request_timeout_s,
+        max_batch_size=settings.max_batch_size,
     )
-
-
-def missing_hub_files(error: BaseException) -> list[tuple[str, str, str | None]]:
-    """(repo, file, revision) of every hub download that failed on the way to ``error``, in order.
-
-    Whoever asked (transformers, moondream2's own ``Tokenizer.from_pretrained``, this app), a file
-    that is neither cached nor downloadable ends in ``huggingface_hub.hf_hub_download``; its error
-    does not name the file, but the call's frame in the traceback holds its arguments.
-    """
-    found: list[tuple[str, str, str | None]] = []
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        pending += [current.__cause__, current.__context__]
-        traceback = current.__traceback__
-        while traceback is not None:
-            frame = traceback.tb_frame
-            if frame.f_code.co_name == "hf_hub_download" and isinstance(frame.f_locals.get("repo_id"), str):
-                wanted = (frame.f_locals["repo_id"], str(frame.f_locals.get("filename")),
-                          frame.f_locals.get("revision"))
-                if wanted not in found:
-                    found.append(wanted)
-            traceback = traceback.tb_next
-    return found

@@ -69,7 +69,7 @@ class RowText:
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return ""  # half of a multi-byte character; wait for the rest
-        delta, self.text = text[len(self.text):], text
+        delta, self.text = text[len(self.text) :], text
         return delta
 
     def answer(self) -> str:
@@ -88,8 +88,14 @@ class _Row:
 class StepDecoder(Decoder):
     """The running batch of one transformers model, advanced one token per ``step``."""
 
-    def __init__(self, model: Any, tokenizer: Any, eos_ids: frozenset[int],
-                 model_inputs: Callable[[list[Job]], dict[str, Any]], events: RowEvents) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        eos_ids: frozenset[int],
+        model_inputs: Callable[[list[Job]], dict[str, Any]],
+        events: RowEvents,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
@@ -131,8 +137,10 @@ class StepDecoder(Decoder):
             raise RuntimeError("the model's cache is not a plain dynamic cache; it cannot be batched step-wise")
         temperatures = torch.tensor([job.temperature for job in jobs.values()], device=self.model.device)
         tokens = self._choose(logits[:, -1], temperatures)
-        rows = [_Row(key, job.max_new_tokens, int(count), RowText(self.tokenizer))
-                for (key, job), count in zip(jobs.items(), mask.sum(-1).tolist(), strict=True)]
+        rows = [
+            _Row(key, job.max_new_tokens, int(count), RowText(self.tokenizer))
+            for (key, job), count in zip(jobs.items(), mask.sum(-1).tolist(), strict=True)
+        ]
         self._append(rows, cache, mask, positions[:, -1] + 1, tokens, temperatures)
         for row, token in zip(rows, tokens.tolist(), strict=True):
             self._take(row, token)
@@ -143,9 +151,14 @@ class StepDecoder(Decoder):
         if not self.batch:
             return
         self.mask = F.pad(self.mask, (0, 1), value=1)
-        logits = self.model(input_ids=self.last[:, None], attention_mask=self.mask,
-                            position_ids=self.positions[:, None], cache=self.cache, use_cache=True,
-                            logits_to_keep=1).logits
+        logits = self.model(
+            input_ids=self.last[:, None],
+            attention_mask=self.mask,
+            position_ids=self.positions[:, None],
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
         self.positions = self.positions + 1
         self.last = self._choose(logits[:, -1], self.temperatures)
         for row, token in zip(self.batch, self.last.tolist(), strict=True):
@@ -176,11 +189,25 @@ class StepDecoder(Decoder):
 
     def _finish(self, row: _Row, reason: FinishReason) -> None:
         row.ended = True
-        self.events.done(row.key, Result(answer=row.text.answer(), tokens=len(row.text.tokens),
-                                         prompt_tokens=row.prompt_tokens, finish_reason=reason))
+        self.events.done(
+            row.key,
+            Result(
+                answer=row.text.answer(),
+                tokens=len(row.text.tokens),
+                prompt_tokens=row.prompt_tokens,
+                finish_reason=reason,
+            ),
+        )
 
-    def _append(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor,
-                last: torch.Tensor, temperatures: torch.Tensor) -> None:
+    def _append(
+        self,
+        rows: list[_Row],
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        last: torch.Tensor,
+        temperatures: torch.Tensor,
+    ) -> None:
         """Newly prefilled rows join the batch: both sides left-padded to one cache length."""
         if self.cache is None:
             self.batch, self.cache, self.mask, self.positions = rows, cache, mask, positions

@@ -39,12 +39,10 @@ from .base import (
     Result,
     RowEvents,
     prompt_text,
-    resolve_device,
-    resolve_dtype,
-    weights_dtype,
 )
 from .frame_cache import FrameCache
 from .step_decoder import RowText, StepDecoder, can_step
+from .torch_device import resolve_device, resolve_dtype, weights_dtype
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +76,9 @@ class TransformersBackend(Backend):
         )
 
     @classmethod
-    def load(cls, model_id: str, *, revision: str | None, device: str, dtype: str,
-             max_batch_size: int = 16) -> TransformersBackend:
+    def load(
+        cls, model_id: str, *, revision: str | None, device: str, dtype: str, max_batch_size: int = 16
+    ) -> TransformersBackend:
         device = resolve_device(device)
         processor = AutoProcessor.from_pretrained(model_id, revision=revision)
         model = AutoModelForImageTextToText.from_pretrained(
@@ -108,8 +107,9 @@ class TransformersBackend(Backend):
     def _generate(self, jobs: list[Job], events: GenerationEvents, temperature: float) -> None:
         inputs = self.model_inputs(jobs)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        streamer = BatchStreamer(self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events,
-                                 prompt_tokens)
+        streamer = BatchStreamer(
+            self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events, prompt_tokens
+        )
         # Greedy, or plain temperature sampling over the whole vocabulary, as the other backends do.
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature:
@@ -158,11 +158,11 @@ class TransformersBackend(Backend):
                 missing.setdefault(job.image_key, row)
         if missing:
             rows = list(missing.values())
-            encoded = self.image_encoder(**{name: value[rows] for name, value in encoder_inputs.items()},
-                                         return_dict=True).pooler_output
+            encoded = self.image_encoder(
+                **{name: value[rows] for name, value in encoder_inputs.items()}, return_dict=True
+            ).pooler_output
             if not isinstance(encoded, list | tuple) or len(encoded) != len(rows):
-                log.info("%s encodes images in a shape we cannot split per frame; not caching them",
-                         self.info.model)
+                log.info("%s encodes images in a shape we cannot split per frame; not caching them", self.info.model)
                 self.image_encoder = None
                 return {}
             for key, feature in zip(missing, encoded, strict=True):
@@ -198,8 +198,14 @@ class BatchStreamer(BaseStreamer):
     slowest row in the batch ends.
     """
 
-    def __init__(self, tokenizer: Any, eos_ids: frozenset[int], budgets: list[int],
-                 events: GenerationEvents, prompt_tokens: list[int]) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        eos_ids: frozenset[int],
+        budgets: list[int],
+        events: GenerationEvents,
+        prompt_tokens: list[int],
+    ) -> None:
         self.prompt_tokens = prompt_tokens
         self.eos_ids = eos_ids
         self.budgets = budgets
@@ -234,8 +240,15 @@ class BatchStreamer(BaseStreamer):
         self.finished[row] = True
         text = self.texts[row]
         tokens = len(text.tokens)
-        self.events.done(row, Result(answer=text.answer(), tokens=tokens, prompt_tokens=self.prompt_tokens[row],
-                                     finish_reason="length" if tokens >= self.budgets[row] else "stop"))
+        self.events.done(
+            row,
+            Result(
+                answer=text.answer(),
+                tokens=tokens,
+                prompt_tokens=self.prompt_tokens[row],
+                finish_reason="length" if tokens >= self.budgets[row] else "stop",
+            ),
+        )
 
 
 class StopFinishedRows(StoppingCriteria):

@@ -1,0 +1,169 @@
+"""What the benchmarks share: the frame, clients that ask back to back, percentiles and tables.
+
+``bench/run.py`` (the demo model against the seed design) and ``bench/serving.py`` (real-size
+models) load the app the same way and report the same way, so both take it from here.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import itertools
+import threading
+import time
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import socketio
+from PIL import Image
+
+from scripts.synthetic_scenes import draw_scene, single_object_scene
+from tests.socket_client import RecordingClient
+
+
+def camera_frame(number: int = 0) -> str:
+    """A realistic 640x480 camera JPEG (noise makes it compress like a real frame); frame ``number`` differs
+    from the others in one pixel."""
+    image = _scene().copy()
+    if number:
+        image.putpixel((number % 640, number // 640 % 480), (number % 251, 255, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + b64encode(buffer.getvalue()).decode()
+
+
+def next_camera_frame() -> str:
+    """A frame no server has seen in this run, as a camera's next frame is.
+
+    The app keeps the encodings of recent frames by their bytes, so a benchmark that sent one frame
+    over and over would measure that cache instead of the vision encoder a live camera pays for.
+    """
+    return camera_frame(next(_frame_numbers))
+
+
+_frame_numbers = itertools.count(1)
+
+
+@functools.cache
+def _scene() -> Image.Image:
+    return draw_scene(single_object_scene("circle", "red"), (640, 480))
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def markdown(rows: list[list[str]], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def targets_table(checks: list[tuple[str, str, str, bool]]) -> str:
+    """This run against an issue's targets (figure, target, value, met), so the verdict comes with the numbers."""
+    return "### Against the targets\n\n" + markdown(
+        [[name, target, value, "met" if met else "**missed**"] for name, target, value, met in checks],
+        ["figure", "target", "this run", ""],
+    )
+
+
+def write_between_markers(path: Path, markers: tuple[str, str], report: str) -> None:
+    """Replace what stands between ``markers`` in ``path``; a file without them is left alone."""
+    text = path.read_text() if path.exists() else ""
+    if markers[0] not in text:
+        return
+    start, end = (text.index(marker) for marker in markers)
+    path.write_text(text[: start + len(markers[0])] + "\n" + report + text[end:])
+
+
+@dataclass
+class Load:
+    answers: int = 0
+    lost: int = 0
+    misrouted: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds from asking to the answer
+    seconds: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        return self.answers / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Asking:
+    """How each client asks: the question, how long it waits for an answer, live or not, when it starts."""
+
+    question: str
+    timeout_s: float
+    live: bool = False
+    new_frames: bool = False  # every request sends a frame never sent before (``next_camera_frame``)
+    spread_s: float = 0.0  # client i starts after i/n of this, so requests keep arriving while others generate
+    settle_s: float = 0.0  # before counting answers that reached the wrong client
+
+
+def load_test(url: str, frame: str, clients: int, seconds: float, asking: Asking) -> Load:
+    """``clients`` clients each ask again the moment they are answered, until ``seconds`` have passed.
+
+    Requests sent before the window closes are waited for (up to ``asking.timeout_s`` each), so
+    nothing counts as lost that was merely still running; a client that cannot connect counts as lost.
+    """
+    load, lock = Load(), threading.Lock()
+    started = time.monotonic()
+    until = started + seconds
+    threads = [
+        threading.Thread(
+            target=_client, args=(url, frame, f"c{i}", i * asking.spread_s / clients, until, asking, load, lock)
+        )
+        for i in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    load.seconds = time.monotonic() - started
+    return load
+
+
+def _client(
+    url: str, frame: str, name: str, delay_s: float, until: float, asking: Asking, load: Load, lock: threading.Lock
+) -> None:
+    time.sleep(delay_s)
+    try:
+        connection = RecordingClient(url)
+    except socketio.exceptions.ConnectionError:  # the seed design cannot accept while it generates
+        with lock:
+            load.lost += 1
+        return
+    count = 0
+    try:
+        while time.monotonic() < until:
+            request = {
+                "id": f"{name}-{count}",
+                "question": asking.question,
+                "image": next_camera_frame() if asking.new_frames else frame,
+            }
+            if asking.live:
+                request["live"] = True
+            sent = time.perf_counter()
+            try:
+                kind, _ = connection.ask(request, timeout_s=asking.timeout_s)
+            except TimeoutError:
+                with lock:
+                    load.lost += 1
+                continue
+            with lock:
+                if kind == "response":
+                    load.answers += 1
+                    load.latencies.append(time.perf_counter() - sent)
+            count += 1
+        time.sleep(asking.settle_s)
+        with lock:
+            load.misrouted += sum(
+                1
+                for event, body in connection.received
+                if event == "response" and not str(body.get("id", "")).startswith(f"{name}-")
+            )
+    finally:
+        connection.close()

@@ -1,0 +1,58 @@
+// The Socket.IO connection: its status in the top bar, and the server's events routed to the requests module.
+
+import { updateControls } from './controls.js';
+import { els } from './dom.js';
+import { scheduleLive } from './live.js';
+import { clearError, showError } from './messages.js';
+import { dropInFlight, onQueryError, onResponse, onStream } from './requests.js';
+
+const STATUS_TEXT = { connected: 'Connected', disconnected: 'Disconnected', reconnecting: 'Reconnecting…' };
+const LOST_CONNECTION = 'The connection to the server was lost (was it stopped or restarted?). '
+  + 'Asking is paused until it is back; the page keeps trying to reconnect by itself.';
+
+let socket = null;
+
+export function connection() {
+  return socket;
+}
+
+export function connected() {
+  return Boolean(socket?.connected);
+}
+
+export function connect(token) {
+  socket = window.io(token ? { auth: { token } } : {});
+  socket.on('connect', () => {
+    setStatus('connected');
+    showTransport();
+    socket.io.engine.once('upgrade', showTransport);
+  });
+  socket.on('disconnect', () => {
+    setStatus(socket.active ? 'reconnecting' : 'disconnected');
+    dropInFlight('The connection to the server was lost.');
+    if (socket.active) showError(LOST_CONNECTION, 'connection');
+  });
+  socket.on('connect_error', (err) => {
+    setStatus(socket.active ? 'reconnecting' : 'disconnected');
+    if (!socket.active) showError(`The server refused the connection: ${err.message}`, 'connection');
+  });
+  socket.io.on('reconnect_attempt', () => setStatus('reconnecting'));
+  socket.on('stream', onStream);
+  socket.on('response', onResponse);
+  socket.on('query_error', onQueryError);
+  return socket;
+}
+
+function setStatus(status) {
+  els.status.dataset.state = status;
+  els.status.textContent = STATUS_TEXT[status];
+  if (status === 'connected') clearError('connection');
+  updateControls();
+  if (status === 'connected') scheduleLive();
+}
+
+function showTransport() {
+  const name = socket.io.engine?.transport?.name || '';
+  els.status.dataset.transport = name;
+  els.status.title = name ? `Socket.IO over ${name}` : '';
+}

@@ -1,0 +1,110 @@
+// How a request is shown: the history list (newest first, with copy buttons), the current answer, the live panel.
+
+import { els } from './dom.js';
+import { liveAnswerCount } from './live.js';
+import { cancel, currentRequest } from './requests.js';
+
+const liveView = { box: els.livePanel, question: els.liveQuestion, answer: els.liveAnswer, meta: els.liveMeta };
+const currentView = { box: els.current, question: els.currentQuestion, answer: els.answer, meta: els.answerMeta };
+
+function answerText(request) {
+  if (request.stopped && request.text.trim()) return request.text.trim(); // what had streamed when Stop was pressed
+  if (request.state === 'cancelled' || request.state === 'error') return request.error;
+  if (request.state === 'done') return request.text || '(empty answer)';
+  return request.text;
+}
+
+function renderInto(view, request) {
+  view.box.dataset.state = request.state;
+  view.question.textContent = request.label;
+  view.answer.textContent = answerText(request);
+  view.meta.textContent = request.meta;
+  view.box.dataset.stopped = String(Boolean(request.stopped));
+  view.meta.title = request.metaTitle;
+}
+
+export function paint(request) {
+  if (request.live) {
+    paintLive(request);
+    return;
+  }
+  renderInto(request.entry, request);
+  request.entry.box.dataset.deltas = String(request.deltas);
+  request.entry.box.dataset.deltasBeforeFinal = String(request.deltasBeforeFinal);
+  if (request === latestAsked()) renderInto(currentView, request);
+}
+
+// The live panel keeps showing the previous answer until the next one starts arriving.
+function paintLive(request) {
+  if (request.state === 'pending' || request.state === 'cancelled') {
+    liveView.box.dataset.state = request.state;
+  } else {
+    renderInto(liveView, request);
+  }
+  els.liveCount.textContent = String(liveAnswerCount());
+}
+
+function latestAsked() {
+  const first = els.history.firstElementChild;
+  return first ? first.request : null;
+}
+
+export function addHistoryEntry(request, thumb) {
+  const item = els.entryTemplate.content.firstElementChild.cloneNode(true);
+  item.dataset.id = request.id;
+  item.request = request;
+  item.querySelector('.thumb').src = thumb;
+  item.querySelector('.copy').addEventListener('click', (event) => copyText(entryText(request), event.currentTarget));
+  els.history.prepend(item);
+  return {
+    box: item,
+    question: item.querySelector('.question'),
+    answer: item.querySelector('.answer'),
+    meta: item.querySelector('.meta'),
+  };
+}
+
+function entryText(request) {
+  const lines = [`Q: ${request.label}`, `A: ${answerText(request)}`];
+  if (request.meta) lines.push(`(${request.meta})`);
+  return lines.join('\n');
+}
+
+export function allEntriesText() {
+  return [...els.history.children].reverse().map((item) => entryText(item.request)).join('\n\n');
+}
+
+export function clearHistory() {
+  if (currentRequest() && !currentRequest().live) cancel();
+  els.history.replaceChildren();
+  renderInto(currentView, { state: 'idle', label: '', error: '', text: '', meta: '', metaTitle: '' });
+}
+
+export async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    copyWithSelection(text);
+  }
+  flash(button, 'Copied');
+}
+
+// For browsers without the async clipboard (e.g. plain http on a LAN address).
+function copyWithSelection(text) {
+  const area = document.createElement('textarea');
+  area.value = text;
+  area.setAttribute('readonly', '');
+  area.className = 'offscreen';
+  document.body.append(area);
+  area.select();
+  document.execCommand('copy');
+  area.remove();
+}
+
+function flash(button, text) {
+  const original = button.dataset.label || button.textContent;
+  button.dataset.label = original;
+  button.textContent = text;
+  clearTimeout(button.flashTimer);
+  button.flashTimer = setTimeout(() => { button.textContent = original; }, 1200);
+}

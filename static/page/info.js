@@ -1,0 +1,79 @@
+// What the server says about its model (/api/info): capabilities, frame size, rate limit, the demo's guide.
+
+import { $, els } from './dom.js';
+import { showError } from './messages.js';
+import { ask } from './requests.js';
+
+const DEFAULT_IMAGE_SIZE = 512;
+// Live mode uses at most this share of the server's per-client rate limit, leaving the rest
+// (and the burst) for questions asked by hand, so it never trips the limit itself.
+const LIVE_RATE_SHARE = 0.8;
+
+// Written only by applyInfo; read by the other modules.
+export const info = {
+  capabilities: new Set(),
+  imageSize: DEFAULT_IMAGE_SIZE,
+  minLiveGapMs: 0, // from the server's rate limit
+};
+
+export async function loadInfo(token) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  try {
+    const response = await fetch('/api/info', { headers, cache: 'no-store' });
+    if (response.status === 401) throw new Error('the access token is missing or wrong (open the link that includes ?token=…)');
+    if (!response.ok) throw new Error(`the server answered HTTP ${response.status}`);
+    applyInfo(await response.json());
+  } catch (err) {
+    showError(`Could not load the model info: ${err.message}`, 'info');
+    els.modelInfo.textContent = 'Model unknown';
+    applyInfo({ capabilities: ['query'] });
+    els.root.dataset.info = 'error';
+  }
+}
+
+function applyInfo(served) {
+  info.capabilities = new Set(served.capabilities || []);
+  info.imageSize = served.image_size || DEFAULT_IMAGE_SIZE;
+  if (served.model) {
+    els.modelInfo.textContent = [served.model, served.device].filter(Boolean).join(' · ');
+    els.modelInfo.title = `${served.model}\nbackend ${served.backend || '?'}, dtype ${served.dtype || '?'}, `
+      + `frames up to ${info.imageSize} px`;
+  }
+  if (served.max_question_chars) els.question.maxLength = served.max_question_chars;
+  if (served.rate_limit_per_s > 0) info.minLiveGapMs = 1000 / (served.rate_limit_per_s * LIVE_RATE_SHARE);
+  els.liveSize.value = info.imageSize;
+  showOfferedSkills();
+  showGuide(served);
+  els.root.dataset.info = 'loaded';
+}
+
+// The demo model says what it can answer: a hint and questions to click (other models send none).
+function showGuide(served) {
+  const guide = $('guide');
+  guide.replaceChildren();
+  guide.hidden = !served.hint;
+  if (!served.hint) return;
+  const hint = document.createElement('span');
+  hint.textContent = served.hint;
+  guide.append(hint);
+  for (const question of served.suggested_questions || []) {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.textContent = question;
+    button.addEventListener('click', () => {
+      els.question.value = question;
+      if (!els.ask.disabled) ask();
+    });
+    guide.append(button);
+  }
+}
+
+function showOfferedSkills() {
+  let any = false;
+  for (const el of els.skills.querySelectorAll('[data-requires]')) {
+    const offered = el.dataset.requires.split(' ').some((skill) => info.capabilities.has(skill));
+    el.hidden = !offered;
+    any ||= offered;
+  }
+  els.skills.hidden = !any;
+}

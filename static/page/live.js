@@ -1,0 +1,81 @@
+// Live mode: keep asking the question (or for a short caption) about the latest frame.
+// Backpressure: a live frame is sent only when nothing else is in flight, and no faster than the rate limit allows.
+
+import { frameSource } from './camera.js';
+import { connected } from './connection.js';
+import { els } from './dom.js';
+import { info } from './info.js';
+import { showError } from './messages.js';
+import { currentRequest, send } from './requests.js';
+
+const LIVE_RETRY_MS = 500;
+const LIVE_ERROR_BACKOFF_MS = 1500;
+
+let on = false;
+let timer = 0;
+let nextAt = 0;
+let answers = 0;
+
+export function isLive() {
+  return on;
+}
+
+export function liveAnswerCount() {
+  return answers;
+}
+
+export function liveAnswered() {
+  answers += 1;
+}
+
+// After a failed live frame the next one waits a little longer.
+export function backOffLive() {
+  nextAt = performance.now() + LIVE_ERROR_BACKOFF_MS;
+}
+
+export function liveFrameSize() {
+  const size = Number(els.liveSize.value);
+  return Number.isFinite(size) && size >= 32 ? size : info.imageSize;
+}
+
+export function liveInterval() {
+  const interval = Number(els.liveInterval.value);
+  return Number.isFinite(interval) && interval > 0 ? interval : 0;
+}
+
+export function setLive(wanted) {
+  if (wanted && !els.question.value.trim() && !info.capabilities.has('caption')) {
+    showError('Type a question first: live mode keeps asking it about the latest frame.');
+    els.question.focus();
+    return;
+  }
+  on = wanted;
+  els.liveToggle.setAttribute('aria-pressed', String(on));
+  els.liveToggle.textContent = on ? 'Stop live' : 'Live';
+  els.root.dataset.live = String(on);
+  if (on) els.livePanel.hidden = false;
+  els.livePanel.classList.toggle('running', on);
+  if (!on) clearTimeout(timer);
+  scheduleLive();
+}
+
+export function scheduleLive() {
+  clearTimeout(timer);
+  if (!on || currentRequest()) return;
+  const wait = Math.max(0, nextAt - performance.now());
+  timer = setTimeout(liveTick, wait);
+}
+
+function liveTick() {
+  if (!on || currentRequest()) return;
+  if (document.hidden || !connected() || !frameSource()) {
+    timer = setTimeout(liveTick, LIVE_RETRY_MS);
+    return;
+  }
+  const question = els.question.value.trim();
+  const request = question
+    ? send({ event: 'query', payload: { question, live: true }, label: question, live: true })
+    : send({ event: 'skill', payload: { skill: 'caption', length: 'short', live: true }, label: 'Caption', live: true });
+  if (!request) return;
+  nextAt = performance.now() + Math.max(liveInterval(), info.minLiveGapMs);
+}

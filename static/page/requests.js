@@ -1,0 +1,204 @@
+// The one module that owns request state: the request in flight, sending it, and what the server answers.
+// A request is one query/skill about one frame; a newer one supersedes it (the server cancels it too).
+
+import { captureFrame } from './camera.js';
+import { connection } from './connection.js';
+import { updateControls } from './controls.js';
+import { els } from './dom.js';
+import { addHistoryEntry, paint } from './history.js';
+import { info } from './info.js';
+import { backOffLive, liveAnswered, liveFrameSize, scheduleLive, setLive } from './live.js';
+import { clearError, showError } from './messages.js';
+import { clearOverlay, setMarks } from './overlay.js';
+
+// Fewer tokens than this make a tokens/s figure meaningless (two tokens in 1.3 s reads "1.5 tok/s").
+const MIN_TOKENS_FOR_RATE = 3;
+
+let current = null; // the one request in flight, or null
+let counter = 0;
+
+// Counters for tests and for curious users (open the console and look at __vlmStats).
+const stats = {
+  sent: 0,
+  liveSent: 0,
+  streamEvents: 0,
+  responses: 0,
+  errors: 0,
+  outstanding: 0, // sent but not yet answered by a final event, as the server sees it
+  maxOutstanding: 0,
+  liveOutstanding: 0,
+  maxLiveOutstanding: 0,
+  minLiveGapMs: null, // shortest time between two live frames sent back to back
+  lastLiveSentAt: null,
+};
+window.__vlmStats = stats;
+
+export function currentRequest() {
+  return current;
+}
+
+function newId() {
+  counter += 1;
+  return window.crypto?.randomUUID?.() ?? `${Date.now().toString(36)}-${counter}`;
+}
+
+// Sends one query/skill about the frame as it is now. Returns the request, or null.
+export function send({ event, payload, label, live = false, object = null }) {
+  const socket = connection();
+  if (!socket?.connected) {
+    showError('Not connected to the server yet; it reconnects by itself.');
+    return null;
+  }
+  const frame = captureFrame(live ? liveFrameSize() : info.imageSize, !live);
+  if (!frame) {
+    showError('There is no camera frame to send yet.');
+    return null;
+  }
+  supersede();
+  clearOverlay();
+  const request = {
+    id: live ? `live-${newId()}` : newId(), live, label, object, aspect: frame.aspect,
+    text: '', state: 'pending', deltas: 0, deltasBeforeFinal: 0, meta: '', metaTitle: '',
+  };
+  request.entry = live ? null : addHistoryEntry(request, frame.thumb);
+  current = request;
+  socket.emit(event, { id: request.id, ...payload, image: frame.dataUrl });
+  countSent(live);
+  paint(request);
+  updateControls();
+  return request;
+}
+
+function countSent(live) {
+  stats.sent += 1;
+  stats.outstanding += 1;
+  stats.maxOutstanding = Math.max(stats.maxOutstanding, stats.outstanding);
+  if (!live) return;
+  const now = performance.now();
+  if (stats.lastLiveSentAt !== null) stats.minLiveGapMs = Math.min(stats.minLiveGapMs ?? Infinity, now - stats.lastLiveSentAt);
+  stats.lastLiveSentAt = now;
+  stats.liveSent += 1;
+  stats.liveOutstanding += 1;
+  stats.maxLiveOutstanding = Math.max(stats.maxLiveOutstanding, stats.liveOutstanding);
+}
+
+function countFinal(id) {
+  stats.outstanding = Math.max(0, stats.outstanding - 1);
+  if (String(id).startsWith('live-')) stats.liveOutstanding = Math.max(0, stats.liveOutstanding - 1);
+}
+
+// The connection dropped: nothing sent is outstanding any more, and the request in flight has failed.
+export function dropInFlight(message) {
+  stats.outstanding = 0;
+  stats.liveOutstanding = 0;
+  if (current) finish(current, 'error', message);
+}
+
+function supersede() {
+  if (current) finish(current, 'cancelled', 'Superseded by a newer request.', false);
+}
+
+export function ask() {
+  const question = els.question.value.trim();
+  if (!question) {
+    els.question.focus();
+    return;
+  }
+  clearError('request');
+  send({ event: 'query', payload: { question }, label: question });
+}
+
+export function caption(length) {
+  clearError('request');
+  const label = length === 'short' ? 'Caption' : 'Detailed caption';
+  send({ event: 'skill', payload: { skill: 'caption', length }, label });
+}
+
+export function locate(skill) {
+  const object = els.skillObject.value.trim();
+  if (!object) {
+    els.skillObject.focus();
+    return;
+  }
+  clearError('request');
+  const label = `${skill === 'detect' ? 'Detect' : 'Point at'}: ${object}`;
+  send({ event: 'skill', payload: { skill, object }, label, object });
+}
+
+export function cancel() {
+  const request = current;
+  if (!request) return;
+  connection().emit('cancel', { id: request.id });
+  if (request.live) setLive(false);
+  request.stopped = true;
+  if (request.text.trim()) request.meta = 'Stopped: the answer is cut short here';
+  finish(request, 'cancelled', 'Cancelled.');
+}
+
+export function onStream({ id, delta }) {
+  stats.streamEvents += 1;
+  const request = current;
+  if (!request || request.id !== id) return;
+  request.text += delta;
+  request.deltas += 1;
+  request.state = 'streaming';
+  paint(request);
+}
+
+export function onResponse(response) {
+  stats.responses += 1;
+  countFinal(response.id);
+  const request = current;
+  if (!request || request.id !== response.id) return;
+  request.text = response.answer;
+  request.deltasBeforeFinal = request.deltas;
+  describeTiming(request, response.timing);
+  setMarks(request, response);
+  if (request.live) liveAnswered();
+  finish(request, 'done');
+}
+
+export function onQueryError(error) {
+  stats.errors += 1;
+  countFinal(error.id);
+  const request = current;
+  if (!request || request.id !== error.id) return;
+  const outcome = error.code === 'cancelled' ? 'cancelled' : 'error';
+  if (request.live && error.code === 'unauthorized') setLive(false);
+  if (request.live && outcome === 'error') backOffLive();
+  finish(request, outcome, errorText(error));
+}
+
+function errorText({ code, message }) {
+  const friendly = {
+    busy: 'The model is busy with other users; try again in a moment.',
+    rate_limited: 'Too many requests; slow down a little.',
+    timeout: 'The model took too long to answer.',
+    image_too_large: 'The frame is too large for the server; choose a lower resolution.',
+    unauthorized: 'Not authorised: open the link that includes ?token=….',
+  }[code];
+  return friendly ? `${friendly} (${message})` : message || code;
+}
+
+function finish(request, outcome, message = '', resumeLive = true) {
+  request.state = outcome;
+  if (message) request.error = message;
+  if (current === request) current = null;
+  paint(request);
+  updateControls();
+  if (resumeLive) scheduleLive();
+}
+
+function describeTiming(request, timing) {
+  if (!timing) return;
+  const parts = [`${Math.round(timing.total_ms)} ms`];
+  if (timing.tokens >= MIN_TOKENS_FOR_RATE && timing.model_ms > 0) {
+    parts.push(`${(timing.tokens / (timing.model_ms / 1000)).toFixed(1)} tok/s`);
+  }
+  request.meta = parts.join(' · ');
+  request.metaTitle = ['queue_ms', 'decode_ms', 'first_token_ms', 'model_ms', 'total_ms']
+    .filter((key) => timing[key] !== undefined)
+    .map((key) => `${key.replace('_ms', '')}: ${Math.round(timing[key])} ms`)
+    .concat(timing.tokens !== undefined ? [`tokens: ${timing.tokens}`] : [])
+    .join('\n');
+}

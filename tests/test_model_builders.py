@@ -1,0 +1,33 @@
+"""The random-model builders share one path: built straight in the stored dtype on the chosen device."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText
+
+from scripts.build_tiny_model import PROFILES
+from scripts.synthetic_scenes import corpus
+from scripts.vlm_factory import build_model_folder
+from tests.server_process import REPO
+
+
+def test_a_model_is_built_in_the_dtype_it_is_stored_in(tmp_path: Path) -> None:
+    """The serving benchmark builds float16 on a GPU this way; on a CPU the same path runs here."""
+    folder = build_model_folder(
+        tmp_path, "idefics3", PROFILES["tiny"], corpus(), 0, can_stop=False, dtype="float16", device="cpu"
+    )
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float16}
+    assert torch.get_default_dtype() == torch.float32, "the builder leaves the default dtype as it found it"
+
+
+def test_scripts_run_as_modules_of_the_scripts_package() -> None:
+    """``python -m scripts.NAME`` is the documented form: sibling imports are package-relative, no sys.path edits."""
+    assert not [path.name for path in (REPO / "scripts").glob("*.py") if "sys.path" in path.read_text()]
+    command = [sys.executable, "-m", "scripts.build_tiny_model", "--help"]
+    shown = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "--profile" in shown.stdout, shown.stderr

@@ -1,0 +1,148 @@
+"""The Socket.IO events in process, through Flask-SocketIO's own test client (no server, no model).
+
+The real-process tests (test_server.py, test_clients.py, test_attacks.py) check the same promises
+over a real socket; these pin each handler's wire shape in a fraction of the time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask_socketio import SocketIOTestClient
+
+from tests.conftest import jpeg_data_url
+from tests.doubles import ScriptedBackendDouble
+from vlm.config import Settings
+from vlm.scheduler import Scheduler
+from vlm.web import WebApp, create_app
+
+pytestmark = pytest.mark.unit
+
+TOKEN = "in-process-token"
+
+
+@pytest.fixture
+def web() -> WebApp:
+    return create_app(Settings(token=TOKEN))
+
+
+@pytest.fixture
+def loaded(web: WebApp) -> WebApp:
+    backend = ScriptedBackendDouble()
+    web.slot.install(backend, Scheduler(backend, batch_window_s=0))
+    return web
+
+
+@pytest.fixture
+def client(loaded: WebApp) -> Iterator[SocketIOTestClient]:
+    connected = loaded.socketio.test_client(loaded.app, auth={"token": TOKEN})
+    yield connected
+    if connected.is_connected():
+        connected.disconnect()
+
+
+def wait_for(client: SocketIOTestClient, name: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    """Events arrive from the model worker's thread: collect until one named ``name`` came."""
+    received: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        received += client.get_received()
+        if any(event["name"] == name for event in received):
+            return received
+        time.sleep(0.01)
+    raise AssertionError(f"no {name!r} within {timeout_s} s: {received}")
+
+
+def test_a_wrong_token_is_refused_at_connect(loaded: WebApp) -> None:
+    stranger = loaded.socketio.test_client(loaded.app, auth={"token": "wrong"})
+    assert not stranger.is_connected()
+
+
+def test_a_query_is_acknowledged_streamed_and_answered_in_the_protocol_shape(client: SocketIOTestClient) -> None:
+    ack = client.emit("query", {"id": "q1", "question": "red circle", "image": jpeg_data_url()}, callback=True)
+    assert ack == {"id": "q1"}
+    events = wait_for(client, "response")
+    deltas = [event["args"][0] for event in events if event["name"] == "stream"]
+    assert all(delta["id"] == "q1" for delta in deltas)
+    assert "".join(delta["delta"] for delta in deltas) == "echo: red circle"
+    (response,) = [event["args"][0] for event in events if event["name"] == "response"]
+    assert list(response) == ["id", "answer", "finish_reason", "timing"], "no skill/objects/points on a query"
+    assert (response["id"], response["answer"], response["finish_reason"]) == ("q1", "echo: red circle", "stop")
+    assert list(response["timing"]) == [
+        "queue_ms",
+        "decode_ms",
+        "model_ms",
+        "first_token_ms",
+        "total_ms",
+        "tokens",
+        "prompt_tokens",
+    ]
+    assert response["timing"]["tokens"] == 3
+
+
+def test_a_refusal_in_the_handler_reaches_the_sender_as_query_error(client: SocketIOTestClient) -> None:
+    ack = client.emit("query", {"id": 7, "question": "hi", "image": "not an image"}, callback=True)
+    assert ack == {"id": "7"}
+    (event,) = client.get_received()
+    assert event["name"] == "query_error"
+    assert event["args"][0] == {"id": "7", "code": "bad_image", "message": "image is not valid Base64"}
+
+
+def test_a_client_without_ids_hears_refusals_on_response_like_the_original_page(client: SocketIOTestClient) -> None:
+    ack = client.emit("query", {"question": "", "image": jpeg_data_url()}, callback=True)
+    (event,) = client.get_received()
+    assert event["name"] == "response"
+    assert event["args"][0] == {
+        "id": ack["id"],
+        "answer": "Sorry, an error occurred: question is empty",
+        "error": {"code": "empty_question", "message": "question is empty"},
+    }
+
+
+def test_before_the_model_loads_a_query_is_refused_as_loading(web: WebApp) -> None:
+    client = web.socketio.test_client(web.app, auth={"token": TOKEN})
+    ack = client.emit("query", {"id": "early", "question": "hi", "image": jpeg_data_url()}, callback=True)
+    assert ack == {"id": "early"}
+    (event,) = client.get_received()
+    assert (event["name"], event["args"][0]["code"]) == ("query_error", "loading")
+
+
+def test_a_skill_the_model_lacks_is_refused(client: SocketIOTestClient) -> None:
+    client.emit("skill", {"id": "d", "skill": "detect", "object": "cup", "image": jpeg_data_url()}, callback=True)
+    (event,) = client.get_received()
+    assert event["args"][0] == {"id": "d", "code": "unsupported_skill", "message": "the loaded model cannot detect"}
+
+
+def test_a_caption_names_its_skill(client: SocketIOTestClient) -> None:
+    client.emit("skill", {"id": "c", "skill": "caption", "image": jpeg_data_url()}, callback=True)
+    (response,) = [event["args"][0] for event in wait_for(client, "response") if event["name"] == "response"]
+    assert response["skill"] == "caption"
+
+
+def test_wrong_argument_counts_are_refused_and_cancel_is_only_acknowledged(client: SocketIOTestClient) -> None:
+    assert client.emit("cancel", callback=True) == {"error": "bad_request"}
+    assert client.get_received() == []
+    ack = client.emit("query", {"id": "two"}, "payloads", callback=True)
+    (event,) = client.get_received()
+    assert event["args"][0] == {"id": "two", "code": "bad_request", "message": "send exactly one payload object"}
+    assert ack == {"id": "two"}
+    assert client.emit("cancel", {"id": "nothing-running"}, callback=True) == {
+        "id": "nothing-running",
+        "cancelled": False,
+    }
+
+
+def test_an_event_nobody_handles_is_not_acknowledged(client: SocketIOTestClient) -> None:
+    assert client.emit("no_such_event", {"id": "x"}, callback=True) is None
+    assert client.get_received() == []
+
+
+def test_watch_events_share_the_namespace(client: SocketIOTestClient) -> None:
+    added = client.emit("watch_add", {"condition": "is there a cup?"}, callback=True)
+    assert added["watch"]["condition"] == "is there a cup?"
+    refused = client.emit("watch_pause", {"id": added["watch"]["id"], "paused": "yes"}, callback=True)
+    assert refused == {"error": {"code": "bad_request", "message": "paused must be true or false"}}
+    assert client.emit("watch_remove", {"id": added["watch"]["id"]}, callback=True) == {"removed": added["watch"]["id"]}

@@ -1,0 +1,111 @@
+"""One typed result, each transport's own wire shape: Socket.IO, ``/v1`` (JSON and SSE), metrics, HTTP statuses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlm.backends.base import Result
+from vlm.errors import Code, VlmError, http_status
+from vlm.metrics import Metrics
+from vlm.openai_api import Completion, error_body
+from vlm.results import Answer, Timing
+from vlm.socket_sink import SocketSink, error_event, response_payload
+
+pytestmark = pytest.mark.unit
+
+TIMING = Timing(queue_ms=1.0, decode_ms=2.0, model_ms=30.0, first_token_ms=5.0, total_ms=33.5)
+POINT = Answer("p1", "point", Result(answer="", tokens=4, prompt_tokens=9, points=[{"x": 0.5, "y": 0.25}]), TIMING)
+QUERY = Answer("q1", "query", Result(answer="a red circle", tokens=3, prompt_tokens=12, finish_reason="length"), TIMING)
+
+
+def test_socketio_response_shape() -> None:
+    assert json.dumps(response_payload(POINT)) == json.dumps(
+        {
+            "id": "p1",
+            "answer": "",
+            "finish_reason": "stop",
+            "timing": {
+                "queue_ms": 1.0,
+                "decode_ms": 2.0,
+                "model_ms": 30.0,
+                "first_token_ms": 5.0,
+                "total_ms": 33.5,
+                "tokens": 4,
+                "prompt_tokens": 9,
+            },
+            "skill": "point",
+            "points": [{"x": 0.5, "y": 0.25}],
+        }
+    )
+    assert "skill" not in response_payload(QUERY) and "objects" not in response_payload(QUERY)
+
+
+def test_socketio_errors_for_clients_with_and_without_ids() -> None:
+    error = VlmError(Code.BUSY, "the server is busy")
+    assert json.dumps(error_event("r", error, seed=False)) == json.dumps(
+        ["query_error", {"id": "r", "code": "busy", "message": "the server is busy"}]
+    )
+    assert error_event("r", error, seed=True) == (
+        "response",
+        {
+            "id": "r",
+            "answer": "Sorry, an error occurred: the server is busy",
+            "error": {"code": "busy", "message": "the server is busy"},
+        },
+    )
+
+
+def test_a_socket_sink_sends_every_event_to_its_one_client() -> None:
+    sent: list[tuple[str, dict[str, object], str | None]] = []
+    sink = SocketSink(lambda event, payload, sid: sent.append((event, payload, sid)), "sid-1", "q1")
+    sink.stream("a red")
+    sink.answered(QUERY)
+    sink.failed(VlmError(Code.TIMEOUT, "no answer within 60 s"))
+    assert [(event, sid) for event, _, sid in sent] == [
+        ("stream", "sid-1"),
+        ("response", "sid-1"),
+        ("query_error", "sid-1"),
+    ]
+    assert sent[0][1] == {"id": "q1", "delta": "a red"}
+
+
+def test_openai_completion_and_stream_from_the_same_answer() -> None:
+    completion = Completion(id="chatcmpl-q1", model="demo", include_usage=True, created=1)
+    message = completion.message(QUERY)
+    assert message["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "a red circle"}, "finish_reason": "length"}
+    ]
+    assert message["usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    closed: list[bool] = []
+    chunks = list(completion.sse(iter([("stream", " a red"), ("answer", QUERY)]), on_close=lambda: closed.append(True)))
+    bodies = [json.loads(chunk.removeprefix("data: ")) for chunk in chunks[:-1]]
+    text = "".join(body["choices"][0]["delta"].get("content", "") for body in bodies if body["choices"])
+    assert text == "a red circle", "the deltas add up to exactly the non-streamed answer"
+    assert bodies[-2]["choices"][0]["finish_reason"] == "length" and bodies[-1]["usage"]["total_tokens"] == 15
+    assert chunks[-1] == "data: [DONE]\n\n" and closed == [True]
+
+
+def test_openai_error_objects_take_their_status_from_the_errors_module() -> None:
+    assert [http_status(code) for code in (Code.BUSY, Code.LOADING, Code.UPSTREAM_ERROR, "method_not_allowed")] == [
+        429,
+        503,
+        502,
+        400,
+    ]
+    assert error_body(Code.BUSY, "full") == {
+        "error": {"message": "full", "type": "rate_limit_error", "code": "busy", "param": None}
+    }
+    assert error_body(Code.TIMEOUT, "late")["error"]["type"] == "server_error"
+
+
+def test_metrics_count_an_answer_from_its_typed_timing() -> None:
+    metrics = Metrics()
+    metrics.answered("http-1", QUERY)
+    assert (
+        metrics.registry.get_sample_value("vlm_requests_total", {"door": "http", "outcome": "answered", "code": ""})
+        == 1
+    )
+    assert metrics.registry.get_sample_value("vlm_generated_tokens_total") == 3
+    assert metrics.registry.get_sample_value("vlm_latency_seconds_sum", {"stage": "total"}) == pytest.approx(0.0335)

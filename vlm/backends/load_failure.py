@@ -1,0 +1,96 @@
+"""Why a model could not be loaded, in a paragraph the operator can act on instead of a traceback."""
+
+from __future__ import annotations
+
+from ..config import DEFAULT_MODEL, Settings
+from ..errors import ModelLoadError
+
+# moondream2 loads its tokenizer from another repository than its weights.
+TOKENIZER_REPO = "moondream/starmie-v1"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def download_commands(model_id: str, revision: str | None) -> list[str]:
+    """The ``hf download`` lines that put moondream2 and its tokenizer in the Hugging Face cache."""
+    pinned = f" --revision {revision}" if revision else ""
+    return [f"hf download {model_id}{pinned}", f"hf download {TOKENIZER_REPO} {TOKENIZER_FILE}"]
+
+
+def explain_load_failure(settings: Settings, error: BaseException) -> str:
+    """One paragraph a user can act on, instead of a traceback."""
+    if isinstance(error, ModelLoadError):
+        return str(error)
+    if settings.backend == "openai":
+        return (
+            f"Could not use the OpenAI-compatible server at {settings.base_url or '(no --base-url)'} "
+            f"for model {settings.model!r}: {type(error).__name__}: {error}. "
+            "Check that the server is running and reachable from here, that --base-url ends in /v1, "
+            "and that --api-key (or OPENAI_API_KEY) is what it expects."
+        )
+    loading = (
+        f"Could not load the model {settings.model!r} "
+        f"(backend {settings.backend}, revision {settings.effective_revision or 'n/a'})"
+    )
+    missing = missing_hub_files(error)
+    if missing:
+        from huggingface_hub import constants
+
+        # The model being loaded comes whole; a file it fetches from elsewhere (a tokenizer) on its own.
+        lines = [
+            f"hf download {repo}"
+            + ("" if repo == settings.model_path else f" {file}")
+            + (f" --revision {rev}" if rev and rev != "main" else "")
+            for repo, file, rev in missing
+        ]
+        lines = list(dict.fromkeys(lines))
+        wanted = ", ".join(f"{file} of {repo} (revision {rev or 'main'})" for repo, file, rev in missing)
+        text = (
+            f"{loading}: it needs {wanted}, which is not in this machine's Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and could not be downloaded. On a machine with internet access run\n  "
+            + "\n  ".join(lines)
+            + "\nthen copy its Hugging Face cache folder here (or point HF_HOME at a copy)."
+        )
+        if settings.model == DEFAULT_MODEL:
+            text += " moondream2 needs both the model and its tokenizer; everything at once:\n  " + " && ".join(
+                download_commands(DEFAULT_MODEL, settings.revision)
+            )
+        return text + "\nTo try the app without any download, run `python app.py --model demo`."
+    return (
+        f"{loading}: {type(error).__name__}: {error}. "
+        "If this machine is offline or the model is not in your Hugging Face cache, download it elsewhere "
+        f"(moondream2: `{' && '.join(download_commands(DEFAULT_MODEL, settings.revision))}`; "
+        "any model: `hf download MODEL_ID --local-dir FOLDER`), copy it here and run "
+        "`python app.py --model /path/to/folder`; to try the app without any download, run "
+        "`python app.py --model demo`."
+    )
+
+
+def missing_hub_files(error: BaseException) -> list[tuple[str, str, str | None]]:
+    """(repo, file, revision) of every hub download that failed on the way to ``error``, in order.
+
+    Whoever asked (transformers, moondream2's own ``Tokenizer.from_pretrained``, this app), a file
+    that is neither cached nor downloadable ends in ``huggingface_hub.hf_hub_download``; its error
+    does not name the file, but the call's frame in the traceback holds its arguments.
+    """
+    found: list[tuple[str, str, str | None]] = []
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__]
+        traceback = current.__traceback__
+        while traceback is not None:
+            frame = traceback.tb_frame
+            if frame.f_code.co_name == "hf_hub_download" and isinstance(frame.f_locals.get("repo_id"), str):
+                wanted = (
+                    frame.f_locals["repo_id"],
+                    str(frame.f_locals.get("filename")),
+                    frame.f_locals.get("revision"),
+                )
+                if wanted not in found:
+                    found.append(wanted)
+            traceback = traceback.tb_next
+    return found

@@ -1,0 +1,82 @@
+"""The page, ``/healthz`` and ``/api/info``: what a browser or a load balancer asks over plain HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from flask import Blueprint, Response, jsonify, make_response, render_template, request
+
+from .access import TOKEN_COOKIE, Access
+from .config import Settings
+from .demo_guide import demo_guide
+from .errors import Code
+from .model_slot import ModelSlot
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access) -> Blueprint:
+    pages = Blueprint("pages", __name__)
+
+    @pages.after_app_request
+    def security_headers(response: Response) -> Response:
+        """On every response of the app, ``/v1`` and Socket.IO polling included."""
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    @pages.get("/")
+    def index() -> Response:
+        """The link with ``?token=`` works once; a cookie keeps reloads working after the page hides it."""
+        token = request.args.get("token") or access.bearer() or request.cookies.get(TOKEN_COOKIE)
+        if not access.ok(token):
+            return make_response(render_template("unauthorized.html"), 401)
+        response = make_response(render_template("index.html"))
+        if settings.token:
+            response.set_cookie(
+                TOKEN_COOKIE, settings.token, httponly=True, samesite="Strict", secure=request.is_secure
+            )
+        return response
+
+    @pages.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        if slot.backend is None:
+            return jsonify(status="loading"), 503
+        info = slot.backend.info
+        stuck_s = slot.scheduler.stuck_s() if slot.scheduler is not None else 0.0
+        if stuck_s:  # the model has not come back from an overdue call; nothing else can run meanwhile
+            return jsonify(
+                status="degraded",
+                stuck_s=round(stuck_s, 1),
+                model=settings.model_name,
+                backend=info.backend,
+                device=info.device,
+            ), 503
+        return jsonify(status="ok", model=settings.model_name, backend=info.backend, device=info.device), 200
+
+    @pages.get("/api/info")
+    def api_info() -> tuple[Response, int]:
+        if not access.bearer_ok():
+            return jsonify(error=Code.UNAUTHORIZED), Code.UNAUTHORIZED.status
+        if slot.backend is None:
+            return jsonify(status="loading"), 503
+        info = asdict(slot.backend.info)
+        info["capabilities"] = sorted(info["capabilities"])
+        # The page paces its live mode from the rate limit, so that it never trips it.
+        info.update(
+            model=settings.model_name,
+            max_question_chars=settings.max_question_chars,
+            max_image_bytes=settings.max_image_bytes,
+            rate_limit_per_s=settings.rate_limit_per_s,
+            rate_burst=settings.rate_burst,
+        )
+        info.update(demo_guide(settings.model_path))
+        return jsonify(info), 200
+
+    return pages

@@ -1,0 +1,250 @@
+"""Every Socket.IO event the app answers, as one ``flask_socketio.Namespace``: add an event by adding an ``on_<event>``.
+
+Handlers never run the model: they check, decode, queue the work and return, so pings, other
+clients and ``/healthz`` stay responsive during a generation. Every reply goes to the sender
+(``request.sid``) only; answers and refusals alike leave through a ``SocketSink``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import request
+from flask_socketio import Namespace
+
+from .access import Access
+from .backends.base import Backend
+from .config import Settings
+from .errors import Code, VlmError
+from .images import decode_image
+from .model_slot import ModelSlot
+from .outbox import Outbox
+from .protocol import Incoming, parse_cancel, parse_query, parse_skill, request_id, to_job
+from .ratelimit import EventGate
+from .request_queue import queue_full
+from .scheduler import Request
+from .sessions import drop
+from .socket_sink import SocketSink, is_seed
+from .watch import Frame
+from .watch_web import WatchService, watch_error
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["AppNamespace", object], Any]
+
+
+def gated(*, replies: bool) -> Callable[[Handler], Callable[..., Any]]:
+    """Every event is charged to its connection and its address before anything else is done.
+
+    Handlers take any arguments, so a client sending the wrong number still gets a reply.
+    ``replies=False``: a refusal is only acknowledged (a ``cancel``'s id names the query it
+    targets, which must not read as failed; a watch event's acknowledgement is its answer).
+    """
+
+    def decorate(handler: Handler) -> Callable[..., Any]:
+        @wraps(handler)
+        def receive(self: AppNamespace, *args: object) -> Any:
+            verdict = self.gate.check(request.sid, request.remote_addr or "")
+            if verdict.drop:
+                log.warning(
+                    "dropping %s from %s: it kept flooding after being refused", request.sid, request.remote_addr
+                )
+                drop(self.socketio, request.sid)
+                return None
+            payload = args[0] if args else None
+            if not verdict.allowed:
+                error = VlmError(Code.RATE_LIMITED, "too many requests; slow down")
+            elif len(args) != 1:
+                error = VlmError(Code.BAD_REQUEST, "send exactly one payload object")
+            else:
+                return handler(self, payload)
+            return {"id": self.refuse(payload, error)} if replies else {"error": error.code}
+
+        return receive
+
+    return decorate
+
+
+def watch_fields(payload: object) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise VlmError(Code.BAD_REQUEST, "payload must be a JSON object")
+    return payload
+
+
+class AppNamespace(Namespace):
+    def __init__(
+        self,
+        settings: Settings,
+        slot: ModelSlot,
+        *,
+        access: Access,
+        gate: EventGate,
+        outbox: Outbox,
+        watch: WatchService,
+    ) -> None:
+        super().__init__("/")
+        self.settings = settings
+        self.slot = slot
+        self.access = access
+        self.gate = gate
+        self.outbox = outbox
+        self.watch = watch
+
+    def trigger_event(self, event: str, *args: Any) -> Any:
+        """An event with no handler is not acknowledged, as python-socketio treats events nobody registered."""
+        if not hasattr(self, f"on_{event}"):
+            return self.server.not_handled
+        return super().trigger_event(event, *args)
+
+    # -- the connection ------------------------------------------------------------
+
+    def on_connect(self, auth: object = None) -> None:
+        """The token from ``auth``, or the HttpOnly cookie the page set (a new tab has only that);
+        a cross-site page cannot use the cookie: SameSite=Strict, and its Origin is refused."""
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if not self.access.ok(token) and not self.access.cookie_ok():
+            raise ConnectionRefusedError(Code.UNAUTHORIZED)
+
+    def on_disconnect(self, reason: object = None) -> None:
+        self.gate.forget(request.sid)
+        self.watch.forget_tab(request.sid)
+        if self.slot.scheduler is not None:
+            self.slot.scheduler.forget_client(request.sid)
+
+    # -- questions to the model ------------------------------------------------------
+
+    @gated(replies=True)
+    def on_query(self, payload: object) -> dict[str, str | None]:
+        return self.accept(payload, lambda _: parse_query(payload, max_question_chars=self.settings.max_question_chars))
+
+    @gated(replies=True)
+    def on_skill(self, payload: object) -> dict[str, str | None]:
+        return self.accept(payload, lambda backend: parse_skill(payload, capabilities=backend.info.capabilities))
+
+    @gated(replies=False)
+    def on_cancel(self, payload: object) -> dict[str, object] | None:
+        """Acknowledged, so a client can tell whether its request was still running."""
+        try:
+            rid = parse_cancel(payload)
+        except VlmError as error:
+            self.refuse(payload, error)
+            return None
+        cancelled = self.slot.scheduler is not None and self.slot.scheduler.cancel(request.sid, rid)
+        return {"id": rid, "cancelled": cancelled}
+
+    def accept(self, payload: object, parse: Callable[[Backend], Incoming]) -> dict[str, str | None]:
+        """Shared path of ``query`` and ``skill``: every refusal goes to the sender only.
+
+        The acknowledgement carries the request's id, so a client that sent none learns the
+        one the server made up before any event about it arrives.
+        """
+        received = time.perf_counter()
+        backend, scheduler = self.slot.backend, self.slot.scheduler
+        if backend is None or scheduler is None:
+            return {
+                "id": self.refuse(payload, VlmError(Code.LOADING, "the model is still loading; try again in a moment"))
+            }
+        seed = is_seed(payload)
+        if not scheduler.has_room(request.sid, ordered=seed):  # before the decode: refusing is free
+            return {"id": self.refuse(payload, queue_full(scheduler.max_queue))}
+        try:
+            incoming = parse(backend)
+            job, decode_ms = to_job(incoming, self.settings, decode_size=backend.info.decode_size)
+        except VlmError as error:
+            return {"id": self.refuse(payload, error)}
+        log.info(
+            "%s %s from %s (%d chars; frames are never stored)",
+            incoming.task,
+            incoming.id,
+            request.sid,
+            len(incoming.text),
+        )
+        sink = SocketSink(self.outbox.send, request.sid, incoming.id, seed=seed)
+        scheduler.submit(
+            Request(
+                id=incoming.id,
+                client=request.sid,
+                job=job,
+                sink=sink,
+                ordered=seed,
+                received=received,
+                decode_ms=decode_ms,
+            )
+        )
+        return {"id": incoming.id}
+
+    def refuse(self, payload: object, error: VlmError) -> str | None:
+        """A refusal before the scheduler: counted, then sent as a failure, to the sender only; returns its id."""
+        rid = error.request_id
+        if rid is None:
+            try:
+                rid = request_id(payload)
+            except VlmError:
+                rid = None
+        self.watch.metrics.refused("socketio", error.code)
+        SocketSink(self.emit_now, request.sid, rid, seed=is_seed(payload)).failed(error)
+        return rid
+
+    def emit_now(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
+        """From a handler, which runs on the server's own loop, so it need not go through the ``Outbox``."""
+        self.socketio.emit(event, payload, to=sid)
+
+    # -- watch mode (docs/PROTOCOL.md) ----------------------------------------------------
+
+    @gated(replies=False)
+    def on_watch_add(self, payload: object) -> dict[str, Any]:
+        try:
+            given = watch_fields(payload)
+            watch = self.watch.hub.add(given.get("condition"), given.get("source", "tab"), owner=request.sid)
+        except VlmError as error:
+            return watch_error(error)
+        return {"watch": watch.describe()}
+
+    @gated(replies=False)
+    def on_watch_pause(self, payload: object) -> dict[str, Any]:
+        try:
+            given = watch_fields(payload)
+            watch = self.watch.hub.owned(given.get("id"), request.sid)
+            paused = given.get("paused", True)
+            if not isinstance(paused, bool):
+                raise VlmError(Code.BAD_REQUEST, "paused must be true or false")
+        except VlmError as error:
+            return watch_error(error)
+        self.watch.hub.pause(watch, paused)
+        return {"watch": watch.describe()}
+
+    @gated(replies=False)
+    def on_watch_remove(self, payload: object) -> dict[str, Any]:
+        try:
+            watch = self.watch.hub.owned(watch_fields(payload).get("id"), request.sid)
+        except VlmError as error:
+            return watch_error(error)
+        self.watch.hub.remove(watch)
+        return {"removed": watch.id}
+
+    @gated(replies=False)
+    def on_watch_frame(self, payload: object) -> dict[str, Any]:
+        """A tab's frame for its watches; the tab sends the next one after ``watch_frame_done`` (backpressure)."""
+        received = time.time()
+        side = self.slot.decode_size()
+        try:
+            if side is None:
+                raise VlmError(Code.LOADING, "the model is still loading; try again in a moment")
+            frame = decode_image(
+                watch_fields(payload).get("image"),
+                max_bytes=self.settings.max_image_bytes,
+                max_pixels=self.settings.max_image_pixels,
+                target_size=side,
+            )
+        except VlmError as error:
+            return watch_error(error)
+        hub = self.watch.hub
+        source = hub.tab_source(request.sid)
+        seq = (source.latest.seq if source.latest else 0) + 1
+        image = frame.image
+        checking = hub.offer(source, Frame(seq=seq, load=lambda: image, captured=received, decode_ms=frame.decode_ms))
+        return {"frame": seq, "checking": checking}
