@@ -7,11 +7,9 @@ models) load the app the same way and report the same way, so both take it from 
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import threading
 import time
-from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import socketio
 from PIL import Image
 
 from scripts.synthetic_scenes import draw_scene, single_object_scene
+from tests.conftest import data_url
 from tests.socket_client import RecordingClient
 
 
@@ -28,9 +27,7 @@ def camera_frame(number: int = 0) -> str:
     image = _scene().copy()
     if number:
         image.putpixel((number % 640, number // 640 % 480), (number % 251, 255, 0))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + b64encode(buffer.getvalue()).decode()
+    return data_url(image, "JPEG", quality=80)
 
 
 def next_camera_frame() -> str:

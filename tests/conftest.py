@@ -66,10 +66,10 @@ def hub_cache(path: Path) -> Iterator[None]:
         constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
 
 
-def data_url(image: Image.Image, fmt: str = "JPEG") -> str:
-    """A frame as the page sends it: the encoded image as a Base64 data URL."""
+def data_url(image: Image.Image, fmt: str = "JPEG", **save_options: object) -> str:
+    """A frame as the page sends it: the encoded image as a Base64 data URL (``save_options`` go to Pillow)."""
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
+    image.save(buffer, format=fmt, **save_options)
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

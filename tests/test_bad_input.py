@@ -8,7 +8,6 @@ connected throughout and hears nothing.
 from __future__ import annotations
 
 import base64
-import io
 import time
 from collections.abc import Iterator
 
@@ -28,9 +27,7 @@ def truncated_jpeg() -> str:
 
 
 def bomb() -> str:
-    buffer = io.BytesIO()
-    Image.new("1", (30000, 30000)).save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return data_url(Image.new("1", (30000, 30000)), "PNG", optimize=True)
 
 
 GOOD = data_url(Image.new("RGB", (320, 240), "red"), "JPEG")

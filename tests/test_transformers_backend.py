@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from PIL import Image
@@ -11,7 +13,7 @@ from scripts.vlm_factory import ARCHS
 from vlm.backends.base import Job, Result
 from vlm.backends.frame_cache import FrameCache
 from vlm.backends.registry import choose_backend, read_model_config
-from vlm.backends.step_decoder import StepDecoder
+from vlm.backends.step_decoder import StepDecoder, cache_keyword
 from vlm.backends.transformers_backend import MIN_FRAME_SIDE, TransformersBackend
 from vlm.errors import VlmError
 
@@ -95,6 +97,8 @@ def test_a_frame_asked_about_again_is_not_encoded_again(
     same_frame = [Job(task="query", image=FRAMES[0], image_key="red", text=q, max_new_tokens=4) for q in questions]
     monkeypatch.setattr(backend, "image_features", FrameCache())
     real_encoder = backend.image_encoder
+    if not hasattr(backend.model, "_supports_mm_encoder_outputs"):
+        pytest.skip("this transformers' generate takes no pre-encoded images (5.17 has none); every frame is encoded")
     assert real_encoder is not None, "both tiny architectures take pre-encoded images"
     frames_encoded: list[int] = []
 
@@ -249,3 +253,24 @@ def test_text_only_rows_are_answered_alongside_rows_with_a_frame(backend: Transf
     assert mixed.results[0].answer == alone.results[0].answer
     assert "".join(mixed.deltas[1]).strip() == mixed.results[1].answer
     assert mixed.results[1].finish_reason == ("length" if mixed.results[1].tokens == 5 else "stop")
+
+
+def test_the_cache_goes_in_under_the_name_this_transformers_reads(backend: TransformersBackend) -> None:
+    """transformers renamed forward's ``past_key_values`` to ``cache``; an unknown keyword is swallowed, and
+    the decoder then ran every step without the prompt (seen with transformers 5.17 on an H100)."""
+    parameters = inspect.signature(backend.model.forward).parameters
+    assert cache_keyword(backend.model) in parameters
+    decoder = backend.decoder(Events(1))
+    assert isinstance(decoder, StepDecoder)
+    decoder.join({0: Job(task="query", image=FRAMES[0], image_key="red", text="what shape is this?", max_new_tokens=4)})
+    assert decoder.cache is not None and decoder.cache.get_seq_length() == decoder.mask.shape[1] > 1
+
+
+def test_a_model_that_ignores_the_cache_is_refused_not_decoded_without_it(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoder = backend.decoder(Events(1))
+    monkeypatch.setattr(decoder, "cache_keyword", "a_name_forward_swallows")
+    job = Job(task="query", image=FRAMES[0], image_key="red", text="what shape is this?", max_new_tokens=4)
+    with pytest.raises(RuntimeError, match="did not fill the cache"):
+        decoder.join({0: job})

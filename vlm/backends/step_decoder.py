@@ -16,6 +16,7 @@ A row with a temperature samples from the whole vocabulary at that temperature, 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +52,18 @@ GREEDY_CHANGERS: dict[str, object] = {
 def can_step(model: Any) -> bool:
     """Whether ``StepDecoder`` reproduces this model's greedy ``generate``."""
     settings = model.generation_config
-    return model.config.get_text_config().model_type in STEPPED_TEXT_MODELS and all(
-        getattr(settings, name, None) in (None, neutral) for name, neutral in GREEDY_CHANGERS.items()
+    return (
+        model.config.get_text_config().model_type in STEPPED_TEXT_MODELS
+        and cache_keyword(model) is not None
+        and all(getattr(settings, name, None) in (None, neutral) for name, neutral in GREEDY_CHANGERS.items())
     )
+
+
+def cache_keyword(model: Any) -> str | None:
+    """The name ``forward`` takes the KV cache under: ``cache`` in recent transformers, ``past_key_values``
+    before. Forward swallows unknown keywords, so a wrong name decodes silently without the cache."""
+    parameters = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
 class RowText:
@@ -103,6 +113,7 @@ class StepDecoder(Decoder):
         self.events = events
         suppressed = sorted(set(model.generation_config.suppress_tokens or ()))
         self.suppressed = torch.tensor(suppressed, dtype=torch.long, device=model.device)
+        self.cache_keyword = cache_keyword(model)
         self._reset()
 
     def _reset(self) -> None:
@@ -132,9 +143,13 @@ class StepDecoder(Decoder):
         mask = inputs["attention_mask"].long()
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache(config=self.model.config)
-        logits = self.model(**inputs, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits
+        logits = self.model(
+            **inputs, position_ids=positions, **{self.cache_keyword: cache}, use_cache=True, logits_to_keep=1
+        ).logits
         if any(type(layer) is not DynamicLayer for layer in cache.layers):
             raise RuntimeError("the model's cache is not a plain dynamic cache; it cannot be batched step-wise")
+        if cache.get_seq_length() != mask.shape[1]:
+            raise RuntimeError("the model did not fill the cache it was given; it cannot be batched step-wise")
         temperatures = torch.tensor([job.temperature for job in jobs.values()], device=self.model.device)
         tokens = self._choose(logits[:, -1], temperatures)
         rows = [
@@ -155,7 +170,7 @@ class StepDecoder(Decoder):
             input_ids=self.last[:, None],
             attention_mask=self.mask,
             position_ids=self.positions[:, None],
-            cache=self.cache,
+            **{self.cache_keyword: self.cache},
             use_cache=True,
             logits_to_keep=1,
         ).logits
