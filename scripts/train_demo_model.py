@@ -23,10 +23,11 @@ import os
 import random
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing import Pool
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,8 @@ SCENES_PER_STEP = (
     2.0  # then the pool grows by this many scenes per step (--budget-minutes sets it from the drawing rate)
 )
 WINDOW = 16_384  # a step samples the most recent scenes only, so each is seen a few times, not hundreds
+CHUNK = 16  # scenes a drawing worker makes per task
+AHEAD = 4  # tasks queued per worker: every worker stays busy, and stopping waits for only this many
 MAX_TOKENS = 112  # the longest tokenized question and answer, image tokens included, fits
 LEARNING_RATE = 2e-3
 WARMUP_STEPS = 200
@@ -155,7 +158,15 @@ def _init_worker(processor) -> None:
 Pair = tuple[list[int], list[int]]
 
 
-def _render(job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[Example], list[Pair]]:
+Rendered = tuple[np.ndarray, np.ndarray, list[Example], list[Pair]]
+
+
+def _render_chunk(job: tuple[int, int, int]) -> list[Rendered]:
+    seed, start, stop = job
+    return [_render((seed, index)) for index in range(start, stop)]
+
+
+def _render(job: tuple[int, int]) -> Rendered:
     """Make training scene `index`: drawn as the page would send it and shrunk as the processor will,
     its vision labels, its questions and each question with its answer tokenized.
 
@@ -186,12 +197,14 @@ class SceneStream:
 
     def __init__(self, processor, seed: int, total: int, workers: int, first: int, per_step: float) -> None:
         self.total, self.first, self.per_step = total, first, per_step
+        self.seed, self.workers = seed, workers
         self.pad_id = processor.tokenizer.pad_token_id
         self.examples: list[list[Example]] = []
         self._ready = 0
         self._arrived = threading.Condition()
+        self._stopping = threading.Event()
+        self._drained = threading.Event()
         self._pool = Pool(workers, initializer=_init_worker, initargs=(processor,))
-        self._jobs = self._pool.imap(_render, ((seed, i) for i in range(total)), chunksize=16)
 
     def start(self, device: torch.device) -> None:
         """Allocate the scene store on `device` and start filling it (after CUDA starts: the pool has forked)."""
@@ -206,14 +219,29 @@ class SceneStream:
         threading.Thread(target=self._fill, daemon=True).start()
 
     def _fill(self) -> None:
-        chunk: list[tuple[np.ndarray, np.ndarray, list[Example], list[Pair]]] = []
-        for rendered in self._jobs:
-            chunk.append(rendered)
-            if len(chunk) == 256 or self._ready + len(chunk) == self.total:
-                self._store(chunk)
-                chunk = []
+        """Keep `AHEAD` tasks per worker queued and store their scenes in order.
 
-    def _store(self, chunk: list[tuple[np.ndarray, np.ndarray, list[Example], list[Pair]]]) -> None:
+        Only a few tasks are ever queued, so `close` can wait for them: terminating a pool whose
+        workers are still sending results can hang (a training run on an H100 did, after its last step).
+        """
+        pending: deque[AsyncResult] = deque()
+        starts = iter(range(0, self.total, CHUNK))
+        try:
+            while True:
+                while not self._stopping.is_set() and len(pending) < AHEAD * self.workers:
+                    if (start := next(starts, None)) is None:
+                        break
+                    job = (self.seed, start, min(start + CHUNK, self.total))
+                    pending.append(self._pool.apply_async(_render_chunk, (job,)))
+                if not pending:
+                    break
+                chunk = pending.popleft().get()
+                if not self._stopping.is_set():
+                    self._store(chunk)
+        finally:
+            self._drained.set()
+
+    def _store(self, chunk: list[Rendered]) -> None:
         at, n = self._ready, len(chunk)
         rows = slice(at, at + n)
         self.pixels[rows] = torch.from_numpy(np.stack([c[0] for c in chunk]))
@@ -249,7 +277,11 @@ class SceneStream:
         return self._ready
 
     def close(self) -> None:
-        self._pool.terminate()
+        """Stop drawing: let the queued tasks finish, then end the workers."""
+        self._stopping.set()
+        self._drained.wait()
+        self._pool.close()
+        self._pool.join()
 
 
 def conversation(turns: Sequence[Example]) -> list[dict]:
@@ -626,8 +658,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     started = time.perf_counter()
     model, processor = build_model(ARCH, SIZE, corpus(), args.seed)
-    # Both pools fork before CUDA starts; the held-out scenes are drawn while training runs.
-    with Pool(max(1, args.workers // 8)) as held_out_pool:
+    # Both pools fork before CUDA starts. The held-out scenes (full camera size, ~150 ms each) are drawn by a
+    # quarter as many workers as the training scenes: with one worker, an 8-minute H100 run had finished its
+    # last step long before them.
+    with Pool(max(1, args.workers // 4)) as held_out_pool:
         held_out_jobs = held_out_pool.map_async(_held_out_job, [(args.seed, i) for i in range(args.eval_scenes)])
         stream = SceneStream(processor, args.seed, args.scenes, args.workers, args.first_scenes, args.scenes_per_step)
         model.to(device)
@@ -638,6 +672,7 @@ def main(argv: list[str] | None = None) -> None:
             args.scenes_per_step = stream.per_step
         pretrain_vision(model, stream, args.vision_steps, args.seed)
         train(model, stream, args.steps, args.seed, first_step=args.vision_steps)
+        print("training done; stopping the drawing workers and collecting the held-out scenes", flush=True)
         stream.close()
         held_out = held_out_from(held_out_jobs.get())
     used = stream.available(args.vision_steps + args.steps - 1)
