@@ -1,7 +1,7 @@
 """Serving figures on real-size models: the limit, the app against it, continuous against wave batching.
 
-    python bench/serving.py                 # this machine (CPU: float32; the 2.2 B model in bfloat16)
-    python bench/serving.py --device cuda   # a CUDA machine: float16, figures headed with the card's name
+    python -m bench.serving                 # this machine (CPU: float32; the 2.2 B model in bfloat16)
+    python -m bench.serving --device cuda   # a CUDA machine: float16, figures headed with the card's name
 
 Builds random-weight models of real size (``scripts/build_real_size_model.py``) into ``--models``
 (kept for the next run; on a GPU initialised there in float16, in seconds), then measures, per
@@ -21,7 +21,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -30,9 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.generation.streamers import BaseStreamer
 
