@@ -1,7 +1,7 @@
 """What moondream2's full-size architecture costs on this machine's CPU, with random weights.
 
     git clone https://github.com/vikhyat/moondream && git -C moondream checkout 44146f1
-    python bench/moondream_cpu.py moondream/moondream/torch
+    python -m bench.moondream_cpu moondream/moondream/torch
 
 The weights are random (the model hub is out of reach here), so the answers are noise, but the
 arithmetic is the real model's: moondream2's own code at the commit its 2025-06-21 revision ships,
@@ -26,8 +26,6 @@ from unittest import mock
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vlm.backends.moondream import run_in
 

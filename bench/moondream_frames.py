@@ -1,6 +1,6 @@
 """Image-encoding time per frame size through the moondream backend, on the moondream2 look-alike.
 
-    python bench/moondream_frames.py
+    python -m bench.moondream_frames
 
 The look-alike (scripts/build_remote_code_fixture.py) tiles frames exactly as moondream2 does, so the
 crop counts here are moondream2's; its layers are tiny, so the times show what resizing and cropping
@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.build_remote_code_fixture import build_remote_code_fixture
 from tests.conftest import hub_cache

@@ -1,6 +1,6 @@
 """Benchmarks: this app against a re-creation of the seed design, same model, same run.
 
-    python bench/run.py            # writes bench/results.md and the README's benchmark table
+    python -m bench.run            # writes bench/results.md and the README's benchmark table
 
 Measures (see README): app overhead, Socket.IO round trip during a long generation (per
 async mode), throughput and latency at 1/4/16/32 concurrent clients, peak server RSS.
@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Asking, camera_frame, load_test, markdown, pct, targets_table, write_between_markers
 from scripts.build_tiny_model import build_tiny_model

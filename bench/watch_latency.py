@@ -1,6 +1,6 @@
 """Watch mode: how soon an alert follows a change in the video, and how many alerts are false.
 
-    python bench/watch_latency.py [--cycles 8] [--segment 5]    # writes bench/watch_results.md
+    python -m bench.watch_latency [--cycles 8] [--segment 5]    # writes bench/watch_results.md
 
 Plays a video file through ``--source`` with ``--watch "is there a triangle?"`` on the demo
 model: segments without a triangle (circles, squares, stars in five colours) alternate with
@@ -16,15 +16,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.browser.fake_camera import Shot
 from tests.server_process import REPO, AppProcess

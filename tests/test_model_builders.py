@@ -31,3 +31,11 @@ def test_scripts_run_as_modules_of_the_scripts_package() -> None:
     command = [sys.executable, "-m", "scripts.build_tiny_model", "--help"]
     shown = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "--profile" in shown.stdout, shown.stderr
+
+
+def test_benchmarks_run_as_modules_of_the_bench_package() -> None:
+    """``python -m bench.NAME`` likewise: they import the app, tests and scripts as packages, not by path."""
+    assert not [path.name for path in (REPO / "bench").glob("*.py") if "Path(__file__)" in path.read_text()]
+    command = [sys.executable, "-m", "bench.serving", "--help"]
+    shown = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "--skip-large" in shown.stdout, shown.stderr

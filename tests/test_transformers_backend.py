@@ -274,3 +274,20 @@ def test_a_model_that_ignores_the_cache_is_refused_not_decoded_without_it(
     job = Job(task="query", image=FRAMES[0], image_key="red", text="what shape is this?", max_new_tokens=4)
     with pytest.raises(RuntimeError, match="did not fill the cache"):
         decoder.join({0: job})
+
+
+class Transformers517Forward:
+    """A stand-in with the forward signature of transformers 5.17 (the KV cache as ``past_key_values``)."""
+
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs):
+        return None
+
+
+class NoCacheForward:
+    def forward(self, input_ids=None, **kwargs):
+        return None
+
+
+def test_the_cache_keyword_follows_forward_and_a_forward_without_one_is_not_stepped() -> None:
+    assert cache_keyword(Transformers517Forward()) == "past_key_values"
+    assert cache_keyword(NoCacheForward()) is None
