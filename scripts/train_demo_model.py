@@ -478,19 +478,23 @@ def fit_budget(model, stream: SceneStream, vision_steps: int, steps: int, second
     """
     probe = copy.deepcopy(model)
     device = stream.pixels.device
+    # A CPU step takes seconds and needs no warm-up to speak for the rest; 80 of them would eat the budget.
+    warm, timed = (10, 30) if device.type == "cuda" else (1, 3)
 
     def seconds_per_step(run) -> float:
-        run(10)
+        run(warm)
         _sync(device)
         started = time.perf_counter()
-        run(30)
+        run(timed)
         _sync(device)
-        return (time.perf_counter() - started) / 30
+        return (time.perf_counter() - started) / timed
 
     drawn, clock = stream.drawn(), time.perf_counter()
     vision_cost = seconds_per_step(lambda n: pretrain_vision(probe, stream, n, seed=0))
     step_cost = seconds_per_step(lambda n: train(probe, stream, n, seed=0))
-    draw_rate = max(1.0, (stream.drawn() - drawn) / (time.perf_counter() - clock))
+    probing = time.perf_counter() - clock
+    draw_rate = max(1.0, (stream.drawn() - drawn) / probing)
+    seconds -= probing
     needed = vision_steps * vision_cost + steps * step_cost
     scale = min(1.0, 0.95 * (seconds - EVAL_RESERVE_S) / needed)
     fitted = max(1, int(vision_steps * scale)), max(1, int(steps * scale))
