@@ -676,14 +676,15 @@ def main(argv: list[str] | None = None) -> None:
             args.scenes_per_step = stream.per_step
         pretrain_vision(model, stream, args.vision_steps, args.seed)
         train(model, stream, args.steps, args.seed, first_step=args.vision_steps)
-        print("training done; stopping the drawing workers and collecting the held-out scenes", flush=True)
+        minutes = (time.perf_counter() - started) / 60
+        # Saved before anything else can go wrong: a run that is cut off later still leaves its model.
+        save_model_folder(model.to("cpu"), processor, args.out_dir)
+        print(f"data + training took {minutes:.1f} min on {device_words(device)}; saved to {args.out_dir}", flush=True)
+        print("stopping the drawing workers and collecting the held-out scenes", flush=True)
         stream.close()
         held_out = held_out_from(held_out_jobs.get())
     used = stream.available(args.vision_steps + args.steps - 1)
     n_questions = sum(len(e) for e in stream.examples[:used])
-    minutes = (time.perf_counter() - started) / 60
-    save_model_folder(model.to("cpu"), processor, args.out_dir)
-    print(f"data + training took {minutes:.1f} min on {device_words(device)}; saved to {args.out_dir}", flush=True)
 
     processor = AutoProcessor.from_pretrained(args.out_dir)  # evaluate what was saved, the way the app loads it
     model = AutoModelForImageTextToText.from_pretrained(args.out_dir).to(device).eval()
