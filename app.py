@@ -11,6 +11,7 @@ import threading
 from vlm.backends.load_failure import explain_load_failure
 from vlm.backends.registry import load_backend
 from vlm.config import Settings, parse_settings
+from vlm.heap import unmap_big_buffers_when_freed
 from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
 from vlm.logsafe import MASK, configure_logging, route_library_loggers
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.token)
     use_log_format(settings.log_format, settings.token)
     raise_open_file_limit(4 * settings.max_connections + 256)
+    unmap_big_buffers_when_freed()
     configure_decoding(settings.async_mode)
     web = create_app(settings)
     route_library_loggers()

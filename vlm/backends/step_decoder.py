@@ -113,7 +113,9 @@ class StepDecoder(Decoder):
         self.events = events
         suppressed = sorted(set(model.generation_config.suppress_tokens or ()))
         self.suppressed = torch.tensor(suppressed, dtype=torch.long, device=model.device)
-        self.cache_keyword = cache_keyword(model)
+        if (keyword := cache_keyword(model)) is None:
+            raise ValueError("this model's forward takes no KV cache; it cannot be stepped (see can_step)")
+        self.cache_keyword = keyword
         self._reset()
 
     def _reset(self) -> None:
