@@ -228,7 +228,7 @@ def scene_conditions(spec: SceneSpec, size: tuple[int, int]) -> set[str]:
     if sum(spec.lighting.gain) / 3 < _MIN_TRAIN_EXPOSURE:
         tags.add("not trained: dim light")
     if size in UNSEEN_CAMERA_SIZES:
-        tags.add("not trained: 1080p / portrait frame")
+        tags.add("not drawn in training: 1080p / portrait frame")
     return tags
 
 

@@ -57,14 +57,14 @@ from .vlm_factory import ModelSize, build_model, save_model_folder
 REPO = Path(__file__).resolve().parents[1]
 ARCH = "llava"
 SIZE = ModelSize(
-    text_hidden=192,
-    text_layers=3,
-    text_heads=6,
-    text_intermediate=512,
-    vision_hidden=192,
+    text_hidden=128,
+    text_layers=2,
+    text_heads=4,
+    text_intermediate=384,
+    vision_hidden=128,
     vision_layers=4,
-    vision_heads=6,
-    vision_intermediate=512,
+    vision_heads=4,
+    vision_intermediate=384,
     image_size=96,
     patch_size=12,
     max_positions=256,
@@ -74,15 +74,17 @@ SIZE = ModelSize(
 PAGE_SIDE = 256
 PAGE_JPEG_QUALITY = 80
 TRAIN_SCENES = 400_000  # an upper bound: a run uses as many as its schedule reaches (22 GB of pixels at most)
+CPU_TRAIN_SCENES = 40_000  # ~15% of a 45-minute run on 2 cores goes to drawing them
 STEPS = 12_000
-BATCH_SIZE = 512
-PRETRAIN_STEPS = 20_000
-PRETRAIN_BATCH_SIZE = 512
+PRETRAIN_STEPS = 12_000
+# Scenes per step. A CPU step of 512 takes seconds; at 128 the same minutes buy four times the
+# optimizer steps, which a model this small learns more from.
+BATCH_SIZE = {"cuda": 512, "cpu": 128}
 FIRST_SCENES = 4096  # drawn before the first step
 SCENES_PER_STEP = (
     2.0  # then the pool grows by this many scenes per step (--budget-minutes sets it from the drawing rate)
 )
-WINDOW = 16_384  # a step samples the most recent scenes only, so each is seen a few times, not hundreds
+WINDOW = 16_384  # on a GPU a step samples the most recent scenes only, so each is seen a few times, not hundreds
 CHUNK = 16  # scenes a drawing worker makes per task
 AHEAD = 4  # tasks queued per worker: every worker stays busy, and stopping waits for only this many
 MAX_TOKENS = 112  # the longest tokenized question and answer, image tokens included, fits
@@ -186,17 +188,19 @@ class SceneStream:
     """Training scenes drawn by worker processes while the model trains on those already drawn.
 
     Scene i is fixed by (seed, i). Step k may sample scenes [0, available(k)), a schedule
-    fixed by `first` and `per_step`, of which it samples the newest `WINDOW` (a scene seen
-    hundreds of times is memorised: a run that sampled all drawn scenes answered 99% of the
-    first scenes' shapes and 49% of later ones); a step waits when the drawing falls behind. So what
-    each step sees does not depend on how fast the machine draws, and a rerun with the
-    same counts reproduces the data; meanwhile every core draws fresh scenes for the whole
-    run instead of a fixed set being drawn up front and then repeated.
+    fixed by `first` and `per_step`, of which it samples the newest `window` (on a GPU, a
+    scene seen hundreds of times is memorised: a run that sampled all drawn scenes answered
+    99% of the first scenes' shapes and 49% of later ones); a step waits when the drawing
+    falls behind. So what each step sees does not depend on how fast the machine draws, and
+    a rerun with the same counts reproduces the data. On a GPU every core draws fresh scenes
+    for the whole run; on a CPU the trainer needs those cores, so everything is drawn first.
     Scenes live on the training device as float16 pixels and one padded token row per question.
     """
 
-    def __init__(self, processor, seed: int, total: int, workers: int, first: int, per_step: float) -> None:
-        self.total, self.first, self.per_step = total, first, per_step
+    def __init__(
+        self, processor, seed: int, total: int, workers: int, first: int, per_step: float, window: int
+    ) -> None:
+        self.total, self.first, self.per_step, self.window = total, first, per_step, window
         self.seed, self.workers = seed, workers
         self.pad_id = processor.tokenizer.pad_token_id
         self.examples: list[list[Example]] = []
@@ -270,7 +274,7 @@ class SceneStream:
         needed = self.available(step)
         with self._arrived:
             self._arrived.wait_for(lambda: self._ready >= needed)
-        oldest = max(0, needed - WINDOW)
+        oldest = max(0, needed - self.window)
         return torch.randint(oldest, needed, (count,), generator=order).to(self.pixels.device)
 
     def drawn(self) -> int:
@@ -385,12 +389,18 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return torch.stack(list(features))
 
 
-def mirror(images: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Flip the images (or label grids) selected by `flips` left-right.
+def turned(images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """Each image (or label grid) in one of the square's 8 symmetries: `views` % 4 quarter turns, mirrored if >= 4.
 
-    Free extra data: no answer depends on left and right.
+    Free extra data: no answer depends on left, right, up or down, and a circle, square,
+    triangle or star is still one turned. (A quarter-turned landscape frame, squashed to the
+    square input, looks like a squashed portrait frame.)
     """
-    return torch.where(flips.view(-1, *[1] * (images.dim() - 1)), images.flip(-1), images)
+    out = torch.where((views >= 4).view(-1, *[1] * (images.dim() - 1)), images.flip(-1), images)
+    for turns in (1, 2, 3):
+        chosen = views % 4 == turns
+        out[chosen] = torch.rot90(out[chosen], turns, dims=(-2, -1))
+    return out
 
 
 def adamw(params, device: torch.device) -> torch.optim.AdamW:
@@ -398,37 +408,49 @@ def adamw(params, device: torch.device) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.01, fused=device.type == "cuda")
 
 
-def pretrain_vision(model, stream: SceneStream, steps: int, seed: int, first_step: int = 0) -> None:
-    """Warm up the vision tower and projector on direct signals before LLaVA training.
+class VisionProbes(torch.nn.Module):
+    """Throw-away linear probes that teach the vision tower directly.
 
     Through the language model the gradient that teaches shapes is weak, and a small ViT
     from scratch barely gets past chance on shape in the time budget. Linear probes teach
     it much faster: on the mean image-token feature, every shape's colour (or "absent")
     and the object count; on each image token, the shape and colour under that patch,
     which is what "what color is the circle?" in a busy scene needs. Real LLaVA likewise
-    starts from a pretrained vision encoder. The probes are discarded.
+    starts from a pretrained vision encoder. The probes are not saved.
     """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.scene = torch.nn.Linear(hidden, len(SHAPES) * (1 + len(COLORS)) + 3)
+        self.patch = torch.nn.Linear(hidden, 1 + len(SHAPES) * len(COLORS))
+
+    def loss(self, features: torch.Tensor, targets: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of both probes on image-token `features` of scenes with vision `targets`, seen in `views`."""
+        grid = SIZE.image_size // SIZE.patch_size
+        slots, count, patches = targets.split([len(SHAPES), 1, grid * grid], dim=1)
+        patches = turned(patches.view(-1, grid, grid), views).reshape(-1)
+        scene_logits = self.scene(features.mean(dim=1))
+        slot_logits = scene_logits[:, :-3].reshape(-1, 1 + len(COLORS))
+        loss = torch.nn.functional.cross_entropy(slot_logits, slots.reshape(-1))
+        loss = loss + torch.nn.functional.cross_entropy(scene_logits[:, -3:], count.reshape(-1))
+        return loss + torch.nn.functional.cross_entropy(self.patch(features).view(len(patches), -1), patches)
+
+
+def pretrain_vision(
+    model, probes: VisionProbes, stream: SceneStream, steps: int, batch_size: int, seed: int, first_step: int = 0
+) -> None:
+    """Warm up the vision tower and projector on the probes alone before LLaVA training."""
     device = stream.pixels.device
-    hidden, grid = model.config.text_config.hidden_size, SIZE.image_size // SIZE.patch_size
-    scene_probe = torch.nn.Linear(hidden, len(SHAPES) * (1 + len(COLORS)) + 3).to(device)
-    patch_probe = torch.nn.Linear(hidden, 1 + len(SHAPES) * len(COLORS)).to(device)
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
-    params += [*scene_probe.parameters(), *patch_probe.parameters()]
-    optimizer = adamw(params, device)
+    optimizer = adamw([*params, *probes.parameters()], device)
     order = torch.Generator().manual_seed(seed)
     model.train()
     started = time.perf_counter()
     for step in range(steps):
-        batch = stream.sample(first_step + step, PRETRAIN_BATCH_SIZE, order)
-        flips = (torch.rand(len(batch), generator=order) < 0.5).to(device)
-        features = image_features(model, mirror(stream.pixels[batch].float(), flips))
-        slots, count, patches = stream.targets[batch].split([len(SHAPES), 1, grid * grid], dim=1)
-        patches = mirror(patches.view(-1, grid, grid), flips).reshape(-1)
-        scene_logits = scene_probe(features.mean(dim=1))
-        slot_logits = scene_logits[:, :-3].reshape(-1, 1 + len(COLORS))
-        loss = torch.nn.functional.cross_entropy(slot_logits, slots.reshape(-1))
-        loss = loss + torch.nn.functional.cross_entropy(scene_logits[:, -3:], count.reshape(-1))
-        loss = loss + torch.nn.functional.cross_entropy(patch_probe(features).view(len(patches), -1), patches)
+        batch = stream.sample(first_step + step, batch_size, order)
+        views = torch.randint(0, 8, (len(batch),), generator=order).to(device)
+        features = image_features(model, turned(stream.pixels[batch].float(), views))
+        loss = probes.loss(features, stream.targets[batch], views)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps)
         optimizer.zero_grad()
@@ -438,27 +460,38 @@ def pretrain_vision(model, stream: SceneStream, steps: int, seed: int, first_ste
             _report("vision", step, loss, stream, started)
 
 
-def train(model, stream: SceneStream, steps: int, seed: int, first_step: int = 0) -> None:
-    """AdamW over mini-batches of one question about each of a batch of scenes, printing the loss as it goes."""
+def train(
+    model, probes: VisionProbes, stream: SceneStream, steps: int, batch_size: int, seed: int, first_step: int = 0
+) -> None:
+    """AdamW over mini-batches of one question about each of a batch of scenes, printing the loss as it goes.
+
+    The probes keep teaching the vision tower alongside the answers (their loss is added),
+    so the language model's weak early gradient does not undo what the warm-up taught.
+    """
     device = stream.pixels.device
-    optimizer = adamw(model.parameters(), device)
+    optimizer = adamw([*model.parameters(), *probes.parameters()], device)
     order = torch.Generator().manual_seed(seed)
+    projected: list[torch.Tensor] = []
+    hook = model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: projected.append(out))
     model.train()
     started = time.perf_counter()
-    for step in range(steps):
-        batch = stream.sample(first_step + step, BATCH_SIZE, order)
-        inputs = question_batch(stream, batch, torch.rand(len(batch), generator=order).to(device))
-        flips = (torch.rand(len(batch), generator=order) < 0.5).to(device)
-        inputs["pixel_values"] = mirror(stream.pixels[batch].float(), flips)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps)
-        loss = model(**inputs).loss
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if step % 1000 == 0 or step == steps - 1:
-            _report("answers", step, loss, stream, started)
+    try:
+        for step in range(steps):
+            batch = stream.sample(first_step + step, batch_size, order)
+            inputs = question_batch(stream, batch, torch.rand(len(batch), generator=order).to(device))
+            views = torch.randint(0, 8, (len(batch),), generator=order).to(device)
+            inputs["pixel_values"] = turned(stream.pixels[batch].float(), views)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, steps)
+            loss = model(**inputs).loss + probes.loss(projected.pop(), stream.targets[batch], views)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if step % 1000 == 0 or step == steps - 1:
+                _report("answers", step, loss, stream, started)
+    finally:
+        hook.remove()
     model.eval()
 
 
@@ -468,7 +501,9 @@ def _report(stage: str, step: int, loss: torch.Tensor, stream: SceneStream, star
     print(f"{stage} step {step:6d}  loss {loss.item():.4f}  {drawn:7d} scenes drawn  {elapsed:6.0f}s", flush=True)
 
 
-def fit_budget(model, stream: SceneStream, vision_steps: int, steps: int, seconds: float) -> tuple[int, int]:
+def fit_budget(
+    model, probes: VisionProbes, stream: SceneStream, vision_steps: int, steps: int, batch_size: int, seconds: float
+) -> tuple[int, int]:
     """Step counts that finish within `seconds` (keeping `EVAL_RESERVE_S` for saving and evaluation),
     and the stream's scenes per step, set to what the workers draw in the time of a step.
 
@@ -476,7 +511,7 @@ def fit_budget(model, stream: SceneStream, vision_steps: int, steps: int, second
     a GPU pay for kernel loading and would make the estimate several times too slow), so
     the real run starts from the same weights; the printed command reproduces the run.
     """
-    probe = copy.deepcopy(model)
+    model, probes = copy.deepcopy(model), copy.deepcopy(probes)
     device = stream.pixels.device
     # A CPU step takes seconds and needs no warm-up to speak for the rest; 80 of them would eat the budget.
     warm, timed = (10, 30) if device.type == "cuda" else (1, 3)
@@ -490,8 +525,8 @@ def fit_budget(model, stream: SceneStream, vision_steps: int, steps: int, second
         return (time.perf_counter() - started) / timed
 
     drawn, clock = stream.drawn(), time.perf_counter()
-    vision_cost = seconds_per_step(lambda n: pretrain_vision(probe, stream, n, seed=0))
-    step_cost = seconds_per_step(lambda n: train(probe, stream, n, seed=0))
+    vision_cost = seconds_per_step(lambda n: pretrain_vision(model, probes, stream, n, batch_size, seed=0))
+    step_cost = seconds_per_step(lambda n: train(model, probes, stream, n, batch_size, seed=0))
     probing = time.perf_counter() - clock
     draw_rate = max(1.0, (stream.drawn() - drawn) / probing)
     seconds -= probing
@@ -587,7 +622,7 @@ CONDITION_ORDER = (
     "partly covered (fingers)",
     "not trained: ruled paper",
     "not trained: dim light",
-    "not trained: 1080p / portrait frame",
+    "not drawn in training: 1080p / portrait frame",
     "fake camera: paper held up",
     "fake camera: dark full frame",
 )
@@ -636,7 +671,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--scenes",
         type=int,
-        help=f"most scenes to draw, kept on the device (default {TRAIN_SCENES:,} on CUDA, 20,000 on CPU)",
+        help=f"most scenes to draw, kept on the device (default {TRAIN_SCENES:,} on CUDA, {CPU_TRAIN_SCENES:,} on CPU)",
     )
     parser.add_argument("--vision-steps", type=int, default=PRETRAIN_STEPS)
     parser.add_argument("--steps", type=int, default=STEPS)
@@ -644,7 +679,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that draw scenes")
-    parser.add_argument("--first-scenes", type=int, default=FIRST_SCENES, help="scenes drawn before the first step")
+    parser.add_argument(
+        "--first-scenes",
+        type=int,
+        help=f"scenes drawn before the first step (default {FIRST_SCENES:,} on CUDA; all of them on CPU)",
+    )
     parser.add_argument(
         "--scenes-per-step", type=float, default=SCENES_PER_STEP, help="new scenes the schedule adds per step"
     )
@@ -656,26 +695,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
-    args.scenes = args.scenes or (TRAIN_SCENES if device.type == "cuda" else 20_000)
+    args.scenes = args.scenes or (TRAIN_SCENES if device.type == "cuda" else CPU_TRAIN_SCENES)
+    batch_size = BATCH_SIZE[device.type]
+    # A CPU's cores either draw or train: drawing alongside would only slow the steps (and spoil their timing).
+    args.first_scenes = args.first_scenes or (FIRST_SCENES if device.type == "cuda" else args.scenes)
+    window = WINDOW if device.type == "cuda" else args.scenes
     if device.type == "cpu":
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     torch.backends.cuda.matmul.allow_tf32 = True
     started = time.perf_counter()
     model, processor = build_model(ARCH, SIZE, corpus(), args.seed)
+    probes = VisionProbes(SIZE.text_hidden)
     # Both pools fork before CUDA starts. The held-out scenes (full camera size, ~150 ms each) are drawn by a
     # quarter as many workers as the training scenes: with one worker, an 8-minute H100 run had finished its
     # last step long before them.
     with Pool(max(1, args.workers // 4)) as held_out_pool:
         held_out_jobs = held_out_pool.map_async(_held_out_job, [(args.seed, i) for i in range(args.eval_scenes)])
-        stream = SceneStream(processor, args.seed, args.scenes, args.workers, args.first_scenes, args.scenes_per_step)
+        stream = SceneStream(
+            processor, args.seed, args.scenes, args.workers, args.first_scenes, args.scenes_per_step, window
+        )
         model.to(device)
+        probes.to(device)
         stream.start(device)
         if args.budget_minutes:
             seconds = args.budget_minutes * 60 - (time.perf_counter() - started)
-            args.vision_steps, args.steps = fit_budget(model, stream, args.vision_steps, args.steps, seconds)
+            fitted = fit_budget(model, probes, stream, args.vision_steps, args.steps, batch_size, seconds)
+            args.vision_steps, args.steps = fitted
             args.scenes_per_step = stream.per_step
-        pretrain_vision(model, stream, args.vision_steps, args.seed)
-        train(model, stream, args.steps, args.seed, first_step=args.vision_steps)
+        pretrain_vision(model, probes, stream, args.vision_steps, batch_size, args.seed)
+        train(model, probes, stream, args.steps, batch_size, args.seed, first_step=args.vision_steps)
         minutes = (time.perf_counter() - started) / 60
         # Saved before anything else can go wrong: a run that is cut off later still leaves its model.
         save_model_folder(model.to("cpu"), processor, args.out_dir)
@@ -705,11 +753,13 @@ def main(argv: list[str] | None = None) -> None:
         "scenes": f"{used:,}",
         "questions": f"{n_questions:,}",
         "steps": str(args.steps),
+        "batch": str(batch_size),
         "vision_steps": str(args.vision_steps),
         "minutes": f"{minutes:.1f}",
         "where": device_words(device),
         "eval_n": f"{args.eval_scenes:,}",
         "first_scenes": f"{args.first_scenes:,}",
+        "window": f"{window:,}",
         "scenes_per_step": f"{args.scenes_per_step:g}",
         "table": table,
     }
@@ -736,8 +786,6 @@ def vars_for_card() -> dict[str, str]:
             f"Llama decoder: {SIZE.text_layers} layers, hidden {SIZE.text_hidden}, {SIZE.text_heads} heads, "
             f"MLP {SIZE.text_intermediate}"
         ),
-        "batch": str(BATCH_SIZE),
-        "vision_batch": str(PRETRAIN_BATCH_SIZE),
         "lr": f"{LEARNING_RATE:g}",
         "shapes": ", ".join(SHAPES),
         "colors": ", ".join(COLORS),
@@ -792,7 +840,9 @@ print(processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_specia
   drawn with a marker, or a small drawing on a sheet held at arm's length: both fall
   below a pixel. At 96 px a drawing a sixth of the frame high is still ~16 px across;
   12 px patches keep the image to an 8x8 grid of 64 tokens, as before, so the
-  transformer costs no more per image than the old 32 px model's.
+  transformer costs no more per image than the old 32 px model's. Hidden size 128 and
+  {batch} scenes per step make a 45-minute run on a 2-core CPU enough: at hidden 192
+  and 512 scenes a CPU step took 13-42 s, so a CPU run could fit only ~80 steps.
 - Tokenizer: `tokenizers` WordLevel vocabulary of {vocab} entries built from the question and
   answer words (lower-casing normaliser, whitespace/punctuation pre-tokeniser; unknown words
   become `<unk>`). Chat template: `<s>user: <image> QUESTION assistant: ANSWER</s>`; answers
@@ -800,7 +850,8 @@ print(processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_specia
 - Processor: any frame is squashed (no crop) to {image_px} with bicubic resampling.
 - Data: {scenes} synthetic scenes from `scripts/synthetic_scenes.py`, each drawn the way the
   page sends a camera frame to this model (longest side {page_side} px), with {questions}
-  question/answer pairs, randomly mirrored left-right. A scene is a sheet of white, cream
+  question/answer pairs, each seen in a random one of the square input's 8 symmetries
+  (quarter turns, mirrored or not; no answer depends on direction). A scene is a sheet of white, cream
   or grey paper, or a dark board or dark paper, with 1-3 non-overlapping drawings on it
   (shapes {shapes}; {paper_inks} on paper, {dark_inks} on dark), filled or outlined with
   a marker stroke of uneven width, with hand-drawn wobble, large or small, anywhere on the
@@ -809,17 +860,20 @@ print(processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_specia
   thumbs or fingers (four skin tones, sometimes the palm) over its edges. Then uneven
   light (fall-off across the frame, soft shadows), exposure and white-balance shifts,
   sensor noise, blur and JPEG re-compression, at the aspect ratios of 640x480, 320x240,
-  1280x720, 640x360 and 800x600 cameras. Scenes are drawn by worker processes while the
-  model trains: step k samples from the first {first_scenes} + {scenes_per_step} x k scenes,
-  a fixed schedule (a step waits if drawing falls behind), so a rerun sees the same data.
+  1280x720, 640x360 and 800x600 cameras. Scenes are drawn by worker processes (on a GPU
+  machine while the model trains): step k samples the newest {window} of the first
+  {first_scenes} + {scenes_per_step} x k scenes, a fixed schedule (a step waits if drawing
+  falls behind), so a rerun sees the same data.
   Each question is its own single-turn example (as at inference): asked as one dialogue,
   later turns learned to copy earlier questions instead of looking.
-- Training, stage 1 (vision warm-up): {vision_steps} AdamW steps of {vision_batch} images
+- Training, stage 1 (vision warm-up): {vision_steps} AdamW steps of {batch} images
   train the vision tower and projector through throw-away linear probes: on the mean
   image token, the colour (or absence) of each shape and the number of drawings; on every
   image token, the shape and colour under that patch. Stage 2: {steps} steps of {batch}
-  scenes, one random question each, train the whole LLaVA model on the answers (next-token loss on answer tokens
-  and EOS only). Both use AdamW, peak learning rate {lr}, warm-up then cosine decay.
+  scenes, one random question each, train the whole LLaVA model on the answers
+  (next-token loss on answer tokens and EOS only) with the probes' loss added, so the
+  vision tower keeps its direct signal. Both use AdamW, peak learning rate {lr}, warm-up
+  then cosine decay.
 
 ## Held-out accuracy
 
@@ -829,8 +883,10 @@ question kind asked about each where it is well defined) come from a separately 
 generator (string seeds `held-out:SEED:INDEX`, which no training scene uses), are drawn at
 the camera's full size and then scaled and JPEG-compressed (quality {page_jpeg}) as the
 page does. A scene counts under every condition it meets. Conditions marked "not trained"
-never occur in training: ruled notebook paper (faint blue lines), light dimmer than any
-training scene (exposure 0.5-0.72), and 1920x1080 or portrait (480x640, 720x1280) frames.
+never occur in training: ruled notebook paper (faint blue lines) and light dimmer than any
+training scene (exposure 0.5-0.72). 1920x1080 and portrait (480x640, 720x1280) frames are
+never drawn in training either, though a quarter-turned landscape frame, squashed to the
+square input, resembles a squashed portrait one.
 "fake camera" rows are every shape in every ink on the two scenes the browser test's
 fake camera shows (`held_drawing_scene`, `single_object_scene`), at 640x480.
 
