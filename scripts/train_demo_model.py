@@ -57,14 +57,14 @@ from .vlm_factory import ModelSize, build_model, save_model_folder
 REPO = Path(__file__).resolve().parents[1]
 ARCH = "llava"
 SIZE = ModelSize(
-    text_hidden=128,
-    text_layers=2,
-    text_heads=4,
-    text_intermediate=384,
-    vision_hidden=128,
+    text_hidden=192,
+    text_layers=3,
+    text_heads=6,
+    text_intermediate=512,
+    vision_hidden=192,
     vision_layers=4,
-    vision_heads=4,
-    vision_intermediate=384,
+    vision_heads=6,
+    vision_intermediate=512,
     image_size=96,
     patch_size=12,
     max_positions=256,
@@ -840,9 +840,7 @@ print(processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_specia
   drawn with a marker, or a small drawing on a sheet held at arm's length: both fall
   below a pixel. At 96 px a drawing a sixth of the frame high is still ~16 px across;
   12 px patches keep the image to an 8x8 grid of 64 tokens, as before, so the
-  transformer costs no more per image than the old 32 px model's. Hidden size 128 and
-  {batch} scenes per step make a 45-minute run on a 2-core CPU enough: at hidden 192
-  and 512 scenes a CPU step took 13-42 s, so a CPU run could fit only ~80 steps.
+  transformer costs no more per image than the old 32 px model's.
 - Tokenizer: `tokenizers` WordLevel vocabulary of {vocab} entries built from the question and
   answer words (lower-casing normaliser, whitespace/punctuation pre-tokeniser; unknown words
   become `<unk>`). Chat template: `<s>user: <image> QUESTION assistant: ANSWER</s>`; answers
