@@ -262,7 +262,7 @@ def test_the_cache_goes_in_under_the_name_this_transformers_reads(backend: Trans
     assert cache_keyword(backend.model) in parameters
     decoder = backend.decoder(Events(1))
     assert isinstance(decoder, StepDecoder)
-    decoder.join({0: Job(task="query", image=FRAMES[0], image_key="red", text="what shape is this?", max_new_tokens=4)})
+    decoder.join({0: jobs([4])[0]})
     assert decoder.cache is not None and decoder.cache.get_seq_length() == decoder.mask.shape[1] > 1
 
 
@@ -271,9 +271,8 @@ def test_a_model_that_ignores_the_cache_is_refused_not_decoded_without_it(
 ) -> None:
     decoder = backend.decoder(Events(1))
     monkeypatch.setattr(decoder, "cache_keyword", "a_name_forward_swallows")
-    job = Job(task="query", image=FRAMES[0], image_key="red", text="what shape is this?", max_new_tokens=4)
     with pytest.raises(RuntimeError, match="did not fill the cache"):
-        decoder.join({0: job})
+        decoder.join({0: jobs([4])[0]})
 
 
 class Transformers517Forward:
