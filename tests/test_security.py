@@ -65,5 +65,6 @@ def test_self_signed_https(tiny_model: Path, tmp_path: Path) -> None:
         assert cert.exists()
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(f"{running.url}/healthz", timeout=5)
-        page = requests.get(f"{running.url}/healthz", timeout=5, verify=False)
+        # What a user does on another device: trust the saved certificate, then connect with verification on.
+        page = requests.get(f"{running.url}/healthz", timeout=5, verify=str(cert))
         assert page.status_code == 200
