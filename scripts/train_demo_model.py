@@ -745,7 +745,7 @@ def main(argv: list[str] | None = None) -> None:
     facts = {
         "command": (
             f"python -m scripts.train_demo_model --vision-steps {args.vision_steps} --steps {args.steps}"
-            f" --first-scenes {args.first_scenes} --scenes-per-step {args.scenes_per_step:g}"
+            f" --scenes {args.scenes} --first-scenes {args.first_scenes} --scenes-per-step {args.scenes_per_step:g}"
             f" --eval-scenes {args.eval_scenes} --seed {args.seed} --device {device.type}"
         ),
         "params": f"{sum(p.numel() for p in model.parameters()):,}",
