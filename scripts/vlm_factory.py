@@ -17,6 +17,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     CLIPVisionConfig,
+    FastVlmConfig,
+    FastVlmForConditionalGeneration,
     GenerationConfig,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -29,6 +31,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
+    ResNetConfig,
 )
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
@@ -238,6 +241,49 @@ def _build_llava(
     return LlavaForConditionalGeneration(config), processor
 
 
+def _build_fast_vlm(
+    size: ModelSize, tokenizer: PreTrainedTokenizerFast, template: str
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """FastVLM (LLaVA's layout with a convolutional tower): ResNet, one image token per cell of its last map.
+
+    A convolutional tower learns shapes from a few thousand scenes, where a ViT from scratch
+    needs far more (see the demo model card). `patch_size` is the tower's total stride:
+    its stem downsamples 4x and each further stage 2x, so 16 px means 3 stages. Widths halve
+    from `vision_hidden` stage by stage; `vision_layers` is residual blocks per stage.
+    """
+    stages = (size.patch_size // 4).bit_length()
+    if 4 << (stages - 1) != size.patch_size:
+        raise ValueError(f"a ResNet tower's stride is 4 x a power of 2, not {size.patch_size}")
+    widths = [size.vision_hidden >> (stages - 1 - stage) for stage in range(stages)]
+    vision = ResNetConfig(
+        embedding_size=max(8, widths[0] // 2),
+        hidden_sizes=widths,
+        depths=[size.vision_layers] * stages,
+        layer_type="basic",
+        hidden_act="relu",
+        downsample_in_first_stage=False,
+    )
+    vision.hidden_size = size.vision_hidden  # what FastVLM's projector reads
+    config = FastVlmConfig(
+        vision_config=vision,
+        text_config=_llama_config(size, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(size.image_size // size.patch_size) ** 2,
+    )
+    image_processor = LlavaImageProcessorPil(
+        size={"height": size.image_size, "width": size.image_size}, do_center_crop=False
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=size.patch_size,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+        chat_template=template,
+    )
+    return FastVlmForConditionalGeneration(config), processor
+
+
 IDEFICS3_IMAGE_TOKENS = ("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
 
 
@@ -273,5 +319,6 @@ def _build_idefics3(
 
 ARCHS: dict[str, ArchSpec] = {
     "llava": ArchSpec(image_tokens=("<image>",), image_markup="<image>", build=_build_llava),
+    "fast_vlm": ArchSpec(image_tokens=("<image>",), image_markup="<image>", build=_build_fast_vlm),
     "idefics3": ArchSpec(image_tokens=IDEFICS3_IMAGE_TOKENS, image_markup="<image>", build=_build_idefics3),
 }

@@ -99,7 +99,7 @@ def test_a_frame_asked_about_again_is_not_encoded_again(
     real_encoder = backend.image_encoder
     if not hasattr(backend.model, "_supports_mm_encoder_outputs"):
         pytest.skip("this transformers' generate takes no pre-encoded images (5.17 has none); every frame is encoded")
-    assert real_encoder is not None, "both tiny architectures take pre-encoded images"
+    assert real_encoder is not None, "every tiny architecture takes pre-encoded images"
     frames_encoded: list[int] = []
 
     def counting_encoder(**inputs: torch.Tensor) -> object:
@@ -111,6 +111,7 @@ def test_a_frame_asked_about_again_is_not_encoded_again(
     backend.generate(same_frame, first)
     backend.generate(same_frame, again)
     assert frames_encoded == [1], "two questions, asked twice, about one frame: one encoding"
+    assert backend.image_encoder is counting_encoder, "the encoder's output could not be cached per frame"
 
     monkeypatch.setattr(backend, "image_encoder", None)
     uncached = Events(2)

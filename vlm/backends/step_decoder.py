@@ -29,8 +29,8 @@ from transformers.cache_utils import DynamicLayer
 from .base import Decoder, FinishReason, Job, Result, RowEvents
 
 # Text decoders checked to keep a dynamic full-attention cache and 1-D rotary positions (Llama:
-# SmolVLM/Idefics3, LLaVA-1.5). Sliding windows, M-RoPE (Qwen-VL) or linear attention would not survive
-# the padding and cutting done here.
+# SmolVLM/Idefics3, LLaVA-1.5, the demo model's FastVLM layout). Sliding windows, M-RoPE (Qwen-VL) or linear
+# attention would not survive the padding and cutting done here.
 STEPPED_TEXT_MODELS = frozenset({"llama"})
 # Generation settings that change greedy choices beyond suppressing tokens, with their neutral values.
 # The loop reproduces none of them, so a model that sets one keeps ``generate``.

@@ -64,6 +64,8 @@ class TransformersBackend(Backend):
         self.image_encoder = _image_encoder(model)
         self.image_encoder_params = _parameters(self.image_encoder)
         self.image_features: FrameCache[torch.Tensor] = FrameCache()
+        # LLaVA and Idefics3 encode frames into a list, a tensor per frame; FastVLM into one stacked tensor.
+        self.features_stacked = False
         self.info = ModelInfo(
             model=model_id,
             backend=self.name,
@@ -161,6 +163,9 @@ class TransformersBackend(Backend):
             encoded = self.image_encoder(
                 **{name: value[rows] for name, value in encoder_inputs.items()}, return_dict=True
             ).pooler_output
+            if torch.is_tensor(encoded) and len(encoded) == len(rows):
+                self.features_stacked = True
+                encoded = list(encoded)
             if not isinstance(encoded, list | tuple) or len(encoded) != len(rows):
                 log.info("%s encodes images in a shape we cannot split per frame; not caching them", self.info.model)
                 self.image_encoder = None
@@ -171,7 +176,8 @@ class TransformersBackend(Backend):
         for name in encoder_inputs:
             del inputs[name]
         per_job = [features[job.image_key] for job in jobs]
-        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_job)}}
+        pooled = torch.stack(per_job) if self.features_stacked else per_job
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=pooled)}}
 
 
 class _Rows:
