@@ -24,6 +24,7 @@ from scripts.synthetic_scenes import (
     SceneObject,
     SceneSpec,
     Sheet,
+    describe,
     draw_scene,
     held_drawing_scene,
     random_camera_size,
@@ -144,16 +145,17 @@ PHRASE = rf"a ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})"
 DESCRIPTION = re.compile(rf"^{PHRASE}(?:(?:, {PHRASE})? and {PHRASE})?$")
 
 
-def test_descriptions_are_well_formed() -> None:
-    """ "a red circle", "a red circle and a blue star" or a list of three: never "circle circle circle"."""
+def test_descriptions_are_well_formed_and_right_at_the_bar() -> None:
+    """Every description is "a red circle", "a red circle and a blue star" or a list of three, never
+    "circle circle circle"; at least 90% (the issue's bar for descriptions) name exactly the scene's
+    drawings. The model card's table has the rate per condition on 1,500 scenes."""
     rng = random.Random("tests:describe")
-    jobs = [(random_scene(rng, held_out=True), random_camera_size(rng, held_out=True)) for _ in range(24)]
+    jobs = [(random_scene(rng, held_out=True), random_camera_size(rng, held_out=True)) for _ in range(48)]
     answers = ask(DEMO_MODEL, [draw_scene(spec, size) for spec, size in jobs], ["describe the image."] * len(jobs), 24)
     for got in answers:
-        match = DESCRIPTION.match(got)
-        assert match, got
-        phrases = re.findall(PHRASE, got)
-        assert len(set(phrases)) == len(phrases), got
+        assert DESCRIPTION.match(got), got
+    right = sum(got == describe(spec) for got, (spec, _) in zip(answers, jobs, strict=True))
+    assert right >= 0.9 * len(jobs), f"{right} of {len(jobs)} descriptions right"
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
