@@ -813,9 +813,9 @@ def vars_for_card() -> dict[str, str]:
 MODEL_CARD = """# demo_model: a tiny vision-language model for drawings held up to a webcam
 
 A ~{params}-parameter **FastVLM** checkpoint (`FastVlmForConditionalGeneration`, LLaVA's
-layout with a convolutional vision tower) trained from
-scratch to answer simple questions about what a webcam sees when someone holds up a
-drawing of a circle, square, triangle or star. It exists so the app can be demonstrated
+layout with a convolutional vision tower) trained from scratch to answer simple questions
+about what a webcam sees when someone holds up a drawing of a circle, square, triangle or
+star. It exists so the app can be demonstrated
 and tested end to end offline with answers that are actually right. It knows nothing
 about the real world.
 
