@@ -214,10 +214,7 @@ def _vision_tower(size: ModelSize) -> dict[str, int]:
 def _build_llava(
     size: ModelSize, tokenizer: PreTrainedTokenizerFast, template: str
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """LLaVA: CLIP vision tower, one image token per patch (CLS dropped), Llama decoder.
-
-    Frames are squashed to a square (no centre crop) so shapes near the edges stay visible.
-    """
+    """LLaVA: CLIP vision tower, one image token per patch (CLS dropped), Llama decoder."""
     vision = CLIPVisionConfig(**_vision_tower(size), projection_dim=size.vision_hidden)
     config = LlavaConfig(
         vision_config=vision,
@@ -227,18 +224,27 @@ def _build_llava(
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
+    # CLIP's CLS token is one more image token, which the "default" strategy then drops.
+    processor = _llava_processor(size, tokenizer, template, strategy="default", extra_tokens=1)
+    return LlavaForConditionalGeneration(config), processor
+
+
+def _llava_processor(
+    size: ModelSize, tokenizer: PreTrainedTokenizerFast, template: str, *, strategy: str, extra_tokens: int
+) -> LlavaProcessor:
+    """LLaVA's processor, which FastVLM checkpoints use too. Frames are squashed to a square (no
+    centre crop) so shapes near the edges stay visible."""
     image_processor = LlavaImageProcessorPil(
         size={"height": size.image_size, "width": size.image_size}, do_center_crop=False
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=size.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, which "default" then drops
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=extra_tokens,
         chat_template=template,
     )
-    return LlavaForConditionalGeneration(config), processor
 
 
 def _build_fast_vlm(
@@ -270,17 +276,7 @@ def _build_fast_vlm(
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(size.image_size // size.patch_size) ** 2,
     )
-    image_processor = LlavaImageProcessorPil(
-        size={"height": size.image_size, "width": size.image_size}, do_center_crop=False
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=size.patch_size,
-        vision_feature_select_strategy="full",
-        num_additional_image_tokens=0,
-        chat_template=template,
-    )
+    processor = _llava_processor(size, tokenizer, template, strategy="full", extra_tokens=0)
     return FastVlmForConditionalGeneration(config), processor
 
 
