@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from vlm.backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents
@@ -79,12 +79,13 @@ class ScriptedBackendDouble(Backend):
 class SteppingBackendDouble(ScriptedBackendDouble):
     """``ScriptedBackendDouble`` answers, decoded step-wise: one word per row per step, rows join between steps.
 
-    ``steps`` records which rows (by question) each step computed.
+    ``steps`` records which rows (by question) each step computed, ``joined`` the jobs that joined.
     """
 
     def __init__(self, *, max_batch_size: int = 4, word_delay_s: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, word_delay_s=word_delay_s)
         self.steps: list[list[str]] = []
+        self.joined: list[Job] = []
 
     def decoder(self, events: RowEvents) -> Decoder:
         return _WordDecoder(self, events)
@@ -98,6 +99,7 @@ class _WordDecoder(Decoder):
         self.emitted: dict[int, int] = {}
 
     def join(self, jobs: dict[int, Job]) -> None:
+        self.backend.joined.extend(jobs.values())
         for key, job in jobs.items():
             self.running[key] = (job.text, f"echo: {job.text}".split())
             self.emitted[key] = 0
@@ -121,6 +123,29 @@ class _WordDecoder(Decoder):
 
     def clear(self) -> None:
         self.running = {}
+
+
+class PreparingBackendDouble(SteppingBackendDouble):
+    """``SteppingBackendDouble`` with work to do before the model, as a processor has.
+
+    ``prepared_by`` records (question, thread) per ``prepare``; questions in ``held`` wait there
+    until ``release`` is set, and questions in ``unpreparable`` fail there.
+    """
+
+    def __init__(self, *, max_batch_size: int = 4, word_delay_s: float = 0.0) -> None:
+        super().__init__(max_batch_size=max_batch_size, word_delay_s=word_delay_s)
+        self.prepared_by: list[tuple[str, str]] = []
+        self.held: set[str] = set()
+        self.release = threading.Event()
+        self.unpreparable: set[str] = set()
+
+    def prepare(self, job: Job) -> Job:
+        self.prepared_by.append((job.text, threading.current_thread().name))
+        if job.text in self.unpreparable:
+            raise ValueError("this frame cannot be processed")
+        if job.text in self.held:
+            self.release.wait(5)
+        return replace(job, prepared=f"inputs for {job.text}")
 
 
 @dataclass

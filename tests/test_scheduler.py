@@ -9,7 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.doubles import RecordingSinkDouble, ScriptedBackendDouble, SteppingBackendDouble
+from tests.doubles import (
+    PreparingBackendDouble,
+    RecordingSinkDouble,
+    ScriptedBackendDouble,
+    SteppingBackendDouble,
+)
 from vlm.backends.base import Job
 from vlm.metrics import MeteredScheduler, Metrics
 from vlm.request_queue import MAX_WAITING_PER_CLIENT
@@ -284,6 +289,46 @@ def test_a_cancelled_row_leaves_the_running_batch() -> None:
     assert sink.wait_finals(2, timeout_s=10)["other"][0] == "response"
     assert backend.steps[6:] == [[f"{LONG} more"]] * (len(backend.steps) - 6), "the cancelled row left"
     assert streamed(sink, "long") < 6
+
+
+def test_a_newcomer_is_prepared_off_the_worker_while_the_running_batch_keeps_stepping() -> None:
+    sink, backend = RecordingSinkDouble(), PreparingBackendDouble(max_batch_size=8, word_delay_s=0.02)
+    backend.held = {"hi"}
+    scheduler = Scheduler(backend, batch_window_s=0)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    wait_streamed(sink, "long", 3)
+    scheduler.submit(make_request(sink, "short", "bob", "hi"))
+    wait_streamed(sink, "long", 12)
+    assert not any("hi" in rows for rows in backend.steps), "bob joins only once prepared"
+    backend.release.set()
+    finals = sink.wait_finals(2)
+    assert finals["short"][1].result.answer == "echo: hi" and finals["long"][1].result.answer == f"echo: {LONG}"
+    assert {thread for _, thread in backend.prepared_by} == {"vlm-prepare"}, "the model's worker prepared nothing"
+    assert [job.prepared for job in backend.joined] == [f"inputs for {LONG}", "inputs for hi"]
+
+
+def test_a_request_that_cannot_be_prepared_fails_alone() -> None:
+    sink, backend = RecordingSinkDouble(), PreparingBackendDouble(max_batch_size=8)
+    backend.unpreparable = {"bad"}
+    scheduler = Scheduler(backend, batch_window_s=0)
+    for rid, client in (("ok1", "alice"), ("bad", "bob"), ("ok2", "carol")):
+        scheduler.submit(make_request(sink, rid, client, rid))
+    finals = sink.wait_finals(3)
+    assert finals["bad"] == ("query_error", "model_error")
+    assert finals["ok1"][1].result.answer == "echo: ok1" and finals["ok2"][1].result.answer == "echo: ok2"
+
+
+def test_only_as_many_requests_are_prepared_ahead_as_could_join() -> None:
+    sink, backend = RecordingSinkDouble(), PreparingBackendDouble(max_batch_size=1, word_delay_s=0.02)
+    scheduler = Scheduler(backend, batch_window_s=0)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    wait_streamed(sink, "long", 2)
+    for i in range(4):
+        scheduler.submit(make_request(sink, f"r{i}", f"c{i}", f"q{i}"))
+    wait_streamed(sink, "long", 10)
+    assert [text for text, _ in backend.prepared_by] == [LONG, "q0"], "one prepared ahead of a full batch"
+    finals = sink.wait_finals(5)
+    assert all(finals[f"r{i}"][1].result.answer == f"echo: q{i}" for i in range(4))
 
 
 def test_healthz_says_degraded_while_the_model_is_stuck() -> None:

@@ -161,6 +161,9 @@ class MeteredBackend(Backend):
         """The inner backend's own running batch (continuous where it can), observed per step."""
         return MeteredDecoder(self.inner.decoder(events), self.metrics)
 
+    def prepare(self, job: Job) -> Job:
+        return self.inner.prepare(job)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 

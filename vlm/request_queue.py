@@ -10,6 +10,7 @@ around every call and decides everything else (batching, timeouts, how a request
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from enum import Enum
 from typing import Generic, Protocol, TypeVar
 
@@ -83,11 +84,18 @@ class ClientQueue(Generic[R]):
         """Whether ``offer`` would not refuse this client's request for a full queue."""
         return (ordered and client in self._active) or client in self._queued or len(self._queued) < self.max_queue
 
-    def pop(self) -> R:
-        """The longest-queued request, now running (it stays its client's unfinished one)."""
-        _, request = self._queued.popitem(last=False)
-        request.status = RequestStatus.RUNNING
-        return request
+    def pop(self, ready: Callable[[R], bool] = lambda request: True) -> R | None:
+        """The longest-queued request that is ``ready``, now running (it stays its client's unfinished one)."""
+        for client, request in self._queued.items():
+            if ready(request):
+                del self._queued[client]
+                request.status = RequestStatus.RUNNING
+                return request
+        return None
+
+    def queued(self) -> list[R]:
+        """The queued requests, longest-queued first."""
+        return list(self._queued.values())
 
     def remove(self, request: R) -> R | None:
         """Forget an ended request; returns the client's next waiting request if it took the ended one's place."""

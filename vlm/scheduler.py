@@ -16,6 +16,12 @@ few milliseconds for company before starting, because a batched step costs littl
 than a single one, but only for company it has reason to expect: clients seen in the last
 half second that are not queued yet. A lone user never waits.
 
+What needs no model (a processor resizing and normalising a frame, tokenising the prompt) is
+done by a second thread, ``backend.prepare``, while the model decodes others: the worker admits
+only prepared requests, so a newcomer costs the running batch its prefill and nothing more.
+It prepares a few requests ahead at most (as many as could join), so frames that a newer one
+supersedes in the queue are seldom prepared for nothing.
+
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
 superseded or timed-out generation from ever reaching the client twice. The outcome goes to
@@ -68,6 +74,7 @@ class Request:
     first_token: float = 0.0
     status: RequestStatus = RequestStatus.NEW
     row: int | None = None  # the key of its row in the running batch, once admitted
+    prepared: bool = False  # its job has been through ``backend.prepare``: the worker may admit it
 
     @property
     def finished(self) -> bool:
@@ -110,6 +117,7 @@ class Scheduler:
         self._last_seen: dict[str, float] = {}
         self._accepting = True
         threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
+        threading.Thread(target=self._prepare_ahead, name="vlm-prepare", daemon=True).start()
         threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
 
     @property
@@ -227,24 +235,33 @@ class Scheduler:
         """
         stepping = not decoder.advances_itself
         with self._lock:
-            while not (stepping and decoder.rows()) and not (self._queue and len(self._rows) < self.max_batch_size):
+            while not (stepping and decoder.rows()) and not self._admissible_locked():
                 self._lock.wait()
             if stepping and not decoder.rows() and self.batch_window_s > 0:
                 deadline = time.perf_counter() + self.batch_window_s
-                while len(self._queue) < min(self.max_batch_size - len(self._rows), self._expected_company_locked()):
+                while self._prepared_locked() < min(
+                    self.max_batch_size - len(self._rows), self._expected_company_locked()
+                ):
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break
                     self._lock.wait(remaining)
             started = time.perf_counter()
             joining: dict[int, Request] = {}
-            while self._queue and len(self._rows) < self.max_batch_size:
-                request = self._queue.pop()
+            while len(self._rows) < self.max_batch_size and (request := self._queue.pop(_is_prepared)) is not None:
                 request.started = started
                 request.row = next(self._row_keys)
                 self._rows[request.row] = joining[request.row] = request
             self._busy_since = started
+            self._lock.notify_all()  # the preparing thread may prepare the next ones now
             return joining
+
+    def _admissible_locked(self) -> bool:
+        return len(self._rows) < self.max_batch_size and self._prepared_locked() > 0
+
+    def _prepared_locked(self) -> int:
+        """How many queued requests are prepared, ready to join."""
+        return sum(request.prepared for request in self._queue.queued())
 
     def _expected_company_locked(self) -> int:
         """How many clients could be in the next batch: the queued ones and the recently seen ones."""
@@ -295,6 +312,31 @@ class Scheduler:
         for request in failed:
             self._fail(request, error)
 
+    def _prepare_ahead(self) -> None:
+        """Prepares queued requests, oldest first, for the worker to admit; a failure fails only that request."""
+        while True:
+            with self._lock:
+                while (request := self._next_to_prepare_locked()) is None:
+                    self._lock.wait()
+            try:
+                job = self.backend.prepare(request.job)
+            except VlmError as error:
+                self._fail(request, error)
+                continue
+            except Exception:
+                log.exception("could not prepare request %s", request.id)
+                self._fail(request, VlmError(Code.MODEL_ERROR, "the model could not take this request"))
+                continue
+            with self._lock:
+                request.job, request.prepared = job, True
+                self._lock.notify_all()
+
+    def _next_to_prepare_locked(self) -> Request | None:
+        """The oldest queued request not yet prepared, unless as many are prepared as could join the batch now."""
+        if self._prepared_locked() >= max(1, self.max_batch_size - len(self._rows)):
+            return None
+        return next((request for request in self._queue.queued() if not request.prepared), None)
+
     def _watch_timeouts(self) -> None:
         """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""
         while True:
@@ -332,6 +374,10 @@ class _RowEvents:
     def cancelled(self, row: int) -> bool:
         request = self.scheduler._rows.get(row)
         return request is None or request.finished
+
+
+def _is_prepared(request: Request) -> bool:
+    return request.prepared
 
 
 def out_of_memory(error: BaseException) -> bool:

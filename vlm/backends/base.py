@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Set
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from PIL import Image
 
@@ -45,6 +45,8 @@ class Job:
     max_new_tokens: int = 128
     # 0 is greedy: the same frame and question give the same answer.
     temperature: float = 0.0
+    # The backend's own inputs for this job, made by ``Backend.prepare`` before the job reached the model.
+    prepared: Any = field(default=None, compare=False, repr=False)
 
 
 def prompt_text(job: Job) -> str:
@@ -189,3 +191,12 @@ class Backend(ABC):
     def decoder(self, events: RowEvents) -> Decoder:
         """The running batch the scheduler feeds; whole waves of ``generate`` unless a backend does better."""
         return WaveDecoder(self, events)
+
+    def prepare(self, job: Job) -> Job:
+        """``job`` with the work done that needs no model (a processor's resizing, normalising, tokenising).
+
+        The scheduler calls this on its own thread while the model decodes others, so a newcomer does
+        not stall the running batch with it. It may run alongside ``generate`` and the decoder: it must
+        not touch the model. Backends with nothing to prepare return ``job`` as it is.
+        """
+        return job
