@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from PIL import Image
 from scripts.build_tiny_model import build_tiny_model
 from scripts.vlm_factory import ARCHS
 from vlm.backends.base import Job, Result
+from vlm.backends.collate import collate
 from vlm.backends.frame_cache import FrameCache
 from vlm.backends.registry import choose_backend, read_model_config
 from vlm.backends.step_decoder import StepDecoder, cache_keyword
@@ -160,6 +163,46 @@ def test_rows_joining_a_running_batch_answer_as_they_would_alone(backend: Transf
         assert got.answer == expected.answer, f"row {index} answers as it would alone"
         assert "".join(events.deltas[index]).strip() == got.answer
         assert got.tokens == expected.tokens and got.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("with_frames", [True, False])
+def test_jobs_prepared_one_at_a_time_batch_as_the_processor_batches_them(
+    backend: TransformersBackend, with_frames: bool
+) -> None:
+    tall = Image.new("RGB", (200, 420), "white")  # another shape: a processor that tiles cuts it differently
+    work = [*varied_jobs([4, 4, 4]), Job(task="query", image=tall, image_key="tall", text="is it tall?")]
+    if not with_frames:
+        work = [replace(job, image=None) for job in work]
+    expected = backend.processor(
+        images=[job.image for job in work] if with_frames else None,
+        text=[backend.prompt_for(job) for job in work],
+        return_tensors="pt",
+        padding=True,
+    )
+    prepared = [backend.prepare(job).prepared for job in work]
+    got = collate(prepared, backend.tokenizer.pad_token_id)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name].shape == value.shape and torch.equal(got[name], value.to(got[name].dtype)), name
+    assert len(set(got["attention_mask"].sum(-1).tolist())) > 1, "the prompts differ in length, so padding is tested"
+
+
+def test_frames_split_into_different_tile_counts_batch_as_the_processor_batches_them(tmp_path: Path) -> None:
+    """SmolVLM's processor cuts a frame into tiles by its shape; a batch pads the tile counts with empty tiles."""
+    folder = build_tiny_model(tmp_path, arch="idefics3")
+    backend = TransformersBackend.load(str(folder), revision=None, device="cpu", dtype="float32")
+    backend.processor.image_processor.do_image_splitting = True
+    backend.processor.image_processor.size = {"longest_edge": 96}  # tiles of 32 px, as SmolVLM's 512 in 2048
+    frames = [Image.new("RGB", (320, 240), "red"), Image.new("RGB", (200, 420), "blue")]
+    work = [Job(task="query", image=frame, image_key=str(i), text="hi") for i, frame in enumerate(frames)]
+    prepared = [backend.prepare(job).prepared for job in work]
+    assert prepared[0]["pixel_values"].shape[1] != prepared[1]["pixel_values"].shape[1], "tile counts differ"
+    expected = backend.processor(
+        images=frames, text=[backend.prompt_for(job) for job in work], return_tensors="pt", padding=True
+    )
+    got = collate(prepared, backend.tokenizer.pad_token_id)
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[name], value) for name, value in expected.items())
 
 
 def test_finished_and_cancelled_rows_leave_the_batch_at_once(backend: TransformersBackend) -> None:

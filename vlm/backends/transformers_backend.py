@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -40,6 +41,7 @@ from .base import (
     RowEvents,
     prompt_text,
 )
+from .collate import collate
 from .frame_cache import FrameCache
 from .step_decoder import RowText, StepDecoder, can_step
 from .torch_device import resolve_device, resolve_dtype, weights_dtype
@@ -125,17 +127,31 @@ class TransformersBackend(Backend):
             stopping_criteria=StoppingCriteriaList([StopFinishedRows(streamer)]),
         )
 
+    def prepare(self, job: Job) -> Job:
+        """The job with its processor inputs made, on the CPU: resizing and normalising a frame takes
+        milliseconds the running batch should not wait for."""
+        return replace(job, prepared=self._processed(job))
+
+    def _processed(self, job: Job) -> dict[str, torch.Tensor]:
+        """The processor's inputs for one job, unpadded, with pixels already in the model's dtype.
+
+        One job at a time and never padded, so the tokenizer's settings are never changed: the
+        preparing thread and the worker's streaming detokeniser share it.
+        """
+        inputs = self.processor(
+            images=None if job.image is None else [job.image], text=[self.prompt_for(job)], return_tensors="pt"
+        )
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return dict(inputs)
+
     def model_inputs(self, jobs: list[Job]) -> dict[str, Any]:
         """The model's inputs for ``jobs`` (all with a frame, or all without) as one left-padded batch,
         with frames seen lately pre-encoded."""
-        inputs = self.processor(
-            images=None if jobs[0].image is None else [job.image for job in jobs],
-            text=[self.prompt_for(job) for job in jobs],
-            return_tensors="pt",
-            padding=True,
-        ).to(self.model.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        rows = [job.prepared if job.prepared is not None else self._processed(job) for job in jobs]
+        inputs = {
+            name: value.to(self.model.device) for name, value in collate(rows, self.tokenizer.pad_token_id).items()
+        }
         pre_encoded = self._pre_encoded_images(jobs, inputs)  # takes the encoder's inputs out of ``inputs``
         return {**inputs, **pre_encoded}
 
