@@ -37,6 +37,7 @@ def load_model(settings: Settings, web: WebApp) -> None:
         batch_window_s=settings.batch_window_ms / 1000,
         timeout_s=settings.request_timeout_s,
         continuous=settings.batching == "continuous",
+        prepare_ahead={"auto": None, "thread": True, "worker": False}[settings.prepare],
     )
     web.slot.install(backend, scheduler)
     info = backend.info

@@ -11,7 +11,8 @@ batch 1 and 16 with no server, and the app end to end on the same question, each
 has not seen (so its cache of frame encodings cannot answer). Then, on
 the small model with 96-token answers, 16 clients in live mode (each asks again the moment it is
 answered, starts spread over one answer's time) against continuous batching, wave batching and
-the seed re-creation, and one client alone. Results go to ``--out`` (or ``$VLM_BENCH_OUT``) and
+the seed re-creation, and one client alone; continuous batching once more with the processor
+where ``--prepare auto`` does not put it on this device. Results go to ``--out`` (or ``$VLM_BENCH_OUT``) and
 into the README between this device's markers. Nothing here is a test.
 """
 
@@ -507,7 +508,14 @@ def main(argv: list[str] | None = None) -> None:
         sections["live"] = live_section(loads, not_measured, args.clients, alone, tokens, answer_s, window)
         publish()
 
-    for label, extra in [("this app, continuous batching", []), ("this app, wave batching", ["--batching", "wave"])]:
+    # The processor's place that ``--prepare auto`` does not choose on this device, measured beside the default.
+    other_place = ("the worker", "worker") if device.name == "cuda" else ("a thread", "thread")
+    servers = [
+        ("this app, continuous batching", []),
+        ("this app, wave batching", ["--batching", "wave"]),
+        (f"this app, continuous, processor on {other_place[0]}", ["--prepare", other_place[1]]),
+    ]
+    for label, extra in servers:
         print(f"live load: {label}", flush=True)
         with AppProcess(app_args(small, device, dtype, tokens, *extra), ready_timeout_s=900) as app:
             first_s = warm_up(app.url, frame)

@@ -132,6 +132,8 @@ class PreparingBackendDouble(SteppingBackendDouble):
     until ``release`` is set, and questions in ``unpreparable`` fail there.
     """
 
+    prepares = True
+
     def __init__(self, *, max_batch_size: int = 4, word_delay_s: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, word_delay_s=word_delay_s)
         self.prepared_by: list[tuple[str, str]] = []

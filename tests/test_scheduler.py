@@ -331,6 +331,17 @@ def test_only_as_many_requests_are_prepared_ahead_as_could_join() -> None:
     assert all(finals[f"r{i}"][1].result.answer == f"echo: q{i}" for i in range(4))
 
 
+@pytest.mark.parametrize("prepare_ahead", [False, True])
+def test_prepare_runs_on_its_thread_for_every_request_or_for_none(prepare_ahead: bool) -> None:
+    sink, backend = RecordingSinkDouble(), PreparingBackendDouble(max_batch_size=4)
+    scheduler = Scheduler(backend, batch_window_s=0, prepare_ahead=prepare_ahead)
+    for i in range(3):
+        scheduler.submit(make_request(sink, f"r{i}", f"c{i}", f"q{i}"))
+    assert all(kind == "response" for kind, _ in sink.wait_finals(3).values())
+    assert len(backend.prepared_by) == (3 if prepare_ahead else 0)
+    assert all((job.prepared is not None) == prepare_ahead for job in backend.joined)
+
+
 def test_healthz_says_degraded_while_the_model_is_stuck() -> None:
     from vlm.config import Settings
     from vlm.web import create_app

@@ -173,3 +173,44 @@ def test_sigterm_drains_in_flight_requests(tiny_model: Path, frame: str) -> None
         exited.join()
         assert kind == "response"
         assert running.process is not None and running.process.returncode == 0
+
+
+def ask_at_once(url: str, questions: list[tuple[str, str]]) -> list[tuple[str, dict]]:
+    """Each (question, frame) from a client of its own, all sent together; the finals in that order."""
+    clients = [RecordingClient(url) for _ in questions]
+    finals: list[tuple[str, dict]] = [("none", {})] * len(questions)
+
+    def ask(index: int) -> None:
+        question, image = questions[index]
+        finals[index] = clients[index].ask({"id": f"q{index}", "question": question, "image": image})
+
+    threads = [threading.Thread(target=ask, args=(index,)) for index in range(len(questions))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for client in clients:
+            client.close()
+    return finals
+
+
+def test_answers_are_the_same_wherever_the_processor_runs(tiny_model: Path) -> None:
+    """``--prepare thread`` collates rows the processor made one at a time; on the worker it takes the batch."""
+    questions = [
+        (question, jpeg_data_url(color, size))
+        for question, color, size in [
+            ("what shape is this?", "red", (640, 480)),
+            ("what colour is it?", "blue", (480, 640)),
+            ("describe the image in a few words", "green", (320, 240)),
+            ("is there a circle?", "white", (640, 360)),
+        ]
+    ]
+    answers = {}
+    for place in ("thread", "worker"):
+        with serving(tiny_model, "--prepare", place, max_new_tokens=12) as running:
+            finals = ask_at_once(running.url, questions)
+        assert all(kind == "response" for kind, _ in finals), finals
+        answers[place] = [payload["answer"] for _, payload in finals]
+    assert answers["thread"] == answers["worker"]

@@ -87,6 +87,10 @@ def test_cancelled_row_gets_no_result_and_others_finish(backend: TransformersBac
     assert len(events.deltas[0]) <= 3
 
 
+def test_a_model_on_the_cpu_is_not_prepared_on_a_thread_of_its_own(backend: TransformersBackend) -> None:
+    assert backend.prepares is False, "the processor would contend with the model's matmuls for the cores"
+
+
 def test_info_reports_a_useful_frame_size(backend: TransformersBackend) -> None:
     assert backend.info.image_size == MIN_FRAME_SIDE, "tiny models look at tiny images; thumbnails need 256 px"
     assert backend.info.decode_size < MIN_FRAME_SIDE, "the server decodes frames no larger than the model uses"

@@ -56,6 +56,7 @@ class Settings:
     max_batch_size: int = 16
     batch_window_ms: float = 20.0
     batching: str = "continuous"
+    prepare: str = "auto"
     request_timeout_s: float = 60.0
     rate_limit_per_s: float = 10.0
     rate_burst: int = 20
@@ -253,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.batching,
         help="continuous: requests join and leave the running batch between tokens, where the "
         "backend can; wave: a batch runs to its end before the next one starts",
+    )
+    limits.add_argument(
+        "--prepare",
+        choices=["auto", "thread", "worker"],
+        default=defaults.prepare,
+        help="where a request's work that needs no model (resizing, normalising, tokenising) runs: on a "
+        "thread of its own while the model decodes others, or on the model's worker; auto: a thread for "
+        "a transformers model on a GPU, the worker on a CPU, where the model already uses every core",
     )
     limits.add_argument(
         "--request-timeout",

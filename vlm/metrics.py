@@ -152,6 +152,7 @@ class MeteredBackend(Backend):
         self.metrics = metrics
         self.info = inner.info
         self.name = inner.name  # type: ignore[misc]
+        self.prepares = inner.prepares
 
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         self.metrics.batch_size.observe(len(jobs))

@@ -16,11 +16,12 @@ few milliseconds for company before starting, because a batched step costs littl
 than a single one, but only for company it has reason to expect: clients seen in the last
 half second that are not queued yet. A lone user never waits.
 
-What needs no model (a processor resizing and normalising a frame, tokenising the prompt) is
-done by a second thread, ``backend.prepare``, while the model decodes others: the worker admits
-only prepared requests, so a newcomer costs the running batch its prefill and nothing more.
-It prepares a few requests ahead at most (as many as could join), so frames that a newer one
-supersedes in the queue are seldom prepared for nothing.
+Where the backend ``prepares`` (a transformers model on a GPU; ``--prepare`` overrides that),
+what needs no model (the processor resizing and normalising a frame, tokenising the prompt) is
+done by a second thread while the model decodes others, and the worker admits only prepared
+requests, so a newcomer costs the running batch its prefill and nothing more. That thread
+prepares no more requests than could join, so frames that a newer one supersedes in the queue
+are seldom prepared for nothing.
 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
@@ -102,6 +103,7 @@ class Scheduler:
         batch_window_s: float = 0.005,
         timeout_s: float = 60.0,
         continuous: bool = True,
+        prepare_ahead: bool | None = None,
     ) -> None:
         self.backend = backend
         self.max_batch_size = max(1, backend.info.max_batch_size)
@@ -117,7 +119,10 @@ class Scheduler:
         self._last_seen: dict[str, float] = {}
         self._accepting = True
         threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
-        threading.Thread(target=self._prepare_ahead, name="vlm-prepare", daemon=True).start()
+        # Every request goes through the preparing thread, or none does (None: as the backend advises).
+        self.prepare_ahead = backend.prepares if prepare_ahead is None else prepare_ahead
+        if self.prepare_ahead:
+            threading.Thread(target=self._prepare_ahead, name="vlm-prepare", daemon=True).start()
         threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
 
     @property
@@ -147,6 +152,7 @@ class Scheduler:
     def _enqueued_locked(self, request: Request) -> None:
         """A request just took its client's place in the queue: note when, and wake the worker."""
         request.enqueued = time.perf_counter()
+        request.prepared = request.prepared or not self.prepare_ahead
         if request.returns:
             self._last_seen[request.client] = request.enqueued
         self._lock.notify_all()
@@ -313,29 +319,32 @@ class Scheduler:
             self._fail(request, error)
 
     def _prepare_ahead(self) -> None:
-        """Prepares queued requests, oldest first, for the worker to admit; a failure fails only that request."""
+        """Prepares the queued requests, oldest first, for the worker to admit; a failure fails only that request.
+
+        Those queued together are released together, so they join the batch in one prefill.
+        """
         while True:
             with self._lock:
-                while (request := self._next_to_prepare_locked()) is None:
+                while not (batch := self._to_prepare_locked()):
                     self._lock.wait()
-            try:
-                job = self.backend.prepare(request.job)
-            except VlmError as error:
-                self._fail(request, error)
-                continue
-            except Exception:
-                log.exception("could not prepare request %s", request.id)
-                self._fail(request, VlmError(Code.MODEL_ERROR, "the model could not take this request"))
-                continue
+            prepared = []
+            for request in batch:
+                try:
+                    prepared.append((request, self.backend.prepare(request.job)))
+                except VlmError as error:
+                    self._fail(request, error)
+                except Exception:
+                    log.exception("could not prepare request %s", request.id)
+                    self._fail(request, VlmError(Code.MODEL_ERROR, "the model could not take this request"))
             with self._lock:
-                request.job, request.prepared = job, True
+                for request, job in prepared:
+                    request.job, request.prepared = job, True
                 self._lock.notify_all()
 
-    def _next_to_prepare_locked(self) -> Request | None:
-        """The oldest queued request not yet prepared, unless as many are prepared as could join the batch now."""
-        if self._prepared_locked() >= max(1, self.max_batch_size - len(self._rows)):
-            return None
-        return next((request for request in self._queue.queued() if not request.prepared), None)
+    def _to_prepare_locked(self) -> list[Request]:
+        """The oldest queued requests not yet prepared, as many as could join the batch now (one when it is full)."""
+        room = max(1, self.max_batch_size - len(self._rows)) - self._prepared_locked()
+        return [request for request in self._queue.queued() if not request.prepared][: max(0, room)]
 
     def _watch_timeouts(self) -> None:
         """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""

@@ -183,6 +183,8 @@ class ModelInfo:
 class Backend(ABC):
     name: ClassVar[str]
     info: ModelInfo
+    # Whether ``prepare`` has work worth a thread of its own; the scheduler runs it only then.
+    prepares: bool = False
 
     @abstractmethod
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
@@ -195,8 +197,8 @@ class Backend(ABC):
     def prepare(self, job: Job) -> Job:
         """``job`` with the work done that needs no model (a processor's resizing, normalising, tokenising).
 
-        The scheduler calls this on its own thread while the model decodes others, so a newcomer does
-        not stall the running batch with it. It may run alongside ``generate`` and the decoder: it must
-        not touch the model. Backends with nothing to prepare return ``job`` as it is.
+        Where ``prepares`` is set, the scheduler calls this on a thread of its own while the model decodes
+        others, so a newcomer does not stall the running batch with it. It runs alongside ``generate``
+        and the decoder: it must not run the model.
         """
         return job
