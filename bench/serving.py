@@ -386,13 +386,17 @@ def vision_batching(device: Device) -> str:
     return markdown(rows, ["frames encoded together", "crops", unit, "throughput vs one frame"])
 
 
-def prepare_line(name: str, raw: Raw) -> str:
-    """What a newcomer no longer costs the running batch: its processor work, done off the model's thread."""
+def prepare_line(name: str, raw: Raw, device: Device) -> str:
+    """A newcomer's processor work in decode steps: what the running batch waits where the worker does it."""
     step_ms = raw.step_ms[max(raw.step_ms)]
+    place = (
+        "a thread of its own while the running batch decodes"
+        if device.name == "cuda"
+        else "the model's worker, whose matmuls already use every core"
+    )
     return (
         f"Preparing one frame for {name} (its processor: resize, normalise, tokenise) took {raw.prepare_ms:.1f} ms, "
-        f"{raw.prepare_ms / step_ms:.2f} decode steps at batch {max(raw.step_ms)}; the app does it on a thread of "
-        "its own while the running batch decodes"
+        f"{raw.prepare_ms / step_ms:.2f} decode steps at batch {max(raw.step_ms)}; `--prepare auto` runs it on {place}"
     )
 
 
@@ -493,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"app end to end: {name}", flush=True)
         app = app_end_to_end(folder, device, device.dtypes[name], args.tokens, batches, warm)
         limit.extend(limit_rows(name, device, bandwidth, raw, args.tokens, batches, app))
-        notes.append(prepare_line(name, raw))
+        notes.append(prepare_line(name, raw, device))
         sections["limit"] = limit_section(limit, args.tokens, notes)
         publish()
 

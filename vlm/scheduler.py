@@ -118,9 +118,9 @@ class Scheduler:
         self._busy_since: float | None = None  # when the worker's current backend call began
         self._last_seen: dict[str, float] = {}
         self._accepting = True
-        threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
         # Every request goes through the preparing thread, or none does (None: as the backend advises).
         self.prepare_ahead = backend.prepares if prepare_ahead is None else prepare_ahead
+        threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
         if self.prepare_ahead:
             threading.Thread(target=self._prepare_ahead, name="vlm-prepare", daemon=True).start()
         threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
