@@ -178,22 +178,13 @@ def test_sigterm_drains_in_flight_requests(tiny_model: Path, frame: str) -> None
 def ask_at_once(url: str, questions: list[tuple[str, str]]) -> list[tuple[str, dict]]:
     """Each (question, frame) from a client of its own, all sent together; the finals in that order."""
     clients = [RecordingClient(url) for _ in questions]
-    finals: list[tuple[str, dict]] = [("none", {})] * len(questions)
-
-    def ask(index: int) -> None:
-        question, image = questions[index]
-        finals[index] = clients[index].ask({"id": f"q{index}", "question": question, "image": image})
-
-    threads = [threading.Thread(target=ask, args=(index,)) for index in range(len(questions))]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        for index, (each, (question, image)) in enumerate(zip(clients, questions, strict=True)):
+            each.sio.emit("query", {"id": f"q{index}", "question": question, "image": image})
+        return [each.final(f"q{index}") for index, each in enumerate(clients)]
     finally:
-        for client in clients:
-            client.close()
-    return finals
+        for each in clients:
+            each.close()
 
 
 def test_answers_are_the_same_wherever_the_processor_runs(tiny_model: Path) -> None:

@@ -22,7 +22,6 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
-from PIL import Image
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -70,7 +69,7 @@ class TransformersBackend(Backend):
         # LLaVA and Idefics3 encode frames into a list, a tensor per frame; FastVLM into one stacked tensor.
         self.features_stacked = False
         # On a CPU the model's matmuls already use every core: the processor on a thread of its own would
-        # only contend with them (16 clients of the demo model: 68-81 answers/s against 86-113 without).
+        # only contend with them (16 clients of the demo model: 68-81 answers/s against 84-113 without).
         # On a GPU the CPU waits while kernels run, and a newcomer's processor time stops stalling the batch.
         self.prepares = model.device.type != "cpu"
         self.info = ModelInfo(
@@ -134,12 +133,15 @@ class TransformersBackend(Backend):
 
     def prepare(self, job: Job) -> Job:
         """The job with its processor inputs made (frame resized and normalised, prompt tokenised), on the CPU."""
-        return replace(job, prepared=self._processed(images=None if job.image is None else [job.image], jobs=[job]))
+        return replace(job, prepared=self._processed([job]))
 
-    def _processed(self, images: list[Image.Image] | None, jobs: list[Job], padding: bool = False) -> dict[str, Any]:
-        """The processor's inputs for ``jobs``, with pixels already in the model's dtype."""
+    def _processed(self, jobs: list[Job], padding: bool = False) -> dict[str, Any]:
+        """The processor's inputs for ``jobs`` (all with a frame, or all without), pixels in the model's dtype."""
         inputs = self.processor(
-            images=images, text=[self.prompt_for(job) for job in jobs], return_tensors="pt", padding=padding
+            images=None if jobs[0].image is None else [job.image for job in jobs],
+            text=[self.prompt_for(job) for job in jobs],
+            return_tensors="pt",
+            padding=padding,
         )
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -156,8 +158,7 @@ class TransformersBackend(Backend):
         if all(job.prepared is not None for job in jobs):
             batch = collate([job.prepared for job in jobs], self.tokenizer.pad_token_id)
         else:
-            frames = None if jobs[0].image is None else [job.image for job in jobs]
-            batch = self._processed(frames, jobs, padding=True)
+            batch = self._processed(jobs, padding=True)
         inputs = {name: value.to(self.model.device) for name, value in batch.items()}
         pre_encoded = self._pre_encoded_images(jobs, inputs)  # takes the encoder's inputs out of ``inputs``
         return {**inputs, **pre_encoded}
