@@ -22,6 +22,7 @@ from PIL import Image
 
 from scripts.build_remote_code_fixture import QUESTION, fixture_image
 from tests.conftest import MoondreamLike, hub_cache
+from vlm.backends import moondream
 from vlm.backends.base import Job, Result
 from vlm.backends.moondream import MoondreamBackend, frame_side
 from vlm.config import DEFAULT_MODEL, DEFAULT_REVISION
@@ -59,6 +60,16 @@ class Events:
 def load(moondream_like: MoondreamLike, dtype: str = "bfloat16", **options: Any) -> MoondreamBackend:
     with hub_cache(moondream_like.hub_cache):
         return MoondreamBackend.load(str(moondream_like.folder), revision=None, device="cpu", dtype=dtype, **options)
+
+
+def test_loading_sets_the_attention_kernels_for_its_device(
+    moondream_like: MoondreamLike, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moondream2 decodes through the same attention as any model: off cuDNN's per-shape plans on a GPU."""
+    devices: list[str] = []
+    monkeypatch.setattr(moondream, "use_unplanned_attention", devices.append)
+    load(moondream_like)
+    assert devices == ["cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,13 @@ from PIL import Image
 
 from scripts.build_tiny_model import build_tiny_model
 from scripts.vlm_factory import ARCHS
+from vlm.backends import transformers_backend
 from vlm.backends.base import Job, Result
 from vlm.backends.collate import collate
 from vlm.backends.frame_cache import FrameCache
 from vlm.backends.registry import choose_backend, read_model_config
 from vlm.backends.step_decoder import StepDecoder, cache_keyword
+from vlm.backends.torch_device import use_unplanned_attention
 from vlm.backends.transformers_backend import MIN_FRAME_SIDE, TransformersBackend
 from vlm.errors import VlmError
 
@@ -338,3 +340,24 @@ class NoCacheForward:
 def test_the_cache_keyword_follows_forward_and_a_forward_without_one_is_not_stepped() -> None:
     assert cache_keyword(Transformers517Forward()) == "past_key_values"
     assert cache_keyword(NoCacheForward()) is None
+
+
+@pytest.mark.parametrize(("device", "cudnn_after"), [("cuda", False), ("cpu", True)])
+def test_attention_leaves_cudnn_kernels_on_a_gpu_only(device: str, cudnn_after: bool) -> None:
+    """cuDNN plans each new shape; on an H100 a batch-16 decode step took 78.7 ms with it and 27.9 without."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        use_unplanned_attention(device)
+        assert torch.backends.cuda.cudnn_sdp_enabled() is cudnn_after
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_loading_sets_the_attention_kernels_for_the_device_it_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    devices: list[str] = []
+    monkeypatch.setattr(transformers_backend, "use_unplanned_attention", devices.append)
+    TransformersBackend.load(str(build_tiny_model(tmp_path)), revision=None, device="auto", dtype="float32")
+    assert devices == ["cuda" if torch.cuda.is_available() else "cpu"]

@@ -35,7 +35,7 @@ import torch
 from .base import Backend, GenerationEvents, Job, ModelInfo, Result
 from .frame_cache import FrameCache
 from .remote_code import load_remote_code_model
-from .torch_device import resolve_device, weights_dtype
+from .torch_device import resolve_device, use_unplanned_attention, weights_dtype
 
 # moondream2's code fetches its tokenizer from this hub repo by name (branch main), not from its own folder.
 # Webcam capture sizes and shapes; the frame size sent is chosen from how moondream2 resizes them.
@@ -197,6 +197,7 @@ class MoondreamBackend(Backend):
         cls, model_id: str, *, revision: str | None, device: str, dtype: str, max_crops: int = 0
     ) -> MoondreamBackend:
         device = resolve_device(device)
+        use_unplanned_attention(device)
         model = load_remote_code_model(model_id, revision=revision, dtype=torch.bfloat16, device=device)
         run_in(model, moondream_dtype(dtype, device))
         return cls(model, model_id=model_id, device=device, max_crops=max_crops)

@@ -44,7 +44,7 @@ from .base import (
 from .collate import collate
 from .frame_cache import FrameCache
 from .step_decoder import RowText, StepDecoder, can_step
-from .torch_device import resolve_device, resolve_dtype, weights_dtype
+from .torch_device import resolve_device, resolve_dtype, use_unplanned_attention, weights_dtype
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class TransformersBackend(Backend):
         cls, model_id: str, *, revision: str | None, device: str, dtype: str, max_batch_size: int = 16
     ) -> TransformersBackend:
         device = resolve_device(device)
+        use_unplanned_attention(device)
         processor = AutoProcessor.from_pretrained(model_id, revision=revision)
         model = AutoModelForImageTextToText.from_pretrained(
             model_id, revision=revision, dtype=resolve_dtype(dtype, device)
