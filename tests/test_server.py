@@ -15,6 +15,7 @@ from tests.conftest import data_url, jpeg_data_url
 from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 from vlm.config import ASYNC_MODES
+from vlm.socket_sink import STREAM_INTERVAL_S
 
 pytestmark = pytest.mark.app("tiny", max_new_tokens=12)
 
@@ -56,6 +57,21 @@ def test_answer_streams_and_reaches_only_the_sender(app_in_each_mode: AppProcess
     finally:
         client.close()
         bystander.close()
+
+
+def test_a_fast_answer_streams_in_paced_deltas(app_in_each_mode: AppProcess, frame: str) -> None:
+    """A client gets at most one delta per STREAM_INTERVAL_S, however fast the model makes tokens."""
+    client = RecordingClient(app_in_each_mode.url)
+    try:
+        kind, payload = client.ask({"id": "p1", "question": "what shape is this?", "image": frame})
+        assert kind == "response", payload
+        deltas = [p["delta"] for e, p in client.received if e == "stream" and p["id"] == "p1"]
+        timing = payload["timing"]
+        streaming_s = (timing["model_ms"] - timing["first_token_ms"]) / 1000
+        assert "".join(deltas).strip() == payload["answer"]
+        assert len(deltas) <= streaming_s / STREAM_INTERVAL_S + 2 < timing["tokens"], (len(deltas), timing)
+    finally:
+        client.close()
 
 
 def test_greedy_answers_are_deterministic(client: RecordingClient, frame: str) -> None:

@@ -35,6 +35,19 @@ def response_payload(answer: Answer) -> dict[str, Any]:
     return payload
 
 
+def merged_deltas(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any] | None:
+    """Two ``stream`` events of one request as one; None for two requests' (a client may have two)."""
+    if earlier["id"] != later["id"]:
+        return None
+    return {"id": earlier["id"], "delta": earlier["delta"] + later["delta"]}
+
+
+# The event that carries a request's text as it is generated; a client gets at most one every
+# STREAM_INTERVAL_S (20 a second: smooth to read, one packet where a fast model makes several tokens).
+STREAM_EVENT = "stream"
+STREAM_INTERVAL_S = 0.05
+
+
 def error_event(request_id: str | None, error: VlmError, *, seed: bool) -> tuple[str, dict[str, Any]]:
     """A refusal or failure as the client can read it.
 
@@ -66,7 +79,7 @@ class SocketSink:
     seed: bool = False
 
     def stream(self, delta: str) -> None:
-        self.send("stream", {"id": self.request_id, "delta": delta}, self.sid)
+        self.send(STREAM_EVENT, {"id": self.request_id, "delta": delta}, self.sid)
 
     def answered(self, answer: Answer) -> None:
         self.send("response", response_payload(answer), self.sid)

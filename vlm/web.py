@@ -21,11 +21,12 @@ from .config import Settings
 from .hosts import allowed_hosts, host_guard
 from .model_slot import ModelSlot
 from .openai_api import install_openai_api
-from .outbox import Outbox
+from .outbox import Coalescing, Outbox
 from .pages import pages_blueprint
 from .ratelimit import EventGate, RateLimiter
 from .sessions import SessionBounds
 from .socket_events import AppNamespace
+from .socket_sink import STREAM_EVENT, STREAM_INTERVAL_S, merged_deltas
 from .watch_web import WatchService, install_watch
 
 
@@ -40,7 +41,7 @@ class WebApp:
     def idle(self) -> bool:
         """Nothing accepted is still unanswered or undelivered (used to drain on shutdown)."""
         scheduler = self.slot.scheduler
-        return (scheduler is None or scheduler.pending() == 0) and not self.outbox.pending
+        return (scheduler is None or scheduler.pending() == 0) and not self.outbox.undelivered
 
 
 def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
@@ -70,7 +71,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
 
     access = Access(settings.token)
-    outbox = Outbox(socketio, settings.async_mode)
+    outbox = Outbox(socketio, settings.async_mode, Coalescing(STREAM_EVENT, merged_deltas, STREAM_INTERVAL_S))
     app.register_blueprint(pages_blueprint(settings, slot, access))
     install_openai_api(app, settings, slot, authorized=access.bearer_ok, sleep=socketio.sleep)
     watch = install_watch(app, socketio, settings, scheduler=lambda: slot.scheduler, send=outbox.send, access=access)

@@ -1,0 +1,106 @@
+"""The pacing of a client's streamed text: at most one delta per interval, merged, never overtaken."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from vlm.outbox import Coalescing, Outbox, Outgoing, Pacer
+from vlm.socket_sink import STREAM_EVENT, STREAM_INTERVAL_S, merged_deltas
+
+pytestmark = pytest.mark.unit
+
+INTERVAL = STREAM_INTERVAL_S
+STREAM_PACING = Coalescing(STREAM_EVENT, merged_deltas, INTERVAL)
+
+
+def delta(text: str, sid: str = "a", request: str = "q1") -> Outgoing:
+    return Outgoing("stream", {"id": request, "delta": text}, sid)
+
+
+def response(sid: str = "a", request: str = "q1") -> Outgoing:
+    return Outgoing("response", {"id": request, "answer": "done"}, sid)
+
+
+def test_the_first_delta_goes_at_once_and_the_next_ones_wait_and_merge() -> None:
+    pacer = Pacer(STREAM_PACING)
+    assert pacer.admit(delta("a "), 0.0) == [delta("a ")]
+    assert pacer.admit(delta("red "), 0.01) == []
+    assert pacer.admit(delta("ball"), 0.02) == []
+    assert pacer.due(INTERVAL / 2) == []
+    assert pacer.due(INTERVAL) == [delta("red ball")]
+    assert pacer.due(2 * INTERVAL) == []
+
+
+def test_an_answer_releases_the_waiting_delta_before_it() -> None:
+    pacer = Pacer(STREAM_PACING)
+    pacer.admit(delta("a "), 0.0)
+    pacer.admit(delta("cat"), 0.01)
+    assert pacer.admit(response(), 0.02) == [delta("cat"), response()]
+    assert not pacer.held
+
+
+def test_two_requests_of_one_client_never_merge() -> None:
+    pacer = Pacer(STREAM_PACING)
+    pacer.admit(delta("one", request="q1"), 0.0)
+    pacer.admit(delta("two", request="q1"), 0.01)
+    assert pacer.admit(delta("three", request="q2"), 0.02) == [delta("two", request="q1")]
+    assert pacer.due(0.02 + INTERVAL) == [delta("three", request="q2")]
+
+
+def test_clients_are_paced_apart() -> None:
+    pacer = Pacer(STREAM_PACING)
+    pacer.admit(delta("a", sid="a"), 0.0)
+    assert pacer.admit(delta("b", sid="a"), 0.01) == []
+    assert pacer.admit(delta("c", sid="b"), 0.01) == [delta("c", sid="b")]
+    assert pacer.next_due_s(0.01) == pytest.approx(INTERVAL - 0.01)
+
+
+def test_an_event_to_everyone_releases_every_waiting_delta_first() -> None:
+    pacer = Pacer(STREAM_PACING)
+    for sid in ("a", "b"):
+        pacer.admit(delta("1", sid=sid), 0.0)
+        pacer.admit(delta("2", sid=sid), 0.01)
+    alert = Outgoing("watch_alert", {"text": "door open"}, None)
+    assert pacer.admit(alert, 0.02) == [delta("2", sid="a"), delta("2", sid="b"), alert]
+
+
+def test_clients_quiet_for_an_interval_are_forgotten() -> None:
+    pacer = Pacer(STREAM_PACING)
+    for number in range(100):
+        pacer.admit(delta("x", sid=f"client-{number}"), 0.0)
+    pacer.due(INTERVAL)
+    assert pacer.last_sent == {} and pacer.next_due_s(INTERVAL) is None
+
+
+def test_deltas_merge_only_within_one_request() -> None:
+    assert merged_deltas({"id": "q1", "delta": "a"}, {"id": "q1", "delta": "b"}) == {"id": "q1", "delta": "ab"}
+    assert merged_deltas({"id": "q1", "delta": "a"}, {"id": "q2", "delta": "b"}) is None
+
+
+class SocketIODouble:
+    """Records emits; emitting to ``refuses`` raises, as a transport error would."""
+
+    def __init__(self, refuses: str) -> None:
+        self.refuses = refuses
+        self.emitted: list[tuple[str, str | None]] = []
+        self.server = SimpleNamespace(manager=SimpleNamespace(eio_sid_from_sid=lambda sid, namespace: None))
+
+    def emit(self, event: str, payload: dict[str, object], to: str | None) -> None:
+        if to == self.refuses:
+            raise ConnectionError("the transport failed")
+        self.emitted.append((event, to))
+
+
+def test_a_failed_delivery_does_not_stop_the_others() -> None:
+    socketio = SocketIODouble(refuses="broken")
+    outbox = Outbox(socketio, "threading", STREAM_PACING)  # type: ignore[arg-type]
+    outbox.send("response", {"id": "q1"}, "broken")
+    outbox.send("response", {"id": "q2"}, "fine")
+    deadline = time.monotonic() + 5
+    while outbox.undelivered or not socketio.emitted:
+        assert time.monotonic() < deadline, "the pump stopped"
+        time.sleep(0.01)
+    assert socketio.emitted == [("response", "fine")]
