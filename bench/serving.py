@@ -142,6 +142,7 @@ class Raw:
     seconds: dict[int, float] = field(default_factory=dict)  # batch -> seconds for a whole answer
     step_ms: dict[int, float] = field(default_factory=dict)  # batch -> ms per decode step after the first token
     prepare_ms: float = 0.0  # the processor on one frame (``backend.prepare``), median of five
+    prepares: bool = False  # ``--prepare auto`` puts the processor on a thread of its own for this model here
 
 
 def raw_generate(
@@ -153,6 +154,7 @@ def raw_generate(
     raw = Raw(bytes_read_per_step(backend.model))
     one = Job(task="query", image=image, image_key="prepare", text=QUESTION)
     raw.prepare_ms = statistics.median(timed_ms(backend.prepare, one) for _ in range(5))
+    raw.prepares = backend.prepares
     for batch in batches:
         jobs = [
             Job(task="query", image=image, image_key=f"raw{batch}", text=QUESTION, max_new_tokens=tokens)
@@ -389,12 +391,12 @@ def vision_batching(device: Device) -> str:
     return markdown(rows, ["frames encoded together", "crops", unit, "throughput vs one frame"])
 
 
-def prepare_line(name: str, raw: Raw, device: Device) -> str:
+def prepare_line(name: str, raw: Raw) -> str:
     """A newcomer's processor work in decode steps: what the running batch waits where the worker does it."""
     step_ms = raw.step_ms[max(raw.step_ms)]
     place = (
         "a thread of its own while the running batch decodes"
-        if device.name == "cuda"
+        if raw.prepares
         else "the model's worker, whose matmuls already use every core"
     )
     return (
@@ -490,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     limit: list[list[str]] = []
+    prepares: dict[str, bool] = {}  # model -> where ``--prepare auto`` put its processor here
 
     def measure_limit(name: str) -> None:
         folder = folders[name]
@@ -500,7 +503,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"app end to end: {name}", flush=True)
         app = app_end_to_end(folder, device, device.dtypes[name], args.tokens, batches, warm)
         limit.extend(limit_rows(name, device, bandwidth, raw, args.tokens, batches, app))
-        notes.append(prepare_line(name, raw, device))
+        notes.append(prepare_line(name, raw))
+        prepares[name] = raw.prepares
         sections["limit"] = limit_section(limit, args.tokens, notes)
         publish()
 
@@ -516,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         publish()
 
     # The processor's place that ``--prepare auto`` does not choose on this device, measured beside the default.
-    other_place = ("the worker", "worker") if device.name == "cuda" else ("a thread", "thread")
+    other_place = ("the worker", "worker") if prepares[SMALL] else ("a thread", "thread")
     servers = [
         ("this app, continuous batching", []),
         ("this app, wave batching", ["--batching", "wave"]),
