@@ -77,15 +77,50 @@ def write_between_markers(path: Path, markers: tuple[str, str], report: str) -> 
 
 @dataclass
 class Load:
-    answers: int = 0
+    """What clients saw over a measuring window that opened once the start's ramp-up was over."""
+
+    answers: int = 0  # answered inside the window
     lost: int = 0
     misrouted: int = 0
-    latencies: list[float] = field(default_factory=list)  # seconds from asking to the answer
-    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # seconds from asking to the answer, asked inside the window
+    seconds: float = 0.0  # the window's length
 
     @property
     def throughput(self) -> float:
         return self.answers / self.seconds if self.seconds else 0.0
+
+
+class Window:
+    """The measuring window: it opens when every client has finished its first request, and lasts ``seconds``.
+
+    Clients start one after another and the first of them find a server with nobody else on it, so
+    until each has been answered once the load is still building; and requests sent before the window
+    closes are waited for. Counting from the first start to the last answer would dilute throughput
+    with both, and flatter latency with the ramp-up's answers, whenever the window is not many answers long.
+    """
+
+    def __init__(self, clients: int, seconds: float) -> None:
+        self.seconds = seconds
+        self.starting = clients
+        self.opened: float | None = None
+        self.lock = threading.Lock()
+
+    def first_request_done(self) -> None:
+        with self.lock:
+            self.starting -= 1
+            if self.starting == 0:
+                self.opened = time.perf_counter()
+
+    def closed(self) -> bool:
+        return self.opened is not None and time.perf_counter() >= self.opened + self.seconds
+
+    def tally(self, exchanges: list[tuple[float, float]], load: Load) -> None:
+        """Fill ``load`` from the (asked, answered) times of every answered request."""
+        assert self.opened is not None
+        closes = self.opened + self.seconds
+        load.seconds = self.seconds
+        load.answers = sum(self.opened <= answered <= closes for _, answered in exchanges)
+        load.latencies = [answered - asked for asked, answered in exchanges if asked >= self.opened]
 
 
 @dataclass(frozen=True)
@@ -101,17 +136,17 @@ class Asking:
 
 
 def load_test(url: str, frame: str, clients: int, seconds: float, asking: Asking) -> Load:
-    """``clients`` clients each ask again the moment they are answered, until ``seconds`` have passed.
+    """``clients`` clients each ask again the moment they are answered, over a ``seconds`` ``Window``.
 
     Requests sent before the window closes are waited for (up to ``asking.timeout_s`` each), so
     nothing counts as lost that was merely still running; a client that cannot connect counts as lost.
     """
-    load, lock = Load(), threading.Lock()
-    started = time.monotonic()
-    until = started + seconds
+    load, lock, window = Load(), threading.Lock(), Window(clients, seconds)
+    exchanges: list[tuple[float, float]] = []
     threads = [
         threading.Thread(
-            target=_client, args=(url, frame, f"c{i}", i * asking.spread_s / clients, until, asking, load, lock)
+            target=_client,
+            args=(url, frame, f"c{i}", i * asking.spread_s / clients, window, asking, load, exchanges, lock),
         )
         for i in range(clients)
     ]
@@ -119,12 +154,20 @@ def load_test(url: str, frame: str, clients: int, seconds: float, asking: Asking
         thread.start()
     for thread in threads:
         thread.join()
-    load.seconds = time.monotonic() - started
+    window.tally(exchanges, load)
     return load
 
 
 def _client(
-    url: str, frame: str, name: str, delay_s: float, until: float, asking: Asking, load: Load, lock: threading.Lock
+    url: str,
+    frame: str,
+    name: str,
+    delay_s: float,
+    window: Window,
+    asking: Asking,
+    load: Load,
+    exchanges: list[tuple[float, float]],
+    lock: threading.Lock,
 ) -> None:
     time.sleep(delay_s)
     try:
@@ -132,10 +175,11 @@ def _client(
     except socketio.exceptions.ConnectionError:  # the seed design cannot accept while it generates
         with lock:
             load.lost += 1
+        window.first_request_done()
         return
     count = 0
     try:
-        while time.monotonic() < until:
+        while not window.closed():
             request = {
                 "id": f"{name}-{count}",
                 "question": asking.question,
@@ -149,11 +193,12 @@ def _client(
             except TimeoutError:
                 with lock:
                     load.lost += 1
-                continue
-            with lock:
+            else:
                 if kind == "response":
-                    load.answers += 1
-                    load.latencies.append(time.perf_counter() - sent)
+                    with lock:
+                        exchanges.append((sent, time.perf_counter()))
+            if count == 0:
+                window.first_request_done()
             count += 1
         time.sleep(asking.settle_s)
         with lock:

@@ -337,8 +337,10 @@ def live_section(
     return (
         f"### {clients} clients in live mode, {SMALL}, {tokens}-token answers\n\n"
         f"Each client asks again, about a new frame, the moment it is answered; starts are spread over one "
-        f"answer's time ({answer_s:.1f} s alone), so requests keep arriving while others generate. Window "
-        f"{window:.0f} s; requests sent in it are waited for. The seed design answers one request at a time, "
+        f"answer's time ({answer_s:.1f} s alone), so requests keep arriving while others generate. The "
+        f"measuring window opens once every client has been answered once (the ramp-up is over) and lasts "
+        f"{window:.0f} s: throughput counts the answers inside it, latency the requests sent inside it, which are "
+        "waited for. The seed design answers one request at a time, "
         "blocking, and broadcasts every answer; its unanswered requests at the window's end, and clients it could "
         "not accept while generating, count as lost.\n\n"
         + markdown(
