@@ -84,43 +84,71 @@ class Load:
     misrouted: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds from asking to the answer, asked inside the window
     seconds: float = 0.0  # the window's length
+    rate: float = 0.0  # answers per second, from each client's answers inside the window (``Window.tally``)
 
     @property
     def throughput(self) -> float:
-        return self.answers / self.seconds if self.seconds else 0.0
+        return self.rate
 
 
 class Window:
-    """The measuring window: it opens when every client has finished its first request, and lasts ``seconds``.
+    """The measuring window: it opens when every client has finished its first request, and lasts ``seconds``
+    or three of those first answers' time under load (their median), whichever is longer.
 
     Clients start one after another and the first of them find a server with nobody else on it, so
     until each has been answered once the load is still building; and requests sent before the window
     closes are waited for. Counting from the first start to the last answer would dilute throughput
-    with both, and flatter latency with the ramp-up's answers, whenever the window is not many answers long.
+    with both, and flatter latency with the ramp-up's answers.
+
+    Throughput is each client's answers per second inside the window, summed: a client's rate is its
+    answers there less one over the time from its first to its last. Answers can come in bursts (16
+    frames prefilled one after another, then decoded together), and a count of answers inside the
+    window would then swing by a whole burst with where the window's edges fall.
     """
+
+    LOADED_ANSWERS = 3
 
     def __init__(self, clients: int, seconds: float) -> None:
         self.seconds = seconds
         self.starting = clients
+        self.first_latencies: list[float] = []
         self.opened: float | None = None
         self.lock = threading.Lock()
 
-    def first_request_done(self) -> None:
+    def first_request_done(self, latency: float | None) -> None:
+        """A client's first request ended: answered after ``latency`` seconds, or not answered (None)."""
         with self.lock:
             self.starting -= 1
+            if latency is not None:
+                self.first_latencies.append(latency)
             if self.starting == 0:
                 self.opened = time.perf_counter()
+                if self.first_latencies:
+                    loaded = sorted(self.first_latencies)[len(self.first_latencies) // 2]
+                    self.seconds = max(self.seconds, self.LOADED_ANSWERS * loaded)
 
     def closed(self) -> bool:
         return self.opened is not None and time.perf_counter() >= self.opened + self.seconds
 
-    def tally(self, exchanges: list[tuple[float, float]], load: Load) -> None:
-        """Fill ``load`` from the (asked, answered) times of every answered request."""
+    def tally(self, exchanges: list[tuple[str, float, float]], load: Load) -> None:
+        """Fill ``load`` from the (client, asked, answered) times of every answered request."""
         assert self.opened is not None
         closes = self.opened + self.seconds
+        inside: dict[str, list[float]] = {}
+        for client, _, answered in exchanges:
+            if self.opened <= answered <= closes:
+                inside.setdefault(client, []).append(answered)
         load.seconds = self.seconds
-        load.answers = sum(self.opened <= answered <= closes for _, answered in exchanges)
-        load.latencies = [answered - asked for asked, answered in exchanges if asked >= self.opened]
+        load.answers = sum(len(times) for times in inside.values())
+        load.rate = sum(_rate(sorted(times), self.seconds) for times in inside.values())
+        load.latencies = [answered - asked for _, asked, answered in exchanges if asked >= self.opened]
+
+
+def _rate(times: list[float], seconds: float) -> float:
+    """One client's answers per second from its answer times inside a window of ``seconds``."""
+    if len(times) < 2 or times[-1] == times[0]:
+        return len(times) / seconds
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 @dataclass(frozen=True)
@@ -142,7 +170,7 @@ def load_test(url: str, frame: str, clients: int, seconds: float, asking: Asking
     nothing counts as lost that was merely still running; a client that cannot connect counts as lost.
     """
     load, lock, window = Load(), threading.Lock(), Window(clients, seconds)
-    exchanges: list[tuple[float, float]] = []
+    exchanges: list[tuple[str, float, float]] = []
     threads = [
         threading.Thread(
             target=_client,
@@ -166,7 +194,7 @@ def _client(
     window: Window,
     asking: Asking,
     load: Load,
-    exchanges: list[tuple[float, float]],
+    exchanges: list[tuple[str, float, float]],
     lock: threading.Lock,
 ) -> None:
     time.sleep(delay_s)
@@ -175,7 +203,7 @@ def _client(
     except socketio.exceptions.ConnectionError:  # the seed design cannot accept while it generates
         with lock:
             load.lost += 1
-        window.first_request_done()
+        window.first_request_done(None)
         return
     count = 0
     try:
@@ -188,6 +216,7 @@ def _client(
             if asking.live:
                 request["live"] = True
             sent = time.perf_counter()
+            latency = None
             try:
                 kind, _ = connection.ask(request, timeout_s=asking.timeout_s)
             except TimeoutError:
@@ -195,10 +224,11 @@ def _client(
                     load.lost += 1
             else:
                 if kind == "response":
+                    latency = time.perf_counter() - sent
                     with lock:
-                        exchanges.append((sent, time.perf_counter()))
+                        exchanges.append((name, sent, sent + latency))
             if count == 0:
-                window.first_request_done()
+                window.first_request_done(latency)
             count += 1
         time.sleep(asking.settle_s)
         with lock:

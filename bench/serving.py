@@ -324,11 +324,12 @@ def live_section(
             [
                 label,
                 str(1 if load is alone else clients),
-                f"{load.answers / load.seconds:.3f}",
-                f"{load.answers * tokens / load.seconds:.1f}",
+                f"{load.throughput:.3f}",
+                f"{load.throughput * tokens:.1f}",
                 f"{median:.1f}",
                 f"{pct(load.latencies, 90):.1f}",
                 f"{median / answer_s:.2f}×",
+                f"{load.seconds:.0f}",
                 str(load.lost),
                 str(load.misrouted),
             ]
@@ -339,8 +340,11 @@ def live_section(
         f"Each client asks again, about a new frame, the moment it is answered; starts are spread over one "
         f"answer's time ({answer_s:.1f} s alone), so requests keep arriving while others generate. The "
         f"measuring window opens once every client has been answered once (the ramp-up is over) and lasts "
-        f"{window:.0f} s: throughput counts the answers inside it, latency the requests sent inside it, which are "
-        "waited for. The seed design answers one request at a time, "
+        f"{window:.0f} s or three of those first answers' time, whichever is longer (its column). Throughput is "
+        "each client's answers per second inside it, summed (its answers there less one, over the time from its "
+        "first to its last), so bursts of answers do not make it swing with where the window's edges fall; "
+        "latency is over the requests sent inside it, which are waited for. The seed design answers one request "
+        "at a time, "
         "blocking, and broadcasts every answer; its unanswered requests at the window's end, and clients it could "
         "not accept while generating, count as lost.\n\n"
         + markdown(
@@ -353,6 +357,7 @@ def live_section(
                 "median s",
                 "p90 s",
                 "median ÷ alone",
+                "window s",
                 "lost",
                 "delivered to wrong client",
             ],
@@ -543,8 +548,8 @@ def main(argv: list[str] | None = None) -> None:
     by_label = dict(loads)
     continuous, wave = by_label["this app, continuous batching"], by_label["this app, wave batching"]
     median_ratio = statistics.median(continuous.latencies) / answer_s
-    vs_wave = continuous.answers / continuous.seconds / (wave.answers / wave.seconds)
-    vs_one = continuous.answers / continuous.seconds / (alone.answers / alone.seconds)
+    vs_wave = continuous.throughput / wave.throughput
+    vs_one = continuous.throughput / alone.throughput
     failures = continuous.lost + continuous.misrouted
     checks = [
         ("newly arrived request, median latency ÷ alone", "≤ 1.5×", f"{median_ratio:.2f}×", median_ratio <= 1.5),
