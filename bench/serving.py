@@ -460,7 +460,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=32, help="answer length for the limit figures")
     parser.add_argument("--live-tokens", type=int, default=96, help="answer length under live load")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=0, help="each live-load window (0: 1.5 answers' time)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=0,
+        help="the shortest live-load window (0: 1.5 answers alone); never under three answers under load",
+    )
     parser.add_argument("--skip-large", action="store_true", help=f"no {LARGE} figures")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
