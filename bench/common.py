@@ -217,11 +217,16 @@ def _client(
                 request["live"] = True
             sent = time.perf_counter()
             latency = None
+            dropped = False
             try:
                 kind, _ = connection.ask(request, timeout_s=asking.timeout_s)
             except TimeoutError:
                 with lock:
                     load.lost += 1
+            except socketio.exceptions.SocketIOError:  # the server dropped this client (the seed design, stalled)
+                with lock:
+                    load.lost += 1
+                dropped = True
             else:
                 if kind == "response":
                     latency = time.perf_counter() - sent
@@ -230,6 +235,8 @@ def _client(
             if count == 0:
                 window.first_request_done(latency)
             count += 1
+            if dropped:
+                break
         time.sleep(asking.settle_s)
         with lock:
             load.misrouted += sum(

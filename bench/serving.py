@@ -319,16 +319,17 @@ def live_section(
     """The live-load table for the servers measured so far, and why any was not."""
     rows = []
     for label, load in loads:
-        median = statistics.median(load.latencies) if load.latencies else float("nan")
+        # A server that answered nobody inside the window has no latency to show.
+        median, p90 = (statistics.median(load.latencies), pct(load.latencies, 90)) if load.latencies else (None, None)
         rows.append(
             [
                 label,
                 str(1 if load is alone else clients),
                 f"{load.throughput:.3f}",
                 f"{load.throughput * tokens:.1f}",
-                f"{median:.1f}",
-                f"{pct(load.latencies, 90):.1f}",
-                f"{median / answer_s:.2f}×",
+                "—" if median is None else f"{median:.1f}",
+                "—" if p90 is None else f"{p90:.1f}",
+                "—" if median is None else f"{median / answer_s:.2f}×",
                 f"{load.seconds:.0f}",
                 str(load.lost),
                 str(load.misrouted),
