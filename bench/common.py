@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -84,16 +85,12 @@ class Load:
     misrouted: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds from asking to the answer, asked inside the window
     seconds: float = 0.0  # the window's length
-    rate: float = 0.0  # answers per second, from each client's answers inside the window (``Window.tally``)
-
-    @property
-    def throughput(self) -> float:
-        return self.rate
+    throughput: float = 0.0  # answers per second, from each client's answers inside the window (``Window.tally``)
 
 
 class Window:
     """The measuring window: it opens when every client has finished its first request, and lasts ``seconds``
-    or three of those first answers' time under load (their median), whichever is longer.
+    or three of those first answers' time under load (their upper median), whichever is longer.
 
     Clients start one after another and the first of them find a server with nobody else on it, so
     until each has been answered once the load is still building; and requests sent before the window
@@ -124,7 +121,7 @@ class Window:
             if self.starting == 0:
                 self.opened = time.perf_counter()
                 if self.first_latencies:
-                    loaded = sorted(self.first_latencies)[len(self.first_latencies) // 2]
+                    loaded = statistics.median_high(self.first_latencies)
                     self.seconds = max(self.seconds, self.LOADED_ANSWERS * loaded)
 
     def closed(self) -> bool:
@@ -140,7 +137,7 @@ class Window:
                 inside.setdefault(client, []).append(answered)
         load.seconds = self.seconds
         load.answers = sum(len(times) for times in inside.values())
-        load.rate = sum(_rate(sorted(times), self.seconds) for times in inside.values())
+        load.throughput = sum(_rate(sorted(times), self.seconds) for times in inside.values())
         load.latencies = [answered - asked for _, asked, answered in exchanges if asked >= self.opened]
 
 

@@ -345,9 +345,8 @@ def live_section(
         "each client's answers per second inside it, summed (its answers there less one, over the time from its "
         "first to its last), so bursts of answers do not make it swing with where the window's edges fall; "
         "latency is over the requests sent inside it, which are waited for. The seed design answers one request "
-        "at a time, "
-        "blocking, and broadcasts every answer; its unanswered requests at the window's end, and clients it could "
-        "not accept while generating, count as lost.\n\n"
+        "at a time, blocking, and broadcasts every answer; its unanswered requests at the window's end, and "
+        "clients it could not accept while generating, count as lost.\n\n"
         + markdown(
             rows,
             [
