@@ -38,6 +38,7 @@ def load_model(settings: Settings, web: WebApp) -> None:
         timeout_s=settings.request_timeout_s,
         continuous=settings.batching == "continuous",
         prepare_ahead={"auto": None, "thread": True, "worker": False}[settings.prepare],
+        prepare_threads=settings.prepare_threads or None,
     )
     web.slot.install(backend, scheduler)
     info = backend.info

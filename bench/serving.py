@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from tests.socket_client import RecordingClient
 from vlm.backends.base import Job
 from vlm.backends.transformers_backend import TransformersBackend
 from vlm.images import decode_image
+from vlm.scheduler import default_prepare_threads
 
 README = REPO / "README.md"
 QUESTION = "describe the image"
@@ -143,6 +145,7 @@ class Raw:
     step_ms: dict[int, float] = field(default_factory=dict)  # batch -> ms per decode step after the first token
     prepare_ms: float = 0.0  # the processor on one frame (``backend.prepare``), median of five
     prepares: bool = False  # ``--prepare auto`` puts the processor on a thread of its own for this model here
+    prepared_per_s: dict[int, float] = field(default_factory=dict)  # threads -> frames prepared per second
 
 
 def raw_generate(
@@ -155,6 +158,8 @@ def raw_generate(
     one = Job(task="query", image=image, image_key="prepare", text=QUESTION)
     raw.prepare_ms = statistics.median(timed_ms(backend.prepare, one) for _ in range(5))
     raw.prepares = backend.prepares
+    for threads in sorted({1, default_prepare_threads()}):
+        raw.prepared_per_s[threads] = frames_prepared_per_s(backend, one, threads)
     for batch in batches:
         jobs = [
             Job(task="query", image=image, image_key=f"raw{batch}", text=QUESTION, max_new_tokens=tokens)
@@ -179,6 +184,15 @@ def raw_generate(
         raw.step_ms[batch] = (last_token - first_token) / (tokens - 1) * 1000
     del backend
     return raw
+
+
+def frames_prepared_per_s(backend: TransformersBackend, job: Job, threads: int) -> float:
+    """Frames per second ``threads`` threads prepare together, as the scheduler's preparing threads do."""
+    count = 4 * threads
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda _: backend.prepare(job), range(count)))
+    return count / (time.perf_counter() - started)
 
 
 def timed_ms(work: Any, *args: Any) -> float:
@@ -406,9 +420,12 @@ def prepare_line(name: str, raw: Raw) -> str:
         if raw.prepares
         else "the model's worker, whose matmuls already use every core"
     )
+    rates = ", ".join(f"{rate:.1f} with {threads}" for threads, rate in sorted(raw.prepared_per_s.items()))
     return (
-        f"Preparing one frame for {name} (its processor: resize, normalise, tokenise) took {raw.prepare_ms:.1f} ms, "
-        f"{raw.prepare_ms / step_ms:.2f} decode steps at batch {max(raw.step_ms)}; `--prepare auto` runs it on {place}"
+        f"Preparing one frame for {name} (its processor: resize, cut into tiles, normalise, tokenise) took "
+        f"{raw.prepare_ms:.1f} ms, {raw.prepare_ms / step_ms:.2f} decode steps at batch {max(raw.step_ms)}; "
+        f"`--prepare auto` runs it on {place}. Frames prepared per second by threads at once: {rates} "
+        "(`--prepare-threads`)"
     )
 
 
@@ -467,18 +484,27 @@ def main(argv: list[str] | None = None) -> None:
         help="the shortest live-load window (0: 1.5 answers alone); never under three answers under load",
     )
     parser.add_argument("--skip-large", action="store_true", help=f"no {LARGE} figures")
+    parser.add_argument(
+        "--tiles",
+        choices=["auto", "real", "one"],
+        default="auto",
+        help="real: frames cut into tiles as the real processors do (12 and a global one for 640x480); one: a "
+        "frame is one tile, a departure for a CPU, where 13 tiles' prefill is too slow to serve 16 clients; "
+        "auto: real on a GPU, one on a CPU",
+    )
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
+    one_tile = args.tiles == "one" or (args.tiles == "auto" and device.name == "cpu")
     frame = camera_frame()
     folders = {}
     notes: list[str] = []  # lines under the limit table: models skipped, frames prepared
     for name in [SMALL] if args.skip_large else [SMALL, LARGE]:
-        folders[name] = args.models / f"{name}-{device.stored[name]}"
+        folders[name] = args.models / f"{name}-{device.stored[name]}{'-one-tile' if one_tile else ''}"
         if not (folders[name] / "model.safetensors").exists():
             print(f"building {name} in {folders[name]}", flush=True)
-            build_real_size_model(folders[name], name, device.stored[name], device=device.name)
+            build_real_size_model(folders[name], name, device.stored[name], device=device.name, one_tile=one_tile)
     if LARGE in folders and device.name == "cpu" and available_gib() < 12:
         notes.append(
             f"{LARGE} not measured: {available_gib():.0f} GiB of memory free, and it needs ~9 GiB "
@@ -500,7 +526,12 @@ def main(argv: list[str] | None = None) -> None:
     sections["device"] = (
         f"Device: {device.label}. Copy bandwidth {bandwidth / 1e9:.1f} GB/s. Random-weight models of "
         f"real size (`scripts/build_real_size_model.py`), EOS suppressed, answers of fixed length; "
-        f"the frame is a 640×480 camera JPEG, one tile per frame."
+        f"the frame is a 640×480 camera JPEG, "
+        + (
+            "one tile per frame (a departure from the real processors, which cut it into 13; `--tiles one`)."
+            if one_tile
+            else "cut into 12 tiles and a global one, as the real processors do."
+        )
     )
 
     limit: list[list[str]] = []
@@ -538,6 +569,8 @@ def main(argv: list[str] | None = None) -> None:
         ("this app, wave batching", ["--batching", "wave"]),
         (f"this app, continuous, processor on {other_place[0]}", ["--prepare", other_place[1]]),
     ]
+    if prepares[SMALL] and default_prepare_threads() > 1:  # what preparing frames on several threads is worth
+        servers.append(("this app, continuous, one preparing thread", ["--prepare-threads", "1"]))
     for label, extra in servers:
         print(f"live load: {label}", flush=True)
         with AppProcess(app_args(small, device, dtype, tokens, *extra), ready_timeout_s=900) as app:

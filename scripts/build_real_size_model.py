@@ -5,16 +5,19 @@
 The dimensions are the published ``config.json`` numbers of HuggingFaceTB/SmolVLM-256M-Instruct
 and HuggingFaceTB/SmolVLM-Instruct (2.2 B; its text tower has the shape of moondream2's: 2048
 wide, 24 layers, 8192 MLP), so weight bytes, KV-cache size and the cost of every step match the
-real checkpoints; the tokenizer is a word-level one padded to the real vocabulary size. Random
-weights never choose EOS on purpose, so EOS is suppressed and every answer runs to its token
-budget: benchmarks fix the answer length. Two departures, both said in the README: each frame is
-one tile (the real processors split a 640×480 frame into 12 tiles plus a global one), and the
-chat template is the tiny models' one. The answers are gibberish.
+real checkpoints, and so are their processors' (``preprocessor_config.json``): a 640×480 frame is
+resized to 2048×1536 (1536×1152 for the 2.2 B model) and cut into 12 tiles plus one of the whole
+frame. The tokenizer is a word-level one padded to the real vocabulary size. Random weights never
+choose EOS on purpose, so EOS is suppressed and every answer runs to its token budget: benchmarks
+fix the answer length. The chat template is the tiny models' one, and the answers are gibberish.
+``--one-tile`` departs from the real processor on purpose, for a CPU, where 13 tiles per frame
+cost a prefill too long to measure serving with (the README says which runs used it).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from .synthetic_scenes import corpus
@@ -38,6 +41,7 @@ CONFIGS: dict[str, ModelSize] = {
         rope_theta=100000.0,
         scale_factor=4,
         vocab_size=49280,
+        frame_size=2048,
     ),
     # HuggingFaceTB/SmolVLM-Instruct (2.2 B): SmolLM2-1.7B text, SigLIP-SO400M/14-384 vision, 3x shuffle (81 tokens).
     "smolvlm-2.2b": ModelSize(
@@ -56,17 +60,17 @@ CONFIGS: dict[str, ModelSize] = {
         rope_theta=273768.0,
         scale_factor=3,
         vocab_size=49280,
+        frame_size=1536,
     ),
 }
 
 
 def build_real_size_model(
-    out_dir: Path, config: str, dtype: str = "float32", seed: int = 0, device: str = "cpu"
+    out_dir: Path, config: str, dtype: str = "float32", seed: int = 0, device: str = "cpu", one_tile: bool = False
 ) -> Path:
     """Write the model folder (weights in ``dtype``, initialised on ``device``) to ``out_dir`` and return it."""
-    return build_model_folder(
-        out_dir, "idefics3", CONFIGS[config], corpus(), seed, can_stop=False, dtype=dtype, device=device
-    )
+    size = replace(CONFIGS[config], frame_size=0) if one_tile else CONFIGS[config]
+    return build_model_folder(out_dir, "idefics3", size, corpus(), seed, can_stop=False, dtype=dtype, device=device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--device", default="cpu", help="where the random weights are initialised (cuda: seconds)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--one-tile", action="store_true", help="every frame one tile, unlike the real processor")
     args = parser.parse_args(argv)
-    print(build_real_size_model(args.out_dir, args.config, args.dtype, args.seed, args.device))
+    print(build_real_size_model(args.out_dir, args.config, args.dtype, args.seed, args.device, args.one_tile))
 
 
 if __name__ == "__main__":

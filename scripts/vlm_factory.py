@@ -53,7 +53,7 @@ class ModelSize:
     vision_layers: int
     vision_heads: int
     vision_intermediate: int
-    image_size: int = 32  # pixels per side the processor resizes every camera frame to
+    image_size: int = 32  # pixels per side of a tile: the vision encoder's input
     patch_size: int = 4
     max_positions: int = 512
     # What real checkpoints set and these small models leave at their simplest (0: as many as text_heads).
@@ -62,6 +62,10 @@ class ModelSize:
     scale_factor: int = 2  # Idefics3's pixel shuffle: image tokens per tile = (image_size / patch_size / this)²
     # 0: the corpus's words; more pads the vocabulary with placeholder words to a real model's size.
     vocab_size: int = 0
+    # Idefics3: the longest side a frame is resized to before it is cut into tiles of image_size, plus one
+    # tile of the whole frame (SmolVLM-256M: 2048, so a 640x480 frame is 4x3 tiles and a global one).
+    # 0: no cutting, every frame one tile of image_size.
+    frame_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -288,7 +292,8 @@ def _build_idefics3(
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Idefics3 (SmolVLM's architecture): SigLIP-style encoder, pixel-shuffle connector, Llama.
 
-    Image splitting is off, so each frame becomes one padded global tile of `image_size`.
+    With a ``frame_size`` the processor cuts frames into tiles as SmolVLM's does; without, each frame
+    becomes one padded tile of ``image_size``.
     """
     scale_factor = size.scale_factor
     vision = Idefics3VisionConfig(**_vision_tower(size))
@@ -300,9 +305,9 @@ def _build_idefics3(
         pad_token_id=tokenizer.pad_token_id,
     )
     image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": size.image_size},
+        size={"longest_edge": size.frame_size or size.image_size},
         max_image_size={"longest_edge": size.image_size},
-        do_image_splitting=False,
+        do_image_splitting=size.frame_size > 0,
     )
     processor = Idefics3Processor(
         image_processor=image_processor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -209,6 +210,22 @@ def test_frames_split_into_different_tile_counts_batch_as_the_processor_batches_
     got = collate(prepared, backend.tokenizer.pad_token_id)
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[name], value) for name, value in expected.items())
+
+
+def test_frames_prepared_on_several_threads_at_once_match_frames_prepared_one_at_a_time(tmp_path: Path) -> None:
+    """The scheduler's preparing threads share one processor and tokenizer; what they make must not mix."""
+    folder = build_tiny_model(tmp_path, arch="idefics3")
+    backend = TransformersBackend.load(str(folder), revision=None, device="cpu", dtype="float32")
+    backend.processor.image_processor.do_image_splitting = True
+    backend.processor.image_processor.size = {"longest_edge": 96}
+    frames = [Image.new("RGB", (320 + 40 * i, 240 + 30 * (i % 3)), ("red", "blue", "green")[i % 3]) for i in range(8)]
+    work = [Job(task="query", image=frame, image_key=str(i), text="what? " * i) for i, frame in enumerate(frames)]
+    alone = [backend.prepare(job).prepared for job in work]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda job: backend.prepare(job).prepared, work))
+            for one, other in zip(alone, together, strict=True):
+                assert one.keys() == other.keys() and all(torch.equal(one[k], other[k]) for k in one)
 
 
 def test_finished_and_cancelled_rows_leave_the_batch_at_once(backend: TransformersBackend) -> None:

@@ -57,6 +57,7 @@ class Settings:
     batch_window_ms: float = 20.0
     batching: str = "continuous"
     prepare: str = "auto"
+    prepare_threads: int = 0
     request_timeout_s: float = 60.0
     rate_limit_per_s: float = 10.0
     rate_burst: int = 20
@@ -264,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a transformers model on a GPU, the worker on a CPU, where the model already uses every core",
     )
     limits.add_argument(
+        "--prepare-threads",
+        type=int,
+        default=defaults.prepare_threads,
+        help="threads that prepare requests while the model decodes (with --prepare thread); 0: half the CPU's "
+        "cores, one to four",
+    )
+    limits.add_argument(
         "--request-timeout",
         type=float,
         default=defaults.request_timeout_s,
@@ -340,8 +348,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     values = vars(parser.parse_args(argv))
     if bool(values["ssl_cert"]) != bool(values["ssl_key"]):
         parser.error("--ssl-cert and --ssl-key go together")
-    if values["temperature"] < 0 or values["max_crops"] < 0:
-        parser.error("--temperature and --max-crops cannot be negative")
+    if values["temperature"] < 0 or values["max_crops"] < 0 or values["prepare_threads"] < 0:
+        parser.error("--temperature, --max-crops and --prepare-threads cannot be negative")
     if values["message_queue"] and values["async_mode"] != "threading":
         # The app never monkey-patches, so a Redis client's blocking reads would stall an eventlet/gevent hub.
         parser.error("--message-queue needs --async-mode threading")

@@ -26,6 +26,7 @@ from .results import Answer, Sink
 from .scheduler import Request, Scheduler
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 STAGES = ("queue", "decode", "model", "first_token", "total")
 
@@ -62,6 +63,19 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "vlm_batch_size", "Requests decoded together per model call", buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.join_size = Histogram(
+            "vlm_join_size",
+            "Requests prefilled together to join the running batch",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.decoder_seconds = Histogram(
+            "vlm_decoder_call_seconds",
+            "Time of each call on the running batch: a join (newcomers prefilled) or a step (one token per row)",
+            ["call"],
+            buckets=CALL_BUCKETS,
+            registry=registry,
         )
         self.tokens = Counter("vlm_generated_tokens", "Tokens generated in answered requests", registry=registry)
         self.alerts = Counter(
@@ -170,7 +184,10 @@ class MeteredBackend(Backend):
 
 
 class MeteredDecoder(Decoder):
-    """A running batch, observed: how many rows each step decodes together."""
+    """A running batch, observed: how many rows each step decodes and each join prefills, and how long each takes.
+
+    A join stalls every running row for its prefill: its size and time are what say whether newcomers cost
+    the others more than their steps do."""
 
     def __init__(self, inner: Decoder, metrics: Metrics) -> None:
         self.inner = inner
@@ -178,11 +195,14 @@ class MeteredDecoder(Decoder):
         self.advances_itself = inner.advances_itself  # type: ignore[misc]
 
     def join(self, jobs: dict[int, Job]) -> None:
-        self.inner.join(jobs)
+        self.metrics.join_size.observe(len(jobs))
+        with self.metrics.decoder_seconds.labels("join").time():
+            self.inner.join(jobs)
 
     def step(self) -> None:
         self.metrics.batch_size.observe(len(self.inner.rows()))
-        self.inner.step()
+        with self.metrics.decoder_seconds.labels("step").time():
+            self.inner.step()
 
     def rows(self) -> Set[int]:
         return self.inner.rows()

@@ -18,10 +18,12 @@ half second that are not queued yet. A lone user never waits.
 
 Where the backend ``prepares`` (a transformers model on a GPU; ``--prepare`` overrides that),
 what needs no model (the processor resizing and normalising a frame, tokenising the prompt) is
-done by a second thread while the model decodes others, and the worker admits only prepared
-requests, so a newcomer costs the running batch its prefill and nothing more. That thread
-prepares no more requests than could join, so frames that a newer one supersedes in the queue
-are seldom prepared for nothing.
+done by threads of its own while the model decodes others, and the worker admits only prepared
+requests, so a newcomer costs the running batch its prefill and nothing more. There are several
+(``prepare_threads``): a real SmolVLM processor cuts a camera frame into 13 tiles in about
+0.3 s of CPU, mostly in PIL and numpy, which let other threads run, and one thread would make
+that the limit on answers per second. Together they prepare no more requests than could join, so
+frames that a newer one supersedes in the queue are seldom prepared for nothing.
 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
@@ -39,10 +41,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 from .backends.base import Backend, Decoder, Job, Result, WaveDecoder
 from .errors import Code, VlmError
@@ -54,6 +58,14 @@ log = logging.getLogger(__name__)
 # A client that asked or was answered this recently is likely to ask again within a batch window
 # (the page's live mode asks every 200 ms by default; a person typing takes seconds).
 COMPANY_HORIZON_S = 0.5
+
+
+class Preparation(Enum):
+    """How far a queued request's model-free work (``Backend.prepare``) has come."""
+
+    PENDING = "pending"
+    UNDER_WAY = "under_way"  # a preparing thread has it
+    READY = "ready"  # prepared, or nothing to prepare: the worker may admit it
 
 
 @dataclass(eq=False)
@@ -75,7 +87,7 @@ class Request:
     first_token: float = 0.0
     status: RequestStatus = RequestStatus.NEW
     row: int | None = None  # the key of its row in the running batch, once admitted
-    prepared: bool = False  # its job has been through ``backend.prepare``: the worker may admit it
+    preparation: Preparation = Preparation.PENDING  # READY: the worker may admit it
 
     @property
     def finished(self) -> bool:
@@ -104,6 +116,7 @@ class Scheduler:
         timeout_s: float = 60.0,
         continuous: bool = True,
         prepare_ahead: bool | None = None,
+        prepare_threads: int | None = None,
     ) -> None:
         self.backend = backend
         self.max_batch_size = max(1, backend.info.max_batch_size)
@@ -121,8 +134,8 @@ class Scheduler:
         # Every request goes through the preparing thread, or none does (None: as the backend advises).
         self.prepare_ahead = backend.prepares if prepare_ahead is None else prepare_ahead
         threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
-        if self.prepare_ahead:
-            threading.Thread(target=self._prepare_ahead, name="vlm-prepare", daemon=True).start()
+        for number in range((prepare_threads or default_prepare_threads()) if self.prepare_ahead else 0):
+            threading.Thread(target=self._prepare_ahead, name=f"vlm-prepare-{number}", daemon=True).start()
         threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
 
     @property
@@ -152,7 +165,8 @@ class Scheduler:
     def _enqueued_locked(self, request: Request) -> None:
         """A request just took its client's place in the queue: note when, and wake the worker."""
         request.enqueued = time.perf_counter()
-        request.prepared = request.prepared or not self.prepare_ahead
+        if not self.prepare_ahead:
+            request.preparation = Preparation.READY
         if request.returns:
             self._last_seen[request.client] = request.enqueued
         self._lock.notify_all()
@@ -259,7 +273,7 @@ class Scheduler:
                 request.row = next(self._row_keys)
                 self._rows[request.row] = joining[request.row] = request
             self._busy_since = started
-            self._lock.notify_all()  # the preparing thread may prepare the next ones now
+            self._lock.notify_all()  # the preparing threads may prepare the next ones now
             return joining
 
     def _admissible_locked(self) -> bool:
@@ -267,7 +281,7 @@ class Scheduler:
 
     def _prepared_locked(self) -> int:
         """How many queued requests are prepared, ready to join."""
-        return sum(request.prepared for request in self._queue.queued())
+        return sum(_is_prepared(request) for request in self._queue.queued())
 
     def _expected_company_locked(self) -> int:
         """How many clients could be in the next batch: the queued ones and the recently seen ones."""
@@ -319,32 +333,34 @@ class Scheduler:
             self._fail(request, error)
 
     def _prepare_ahead(self) -> None:
-        """Prepares the queued requests, oldest first, for the worker to admit; a failure fails only that request.
-
-        Those queued together are released together, so they join the batch in one prefill.
-        """
+        """One preparing thread: takes the oldest queued request nobody prepares, prepares it for the worker to
+        admit; a failure fails only that request."""
         while True:
             with self._lock:
-                while not (batch := self._to_prepare_locked()):
+                while (request := self._claim_locked()) is None:
                     self._lock.wait()
-            prepared = []
-            for request in batch:
-                try:
-                    prepared.append((request, self.backend.prepare(request.job)))
-                except VlmError as error:
-                    self._fail(request, error)
-                except Exception:
-                    log.exception("could not prepare request %s", request.id)
-                    self._fail(request, VlmError(Code.MODEL_ERROR, "the model could not take this request"))
+                request.preparation = Preparation.UNDER_WAY
+            try:
+                job = self.backend.prepare(request.job)
+            except VlmError as error:
+                self._fail(request, error)
+                continue
+            except Exception:
+                log.exception("could not prepare request %s", request.id)
+                self._fail(request, VlmError(Code.MODEL_ERROR, "the model could not take this request"))
+                continue
             with self._lock:
-                for request, job in prepared:
-                    request.job, request.prepared = job, True
+                request.job, request.preparation = job, Preparation.READY
                 self._lock.notify_all()
 
-    def _to_prepare_locked(self) -> list[Request]:
-        """The oldest queued requests not yet prepared, as many as could join the batch now (one when it is full)."""
-        room = max(1, self.max_batch_size - len(self._rows)) - self._prepared_locked()
-        return [request for request in self._queue.queued() if not request.prepared][: max(0, room)]
+    def _claim_locked(self) -> Request | None:
+        """The oldest queued request nobody prepares, while fewer are prepared or under way than could join the
+        batch now (one when it is full); None: nothing to take."""
+        room = max(1, self.max_batch_size - len(self._rows))
+        queued = self._queue.queued()
+        if sum(request.preparation is not Preparation.PENDING for request in queued) >= room:
+            return None
+        return next((request for request in queued if request.preparation is Preparation.PENDING), None)
 
     def _watch_timeouts(self) -> None:
         """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""
@@ -385,8 +401,14 @@ class _RowEvents:
         return request is None or request.finished
 
 
+def default_prepare_threads() -> int:
+    """Half the CPU's cores, one to four: enough that preparing frames keeps ahead of a GPU, while the
+    worker, the web server and the processor's own calls keep cores of their own."""
+    return min(4, max(1, (os.cpu_count() or 2) // 2))
+
+
 def _is_prepared(request: Request) -> bool:
-    return request.prepared
+    return request.preparation is Preparation.READY
 
 
 def out_of_memory(error: BaseException) -> bool:
