@@ -43,9 +43,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default="cpu")  # the seed ran on the CPU; a GPU benchmark gives it the GPU too
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--max-crops", type=int, default=0)  # frames cut as the app's runs cut them
     args = parser.parse_args()
     backend = TransformersBackend.load(
-        args.model, revision=None, device=args.device, dtype=args.dtype, max_batch_size=1
+        args.model, revision=None, device=args.device, dtype=args.dtype, max_batch_size=1, max_crops=args.max_crops
     )
     app = Flask(__name__)
     socketio = SocketIO(app, async_mode="eventlet", max_http_buffer_size=16 * 1024 * 1024)

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,9 @@ class Device:
     label: str
     dtypes: dict[str, str]  # model -> dtype it runs in
     stored: dict[str, str]  # model -> dtype its weights are saved in
+    # The app's --max-crops in every run (0: SmolVLM's own 13 tiles per frame). A CPU gets one tile: 13 tiles'
+    # prefill there (about 37 s) leaves 16 clients too few answers to measure serving with.
+    max_crops: int
 
     def sync(self) -> None:
         if self.name == "cuda":
@@ -80,14 +83,14 @@ def pick_device(requested: str) -> Device:
     if name == "cuda":
         label = f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}, float16"
         half = {SMALL: "float16", LARGE: "float16"}
-        return Device(name, label, half, half)
+        return Device(name, label, half, half, max_crops=0)
     label = (
         f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared with other "
         f"work, {torch.get_num_threads()} torch threads, float32"
     )
     # The large model is saved in bfloat16 (4.5 GB, built in half the memory) and run in float32: this CPU has
     # no bfloat16 matrix units, and its bfloat16 matmuls are several times slower than float32 ones.
-    return Device(name, label, {SMALL: "float32", LARGE: "float32"}, {SMALL: "float32", LARGE: "bfloat16"})
+    return Device(name, label, {SMALL: "float32", LARGE: "float32"}, {SMALL: "float32", LARGE: "bfloat16"}, max_crops=1)
 
 
 def available_gib() -> float:
@@ -152,7 +155,9 @@ def raw_generate(
     folder: Path, device: Device, dtype: str, frame: str, tokens: int, batches: list[int], warm: bool
 ) -> Raw:
     """``model.generate`` straight from transformers on the app's inputs: no server, no text streaming."""
-    backend = TransformersBackend.load(str(folder), revision=None, device=device.name, dtype=dtype)
+    backend = TransformersBackend.load(
+        str(folder), revision=None, device=device.name, dtype=dtype, max_crops=device.max_crops
+    )
     image = frame_image(frame, backend.info.decode_size)
     raw = Raw(bytes_read_per_step(backend.model))
     one = Job(task="query", image=image, image_key="prepare", text=QUESTION)
@@ -215,6 +220,8 @@ def app_args(folder: Path, device: Device, dtype: str, tokens: int, *extra: str)
         "100000",
         "--request-timeout",
         "3600",
+        "--max-crops",
+        str(device.max_crops),
         *extra,
     ]
 
@@ -485,26 +492,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-large", action="store_true", help=f"no {LARGE} figures")
     parser.add_argument(
-        "--tiles",
-        choices=["auto", "real", "one"],
-        default="auto",
-        help="real: frames cut into tiles as the real processors do (12 and a global one for 640x480); one: a "
-        "frame is one tile, a departure for a CPU, where 13 tiles' prefill is too slow to serve 16 clients; "
-        "auto: real on a GPU, one on a CPU",
+        "--max-crops",
+        type=int,
+        help="the app's --max-crops in every run (0: a frame is cut into 12 tiles and a global one, as by "
+        "SmolVLM's processor); default 0 on a GPU, 1 (one tile) on a CPU",
     )
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
-    one_tile = args.tiles == "one" or (args.tiles == "auto" and device.name == "cpu")
+    if args.max_crops is not None:
+        device = replace(device, max_crops=args.max_crops)
     frame = camera_frame()
     folders = {}
     notes: list[str] = []  # lines under the limit table: models skipped, frames prepared
     for name in [SMALL] if args.skip_large else [SMALL, LARGE]:
-        folders[name] = args.models / f"{name}-{device.stored[name]}{'-one-tile' if one_tile else ''}"
+        # "tiled": folders built before the processors tiled frames as the real ones do are not reused
+        folders[name] = args.models / f"{name}-{device.stored[name]}-tiled"
         if not (folders[name] / "model.safetensors").exists():
             print(f"building {name} in {folders[name]}", flush=True)
-            build_real_size_model(folders[name], name, device.stored[name], device=device.name, one_tile=one_tile)
+            build_real_size_model(folders[name], name, device.stored[name], device=device.name)
     if LARGE in folders and device.name == "cpu" and available_gib() < 12:
         notes.append(
             f"{LARGE} not measured: {available_gib():.0f} GiB of memory free, and it needs ~9 GiB "
@@ -528,9 +535,10 @@ def main(argv: list[str] | None = None) -> None:
         f"real size (`scripts/build_real_size_model.py`), EOS suppressed, answers of fixed length; "
         f"the frame is a 640×480 camera JPEG, "
         + (
-            "one tile per frame (a departure from the real processors, which cut it into 13; `--tiles one`)."
-            if one_tile
-            else "cut into 12 tiles and a global one, as the real processors do."
+            f"cut into at most {device.max_crops} tile(s) (the app's `--max-crops {device.max_crops}`; SmolVLM's "
+            "processor makes 12 and a global one)."
+            if device.max_crops
+            else "cut into 12 tiles and a global one, as SmolVLM's processor does."
         )
     )
 
@@ -607,6 +615,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print("live load: seed design", flush=True)
     seed_args = ["--model", str(small), "--max-new-tokens", str(tokens), "--device", device.name, "--dtype", dtype]
+    seed_args += ["--max-crops", str(device.max_crops)]
     try:
         with AppProcess(seed_args, script="bench/seed_app.py", ready_timeout_s=900) as seed:
             loads.append(("seed design", live_clients(seed.url, frame, args.clients, window, answer_s, window)))

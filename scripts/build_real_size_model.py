@@ -10,14 +10,12 @@ resized to 2048×1536 (1536×1152 for the 2.2 B model) and cut into 12 tiles plu
 frame. The tokenizer is a word-level one padded to the real vocabulary size. Random weights never
 choose EOS on purpose, so EOS is suppressed and every answer runs to its token budget: benchmarks
 fix the answer length. The chat template is the tiny models' one, and the answers are gibberish.
-``--one-tile`` departs from the real processor on purpose, for a CPU, where 13 tiles per frame
-cost a prefill too long to measure serving with (the README says which runs used it).
+The app's ``--max-crops 1`` makes a frame one tile, as it does for the real checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from .synthetic_scenes import corpus
@@ -66,11 +64,12 @@ CONFIGS: dict[str, ModelSize] = {
 
 
 def build_real_size_model(
-    out_dir: Path, config: str, dtype: str = "float32", seed: int = 0, device: str = "cpu", one_tile: bool = False
+    out_dir: Path, config: str, dtype: str = "float32", seed: int = 0, device: str = "cpu"
 ) -> Path:
     """Write the model folder (weights in ``dtype``, initialised on ``device``) to ``out_dir`` and return it."""
-    size = replace(CONFIGS[config], frame_size=0) if one_tile else CONFIGS[config]
-    return build_model_folder(out_dir, "idefics3", size, corpus(), seed, can_stop=False, dtype=dtype, device=device)
+    return build_model_folder(
+        out_dir, "idefics3", CONFIGS[config], corpus(), seed, can_stop=False, dtype=dtype, device=device
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,9 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--device", default="cpu", help="where the random weights are initialised (cuda: seconds)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--one-tile", action="store_true", help="every frame one tile, unlike the real processor")
     args = parser.parse_args(argv)
-    print(build_real_size_model(args.out_dir, args.config, args.dtype, args.seed, args.device, args.one_tile))
+    print(build_real_size_model(args.out_dir, args.config, args.dtype, args.seed, args.device))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from scripts.build_tiny_model import PROFILES
 from scripts.synthetic_scenes import corpus
 from scripts.vlm_factory import build_model, build_model_folder
 from tests.server_process import REPO
+from vlm.backends.transformers_backend import limit_tiles
 
 
 def test_a_model_is_built_in_the_dtype_it_is_stored_in(tmp_path: Path) -> None:
@@ -32,13 +32,15 @@ def test_a_model_is_built_in_the_dtype_it_is_stored_in(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("name", "tile"), [("smolvlm-256m", 512), ("smolvlm-2.2b", 384)])
 def test_real_size_processors_cut_a_camera_frame_as_the_published_ones_do(name: str, tile: int) -> None:
     """SmolVLM's preprocessor_config.json: longest side 2048 (2.2 B: 1536), tiles of 512 (384), so a 640x480
-    frame is 4x3 tiles and one of the whole frame; ``--one-tile`` (a CPU benchmark's departure) keeps one."""
+    frame is 4x3 tiles and one of the whole frame; the app's ``--max-crops`` caps that (1: one tile)."""
     frame = Image.new("RGB", (640, 480), "gray")
-    for size, tiles in ((CONFIGS[name], 13), (replace(CONFIGS[name], frame_size=0), 1)):
-        with torch.device("meta"):  # the processor is what is checked; weights would take seconds for nothing
-            _, processor = build_model("idefics3", size, corpus(), 0, can_stop=False)
+    with torch.device("meta"):  # the processor is what is checked; weights would take seconds for nothing
+        _, processor = build_model("idefics3", CONFIGS[name], corpus(), 0, can_stop=False)
+    for max_crops, tiles in ((0, 13), (4, 5), (1, 1)):
+        if max_crops:
+            assert limit_tiles(processor, max_crops)
         inputs = processor(images=[frame], text=["<image> what is this?"], return_tensors="pt")
-        assert tuple(inputs["pixel_values"].shape) == (1, tiles, 3, tile, tile)
+        assert tuple(inputs["pixel_values"].shape) == (1, tiles, 3, tile, tile), max_crops
         image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
         assert (inputs["input_ids"] == image_token).sum() == tiles * processor.image_seq_len
 

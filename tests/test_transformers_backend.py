@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoProcessor
 
 from scripts.build_tiny_model import build_tiny_model
 from scripts.vlm_factory import ARCHS
@@ -20,7 +21,7 @@ from vlm.backends.frame_cache import FrameCache
 from vlm.backends.registry import choose_backend, read_model_config
 from vlm.backends.step_decoder import StepDecoder, cache_keyword
 from vlm.backends.torch_device import use_unplanned_attention
-from vlm.backends.transformers_backend import MIN_FRAME_SIDE, TransformersBackend
+from vlm.backends.transformers_backend import MIN_FRAME_SIDE, TransformersBackend, limit_tiles
 from vlm.errors import VlmError
 
 FRAMES = [Image.new("RGB", (320, 240), color) for color in ("red", "blue", "green")]
@@ -210,6 +211,25 @@ def test_frames_split_into_different_tile_counts_batch_as_the_processor_batches_
     got = collate(prepared, backend.tokenizer.pad_token_id)
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[name], value) for name, value in expected.items())
+
+
+def test_max_crops_caps_the_tiles_and_the_frame_size_the_page_is_asked_for(tmp_path: Path) -> None:
+    """``--max-crops`` reaches a processor that tiles (SmolVLM's) and leaves one that does not alone."""
+    folder = build_tiny_model(tmp_path / "tiles", arch="idefics3")
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.image_processor.do_image_splitting = True
+    processor.image_processor.size = {"longest_edge": 128}  # tiles of 32 px: 4x3 and a global one for 4:3
+    processor.save_pretrained(folder)
+    job = Job(task="query", image=Image.new("RGB", (640, 480), "red"), image_key="k", text="hi")
+    tiles = {}
+    for max_crops in (0, 4, 1):
+        loaded = TransformersBackend.load(
+            str(folder), revision=None, device="cpu", dtype="float32", max_crops=max_crops
+        )
+        tiles[max_crops] = (loaded.prepare(job).prepared["pixel_values"].shape[1], loaded.info.input_size)
+    assert tiles == {0: (13, 128), 4: (5, 64), 1: (1, 32)}
+    untiled = build_tiny_model(tmp_path / "llava", arch="llava")
+    assert not limit_tiles(AutoProcessor.from_pretrained(untiled), 1)
 
 
 def test_frames_prepared_on_several_threads_at_once_match_frames_prepared_one_at_a_time(tmp_path: Path) -> None:

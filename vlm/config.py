@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-crops",
         type=int,
         default=defaults.max_crops,
-        help="moondream2: most 378 px crops per frame (0: the model's own, 12); "
-        "1 encodes frames about 4x faster on a CPU, with less detail",
+        help="most crops (tiles) a frame is cut into, plus one of the whole frame: moondream2's of 378 px (0: "
+        "its own, 12), SmolVLM's of 512 px (0: its own, 12 for a 4:3 frame); 1 encodes frames about 4x "
+        "(moondream2) to 13x (SmolVLM) faster on a CPU, with less detail",
     )
 
     server = parser.add_argument_group("server")

@@ -111,6 +111,7 @@ def load_transformers(settings: Settings) -> Backend:
         device=settings.device,
         dtype=settings.dtype,
         max_batch_size=settings.max_batch_size,
+        max_crops=settings.max_crops,
     )
 
 

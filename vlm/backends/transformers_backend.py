@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -85,11 +86,21 @@ class TransformersBackend(Backend):
 
     @classmethod
     def load(
-        cls, model_id: str, *, revision: str | None, device: str, dtype: str, max_batch_size: int = 16
+        cls,
+        model_id: str,
+        *,
+        revision: str | None,
+        device: str,
+        dtype: str,
+        max_batch_size: int = 16,
+        max_crops: int = 0,
     ) -> TransformersBackend:
+        """``max_crops`` (0: the processor's own) caps the tiles a processor that tiles cuts each frame into."""
         device = resolve_device(device)
         use_unplanned_attention(device)
         processor = AutoProcessor.from_pretrained(model_id, revision=revision)
+        if max_crops and not limit_tiles(processor, max_crops):
+            log.info("--max-crops: %s does not cut frames into tiles; it is not used", model_id)
         model = AutoModelForImageTextToText.from_pretrained(
             model_id, revision=revision, dtype=resolve_dtype(dtype, device)
         )
@@ -310,6 +321,20 @@ def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
     if eos is None:
         return frozenset()
     return frozenset([eos] if isinstance(eos, int) else eos)
+
+
+def limit_tiles(processor: Any, max_crops: int) -> bool:
+    """Cap the tiles SmolVLM's (Idefics3's) processor cuts a frame into at ``max_crops``, by the longest side it
+    resizes frames to (a multiple of the tile), so that no frame's shape exceeds it; 1 is one tile of the whole
+    frame. Returns False where the processor does not tile frames."""
+    image_processor = getattr(processor, "image_processor", None)
+    tile = (getattr(image_processor, "max_image_size", None) or {}).get("longest_edge")
+    size = getattr(image_processor, "size", None)
+    longest = size.get("longest_edge") if size is not None else None
+    if not getattr(image_processor, "do_image_splitting", False) or not isinstance(tile, int) or longest is None:
+        return False
+    image_processor.size = {"longest_edge": min(longest, tile * math.isqrt(max_crops))}
+    return True
 
 
 def _processor_input_size(processor: Any) -> int:
