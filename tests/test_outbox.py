@@ -1,4 +1,5 @@
-"""The pacing of a client's streamed text: at most one delta per interval, merged, never overtaken."""
+"""The pacing of a client's streamed text: while others stream, at most one delta per interval, merged, never
+overtaken; alone, every delta at once."""
 
 from __future__ import annotations
 
@@ -24,8 +25,23 @@ def response(sid: str = "a", request: str = "q1") -> Outgoing:
     return Outgoing("response", {"id": request, "answer": "done"}, sid)
 
 
-def test_the_first_delta_goes_at_once_and_the_next_ones_wait_and_merge() -> None:
+def sharing(pacer: Pacer, now: float = 0.0) -> Pacer:
+    """``pacer`` with another client (``other``) streaming since ``now``."""
+    assert pacer.admit(delta("x", sid="other"), now) == [delta("x", sid="other")]
+    return pacer
+
+
+def test_a_client_streaming_alone_gets_every_delta_at_once_until_another_streams() -> None:
     pacer = Pacer(STREAM_PACING)
+    for number, now in enumerate((0.0, 0.01, 0.02)):
+        assert pacer.admit(delta(str(number)), now) == [delta(str(number))]
+    assert pacer.admit(delta("b", sid="b"), 0.03) == [delta("b", sid="b")], "the other's first delta goes at once"
+    assert pacer.admit(delta("3"), 0.035) == [], "now they share: paced"
+    assert pacer.due(0.02 + INTERVAL) == [delta("3")]
+
+
+def test_the_first_delta_goes_at_once_and_the_next_ones_wait_and_merge() -> None:
+    pacer = sharing(Pacer(STREAM_PACING))
     assert pacer.admit(delta("a "), 0.0) == [delta("a ")]
     assert pacer.admit(delta("red "), 0.01) == []
     assert pacer.admit(delta("ball"), 0.02) == []
@@ -35,7 +51,7 @@ def test_the_first_delta_goes_at_once_and_the_next_ones_wait_and_merge() -> None
 
 
 def test_an_answer_releases_the_waiting_delta_before_it() -> None:
-    pacer = Pacer(STREAM_PACING)
+    pacer = sharing(Pacer(STREAM_PACING))
     pacer.admit(delta("a "), 0.0)
     pacer.admit(delta("cat"), 0.01)
     assert pacer.admit(response(), 0.02) == [delta("cat"), response()]
@@ -43,7 +59,7 @@ def test_an_answer_releases_the_waiting_delta_before_it() -> None:
 
 
 def test_two_requests_of_one_client_never_merge() -> None:
-    pacer = Pacer(STREAM_PACING)
+    pacer = sharing(Pacer(STREAM_PACING))
     pacer.admit(delta("one", request="q1"), 0.0)
     pacer.admit(delta("two", request="q1"), 0.01)
     assert pacer.admit(delta("three", request="q2"), 0.02) == [delta("two", request="q1")]
@@ -51,7 +67,7 @@ def test_two_requests_of_one_client_never_merge() -> None:
 
 
 def test_clients_are_paced_apart() -> None:
-    pacer = Pacer(STREAM_PACING)
+    pacer = sharing(Pacer(STREAM_PACING))
     pacer.admit(delta("a", sid="a"), 0.0)
     assert pacer.admit(delta("b", sid="a"), 0.01) == []
     assert pacer.admit(delta("c", sid="b"), 0.01) == [delta("c", sid="b")]
@@ -59,7 +75,7 @@ def test_clients_are_paced_apart() -> None:
 
 
 def test_an_event_to_everyone_releases_every_waiting_delta_first() -> None:
-    pacer = Pacer(STREAM_PACING)
+    pacer = sharing(Pacer(STREAM_PACING))
     for sid in ("a", "b"):
         pacer.admit(delta("1", sid=sid), 0.0)
         pacer.admit(delta("2", sid=sid), 0.01)
