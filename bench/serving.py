@@ -26,11 +26,13 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import requests
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.generation.streamers import BaseStreamer
 
@@ -387,6 +389,79 @@ def live_section(
     )
 
 
+@dataclass(frozen=True)
+class BatchActivity:
+    """What the running batch did, from the app's ``/metrics``: steps and the rows they decoded, joins and
+    the requests they prefilled, and the seconds each kind of call took."""
+
+    steps: float = 0.0
+    rows: float = 0.0
+    joins: float = 0.0
+    joined: float = 0.0
+    step_s: float = 0.0
+    join_s: float = 0.0
+
+    def __sub__(self, earlier: BatchActivity) -> BatchActivity:
+        return BatchActivity(*(now - then for now, then in zip(astuple(self), astuple(earlier), strict=True)))
+
+
+def batch_activity(url: str) -> BatchActivity:
+    samples = {
+        (sample.name, sample.labels.get("call", "")): sample.value
+        for family in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=30).text)
+        for sample in family.samples
+    }
+    return BatchActivity(
+        steps=samples.get(("vlm_batch_size_count", ""), 0.0),
+        rows=samples.get(("vlm_batch_size_sum", ""), 0.0),
+        joins=samples.get(("vlm_join_size_count", ""), 0.0),
+        joined=samples.get(("vlm_join_size_sum", ""), 0.0),
+        step_s=samples.get(("vlm_decoder_call_seconds_sum", "step"), 0.0),
+        join_s=samples.get(("vlm_decoder_call_seconds_sum", "join"), 0.0),
+    )
+
+
+def activity_section(activities: list[tuple[str, BatchActivity, float]]) -> str:
+    """Per server under live load: the running batch's steps and joins over the whole run, and their share of it."""
+    rows = []
+    for label, done, seconds in activities:
+        stepped = done.step_s > 0  # wave batching runs ``generate``, which is counted per call and not timed
+        rows.append(
+            [
+                label,
+                f"{seconds:.0f}",
+                f"{done.steps:.0f}",
+                f"{done.rows / done.steps:.1f}" if done.steps else "—",
+                f"{1000 * done.step_s / done.steps:.1f}" if stepped else "—",
+                f"{done.joins:.0f}" if stepped else "—",
+                f"{done.joined / done.joins:.2f}" if done.joins else "—",
+                f"{1000 * done.join_s / done.joins:.1f}" if done.joins else "—",
+                f"{100 * done.join_s / seconds:.0f} %" if stepped else "—",
+                f"{100 * done.step_s / seconds:.0f} %" if stepped else "—",
+            ]
+        )
+    return (
+        "What the running batch did over each whole run (ramp-up included), from the app's own `/metrics`: a join "
+        "prefills newcomers while every running row waits, a step decodes one token for every row. Wave batching "
+        "runs whole batches through `generate`, counted per call.\n\n"
+        + markdown(
+            rows,
+            [
+                "server",
+                "run s",
+                "steps",
+                "rows / step",
+                "ms / step",
+                "joins",
+                "requests / join",
+                "ms / join",
+                "time in joins",
+                "time in steps",
+            ],
+        )
+    )
+
+
 def vision_batching(device: Device) -> str:
     """moondream2's vision tower (SigLIP-SO400M: 27 layers, 1152 wide, 378 px crops of 729 patches) per crop,
     one 640×480 frame's 9 crops at once (as moondream2 runs them) against two and four frames' crops at once.
@@ -570,8 +645,12 @@ def main(argv: list[str] | None = None) -> None:
     loads: list[tuple[str, Load]] = []
     not_measured: list[str] = []
 
+    activities: list[tuple[str, BatchActivity, float]] = []
+
     def publish_live() -> None:
         sections["live"] = live_section(loads, not_measured, args.clients, alone, tokens, answer_s, window)
+        if activities:
+            sections["live"] += "\n\n" + activity_section(activities)
         publish()
 
     def publish_targets() -> None:
@@ -616,7 +695,9 @@ def main(argv: list[str] | None = None) -> None:
                 answer_s = statistics.median(alone.latencies)
                 window = args.seconds or 1.5 * answer_s
                 loads.append(("this app, 1 client", alone))
+            before, started = batch_activity(app.url), time.perf_counter()
             loads.append((label, live_clients(app.url, frame, args.clients, window, answer_s, 60 * answer_s)))
+            activities.append((label, batch_activity(app.url) - before, time.perf_counter() - started))
         publish_live()
         if label == "this app, wave batching":
             publish_targets()

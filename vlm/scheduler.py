@@ -131,7 +131,7 @@ class Scheduler:
         self._busy_since: float | None = None  # when the worker's current backend call began
         self._last_seen: dict[str, float] = {}
         self._accepting = True
-        # Every request goes through the preparing thread, or none does (None: as the backend advises).
+        # Every request goes through the preparing threads, or none does (None: as the backend advises).
         self.prepare_ahead = backend.prepares if prepare_ahead is None else prepare_ahead
         threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
         for number in range((prepare_threads or default_prepare_threads()) if self.prepare_ahead else 0):

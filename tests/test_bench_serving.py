@@ -1,0 +1,36 @@
+"""The serving benchmark reads what the running batch did from the app's own ``/metrics``, by the names it exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.serving import BatchActivity, activity_section, batch_activity
+from tests.conftest import jpeg_data_url
+from tests.server_process import serving
+from tests.socket_client import RecordingClient
+
+
+def test_the_running_batchs_steps_and_joins_are_read_from_the_live_app(tiny_model: Path) -> None:
+    with serving(tiny_model, max_new_tokens=8) as app:
+        before = batch_activity(app.url)
+        clients = [RecordingClient(app.url) for _ in range(3)]
+        try:
+            for number, client in enumerate(clients):
+                client.sio.emit("query", {"id": f"q{number}", "question": "what is it?", "image": jpeg_data_url()})
+            assert all(client.final(f"q{number}")[0] == "response" for number, client in enumerate(clients))
+        finally:
+            for client in clients:
+                client.close()
+        done = batch_activity(app.url) - before
+    assert done.joined == 3 and 1 <= done.joins <= 3, done
+    assert done.steps >= 1 and done.rows >= done.steps and done.step_s > 0 and done.join_s > 0, done
+    table = activity_section([("this app", done, 10.0)])
+    assert "| this app | 10 |" in table and f"| {done.steps:.0f} |" in table
+
+
+@pytest.mark.unit
+def test_a_wave_of_generate_calls_shows_no_step_or_join_times() -> None:
+    table = activity_section([("wave", BatchActivity(steps=4, rows=40), 10.0)])
+    assert "| wave | 10 | 4 | 10.0 | — | — | — | — | — | — |" in table
