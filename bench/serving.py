@@ -537,7 +537,11 @@ def limit_section(limit: list[list[str]], tokens: int, notes: list[str]) -> str:
 
 
 def tiles_line(max_crops: int) -> str:
-    return "one tile per frame" if max_crops == 1 else f"cut into at most {max_crops} tiles and a global one"
+    """How the runs cut a frame into tiles, for the device line."""
+    if not max_crops:
+        return "cut into 12 tiles and a global one, as SmolVLM's processor does"
+    cut = "one tile per frame" if max_crops == 1 else f"cut into at most {max_crops} tiles and a global one"
+    return f"{cut} (the app's `--max-crops {max_crops}`; SmolVLM's processor makes 12 tiles and a global one)"
 
 
 def write_readme(report: str, device: Device) -> None:
@@ -612,13 +616,7 @@ def main(argv: list[str] | None = None) -> None:
     sections["device"] = (
         f"Device: {device.label}. Copy bandwidth {bandwidth / 1e9:.1f} GB/s. Random-weight models of "
         f"real size (`scripts/build_real_size_model.py`), EOS suppressed, answers of fixed length; "
-        f"the frame is a 640×480 camera JPEG, "
-        + (
-            f"{tiles_line(device.max_crops)} (the app's `--max-crops {device.max_crops}`; SmolVLM's processor makes "
-            "12 tiles and a global one)."
-            if device.max_crops
-            else "cut into 12 tiles and a global one, as SmolVLM's processor does."
-        )
+        f"the frame is a 640×480 camera JPEG, {tiles_line(device.max_crops)}."
     )
 
     limit: list[list[str]] = []

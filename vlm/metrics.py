@@ -193,15 +193,18 @@ class MeteredDecoder(Decoder):
         self.inner = inner
         self.metrics = metrics
         self.advances_itself = inner.advances_itself  # type: ignore[misc]
+        # Bound once: a step is the hot path, and a label lookup takes the metric's lock.
+        self.join_seconds = metrics.decoder_seconds.labels("join")
+        self.step_seconds = metrics.decoder_seconds.labels("step")
 
     def join(self, jobs: dict[int, Job]) -> None:
         self.metrics.join_size.observe(len(jobs))
-        with self.metrics.decoder_seconds.labels("join").time():
+        with self.join_seconds.time():
             self.inner.join(jobs)
 
     def step(self) -> None:
         self.metrics.batch_size.observe(len(self.inner.rows()))
-        with self.metrics.decoder_seconds.labels("step").time():
+        with self.step_seconds.time():
             self.inner.step()
 
     def rows(self) -> Set[int]:

@@ -344,14 +344,13 @@ class Scheduler:
                 job = self.backend.prepare(request.job)
             except VlmError as error:
                 self._fail(request, error)
-                continue
             except Exception:
                 log.exception("could not prepare request %s", request.id)
                 self._fail(request, VlmError(Code.MODEL_ERROR, "the model could not take this request"))
-                continue
-            with self._lock:
-                request.job, request.preparation = job, Preparation.READY
-                self._lock.notify_all()
+            else:
+                with self._lock:
+                    request.job, request.preparation = job, Preparation.READY
+                    self._lock.notify_all()
 
     def _claim_locked(self) -> Request | None:
         """The oldest queued request nobody prepares, while fewer are prepared or under way than could join the
