@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import threading
@@ -163,6 +164,8 @@ def test_bad_input_gets_400_in_openai_shape(app: AppProcess, body: dict[str, obj
 
 def curl(*args: str) -> tuple[int, dict[str, object]]:
     """The HTTP status and JSON body as curl gets them."""
+    if shutil.which("curl") is None:
+        pytest.fail("curl is missing: install Debian's curl (apt-get install curl)", pytrace=False)
     done = subprocess.run(
         ["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=60, check=True
     )
