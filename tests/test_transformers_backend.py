@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -173,6 +174,44 @@ def test_rows_joining_a_running_batch_answer_as_they_would_alone(backend: Transf
         assert got.tokens == expected.tokens and got.prompt_tokens > 0
 
 
+def test_frames_encoded_ahead_while_the_batch_decodes_join_without_the_vision_tower(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prepare`` runs the vision tower on a preparing thread while the worker steps the running batch (as on
+    a GPU); the newcomers' join then encodes nothing, and every row answers as it would alone."""
+    assert backend.encodes_ahead is False, "on a CPU the tower would take the decoder's cores"
+    monkeypatch.setattr(backend, "encodes_ahead", True)
+    monkeypatch.setattr(backend, "image_features", FrameCache())
+    real_encoder = backend.image_encoder
+    assert real_encoder is not None, "every tiny architecture takes pre-encoded images"
+    encoded_on: list[str] = []
+
+    def counting_encoder(**inputs: torch.Tensor) -> object:
+        encoded_on.append(threading.current_thread().name)
+        return real_encoder(**inputs)
+
+    monkeypatch.setattr(backend, "image_encoder", counting_encoder)
+    work = varied_jobs([12, 6, 8, 5])
+    events = Events(len(work))
+    decoder = backend.decoder(events)
+    decoder.join({0: work[0]})  # not prepared: the worker encodes its frame in the join
+    with ThreadPoolExecutor(3, thread_name_prefix="preparing") as pool:
+        pending = [pool.submit(backend.prepare, job) for job in work[1:]]
+        while not all(future.done() for future in pending):
+            decoder.step()
+    prepared = [future.result() for future in pending]
+    assert all(job.prepared.image_features is not None for job in prepared)
+    decoder.join({index: job for index, job in enumerate(prepared, start=1)})
+    while decoder.rows():
+        decoder.step()
+    worker = threading.current_thread().name
+    assert encoded_on.count(worker) == 1, "the join encoded only the frame that was not prepared"
+    assert len(encoded_on) == 4 and sum(name.startswith("preparing") for name in encoded_on) == 3
+    monkeypatch.setattr(backend, "image_features", FrameCache())
+    for index, job in enumerate(work):
+        assert events.results[index].answer == answered_alone(backend, job).answer, f"row {index}"
+
+
 @pytest.mark.parametrize("with_frames", [True, False])
 def test_jobs_prepared_one_at_a_time_batch_as_the_processor_batches_them(
     backend: TransformersBackend, with_frames: bool
@@ -187,7 +226,7 @@ def test_jobs_prepared_one_at_a_time_batch_as_the_processor_batches_them(
         return_tensors="pt",
         padding=True,
     )
-    prepared = [backend.prepare(job).prepared for job in work]
+    prepared = [backend.prepare(job).prepared.inputs for job in work]
     got = collate(prepared, backend.tokenizer.pad_token_id)
     assert got.keys() == expected.keys()
     for name, value in expected.items():
@@ -203,7 +242,7 @@ def test_frames_split_into_different_tile_counts_batch_as_the_processor_batches_
     backend.processor.image_processor.size = {"longest_edge": 96}  # tiles of 32 px, as SmolVLM's 512 in 2048
     frames = [Image.new("RGB", (320, 240), "red"), Image.new("RGB", (200, 420), "blue")]
     work = [Job(task="query", image=frame, image_key=str(i), text="hi") for i, frame in enumerate(frames)]
-    prepared = [backend.prepare(job).prepared for job in work]
+    prepared = [backend.prepare(job).prepared.inputs for job in work]
     assert prepared[0]["pixel_values"].shape[1] != prepared[1]["pixel_values"].shape[1], "tile counts differ"
     expected = backend.processor(
         images=frames, text=[backend.prompt_for(job) for job in work], return_tensors="pt", padding=True
@@ -226,7 +265,7 @@ def test_max_crops_caps_the_tiles_and_the_frame_size_the_page_is_asked_for(tmp_p
         loaded = TransformersBackend.load(
             str(folder), revision=None, device="cpu", dtype="float32", max_crops=max_crops
         )
-        tiles[max_crops] = (loaded.prepare(job).prepared["pixel_values"].shape[1], loaded.info.input_size)
+        tiles[max_crops] = (loaded.prepare(job).prepared.inputs["pixel_values"].shape[1], loaded.info.input_size)
     assert tiles == {0: (13, 128), 4: (5, 64), 1: (1, 32)}
     untiled = build_tiny_model(tmp_path / "llava", arch="llava")
     assert not limit_tiles(AutoProcessor.from_pretrained(untiled), 1)
@@ -240,10 +279,10 @@ def test_frames_prepared_on_several_threads_at_once_match_frames_prepared_one_at
     backend.processor.image_processor.size = {"longest_edge": 96}
     frames = [Image.new("RGB", (320 + 40 * i, 240 + 30 * (i % 3)), ("red", "blue", "green")[i % 3]) for i in range(8)]
     work = [Job(task="query", image=frame, image_key=str(i), text="what? " * i) for i, frame in enumerate(frames)]
-    alone = [backend.prepare(job).prepared for job in work]
+    alone = [backend.prepare(job).prepared.inputs for job in work]
     with ThreadPoolExecutor(4) as pool:
         for _ in range(3):
-            together = list(pool.map(lambda job: backend.prepare(job).prepared, work))
+            together = list(pool.map(lambda job: backend.prepare(job).prepared.inputs, work))
             for one, other in zip(alone, together, strict=True):
                 assert one.keys() == other.keys() and all(torch.equal(one[k], other[k]) for k in one)
 

@@ -261,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--prepare",
         choices=["auto", "thread", "worker"],
         default=defaults.prepare,
-        help="where a request's work that needs no model (resizing, normalising, tokenising) runs: on a "
-        "thread of its own while the model decodes others, or on the model's worker; auto: a thread for "
-        "a transformers model on a GPU, the worker on a CPU, where the model already uses every core",
+        help="where a request's work that needs no running batch (resizing, normalising, tokenising; on a GPU "
+        "also encoding the frame) runs: on threads of its own while the model decodes others, or on the "
+        "model's worker; auto: threads for a transformers model on a GPU, the worker on a CPU, where the "
+        "model already uses every core",
     )
     limits.add_argument(
         "--prepare-threads",

@@ -17,9 +17,10 @@ than a single one, but only for company it has reason to expect: clients seen in
 half second that are not queued yet. A lone user never waits.
 
 Where the backend ``prepares`` (a transformers model on a GPU; ``--prepare`` overrides that),
-what needs no model (the processor resizing and normalising a frame, tokenising the prompt) is
-done by threads of its own while the model decodes others, and the worker admits only prepared
-requests, so a newcomer costs the running batch its prefill and nothing more. There are several
+what needs no running batch (the processor resizing and normalising a frame, tokenising the prompt,
+the vision tower encoding the frame) is done by threads of its own while the model decodes others,
+and the worker admits only prepared requests, so a newcomer costs the running batch its prompt's
+prefill and nothing more. There are several
 (``prepare_threads``): a real SmolVLM processor cuts a camera frame into 13 tiles in about
 0.3 s of CPU, mostly in PIL and numpy, which let other threads run, and one thread would make
 that the limit on answers per second. Together they prepare no more requests than could join, so
@@ -61,7 +62,7 @@ COMPANY_HORIZON_S = 0.5
 
 
 class Preparation(Enum):
-    """How far a queued request's model-free work (``Backend.prepare``) has come."""
+    """How far a queued request's work ahead of the batch (``Backend.prepare``) has come."""
 
     PENDING = "pending"
     UNDER_WAY = "under_way"  # a preparing thread has it

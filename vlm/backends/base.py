@@ -195,10 +195,11 @@ class Backend(ABC):
         return WaveDecoder(self, events)
 
     def prepare(self, job: Job) -> Job:
-        """``job`` with the work done that needs no model (a processor's resizing, normalising, tokenising).
+        """``job`` with the work done that needs no running batch (a processor's resizing, normalising,
+        tokenising; a vision tower's encoding of the frame).
 
-        Where ``prepares`` is set, the scheduler calls this on a thread of its own while the model decodes
-        others, so a newcomer does not stall the running batch with it. It runs alongside ``generate``
-        and the decoder: it must not run the model.
+        Where ``prepares`` is set, the scheduler calls this on threads of their own while the model decodes
+        others, so a newcomer does not stall the running batch with it. It runs alongside ``generate``, the
+        decoder and itself: it may run only model parts that keep no state between calls, never the decoder.
         """
         return job

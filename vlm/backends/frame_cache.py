@@ -3,10 +3,12 @@
 Encoding the image is the expensive half of a question on most VLMs, and people ask
 several things about one frame (a snapshot, a caption then a detect, several tabs on one
 camera). Frames are keyed by the digest of their bytes, so equal frames share one entry.
+The model's worker and the threads that encode frames ahead of it share one cache, so it locks.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
@@ -20,15 +22,22 @@ class FrameCache(Generic[Encoding]):
     def __init__(self, capacity: int = FRAMES_KEPT) -> None:
         self.capacity = capacity
         self.entries: OrderedDict[str, Encoding] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: str) -> Encoding | None:
-        encoding = self.entries.get(key)
-        if encoding is not None:
-            self.entries.move_to_end(key)
-        return encoding
+        with self._lock:
+            encoding = self.entries.get(key)
+            if encoding is not None:
+                self.entries.move_to_end(key)
+            return encoding
 
     def put(self, key: str, encoding: Encoding) -> None:
-        self.entries[key] = encoding
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.capacity:
-            self.entries.popitem(last=False)
+        with self._lock:
+            self.entries[key] = encoding
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.capacity:
+                self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.entries.clear()
