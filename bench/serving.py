@@ -148,9 +148,8 @@ class Raw:
     bytes_per_step: int
     seconds: dict[int, float] = field(default_factory=dict)  # batch -> seconds for a whole answer
     step_ms: dict[int, float] = field(default_factory=dict)  # batch -> ms per decode step after the first token
-    prepare_ms: float = 0.0  # processor and vision tower on one new frame (``backend.prepare``), median of five
+    prepare_ms: float = 0.0  # the processor on one frame (``backend.prepare``), median of five
     prepares: bool = False  # ``--prepare auto`` puts the processor on a thread of its own for this model here
-    encodes_ahead: bool = False  # and the vision tower with it
     prepared_per_s: dict[int, float] = field(default_factory=dict)  # threads -> frames prepared per second
 
 
@@ -164,8 +163,8 @@ def raw_generate(
     image = frame_image(frame, backend.info.decode_size)
     raw = Raw(bytes_read_per_step(backend.model))
     one = Job(task="query", image=image, image_key="prepare", text=QUESTION)
-    raw.prepare_ms = statistics.median(timed_ms(prepare_new_frame, backend, one) for _ in range(5))
-    raw.prepares, raw.encodes_ahead = backend.prepares, backend.encodes_ahead
+    raw.prepare_ms = statistics.median(timed_ms(backend.prepare, one) for _ in range(5))
+    raw.prepares = backend.prepares
     for threads in sorted({1, default_prepare_threads()}):
         raw.prepared_per_s[threads] = frames_prepared_per_s(backend, one, threads)
     for batch in batches:
@@ -194,20 +193,12 @@ def raw_generate(
     return raw
 
 
-def prepare_new_frame(backend: TransformersBackend, job: Job) -> None:
-    """``prepare`` as for a live frame, which no cached encoding can answer."""
-    backend.image_features.clear()
-    backend.prepare(job)
-
-
 def frames_prepared_per_s(backend: TransformersBackend, job: Job, threads: int) -> float:
-    """Frames per second ``threads`` threads prepare together, as the scheduler's preparing threads do; every
-    frame is a new one (its own digest), so each is encoded."""
+    """Frames per second ``threads`` threads prepare together, as the scheduler's preparing threads do."""
     count = 4 * threads
-    backend.image_features.clear()
     with ThreadPoolExecutor(threads) as pool:
         started = time.perf_counter()
-        list(pool.map(lambda n: backend.prepare(replace(job, image_key=f"{job.image_key}{n}")), range(count)))
+        list(pool.map(lambda _: backend.prepare(job), range(count)))
     return count / (time.perf_counter() - started)
 
 
@@ -504,17 +495,16 @@ def vision_batching(device: Device) -> str:
 
 
 def prepare_line(name: str, raw: Raw) -> str:
-    """A newcomer's work before its join in decode steps: what the running batch waits where the worker does it."""
+    """A newcomer's processor work in decode steps: what the running batch waits where the worker does it."""
     step_ms = raw.step_ms[max(raw.step_ms)]
     place = (
-        "threads of their own while the running batch decodes"
+        "a thread of its own while the running batch decodes"
         if raw.prepares
         else "the model's worker, whose matmuls already use every core"
     )
-    tower = "; then its vision tower" if raw.encodes_ahead else ""
     rates = ", ".join(f"{rate:.1f} with {threads}" for threads, rate in sorted(raw.prepared_per_s.items()))
     return (
-        f"Preparing one frame for {name} (its processor: resize, cut into tiles, normalise, tokenise{tower}) took "
+        f"Preparing one frame for {name} (its processor: resize, cut into tiles, normalise, tokenise) took "
         f"{raw.prepare_ms:.1f} ms, {raw.prepare_ms / step_ms:.2f} decode steps at batch {max(raw.step_ms)}; "
         f"`--prepare auto` runs it on {place}. Frames prepared per second by threads at once: {rates} "
         "(`--prepare-threads`)"
@@ -685,13 +675,16 @@ def main(argv: list[str] | None = None) -> None:
         publish()
 
     # The targets' two servers first, so a run cut short (a lent GPU's time) still has them; then the
-    # place to prepare frames that ``--prepare auto`` does not choose on this device, and one preparing thread.
-    other_place = ("the worker", "worker") if prepares[SMALL] else ("threads", "thread")
+    # processor's place that ``--prepare auto`` does not choose on this device, and where it chooses threads,
+    # those threads running the vision tower too (``--prepare encode``), and one preparing thread.
+    other_place = ("the worker", "worker") if prepares[SMALL] else ("a thread", "thread")
     servers = [
         ("this app, continuous batching", []),
         ("this app, wave batching", ["--batching", "wave"]),
-        (f"this app, continuous, frames prepared on {other_place[0]}", ["--prepare", other_place[1]]),
+        (f"this app, continuous, processor on {other_place[0]}", ["--prepare", other_place[1]]),
     ]
+    if prepares[SMALL]:  # on a CPU the tower on a thread cost a fifth of the answers (README)
+        servers.append(("this app, continuous, frames encoded on the preparing threads", ["--prepare", "encode"]))
     if prepares[SMALL] and default_prepare_threads() > 1:  # what preparing frames on several threads is worth
         servers.append(("this app, continuous, one preparing thread", ["--prepare-threads", "1"]))
     for label, extra in servers:

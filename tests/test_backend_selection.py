@@ -62,6 +62,7 @@ def test_batching_is_continuous_by_default_and_wave_stays_available() -> None:
     assert parse_settings([]).batching == "continuous"
     assert parse_settings(["--batching", "wave"]).batching == "wave"
     assert parse_settings([]).prepare == "auto" and parse_settings(["--prepare", "thread"]).prepare == "thread"
+    assert parse_settings(["--prepare", "encode"]).prepare == "encode"
 
 
 def test_demo_alias_and_local_folders_drop_the_revision() -> None:

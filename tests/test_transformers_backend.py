@@ -19,10 +19,11 @@ from vlm.backends import transformers_backend
 from vlm.backends.base import Job, Result
 from vlm.backends.collate import collate
 from vlm.backends.frame_cache import FrameCache
-from vlm.backends.registry import choose_backend, read_model_config
+from vlm.backends.registry import choose_backend, load_backend, read_model_config
 from vlm.backends.step_decoder import StepDecoder, cache_keyword
 from vlm.backends.torch_device import use_unplanned_attention
 from vlm.backends.transformers_backend import MIN_FRAME_SIDE, TransformersBackend, limit_tiles
+from vlm.config import parse_settings
 from vlm.errors import VlmError
 
 FRAMES = [Image.new("RGB", (320, 240), color) for color in ("red", "blue", "green")]
@@ -177,9 +178,9 @@ def test_rows_joining_a_running_batch_answer_as_they_would_alone(backend: Transf
 def test_frames_encoded_ahead_while_the_batch_decodes_join_without_the_vision_tower(
     backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``prepare`` runs the vision tower on a preparing thread while the worker steps the running batch (as on
-    a GPU); the newcomers' join then encodes nothing, and every row answers as it would alone."""
-    assert backend.encodes_ahead is False, "on a CPU the tower would take the decoder's cores"
+    """With ``--prepare encode``, ``prepare`` runs the vision tower on a preparing thread while the worker steps
+    the running batch; the newcomers' join then encodes nothing, and every row answers as it would alone."""
+    assert backend.encodes_ahead is False, "only --prepare encode asks for it"
     monkeypatch.setattr(backend, "encodes_ahead", True)
     monkeypatch.setattr(backend, "image_features", FrameCache())
     real_encoder = backend.image_encoder
@@ -437,3 +438,10 @@ def test_loading_sets_the_attention_kernels_for_the_device_it_resolved(
     monkeypatch.setattr(transformers_backend, "use_unplanned_attention", devices.append)
     TransformersBackend.load(str(build_tiny_model(tmp_path)), revision=None, device="auto", dtype="float32")
     assert devices == ["cuda" if torch.cuda.is_available() else "cpu"]
+
+
+def test_prepare_encode_and_only_it_has_the_loaded_backend_encode_ahead(tmp_path: Path) -> None:
+    folder = build_tiny_model(tmp_path, arch="idefics3")
+    for choice, expected in (("encode", True), ("thread", False), ("auto", False), ("worker", False)):
+        loaded = load_backend(parse_settings(["--model", str(folder), "--device", "cpu", "--prepare", choice]))
+        assert isinstance(loaded, TransformersBackend) and loaded.encodes_ahead is expected, choice

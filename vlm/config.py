@@ -259,12 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument(
         "--prepare",
-        choices=["auto", "thread", "worker"],
+        choices=["auto", "thread", "encode", "worker"],
         default=defaults.prepare,
-        help="where a request's work that needs no running batch (resizing, normalising, tokenising; on a GPU "
-        "also encoding the frame) runs: on threads of its own while the model decodes others, or on the "
-        "model's worker; auto: threads for a transformers model on a GPU, the worker on a CPU, where the "
-        "model already uses every core",
+        help="where a request's work that needs no running batch (resizing, normalising, tokenising) runs: "
+        "on threads of its own while the model decodes others, or on the model's worker; encode: threads, "
+        "and they run the vision tower too (transformers models); auto: threads for a transformers model "
+        "on a GPU, the worker on a CPU, where the model already uses every core",
     )
     limits.add_argument(
         "--prepare-threads",

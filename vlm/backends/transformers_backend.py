@@ -10,8 +10,8 @@ deltas with their true token counts, and a stopping criterion drops cancelled ro
 
 Image features are computed by us rather than inside ``generate`` where the model takes
 them pre-encoded (transformers' ``mm_encoder_outputs``), so a frame asked about again is
-not run through the vision tower again, and a frame prepared ahead on a GPU (``prepare``)
-comes to its join already encoded: the running batch then waits only for its prompt's prefill.
+not run through the vision tower again, and with ``--prepare encode`` a frame comes to its
+join already encoded (``prepare``): the running batch then waits only for its prompt's prefill.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ class Prepared:
 class TransformersBackend(Backend):
     name: ClassVar[str] = "transformers"
 
-    def __init__(self, model: Any, processor: Any, *, model_id: str, max_batch_size: int = 16) -> None:
+    def __init__(
+        self, model: Any, processor: Any, *, model_id: str, max_batch_size: int = 16, encode_ahead: bool = False
+    ) -> None:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -83,10 +85,9 @@ class TransformersBackend(Backend):
         # only contend with them (16 clients of the demo model: 68-81 answers/s against 84-113 without).
         # On a GPU the CPU waits while kernels run, and a newcomer's processor stops stalling the batch.
         self.prepares = model.device.type != "cpu"
-        # So does its vision tower, whose kernels fill the gaps a decode step leaves on a GPU. On a CPU the
-        # tower would take the decoder's cores, and a preparing thread encoding each frame in turn
-        # capped 16 live clients at its own pace (0.415 answers/s against 0.53 with the worker encoding).
-        self.encodes_ahead = model.device.type != "cpu"
+        # Whether ``prepare`` runs the vision tower too (``--prepare encode``): asked for, not chosen, since on
+        # a CPU it cost 16 live clients a fifth of their answers and it has not been measured on a GPU.
+        self.encodes_ahead = encode_ahead
         self.info = ModelInfo(
             model=model_id,
             backend=self.name,
@@ -108,8 +109,10 @@ class TransformersBackend(Backend):
         dtype: str,
         max_batch_size: int = 16,
         max_crops: int = 0,
+        encode_ahead: bool = False,
     ) -> TransformersBackend:
-        """``max_crops`` (0: the processor's own) caps the tiles a processor that tiles cuts each frame into."""
+        """``max_crops`` (0: the processor's own) caps the tiles a processor that tiles cuts each frame into;
+        ``encode_ahead`` makes ``prepare`` run the vision tower."""
         device = resolve_device(device)
         use_unplanned_attention(device)
         processor = AutoProcessor.from_pretrained(model_id, revision=revision)
@@ -118,7 +121,13 @@ class TransformersBackend(Backend):
         model = AutoModelForImageTextToText.from_pretrained(
             model_id, revision=revision, dtype=resolve_dtype(dtype, device)
         )
-        return cls(model.to(device).eval(), processor, model_id=model_id, max_batch_size=max_batch_size)
+        return cls(
+            model.to(device).eval(),
+            processor,
+            model_id=model_id,
+            max_batch_size=max_batch_size,
+            encode_ahead=encode_ahead,
+        )
 
     def prompt_for(self, job: Job) -> str:
         image = [] if job.image is None else [{"type": "image"}]
