@@ -17,13 +17,12 @@ than a single one, but only for company it has reason to expect: clients seen in
 half second that are not queued yet. A lone user never waits.
 
 Where the backend ``prepares`` (a transformers model on a GPU; ``--prepare`` overrides that),
-what needs no running batch (the processor resizing and normalising a frame, tokenising the prompt,
-the vision tower encoding the frame) is done by threads of its own while the model decodes others,
-and the worker admits only prepared requests, so a newcomer costs the running batch its prompt's
-prefill and nothing more. There are several
-(``prepare_threads``): a real SmolVLM processor cuts a camera frame into 13 tiles in about
-0.3 s of CPU, mostly in PIL and numpy, which let other threads run, and one thread would make
-that the limit on answers per second. Together they prepare no more requests than could join, so
+what needs no running batch (the processor resizing and normalising a frame, tokenising the prompt;
+with ``--prepare encode`` the vision tower too) is done by threads of its own while the model decodes
+others, and the worker admits only prepared requests, so a newcomer costs the running batch its
+prefill and nothing more. There are several (``prepare_threads``): a real SmolVLM processor cuts
+a camera frame into 13 tiles in about 0.3 s of CPU, mostly in PIL and numpy, which let other
+threads run, and one thread would make that the limit on answers per second. Together they prepare no more requests than could join, so
 frames that a newer one supersedes in the queue are seldom prepared for nothing.
 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
