@@ -88,10 +88,6 @@ class Sheet:
     corners: tuple[tuple[float, float], ...] = FULL_FRAME
     ruled: bool = False  # faint notebook lines (only held-out scenes use them)
 
-    @property
-    def dark(self) -> bool:
-        return sum(self.tone) / 3 < DARK_LIMIT
-
 
 @dataclass(frozen=True)
 class Finger:
@@ -235,17 +231,6 @@ def scene_conditions(spec: SceneSpec, size: tuple[int, int]) -> set[str]:
 def draw_scene(spec: SceneSpec, size: tuple[int, int] = (640, 480)) -> Image.Image:
     """Render `spec` as an RGB image of `size` (width, height)."""
     return render(spec, size, with_mask=False)[0]
-
-
-def object_mask(spec: SceneSpec, size: tuple[int, int] = (640, 480)) -> Image.Image:
-    """Which object covers each pixel ("L" image: 0 is background, i + 1 is `spec.objects[i]`).
-
-    Ground truth for dense supervision, drawn with exactly the geometry of `draw_scene`;
-    an outline shape's inside counts as the shape, and fingers hide what is under them.
-    """
-    mask = render(spec, size, with_mask=True)[1]
-    assert mask is not None
-    return mask
 
 
 def render(spec: SceneSpec, size: tuple[int, int], with_mask: bool) -> tuple[Image.Image, Image.Image | None]:
