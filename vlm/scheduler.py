@@ -22,8 +22,9 @@ with ``--prepare encode`` the vision tower too) is done by threads of its own wh
 others, and the worker admits only prepared requests, so a newcomer costs the running batch its
 prefill and nothing more. There are several (``prepare_threads``): a real SmolVLM processor cuts
 a camera frame into 13 tiles in about 0.3 s of CPU, mostly in PIL and numpy, which let other
-threads run, and one thread would make that the limit on answers per second. Together they prepare no more requests than could join, so
-frames that a newer one supersedes in the queue are seldom prepared for nothing.
+threads run, and one thread would make that the limit on answers per second. Together they
+prepare no more requests than could join, so frames that a newer one supersedes in the queue
+are seldom prepared for nothing.
 
 Every request ends exactly once, through ``_finish_locked``: answered, failed, cancelled
 or timed out, whichever comes first; later outcomes are dropped. That is what keeps a
