@@ -674,17 +674,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         publish()
 
-    # The targets' two servers first, so a run cut short (a lent GPU's time) still has them; then the
-    # processor's place that ``--prepare auto`` does not choose on this device, and where it chooses threads,
-    # those threads running the vision tower too (``--prepare encode``), and one preparing thread.
+    # The targets' two servers first, so a run cut short (a lent GPU's time) still has them; then, where
+    # ``--prepare auto`` chooses threads, those threads running the vision tower too (``--prepare encode``,
+    # never measured there; on a CPU it cost a fifth of the answers, README), the processor's place that
+    # ``auto`` does not choose on this device, and one preparing thread.
     other_place = ("the worker", "worker") if prepares[SMALL] else ("a thread", "thread")
-    servers = [
-        ("this app, continuous batching", []),
-        ("this app, wave batching", ["--batching", "wave"]),
-        (f"this app, continuous, processor on {other_place[0]}", ["--prepare", other_place[1]]),
-    ]
-    if prepares[SMALL]:  # on a CPU the tower on a thread cost a fifth of the answers (README)
+    servers = [("this app, continuous batching", []), ("this app, wave batching", ["--batching", "wave"])]
+    if prepares[SMALL]:
         servers.append(("this app, continuous, frames encoded on the preparing threads", ["--prepare", "encode"]))
+    servers.append((f"this app, continuous, processor on {other_place[0]}", ["--prepare", other_place[1]]))
     if prepares[SMALL] and default_prepare_threads() > 1:  # what preparing frames on several threads is worth
         servers.append(("this app, continuous, one preparing thread", ["--prepare-threads", "1"]))
     for index, (label, extra) in enumerate(servers):
