@@ -544,6 +544,11 @@ def tiles_line(max_crops: int) -> str:
     return f"{cut} (the app's `--max-crops {max_crops}`; SmolVLM's processor makes 12 tiles and a global one)"
 
 
+def not_measured_line(label: str, failure: Exception) -> str:
+    """Why a server's row is missing: the last line of what went wrong (a failed start ends with its reason)."""
+    return f"{label} not measured: {str(failure).strip().splitlines()[-1]}"
+
+
 def write_readme(report: str, device: Device) -> None:
     markers = (f"<!-- bench-serving-{device.name}:start -->", f"<!-- bench-serving-{device.name}:end -->")
     write_between_markers(README, markers, report)
@@ -701,7 +706,7 @@ def main(argv: list[str] | None = None) -> None:
         except RuntimeError as failure:  # past the targets' two servers, one that fails leaves the others standing
             if index < 2:
                 raise
-            not_measured.append(f"{label} not measured: {str(failure).strip().splitlines()[-1]}")
+            not_measured.append(not_measured_line(label, failure))
         publish_live()
         if label == "this app, wave batching":
             publish_targets()
@@ -713,7 +718,7 @@ def main(argv: list[str] | None = None) -> None:
         with AppProcess(seed_args, script="bench/seed_app.py", ready_timeout_s=900) as seed:
             loads.append(("seed design", live_clients(seed.url, frame, args.clients, window, answer_s, window)))
     except RuntimeError as failure:  # it did not start: the figures above still stand
-        not_measured.append(f"seed design not measured: {str(failure).strip().splitlines()[-1]}")
+        not_measured.append(not_measured_line("seed design", failure))
     publish_live()
 
     print("moondream2 vision batching", flush=True)
