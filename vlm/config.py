@@ -270,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--prepare-threads",
         type=int,
         default=defaults.prepare_threads,
-        help="threads that prepare requests while the model decodes (with --prepare thread); 0: half the CPU's "
-        "cores, one to four",
+        help="threads that prepare requests while the model decodes (with --prepare thread or encode); 0: half "
+        "the CPU's cores, one to four",
     )
     limits.add_argument(
         "--request-timeout",
