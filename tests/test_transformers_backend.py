@@ -213,6 +213,16 @@ def test_frames_encoded_ahead_while_the_batch_decodes_join_without_the_vision_to
         assert events.results[index].answer == answered_alone(backend, job).answer, f"row {index}"
 
 
+def tiling_backend(folder: Path) -> TransformersBackend:
+    """A tiny Idefics3 whose processor cuts frames into tiles of 32 px as SmolVLM's cuts them into 512 in 2048."""
+    backend = TransformersBackend.load(
+        str(build_tiny_model(folder, arch="idefics3")), revision=None, device="cpu", dtype="float32"
+    )
+    backend.processor.image_processor.do_image_splitting = True
+    backend.processor.image_processor.size = {"longest_edge": 96}
+    return backend
+
+
 @pytest.mark.parametrize("with_frames", [True, False])
 def test_jobs_prepared_one_at_a_time_batch_as_the_processor_batches_them(
     backend: TransformersBackend, with_frames: bool
@@ -237,10 +247,7 @@ def test_jobs_prepared_one_at_a_time_batch_as_the_processor_batches_them(
 
 def test_frames_split_into_different_tile_counts_batch_as_the_processor_batches_them(tmp_path: Path) -> None:
     """SmolVLM's processor cuts a frame into tiles by its shape; a batch pads the tile counts with empty tiles."""
-    folder = build_tiny_model(tmp_path, arch="idefics3")
-    backend = TransformersBackend.load(str(folder), revision=None, device="cpu", dtype="float32")
-    backend.processor.image_processor.do_image_splitting = True
-    backend.processor.image_processor.size = {"longest_edge": 96}  # tiles of 32 px, as SmolVLM's 512 in 2048
+    backend = tiling_backend(tmp_path)
     frames = [Image.new("RGB", (320, 240), "red"), Image.new("RGB", (200, 420), "blue")]
     work = [Job(task="query", image=frame, image_key=str(i), text="hi") for i, frame in enumerate(frames)]
     prepared = [backend.prepare(job).prepared.inputs for job in work]
@@ -274,10 +281,7 @@ def test_max_crops_caps_the_tiles_and_the_frame_size_the_page_is_asked_for(tmp_p
 
 def test_frames_prepared_on_several_threads_at_once_match_frames_prepared_one_at_a_time(tmp_path: Path) -> None:
     """The scheduler's preparing threads share one processor and tokenizer; what they make must not mix."""
-    folder = build_tiny_model(tmp_path, arch="idefics3")
-    backend = TransformersBackend.load(str(folder), revision=None, device="cpu", dtype="float32")
-    backend.processor.image_processor.do_image_splitting = True
-    backend.processor.image_processor.size = {"longest_edge": 96}
+    backend = tiling_backend(tmp_path)
     frames = [Image.new("RGB", (320 + 40 * i, 240 + 30 * (i % 3)), ("red", "blue", "green")[i % 3]) for i in range(8)]
     work = [Job(task="query", image=frame, image_key=str(i), text="what? " * i) for i, frame in enumerate(frames)]
     alone = [backend.prepare(job).prepared.inputs for job in work]
