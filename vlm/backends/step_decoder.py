@@ -67,23 +67,34 @@ def cache_keyword(model: Any) -> str | None:
 
 
 class RowText:
-    """One answer's tokens and the text streamed so far; a delta never ends inside a character."""
+    """One answer's tokens and its streamed text; a delta never ends inside a character.
+
+    Each new token decodes a window of a few tokens, not the whole answer (which made every step
+    cost more as answers grew): the window starts at the last chunk already streamed, so it begins
+    on a whole character and a tokenizer's spacing between words decodes as in the whole answer,
+    and the delta is what the newest tokens add to that chunk's own text.
+    """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self.tokens: list[int] = []
-        self.text = ""
+        self.start = 0  # the window's first token: where the last streamed chunk began
+        self.read = 0  # tokens before this one are streamed
 
     def add(self, token: int) -> str:
         self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""  # half of a multi-byte character; wait for the rest
-        delta, self.text = text[len(self.text) :], text
-        return delta
+        streamed = self._decode(self.tokens[self.start : self.read])
+        window = self._decode(self.tokens[self.start :])
+        if len(window) <= len(streamed) or window.endswith("\ufffd"):
+            return ""  # nothing new yet, or half of a multi-byte character: wait for the rest
+        self.start, self.read = self.read, len(self.tokens)
+        return window[len(streamed) :]
 
     def answer(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True).strip()
+        return self._decode(self.tokens).strip()
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 @dataclass
