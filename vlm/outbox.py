@@ -126,7 +126,7 @@ class Outbox:
     def send(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
         """To the client ``sid``, or to every client when it is None."""
         self.pending.append(Outgoing(event, payload, sid))
-        if not self.green:
+        if not self.green and not self.wake.is_set():  # set: the pump has yet to clear it, then drains this too
             self.wake.set()
 
     @property
