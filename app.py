@@ -37,7 +37,7 @@ def load_model(settings: Settings, web: WebApp) -> None:
         batch_window_s=settings.batch_window_ms / 1000,
         timeout_s=settings.request_timeout_s,
         continuous=settings.batching == "continuous",
-        prepare_ahead={"auto": None, "thread": True, "encode": True, "worker": False}[settings.prepare],
+        prepare_ahead=None if settings.prepare == "auto" else settings.prepare != "worker",
         prepare_threads=settings.prepare_threads or None,
     )
     web.slot.install(backend, scheduler)

@@ -12,7 +12,9 @@ has not seen (so its cache of frame encodings cannot answer). Then, on
 the small model with 96-token answers, 16 clients in live mode (each asks again the moment it is
 answered, starts spread over one answer's time) against continuous batching, wave batching and
 the seed re-creation, and one client alone; continuous batching once more with the processor
-where ``--prepare auto`` does not put it on this device. Results go to ``--out`` (or ``$VLM_BENCH_OUT``) and
+where ``--prepare auto`` does not put it on this device, and on a GPU with the preparing threads
+running the whole prefill (``--prepare prefill``) or the vision tower (``--prepare encode``) and
+with one preparing thread. Results go to ``--out`` (or ``$VLM_BENCH_OUT``) and
 into the README between this device's markers. Nothing here is a test.
 """
 
@@ -680,12 +682,13 @@ def main(argv: list[str] | None = None) -> None:
         publish()
 
     # The targets' two servers first, so a run cut short (a lent GPU's time) still has them; then, where
-    # ``--prepare auto`` chooses threads, those threads running the vision tower too (``--prepare encode``,
-    # never measured there; on a CPU it cost a fifth of the answers, README), the processor's place that
+    # ``--prepare auto`` chooses threads, those threads running the whole prefill (``--prepare prefill``) or
+    # the vision tower (``--prepare encode``), neither measured there (README), the processor's place that
     # ``auto`` does not choose on this device, and one preparing thread.
     other_place = ("the worker", "worker") if prepares[SMALL] else ("a thread", "thread")
     servers = [("this app, continuous batching", []), ("this app, wave batching", ["--batching", "wave"])]
     if prepares[SMALL]:
+        servers.append(("this app, continuous, prompts prefilled on the preparing threads", ["--prepare", "prefill"]))
         servers.append(("this app, continuous, frames encoded on the preparing threads", ["--prepare", "encode"]))
     servers.append((f"this app, continuous, processor on {other_place[0]}", ["--prepare", other_place[1]]))
     if prepares[SMALL] and default_prepare_threads() > 1:  # what preparing frames on several threads is worth

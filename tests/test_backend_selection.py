@@ -63,6 +63,13 @@ def test_batching_is_continuous_by_default_and_wave_stays_available() -> None:
     assert parse_settings(["--batching", "wave"]).batching == "wave"
     assert parse_settings([]).prepare == "auto" and parse_settings(["--prepare", "thread"]).prepare == "thread"
     assert parse_settings(["--prepare", "encode"]).prepare == "encode"
+    assert parse_settings(["--prepare", "prefill"]).prepare == "prefill"
+
+
+def test_prefilling_ahead_is_refused_with_wave_batching(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(["--prepare", "prefill", "--batching", "wave"])
+    assert "--prepare prefill needs --batching continuous" in capsys.readouterr().err
 
 
 def test_demo_alias_and_local_folders_drop_the_revision() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -211,6 +212,51 @@ def test_frames_encoded_ahead_while_the_batch_decodes_join_without_the_vision_to
     monkeypatch.setattr(backend, "image_features", FrameCache())
     for index, job in enumerate(work):
         assert events.results[index].answer == answered_alone(backend, job).answer, f"row {index}"
+
+
+def test_prompts_prefilled_ahead_while_the_batch_decodes_join_without_a_pass_through_the_model(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``--prepare prefill``, ``prepare`` runs each newcomer's whole prefill on a preparing thread while the
+    worker steps the running batch; their join then only appends their caches, and every row answers as it
+    would alone, greedy and sampled rows side by side."""
+    assert backend.prefills_ahead is False, "only --prepare prefill asks for it"
+    monkeypatch.setattr(backend, "encodes_ahead", True)
+    monkeypatch.setattr(backend, "prefills_ahead", True)
+    monkeypatch.setattr(backend, "image_features", FrameCache())
+    calls: list[tuple[str, int]] = []  # (thread, input tokens) of every pass through the model
+    real_forward = backend.model.forward
+
+    @functools.wraps(real_forward)
+    def counting_forward(*args: object, **inputs: torch.Tensor) -> object:
+        calls.append((threading.current_thread().name, inputs["input_ids"].shape[1]))
+        return real_forward(*args, **inputs)
+
+    monkeypatch.setattr(backend.model, "forward", counting_forward)
+    work = varied_jobs([12, 6, 8, 5])
+    work[2] = replace(work[2], image=None, image_key="", text="say hello")  # a text-only newcomer too
+    events = Events(len(work))
+    decoder = backend.decoder(events)
+    decoder.join({0: work[0]})  # not prepared: the worker prefills it in the join
+    with ThreadPoolExecutor(3, thread_name_prefix="preparing") as pool:
+        pending = [pool.submit(backend.prepare, job) for job in work[1:]]
+        while not all(future.done() for future in pending):
+            decoder.step()
+    prepared = [future.result() for future in pending]
+    assert all(job.prepared.prefill is not None for job in prepared)
+    steps_before = len(calls)
+    decoder.join({index: job for index, job in enumerate(prepared, start=1)})
+    assert len(calls) == steps_before, "the join passed nothing through the model"
+    while decoder.rows():
+        decoder.step()
+    worker = threading.current_thread().name
+    prefills = [name for name, tokens in calls if tokens > 1]
+    assert prefills.count(worker) == 1 and sum(name.startswith("preparing") for name in prefills) == 3
+    monkeypatch.setattr(backend, "image_features", FrameCache())
+    for index, job in enumerate(work):
+        alone = answered_alone(backend, job)
+        assert (events.results[index].answer, events.results[index].tokens) == (alone.answer, alone.tokens), index
+        assert events.results[index].prompt_tokens == alone.prompt_tokens, index
 
 
 def tiling_backend(folder: Path) -> TransformersBackend:
@@ -444,8 +490,10 @@ def test_loading_sets_the_attention_kernels_for_the_device_it_resolved(
     assert devices == ["cuda" if torch.cuda.is_available() else "cpu"]
 
 
-def test_prepare_encode_and_only_it_has_the_loaded_backend_encode_ahead(tmp_path: Path) -> None:
+def test_prepare_encode_and_prefill_and_only_they_have_the_loaded_backend_work_ahead(tmp_path: Path) -> None:
     folder = build_tiny_model(tmp_path, arch="idefics3")
-    for choice, expected in (("encode", True), ("thread", False), ("auto", False), ("worker", False)):
+    choices = {"encode": (True, False), "prefill": (True, True), "thread": (False, False), "auto": (False, False)}
+    for choice, expected in (*choices.items(), ("worker", (False, False))):
         loaded = load_backend(parse_settings(["--model", str(folder), "--device", "cpu", "--prepare", choice]))
-        assert isinstance(loaded, TransformersBackend) and loaded.encodes_ahead is expected, choice
+        assert isinstance(loaded, TransformersBackend), choice
+        assert (loaded.encodes_ahead, loaded.prefills_ahead) == expected, choice

@@ -259,19 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument(
         "--prepare",
-        choices=["auto", "thread", "encode", "worker"],
+        choices=["auto", "thread", "encode", "prefill", "worker"],
         default=defaults.prepare,
         help="where a request's work that needs no running batch (resizing, normalising, tokenising) runs: "
         "on threads of its own while the model decodes others, or on the model's worker; encode: threads, "
-        "and they run the vision tower too (transformers models); auto: threads for a transformers model "
-        "on a GPU, the worker on a CPU, where the model already uses every core",
+        "and they run the vision tower too (transformers models); prefill: threads, and they run the whole "
+        "prefill (transformers models stepped by continuous batching); auto: threads for a transformers "
+        "model on a GPU, the worker on a CPU, where the model already uses every core",
     )
     limits.add_argument(
         "--prepare-threads",
         type=int,
         default=defaults.prepare_threads,
-        help="threads that prepare requests while the model decodes (with --prepare thread or encode); 0: half "
-        "the CPU's cores, one to four",
+        help="threads that prepare requests while the model decodes (with --prepare thread, encode or "
+        "prefill); 0: half the CPU's cores, one to four",
     )
     limits.add_argument(
         "--request-timeout",
@@ -352,6 +353,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--ssl-cert and --ssl-key go together")
     if values["temperature"] < 0 or values["max_crops"] < 0 or values["prepare_threads"] < 0:
         parser.error("--temperature, --max-crops and --prepare-threads cannot be negative")
+    if values["prepare"] == "prefill" and values["batching"] != "continuous":
+        parser.error("--prepare prefill needs --batching continuous: a wave's generate prefills on its own")
     if values["message_queue"] and values["async_mode"] != "threading":
         # The app never monkey-patches, so a Redis client's blocking reads would stall an eventlet/gevent hub.
         parser.error("--message-queue needs --async-mode threading")

@@ -18,9 +18,10 @@ half second that are not queued yet. A lone user never waits.
 
 Where the backend ``prepares`` (a transformers model on a GPU; ``--prepare`` overrides that),
 what needs no running batch (the processor resizing and normalising a frame, tokenising the prompt;
-with ``--prepare encode`` the vision tower too) is done by threads of its own while the model decodes
-others, and the worker admits only prepared requests, so a newcomer costs the running batch its
-prefill and nothing more. There are several (``prepare_threads``): a real SmolVLM processor cuts
+with ``--prepare encode`` the vision tower too, with ``--prepare prefill`` the prompt's whole prefill)
+is done by threads of its own while the model decodes others, and the worker admits only prepared
+requests, so a newcomer costs the running batch its prefill and nothing more (with ``prefill``, the
+copy of its cache into the batch's). There are several (``prepare_threads``): a real SmolVLM processor cuts
 a camera frame into 13 tiles in about 0.3 s of CPU, mostly in PIL and numpy, which let other
 threads run, and one thread would make that the limit on answers per second. Together they
 prepare no more requests than could join, so frames that a newer one supersedes in the queue
@@ -46,7 +47,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from .backends.base import Backend, Decoder, Job, Result, WaveDecoder
@@ -297,6 +298,8 @@ class Scheduler:
         try:
             if joining:
                 decoder.join({row: request.job for row, request in joining.items()})
+                for request in joining.values():  # the decoder holds what it still needs of them
+                    request.job = replace(request.job, prepared=None)
             if not decoder.advances_itself and decoder.rows():
                 decoder.step()
         except VlmError as error:

@@ -112,7 +112,7 @@ def load_transformers(settings: Settings) -> Backend:
         dtype=settings.dtype,
         max_batch_size=settings.max_batch_size,
         max_crops=settings.max_crops,
-        encode_ahead=settings.prepare == "encode",
+        ahead=settings.prepare if settings.prepare in ("encode", "prefill") else "process",
     )
 
 

@@ -8,6 +8,10 @@ row keeps its own position ids, so each row computes what it would have computed
 that ends (EOS, its token budget, or cancelled) is dropped from the cache by index at once, and
 padding no row needs any more is cut off.
 
+A prompt may also be prefilled before its join (``prefill``, on a preparing thread with
+``--prepare prefill``); the join then only appends its cache, and the running rows wait for that
+copy instead of a forward pass through the model.
+
 Only text decoders whose cache is a plain ``DynamicCache`` with 1-D positions are stepped this
 way, and only with plain greedy settings (see ``can_step``); other models keep ``generate``.
 A row with a temperature samples from the whole vocabulary at that temperature, as
@@ -66,6 +70,34 @@ def cache_keyword(model: Any) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
+@dataclass
+class Prefill:
+    """Prompts run through the model, one row each: their KV cache and attention mask (left-padded to one
+    length), each row's next position and its last position's logits, and its prompt's token count."""
+
+    cache: DynamicCache
+    mask: torch.Tensor
+    positions: torch.Tensor
+    logits: torch.Tensor
+    prompt_tokens: list[int]
+
+
+@torch.inference_mode()
+def prefill(model: Any, inputs: dict[str, Any], keyword: str) -> Prefill:
+    """Run ``inputs`` (the model's, for a left-padded batch) through ``model`` into a cache of their own, passed
+    under ``keyword`` (``cache_keyword``). The model keeps no state between calls, so this may run on a thread
+    other than the one that steps the batch."""
+    mask = inputs["attention_mask"].long()
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    logits = model(**inputs, position_ids=positions, **{keyword: cache}, use_cache=True, logits_to_keep=1).logits
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        raise RuntimeError("the model's cache is not a plain dynamic cache; it cannot be batched step-wise")
+    if cache.get_seq_length() != mask.shape[1]:
+        raise RuntimeError("the model did not fill the cache it was given; it cannot be batched step-wise")
+    return Prefill(cache, mask, positions[:, -1] + 1, logits[:, -1], mask.sum(-1).tolist())
+
+
 class RowText:
     """One answer's tokens and its streamed text; a delta never ends inside a character.
 
@@ -116,11 +148,14 @@ class StepDecoder(Decoder):
         eos_ids: frozenset[int],
         model_inputs: Callable[[list[Job]], dict[str, Any]],
         events: RowEvents,
+        prefilled: Callable[[Job], Prefill | None] = lambda job: None,
     ) -> None:
+        """``prefilled`` gives a job's prompt where it was prefilled before its join (None: the join prefills it)."""
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.model_inputs = model_inputs
+        self.prefilled = prefilled
         self.events = events
         suppressed = sorted(set(model.generation_config.suppress_tokens or ()))
         self.suppressed = torch.tensor(suppressed, dtype=torch.long, device=model.device)
@@ -146,30 +181,26 @@ class StepDecoder(Decoder):
     @torch.inference_mode()
     def join(self, jobs: dict[int, Job]) -> None:
         self._drop_ended()
+        waiting: dict[int, Job] = {}
+        for key, job in jobs.items():
+            if (done := self.prefilled(job)) is not None:
+                self._start({key: job}, done)
+            else:
+                waiting[key] = job
         for text_only in (False, True):  # a processor batch has a frame in every row or in none
-            if group := {key: job for key, job in jobs.items() if (job.image is None) == text_only}:
-                self._prefill(group)
+            if group := {key: job for key, job in waiting.items() if (job.image is None) == text_only}:
+                self._start(group, prefill(self.model, self.model_inputs(list(group.values())), self.cache_keyword))
         self._drop_ended()
 
-    def _prefill(self, jobs: dict[int, Job]) -> None:
-        inputs = self.model_inputs(list(jobs.values()))
-        mask = inputs["attention_mask"].long()
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = DynamicCache(config=self.model.config)
-        logits = self.model(
-            **inputs, position_ids=positions, **{self.cache_keyword: cache}, use_cache=True, logits_to_keep=1
-        ).logits
-        if any(type(layer) is not DynamicLayer for layer in cache.layers):
-            raise RuntimeError("the model's cache is not a plain dynamic cache; it cannot be batched step-wise")
-        if cache.get_seq_length() != mask.shape[1]:
-            raise RuntimeError("the model did not fill the cache it was given; it cannot be batched step-wise")
+    def _start(self, jobs: dict[int, Job], done: Prefill) -> None:
+        """Prefilled rows join the batch with their first token."""
         temperatures = torch.tensor([job.temperature for job in jobs.values()], device=self.model.device)
-        tokens = self._choose(logits[:, -1], temperatures)
+        tokens = self._choose(done.logits, temperatures)
         rows = [
-            _Row(key, job.max_new_tokens, int(count), RowText(self.tokenizer))
-            for (key, job), count in zip(jobs.items(), mask.sum(-1).tolist(), strict=True)
+            _Row(key, job.max_new_tokens, count, RowText(self.tokenizer))
+            for (key, job), count in zip(jobs.items(), done.prompt_tokens, strict=True)
         ]
-        self._append(rows, cache, mask, positions[:, -1] + 1, tokens, temperatures)
+        self._append(rows, done.cache, done.mask, done.positions, tokens, temperatures)
         for row, token in zip(rows, tokens.tolist(), strict=True):
             self._take(row, token)
 

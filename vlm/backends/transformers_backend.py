@@ -12,6 +12,8 @@ Image features are computed by us rather than inside ``generate`` where the mode
 them pre-encoded (transformers' ``mm_encoder_outputs``), so a frame asked about again is
 not run through the vision tower again, and with ``--prepare encode`` a frame comes to its
 join already encoded (``prepare``): the running batch then waits only for its prompt's prefill.
+With ``--prepare prefill`` the prompt comes prefilled too, and the batch waits only for its cache
+to be copied in.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from transformers import (
@@ -45,7 +47,7 @@ from .base import (
 )
 from .collate import collate
 from .frame_cache import FrameCache
-from .step_decoder import RowText, StepDecoder, can_step
+from .step_decoder import Prefill, RowText, StepDecoder, cache_keyword, can_step, prefill
 from .torch_device import resolve_device, resolve_dtype, use_unplanned_attention, weights_dtype
 
 log = logging.getLogger(__name__)
@@ -53,21 +55,27 @@ log = logging.getLogger(__name__)
 # Thumbnails in the page's history are cut from the frame we ask for, so never ask for tiny ones.
 MIN_FRAME_SIDE = 256
 
+# What ``prepare`` does besides the processor (``--prepare``): nothing more, run the vision tower, or the
+# whole prefill (the vision tower and the prompt through the decoder, for models the StepDecoder steps).
+WorkAhead = Literal["process", "encode", "prefill"]
+
 
 @dataclass(frozen=True)
 class Prepared:
-    """One job's inputs made before it reached the worker: the processor's tensors, on the CPU, and the frame's
-    encoding on the model's device where the model takes frames pre-encoded (None otherwise)."""
+    """One job's inputs made before it reached the worker: the processor's tensors, on the CPU, the frame's
+    encoding on the model's device where the model takes frames pre-encoded (None otherwise), and the
+    prompt's prefill where it was asked for (None otherwise)."""
 
     inputs: dict[str, torch.Tensor]
     image_features: torch.Tensor | None = None
+    prefill: Prefill | None = None
 
 
 class TransformersBackend(Backend):
     name: ClassVar[str] = "transformers"
 
     def __init__(
-        self, model: Any, processor: Any, *, model_id: str, max_batch_size: int = 16, encode_ahead: bool = False
+        self, model: Any, processor: Any, *, model_id: str, max_batch_size: int = 16, ahead: WorkAhead = "process"
     ) -> None:
         self.model = model
         self.processor = processor
@@ -85,9 +93,11 @@ class TransformersBackend(Backend):
         # only contend with them (16 clients of the demo model: 68-81 answers/s against 84-113 without).
         # On a GPU the CPU waits while kernels run, and a newcomer's processor stops stalling the batch.
         self.prepares = model.device.type != "cpu"
-        # Whether ``prepare`` runs the vision tower too (``--prepare encode``): asked for, not chosen, since on
-        # a CPU it cost 16 live clients a fifth of their answers and it has not been measured on a GPU.
-        self.encodes_ahead = encode_ahead
+        # Whether ``prepare`` runs the vision tower too (``--prepare encode``), and the prompt's prefill after it
+        # (``--prepare prefill``): asked for, not chosen, since on a CPU encoding ahead cost 16 live clients a
+        # fifth of their answers, and neither has been measured on a GPU.
+        self.encodes_ahead = ahead != "process"
+        self.prefills_ahead = ahead == "prefill" and can_step(model)
         self.info = ModelInfo(
             model=model_id,
             backend=self.name,
@@ -109,10 +119,10 @@ class TransformersBackend(Backend):
         dtype: str,
         max_batch_size: int = 16,
         max_crops: int = 0,
-        encode_ahead: bool = False,
+        ahead: WorkAhead = "process",
     ) -> TransformersBackend:
         """``max_crops`` (0: the processor's own) caps the tiles a processor that tiles cuts each frame into;
-        ``encode_ahead`` makes ``prepare`` run the vision tower."""
+        ``ahead`` is what ``prepare`` does besides the processor."""
         device = resolve_device(device)
         use_unplanned_attention(device)
         processor = AutoProcessor.from_pretrained(model_id, revision=revision)
@@ -126,7 +136,7 @@ class TransformersBackend(Backend):
             processor,
             model_id=model_id,
             max_batch_size=max_batch_size,
-            encode_ahead=encode_ahead,
+            ahead=ahead,
         )
 
     def prompt_for(self, job: Job) -> str:
@@ -136,7 +146,7 @@ class TransformersBackend(Backend):
 
     def decoder(self, events: RowEvents) -> Decoder:
         if can_step(self.model):
-            return StepDecoder(self.model, self.tokenizer, self.eos_ids, self.model_inputs, events)
+            return StepDecoder(self.model, self.tokenizer, self.eos_ids, self.model_inputs, events, _prefilled)
         return super().decoder(events)
 
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
@@ -168,15 +178,21 @@ class TransformersBackend(Backend):
 
     def prepare(self, job: Job) -> Job:
         """The job with its processor inputs made (frame resized and normalised, prompt tokenised) and, where
-        it ``encodes_ahead`` and the model takes frames pre-encoded, its frame encoded. The vision tower keeps
-        nothing between calls, so it may run on a preparing thread while the worker decodes; the decoder and
-        its cache stay the worker's."""
+        it ``encodes_ahead`` and the model takes frames pre-encoded, its frame encoded; where it ``prefills_ahead``,
+        its prompt prefilled. Neither the vision tower nor the decoder keeps anything between calls, so they
+        may run on a preparing thread while the worker decodes; the running batch's cache stays the worker's."""
         inputs = self._processed([job])
         features = None
         if self.encodes_ahead:
             with torch.inference_mode():
                 features = self._frame_features([job], inputs, known={})
-        return replace(job, prepared=Prepared(inputs, None if features is None else features[0]))
+        prepared = Prepared(inputs, None if features is None else features[0])
+        if self.prefills_ahead:
+            keyword = cache_keyword(self.model)
+            assert keyword is not None, "only a model that can_step prefills ahead"
+            model_inputs = self.model_inputs([replace(job, prepared=prepared)])
+            prepared = Prepared(inputs, prefill=prefill(self.model, model_inputs, keyword))
+        return replace(job, prepared=prepared)
 
     def _processed(self, jobs: list[Job], padding: bool = False) -> dict[str, Any]:
         """The processor's inputs for ``jobs`` (all with a frame, or all without), pixels in the model's dtype."""
@@ -255,6 +271,10 @@ class TransformersBackend(Backend):
                 features[key] = feature
                 self.image_features.put(key, feature)
         return [features[job.image_key] for job in jobs]
+
+
+def _prefilled(job: Job) -> Prefill | None:
+    return job.prepared.prefill if isinstance(job.prepared, Prepared) else None
 
 
 class _Rows:
