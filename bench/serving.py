@@ -394,7 +394,8 @@ def live_section(
 @dataclass(frozen=True)
 class BatchActivity:
     """What the running batch did, from the app's ``/metrics``: steps and the rows they decoded, joins and
-    the requests they prefilled, and the seconds each kind of call took."""
+    the requests they prefilled, and the seconds each kind of call took; and the requests prepared on the
+    preparing threads, with their seconds."""
 
     steps: float = 0.0
     rows: float = 0.0
@@ -402,6 +403,8 @@ class BatchActivity:
     joined: float = 0.0
     step_s: float = 0.0
     join_s: float = 0.0
+    prepares: float = 0.0
+    prepare_s: float = 0.0
 
     def __sub__(self, earlier: BatchActivity) -> BatchActivity:
         return BatchActivity(*(now - then for now, then in zip(astuple(self), astuple(earlier), strict=True)))
@@ -420,6 +423,8 @@ def batch_activity(url: str) -> BatchActivity:
         joined=samples.get(("vlm_join_size_sum", ""), 0.0),
         step_s=samples.get(("vlm_decoder_call_seconds_sum", "step"), 0.0),
         join_s=samples.get(("vlm_decoder_call_seconds_sum", "join"), 0.0),
+        prepares=samples.get(("vlm_prepare_seconds_count", ""), 0.0),
+        prepare_s=samples.get(("vlm_prepare_seconds_sum", ""), 0.0),
     )
 
 
@@ -440,12 +445,14 @@ def activity_section(activities: list[tuple[str, BatchActivity, float]]) -> str:
                 f"{1000 * done.join_s / done.joins:.1f}" if done.joins else "—",
                 f"{100 * done.join_s / seconds:.0f} %" if stepped else "—",
                 f"{100 * done.step_s / seconds:.0f} %" if stepped else "—",
+                f"{1000 * done.prepare_s / done.prepares:.1f}" if done.prepares else "—",
             ]
         )
     return (
         "What the running batch did over each whole run (ramp-up included), from the app's own `/metrics`: a join "
         "prefills newcomers while every running row waits, a step decodes one token for every row. Wave batching "
-        "runs whole batches through `generate`, counted per call.\n\n"
+        "runs whole batches through `generate`, counted per call. A preparing thread prepares a request beside "
+        "them (its last column; — where the worker does it in the join).\n\n"
         + markdown(
             rows,
             [
@@ -459,6 +466,7 @@ def activity_section(activities: list[tuple[str, BatchActivity, float]]) -> str:
                 "ms / join",
                 "time in joins",
                 "time in steps",
+                "ms / prepare",
             ],
         )
     )

@@ -12,8 +12,8 @@ from tests.server_process import serving
 from tests.socket_client import RecordingClient
 
 
-def test_the_running_batchs_steps_and_joins_are_read_from_the_live_app(tiny_model: Path) -> None:
-    with serving(tiny_model, max_new_tokens=8) as app:
+def test_the_running_batchs_steps_joins_and_preparations_are_read_from_the_live_app(tiny_model: Path) -> None:
+    with serving(tiny_model, "--prepare", "thread", max_new_tokens=8) as app:
         before = batch_activity(app.url)
         clients = [RecordingClient(app.url) for _ in range(3)]
         try:
@@ -26,6 +26,7 @@ def test_the_running_batchs_steps_and_joins_are_read_from_the_live_app(tiny_mode
         done = batch_activity(app.url) - before
     assert done.joined == 3 and 1 <= done.joins <= 3, done
     assert done.steps >= 1 and done.rows >= done.steps and done.step_s > 0 and done.join_s > 0, done
+    assert done.prepares == 3 and done.prepare_s > 0, "each request was prepared on a preparing thread"
     table = activity_section([("this app", done, 10.0)])
     assert "| this app | 10 |" in table and f"| {done.steps:.0f} |" in table
 
@@ -33,4 +34,4 @@ def test_the_running_batchs_steps_and_joins_are_read_from_the_live_app(tiny_mode
 @pytest.mark.unit
 def test_a_wave_of_generate_calls_shows_no_step_or_join_times() -> None:
     table = activity_section([("wave", BatchActivity(steps=4, rows=40), 10.0)])
-    assert "| wave | 10 | 4 | 10.0 | — | — | — | — | — | — |" in table
+    assert "| wave | 10 | 4 | 10.0 | — | — | — | — | — | — | — |" in table

@@ -77,6 +77,13 @@ class Metrics:
             buckets=CALL_BUCKETS,
             registry=registry,
         )
+        self.prepare_seconds = Histogram(
+            "vlm_prepare_seconds",
+            "Time each request took on a preparing thread: the processor, and with --prepare encode or prefill "
+            "the vision tower or the whole prefill",
+            buckets=CALL_BUCKETS,
+            registry=registry,
+        )
         self.tokens = Counter("vlm_generated_tokens", "Tokens generated in answered requests", registry=registry)
         self.alerts = Counter(
             "vlm_watch_alerts", "Watch alerts raised, by kind of source", ["source_kind"], registry=registry
@@ -159,7 +166,7 @@ class MeteredScheduler(Scheduler):
 
 
 class MeteredBackend(Backend):
-    """The loaded backend, observed: how many jobs each model call decodes together."""
+    """The loaded backend, observed: how many jobs each model call decodes together, how long each preparation took."""
 
     def __init__(self, inner: Backend, metrics: Metrics) -> None:
         self.inner = inner
@@ -177,7 +184,8 @@ class MeteredBackend(Backend):
         return MeteredDecoder(self.inner.decoder(events), self.metrics)
 
     def prepare(self, job: Job) -> Job:
-        return self.inner.prepare(job)
+        with self.metrics.prepare_seconds.time():
+            return self.inner.prepare(job)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
