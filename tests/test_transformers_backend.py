@@ -17,7 +17,7 @@ from transformers import AutoProcessor
 from scripts.build_tiny_model import build_tiny_model
 from scripts.vlm_factory import ARCHS
 from vlm.backends import transformers_backend
-from vlm.backends.base import Job, Result
+from vlm.backends.base import Decoder, Job, Result
 from vlm.backends.collate import collate
 from vlm.backends.frame_cache import FrameCache
 from vlm.backends.registry import choose_backend, load_backend, read_model_config
@@ -176,6 +176,17 @@ def test_rows_joining_a_running_batch_answer_as_they_would_alone(backend: Transf
         assert got.tokens == expected.tokens and got.prompt_tokens > 0
 
 
+def prepared_while_decoding(backend: TransformersBackend, decoder: Decoder, work: list[Job]) -> list[Job]:
+    """``work[0]`` joins unprepared (the worker does all of its join); the rest are prepared on three threads
+    named ``preparing…`` while the decoder steps, and returned."""
+    decoder.join({0: work[0]})
+    with ThreadPoolExecutor(3, thread_name_prefix="preparing") as pool:
+        pending = [pool.submit(backend.prepare, job) for job in work[1:]]
+        while not all(future.done() for future in pending):
+            decoder.step()
+    return [future.result() for future in pending]
+
+
 def test_frames_encoded_ahead_while_the_batch_decodes_join_without_the_vision_tower(
     backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,12 +207,7 @@ def test_frames_encoded_ahead_while_the_batch_decodes_join_without_the_vision_to
     work = varied_jobs([12, 6, 8, 5])
     events = Events(len(work))
     decoder = backend.decoder(events)
-    decoder.join({0: work[0]})  # not prepared: the worker encodes its frame in the join
-    with ThreadPoolExecutor(3, thread_name_prefix="preparing") as pool:
-        pending = [pool.submit(backend.prepare, job) for job in work[1:]]
-        while not all(future.done() for future in pending):
-            decoder.step()
-    prepared = [future.result() for future in pending]
+    prepared = prepared_while_decoding(backend, decoder, work)
     assert all(job.prepared.image_features is not None for job in prepared)
     decoder.join({index: job for index, job in enumerate(prepared, start=1)})
     while decoder.rows():
@@ -218,8 +224,8 @@ def test_prompts_prefilled_ahead_while_the_batch_decodes_join_without_a_pass_thr
     backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With ``--prepare prefill``, ``prepare`` runs each newcomer's whole prefill on a preparing thread while the
-    worker steps the running batch; their join then only appends their caches, and every row answers as it
-    would alone, greedy and sampled rows side by side."""
+    worker steps the running batch; their join then only appends their caches, and every row, a text-only one
+    among them, answers as it would alone."""
     assert backend.prefills_ahead is False, "only --prepare prefill asks for it"
     monkeypatch.setattr(backend, "encodes_ahead", True)
     monkeypatch.setattr(backend, "prefills_ahead", True)
@@ -237,12 +243,7 @@ def test_prompts_prefilled_ahead_while_the_batch_decodes_join_without_a_pass_thr
     work[2] = replace(work[2], image=None, image_key="", text="say hello")  # a text-only newcomer too
     events = Events(len(work))
     decoder = backend.decoder(events)
-    decoder.join({0: work[0]})  # not prepared: the worker prefills it in the join
-    with ThreadPoolExecutor(3, thread_name_prefix="preparing") as pool:
-        pending = [pool.submit(backend.prepare, job) for job in work[1:]]
-        while not all(future.done() for future in pending):
-            decoder.step()
-    prepared = [future.result() for future in pending]
+    prepared = prepared_while_decoding(backend, decoder, work)
     assert all(job.prepared.prefill is not None for job in prepared)
     steps_before = len(calls)
     decoder.join({index: job for index, job in enumerate(prepared, start=1)})
