@@ -63,6 +63,8 @@ SMALL, LARGE = "smolvlm-256m", "smolvlm-2.2b"
 # Answers one client alone is timed over (about): the latency target divides by their median. Two or
 # three, as before, gave the H100 a median of 2.8 s with a p90 of 3.7 s.
 ALONE_ANSWERS = 6
+# Live rows past the targets' servers, in the order they run: what a short device loan can cut (--optional-rows).
+OPTIONAL_ROWS = ("prefill", "encode", "other-place", "one-thread", "seed")
 # Parts of a VLM a decode step does not read: the vision side, and the embedding table (one row per token).
 NOT_READ_PER_STEP = ("vision", "connector", "multi_modal_projector", "embed_tokens")
 
@@ -590,6 +592,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-large", action="store_true", help=f"no {LARGE} figures")
     parser.add_argument(
+        "--optional-rows",
+        default=",".join(OPTIONAL_ROWS),
+        help="which live rows to run besides the targets' two servers and one client alone, in this order, for a "
+        f"short device loan (comma-separated, of: {', '.join(OPTIONAL_ROWS)}; rows this device skips anyway "
+        "are skipped)",
+    )
+    parser.add_argument(
         "--max-crops",
         type=int,
         help="the app's --max-crops in every run (0: a frame is cut into 12 tiles and a global one, as by "
@@ -597,6 +606,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
+    wanted = [row for row in args.optional_rows.split(",") if row]
+    if unknown := set(wanted) - set(OPTIONAL_ROWS):
+        parser.error(f"--optional-rows: no row named {', '.join(sorted(unknown))}")
 
     device = pick_device(args.device)
     if args.max_crops is not None:
@@ -694,13 +706,18 @@ def main(argv: list[str] | None = None) -> None:
     # the vision tower (``--prepare encode``), neither measured there (README), the processor's place that
     # ``auto`` does not choose on this device, and one preparing thread.
     other_place = ("the worker", "worker") if prepares[SMALL] else ("a thread", "thread")
+    optional = {
+        "prefill": ("this app, continuous, prompts prefilled on the preparing threads", ["--prepare", "prefill"]),
+        "encode": ("this app, continuous, frames encoded on the preparing threads", ["--prepare", "encode"]),
+        "other-place": (f"this app, continuous, processor on {other_place[0]}", ["--prepare", other_place[1]]),
+        "one-thread": ("this app, continuous, one preparing thread", ["--prepare-threads", "1"]),
+    }
+    if not prepares[SMALL]:  # the preparing threads' rows, where ``auto`` uses none
+        del optional["prefill"], optional["encode"], optional["one-thread"]
+    elif default_prepare_threads() == 1:  # what preparing frames on several threads is worth
+        del optional["one-thread"]
     servers = [("this app, continuous batching", []), ("this app, wave batching", ["--batching", "wave"])]
-    if prepares[SMALL]:
-        servers.append(("this app, continuous, prompts prefilled on the preparing threads", ["--prepare", "prefill"]))
-        servers.append(("this app, continuous, frames encoded on the preparing threads", ["--prepare", "encode"]))
-    servers.append((f"this app, continuous, processor on {other_place[0]}", ["--prepare", other_place[1]]))
-    if prepares[SMALL] and default_prepare_threads() > 1:  # what preparing frames on several threads is worth
-        servers.append(("this app, continuous, one preparing thread", ["--prepare-threads", "1"]))
+    servers += [optional[row] for row in OPTIONAL_ROWS if row in wanted and row in optional]
     for index, (label, extra) in enumerate(servers):
         print(f"live load: {label}", flush=True)
         try:
@@ -722,15 +739,16 @@ def main(argv: list[str] | None = None) -> None:
         if label == "this app, wave batching":
             publish_targets()
 
-    print("live load: seed design", flush=True)
-    seed_args = ["--model", str(small), "--max-new-tokens", str(tokens), "--device", device.name, "--dtype", dtype]
-    seed_args += ["--max-crops", str(device.max_crops)]
-    try:
-        with AppProcess(seed_args, script="bench/seed_app.py", ready_timeout_s=900) as seed:
-            loads.append(("seed design", live_clients(seed.url, frame, args.clients, window, answer_s, window)))
-    except RuntimeError as failure:  # it did not start: the figures above still stand
-        not_measured.append(not_measured_line("seed design", failure))
-    publish_live()
+    if "seed" in wanted:
+        print("live load: seed design", flush=True)
+        seed_args = ["--model", str(small), "--max-new-tokens", str(tokens), "--device", device.name]
+        seed_args += ["--dtype", dtype, "--max-crops", str(device.max_crops)]
+        try:
+            with AppProcess(seed_args, script="bench/seed_app.py", ready_timeout_s=900) as seed:
+                loads.append(("seed design", live_clients(seed.url, frame, args.clients, window, answer_s, window)))
+        except RuntimeError as failure:  # it did not start: the figures above still stand
+            not_measured.append(not_measured_line("seed design", failure))
+        publish_live()
 
     print("moondream2 vision batching", flush=True)
     sections["moondream"] = (
