@@ -493,8 +493,14 @@ def test_loading_sets_the_attention_kernels_for_the_device_it_resolved(
 
 def test_prepare_encode_and_prefill_and_only_they_have_the_loaded_backend_work_ahead(tmp_path: Path) -> None:
     folder = build_tiny_model(tmp_path, arch="idefics3")
-    choices = {"encode": (True, False), "prefill": (True, True), "thread": (False, False), "auto": (False, False)}
-    for choice, expected in (*choices.items(), ("worker", (False, False))):
+    expected_by_choice = {
+        "encode": (True, False),
+        "prefill": (True, True),
+        "thread": (False, False),
+        "auto": (False, False),
+        "worker": (False, False),
+    }
+    for choice, expected in expected_by_choice.items():
         loaded = load_backend(parse_settings(["--model", str(folder), "--device", "cpu", "--prepare", choice]))
         assert isinstance(loaded, TransformersBackend), choice
         assert (loaded.encodes_ahead, loaded.prefills_ahead) == expected, choice

@@ -98,6 +98,7 @@ class TransformersBackend(Backend):
         # fifth of their answers, and neither has been measured on a GPU.
         self.encodes_ahead = ahead != "process"
         self.prefills_ahead = ahead == "prefill" and can_step(model)
+        self.cache_keyword = cache_keyword(model)  # read from forward's signature once, not per prefill
         self.info = ModelInfo(
             model=model_id,
             backend=self.name,
@@ -188,10 +189,9 @@ class TransformersBackend(Backend):
                 features = self._frame_features([job], inputs, known={})
         prepared = Prepared(inputs, None if features is None else features[0])
         if self.prefills_ahead:
-            keyword = cache_keyword(self.model)
-            assert keyword is not None, "only a model that can_step prefills ahead"
+            assert self.cache_keyword is not None, "only a model that can_step prefills ahead"
             model_inputs = self.model_inputs([replace(job, prepared=prepared)])
-            prepared = Prepared(inputs, prefill=prefill(self.model, model_inputs, keyword))
+            prepared = Prepared(inputs, prefill=prefill(self.model, model_inputs, self.cache_keyword))
         return replace(job, prepared=prepared)
 
     def _processed(self, jobs: list[Job], padding: bool = False) -> dict[str, Any]:
