@@ -1,6 +1,6 @@
 """Serving figures on real-size models: the limit, the app against it, continuous against wave batching.
 
-    python -m bench.serving                 # this machine (CPU: float32; the 2.2 B model in bfloat16)
+    python -m bench.serving                 # this machine (CPU: what --dtype auto picks for bfloat16 weights)
     python -m bench.serving --device cuda   # a CUDA machine: float16, figures headed with the card's name
 
 Builds random-weight models of real size (``scripts/build_real_size_model.py``) into ``--models``
@@ -53,6 +53,7 @@ from scripts.build_real_size_model import build_real_size_model
 from tests.server_process import REPO, AppProcess
 from tests.socket_client import RecordingClient
 from vlm.backends.base import Job
+from vlm.backends.torch_device import cpu_multiplies_bfloat16, resolve_dtype
 from vlm.backends.transformers_backend import TransformersBackend
 from vlm.images import decode_image
 from vlm.scheduler import default_prepare_threads
@@ -90,13 +91,16 @@ def pick_device(requested: str) -> Device:
         label = f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}, float16"
         half = {SMALL: "float16", LARGE: "float16"}
         return Device(name, label, half, half, max_crops=0)
+    # Both run as the app's --dtype auto runs SmolVLM's published bfloat16 weights here: in bfloat16 where the CPU
+    # multiplies it in hardware, else in float32. The large model is saved in bfloat16 either way (4.5 GB, built
+    # in half the memory).
+    dtype = str(resolve_dtype("auto", name, torch.bfloat16)).removeprefix("torch.")
+    units = "bfloat16 instructions" if cpu_multiplies_bfloat16() else "no bfloat16 instructions"
     label = (
-        f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared with other "
-        f"work, {torch.get_num_threads()} torch threads, float32"
+        f"{platform.processor() or platform.machine()} CPU ({units}), {os.cpu_count()} cores shared with other "
+        f"work, {torch.get_num_threads()} torch threads, {dtype}"
     )
-    # The large model is saved in bfloat16 (4.5 GB, built in half the memory) and run in float32: this CPU has
-    # no bfloat16 matrix units, and its bfloat16 matmuls are several times slower than float32 ones.
-    return Device(name, label, {SMALL: "float32", LARGE: "float32"}, {SMALL: "float32", LARGE: "bfloat16"}, max_crops=1)
+    return Device(name, label, {SMALL: dtype, LARGE: dtype}, {SMALL: dtype, LARGE: "bfloat16"}, max_crops=1)
 
 
 def available_gib() -> float:
@@ -624,8 +628,8 @@ def main(argv: list[str] | None = None) -> None:
             build_real_size_model(folders[name], name, device.stored[name], device=device.name)
     if LARGE in folders and device.name == "cpu" and available_gib() < 12:
         notes.append(
-            f"{LARGE} not measured: {available_gib():.0f} GiB of memory free, and it needs ~9 GiB "
-            "in float32 twice over (the raw run, then the app)"
+            f"{LARGE} not measured: {available_gib():.0f} GiB of memory free, and it needs up to ~9 GiB "
+            f"in {device.dtypes[LARGE]} twice over (the raw run, then the app)"
         )
         del folders[LARGE]
     bandwidth = copy_bandwidth(device)

@@ -222,8 +222,12 @@ def test_other_dtypes_work_and_are_reported(moondream_like: MoondreamLike, dtype
     assert ask(other, question(max_new_tokens=6)).tokens == 6 and detect.objects is not None
 
 
-def test_auto_dtype_is_float32_on_a_cpu(moondream_like: MoondreamLike) -> None:
-    assert load(moondream_like, dtype="auto").info.dtype == "float32"
+@pytest.mark.parametrize(("has_units", "runs_in"), [(True, "bfloat16"), (False, "float32")])
+def test_auto_dtype_on_a_cpu_is_its_own_only_where_the_cpu_multiplies_bfloat16(
+    moondream_like: MoondreamLike, monkeypatch: pytest.MonkeyPatch, has_units: bool, runs_in: str
+) -> None:
+    monkeypatch.setattr(moondream, "cpu_multiplies_bfloat16", lambda: has_units)
+    assert load(moondream_like, dtype="auto").info.dtype == runs_in
 
 
 def test_frame_side_follows_moondream2s_tiling() -> None:
@@ -285,5 +289,6 @@ def test_real_moondream2_answers_greedily_with_true_counts(real_moondream: Moond
     again = ask(real_moondream, job("query", "What colour is this image?", key="again", max_new_tokens=16))
     assert "red" in first.answer.lower() and first.answer == again.answer
     assert 0 < first.tokens <= 16 and first.prompt_tokens > 730
-    assert real_moondream.info.dtype == ("bfloat16" if torch.cuda.is_available() else "float32")
+    own = torch.cuda.is_available() or moondream.cpu_multiplies_bfloat16()
+    assert real_moondream.info.dtype == ("bfloat16" if own else "float32")
     assert real_moondream.info.image_size == 1145

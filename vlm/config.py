@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=DTYPES,
         default=defaults.dtype,
-        help="'auto' is float16 on CUDA, float32 on CPU (moondream2: always bfloat16)",
+        help="'auto': float16 on CUDA (moondream2: bfloat16); on a CPU, bfloat16 for 16-bit weights where the CPU "
+        "has bfloat16 instructions, else float32",
     )
     model.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest answer, in tokens")
     model.add_argument(

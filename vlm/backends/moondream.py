@@ -5,8 +5,8 @@ its own skills, which are the point of using it. What that code does, and what t
 does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 revision):
 
 - It builds its layers and casts image crops in bfloat16, whatever dtype is asked for:
-  the backend converts it where another dtype is wanted (``run_in``; float32 on a CPU by
-  default) and reports the dtype the weights really have.
+  the backend converts it where another dtype is wanted (``run_in``; float32 by default on a
+  CPU without bfloat16 instructions) and reports the dtype the weights really have.
 - It samples (temperature 0.5, top_p 0.3) unless told otherwise: every call passes the job's
   temperature, 0 (greedy) by default.
 - Its stream yields whole words, and it tells nobody how many tokens it generated: the
@@ -35,7 +35,7 @@ import torch
 from .base import Backend, GenerationEvents, Job, ModelInfo, Result
 from .frame_cache import FrameCache
 from .remote_code import load_remote_code_model
-from .torch_device import resolve_device, use_unplanned_attention, weights_dtype
+from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned_attention, weights_dtype
 
 # moondream2's code fetches its tokenizer from this hub repo by name (branch main), not from its own folder.
 # Webcam capture sizes and shapes; the frame size sent is chosen from how moondream2 resizes them.
@@ -98,10 +98,10 @@ class TokenMeter:
 
 
 def moondream_dtype(dtype: str, device: str) -> torch.dtype:
-    """bfloat16, moondream2's own, on a GPU; float32 on a CPU, where bfloat16 matrix products are many
-    times slower unless the CPU has bfloat16 instructions (see the README); or what was asked for."""
+    """bfloat16, moondream2's own, on a GPU and on a CPU with bfloat16 instructions; float32 on other
+    CPUs, where bfloat16 matrix products are many times slower (see the README); or what was asked for."""
     if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
+        return torch.bfloat16 if device == "cuda" or cpu_multiplies_bfloat16() else torch.float32
     return getattr(torch, dtype)
 
 

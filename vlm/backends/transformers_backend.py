@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     StoppingCriteria,
@@ -129,8 +130,9 @@ class TransformersBackend(Backend):
         processor = AutoProcessor.from_pretrained(model_id, revision=revision)
         if max_crops and not limit_tiles(processor, max_crops):
             log.info("--max-crops: %s does not cut frames into tiles; it is not used", model_id)
+        config = AutoConfig.from_pretrained(model_id, revision=revision)
         model = AutoModelForImageTextToText.from_pretrained(
-            model_id, revision=revision, dtype=resolve_dtype(dtype, device)
+            model_id, revision=revision, config=config, dtype=resolve_dtype(dtype, device, config.dtype)
         )
         return cls(
             model.to(device).eval(),
