@@ -161,9 +161,7 @@ class Raw:
     prepared_per_s: dict[int, float] = field(default_factory=dict)  # threads -> frames prepared per second
 
 
-def raw_generate(
-    folder: Path, device: Device, dtype: str, frame: str, tokens: int, batches: list[int], warm: bool
-) -> Raw:
+def raw_generate(folder: Path, device: Device, dtype: str, frame: str, tokens: int, batches: list[int]) -> Raw:
     """``model.generate`` straight from transformers on the app's inputs: no server, no text streaming."""
     backend = TransformersBackend.load(
         str(folder), revision=None, device=device.name, dtype=dtype, max_crops=device.max_crops
@@ -180,7 +178,7 @@ def raw_generate(
             Job(task="query", image=image, image_key=f"raw{batch}", text=QUESTION, max_new_tokens=tokens)
             for _ in range(batch)
         ]
-        for count in (2, tokens) if warm else (tokens,):  # a short first run warms up
+        for count in (2, tokens):  # a short first run warms up (on a CPU, bfloat16 kernels are built at first use)
             backend.image_features.clear()  # the app encodes a new live frame every time
             clock = Clock()
             device.sync()
@@ -237,7 +235,7 @@ def app_args(folder: Path, device: Device, dtype: str, tokens: int, *extra: str)
 
 
 def app_end_to_end(
-    folder: Path, device: Device, dtype: str, tokens: int, batches: list[int], warm: bool
+    folder: Path, device: Device, dtype: str, tokens: int, batches: list[int]
 ) -> dict[int, tuple[float, float]]:
     """Per batch, seconds for that many clients asking at once to all be answered, and the server's model time.
 
@@ -251,8 +249,7 @@ def app_end_to_end(
         try:
             measured = {}
             for batch in batches:
-                if warm:
-                    ask_together(clients[:batch], next_camera_frame(), f"warm{batch}")
+                ask_together(clients[:batch], next_camera_frame(), f"warm{batch}")
                 measured[batch] = ask_together(clients[:batch], next_camera_frame(), f"measured{batch}")
             return measured
         except AnswerFailed as failure:
@@ -547,7 +544,7 @@ def limit_section(limit: list[list[str]], tokens: int, notes: list[str]) -> str:
         "Bound: the bytes one decode step reads (the text decoder and LM head) ÷ copy bandwidth. "
         "Raw: `model.generate` on the app's inputs, no server; per-step time is from the first token to "
         "the last over the steps between. App: clients over Socket.IO on loopback, "
-        "the same question on a new frame each run, one run after a warm-up (no warm-up for the 2.2 B model on a CPU); "
+        "the same question on a new frame each run, one run after a warm-up; "
         "overhead is app ÷ raw − 1.\n\n" + markdown(limit, header) + "".join(f"\n\n{line}." for line in notes)
     )
 
@@ -655,12 +652,11 @@ def main(argv: list[str] | None = None) -> None:
 
     def measure_limit(name: str) -> None:
         folder = folders[name]
-        # The large model: batch 1, and no warm-up run on a CPU (a first call's extra second is lost in minutes).
-        batches, warm = ([1, args.clients], True) if name == SMALL else ([1], device.name == "cuda")
+        batches = [1, args.clients] if name == SMALL else [1]
         print(f"raw generate: {name}", flush=True)
-        raw = raw_generate(folder, device, device.dtypes[name], frame, args.tokens, batches, warm)
+        raw = raw_generate(folder, device, device.dtypes[name], frame, args.tokens, batches)
         print(f"app end to end: {name}", flush=True)
-        app = app_end_to_end(folder, device, device.dtypes[name], args.tokens, batches, warm)
+        app = app_end_to_end(folder, device, device.dtypes[name], args.tokens, batches)
         limit.extend(limit_rows(name, device, bandwidth, raw, args.tokens, batches, app))
         notes.append(prepare_line(name, raw))
         prepares[name] = raw.prepares
