@@ -5,8 +5,9 @@
 
 The weights are random (the model hub is out of reach here), so the answers are noise, but the
 arithmetic is the real model's: moondream2's own code at the commit its 2025-06-21 revision ships,
-built at full size (1.93 B parameters), in float32 as the app runs it on a CPU (``run_in``) or, with
-``--dtype bfloat16``, as the code itself builds it. It times the image encoding for frames that tile
+built at full size (1.93 B parameters), in the dtype the app's ``--dtype auto`` runs it in on this CPU
+(bfloat16, its own, where the CPU has bfloat16 instructions; float32 through ``run_in`` where not)
+or in the one ``--dtype`` names. It times the image encoding for frames that tile
 into 1, 8 and 12 crops (plus the global crop each time) and a 16-token greedy answer about an
 already encoded frame. The tokenizer is a stand-in: the real one is fetched from the
 hub, and the token ids of noise need no meaning. Results go to stdout, one line per measurement, so
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
+import importlib.util
 import platform
 import sys
 import time
@@ -27,11 +30,12 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models
 
-from vlm.backends.moondream import run_in
+from vlm.backends.moondream import moondream_dtype, run_in
 
 # Frame sizes and the crops moondream2 cuts them into (global crop not counted).
 FRAMES = {"320x240 (1 crop)": (320, 240), "640x480 (8 crops)": (640, 480), "1024x768 (12 crops)": (1024, 768)}
 ANSWER_TOKENS = 16
+CODE_PACKAGE = "moondream_torch_code"
 
 
 def stand_in_tokenizer(_repo: str, *args: object, **kwargs: object) -> Tokenizer:
@@ -41,9 +45,12 @@ def stand_in_tokenizer(_repo: str, *args: object, **kwargs: object) -> Tokenizer
 
 
 def load_real_code(code_dir: Path) -> object:
-    """moondream2's ``moondream.py`` and its siblings, imported as the package they are."""
-    sys.path.insert(0, str(code_dir.parent))
-    return importlib.import_module(f"{code_dir.name}.moondream")
+    """moondream2's ``moondream.py`` and its siblings, imported as one package under a name of our own:
+    their folder is called ``torch``, which as a package name would be PyTorch."""
+    package = importlib.machinery.ModuleSpec(CODE_PACKAGE, None, is_package=True)
+    package.submodule_search_locations = [str(code_dir)]
+    sys.modules[CODE_PACKAGE] = importlib.util.module_from_spec(package)
+    return importlib.import_module(f"{CODE_PACKAGE}.moondream")
 
 
 class Wrapper(torch.nn.Module):
@@ -80,7 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("code", type=Path, help="moondream's moondream/torch folder at commit 44146f1")
     parser.add_argument("--frames", nargs="*", default=list(FRAMES), choices=list(FRAMES))
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    auto = str(moondream_dtype("auto", "cpu")).removeprefix("torch.")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=auto)
     args = parser.parse_args()
     print(
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "

@@ -49,8 +49,8 @@ def test_real_size_processors_cut_a_camera_frame_as_the_published_ones_do(name: 
     ("package", "module", "flag", "path_edit"),
     [
         ("scripts", "build_tiny_model", "--profile", "sys.path"),
-        # bench.moondream_cpu adds the folder of moondream2's own code it is pointed at, not this repo
         ("bench", "serving", "--skip-large", "Path(__file__)"),
+        ("bench", "moondream_cpu", "--dtype", "sys.path"),  # moondream2's code is loaded as a package of its own
     ],
 )
 def test_scripts_and_benchmarks_run_as_modules_of_their_package(
