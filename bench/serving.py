@@ -158,6 +158,7 @@ class Raw:
     step_ms: dict[int, float] = field(default_factory=dict)  # batch -> ms per decode step after the first token
     prepare_ms: float = 0.0  # the processor on one frame (``backend.prepare``), median of five
     prepares: bool = False  # ``--prepare auto`` puts the processor on a thread of its own for this model here
+    encodes: bool = False  # its generate takes frames encoded beforehand under this transformers (--prepare encode)
     prepared_per_s: dict[int, float] = field(default_factory=dict)  # threads -> frames prepared per second
 
 
@@ -171,6 +172,7 @@ def raw_generate(folder: Path, device: Device, dtype: str, frame: str, tokens: i
     one = Job(task="query", image=image, image_key="prepare", text=QUESTION)
     raw.prepare_ms = statistics.median(timed_ms(backend.prepare, one) for _ in range(5))
     raw.prepares = backend.prepares
+    raw.encodes = backend.image_encoder is not None
     for threads in sorted({1, default_prepare_threads()}):
         raw.prepared_per_s[threads] = frames_prepared_per_s(backend, one, threads)
     for batch in batches:
@@ -649,6 +651,7 @@ def main(argv: list[str] | None = None) -> None:
 
     limit: list[list[str]] = []
     prepares: dict[str, bool] = {}  # model -> where ``--prepare auto`` put its processor here
+    encodes: dict[str, bool] = {}  # model -> whether ``--prepare encode`` can encode its frames ahead here
 
     def measure_limit(name: str) -> None:
         folder = folders[name]
@@ -660,6 +663,7 @@ def main(argv: list[str] | None = None) -> None:
         limit.extend(limit_rows(name, device, bandwidth, raw, args.tokens, batches, app))
         notes.append(prepare_line(name, raw))
         prepares[name] = raw.prepares
+        encodes[name] = raw.encodes
         sections["limit"] = limit_section(limit, args.tokens, notes)
         publish()
 
@@ -716,6 +720,9 @@ def main(argv: list[str] | None = None) -> None:
         del optional["prefill"], optional["encode"], optional["one-thread"]
     elif default_prepare_threads() == 1:  # what preparing frames on several threads is worth
         del optional["one-thread"]
+    if "encode" in optional and "encode" in wanted and not encodes[SMALL]:
+        label = optional.pop("encode")[0]
+        not_measured.append(f"{label} not measured: this transformers' generate takes no frames encoded beforehand")
     servers = [("this app, continuous batching", []), ("this app, wave batching", ["--batching", "wave"])]
     servers += [optional[row] for row in OPTIONAL_ROWS if row in wanted and row in optional]
     for index, (label, extra) in enumerate(servers):

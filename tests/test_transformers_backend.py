@@ -104,6 +104,23 @@ def test_info_reports_a_useful_frame_size(backend: TransformersBackend) -> None:
     assert backend.info.capabilities == {"query", "caption", "stream", "text"}
 
 
+def skip_unless_generate_takes_encoded_frames(backend: TransformersBackend) -> None:
+    if not hasattr(backend.model, "_supports_mm_encoder_outputs"):
+        pytest.skip("this transformers' generate takes no pre-encoded images (5.17 has none); every frame is encoded")
+
+
+def test_prepare_encode_is_refused_with_a_warning_where_generate_takes_no_encoded_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """transformers 5.17 (a GPU image's) has no pre-encoded frames: ``--prepare encode`` must say so, not
+    pass for encoding ahead while the joins still run the vision tower."""
+    monkeypatch.setattr(transformers_backend, "_image_encoder", lambda model: None)
+    folder = build_tiny_model(tmp_path, arch="idefics3")
+    loaded = TransformersBackend.load(str(folder), revision=None, device="cpu", dtype="float32", ahead="encode")
+    assert loaded.encodes_ahead is False
+    assert "--prepare encode" in caplog.text and "frames are encoded when their requests join" in caplog.text
+
+
 def test_a_frame_asked_about_again_is_not_encoded_again(
     backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,8 +128,7 @@ def test_a_frame_asked_about_again_is_not_encoded_again(
     same_frame = [Job(task="query", image=FRAMES[0], image_key="red", text=q, max_new_tokens=4) for q in questions]
     monkeypatch.setattr(backend, "image_features", FrameCache())
     real_encoder = backend.image_encoder
-    if not hasattr(backend.model, "_supports_mm_encoder_outputs"):
-        pytest.skip("this transformers' generate takes no pre-encoded images (5.17 has none); every frame is encoded")
+    skip_unless_generate_takes_encoded_frames(backend)
     assert real_encoder is not None, "every tiny architecture takes pre-encoded images"
     frames_encoded: list[int] = []
 
@@ -193,6 +209,7 @@ def test_frames_encoded_ahead_while_the_batch_decodes_join_without_the_vision_to
     """With ``--prepare encode``, ``prepare`` runs the vision tower on a preparing thread while the worker steps
     the running batch; the newcomers' join then encodes nothing, and every row answers as it would alone."""
     assert backend.encodes_ahead is False, "only --prepare encode asks for it"
+    skip_unless_generate_takes_encoded_frames(backend)
     monkeypatch.setattr(backend, "encodes_ahead", True)
     monkeypatch.setattr(backend, "image_features", FrameCache())
     real_encoder = backend.image_encoder
@@ -503,4 +520,6 @@ def test_prepare_encode_and_prefill_and_only_they_have_the_loaded_backend_work_a
     for choice, expected in expected_by_choice.items():
         loaded = load_backend(parse_settings(["--model", str(folder), "--device", "cpu", "--prepare", choice]))
         assert isinstance(loaded, TransformersBackend), choice
-        assert (loaded.encodes_ahead, loaded.prefills_ahead) == expected, choice
+        encodes, prefills = expected
+        encodes = encodes and loaded.image_encoder is not None  # a transformers without encoded frames: never
+        assert (loaded.encodes_ahead, loaded.prefills_ahead) == (encodes, prefills), choice

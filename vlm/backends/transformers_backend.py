@@ -97,7 +97,13 @@ class TransformersBackend(Backend):
         # Whether ``prepare`` runs the vision tower too (``--prepare encode``), and the prompt's prefill after it
         # (``--prepare prefill``): asked for, not chosen, since on a CPU encoding ahead cost 16 live clients a
         # fifth of their answers, and neither has been measured on a GPU.
-        self.encodes_ahead = ahead != "process"
+        self.encodes_ahead = ahead != "process" and self.image_encoder is not None
+        if ahead == "encode" and not self.encodes_ahead:
+            log.warning(
+                "--prepare encode: %s cannot take frames encoded beforehand under this transformers (its generate "
+                "has no mm_encoder_outputs); frames are encoded when their requests join",
+                model_id,
+            )
         self.prefills_ahead = ahead == "prefill" and can_step(model)
         self.cache_keyword = cache_keyword(model)  # read from forward's signature once, not per prefill
         self.info = ModelInfo(
