@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import platform
 import statistics
 import threading
 import time
@@ -20,6 +21,15 @@ from PIL import Image
 from scripts.synthetic_scenes import draw_scene, single_object_scene
 from tests.conftest import data_url
 from tests.socket_client import RecordingClient
+
+
+def cpu_name() -> str:
+    """The CPU's model name, where Linux reports one (``platform.processor()`` is empty there), for naming the
+    machine a benchmark ran on."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def camera_frame(number: int = 0) -> str:

@@ -20,7 +20,6 @@ import argparse
 import importlib
 import importlib.machinery
 import importlib.util
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models
 
+from bench.common import cpu_name
 from vlm.backends.moondream import moondream_dtype, run_in
 
 # Frame sizes and the crops moondream2 cuts them into (global crop not counted).
@@ -91,8 +91,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=auto)
     args = parser.parse_args()
     print(
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}",
+        f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         flush=True,
     )
     moondream = load_real_code(args.code.resolve())

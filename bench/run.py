@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import Asking, camera_frame, load_test, markdown, pct, targets_table, write_between_markers
+from bench.common import Asking, camera_frame, cpu_name, load_test, markdown, pct, targets_table, write_between_markers
 from scripts.build_tiny_model import build_tiny_model
 from tests.server_process import REPO, AppProcess
 from tests.socket_client import RecordingClient
@@ -69,7 +69,7 @@ def ping_during_generation(url: str, frame: str, pings: int) -> list[float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, "

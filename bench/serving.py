@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -42,6 +41,7 @@ from bench.common import (
     Asking,
     Load,
     camera_frame,
+    cpu_name,
     load_test,
     markdown,
     next_camera_frame,
@@ -97,7 +97,7 @@ def pick_device(requested: str) -> Device:
     dtype = str(resolve_dtype("auto", name, torch.bfloat16)).removeprefix("torch.")
     units = "bfloat16 instructions" if cpu_multiplies_bfloat16() else "no bfloat16 instructions"
     label = (
-        f"{platform.processor() or platform.machine()} CPU ({units}), {os.cpu_count()} cores shared with other "
+        f"{cpu_name()} CPU ({units}), {os.cpu_count()} cores shared with other "
         f"work, {torch.get_num_threads()} torch threads, {dtype}"
     )
     return Device(name, label, {SMALL: dtype, LARGE: dtype}, {SMALL: dtype, LARGE: "bfloat16"}, max_crops=1)

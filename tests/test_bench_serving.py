@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import pytest
 
+from bench.common import cpu_name
 from bench.serving import BatchActivity, activity_section, batch_activity
 from tests.conftest import jpeg_data_url
 from tests.server_process import serving
 from tests.socket_client import RecordingClient
+
+CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
 
 
 def test_the_running_batchs_steps_joins_and_preparations_are_read_from_the_live_app(tiny_model: Path) -> None:
@@ -35,3 +39,9 @@ def test_the_running_batchs_steps_joins_and_preparations_are_read_from_the_live_
 def test_a_wave_of_generate_calls_shows_no_step_or_join_times() -> None:
     table = activity_section([("wave", BatchActivity(steps=4, rows=40), 10.0)])
     assert "| wave | 10 | 4 | 10.0 | — | — | — | — | — | — | — |" in table
+
+
+@pytest.mark.unit
+@pytest.mark.skipif("model name" not in CPUINFO, reason="no CPU model name reported (not Linux)")
+def test_benchmarks_name_the_machine_by_its_cpu_model() -> None:
+    assert cpu_name() != platform.machine() and f": {cpu_name()}\n" in CPUINFO
