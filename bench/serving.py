@@ -59,6 +59,8 @@ from vlm.images import decode_image
 from vlm.scheduler import default_prepare_threads
 
 README = REPO / "README.md"
+# Where the real-size models are built, and kept for the next run.
+MODELS = Path(tempfile.gettempdir()) / "webcam-vlm-real-size"
 QUESTION = "describe the image"
 SMALL, LARGE = "smolvlm-256m", "smolvlm-2.2b"
 # Answers one client alone is timed over (about): the latency target divides by their median. Two or
@@ -131,6 +133,16 @@ def bytes_read_per_step(model: Any) -> int:
         for name, p in model.named_parameters()
         if not any(part in name for part in NOT_READ_PER_STEP)
     )
+
+
+def real_size_folder(models: Path, name: str, device: Device) -> Path:
+    """The real-size model ``name`` under ``models`` in the dtype this device stores it in, built if missing."""
+    # "tiled": folders built before the processors tiled frames as the real ones do are not reused
+    folder = models / f"{name}-{device.stored[name]}-tiled"
+    if not (folder / "model.safetensors").exists():
+        print(f"building {name} in {folder}", flush=True)
+        build_real_size_model(folder, name, device.stored[name], device=device.name)
+    return folder
 
 
 def frame_image(frame: str, size: int) -> Any:
@@ -575,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models",
         type=Path,
-        default=Path(tempfile.gettempdir()) / "webcam-vlm-real-size",
+        default=MODELS,
         help="where the real-size models are built (reused when present)",
     )
     parser.add_argument(
@@ -620,11 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     folders = {}
     notes: list[str] = []  # lines under the limit table: models skipped, frames prepared
     for name in [SMALL] if args.skip_large else [SMALL, LARGE]:
-        # "tiled": folders built before the processors tiled frames as the real ones do are not reused
-        folders[name] = args.models / f"{name}-{device.stored[name]}-tiled"
-        if not (folders[name] / "model.safetensors").exists():
-            print(f"building {name} in {folders[name]}", flush=True)
-            build_real_size_model(folders[name], name, device.stored[name], device=device.name)
+        folders[name] = real_size_folder(args.models, name, device)
     if LARGE in folders and device.name == "cpu" and available_gib() < 12:
         notes.append(
             f"{LARGE} not measured: {available_gib():.0f} GiB of memory free, and it needs up to ~9 GiB "

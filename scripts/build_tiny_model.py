@@ -1,6 +1,6 @@
 """Build a random-weight vision-language model folder for tests, in seconds and offline.
 
-    python -m scripts.build_tiny_model OUT_DIR [--arch llava|idefics3] [--profile tiny|slow] [--seed N]
+    python -m scripts.build_tiny_model OUT_DIR [--arch llava|idefics3] [--profile tiny|grouped|slow] [--seed N]
 
 `tiny` is as small as the architecture allows, for fast load/generate smoke tests. `slow`
 is a bigger LLaVA whose EOS is unreachable, so `generate(max_new_tokens=N)` always makes
@@ -21,6 +21,19 @@ PROFILES: dict[str, ModelSize] = {
         text_hidden=32,
         text_layers=2,
         text_heads=2,
+        text_intermediate=64,
+        vision_hidden=32,
+        vision_layers=1,
+        vision_heads=2,
+        vision_intermediate=64,
+    ),
+    # The tiny model with grouped-query attention, as SmolVLM's decoder has it (9 query heads sharing 3 key/value
+    # heads): what the CPU's packed decode attention (vlm/backends/decode_attention.py) is for.
+    "grouped": ModelSize(
+        text_hidden=32,
+        text_layers=2,
+        text_heads=4,
+        text_kv_heads=2,
         text_intermediate=64,
         vision_hidden=32,
         vision_layers=1,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import step_anatomy
 from bench.common import cpu_name
 from bench.serving import BatchActivity, activity_section, batch_activity
 from tests.conftest import jpeg_data_url
@@ -45,3 +46,16 @@ def test_a_wave_of_generate_calls_shows_no_step_or_join_times() -> None:
 @pytest.mark.skipif("model name" not in CPUINFO, reason="no CPU model name reported (not Linux)")
 def test_benchmarks_name_the_machine_by_its_cpu_model() -> None:
     assert cpu_name() != platform.machine() and f": {cpu_name()}\n" in CPUINFO
+
+
+def test_the_step_anatomy_times_steps_and_a_join_and_names_the_operations(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "anatomy.md"
+    arguments = ["--device", "cpu", "--model", str(tiny_model), "--batches", "1,3", "--calls", "2"]
+    step_anatomy.main([*arguments, "--out", str(out), "--no-readme"])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    calls = [row.split(" | ")[:2] for row in rows]
+    assert calls == [["| decode step", "1"], ["| decode step", "3"], ["| a newcomer's join", "2"]]
+    for row in rows:
+        cells = row.split(" | ")
+        assert float(cells[2]) > 0 and cells[3:6] == ["—", "—", "—"], "wall time; no GPU columns on a CPU"
+        assert "`aten::" in cells[6], "the operations that took the CPU's time are named"

@@ -81,7 +81,10 @@ def test_text_only_questions_and_plain_string_image_urls(app: AppProcess, frame:
 
 def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess, frame: str) -> None:
     client = openai_client(app.url)
-    assert ask(client, "what?", frame, temperature=0.7, n=1)
+    sampled = client.chat.completions.create(
+        model="any", messages=frame_question("what?", frame), temperature=0.7, n=1
+    ).choices[0]
+    assert sampled.finish_reason in {"stop", "length"}, "answered (a sample may be empty: EOS drawn first)"
     refusals = [
         ({"n": 2}, "n"),
         ({"temperature": 3}, "temperature"),

@@ -47,6 +47,7 @@ from .base import (
     prompt_text,
 )
 from .collate import collate
+from .decode_attention import pack_decode_queries
 from .frame_cache import FrameCache
 from .step_decoder import Prefill, RowText, StepDecoder, cache_keyword, can_step, prefill
 from .torch_device import resolve_device, resolve_dtype, use_unplanned_attention, weights_dtype
@@ -140,6 +141,8 @@ class TransformersBackend(Backend):
         model = AutoModelForImageTextToText.from_pretrained(
             model_id, revision=revision, config=config, dtype=resolve_dtype(dtype, device, config.dtype)
         )
+        if device == "cpu":
+            pack_decode_queries(model)
         return cls(
             model.to(device).eval(),
             processor,

@@ -1,0 +1,166 @@
+"""Packed grouped-query decode attention on a CPU: what transformers' own SDPA computes, on the path it takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AttentionInterface, AutoModelForImageTextToText
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from scripts.build_tiny_model import build_tiny_model
+from scripts.vlm_factory import ARCHS
+from vlm.backends.base import Job, Result
+from vlm.backends.decode_attention import NAME, pack_decode_queries, packed_decode_attention
+from vlm.backends.step_decoder import prefill
+from vlm.backends.transformers_backend import TransformersBackend
+from vlm.errors import VlmError
+
+
+class Grouped(torch.nn.Module):
+    """An attention layer as transformers' Llama has it: 9 query heads over 3 key/value heads (SmolVLM-256M's)."""
+
+    num_key_value_groups = 3
+    is_causal = True
+
+
+def attention_inputs(
+    rows: int, tokens: int, cached: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(rows * 1000 + cached)
+    query = torch.randn(rows, 9, tokens, 64, generator=generator).to(dtype)
+    key = torch.randn(rows, 3, cached, 64, generator=generator).to(dtype)
+    value = torch.randn(rows, 3, cached, 64, generator=generator).to(dtype)
+    return query, key, value
+
+
+def padding_mask(rows: int, cached: int) -> torch.Tensor:
+    """Each row but the first left-padded by a different count, as rows that joined a running batch at different
+    times are: (rows, 1, 1, cached), True where a row attends."""
+    mask = torch.ones(rows, 1, 1, cached, dtype=torch.bool)
+    for row in range(1, rows):
+        mask[row, ..., : row * 3] = False
+    return mask
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(("rows", "cached"), [(1, 80), (16, 80), (16, 900)])
+def test_one_new_token_attends_as_transformers_sdpa_computes_it(
+    dtype: torch.dtype, masked: bool, rows: int, cached: int
+) -> None:
+    query, key, value = attention_inputs(rows, 1, cached, dtype)
+    mask = padding_mask(rows, cached) if masked else None
+    ours, _ = packed_decode_attention(Grouped(), query, key, value, mask, scaling=0.125, dropout=0.0)
+    theirs, _ = sdpa_attention_forward(Grouped(), query, key, value, mask, scaling=0.125, dropout=0.0)
+    assert ours.shape == theirs.shape == (rows, 1, 9, 64)
+    tolerance = {"atol": 2e-3, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-6, "rtol": 1e-5}
+    torch.testing.assert_close(ours, theirs, **tolerance)
+
+
+@pytest.mark.unit
+def test_prompts_and_ungrouped_heads_go_to_transformers_sdpa_unchanged() -> None:
+    query, key, value = attention_inputs(2, 12, 12, torch.float32)
+    ours, _ = packed_decode_attention(Grouped(), query, key, value, None, scaling=0.125)
+    theirs, _ = sdpa_attention_forward(Grouped(), query, key, value, None, scaling=0.125)
+    assert torch.equal(ours, theirs), "a prompt's tokens (causal) are transformers' business"
+    ungrouped = torch.nn.Module()
+    query, key = query[:, :3, :1], key
+    ours, _ = packed_decode_attention(ungrouped, query, key, value, None, scaling=0.125)
+    theirs, _ = sdpa_attention_forward(ungrouped, query, key, value, None, scaling=0.125)
+    assert torch.equal(ours, theirs)
+
+
+class Answers:
+    def __init__(self) -> None:
+        self.results: dict[int, Result] = {}
+
+    def delta(self, index: int, text: str) -> None:
+        pass
+
+    def done(self, index: int, result: Result) -> None:
+        self.results[index] = result
+
+    def failed(self, index: int, error: VlmError) -> None:
+        raise AssertionError(f"row {index} failed: {error.message}")
+
+    def cancelled(self, index: int) -> bool:
+        return False
+
+
+def continuous_answers(backend: TransformersBackend) -> list[str]:
+    """Rows joining a running batch at different times (so padded), and one alone, decoded step by step."""
+    frames = [Image.new("RGB", (96, 72), color) for color in ("red", "navy", "olive", "white")]
+    questions = ("what shape is this?", "describe the image", "what color is it?", "is there a star?")
+    jobs = [
+        Job(task="query", image=frame, image_key=f"{index}", text=question, max_new_tokens=10 + index)
+        for index, (frame, question) in enumerate(zip(frames, questions, strict=True))
+    ]
+    answers = Answers()
+    decoder = backend.decoder(answers)
+    decoder.join({0: jobs[0]})
+    decoder.step()
+    decoder.join({1: jobs[1], 2: jobs[2]})
+    decoder.step()
+    decoder.join({3: jobs[3]})
+    while decoder.rows():
+        decoder.step()
+    backend.image_features.clear()
+    return [answers.results[index].answer for index in range(len(jobs))]
+
+
+def next_token_logits(backend: TransformersBackend, jobs: list[Job]) -> torch.Tensor:
+    """The logits of each row's second answer token: its prompt prefilled (left-padded to the others), then one
+    decode step over the cache, as ``StepDecoder`` runs them."""
+    done = prefill(backend.model, backend.model_inputs(jobs), backend.cache_keyword)
+    return backend.model(
+        input_ids=done.logits.argmax(-1)[:, None],
+        attention_mask=F.pad(done.mask, (0, 1), value=1),
+        position_ids=done.positions[:, None],
+        **{backend.cache_keyword: done.cache},
+        use_cache=True,
+    ).logits[:, -1]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_a_model_loaded_on_a_cpu_decodes_packed_as_transformers_sdpa_decodes(
+    arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = TransformersBackend.load(
+        str(build_tiny_model(tmp_path, arch=arch, profile="grouped")), revision=None, device="cpu", dtype="float32"
+    )
+    text = backend.model.config.get_text_config()
+    assert text._attn_implementation == NAME and text.num_key_value_heads < text.num_attention_heads
+    config = backend.model.config
+    others = [getattr(config, part) for part in config.sub_configs if getattr(config, part) is not text]
+    assert others and all(other._attn_implementation != NAME for other in others), "the vision tower keeps its own"
+    packed_steps = []
+
+    def counted(module: torch.nn.Module, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        packed_steps.append(query.shape[2] == 1)
+        return packed_decode_attention(module, query, *args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, NAME, counted)
+    padded = [  # different questions: different prompt lengths, so the shorter row is left-padded
+        Job(task="query", image=Image.new("RGB", (96, 72), "red"), image_key="a", text="what is it?"),
+        Job(task="query", image=Image.new("RGB", (96, 72), "navy"), image_key="b", text="describe the whole image"),
+    ]
+    ours = [next_token_logits(backend, padded), next_token_logits(backend, padded[:1])]  # padded, and alone
+    answers = continuous_answers(backend)
+    assert any(packed_steps), "decode steps went through the packed attention"
+    backend.model.set_attn_implementation({"text_config": "sdpa"})
+    theirs = [next_token_logits(backend, padded), next_token_logits(backend, padded[:1])]
+    for got, expected in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert continuous_answers(backend) == answers
+
+
+def test_a_model_on_another_attention_implementation_is_left_as_it_is(tmp_path: Path) -> None:
+    model = AutoModelForImageTextToText.from_pretrained(build_tiny_model(tmp_path), attn_implementation="eager")
+    assert not pack_decode_queries(model)
+    assert model.config.get_text_config()._attn_implementation == "eager"
