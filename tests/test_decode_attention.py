@@ -164,3 +164,14 @@ def test_a_model_on_another_attention_implementation_is_left_as_it_is(tmp_path: 
     model = AutoModelForImageTextToText.from_pretrained(build_tiny_model(tmp_path), attn_implementation="eager")
     assert not pack_decode_queries(model)
     assert model.config.get_text_config()._attn_implementation == "eager"
+
+
+def test_a_model_transformers_will_not_switch_keeps_its_sdpa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = AutoModelForImageTextToText.from_pretrained(build_tiny_model(tmp_path, profile="grouped"))
+
+    def refused(implementation: object) -> None:
+        raise ValueError(f"{implementation} is not supported")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refused)
+    assert not pack_decode_queries(model)
+    assert model.config.get_text_config()._attn_implementation == "sdpa"

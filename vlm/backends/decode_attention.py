@@ -59,10 +59,8 @@ def pack_decode_queries(model: PreTrainedModel) -> bool:
     AttentionInterface.register(NAME, packed_decode_attention)
     AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     part = next((name for name in model.config.sub_configs if getattr(model.config, name) is text), None)
-    try:
+    try:  # transformers checks the request before it changes anything
         model.set_attn_implementation(NAME if part is None else {part: NAME})
     except (ValueError, ImportError) as error:
-        model.set_attn_implementation("sdpa" if part is None else {part: "sdpa"})
         log.info("%s keeps transformers' SDPA: %s", type(model).__name__, error)
-        return False
     return text._attn_implementation == NAME
