@@ -64,11 +64,18 @@ def test_one_new_token_attends_as_transformers_sdpa_computes_it(
 
 
 @pytest.mark.unit
-def test_prompts_and_ungrouped_heads_go_to_transformers_sdpa_unchanged() -> None:
+def test_prompts_ungrouped_heads_and_extras_go_to_transformers_sdpa_unchanged() -> None:
     query, key, value = attention_inputs(2, 12, 12, torch.float32)
     ours, _ = packed_decode_attention(Grouped(), query, key, value, None, scaling=0.125)
     theirs, _ = sdpa_attention_forward(Grouped(), query, key, value, None, scaling=0.125)
     assert torch.equal(ours, theirs), "a prompt's tokens (causal) are transformers' business"
+    one_token = query[:, :, :1]
+    with pytest.raises(ValueError, match="softcap"):  # refused as transformers' SDPA refuses it, not ignored
+        packed_decode_attention(Grouped(), one_token, key, value, None, scaling=0.125, softcap=30.0)
+    bias = torch.randn(2, 9, 1, 12)
+    ours, _ = packed_decode_attention(Grouped(), one_token, key, value, None, scaling=0.125, position_bias=bias)
+    theirs, _ = sdpa_attention_forward(Grouped(), one_token, key, value, None, scaling=0.125, position_bias=bias)
+    assert torch.equal(ours, theirs), "a position bias per head goes through transformers' function"
     ungrouped = torch.nn.Module()
     query, key = query[:, :3, :1], key
     ours, _ = packed_decode_attention(ungrouped, query, key, value, None, scaling=0.125)

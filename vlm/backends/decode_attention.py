@@ -41,7 +41,9 @@ def packed_decode_attention(
     groups = getattr(module, "num_key_value_groups", 1)
     rows, heads, tokens, _ = query.shape
     shared_mask = attention_mask is None or attention_mask.shape[1] == 1  # one mask for every head
-    if tokens != 1 or groups == 1 or not shared_mask or kwargs.get("position_bias") is not None:
+    # What transformers' function adds or refuses (a position bias, a logit soft cap) stays its business.
+    plain = all(kwargs.get(name) is None for name in ("position_bias", "softcap"))
+    if tokens != 1 or groups == 1 or not shared_mask or not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     packed = query.reshape(rows, heads // groups, groups, query.shape[-1])
     output = F.scaled_dot_product_attention(
