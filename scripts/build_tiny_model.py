@@ -11,35 +11,27 @@ generation for cancellation, queueing and timeout tests. The answers are gibberi
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from .synthetic_scenes import corpus
 from .vlm_factory import ARCHS, ModelSize, build_model_folder
 
+TINY = ModelSize(
+    text_hidden=32,
+    text_layers=2,
+    text_heads=2,
+    text_intermediate=64,
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    vision_intermediate=64,
+)
 PROFILES: dict[str, ModelSize] = {
-    "tiny": ModelSize(
-        text_hidden=32,
-        text_layers=2,
-        text_heads=2,
-        text_intermediate=64,
-        vision_hidden=32,
-        vision_layers=1,
-        vision_heads=2,
-        vision_intermediate=64,
-    ),
+    "tiny": TINY,
     # The tiny model with grouped-query attention, as SmolVLM's decoder has it (9 query heads sharing 3 key/value
     # heads): what the CPU's packed decode attention (vlm/backends/decode_attention.py) is for.
-    "grouped": ModelSize(
-        text_hidden=32,
-        text_layers=2,
-        text_heads=4,
-        text_kv_heads=2,
-        text_intermediate=64,
-        vision_hidden=32,
-        vision_layers=1,
-        vision_heads=2,
-        vision_intermediate=64,
-    ),
+    "grouped": replace(TINY, text_heads=4, text_kv_heads=2),
     "slow": ModelSize(
         text_hidden=384,
         text_layers=12,
