@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,14 @@ def test_prompts_ungrouped_heads_and_extras_go_to_transformers_sdpa_unchanged() 
     theirs, _ = sdpa_attention_forward(Grouped(), query, key, value, None, scaling=0.125)
     assert torch.equal(ours, theirs), "a prompt's tokens (causal) are transformers' business"
     one_token = query[:, :, :1]
-    with pytest.raises(ValueError, match="softcap"):  # refused as transformers' SDPA refuses it, not ignored
-        packed_decode_attention(Grouped(), one_token, key, value, None, scaling=0.125, softcap=30.0)
+    capped = {"scaling": 0.125, "softcap": 30.0}  # transformers' SDPA refuses it (since 5.2x) or ignores it: as it does
+    try:
+        theirs, _ = sdpa_attention_forward(Grouped(), one_token, key, value, None, **capped)
+    except ValueError as refusal:
+        with pytest.raises(ValueError, match=re.escape(str(refusal))):
+            packed_decode_attention(Grouped(), one_token, key, value, None, **capped)
+    else:
+        assert torch.equal(packed_decode_attention(Grouped(), one_token, key, value, None, **capped)[0], theirs)
     bias = torch.randn(2, 9, 1, 12)
     ours, _ = packed_decode_attention(Grouped(), one_token, key, value, None, scaling=0.125, position_bias=bias)
     theirs, _ = sdpa_attention_forward(Grouped(), one_token, key, value, None, scaling=0.125, position_bias=bias)
@@ -121,6 +128,7 @@ def continuous_answers(backend: TransformersBackend) -> list[str]:
     return [answers.results[index].answer for index in range(len(jobs))]
 
 
+@torch.inference_mode()
 def next_token_logits(backend: TransformersBackend, jobs: list[Job]) -> torch.Tensor:
     """The logits of each row's second answer token: its prompt prefilled (left-padded to the others), then one
     decode step over the cache, as ``StepDecoder`` runs them."""
