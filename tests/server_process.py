@@ -73,8 +73,10 @@ class AppProcess:
             try:
                 if self._healthz_status() == 200:
                     return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or too busy starting to answer within the probe's second
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
+                # not listening yet, too busy starting to answer within the probe's second, or exiting mid-answer
+                # (the loop then reads its exit status)
+                pass
             time.sleep(0.1)
         raise TimeoutError(f"app not ready after {self.ready_timeout_s}s:\n{self.log()}")
 
