@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AttentionInterface, AutoModelForImageTextToText
+from transformers import AttentionInterface, AutoModelForImageTextToText, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from scripts.build_tiny_model import build_tiny_model
@@ -190,3 +190,37 @@ def test_a_model_transformers_will_not_switch_keeps_its_sdpa(tmp_path: Path, mon
     monkeypatch.setattr(model, "set_attn_implementation", refused)
     assert not pack_decode_queries(model)
     assert model.config.get_text_config()._attn_implementation == "sdpa"
+
+
+def test_a_qwen2_vl_decoder_generates_the_same_logits_packed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Qwen2-VL, stepped by ``generate`` (the app's wave path for it): grouped heads, multimodal rotary positions,
+    a left-padded row."""
+    torch.manual_seed(0)
+    text = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    text |= {"intermediate_size": 128, "vocab_size": 100, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}}
+    vision = {"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2}
+    model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(text_config=text, vision_config=vision)).eval()
+    prompts = {
+        "input_ids": torch.tensor([[5, 6, 7, 8, 9, 10], [0, 0, 11, 12, 13, 14]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]]),
+    }
+
+    @torch.inference_mode()
+    def generated() -> tuple[torch.Tensor, torch.Tensor]:
+        settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+        out = model.generate(**prompts, **settings, return_dict_in_generate=True, output_logits=True)
+        return out.sequences, torch.stack(out.logits)
+
+    theirs = generated()
+    assert pack_decode_queries(model)
+    one_token_calls = []
+
+    def counted(module: torch.nn.Module, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        one_token_calls.append(query.shape[2] == 1)
+        return packed_decode_attention(module, query, *args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, NAME, counted)
+    ours = generated()
+    assert sum(one_token_calls) == 2 * 5, "each of 5 decode steps went through the packed attention in both layers"
+    assert torch.equal(ours[0], theirs[0])
+    torch.testing.assert_close(ours[1], theirs[1], atol=1e-5, rtol=1e-4)
