@@ -71,7 +71,7 @@ def test_prompts_ungrouped_heads_and_extras_go_to_transformers_sdpa_unchanged() 
     theirs, _ = sdpa_attention_forward(Grouped(), query, key, value, None, scaling=0.125)
     assert torch.equal(ours, theirs), "a prompt's tokens (causal) are transformers' business"
     one_token = query[:, :, :1]
-    capped = {"scaling": 0.125, "softcap": 30.0}  # transformers' SDPA refuses it (since 5.2x) or ignores it: as it does
+    capped = {"scaling": 0.125, "softcap": 30.0}  # transformers' SDPA refuses it (5.24) or ignores it (5.18)
     try:
         theirs, _ = sdpa_attention_forward(Grouped(), one_token, key, value, None, **capped)
     except ValueError as refusal:
@@ -84,7 +84,7 @@ def test_prompts_ungrouped_heads_and_extras_go_to_transformers_sdpa_unchanged() 
     theirs, _ = sdpa_attention_forward(Grouped(), one_token, key, value, None, scaling=0.125, position_bias=bias)
     assert torch.equal(ours, theirs), "a position bias per head goes through transformers' function"
     ungrouped = torch.nn.Module()
-    query, key = query[:, :3, :1], key
+    query = query[:, :3, :1]  # three heads, each with a key/value head of its own
     ours, _ = packed_decode_attention(ungrouped, query, key, value, None, scaling=0.125)
     theirs, _ = sdpa_attention_forward(ungrouped, query, key, value, None, scaling=0.125)
     assert torch.equal(ours, theirs)
@@ -108,7 +108,7 @@ class Answers:
 
 
 def continuous_answers(backend: TransformersBackend) -> list[str]:
-    """Rows joining a running batch at different times (so padded), and one alone, decoded step by step."""
+    """Rows joining a running batch at different times (so padded), decoded step by step."""
     frames = [Image.new("RGB", (96, 72), color) for color in ("red", "navy", "olive", "white")]
     questions = ("what shape is this?", "describe the image", "what color is it?", "is there a star?")
     jobs = [
