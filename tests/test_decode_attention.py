@@ -15,11 +15,11 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from scripts.build_tiny_model import build_tiny_model
 from scripts.vlm_factory import ARCHS
-from vlm.backends.base import Job, Result
+from tests.test_transformers_backend import Events
+from vlm.backends.base import Job
 from vlm.backends.decode_attention import NAME, pack_decode_queries, packed_decode_attention
 from vlm.backends.step_decoder import prefill
 from vlm.backends.transformers_backend import TransformersBackend
-from vlm.errors import VlmError
 
 
 class Grouped(torch.nn.Module):
@@ -90,23 +90,6 @@ def test_prompts_ungrouped_heads_and_extras_go_to_transformers_sdpa_unchanged() 
     assert torch.equal(ours, theirs)
 
 
-class Answers:
-    def __init__(self) -> None:
-        self.results: dict[int, Result] = {}
-
-    def delta(self, index: int, text: str) -> None:
-        pass
-
-    def done(self, index: int, result: Result) -> None:
-        self.results[index] = result
-
-    def failed(self, index: int, error: VlmError) -> None:
-        raise AssertionError(f"row {index} failed: {error.message}")
-
-    def cancelled(self, index: int) -> bool:
-        return False
-
-
 def continuous_answers(backend: TransformersBackend) -> list[str]:
     """Rows joining a running batch at different times (so padded), decoded step by step."""
     frames = [Image.new("RGB", (96, 72), color) for color in ("red", "navy", "olive", "white")]
@@ -115,7 +98,7 @@ def continuous_answers(backend: TransformersBackend) -> list[str]:
         Job(task="query", image=frame, image_key=f"{index}", text=question, max_new_tokens=10 + index)
         for index, (frame, question) in enumerate(zip(frames, questions, strict=True))
     ]
-    answers = Answers()
+    answers = Events(len(jobs))
     decoder = backend.decoder(answers)
     decoder.join({0: jobs[0]})
     decoder.step()

@@ -39,13 +39,13 @@ def packed_decode_attention(
     """transformers' attention-function signature: query (rows, heads, tokens, dim), key and value (rows,
     key/value heads, cached tokens, dim); returns (rows, tokens, heads, dim)."""
     groups = getattr(module, "num_key_value_groups", 1)
-    rows, heads, tokens, _ = query.shape
+    rows, heads, tokens, dim = query.shape
     shared_mask = attention_mask is None or attention_mask.shape[1] == 1  # one mask for every head
     # What transformers' function adds or refuses (a position bias, a logit soft cap) stays its business.
     plain = all(kwargs.get(name) is None for name in ("position_bias", "softcap"))
     if tokens != 1 or groups == 1 or not shared_mask or not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    packed = query.reshape(rows, heads // groups, groups, query.shape[-1])
+    packed = query.reshape(rows, heads // groups, groups, dim)
     output = F.scaled_dot_product_attention(
         packed, key, value, attn_mask=attention_mask, dropout_p=kwargs.get("dropout", 0.0), scale=kwargs.get("scaling")
     )
