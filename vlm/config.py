@@ -7,6 +7,7 @@ anything wider is an explicit flag.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -25,6 +26,41 @@ DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ASYNC_MODES = ("threading", "eventlet", "gevent")
 LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """An argparse type for a numeric flag: a finite ``kind`` within its bounds, so a mistyped limit stops the
+    app at start with the flag's name instead of misbehaving later (a negative timeout killed the watchdog)."""
+
+    kind: type[int] | type[float]
+    least: float
+    most: float = math.inf
+    least_allowed: bool = True
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            value = math.nan
+        low_ok = value >= self.least if self.least_allowed else value > self.least
+        if not (math.isfinite(value) and low_ok and value <= self.most):
+            raise argparse.ArgumentTypeError(f"expected {self.description}, got {text!r}")
+        return value
+
+    @property
+    def description(self) -> str:
+        number = "a whole number" if self.kind is int else "a number"
+        if math.isfinite(self.most):
+            return f"{number} from {self.least:g} to {self.most:g}"
+        return f"{number} {'of at least' if self.least_allowed else 'above'} {self.least:g}"
+
+
+COUNT = Bounded(int, 1)
+WHOLE = Bounded(int, 0)
+PORT = Bounded(int, 1, 65535)
+POSITIVE = Bounded(float, 0, least_allowed=False)
+NOT_NEGATIVE = Bounded(float, 0)
 
 
 @dataclass(frozen=True)
@@ -145,16 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="'auto': float16 on CUDA (moondream2: bfloat16); on a CPU, bfloat16 for 16-bit weights where the CPU "
         "has bfloat16 instructions, else float32",
     )
-    model.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest answer, in tokens")
+    model.add_argument(
+        "--max-new-tokens", type=COUNT, default=defaults.max_new_tokens, help="longest answer, in tokens"
+    )
     model.add_argument(
         "--temperature",
-        type=float,
+        type=NOT_NEGATIVE,
         default=defaults.temperature,
         help="0 answers greedily (the same frame and question give the same answer); above 0 samples, on every backend",
     )
     model.add_argument(
         "--max-crops",
-        type=int,
+        type=WHOLE,
         default=defaults.max_crops,
         help="most crops (tiles) a frame is cut into, plus one of the whole frame: moondream2's of 378 px (0: "
         "its own, 12), SmolVLM's of 512 px (0: its own, 12 for a 4:3 frame); 1 encodes frames about 4x "
@@ -165,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--host", default=defaults.host, help="interface to listen on; 0.0.0.0 exposes the app to your network"
     )
-    server.add_argument("--port", type=int, default=defaults.port, help="port to listen on")
+    server.add_argument("--port", type=PORT, default=defaults.port, help="port to listen on")
     server.add_argument(
         "--async-mode",
         choices=ASYNC_MODES,
@@ -214,40 +252,40 @@ def build_parser() -> argparse.ArgumentParser:
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--max-image-bytes",
-        type=int,
+        type=COUNT,
         default=defaults.max_image_bytes,
         help="largest frame a client may send, in encoded (JPEG/PNG) bytes (larger: 'image_too_large')",
     )
     limits.add_argument(
         "--max-question-chars",
-        type=int,
+        type=COUNT,
         default=defaults.max_question_chars,
         help="longest question, in characters (longer: 'question_too_long')",
     )
     limits.add_argument(
         "--max-connections",
-        type=int,
+        type=COUNT,
         default=defaults.max_connections,
         help="open connections in total; further ones wait in the listen backlog",
     )
     limits.add_argument(
         "--max-connections-per-ip",
-        type=int,
+        type=COUNT,
         default=defaults.max_connections_per_ip,
         help="open connections (and Socket.IO sessions) from one client address",
     )
     limits.add_argument(
-        "--max-queue", type=int, default=defaults.max_queue, help="queued requests before new ones get a 'busy' error"
+        "--max-queue", type=COUNT, default=defaults.max_queue, help="queued requests before new ones get a 'busy' error"
     )
     limits.add_argument(
         "--max-batch-size",
-        type=int,
+        type=COUNT,
         default=defaults.max_batch_size,
         help="requests decoded together (backends that batch)",
     )
     limits.add_argument(
         "--batch-window-ms",
-        type=float,
+        type=NOT_NEGATIVE,
         default=defaults.batch_window_ms,
         help="how long the worker waits for recently seen clients to join a batch",
     )
@@ -270,28 +308,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument(
         "--prepare-threads",
-        type=int,
+        type=WHOLE,
         default=defaults.prepare_threads,
         help="threads that prepare requests while the model decodes (with --prepare thread, encode or "
         "prefill); 0: half the CPU's cores, one to four",
     )
     limits.add_argument(
         "--request-timeout",
-        type=float,
+        type=POSITIVE,
         default=defaults.request_timeout_s,
         dest="request_timeout_s",
         help="seconds before a generation is abandoned",
     )
     limits.add_argument(
         "--rate-limit",
-        type=float,
+        type=POSITIVE,
         default=defaults.rate_limit_per_s,
         dest="rate_limit_per_s",
         help="sustained Socket.IO events per second per connection",
     )
     limits.add_argument(
         "--ip-rate-limit",
-        type=float,
+        type=POSITIVE,
         default=defaults.ip_rate_limit_per_s,
         dest="ip_rate_limit_per_s",
         help="sustained Socket.IO events and HTTP API requests per second per client address",
@@ -317,13 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument(
         "--watch-interval-ms",
-        type=float,
+        type=POSITIVE,
         default=defaults.watch_interval_ms,
         help="least time between two checks of one watch on a --source",
     )
     watch.add_argument(
         "--watch-cooldown",
-        type=float,
+        type=NOT_NEGATIVE,
         default=defaults.watch_cooldown_s,
         dest="watch_cooldown_s",
         metavar="SECONDS",
@@ -352,8 +390,6 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     values = vars(parser.parse_args(argv))
     if bool(values["ssl_cert"]) != bool(values["ssl_key"]):
         parser.error("--ssl-cert and --ssl-key go together")
-    if values["temperature"] < 0 or values["max_crops"] < 0 or values["prepare_threads"] < 0:
-        parser.error("--temperature, --max-crops and --prepare-threads cannot be negative")
     if values["prepare"] == "prefill" and values["batching"] != "continuous":
         parser.error("--prepare prefill needs --batching continuous: a wave's generate prefills on its own")
     if values["message_queue"] and values["async_mode"] != "threading":

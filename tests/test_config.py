@@ -1,0 +1,74 @@
+"""Numeric flags refuse values that make no sense, at start and by name, instead of misbehaving later."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.server_process import REPO
+from vlm.config import parse_settings
+
+NONSENSE = [
+    ("--request-timeout", "-1"),  # once killed the timeout watchdog, so nothing ever timed out
+    ("--request-timeout", "0"),
+    ("--request-timeout", "nan"),
+    ("--max-new-tokens", "0"),
+    ("--max-new-tokens", "2.5"),
+    ("--max-queue", "0"),
+    ("--max-batch-size", "0"),
+    ("--max-connections", "0"),
+    ("--max-connections-per-ip", "-3"),
+    ("--max-image-bytes", "0"),
+    ("--max-question-chars", "0"),
+    ("--rate-limit", "0"),
+    ("--ip-rate-limit", "-1"),
+    ("--rate-limit", "inf"),
+    ("--watch-interval-ms", "0"),
+    ("--watch-cooldown", "-1"),
+    ("--batch-window-ms", "-5"),
+    ("--temperature", "-0.1"),
+    ("--max-crops", "-1"),
+    ("--prepare-threads", "-2"),
+    ("--port", "0"),
+    ("--port", "70000"),
+    ("--port", "http"),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("flag", "value"), NONSENSE)
+def test_a_nonsense_number_is_refused_by_name(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        parse_settings([flag, value])
+    assert stopped.value.code == 2
+    said = capsys.readouterr().err
+    assert f"argument {flag}: expected " in said and repr(value) in said, said
+
+
+@pytest.mark.unit
+def test_edge_values_that_mean_something_are_kept() -> None:
+    settings = parse_settings(
+        [
+            *("--temperature", "0", "--batch-window-ms", "0", "--watch-cooldown", "0", "--max-crops", "0"),
+            *("--prepare-threads", "0", "--request-timeout", "0.5", "--rate-limit", "0.5", "--port", "65535"),
+            *("--max-new-tokens", "1", "--max-queue", "1", "--max-batch-size", "1"),
+        ]
+    )
+    assert (settings.temperature, settings.batch_window_ms, settings.watch_cooldown_s) == (0, 0, 0)
+    assert (settings.request_timeout_s, settings.rate_limit_per_s, settings.port) == (0.5, 0.5, 65535)
+    assert (settings.max_new_tokens, settings.max_queue, settings.max_batch_size) == (1, 1, 1)
+
+
+def test_the_app_exits_with_the_reason_before_loading_anything() -> None:
+    done = subprocess.run(
+        [sys.executable, "app.py", "--model", "demo", "--request-timeout", "-1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "argument --request-timeout: expected a number above 0, got '-1'" in done.stderr
+    assert "Traceback" not in done.stderr
