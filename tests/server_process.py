@@ -36,8 +36,9 @@ class AppProcess:
         ready_timeout_s: float = 120.0,
         env: dict[str, str] | None = None,
         script: str = "app.py",
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()  # a given port: a restarted server, where a client expects it
         self.https = "--self-signed" in args or "--ssl-cert" in args
         self.url = f"{'https' if self.https else 'http'}://127.0.0.1:{self.port}"
         self.args = args

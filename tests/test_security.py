@@ -30,11 +30,20 @@ def test_page_and_api_need_the_token(app: AppProcess) -> None:
     assert requests.get(f"{app.url}/api/info", headers=authorised, timeout=5).status_code == 200
 
 
-def test_socket_connect_needs_the_token(app: AppProcess, frame: str) -> None:
+def refusal(url: str, auth: dict[str, str] | None) -> object:
+    """What a real Socket.IO client is told when its connection is refused."""
+    client = socketio.Client(reconnection=False)
+    told: list[object] = []
+    client.on("connect_error", told.append)
     with pytest.raises(socketio.exceptions.ConnectionError):
-        RecordingClient(app.url)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        RecordingClient(app.url, auth={"token": "wrong"})
+        client.connect(url, auth=auth, wait_timeout=10)
+    return told[-1]
+
+
+def test_socket_connect_needs_the_token_and_says_so(app: AppProcess, frame: str) -> None:
+    reason = {"code": "unauthorized", "message": "missing or wrong access token"}
+    assert refusal(app.url, None) == {"message": reason["message"], "data": reason}
+    assert refusal(app.url, {"token": "wrong"}) == {"message": reason["message"], "data": reason}
     client = RecordingClient(app.url, auth={"token": TOKEN})
     try:
         assert client.ask({"id": "ok", "question": "q", "image": frame})[0] == "response"

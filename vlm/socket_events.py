@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import request
 from flask_socketio import Namespace
+from socketio.exceptions import ConnectionRefusedError as RefusedConnection
 
 from .access import Access
 from .backends.base import Backend
@@ -107,7 +108,10 @@ class AppNamespace(Namespace):
         a cross-site page cannot use the cookie: SameSite=Strict, and its Origin is refused."""
         token = auth.get("token") if isinstance(auth, dict) else None
         if not self.access.ok(token) and not self.access.cookie_ok():
-            raise ConnectionRefusedError(Code.UNAUTHORIZED)
+            # python-socketio passes on the reason of its own exception only; Python's built-in one is reported
+            # as a bare "Connection refused by server", which tells nobody that the token is what is wrong.
+            message = "missing or wrong access token"
+            raise RefusedConnection(message, {"code": Code.UNAUTHORIZED, "message": message})
 
     def on_disconnect(self, reason: object = None) -> None:
         self.gate.forget(request.sid)

@@ -4,7 +4,7 @@ import { updateControls } from './controls.js';
 import { els } from './dom.js';
 import { scheduleLive } from './live.js';
 import { clearError, showError } from './messages.js';
-import { dropInFlight, onQueryError, onResponse, onStream } from './requests.js';
+import { dropInFlight, errorText, onQueryError, onResponse, onStream } from './requests.js';
 
 const STATUS_TEXT = { connected: 'Connected', disconnected: 'Disconnected', reconnecting: 'Reconnecting…' };
 const LOST_CONNECTION = 'The connection to the server was lost (was it stopped or restarted?). '
@@ -34,7 +34,10 @@ export function connect(token) {
   });
   socket.on('connect_error', (err) => {
     setStatus(socket.active ? 'reconnecting' : 'disconnected');
-    if (!socket.active) showError(`The server refused the connection: ${err.message}`, 'connection');
+    // A refusal by the server carries its reason in err.data ({code, message}); the page words it as it words
+    // the same refusal of a question.
+    const reason = err.data?.code ? errorText(err.data) : err.message;
+    if (!socket.active) showError(`The server refused the connection: ${reason}`, 'connection');
   });
   socket.io.on('reconnect_attempt', () => setStatus('reconnecting'));
   socket.on('stream', onStream);

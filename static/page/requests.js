@@ -169,7 +169,7 @@ export function onQueryError(error) {
   finish(request, outcome, errorText(error));
 }
 
-function errorText({ code, message }) {
+export function errorText({ code, message }) {
   const friendly = {
     busy: 'The model is busy with other users; try again in a moment.',
     rate_limited: 'Too many requests; slow down a little.',

@@ -80,6 +80,24 @@ def test_without_the_token_the_page_says_how_to_get_the_link(
         context.close()
 
 
+def test_a_page_whose_token_the_restarted_server_refuses_says_why(browser: Browser) -> None:
+    """The server comes back with a new token (the README's recipe makes one per start): the page's reconnect is
+    refused, and the page says it is the token, not just that the server refused."""
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        with AppProcess(["--model", "demo", "--token", TOKEN]) as first:
+            page.goto(f"{first.url}/?token={TOKEN}")
+            wait_until_ready(page)
+        with AppProcess(["--model", "demo", "--token", "a-new-token"], port=first.port):
+            expect(page.locator("#error")).to_contain_text("Not authorised: open the link that includes ?token=")
+            expect(page.locator("#error")).to_contain_text("missing or wrong access token")
+            expect(page.locator("#status")).to_have_attribute("data-state", "disconnected")
+    finally:
+        context.close()
+
+
 @pytest.fixture(scope="module")
 def slow_server(slow_model: Path) -> Iterator[AppProcess]:
     with AppProcess(["--model", str(slow_model), "--max-new-tokens", "300"]) as app:
