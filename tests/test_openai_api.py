@@ -91,11 +91,33 @@ def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess,
         ({"temperature": -0.1}, "temperature"),
         ({"max_tokens": 1.5}, "max_tokens"),
         ({"max_completion_tokens": "8"}, "max_completion_tokens"),
+        # Options no backend honours: once silently ignored, so a client asking for them got something else.
+        ({"stop": ["circle"]}, "stop"),
+        ({"stop": "a"}, "stop"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"top_p": 0.3}, "top_p"),
+        ({"presence_penalty": 1.0}, "presence_penalty"),
+        ({"extra_body": {"stream": "true"}}, "stream"),
     ]
     for options, param in refusals:
         with pytest.raises(openai.BadRequestError) as refused:
             ask(client, "what?", frame, **options)
         assert refused.value.param == param, options
+    defaults = {"stop": None, "response_format": {"type": "text"}, "logprobs": False, "tools": [], "top_p": 1}
+    assert ask(client, "what?", frame, **defaults) == ask(client, "what?", frame), "defaults ask for nothing"
+
+
+def test_a_null_max_completion_tokens_leaves_max_tokens_in_force(app: AppProcess, frame: str) -> None:
+    """The official client sends ``null`` for an explicit None; max_tokens must still hold."""
+    completion = openai_client(app.url).chat.completions.create(
+        model="any", messages=frame_question("what shape is this?", frame), max_tokens=1, max_completion_tokens=None
+    )
+    assert (completion.choices[0].finish_reason, completion.usage and completion.usage.completion_tokens) == (
+        "length",
+        1,
+    )
 
 
 def test_completion_equals_streamed_concatenation_and_socket_answer(app: AppProcess, frame: str) -> None:
@@ -130,6 +152,10 @@ def test_token_is_required_when_the_server_has_one(tiny_model: Path, frame: str)
         with pytest.raises(openai.AuthenticationError):
             ask(openai_client(guarded.url, api_key="wrong"), "what?", frame)
         assert ask(openai_client(guarded.url, api_key=TOKEN), "what?", frame)
+        for scheme in ("bearer", "BEARER"):  # the scheme's case does not matter (RFC 7235); curl users type either
+            reply = requests.get(f"{guarded.url}/v1/models", headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=5)
+            assert reply.status_code == 200, scheme
+        assert requests.get(f"{guarded.url}/v1/models", headers={"Authorization": TOKEN}, timeout=5).status_code == 401
 
 
 def test_remote_image_url_is_refused_and_never_fetched(app: AppProcess) -> None:
@@ -149,6 +175,7 @@ def test_remote_image_url_is_refused_and_never_fetched(app: AppProcess) -> None:
         ({"messages": frame_question("what?", "data:image/jpeg;base64,!!!")}, "bad_image"),
         ({"messages": frame_question("what?", "data:image/png;base64,aGVsbG8=")}, "bad_image"),
         ({"messages": frame_question(" ", jpeg_data_url())}, "empty_question"),
+        ({"messages": frame_question("x" * 5000, jpeg_data_url())}, "question_too_long"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": jpeg_data_url()}] * 2}]},
             "bad_request",
@@ -156,13 +183,29 @@ def test_remote_image_url_is_refused_and_never_fetched(app: AppProcess) -> None:
         ({"messages": frame_question("what?", jpeg_data_url()), "max_tokens": 0}, "bad_request"),
         ({"messages": "hello"}, "bad_request"),
     ],
-    ids=["not base64", "not an image", "empty question", "two images", "zero max_tokens", "messages not a list"],
+    ids=[
+        "not base64",
+        "not an image",
+        "empty question",
+        "long question",
+        "two images",
+        "zero max_tokens",
+        "messages not a list",
+    ],
 )
 def test_bad_input_gets_400_in_openai_shape(app: AppProcess, body: dict[str, object], code: str) -> None:
     refused = requests.post(f"{app.url}/v1/chat/completions", json={"model": "any", **body}, timeout=30)
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == code and refused.json()["error"]["type"] == "invalid_request_error"
     assert set(refused.json()["error"]) == {"message", "type", "code", "param"}
+    assert refused.json()["error"]["param"] in {"messages", "max_tokens"}, "what to fix, as OpenAI points at it"
+
+
+def test_a_data_url_scheme_in_capitals_is_a_data_url(app: AppProcess, frame: str) -> None:
+    """URL schemes are case-insensitive; the Socket.IO door already took ``DATA:``."""
+    assert ask(openai_client(app.url), "what?", "DATA" + frame.removeprefix("data")) == ask(
+        openai_client(app.url), "what?", frame
+    )
 
 
 def curl(*args: str) -> tuple[int, dict[str, object]]:
@@ -235,3 +278,23 @@ def test_streaming_under_green_async_modes_keeps_the_server_responsive(slow_mode
         assert not finished.is_set(), "the probe was answered while the stream was still open"
         reader.join(60)
         assert probe_s < 1.0 and "".join(deltas) == ask(client, "q", frame)
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_then_serves(slow_model: Path, frame: str) -> None:
+    with serving(slow_model, "--max-queue", "1", "--max-batch-size", "1", max_new_tokens=60) as full:
+        body = {"model": "any", "messages": frame_question("what?", frame)}
+        replies: list[requests.Response] = []
+        posts = [
+            threading.Thread(
+                target=lambda: replies.append(requests.post(f"{full.url}/v1/chat/completions", json=body, timeout=120))
+            )
+            for _ in range(4)
+        ]
+        for post in posts:
+            post.start()
+        for post in posts:
+            post.join()
+        refused = [reply for reply in replies if reply.status_code == 429]
+        assert refused and all(reply.status_code in {200, 429} for reply in replies), [r.status_code for r in replies]
+        assert {(r.headers.get("Retry-After"), r.json()["error"]["code"]) for r in refused} == {("1", "busy")}
+        assert ask(openai_client(full.url), "what?", frame, max_tokens=2) is not None, "served once the queue moves"

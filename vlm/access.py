@@ -27,9 +27,9 @@ class Access:
 
     @staticmethod
     def bearer() -> str | None:
-        """The current request's ``Authorization: Bearer`` token."""
-        header = request.headers.get("Authorization", "")
-        return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
+        """The current request's ``Authorization: Bearer`` token (the scheme's case does not matter: RFC 7235)."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
 
     def bearer_ok(self) -> bool:
         return self.ok(self.bearer())

@@ -8,8 +8,9 @@ question and its one ``image_url`` part, a ``data:`` URL, is the frame; the serv
 fetches remote URLs (that would let any caller make it open connections anywhere). Without
 an image the question is text-only, for backends that can answer one. ``max_tokens`` can only
 lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy).
-A value the server cannot honour (``n`` > 1, a temperature out of range) is refused with a
-400 naming the ``param``, as OpenAI does, rather than silently ignored.
+A value the server cannot honour (``n`` > 1, a temperature out of range, ``stop``, ``tools``, a JSON
+``response_format``, log-probabilities) is refused with a 400 naming the ``param``, as OpenAI does, rather
+than silently ignored; those options at their defaults (``null``, ``[]``, ``"text"``) are accepted.
 """
 
 from __future__ import annotations
@@ -42,6 +43,24 @@ ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
 
 HANGUP_CHECK_S = 0.2
+# Options no backend honours, with the values that ask for nothing (OpenAI's defaults, as clients send them).
+UNHONOURED: dict[str, tuple[object, ...]] = {
+    "stop": (None, [], ""),
+    "response_format": (None, {"type": "text"}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "top_p": (None, 1),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+}
 # ("stream", delta) | ("answer", Answer) | ("error", VlmError): what a sink hands the view, in order.
 SinkEvent = tuple[str, Any]
 
@@ -240,15 +259,24 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Cha
             "the loaded model answers questions about an image only: add an image_url part with a data: URL",
             param="messages",
         )
-    if urls and not urls[0].startswith("data:"):
+    if urls and urls[0][:5].lower() != "data:":
         raise VlmError(
             Code.BAD_IMAGE, "image_url must be a data: URL; this server does not fetch remote images", param="messages"
         )
     if (n := body.get("n")) is not None and (type(n) is not int or n != 1):
         raise VlmError(Code.BAD_REQUEST, "n must be 1: this server returns one choice", param="n")
+    for name, defaults in UNHONOURED.items():
+        if body.get(name) not in defaults:
+            raise VlmError(Code.BAD_REQUEST, f"{name} is not supported by this server; leave it out", param=name)
+    if (stream := body.get("stream")) is not None and type(stream) is not bool:
+        raise VlmError(Code.BAD_REQUEST, "stream must be true or false", param="stream")
     fields = {"question": "\n".join(texts), "image": urls[0] if urls else None}
+    try:
+        incoming = parse_query(fields, max_question_chars=max_question_chars, image_required=False)
+    except VlmError as error:  # the question and the image are in the messages here
+        raise VlmError(error.code, error.message, param="messages") from None
     return ChatRequest(
-        incoming=parse_query(fields, max_question_chars=max_question_chars, image_required=False),
+        incoming=incoming,
         max_tokens=_max_tokens(body),
         temperature=_temperature(body),
         streaming=body.get("stream") is True,
@@ -257,7 +285,9 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Cha
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
-    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    """``max_completion_tokens``, OpenAI's newer name, or else ``max_tokens``; a ``null`` is as good as absent
+    (the official client sends one for an explicit None)."""
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     value = body.get(name)
     if value is not None and (type(value) is not int or value < 1):
         raise VlmError(Code.BAD_REQUEST, f"{name} must be a positive integer", param=name)
@@ -279,7 +309,10 @@ def error_response(
     code: str, message: str, *, status: int | None = None, param: str | None = None
 ) -> tuple[Response, int]:
     status = status or http_status(code)
-    return jsonify(error_body(code, message, status, param)), status
+    response = jsonify(error_body(code, message, status, param))
+    if status == 429:  # busy or rate-limited: a second is about one answer's worth of the queue moving
+        response.headers["Retry-After"] = "1"
+    return response, status
 
 
 def error_body(code: str, message: str, status: int | None = None, param: str | None = None) -> dict[str, Any]:
