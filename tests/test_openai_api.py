@@ -298,3 +298,20 @@ def test_a_full_queue_answers_429_with_retry_after_and_then_serves(slow_model: P
         assert refused and all(reply.status_code in {200, 429} for reply in replies), [r.status_code for r in replies]
         assert {(r.headers.get("Retry-After"), r.json()["error"]["code"]) for r in refused} == {("1", "busy")}
         assert ask(openai_client(full.url), "what?", frame, max_tokens=2) is not None, "served once the queue moves"
+
+
+@pytest.mark.parametrize("mode", ["threading", "eventlet", "gevent"])
+def test_a_chunked_body_is_read_and_bounded_in_every_async_mode(tiny_model: Path, frame: str, mode: str) -> None:
+    """A body sent without Content-Length (a client streaming its upload): eventlet once read it as empty, and
+    one over the transport limit was cut short and refused as bad JSON instead of 413."""
+    with serving(tiny_model, "--async-mode", mode, "--max-image-bytes", "100000", max_new_tokens=4) as running:
+        url = f"{running.url}/v1/chat/completions"
+        body = json.dumps({"model": "any", "messages": frame_question("what?", frame)}).encode()
+        headers = {"Content-Type": "application/json"}
+        chunked = requests.post(url, data=iter([body[:100], body[100:]]), headers=headers, timeout=60)
+        assert chunked.status_code == 200, chunked.text
+        assert chunked.json()["choices"][0]["message"]["content"] == ask(openai_client(running.url), "what?", frame)
+        oversized = iter([b'{"messages": "', *[b"x" * 65536] * 4, b'"}'])  # past twice --max-image-bytes
+        refused = requests.post(url, data=oversized, headers=headers, timeout=60)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (413, "request_entity_too_large")
+        assert ask(openai_client(running.url), "what?", frame) is not None, "served after the refusal"

@@ -27,7 +27,7 @@ from queue import SimpleQueue
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .config import Settings
 from .errors import Code, VlmError, http_status
@@ -68,12 +68,12 @@ SinkEvent = tuple[str, Any]
 def install_openai_api(
     app: Flask, settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool], sleep: Callable[[float], object]
 ) -> None:
-    """Mount ``/v1`` on ``app``, after ``SocketIO(app)`` so that ``unbuffered`` wraps Socket.IO's middleware.
+    """Mount ``/v1`` on ``app``, after ``SocketIO(app)`` so that ``eventlet_environ`` wraps Socket.IO's middleware.
 
     ``authorized`` is the app's own token check, ``sleep`` its async mode's.
     """
     app.register_blueprint(openai_blueprint(settings, slot, authorized=authorized, sleep=sleep))
-    app.wsgi_app = unbuffered(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = eventlet_environ(app.wsgi_app)  # type: ignore[method-assign]
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> HTTPException | tuple[Response, int]:
@@ -85,12 +85,19 @@ def install_openai_api(
         return error_response(code, error.description or code, status=error.code or 500)
 
 
-def unbuffered(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
-    """eventlet.wsgi holds small writes back until 4 KiB, clumping a stream's events together. The per-request
-    override must be set outside Flask-SocketIO's middleware, because Flask only sees a copy of the environ."""
+def eventlet_environ(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
+    """What eventlet.wsgi leaves out of the environ, set outside Flask-SocketIO's middleware (Flask only sees a
+    copy of the environ there).
+
+    It holds small writes back until 4 KiB, clumping a stream's events together: that is turned off. Its input
+    stream ends a chunked body (no Content-Length) itself but does not say so with ``wsgi.input_terminated``,
+    so Werkzeug read every chunked body as empty: it now says so, as gunicorn and gevent do.
+    """
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         environ["eventlet.minimum_write_chunk_size"] = 0
+        if "eventlet.input" in environ:
+            environ.setdefault("wsgi.input_terminated", True)
         return wsgi_app(environ, start_response)
 
     return app
@@ -209,7 +216,13 @@ def final_event(events: Iterator[SinkEvent], *, hung_up: Callable[[], bool], can
 
 def json_body() -> object:
     """The request's JSON, or None if it is not JSON; nesting deep enough to exhaust the parser's
-    recursion is refused like any other unusable body rather than failing as a 500."""
+    recursion is refused like any other unusable body rather than failing as a 500.
+
+    A chunked body (no Content-Length) is cut at the transport limit by Werkzeug without a word, so one that
+    reaches it is refused with 413 here, as one that declares a longer length is, not taken for bad JSON."""
+    limit = request.max_content_length
+    if limit is not None and len(request.get_data(cache=True)) >= limit:
+        raise RequestEntityTooLarge()
     try:
         return request.get_json(silent=True)
     except RecursionError:
