@@ -29,6 +29,23 @@ def test_bare_base64_is_accepted_as_in_the_seed() -> None:
     assert decoded.image.size == (64, 48)
 
 
+def test_base64_as_common_encoders_write_it_is_accepted() -> None:
+    """``base64 FILE`` wraps at 76 columns with newlines; base64url and unpadded output are common too."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), "blue").save(buffer, format="JPEG")
+    raw = buffer.getvalue()
+    wrapped = base64.encodebytes(raw).decode()  # 76 columns, a newline after each line
+    url_safe = base64.urlsafe_b64encode(raw).decode()
+    assert "\n" in wrapped and ("-" in url_safe or "_" in url_safe)
+    for payload in (wrapped, f"data:image/jpeg;base64,{wrapped}", url_safe, url_safe.rstrip("=")):
+        decoded = decode_image(payload, **LIMITS)
+        assert decoded.image.size == (64, 48) and decoded.digest == decode_image(data_url_of(raw), **LIMITS).digest
+
+
+def data_url_of(raw: bytes) -> str:
+    return f"data:image/jpeg;base64,{base64.b64encode(raw).decode()}"
+
+
 def test_same_bytes_give_the_same_digest() -> None:
     payload = data_url(Image.new("RGB", (32, 32), "green"))
     assert decode_image(payload, **LIMITS).digest == decode_image(payload, **LIMITS).digest

@@ -32,6 +32,10 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 DECODE_SLOTS = 2
 DECODE_WAIT_S = 10.0
+# What Base64 encoders add or change that carries no data: line breaks (`base64 FILE` wraps at 76 columns),
+# the URL-safe alphabet's two letters (base64url), and missing padding (added back below).
+_LINE_BREAKS = str.maketrans("", "", " \t\r\n")
+_URL_SAFE = str.maketrans("-_", "+/")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.-]+)*?;base64,", re.IGNORECASE)
 
 
@@ -74,10 +78,12 @@ def _base64_bytes(payload: str, max_bytes: int) -> bytes:
         if mime and not mime.startswith("image/"):
             raise VlmError(Code.BAD_IMAGE, f"data URL has type {mime}, not an image")
         text = text[match.end() :]
+    text = text.translate(_LINE_BREAKS)
     if not text:
         raise VlmError(Code.BAD_IMAGE, "image is empty")
     if len(text) > (max_bytes * 4) // 3 + 4:
         raise VlmError(Code.IMAGE_TOO_LARGE, f"image is larger than {max_bytes // 1024} KiB")
+    text = text.translate(_URL_SAFE) + "=" * (-len(text) % 4)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
