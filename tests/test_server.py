@@ -246,3 +246,27 @@ def test_answers_are_the_same_wherever_the_processor_runs(tiny_model: Path) -> N
         assert all(kind == "response" for kind, _ in finals), finals
         answers[place, threads] = [payload["answer"] for _, payload in finals]
     assert len({tuple(given) for given in answers.values()}) == 1, answers
+
+
+def test_a_generation_past_the_request_timeout_ends_timeout_and_the_server_goes_on(slow_model: Path) -> None:
+    """The real model running past ``--request-timeout``: its sender hears ``timeout`` once, the generation stops
+    at its next token (the server is healthy again, not stuck), and a bystander is answered."""
+    with serving(slow_model, "--request-timeout", "1", max_new_tokens=430) as running:  # 430 tokens: ~4 s here
+        asker = RecordingClient(running.url)
+        try:
+            frame = jpeg_data_url()
+            assert asker.ask({"id": "long", "question": "describe", "image": frame}, timeout_s=60) == (
+                "query_error",
+                {"id": "long", "code": "timeout", "message": "no answer within 1 s"},
+            )
+            bystander = requests.post(
+                f"{running.url}/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+                timeout=60,
+            )
+            assert bystander.status_code == 200 and bystander.json()["usage"]["completion_tokens"] <= 2
+            assert requests.get(f"{running.url}/healthz", timeout=5).json()["status"] == "ok"
+            time.sleep(1.5)  # past the time the long generation would have streamed on, had it not stopped
+            assert [event for event, payload in asker.received if payload.get("id") == "long"][-1] == "query_error"
+        finally:
+            asker.close()
