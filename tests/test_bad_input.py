@@ -59,6 +59,9 @@ ACCEPTED = {
     "webp": data_url(Image.new("RGB", (64, 48), "green"), "WEBP"),
     "grey": data_url(Image.new("L", (64, 48), 100), "PNG"),
     "alpha": data_url(Image.new("RGBA", (64, 48), (255, 0, 0, 128)), "PNG"),
+    # Base64 as `base64 FILE` prints it (76 columns, newlines), and as base64url without padding.
+    "wrapped base64": base64.encodebytes(base64.b64decode(GOOD.split(",", 1)[1])).decode(),
+    "base64url": base64.urlsafe_b64encode(base64.b64decode(GOOD.split(",", 1)[1])).decode().rstrip("="),
 }
 
 
