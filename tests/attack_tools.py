@@ -109,9 +109,15 @@ def polling_handshake(app: AppProcess, *, address: str = ATTACKER) -> str:
 
 
 def post_raw(
-    port: int, path: str, body: bytes, *, headers: dict[str, str] | None = None, content_length: int | None = None
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    content_length: int | None = None,
+    address: str = "127.0.0.1",
 ) -> bytes:
-    """One POST on its own connection; returns the raw response (empty if the server never answered)."""
+    """One POST on its own connection from ``address``; the raw response (empty if the server never answered)."""
     lines = [
         f"POST {path} HTTP/1.1",
         f"Host: 127.0.0.1:{port}",
@@ -119,6 +125,6 @@ def post_raw(
         f"Content-Length: {len(body) if content_length is None else content_length}",
         *(f"{name}: {value}" for name, value in (headers or {}).items()),
     ]
-    with connect_from("127.0.0.1", port) as connection:
+    with connect_from(address, port) as connection:
         connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         return read_response(connection)

@@ -11,6 +11,14 @@
   and thread are held for good. ``PromptDisconnectServer`` closes without waiting; the CLOSE
   packet is still queued for any poll or websocket writer that is there to take it, and a
   closed session's next message ends its transport.
+- A client that hangs up during the polling-to-websocket upgrade (the official client does when
+  closed within a few milliseconds of connecting) made engineio's answer to its ``2probe`` raise
+  ``OSError`` out of the websocket handler, past every server: gunicorn and gevent logged a
+  traceback at ERROR, and the session stayed marked as upgrading, so its polls got only NOOPs.
+  ``upgrade_hangups_tolerated`` ends that upgrade as engineio ends any other failed one: one INFO
+  line, the session left on polling (where a client that is gone times out).
+- A request for a session that has just closed (a client's poll or upgrade crossing its own close
+  packet) is logged by engineio at ERROR the first time; here it is INFO every time.
 - A message that Socket.IO cannot decode is answered with ``bad_request``.
 - Socket.IO errors (4xx) also close the HTTP connection, so a malformed exchange ends there.
 """
@@ -46,6 +54,12 @@ class PromptDisconnectServer(engineio.Server):
             raise engineio.exceptions.SocketIsClosedError()
         return super()._trigger_event(event, *args, **kwargs)
 
+    def _log_error_once(self, message: str, message_key: str) -> None:
+        if message_key == "bad-sid":  # "Invalid session" / "Session is disconnected": a client's own race
+            self.logger.info(message)
+            return
+        super()._log_error_once(message, message_key)
+
     def disconnect(self, sid: str | None = None) -> None:
         sockets = [self.sockets.get(sid)] if sid is not None else list(self.sockets.values())
         for socket in sockets:
@@ -55,6 +69,28 @@ class PromptDisconnectServer(engineio.Server):
             self.sockets = {}
         else:
             self.sockets.pop(sid, None)
+
+
+def upgrade_hangups_tolerated(websocket: Callable[..., Any]) -> Callable[..., Any]:
+    """engineio's websocket transport (``websocket(handler, server)``), with a handler that treats a
+    send failing mid-upgrade as the client hanging up (see module doc). ``handler`` is the bound
+    ``_websocket_handler`` of the session's engineio socket."""
+
+    def transport(handler: Callable[[Any], Any], server: Any) -> Any:
+        def handle(ws: Any) -> Any:
+            try:
+                return handler(ws)
+            except OSError as error:
+                session = getattr(handler, "__self__", None)
+                if session is None or not session.upgrading:
+                    raise
+                session.upgrading = False
+                log.info("%s: client hung up during the websocket upgrade (%s)", session.sid, type(error).__name__)
+                return []
+
+        return websocket(handle, server)
+
+    return transport
 
 
 def drop(socketio: SocketIO, sid: str) -> None:
@@ -76,7 +112,9 @@ class SessionBounds:
         self.handshakes = RateLimiter(HANDSHAKES_PER_S, per_address)
         self._unconnected_since: dict[str, float] = {}
         eio = socketio.server.eio
-        eio.__class__ = PromptDisconnectServer  # same object, two methods change (see module doc)
+        eio.__class__ = PromptDisconnectServer  # same object, three methods change (see module doc)
+        # A copy of the async driver's table, which every engineio server in the process shares.
+        eio._async = {**eio._async, "websocket": upgrade_hangups_tolerated(eio._async["websocket"])}
         eio.handlers["message"] = self._answering_undecodable(eio.handlers["message"])
 
     def _answering_undecodable(self, handle: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
