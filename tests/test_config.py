@@ -72,3 +72,23 @@ def test_the_app_exits_with_the_reason_before_loading_anything() -> None:
     assert done.returncode == 2, done.stderr
     assert "argument --request-timeout: expected a number above 0, got '-1'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--source", "cam.mp4", "--watch", "   "], "--watch needs a condition"),
+        (["--source", "cam.mp4", "--max-question-chars", "10", "--watch", "is there a person here?"], "longer"),
+        (["--source", "a.mp4", "--source", "b.mp4", *["--watch", "q?"] * 33], "at most 64"),
+    ],
+    ids=["blank", "too long", "too many"],
+)
+def test_watches_the_server_would_refuse_are_refused_at_start(
+    flags: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They once got past the command line and failed later, as a traceback in the model loader's thread, which
+    left the server saying ok with no watches, no ready line and the later sources never started."""
+    with pytest.raises(SystemExit) as stopped:
+        parse_settings(flags)
+    assert stopped.value.code == 2 and said in capsys.readouterr().err

@@ -26,6 +26,8 @@ DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ASYNC_MODES = ("threading", "eventlet", "gevent")
 LOG_FORMATS = ("text", "json")
+# Watches the server keeps at once, the command line's (each --watch on each --source) and the tabs'.
+MAX_WATCHES = 64
 
 
 @dataclass(frozen=True)
@@ -397,6 +399,13 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--message-queue needs --async-mode threading")
     if values["watches"] and not values["sources"]:
         parser.error("--watch needs a --source to watch")
+    # Checked here, not when the model is ready, where a refusal could only be a traceback in the log.
+    if any(not condition.strip() for condition in values["watches"]):
+        parser.error("--watch needs a condition: a yes/no question such as 'is there a person?'")
+    if any(len(condition.strip()) > values["max_question_chars"] for condition in values["watches"]):
+        parser.error(f"a --watch condition is longer than --max-question-chars ({values['max_question_chars']})")
+    if len(values["watches"]) * len(values["sources"]) > MAX_WATCHES:
+        parser.error(f"each --watch is checked on each --source: at most {MAX_WATCHES} of them in all")
     values["cors_origins"] = tuple(values["cors_origins"])
     values["allowed_hosts"] = tuple(values["allowed_hosts"])
     values["sources"], values["watches"] = tuple(values["sources"]), tuple(values["watches"])

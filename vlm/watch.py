@@ -26,6 +26,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from .backends.base import Job
+from .config import MAX_WATCHES
 from .errors import Code, VlmError
 from .results import Answer
 from .scheduler import Request, Scheduler
@@ -180,7 +181,7 @@ class WatchHub:
     """All watches and sources of this process, and the thread that keeps them checking."""
 
     MAX_PER_TAB = 8
-    MAX_TOTAL = 64
+    MAX_TOTAL = MAX_WATCHES
 
     def __init__(
         self,
