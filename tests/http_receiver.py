@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -18,6 +20,7 @@ class Receiver:
         self.statuses = list(statuses)
         self.posts: list[dict[str, Any]] = []
         self.attempts = 0
+        self.on_headers: Callable[[Message], object] = lambda headers: None
         self.changed = threading.Condition()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/s3cret-path"
@@ -28,6 +31,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                receiver.on_headers(self.headers)
                 with receiver.changed:
                     receiver.attempts += 1
                     status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]

@@ -81,10 +81,12 @@ def test_the_app_exits_with_the_reason_before_loading_anything() -> None:
         (["--source", "cam.mp4", "--watch", "   "], "--watch needs a condition"),
         (["--source", "cam.mp4", "--max-question-chars", "10", "--watch", "is there a person here?"], "longer"),
         (["--source", "a.mp4", "--source", "b.mp4", *["--watch", "q?"] * 33], "at most 64"),
+        (["--webhook-url", "hooks.example.com/alert"], "--webhook-url must be an http:// or https:// URL"),
+        (["--webhook-url", "ftp://hooks.example.com/alert"], "--webhook-url must be"),
     ],
-    ids=["blank", "too long", "too many"],
+    ids=["blank", "too long", "too many", "webhook without scheme", "webhook not http"],
 )
-def test_watches_the_server_would_refuse_are_refused_at_start(
+def test_watch_settings_the_server_would_refuse_stop_it_at_start(
     flags: list[str], said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """They once got past the command line and failed later, as a traceback in the model loader's thread, which

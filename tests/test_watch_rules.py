@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -89,3 +93,69 @@ def test_webhook_gives_up_on_a_refusal_and_on_a_dead_receiver() -> None:
     while len(results) < 2 and time.monotonic() - started < 10:
         time.sleep(0.02)
     assert results == [False, False]
+
+
+def wait_for_results(results: list[bool], count: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while len(results) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_redirect_is_not_a_delivery() -> None:
+    """requests followed a 302 as a GET without the alert, and counted any 3xx as delivered."""
+    results: list[bool] = []
+    with Receiver(statuses=(302,)) as receiver:
+        WebhookSender(receiver.url, on_result=results.append, first_pause_s=0.05).send({"n": 1})
+        wait_for_results(results, 1, within_s=5)
+        assert (results, receiver.attempts, receiver.posts) == ([False], 1, [])
+
+
+@contextmanager
+def trickling_receiver() -> Iterator[str]:
+    """A receiver that reads the POST, then answers one header line a second and never finishes."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not stop.wait(1.0):
+                    try:
+                        connection.sendall(b"X-Slow: 1\r\n")
+                    except OSError:
+                        break
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_each_attempt_ends_within_the_timeout_however_slowly_the_receiver_answers() -> None:
+    """requests' timeout was per read, so a header line a second kept one attempt going for good."""
+    results: list[bool] = []
+    with trickling_receiver() as url:
+        sender = WebhookSender(url, on_result=results.append, attempts=2, first_pause_s=0.05, timeout_s=1)
+        started = time.monotonic()
+        sender.send({"n": 1})
+        wait_for_results(results, 1, within_s=20)
+        assert results == [False] and time.monotonic() - started < 8, "two attempts of 1 s and a pause"
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth() -> None:
+    with Receiver() as receiver:
+        seen: list[str | None] = []
+        receiver.on_headers = lambda headers: seen.append(headers.get("Authorization"))
+        url = receiver.url.replace("http://", "http://alert%20bot:p%40ss@")
+        results: list[bool] = []
+        WebhookSender(url, on_result=results.append).send({"n": 1})
+        assert receiver.wait_for(1, 10) == [{"n": 1}]
+    assert seen == ["Basic YWxlcnQgYm90OnBAc3M="]  # "alert bot:p@ss"

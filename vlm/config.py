@@ -12,6 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .backends.registry import backend_names
 
@@ -404,6 +405,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--watch needs a condition: a yes/no question such as 'is there a person?'")
     if any(len(condition.strip()) > values["max_question_chars"] for condition in values["watches"]):
         parser.error(f"a --watch condition is longer than --max-question-chars ({values['max_question_chars']})")
+    if (hook := values["webhook_url"]) and not (urlsplit(hook).scheme in ("http", "https") and urlsplit(hook).hostname):
+        parser.error("--webhook-url must be an http:// or https:// URL with a host")
     if len(values["watches"]) * len(values["sources"]) > MAX_WATCHES:
         parser.error(f"each --watch is checked on each --source: at most {MAX_WATCHES} of them in all")
     values["cors_origins"] = tuple(values["cors_origins"])

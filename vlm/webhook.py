@@ -4,20 +4,30 @@ The URL comes only from the command line, never from a client, so nobody can mak
 server open connections of their choosing. Posts wait in a bounded queue for one thread of
 their own: a slow or dead receiver delays only other posts, never a check or a page. Each
 post is retried with growing pauses on a connection error, a timeout, a 429 or a 5xx; a 4xx
-is the receiver refusing it, so it is not repeated. Lost posts are logged and counted.
+is the receiver refusing it, so it is not repeated. Only a 2xx is a delivery: a redirect is not
+followed (it would turn the POST into a GET without the alert) and counts as a refusal. Lost
+posts are logged and counted.
+
+Each attempt, the answer's status line and headers included, ends within ``timeout_s``: a timer
+shuts the socket at the deadline, because a per-read timeout (requests') let a receiver that
+answers a byte every few seconds hold the one sender thread for as long as it liked. Proxy
+settings from the environment are not used: the receiver is the operator's own.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.client
+import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
-
-import requests
+from urllib.parse import SplitResult, unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +55,6 @@ class WebhookSender:
         self.attempts = attempts
         self.first_pause_s = first_pause_s
         self.pending: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
-        self.session = requests.Session()
         threading.Thread(target=self._run, name="vlm-webhook", daemon=True).start()
 
     def send(self, payload: dict[str, Any]) -> None:
@@ -62,16 +71,18 @@ class WebhookSender:
 
     def _deliver(self, payload: dict[str, Any]) -> bool:
         pause = self.first_pause_s
+        body = json.dumps(payload).encode()
         for attempt in range(1, self.attempts + 1):
             try:
-                response = self.session.post(self.url, json=payload, timeout=self.timeout_s)
-                if response.ok:
+                status = post_within(urlsplit(self.url), body, self.timeout_s)
+                if 200 <= status < 300:
                     return True
-                problem = f"HTTP {response.status_code}"
-                if response.status_code < 500 and response.status_code != 429:
-                    log.warning("webhook to %s refused the alert (%s); not retried", self.host, problem)
+                problem = f"HTTP {status}"
+                if status < 500 and status != 429:
+                    advice = "; redirects are not followed: give the URL it redirects to" if status < 400 else ""
+                    log.warning("webhook to %s refused the alert (%s)%s; not retried", self.host, problem, advice)
                     return False
-            except requests.RequestException as error:
+            except (OSError, http.client.HTTPException) as error:
                 problem = type(error).__name__
             if attempt < self.attempts:
                 log.info(
@@ -86,3 +97,36 @@ class WebhookSender:
                 pause *= 2
         log.warning("webhook to %s failed %d times (%s); alert not delivered", self.host, self.attempts, problem)
         return False
+
+
+def post_within(url: SplitResult, body: bytes, timeout_s: float) -> int:
+    """POST a JSON ``body`` to ``url``; the answer's status, all within ``timeout_s`` or an ``OSError``."""
+    kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    connection = kind(url.hostname or "", url.port, timeout=timeout_s)
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+    if url.username is not None:  # user:password@host, as requests took it
+        credentials = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+    started = time.monotonic()
+    connection.connect()
+    expired = threading.Event()
+
+    def expire() -> None:  # shutting the socket wakes a blocked read; closing it from this thread would not
+        expired.set()
+        with contextlib.suppress(OSError):
+            connection.sock.shutdown(socket.SHUT_RDWR)
+
+    deadline = threading.Timer(timeout_s - (time.monotonic() - started), expire)
+    deadline.start()
+    try:
+        connection.request("POST", (url.path or "/") + (f"?{url.query}" if url.query else ""), body, headers)
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        if not expired.is_set():
+            raise
+    finally:
+        deadline.cancel()
+        connection.close()
+    if expired.is_set():  # the shut socket may also read as headers that simply ended
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    return status
