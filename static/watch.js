@@ -8,6 +8,7 @@ const page = window.vlmPage;
 const $ = (id) => document.getElementById(id);
 const FRAME_RETRY_MS = 500;
 const ERROR_BACKOFF_MS = 1500;
+const LOADING_RETRY_MS = 2000; // the server's cameras start with its model: ask again while it loads (503)
 
 const els = {
   form: $('watch-form'),
@@ -36,6 +37,10 @@ async function loadSources() {
   const headers = page.token ? { Authorization: `Bearer ${page.token}` } : {};
   try {
     const response = await fetch('/v1/watch', { headers, cache: 'no-store' });
+    if (response.status === 503) {
+      setTimeout(loadSources, LOADING_RETRY_MS);
+      return;
+    }
     if (!response.ok) return;
     const { sources } = await response.json();
     for (const source of sources) els.source.append(new Option(`Server: ${source.label} (${source.id})`, source.id));

@@ -37,6 +37,7 @@ class AppProcess:
         env: dict[str, str] | None = None,
         script: str = "app.py",
         port: int | None = None,
+        loaded: bool = True,
     ) -> None:
         self.port = port or free_port()  # a given port: a restarted server, where a client expects it
         self.https = "--self-signed" in args or "--ssl-cert" in args
@@ -44,6 +45,7 @@ class AppProcess:
         self.args = args
         self.script = REPO / script
         self.ready_timeout_s = ready_timeout_s
+        self.loaded = loaded  # ready once the model is loaded (/healthz 200), or once it answers at all
         self.env = {
             **os.environ,
             "HF_HUB_OFFLINE": "1",
@@ -72,7 +74,7 @@ class AppProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"app exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if self._healthz_status() == 200:
+                if self._healthz_status() == 200 or not self.loaded:
                     return
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
                 # not listening yet, too busy starting to answer within the probe's second, or exiting mid-answer

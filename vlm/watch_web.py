@@ -134,6 +134,8 @@ def _install_routes(
     def watch_overview() -> tuple[Response, int]:
         if not authorized(True):
             return unauthorized()
+        if hub.scheduler() is None:  # the server's cameras start with the model: a list now would be wrongly empty
+            return refusal(Code.LOADING, "the model is still loading; the server's cameras start with it")
         return jsonify(sources=hub.public_sources(), watches=hub.operator_watches(), last_alert=feed.last_seq), 200
 
     @app.get("/v1/watch/alerts")

@@ -8,6 +8,8 @@ const DEFAULT_IMAGE_SIZE = 512;
 // Live mode uses at most this share of the server's per-client rate limit, leaving the rest
 // (and the burst) for questions asked by hand, so it never trips the limit itself.
 const LIVE_RATE_SHARE = 0.8;
+// While the server loads its model (a first moondream2 run downloads it), /api/info answers 503: ask again.
+const LOADING_RETRY_MS = 2000;
 
 // Written only by applyInfo; read by the other modules.
 export const info = {
@@ -20,6 +22,11 @@ export async function loadInfo(token) {
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   try {
     const response = await fetch('/api/info', { headers, cache: 'no-store' });
+    if (response.status === 503) {
+      els.root.dataset.info = 'loading';
+      setTimeout(() => loadInfo(token), LOADING_RETRY_MS);
+      return;
+    }
     if (response.status === 401) throw new Error('the access token is missing or wrong (open the link that includes ?token=…)');
     if (!response.ok) throw new Error(`the server answered HTTP ${response.status}`);
     applyInfo(await response.json());

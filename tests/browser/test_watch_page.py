@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.conftest import OpenApp
+from tests.browser.conftest import DESKTOP, TIMEOUT_MS, OpenApp
 from tests.browser.fake_camera import Shot
 from tests.browser.test_page import save_screenshot
 from tests.server_process import AppProcess
@@ -102,3 +107,54 @@ def test_the_page_offers_previews_and_watches_a_server_camera(open_app: OpenApp,
     expect(page.locator("#alert-log > li")).to_have_count(1, timeout=20_000)
     expect(page.locator("#alert-log > li .alert-time")).to_contain_text("yard.mp4")
     assert stats(page)["framesSent"] == 0, "a server camera's watch needs no frames from the page"
+
+
+@contextmanager
+def upstream_that_loads_slowly() -> Iterator[tuple[str, threading.Event]]:
+    """An OpenAI-compatible upstream whose model list waits until released: the app, which lists it at start
+    (``--backend openai``), stays loading until then, as it does while moondream2 downloads."""
+    release = threading.Event()
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            release.wait(60)
+            body = json.dumps({"object": "list", "data": [{"id": "stand-in", "object": "model"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", release
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_page_opened_while_the_model_loads_waits_for_it(browser: Browser, tmp_path: Path) -> None:
+    """It once gave up at the first 503: 'Could not load the model info', the demo's guide and frame size
+    never came, and the server cameras that start with the model were never offered."""
+    clip = write_clip(tmp_path / "yard.mp4", (Shot("circle", "red", 30),))
+    with upstream_that_loads_slowly() as (upstream, release):
+        flags = ["--backend", "openai", "--base-url", upstream, "--model", "stand-in", "--source", str(clip)]
+        with AppProcess(flags, loaded=False) as app:
+            context = browser.new_context(viewport=DESKTOP)
+            context.set_default_timeout(TIMEOUT_MS)
+            try:
+                page = context.new_page()
+                page.goto(app.url)
+                expect(page.locator("html")).to_have_attribute("data-info", "loading")
+                release.set()
+                expect(page.locator("html")).to_have_attribute("data-info", "loaded")
+                expect(page.locator("#model-info")).to_contain_text("stand-in")
+                expect(page.locator("#watch-source option[value=cam1]")).to_have_count(1)
+                assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+            finally:
+                context.close()
