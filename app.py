@@ -11,6 +11,7 @@ import threading
 from vlm.backends.load_failure import explain_load_failure
 from vlm.backends.registry import load_backend
 from vlm.config import Settings, parse_settings
+from vlm.errors import Code, VlmError
 from vlm.heap import unmap_big_buffers_when_freed
 from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
@@ -20,7 +21,8 @@ from vlm.servers import serve
 from vlm.web import WebApp, create_app
 
 log = logging.getLogger("vlm")
-DRAIN_TIMEOUT_S = 30.0
+# After the drain's time is up, how long the errors it sends to what is still unfinished have to go out.
+LAST_WORDS_S = 2.0
 
 
 def load_model(settings: Settings, web: WebApp) -> None:
@@ -63,21 +65,36 @@ def announce_ready(settings: Settings) -> None:
         print(f"\n  Open {page_url(settings, settings.token)}\n", flush=True)
 
 
-def drainer(web: WebApp) -> object:
-    """What SIGTERM runs: finish accepted requests (up to a bound), deliver their answers, then exit."""
+def drainer(web: WebApp, timeout_s: float) -> object:
+    """What SIGTERM runs: finish accepted requests (for up to ``timeout_s``), deliver their answers, then exit."""
 
     def drain() -> None:
-        if web.slot.scheduler is not None:
-            web.slot.scheduler.stop_accepting()
-        waited = 0.0
-        while not web.idle() and waited < DRAIN_TIMEOUT_S:
-            web.socketio.sleep(0.05)
-            waited += 0.05
+        scheduler = web.slot.scheduler
+        if scheduler is not None:
+            scheduler.stop_accepting()
+        wait_until_idle(web, timeout_s)
+        if not web.idle() and scheduler is not None:
+            # Every request ends with exactly one final event, even this way: the client can ask elsewhere.
+            cut = scheduler.abandon(VlmError(Code.BUSY, "the server shut down before this answer was done; ask again"))
+            log.warning(
+                "still busy after --drain-timeout %g s: %d unfinished requests were told the server shut down",
+                timeout_s,
+                cut,
+            )
+            wait_until_idle(web, LAST_WORDS_S)
+            web.socketio.sleep(0.5)  # an HTTP stream's last chunks are written by its own thread
         log.info("drained; exiting")
         logging.shutdown()
         os._exit(0)
 
     return lambda: web.socketio.start_background_task(drain)
+
+
+def wait_until_idle(web: WebApp, seconds: float) -> None:
+    waited = 0.0
+    while not web.idle() and waited < seconds:
+        web.socketio.sleep(0.05)
+        waited += 0.05
 
 
 def raise_open_file_limit(wanted: int) -> None:
@@ -109,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
-    serve(settings, web.app, socketio=web.socketio, on_sigterm=drainer(web))
+    serve(settings, web.app, socketio=web.socketio, on_sigterm=drainer(web, settings.drain_timeout_s))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -212,6 +214,32 @@ def test_sigterm_drains_in_flight_requests(tiny_model: Path, frame: str) -> None
         exited.join()
         assert kind == "response"
         assert running.process is not None and running.process.returncode == 0
+
+
+def test_a_drain_out_of_time_tells_the_unfinished_and_leaves_the_load_balancer(slow_model: Path) -> None:
+    """Past ``--drain-timeout`` the requests still running once vanished without a final event (a Socket.IO
+    client heard only the disconnect, a /v1 stream was cut mid-chunk), and /healthz said ok throughout."""
+    with serving(slow_model, "--drain-timeout", "1", max_new_tokens=430) as running:  # 430 tokens: ~4 s here
+        frame = jpeg_data_url()
+        asker = RecordingClient(running.url)
+        body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+        stream = requests.post(f"{running.url}/v1/chat/completions", json=body, stream=True, timeout=60)
+        lines = stream.iter_lines(decode_unicode=True)
+        assert next(line for line in lines if line.startswith("data: {")), "the stream began"
+        try:
+            asker.start({"id": "long", "question": "describe", "image": frame})
+            assert running.process is not None
+            running.process.send_signal(signal.SIGTERM)
+            health = requests.get(f"{running.url}/healthz", timeout=5)
+            assert (health.status_code, health.json()["status"]) == (503, "draining")
+            said = asker.final("long", timeout_s=30)
+            rest = [line for line in lines if line]
+        finally:
+            asker.close()
+        assert said[0] == "query_error" and said[1]["code"] == "busy" and "shut down" in said[1]["message"]
+        assert rest[-1] == "data: [DONE]" and json.loads(rest[-2].removeprefix("data: "))["error"]["code"] == "busy"
+        assert running.process.wait(30) == 0
+        assert "2 unfinished requests were told the server shut down" in running.log()
 
 
 def ask_at_once(url: str, questions: list[tuple[str, str]]) -> list[tuple[str, dict]]:

@@ -98,6 +98,7 @@ class Settings:
     prepare: str = "auto"
     prepare_threads: int = 0
     request_timeout_s: float = 60.0
+    drain_timeout_s: float = 30.0
     rate_limit_per_s: float = 10.0
     rate_burst: int = 20
     ip_rate_limit_per_s: float = 100.0
@@ -322,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.request_timeout_s,
         dest="request_timeout_s",
         help="seconds before a generation is abandoned",
+    )
+    limits.add_argument(
+        "--drain-timeout",
+        type=NOT_NEGATIVE,
+        default=defaults.drain_timeout_s,
+        dest="drain_timeout_s",
+        metavar="SECONDS",
+        help="on SIGTERM, how long accepted requests may take to finish; what is still unfinished then is told "
+        "the server shut down (match your orchestrator's grace period)",
     )
     limits.add_argument(
         "--rate-limit",

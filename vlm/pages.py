@@ -49,6 +49,8 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access) -> Blue
         if slot.backend is None:
             return jsonify(status="loading"), 503
         info = slot.backend.info
+        if slot.scheduler is not None and not slot.scheduler.accepting:  # a load balancer should send no more
+            return jsonify(status="draining", model=settings.model_name), 503
         stuck_s = slot.scheduler.stuck_s() if slot.scheduler is not None else 0.0
         if stuck_s:  # the model has not come back from an overdue call; nothing else can run meanwhile
             return jsonify(

@@ -120,6 +120,10 @@ class ClientQueue(Generic[R]):
         active = self._active.get(client)
         return [*([active] if active is not None else []), *self._waiting.get(client, ())]
 
+    def everyone_unfinished(self) -> list[R]:
+        """Every client's unfinished request and those waiting behind it."""
+        return [request for client in list(self._active) for request in self.unfinished(client)]
+
     def drop_waiting(self, client: str) -> list[R]:
         """Take the client's waiting requests out (the client has gone)."""
         return [*self._waiting.pop(client, ())]

@@ -213,6 +213,17 @@ class Scheduler:
         with self._lock:
             self._accepting = False
 
+    @property
+    def accepting(self) -> bool:
+        with self._lock:
+            return self._accepting
+
+    def abandon(self, error: VlmError) -> int:
+        """End every unfinished request with ``error`` (a shutdown out of time); how many it ended."""
+        with self._lock:
+            unfinished = self._queue.everyone_unfinished()
+        return sum(self._fail(request, error) for request in unfinished)
+
     # -- resolution: every request ends here exactly once ---------------------------
 
     def _finish_locked(self, request: Request) -> bool:
