@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.server_process import REPO
+from tests.server_process import REPO, free_port
 from vlm.config import parse_settings
 
 NONSENSE = [
@@ -94,3 +94,26 @@ def test_watch_settings_the_server_would_refuse_stop_it_at_start(
     with pytest.raises(SystemExit) as stopped:
         parse_settings(flags)
     assert stopped.value.code == 2 and said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://:secret-pw@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0: Redis does not answer there"),
+        ("127.0.0.1:6379", "is not a Redis URL: give redis://host:6379/0"),
+    ],
+    ids=["nothing listening", "not a URL"],
+)
+def test_a_message_queue_the_app_cannot_use_stops_it_at_start(url: str, said: str) -> None:
+    """It once started and said ok, then logged an error per emit (or blamed a missing kombu for a bad URL)."""
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "app.py", "--model", "demo", "--message-queue", url.format(port=port)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert said.format(port=port) in done.stderr and "secret-pw" not in done.stderr
+    assert "Traceback" not in done.stderr

@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=POSITIVE,
         default=defaults.ip_rate_limit_per_s,
         dest="ip_rate_limit_per_s",
-        help="sustained Socket.IO events and HTTP API requests per second per client address",
+        help="sustained Socket.IO events per second per client address, all its connections together "
+        "(/v1 has none: put one in your reverse proxy)",
     )
 
     watch = parser.add_argument_group("watch mode and monitoring")
