@@ -16,8 +16,8 @@ from vlm.heap import unmap_big_buffers_when_freed
 from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
 from vlm.logsafe import MASK, configure_logging, route_library_loggers
-from vlm.message_queue import message_queue_problem
 from vlm.metrics import MeteredScheduler
+from vlm.preflight import message_queue_problem, port_problem
 from vlm.servers import serve
 from vlm.web import WebApp, create_app
 
@@ -108,7 +108,10 @@ def raise_open_file_limit(wanted: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    if settings.message_queue and (problem := message_queue_problem(settings.message_queue)):
+    problem = port_problem(settings.host, settings.port) or (
+        settings.message_queue and message_queue_problem(settings.message_queue)
+    )
+    if problem:
         print(f"\nERROR: {problem}\n", file=sys.stderr, flush=True)
         sys.exit(2)
     configure_logging(settings.token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -116,4 +117,20 @@ def test_a_message_queue_the_app_cannot_use_stops_it_at_start(url: str, said: st
     )
     assert done.returncode == 2, done.stderr
     assert said.format(port=port) in done.stderr and "secret-pw" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_port_in_use_stops_the_app_with_advice() -> None:
+    """gunicorn retried it for 5 s with an ERROR line a second, eventlet and gevent raised a traceback."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "app.py", "--model", "demo", "--port", str(port), "--async-mode", "gevent"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"port {port} on 127.0.0.1 is in use by another program" in done.stderr and "--port" in done.stderr
     assert "Traceback" not in done.stderr

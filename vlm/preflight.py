@@ -1,0 +1,67 @@
+"""What is checked before the app serves, each answered with a sentence for the person starting it.
+
+- The port: the servers retried a taken one for 5 s with an ERROR line a second (gunicorn) or
+  raised a traceback (eventlet, gevent), never saying what to do; port 5000 is taken on every Mac
+  by AirPlay Receiver.
+- ``--message-queue``: Flask-SocketIO connects to Redis lazily, so an unreachable one showed only
+  later, as an error per emit while the process looked healthy; a URL it cannot use failed with
+  advice to install kombu.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from urllib.parse import urlsplit
+
+SCHEMES = ("redis", "rediss", "unix")
+CONNECT_TIMEOUT_S = 3.0
+
+
+def shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=host).geturl()
+
+
+def message_queue_problem(url: str) -> str | None:
+    """Why the app cannot use ``url`` as its message queue, in a sentence; None if Redis answers there."""
+    import redis  # imported here: only a scaled-out web tier needs it
+
+    if urlsplit(url).scheme not in SCHEMES:
+        return f"--message-queue {shown(url)} is not a Redis URL: give redis://host:6379/0 (rediss:// for TLS)"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S).ping()
+    except (redis.RedisError, ValueError) as error:
+        return (
+            f"--message-queue {shown(url)}: Redis does not answer there ({error}). Start redis-server, or check "
+            "the host, port and password; every app process behind one address needs the same one"
+        )
+    return None
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the app cannot listen on ``host``:``port``, in a sentence; None if it can (bound and let go at once,
+    as the server binds it: with SO_REUSEADDR, so a port still in TIME_WAIT is free)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return f"--host {host} is not an address or name this machine knows"
+    family, kind, protocol, _, address = addresses[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is in use by another program (on a Mac, AirPlay Receiver takes 5000). "
+                    f"Stop it, or choose another port: --port {port + 1 if port < 65535 else 8080}"
+                )
+            if error.errno == errno.EACCES:
+                return f"port {port} needs administrator rights here; choose one above 1023, e.g. --port 5000"
+            if error.errno == errno.EADDRNOTAVAIL:
+                return f"--host {host} is not an address of this machine; 0.0.0.0 listens on all of them"
+            return f"cannot listen on {host} port {port}: {error.strerror}"
+    return None
