@@ -34,7 +34,7 @@ DECODE_SLOTS = 2
 DECODE_WAIT_S = 10.0
 # What Base64 encoders add or change that carries no data: line breaks (`base64 FILE` wraps at 76 columns),
 # the URL-safe alphabet's two letters (base64url), and missing padding (added back below).
-_LINE_BREAKS = str.maketrans("", "", " \t\r\n")
+_LINE_BREAKS = str.maketrans("", "", "\r\n")
 _URL_SAFE = str.maketrans("-_", "+/")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.-]+)*?;base64,", re.IGNORECASE)
 
