@@ -1,16 +1,19 @@
 """Server-side video sources for ``--source``: a video file, an RTSP or HTTP (MJPEG) stream, or a device.
 
 Decoding is FFmpeg's, through PyAV, on one thread per source that keeps only the latest
-frame (a frame is turned into a picture only if a watch or a viewer takes it). A file plays
-once at its own frame rate, so a watch sees what a camera would have shown; anything else
-is live: when it drops or cannot be opened, it is opened again after a pause that doubles
-up to ``MAX_BACKOFF_S`` and starts over once frames flow again.
+frame (a frame is turned into a picture only if a watch or a viewer takes it). A file (a
+path or a ``file://`` URL) plays once at its own frame rate, so a watch sees what a camera
+would have shown; anything else is live: when it drops or cannot be opened, it is opened
+again after a pause that doubles up to ``MAX_BACKOFF_S`` and starts over once frames flow
+again. What can never play fails at once and is not retried: a missing or unreadable file,
+a URL scheme that is no video protocol, an input without a video stream.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,8 +33,31 @@ FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
 
 
+# Schemes FFmpeg reads live video from. Any other (gopher://, ftp://, a typo) cannot be a camera: the
+# source fails at once instead of being retried forever.
+STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "rtp", "tcp"})
+
+
+class Unplayable(Exception):
+    """The target can never play, however often it is opened again: the source fails, not retried."""
+
+
+def url_scheme(target: str) -> str:
+    """``rtsp`` of ``rtsp://…``; empty for a path (a path may hold a colon)."""
+    found = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", target)
+    return found.group(1).lower() if found else ""
+
+
 def source_kind(target: str) -> SourceKind:
-    return "file" if Path(target).is_file() else "stream"
+    """A local path or ``file://`` URL is a file (even a missing one, which then fails at once);
+    a URL, a device under /dev or a pipe is a live stream, reopened when it drops."""
+    scheme = url_scheme(target)
+    if scheme:
+        return "file" if scheme == "file" else "stream"
+    path = Path(target)
+    if target.startswith("/dev/") or (path.exists() and not path.is_file() and not path.is_dir()):
+        return "stream"
+    return "file"
 
 
 def source_label(target: str) -> str:
@@ -85,11 +111,13 @@ class VideoSource:
             try:
                 self._play()
                 problem = "the stream ended"
+            except Unplayable as error:
+                self._fail(str(error))
+                return
             except (av.FFmpegError, OSError) as error:
                 problem = describe(error)
                 if self.source.kind == "file":
-                    self.hub.set_state(self.source, "failed")
-                    log.error("source %s could not be played: %s", self.source.id, problem)
+                    self._fail(problem)
                     return
             if self.source.kind == "file":
                 self.hub.set_state(self.source, "ended")
@@ -102,7 +130,17 @@ class VideoSource:
 
     def _play(self) -> None:
         """Decode until the end or an error, counting the frames delivered in ``self.delivered``."""
-        with av.open(self.target, **open_options(self.target)) as container:
+        scheme = url_scheme(self.target)
+        if scheme and scheme != "file" and scheme not in STREAM_SCHEMES:
+            raise Unplayable(f"unsupported URL scheme {scheme}://")
+        try:
+            container = av.open(self.target, **open_options(self.target))
+        except av.ProtocolNotFoundError:
+            raise Unplayable(f"unsupported URL scheme {scheme}://") from None
+        with container:
+            if not container.streams.video:
+                kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+                raise Unplayable(f"no video stream (it has: {kinds})")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             paced = self.source.kind == "file"
@@ -130,6 +168,10 @@ class VideoSource:
                     ),
                 )
                 self.delivered += 1
+
+    def _fail(self, problem: str) -> None:
+        self.hub.set_state(self.source, "failed")
+        log.error("source %s could not be played: %s", self.source.id, problem)
 
     def _loader(self, decoded: av.VideoFrame) -> Callable[[], Image.Image]:
         """Scaled by FFmpeg to the model's input size on first use."""

@@ -1,0 +1,152 @@
+"""Server-side video sources on real media: ``VideoSource`` threads fed by files and local servers.
+
+Each test runs a real ``VideoSource`` (PyAV's FFmpeg) into a real ``WatchHub`` against media
+made by FFmpeg: a clip written with PyAV, an audio-only WAV from Debian's ffmpeg, a Python HTTP
+server serving those files, and a socket that serves one MJPEG frame per connection the way a
+camera's snapshot URL does. What is checked is what an operator sees: the source's state, its
+counters and its log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.browser.fake_camera import Shot
+from tests.server_process import free_port
+from tests.video_clips import write_clip
+from vlm.sources import VideoSource, source_kind
+from vlm.watch import Source, WatchHub
+
+FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
+CLIP_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("media")
+    write_clip(folder / "circle.mp4", (Shot("circle", "red", CLIP_S),))
+    command = [FFMPEG, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "sine=duration=1"]
+    subprocess.run([*command, str(folder / "tone.wav")], check=True, timeout=30)
+    return folder
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_files(media: Path) -> Iterator[str]:
+    """``media`` over plain HTTP, as a NAS or a web server would offer a recording."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(media)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def hub() -> WatchHub:
+    return WatchHub(
+        scheduler=lambda: None,
+        notify=lambda *_: None,
+        on_alert=lambda _: None,
+        max_new_tokens=8,
+        max_condition_chars=100,
+    )
+
+
+@pytest.fixture
+def play(hub: WatchHub) -> Iterator[Callable[[str], VideoSource]]:
+    """Start a source on ``target`` as the app does; every one started is stopped after the test."""
+    started: list[VideoSource] = []
+
+    def start(target: str) -> VideoSource:
+        source = hub.add_source(Source(id=f"cam{len(started) + 1}", label="test", kind=source_kind(target)))
+        started.append(VideoSource(hub, source, target, frame_side=64).start())
+        return started[-1]
+
+    yield start
+    for player in started:
+        player.stop()
+    for player in started:
+        player.thread.join(15)
+
+
+def settle(player: VideoSource, timeout_s: float = 10.0) -> str:
+    """The source's state once its thread has ended (it fails or ends); fails the test if it keeps going."""
+    player.thread.join(timeout_s)
+    assert not player.thread.is_alive(), f"still {player.source.state} after {timeout_s} s: it is being retried"
+    return player.source.state
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "vlm.sources" and r.levelno >= logging.WARNING]
+
+
+def test_a_file_without_video_fails_with_one_clear_error(
+    play: Callable[[str], VideoSource], media: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    player = play(str(media / "tone.wav"))
+    assert settle(player) == "failed"
+    assert errors(caplog) == ["source cam1 could not be played: no video stream (it has: audio)"]
+
+
+def test_a_url_without_video_fails_too(
+    play: Callable[[str], VideoSource], http_files: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    player = play(f"{http_files}/tone.wav")
+    assert player.source.kind == "stream"
+    assert settle(player) == "failed"
+    assert errors(caplog) == ["source cam1 could not be played: no video stream (it has: audio)"]
+
+
+def test_a_missing_file_fails_at_once(
+    play: Callable[[str], VideoSource], media: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    player = play(str(media / "nowhere" / "door.mp4"))
+    assert settle(player, 5) == "failed"
+    assert player.source.reconnects == 0
+    assert errors(caplog) == ["source cam1 could not be played: FileNotFoundError: No such file or directory"]
+    assert "door.mp4" not in caplog.text
+
+
+@pytest.mark.parametrize("target", ["gopher://127.0.0.1:1/cam", "nosuchproto://127.0.0.1/cam"])
+def test_an_unsupported_url_scheme_fails_at_once(
+    play: Callable[[str], VideoSource], target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheme = target.split(":")[0]
+    player = play(target)
+    assert settle(player, 5) == "failed"
+    assert errors(caplog) == [f"source cam1 could not be played: unsupported URL scheme {scheme}://"]
+
+
+def test_a_network_stream_that_cannot_be_reached_is_still_retried(
+    play: Callable[[str], VideoSource], caplog: pytest.LogCaptureFixture
+) -> None:
+    player = play(f"http://127.0.0.1:{free_port()}/cam.mjpg")
+    deadline = time.monotonic() + 5
+    while len(errors(caplog)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert player.thread.is_alive() and player.source.state == "reconnecting"
+    assert errors(caplog)[:2] == [
+        "source cam1 dropped (ConnectionRefusedError: Connection refused); reconnecting in 0.5 s",
+        "source cam1 dropped (ConnectionRefusedError: Connection refused); reconnecting in 1.0 s",
+    ]
+
+
+def test_a_file_url_is_a_file(media: Path) -> None:
+    assert source_kind(f"file://{media / 'circle.mp4'}") == "file"
+    assert source_kind(str(media / "missing.mp4")) == "file"
+    assert source_kind("rtsp://camera.local/stream") == "stream"
+    assert source_kind("/dev/video0") == "stream"
