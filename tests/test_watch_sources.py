@@ -9,8 +9,10 @@ counters and its log lines.
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -21,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from scripts.synthetic_scenes import draw_scene, single_object_scene
 from tests.browser.fake_camera import Shot
 from tests.server_process import free_port
-from tests.video_clips import write_clip
+from tests.video_clips import FPS, write_clip
 from vlm.sources import VideoSource, source_kind
 from vlm.watch import Source, WatchHub
 
@@ -53,6 +56,41 @@ def http_files(media: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+class OneFrameCamera:
+    """Serves one MJPEG frame per HTTP connection and hangs up, as a camera's snapshot URL does; counts connections."""
+
+    def __init__(self) -> None:
+        buffer = io.BytesIO()
+        draw_scene(single_object_scene("circle", "red"), (320, 240)).save(buffer, "JPEG")
+        jpeg = buffer.getvalue()
+        self.reply = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
+            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
+        )
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/snapshot"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with connection:
+                connection.settimeout(5)
+                try:
+                    connection.recv(4096)
+                    connection.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 @pytest.fixture
@@ -150,3 +188,41 @@ def test_a_file_url_is_a_file(media: Path) -> None:
     assert source_kind(str(media / "missing.mp4")) == "file"
     assert source_kind("rtsp://camera.local/stream") == "stream"
     assert source_kind("/dev/video0") == "stream"
+
+
+def test_a_stream_that_keeps_dropping_right_after_it_connects_backs_off(
+    play: Callable[[str], VideoSource], caplog: pytest.LogCaptureFixture
+) -> None:
+    camera = OneFrameCamera()
+    try:
+        player = play(camera.url)
+        time.sleep(6)
+        connections = camera.connections
+    finally:
+        camera.close()
+    assert player.source.frames == connections >= 3, "each connection delivers its one frame"
+    pauses = [m.rsplit(" in ", 1)[1] for m in errors(caplog) if "reconnecting in" in m]
+    assert pauses[:4] == ["0.5 s", "1.0 s", "2.0 s", "4.0 s"], pauses
+    assert connections <= 5, f"{connections} connections in 6 s: the pause started over after every frame"
+
+
+def test_a_recording_over_http_is_decoded_at_its_own_frame_rate(
+    play: Callable[[str], VideoSource], http_files: str
+) -> None:
+    player = play(f"{http_files}/circle.mp4")
+    assert player.source.kind == "stream"
+    deadline = time.monotonic() + 5
+    while player.source.state != "playing" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(1.0)
+    assert player.source.frames <= 1.0 * FPS + 4, f"{player.source.frames} frames in 1 s of a {FPS} fps recording"
+    assert player.source.frames >= 0.5 * FPS
+
+
+def test_a_file_url_plays_once_at_its_own_frame_rate(play: Callable[[str], VideoSource], media: Path) -> None:
+    started = time.monotonic()
+    player = play(f"file://{media / 'circle.mp4'}")
+    assert player.source.kind == "file"
+    assert settle(player) == "ended"
+    assert time.monotonic() - started >= CLIP_S - 2 / FPS
+    assert player.source.frames == CLIP_S * FPS and player.source.reconnects == 0

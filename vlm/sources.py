@@ -4,9 +4,12 @@ Decoding is FFmpeg's, through PyAV, on one thread per source that keeps only the
 frame (a frame is turned into a picture only if a watch or a viewer takes it). A file (a
 path or a ``file://`` URL) plays once at its own frame rate, so a watch sees what a camera
 would have shown; anything else is live: when it drops or cannot be opened, it is opened
-again after a pause that doubles up to ``MAX_BACKOFF_S`` and starts over once frames flow
-again. What can never play fails at once and is not retried: a missing or unreadable file,
-a URL scheme that is no video protocol, an input without a video stream.
+again after a pause that doubles up to ``MAX_BACKOFF_S`` and starts over only once frames
+have flowed for ``STEADY_S`` (a snapshot URL that gives one frame per connection, or a
+recording served over HTTP, would otherwise be reopened twice a second for ever). A
+recording with a known length is decoded at its own frame rate wherever it comes from.
+What can never play fails at once and is not retried: a missing or unreadable file, a URL
+scheme that is no video protocol, an input without a video stream.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
+STEADY_S = MAX_BACKOFF_S  # played this long before it dropped: the next pause is FIRST_BACKOFF_S again
 
 
 # Schemes FFmpeg reads live video from. Any other (gopher://, ftp://, a typo) cannot be a camera: the
@@ -95,6 +99,7 @@ class VideoSource:
         self.stopped = threading.Event()
         self.seq = 0
         self.delivered = 0
+        self.playing_since = 0.0  # monotonic time of this connection's first frame
         self.thread = threading.Thread(target=self._run, name=f"vlm-source-{source.id}", daemon=True)
 
     def start(self) -> VideoSource:
@@ -123,7 +128,8 @@ class VideoSource:
                 self.hub.set_state(self.source, "ended")
                 log.info("source %s ended after %d frames", self.source.id, self.delivered)
                 return
-            backoff = FIRST_BACKOFF_S if self.delivered else min(MAX_BACKOFF_S, backoff * 2)
+            steady = self.delivered and time.monotonic() - self.playing_since >= STEADY_S
+            backoff = FIRST_BACKOFF_S if steady else min(MAX_BACKOFF_S, backoff * 2)
             self.hub.set_state(self.source, "reconnecting")
             log.warning("source %s dropped (%s); reconnecting in %.1f s", self.source.id, problem, backoff)
             self.stopped.wait(backoff)
@@ -143,7 +149,9 @@ class VideoSource:
                 raise Unplayable(f"no video stream (it has: {kinds})")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            paced = self.source.kind == "file"
+            # A file, or a recording with a known length (an .mp4 over HTTP): at its own frame rate, not as
+            # fast as FFmpeg decodes. A live stream has no length and arrives at its own pace anyway.
+            paced = self.source.kind == "file" or container.duration is not None
             started = time.monotonic()
             first: float | None = None
             for decoded in container.decode(stream):
@@ -155,6 +163,7 @@ class VideoSource:
                     if self.stopped.wait(max(0.0, started + (position - first) - time.monotonic())):
                         break
                 if self.delivered == 0:
+                    self.playing_since = time.monotonic()
                     self.hub.set_state(self.source, "playing", started=time.time())
                     log.info("source %s playing (%dx%d)", self.source.id, decoded.width, decoded.height)
                 self.seq += 1
