@@ -177,6 +177,7 @@ def test_a_network_stream_that_cannot_be_reached_is_still_retried(
     while len(errors(caplog)) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert player.thread.is_alive() and player.source.state == "reconnecting"
+    assert player.source.reconnects == 0, "never played, so never reopened: failed attempts are not reconnects"
     assert errors(caplog)[:2] == [
         "source cam1 dropped (ConnectionRefusedError: Connection refused); reconnecting in 0.5 s",
         "source cam1 dropped (ConnectionRefusedError: Connection refused); reconnecting in 1.0 s",
@@ -204,6 +205,7 @@ def test_a_stream_that_keeps_dropping_right_after_it_connects_backs_off(
     pauses = [m.rsplit(" in ", 1)[1] for m in errors(caplog) if "reconnecting in" in m]
     assert pauses[:4] == ["0.5 s", "1.0 s", "2.0 s", "4.0 s"], pauses
     assert connections <= 5, f"{connections} connections in 6 s: the pause started over after every frame"
+    assert player.source.reconnects == connections - 1, "every connection after the first reopened the stream"
 
 
 def test_a_recording_over_http_is_decoded_at_its_own_frame_rate(

@@ -229,7 +229,9 @@ class _SourceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         frames = CounterMetricFamily("vlm_source_frames", "Frames decoded from a --source", labels=["source"])
         reconnects = CounterMetricFamily(
-            "vlm_source_reconnects", "Times a --source dropped and was reopened", labels=["source"]
+            "vlm_source_reconnects",
+            "Times a --source dropped and was reopened (played again); failed attempts are not counted",
+            labels=["source"],
         )
         for source in self.sources():
             frames.add_metric([source["id"]], source["frames"])

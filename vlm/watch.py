@@ -104,7 +104,7 @@ class Source:
     latest: Frame | None = None
     state: str = "starting"  # starting | playing | reconnecting | ended | failed
     started: float | None = None  # wall-clock time the current playback began
-    reconnects: int = 0
+    reconnects: int = 0  # times it played again after a drop
     frames: int = 0
 
     @property
@@ -229,12 +229,14 @@ class WatchHub:
             return sum(1 for w in self.watches.values() if w.source is source and not w.paused)
 
     def set_state(self, source: Source, state: str, *, started: float | None = None) -> None:
+        """``started`` with ``playing``: playback (re)began; a source that had played before was reopened
+        after a drop, which is what ``reconnects`` counts (not each failed attempt while it was down)."""
         with self._changed:
             source.state = state
             if started is not None:
+                if source.started is not None:
+                    source.reconnects += 1
                 source.started = started
-            if state == "reconnecting":
-                source.reconnects += 1
 
     def public_sources(self) -> list[dict[str, Any]]:
         with self._changed:
