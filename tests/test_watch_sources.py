@@ -1,10 +1,13 @@
-"""Server-side video sources on real media: ``VideoSource`` threads fed by files and local servers.
+"""Server-side video sources on real media: ``VideoSource`` threads fed by files and local servers,
+and their MJPEG previews on the real server.
 
 Each test runs a real ``VideoSource`` (PyAV's FFmpeg) into a real ``WatchHub`` against media
 made by FFmpeg: a clip written with PyAV, an audio-only WAV from Debian's ffmpeg, a Python HTTP
 server serving those files, and a socket that serves one MJPEG frame per connection the way a
 camera's snapshot URL does. What is checked is what an operator sees: the source's state, its
-counters and its log lines.
+counters and its log lines. The preview tests run the real app with a camera that has ended,
+one that failed and one that keeps reconnecting, and abandon previews of them as a viewer
+who closes the tab does.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
+from PIL import Image
 
 from scripts.synthetic_scenes import draw_scene, single_object_scene
+from tests.attack_tools import ATTACKER, assert_bystander_served, connect_from, usage, wait_for_recovery
 from tests.browser.fake_camera import Shot
-from tests.server_process import free_port
+from tests.conftest import data_url
+from tests.server_process import AppProcess, free_port
 from tests.video_clips import FPS, write_clip
 from vlm.sources import VideoSource, source_kind
 from vlm.watch import Source, WatchHub
@@ -228,3 +235,76 @@ def test_a_file_url_plays_once_at_its_own_frame_rate(play: Callable[[str], Video
     assert settle(player) == "ended"
     assert time.monotonic() - started >= CLIP_S - 2 / FPS
     assert player.source.frames == CLIP_S * FPS and player.source.reconnects == 0
+
+
+# --------------------------------------------------------------------------- previews on the real server
+
+MAX_CONNECTIONS = 16
+PREVIEWS_EACH = 8  # of each of the three cameras: 24 in all, more than the server's connections
+
+
+@pytest.fixture(scope="module")
+def previewed(media: Path) -> Iterator[AppProcess]:
+    """cam1 a file that has ended, cam2 a file without video (failed), cam3 a camera not there (reconnecting)."""
+    write_clip(media / "short.mp4", (Shot("circle", "red", 0.5),))
+    sources = [str(media / "short.mp4"), str(media / "tone.wav"), f"http://127.0.0.1:{free_port()}/cam.mjpg"]
+    args = ["--model", "demo", "--max-connections", str(MAX_CONNECTIONS)]
+    with AppProcess([*args, *(flag for source in sources for flag in ("--source", source))]) as app:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = [s["state"] for s in requests.get(f"{app.url}/v1/watch", timeout=10).json()["sources"]]
+            if states == ["ended", "failed", "reconnecting"]:
+                break
+            time.sleep(0.1)
+        assert states == ["ended", "failed", "reconnecting"]
+        yield app
+
+
+def parts(body: bytes) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(part.split(b"\r\n\r\n", 1)[1])) for part in body.split(b"--frame\r\n")[1:]]
+
+
+def test_a_preview_of_a_camera_that_ended_or_failed_shows_its_last_picture_and_ends(previewed: AppProcess) -> None:
+    ended = requests.get(f"{previewed.url}/v1/watch/sources/cam1/mjpeg", timeout=10)
+    assert ended.status_code == 200 and ended.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+    [last] = parts(ended.content)
+    red, green, blue = last.convert("RGB").getpixel((last.width // 2, last.height // 2))
+    assert red > 150 and green < 110 and blue < 110, "not the clip's last frame, a red circle"
+
+    failed = requests.get(f"{previewed.url}/v1/watch/sources/cam2/mjpeg", timeout=10)
+    assert failed.status_code == 200 and len(parts(failed.content)) == 1, "a failed camera without a picture"
+
+    with requests.get(f"{previewed.url}/v1/watch/sources/cam3/mjpeg", timeout=10, stream=True) as waiting:
+        body, started = b"", time.monotonic()
+        for chunk in waiting.iter_content(None):
+            body += chunk
+            if time.monotonic() - started > 2.5:
+                break
+    assert len(parts(body)) >= 2, "a reconnecting camera's preview sends its picture again while it waits"
+
+
+def test_abandoned_previews_of_dead_cameras_free_their_connections(previewed: AppProcess) -> None:
+    bystander_frame = data_url(draw_scene(single_object_scene("star", "yellow"), (320, 240)))
+    assert_bystander_served(previewed, bystander_frame, within_s=30)  # warm: the model answers once first
+    time.sleep(6)  # idle request threads end
+    baseline = usage(previewed)
+
+    viewers = []
+    for number in range(3 * PREVIEWS_EACH):
+        viewer = connect_from(ATTACKER, previewed.port)
+        path = f"/v1/watch/sources/cam{number % 3 + 1}/mjpeg"
+        viewer.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        viewers.append(viewer)
+    time.sleep(1.5)
+    for viewer in viewers:  # the tab is closed: whatever arrived is read, then the connection is closed
+        viewer.setblocking(False)
+        try:
+            while viewer.recv(65536):
+                pass
+        except OSError:
+            pass
+        viewer.close()
+
+    assert_bystander_served(previewed, bystander_frame, within_s=10)
+    assert requests.get(f"{previewed.url}/v1/watch", timeout=10).status_code == 200
+    wait_for_recovery(previewed, baseline, within_s=15, fds=4, threads=4)

@@ -11,12 +11,14 @@ operator's ``--watch`` conditions, which go to every tab.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from flask_socketio import SocketIO
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .access import TOKEN_COOKIE, Access
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30.0
 PREVIEW_FPS = 5
+PREVIEW_REPEAT_S = 1.0
+WAITING_JPEG = jpeg_bytes(Image.new("RGB", (320, 240), (40, 40, 40)))  # a preview before the source's first frame
 
 
 @dataclass
@@ -185,11 +189,23 @@ def refusal(code: Code, message: str) -> tuple[Response, int]:
 
 
 def _mjpeg(source: Source, sleep: Callable[[float], object]) -> Iterator[bytes]:
+    """New frames at up to ``PREVIEW_FPS``; the same picture again every ``PREVIEW_REPEAT_S`` while none comes
+    (a dark one before the first), because only a write notices a viewer who left: a preview of a camera
+    that stalled or is reconnecting would otherwise hold a server thread and a connection for ever. Once the
+    source has ended or failed, its last picture is sent and the response ends (an <img> keeps showing it)."""
     shown = -1
+    jpeg = WAITING_JPEG
+    sent_at: float | None = None
     while True:
+        over = source.state in ("ended", "failed")  # read before the frame, which then is the last one
         frame = source.latest
-        if frame is not None and frame.seq != shown:
+        fresh = frame is not None and frame.seq != shown
+        if frame is not None and fresh:
             shown = frame.seq
             jpeg = jpeg_bytes(frame.image)
+        if fresh or sent_at is None or time.monotonic() - sent_at >= PREVIEW_REPEAT_S:
+            sent_at = time.monotonic()
             yield b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
+        if over:
+            return
         sleep(1 / PREVIEW_FPS)
