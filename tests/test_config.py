@@ -84,8 +84,9 @@ def test_the_app_exits_with_the_reason_before_loading_anything() -> None:
         (["--source", "a.mp4", "--source", "b.mp4", *["--watch", "q?"] * 33], "at most 64"),
         (["--webhook-url", "hooks.example.com/alert"], "--webhook-url must be an http:// or https:// URL"),
         (["--webhook-url", "ftp://hooks.example.com/alert"], "--webhook-url must be"),
+        (["--source", "http://[bad/stream"], "is not a usable URL"),
     ],
-    ids=["blank", "too long", "too many", "webhook without scheme", "webhook not http"],
+    ids=["blank", "too long", "too many", "webhook without scheme", "webhook not http", "malformed source"],
 )
 def test_watch_settings_the_server_would_refuse_stop_it_at_start(
     flags: list[str], said: str, capsys: pytest.CaptureFixture[str]

@@ -416,6 +416,11 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--watch needs a condition: a yes/no question such as 'is there a person?'")
     if any(len(condition.strip()) > values["max_question_chars"] for condition in values["watches"]):
         parser.error(f"a --watch condition is longer than --max-question-chars ({values['max_question_chars']})")
+    for source in values["sources"]:
+        try:
+            urlsplit(source)
+        except ValueError as error:  # e.g. http://[bad: the label shown for it would fail once the model is ready
+            parser.error(f"--source {source!r} is not a usable URL: {error}")
     if (hook := values["webhook_url"]) and not (urlsplit(hook).scheme in ("http", "https") and urlsplit(hook).hostname):
         parser.error("--webhook-url must be an http:// or https:// URL with a host")
     if len(values["watches"]) * len(values["sources"]) > MAX_WATCHES:
