@@ -88,7 +88,11 @@ function render(data) {
   item.dataset.paused = String(watch.paused);
   item.querySelector('.watch-condition').textContent = watch.condition;
   item.querySelector('.watch-source').textContent = watch.source === 'tab' ? 'this camera' : watch.source;
-  item.querySelector('.watch-verdict').textContent = watch.paused ? 'paused' : (watch.verdict || 'checking…');
+  // A server camera that is not playing: the last verdict is no longer news, and no check is coming.
+  const down = watch.source !== 'tab' && ['reconnecting', 'ended', 'failed'].includes(watch.source_state);
+  item.dataset.sourceState = watch.source_state || '';
+  item.querySelector('.watch-verdict').textContent = watch.paused ? 'paused'
+    : down ? `camera ${watch.source_state}` : (watch.verdict || 'checking…');
   item.querySelector('.watch-answer').textContent = watch.error || watch.answer || '';
   item.querySelector('.watch-checked').textContent = watch.checked
     ? `checked ${clock(watch.checked)} · ${watch.checks} checks` : '';

@@ -136,6 +136,7 @@ def test_a_file_source_alerts_once_soon_after_the_triangle_appears(app: AppProce
 
     watch = get(app, "/v1/watch")["watches"][0]
     assert watch["alerts"] == 1 and watch["on"] is True and watch["verdict"] == "yes"
+    assert watch["source_state"] == "ended", "the verdict is the last known: its camera has ended"
     assert watch["checks"] >= 4
 
 

@@ -152,6 +152,8 @@ class Watch:
             "id": self.id,
             "condition": self.condition,
             "source": self.source.public_id,
+            # Not playing (reconnecting, ended, failed): the verdict and `on` are the last known, not the present.
+            "source_state": self.source.state,
             "paused": self.paused,
             "verdict": self.verdict,
             "on": self.trigger.on,
@@ -232,11 +234,15 @@ class WatchHub:
         """``started`` with ``playing``: playback (re)began; a source that had played before was reopened
         after a drop, which is what ``reconnects`` counts (not each failed attempt while it was down)."""
         with self._changed:
+            changed = source.state != state
             source.state = state
             if started is not None:
                 if source.started is not None:
                     source.reconnects += 1
                 source.started = started
+            told = [(w, w.describe()) for w in self.watches.values() if w.source is source] if changed else []
+        for watch, described in told:  # a tab watching a camera that went down hears it, not 'checking…'
+            self._tell_owner(watch, described)
 
     def public_sources(self) -> list[dict[str, Any]]:
         with self._changed:

@@ -109,6 +109,19 @@ def test_the_page_offers_previews_and_watches_a_server_camera(open_app: OpenApp,
     assert stats(page)["framesSent"] == 0, "a server camera's watch needs no frames from the page"
 
 
+def test_a_watch_on_a_server_camera_that_ended_says_so(open_app: OpenApp, tmp_path: Path) -> None:
+    """It kept showing its last verdict, or 'checking…' for good, as if the camera were still there."""
+    clip = write_clip(tmp_path / "short.mp4", (Shot("circle", "red", 2),))
+    with AppProcess(["--model", "demo", "--source", str(clip)]) as app:
+        page = open_app(url=app.url)
+        page.select_option("#watch-source", "cam1")
+        page.fill("#watch-condition", CONDITION)
+        page.click("#watch-add")
+        watch = page.locator("#watch-list > li")
+        expect(watch.locator(".watch-verdict")).to_have_text("camera ended", timeout=30_000)
+        expect(watch).to_have_attribute("data-source-state", "ended")
+
+
 @contextmanager
 def upstream_that_loads_slowly() -> Iterator[tuple[str, threading.Event]]:
     """An OpenAI-compatible upstream whose model list waits until released: the app, which lists it at start
