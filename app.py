@@ -17,6 +17,7 @@ from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
 from vlm.logsafe import MASK, configure_logging, route_library_loggers
 from vlm.metrics import MeteredScheduler
+from vlm.network import is_wildcard, lan_address
 from vlm.preflight import message_queue_problem, port_problem
 from vlm.servers import serve
 from vlm.web import WebApp, create_app
@@ -50,10 +51,13 @@ def load_model(settings: Settings, web: WebApp) -> None:
     announce_ready(settings)
 
 
-def page_url(settings: Settings, token: str | None) -> str:
+def page_urls(settings: Settings, token: str | None) -> list[str]:
+    """The page's address: for a wildcard --host (0.0.0.0, ::), which no browser can open, the LAN address
+    (what a phone uses; --self-signed puts it in the certificate) and then localhost (this machine)."""
     query = f"/?token={token}" if token else "/"
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    return f"{'https' if settings.https else 'http'}://{host}:{settings.port}{query}"
+    scheme = "https" if settings.https else "http"
+    hosts = [lan_address(), "localhost"] if is_wildcard(settings.host) else [settings.host]
+    return [f"{scheme}://{f'[{host}]' if ':' in host else host}:{settings.port}{query}" for host in hosts if host]
 
 
 def announce_ready(settings: Settings) -> None:
@@ -61,9 +65,12 @@ def announce_ready(settings: Settings) -> None:
 
     The log shows the token masked; the full link goes to the terminal only, when there is one.
     """
-    log.info("ready: open %s", page_url(settings, settings.token and MASK))
+    masked = page_urls(settings, settings.token and MASK)
+    log.info("ready: open %s%s", masked[0], f" (this machine: {masked[1]})" if len(masked) > 1 else "")
     if settings.token and sys.stdout.isatty():
-        print(f"\n  Open {page_url(settings, settings.token)}\n", flush=True)
+        full = page_urls(settings, settings.token)
+        here = f"\n  (this machine: {full[1]})" if len(full) > 1 else ""
+        print(f"\n  Open {full[0]}{here}\n", flush=True)
 
 
 def drainer(web: WebApp, timeout_s: float) -> object:

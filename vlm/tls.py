@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .network import is_wildcard, lan_address
+
 CERT_DIR = Path.home() / ".cache" / "webcam-vlm"
 
 
@@ -49,8 +51,8 @@ def self_signed_certificate(directory: Path = CERT_DIR, host: str = "127.0.0.1")
 
 def _names(host: str) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.DNSName(socket.gethostname())]
-    addresses = {"127.0.0.1", _lan_address()}
-    if host not in ("0.0.0.0", "::"):
+    addresses = {"127.0.0.1", lan_address()}
+    if not is_wildcard(host):
         addresses.add(host)
     for address in sorted(a for a in addresses if a):
         try:
@@ -58,13 +60,3 @@ def _names(host: str) -> list[x509.GeneralName]:
         except ValueError:
             names.append(x509.DNSName(address))
     return names
-
-
-def _lan_address() -> str:
-    """The address other devices would use; no packet is sent (UDP connect only picks a route)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))
-            return str(probe.getsockname()[0])
-        except OSError:
-            return ""
