@@ -20,6 +20,7 @@ from vlm.metrics import MeteredScheduler
 from vlm.network import is_wildcard, lan_address
 from vlm.preflight import message_queue_problem, port_problem
 from vlm.servers import serve
+from vlm.tls import TlsError, tls_pair
 from vlm.web import WebApp, create_app
 
 log = logging.getLogger("vlm")
@@ -123,6 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     configure_logging(settings.token)
     use_log_format(settings.log_format, settings.token)
+    if settings.https:
+        try:  # once here, so a pair that cannot serve stops the app instead of failing every connection
+            tls_pair(settings)
+        except TlsError as error:
+            message = str(error)
+            print(f"\nERROR: {message[0].upper()}{message[1:]}.\n", file=sys.stderr, flush=True)
+            sys.exit(2)
     raise_open_file_limit(4 * settings.max_connections + 256)
     unmap_big_buffers_when_freed()
     configure_decoding(settings.async_mode)

@@ -1,13 +1,16 @@
-"""The link the app prints opens: a wildcard --host gives the LAN address and localhost, never 0.0.0.0.
+"""TLS files the server could not serve with stop the app at start with one sentence; the printed link opens.
 
-Against the real app process (the terminal's link in process, with the terminal faked).
+Against the real app process: before these checks the app said ``ready: open https://...`` and then failed
+every connection (a warning or a traceback each time), or waited on a passphrase prompt.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,10 +18,88 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.server_process import AppProcess
+from tests.certs import write_pair
+from tests.server_process import REPO, AppProcess, free_port
 from vlm.config import parse_settings
 
+MODES = ("threading", "gevent", "eventlet")
 TOKEN = "correct-horse-battery-staple"
+START_TIMEOUT_S = 60  # the refusal comes before the model loads, in about a second
+
+
+def refused_start(*flags: str, home: Path, mode: str = "threading") -> str:
+    """The app started with ``flags`` must exit with status 2 at once; its output (stdout and stderr)."""
+    command = [sys.executable, "app.py", "--model", "demo", "--host", "127.0.0.1", "--port", str(free_port())]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "HOME": str(home)}
+    try:
+        done = subprocess.run(
+            [*command, "--async-mode", mode, *flags],
+            cwd=REPO,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=START_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as running:  # run() has killed it
+        output = running.stdout.decode(errors="replace") if isinstance(running.stdout, bytes) else running.stdout
+        pytest.fail(f"still serving after {START_TIMEOUT_S}s instead of refusing to start:\n{(output or '')[-3000:]}")
+    assert done.returncode == 2, done.stdout[-3000:]
+    assert "Traceback" not in done.stdout, done.stdout[-3000:]
+    assert "ready: open" not in done.stdout and "Enter PEM pass phrase" not in done.stdout, done.stdout[-3000:]
+    return done.stdout
+
+
+def the_sentence(output: str, *phrases: str) -> str:
+    """The one line that says what is wrong: it names the file and the problem (every one of ``phrases``)."""
+    lines = [line for line in output.splitlines() if line.startswith("ERROR: ")]
+    assert len(lines) == 1, output
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    assert lines[0].count(". ") == 0, f"one sentence: {lines[0]}"
+    return lines[0]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    return write_pair(tmp_path / "cert.pem", tmp_path / "key.pem")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_key_of_another_certificate_is_refused(tmp_path: Path, pair: tuple[Path, Path], mode: str) -> None:
+    cert, _ = pair
+    _, other_key = write_pair(tmp_path / "other-cert.pem", tmp_path / "other-key.pem")
+    said = refused_start("--ssl-cert", str(cert), "--ssl-key", str(other_key), home=tmp_path, mode=mode)
+    the_sentence(said, str(other_key), str(cert), "does not belong to")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_missing_file_is_refused(tmp_path: Path, pair: tuple[Path, Path], mode: str) -> None:
+    _, key = pair
+    missing = tmp_path / "nope.pem"
+    said = refused_start("--ssl-cert", str(missing), "--ssl-key", str(key), home=tmp_path, mode=mode)
+    the_sentence(said, str(missing), "does not exist")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_encrypted_key_is_refused_with_how_to_decrypt_it(tmp_path: Path, mode: str, pair: tuple[Path, Path]) -> None:
+    cert, key = write_pair(tmp_path / "cert.pem", tmp_path / "key.pem", passphrase=b"hunter2")
+    said = refused_start("--ssl-cert", str(cert), "--ssl-key", str(key), home=tmp_path, mode=mode)
+    the_sentence(said, str(key), "encrypted", "not supported", f"openssl pkey -in {key} -out")
+
+
+def test_swapped_cert_and_key_are_named_as_such(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    cert, key = pair
+    said = refused_start("--ssl-cert", str(key), "--ssl-key", str(cert), home=tmp_path)
+    the_sentence(said, str(key), "swapped")
+
+
+def test_a_corrupt_certificate_is_refused(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    cert, key = pair
+    cert.write_text(cert.read_text().replace("M", "*", 3))
+    said = refused_start("--ssl-cert", str(cert), "--ssl-key", str(key), home=tmp_path)
+    the_sentence(said, str(cert), "not a valid PEM certificate")
 
 
 def lan_address() -> str:

@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .config import Settings
-from .tls import self_signed_certificate
+from .tls import tls_pair
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,10 @@ def serve(settings: Settings, wsgi_app: WsgiApp, *, socketio: Any, on_sigterm: C
 
 
 def tls_files(settings: Settings) -> dict[str, str]:
+    """The pair each server is given; app.py has loaded it once before (``tls_pair`` raises if it does not load)."""
     if not settings.https:
         return {}
-    if settings.self_signed:
-        cert, key = map(str, self_signed_certificate(host=settings.host))
-    else:
-        cert, key = str(settings.ssl_cert), str(settings.ssl_key)
+    cert, key = tls_pair(settings)
     return {"certfile": cert, "keyfile": key}
 
 
