@@ -102,6 +102,23 @@ def test_a_corrupt_certificate_is_refused(tmp_path: Path, pair: tuple[Path, Path
     the_sentence(said, str(cert), "not a valid PEM certificate")
 
 
+def test_a_certificate_cache_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "webcam-vlm").write_text("a file where the folder should be")
+    said = refused_start("--self-signed", home=tmp_path)
+    the_sentence(said, str(tmp_path / ".cache" / "webcam-vlm"), "self-signed")
+
+
+def test_a_corrupt_cached_self_signed_pair_is_remade(tmp_path: Path) -> None:
+    cache = tmp_path / ".cache" / "webcam-vlm"
+    cache.mkdir(parents=True)
+    (cache / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    (cache / "key.pem").write_text("garbage")
+    with AppProcess(["--model", "demo", "--self-signed"], env={"HOME": str(tmp_path)}, ready_timeout_s=90) as app:
+        assert requests.get(f"{app.url}/healthz", timeout=5, verify=str(cache / "cert.pem")).status_code == 200
+        assert re.search(r"INFO vlm\.tls: made a self-signed certificate .*does not load", app.log()), app.log()
+
+
 def lan_address() -> str:
     """This machine's address on its network, as another device would reach it ("" without a route)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:

@@ -5,18 +5,26 @@ certificate, swapped files, a corrupt or missing file or a passphrase-protected 
 with one sentence, instead of a server that says ready and then fails (or prompts) on every connection.
 
 ``--self-signed`` makes a certificate once and reuses it, so a phone that accepted it once keeps
-accepting it across restarts.
+accepting it across restarts. It is made again only when it would not serve: it does not load,
+it expires within ``RENEW_BEFORE``, or it does not name an address the app is reached by. Processes
+started together take a lock in the cache folder and write each file whole (temp file, then rename),
+so they agree on one pair.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import ipaddress
 import logging
+import os
 import re
 import shlex
 import socket
 import ssl
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from cryptography import x509
@@ -30,6 +38,8 @@ from .network import is_wildcard, lan_address
 log = logging.getLogger(__name__)
 
 CERT_DIR = Path.home() / ".cache" / "webcam-vlm"
+VALID_FOR = datetime.timedelta(days=365)
+RENEW_BEFORE = datetime.timedelta(days=7)
 
 _CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 _PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )?PRIVATE KEY-----")
@@ -46,7 +56,7 @@ def tls_pair(settings: Settings) -> tuple[str, str]:
         cert, key = self_signed_certificate(host=settings.host)
     else:
         cert, key = Path(str(settings.ssl_cert)), Path(str(settings.ssl_key))
-    check_pair(cert, key)
+        check_pair(cert, key)
     return str(cert), str(key)
 
 
@@ -118,14 +128,97 @@ def _explain(cert: Path, key: Path, cert_pem: bytes, key_pem: bytes, error: ssl.
 
 
 def self_signed_certificate(directory: Path = CERT_DIR, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """Return (cert, key) paths, creating a one-year certificate for this machine if missing."""
+    """Return (cert, key) paths, making a one-year certificate for this machine when the cached one would not do."""
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
-    directory.mkdir(parents=True, exist_ok=True)
+    needed = _needed_names(host)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with _locked(directory / "cert.lock"):
+            reason, kept = _why_remake(cert_path, key_path, needed)
+            if reason is None:
+                return cert_path, key_path
+            names = needed | kept | {socket.gethostname().lower(), lan_address()}
+            until = _write_pair(cert_path, key_path, sorted(name for name in names if name))
+            check_pair(cert_path, key_path)
+    except OSError as error:
+        where = error.strerror or str(error)
+        if directory.exists() and not directory.is_dir():
+            where = "it is a file, not a folder"
+        raise TlsError(
+            f"the self-signed certificate cannot be kept in {directory}: {where} "
+            "(make that folder writable, or pass --ssl-cert and --ssl-key instead)"
+        ) from None
+    log.info(
+        "made a self-signed certificate in %s for %s, valid until %s (%s); a browser that accepted an earlier one "
+        "asks once more",
+        directory,
+        ", ".join(sorted(name for name in names if name)),
+        until.date(),
+        reason,
+    )
+    return cert_path, key_path
+
+
+def _needed_names(host: str) -> set[str]:
+    """The names a browser may reach the app by: what the app prints, and this machine's own."""
+    names = {"localhost", "127.0.0.1"}
+    if is_wildcard(host):
+        names.add(lan_address())  # the address the app prints for a wildcard --host (app.py page_urls)
+    else:
+        names.add(_normal(host))
+    return {name for name in names if name}
+
+
+def _normal(name: str) -> str:
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name.lower()
+
+
+def _why_remake(cert: Path, key: Path, needed: set[str]) -> tuple[str | None, set[str]]:
+    """Why the cached pair must be made again (None: it serves as it is), and the names it had, to keep."""
+    if not (cert.exists() or key.exists()):
+        return "none was cached", set()
+    try:
+        check_pair(cert, key)
+    except TlsError as error:
+        return f"the cached pair does not load: {error}", set()
+    certificate = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        had = {_normal(n) for n in sans.get_values_for_type(x509.DNSName)}
+        had |= {str(address) for address in sans.get_values_for_type(x509.IPAddress)}
+    except x509.ExtensionNotFound:
+        had = set()
+    expires = certificate.not_valid_after_utc
+    now = datetime.datetime.now(datetime.UTC)
+    if expires <= now:
+        return f"the cached one expired on {expires.date()}", had
+    if expires - now < RENEW_BEFORE:
+        return f"the cached one expires on {expires.date()}, within {RENEW_BEFORE.days} days", had
+    missing = needed - had
+    if missing:
+        return f"the cached one does not name {', '.join(sorted(missing))}", had
+    return None, had
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock held while the block runs, shared by every process (and thread) that opens ``path``."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _write_pair(cert_path: Path, key_path: Path, names: list[str]) -> datetime.datetime:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webcam-vlm on " + socket.gethostname())])
     now = datetime.datetime.now(datetime.UTC)
+    until = now + VALID_FOR
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -133,26 +226,36 @@ def self_signed_certificate(directory: Path = CERT_DIR, host: str = "127.0.0.1")
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(_names(host)), critical=False)
+        .not_valid_after(until)
+        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
+    _write_whole(key_path, private, 0o600)
+    _write_whole(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    return until
 
 
-def _names(host: str) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.DNSName(socket.gethostname())]
-    addresses = {"127.0.0.1", lan_address()}
-    if not is_wildcard(host):
-        addresses.add(host)
-    for address in sorted(a for a in addresses if a):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(address)))
-        except ValueError:
-            names.append(x509.DNSName(address))
-    return names
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def _write_whole(path: Path, data: bytes, mode: int) -> None:
+    """A reader sees the old file or the new one, never part of one (a temp file renamed over it)."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
