@@ -18,9 +18,8 @@ from vlm.logformat import use_log_format
 from vlm.logsafe import MASK, configure_logging, route_library_loggers
 from vlm.metrics import MeteredScheduler
 from vlm.network import is_wildcard, lan_address
-from vlm.preflight import message_queue_problem, port_problem
+from vlm.preflight import start_problem
 from vlm.servers import serve
-from vlm.tls import TlsError, tls_pair
 from vlm.web import WebApp, create_app
 
 log = logging.getLogger("vlm")
@@ -116,21 +115,11 @@ def raise_open_file_limit(wanted: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    problem = port_problem(settings.host, settings.port) or (
-        settings.message_queue and message_queue_problem(settings.message_queue)
-    )
-    if problem:
-        print(f"\nERROR: {problem}\n", file=sys.stderr, flush=True)
-        sys.exit(2)
     configure_logging(settings.token)
     use_log_format(settings.log_format, settings.token)
-    if settings.https:
-        try:  # once here, so a pair that cannot serve stops the app instead of failing every connection
-            tls_pair(settings)
-        except TlsError as error:
-            message = str(error)
-            print(f"\nERROR: {message[0].upper()}{message[1:]}.\n", file=sys.stderr, flush=True)
-            sys.exit(2)
+    if problem := start_problem(settings):
+        print(f"\nERROR: {problem[0].upper()}{problem[1:]}.\n", file=sys.stderr, flush=True)
+        sys.exit(2)
     raise_open_file_limit(4 * settings.max_connections + 256)
     unmap_big_buffers_when_freed()
     configure_decoding(settings.async_mode)

@@ -133,5 +133,5 @@ def test_a_port_in_use_stops_the_app_with_advice() -> None:
             timeout=120,
         )
     assert done.returncode == 2, done.stderr
-    assert f"port {port} on 127.0.0.1 is in use by another program" in done.stderr and "--port" in done.stderr
+    assert f"ERROR: Port {port} on 127.0.0.1 is in use by another program" in done.stderr and "--port" in done.stderr
     assert "Traceback" not in done.stderr

@@ -6,6 +6,8 @@
 - ``--message-queue``: Flask-SocketIO connects to Redis lazily, so an unreachable one showed only
   later, as an error per emit while the process looked healthy; a URL it cannot use failed with
   advice to install kombu.
+- The TLS pair (vlm/tls.py): one that cannot serve made every connection fail (or prompt for a
+  passphrase) after the app said it was ready.
 """
 
 from __future__ import annotations
@@ -14,8 +16,25 @@ import errno
 import socket
 from urllib.parse import urlsplit
 
+from .config import Settings
+from .tls import TlsError, tls_pair
+
 SCHEMES = ("redis", "rediss", "unix")
 CONNECT_TIMEOUT_S = 3.0
+
+
+def start_problem(settings: Settings) -> str | None:
+    """Why the app cannot start as asked, in a sentence for the person starting it; None if it can."""
+    problem = port_problem(settings.host, settings.port) or (
+        settings.message_queue and message_queue_problem(settings.message_queue)
+    )
+    if problem or not settings.https:
+        return problem
+    try:
+        tls_pair(settings)
+    except TlsError as error:
+        return str(error)
+    return None
 
 
 def shown(url: str) -> str:
