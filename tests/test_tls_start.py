@@ -20,7 +20,8 @@ import requests
 
 from tests.certs import write_pair
 from tests.server_process import REPO, AppProcess, free_port
-from vlm.config import parse_settings
+from vlm.config import Settings, parse_settings
+from vlm.tls import tls_pair
 
 MODES = ("threading", "gevent", "eventlet")
 TOKEN = "correct-horse-battery-staple"
@@ -175,3 +176,19 @@ def test_the_terminal_gets_the_same_links_with_the_real_token(monkeypatch: pytes
     lan = lan_address()
     assert not lan or f"http://{lan}:5123/?token={TOKEN}" in shown, shown
     assert "0.0.0.0" not in shown and "[::]" not in shown, shown
+
+
+@pytest.mark.unit
+def test_an_operators_certificate_near_its_end_is_served_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Browsers refuse an expired certificate with no hint in the server's log; the log now says when."""
+    cert, key = write_pair(tmp_path / "cert.pem", tmp_path / "key.pem", valid_days=-1)
+    with caplog.at_level("WARNING", logger="vlm.tls"):
+        assert tls_pair(Settings(ssl_cert=str(cert), ssl_key=str(key))) == (str(cert), str(key))
+    assert f"the TLS certificate {cert} expires on" in caplog.text
+    caplog.clear()
+    fresh_cert, fresh_key = write_pair(tmp_path / "fresh-cert.pem", tmp_path / "fresh-key.pem")
+    with caplog.at_level("WARNING", logger="vlm.tls"):
+        tls_pair(Settings(ssl_cert=str(fresh_cert), ssl_key=str(fresh_key)))
+    assert caplog.text == ""

@@ -57,6 +57,9 @@ def tls_pair(settings: Settings) -> tuple[str, str]:
     else:
         cert, key = Path(str(settings.ssl_cert)), Path(str(settings.ssl_key))
         check_pair(cert, key)
+        expires = x509.load_pem_x509_certificates(cert.read_bytes())[0].not_valid_after_utc
+        if expires - datetime.datetime.now(datetime.UTC) < RENEW_BEFORE:  # served anyway: it is the operator's
+            log.warning("the TLS certificate %s expires on %s: browsers refuse it from then on", cert, expires.date())
     return str(cert), str(key)
 
 
