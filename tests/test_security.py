@@ -25,6 +25,7 @@ def test_page_and_api_need_the_token(app: AppProcess) -> None:
     session = requests.Session()
     assert session.get(f"{app.url}/?token={TOKEN}", timeout=5).status_code == 200
     assert session.get(app.url, timeout=5).status_code == 200, "a reload without ?token= still works"
+    assert session.get(f"{app.url}/api/info", timeout=5).status_code == 200, "a new tab has only the cookie"
     assert requests.get(f"{app.url}/api/info", timeout=5).status_code == 401
     authorised = {"Authorization": f"Bearer {TOKEN}"}
     assert requests.get(f"{app.url}/api/info", headers=authorised, timeout=5).status_code == 200

@@ -64,7 +64,8 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access) -> Blue
 
     @pages.get("/api/info")
     def api_info() -> tuple[Response, int]:
-        if not access.bearer_ok():
+        # The cookie too: a second tab opened at / has only the cookie (SameSite=Strict, so no other site's).
+        if not access.bearer_ok() and not access.cookie_ok():
             return jsonify(error=Code.UNAUTHORIZED), Code.UNAUTHORIZED.status
         if slot.backend is None:
             return jsonify(status="loading"), 503
