@@ -32,6 +32,9 @@ from scripts.synthetic_scenes import (
     single_object_scene,
 )
 from scripts.vlm_factory import ARCHS
+from tests.test_transformers_backend import Events
+from vlm.backends.base import CaptionLength, Job
+from vlm.backends.transformers_backend import TransformersBackend
 from vlm.demo_guide import DEMO_QUESTIONS, demo_guide
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "vlm" / "demo_model"
@@ -182,3 +185,16 @@ def test_slow_profile_never_stops_early(tmp_path_factory: pytest.TempPathFactory
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     assert out.shape[1] - inputs["input_ids"].shape[1] == 12
+
+
+def test_the_demo_models_captions_are_descriptions() -> None:
+    """The Caption button and live mode without a question ask for a caption. The generic short prompt ('in one
+    short sentence') is no phrasing the demo model was trained on, and it answered 'yes' or 'no'; its
+    config.json names the prompts it knows."""
+    backend = TransformersBackend.load(str(DEMO_MODEL), revision=None, device="cpu", dtype="auto")
+    star = draw_scene(held_drawing_scene("star", "green"), (640, 480))
+    lengths: list[CaptionLength] = ["short", "normal"]
+    captions = [Job(task="caption", image=star, image_key=length, length=length) for length in lengths]
+    events = Events(len(captions))
+    backend.generate(captions, events)
+    assert [events.results[index].answer for index in range(len(captions))] == ["a green star", "a green star"]

@@ -14,7 +14,7 @@ upstream server that batches on its own) return their own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -25,7 +25,9 @@ from ..errors import Code, VlmError
 Task = Literal["query", "caption", "detect", "point"]
 CaptionLength = Literal["short", "normal"]
 
-# For models with no caption skill of their own: a caption is the answer to one of these.
+# For models with no caption skill of their own: a caption is the answer to one of these, unless the model's
+# config.json names its own ("caption_prompts": {"short": ..., "normal": ...}), as the demo model does, which
+# answers only phrasings it was trained on.
 CAPTION_PROMPTS: dict[CaptionLength, str] = {
     "short": "Describe the image in one short sentence.",
     "normal": "Describe the image.",
@@ -49,9 +51,9 @@ class Job:
     prepared: Any = field(default=None, compare=False, repr=False)
 
 
-def prompt_text(job: Job) -> str:
+def prompt_text(job: Job, caption_prompts: Mapping[CaptionLength, str] = CAPTION_PROMPTS) -> str:
     """What to ask a model that only answers questions: the question, or the caption prompt."""
-    return CAPTION_PROMPTS[job.length] if job.task == "caption" else job.text
+    return caption_prompts[job.length] if job.task == "caption" else job.text
 
 
 FinishReason = Literal["stop", "length"]

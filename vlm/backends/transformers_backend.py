@@ -37,6 +37,7 @@ from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .base import (
+    CAPTION_PROMPTS,
     Backend,
     Decoder,
     GenerationEvents,
@@ -107,6 +108,7 @@ class TransformersBackend(Backend):
             )
         self.prefills_ahead = ahead == "prefill" and can_step(model)
         self.cache_keyword = cache_keyword(model)  # read from forward's signature once, not per prefill
+        self.caption_prompts = {**CAPTION_PROMPTS, **getattr(model.config, "caption_prompts", {})}
         self.info = ModelInfo(
             model=model_id,
             backend=self.name,
@@ -153,7 +155,8 @@ class TransformersBackend(Backend):
 
     def prompt_for(self, job: Job) -> str:
         image = [] if job.image is None else [{"type": "image"}]
-        messages = [{"role": "user", "content": [*image, {"type": "text", "text": prompt_text(job)}]}]
+        text = prompt_text(job, self.caption_prompts)
+        messages = [{"role": "user", "content": [*image, {"type": "text", "text": text}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def decoder(self, events: RowEvents) -> Decoder:
