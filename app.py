@@ -67,6 +67,9 @@ def announce_ready(settings: Settings) -> None:
     """
     masked = page_urls(settings, settings.token and MASK)
     log.info("ready: open %s%s", masked[0], f" (this machine: {masked[1]})" if len(masked) > 1 else "")
+    if not settings.https and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        # Browsers give the camera only to https pages and to localhost: a phone on plain http gets no camera.
+        log.warning("other devices get no camera over http: restart with --self-signed (or --ssl-cert/--ssl-key)")
     if settings.token and sys.stdout.isatty():
         full = page_urls(settings, settings.token)
         here = f"\n  (this machine: {full[1]})" if len(full) > 1 else ""

@@ -157,6 +157,8 @@ def test_a_wildcard_host_prints_links_that_open(tmp_path: Path, scheme: str) -> 
         for link in links:  # each opens, certificate verified, with the real token in place of the mask
             page = requests.get(link.replace("***", TOKEN), timeout=10, verify=str(cert) if flags else True)
             assert page.status_code == 200, link
+        # A phone on plain http gets no camera (browsers give it to https pages and localhost only): say so.
+        assert ("other devices get no camera over http: restart with --self-signed" in app.log()) == (scheme == "http")
 
 
 @pytest.mark.unit
