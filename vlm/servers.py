@@ -300,6 +300,10 @@ def _gevent_handler(limits: AddressLimits) -> type:
         def run_application(self) -> None:
             self.socket.settimeout(IO_TIMEOUT_S)
             super().run_application()
+            if self.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+                # Its bytes are websocket frames now, whatever the app did with them: a client that hung up
+                # mid-upgrade left a close frame that pywsgi would read as the next request's first line.
+                self.close_connection = True
 
         def log_error(self, msg: str, *args: object) -> None:
             """pywsgi writes these (which quote what the client sent) straight to stderr."""
