@@ -157,8 +157,10 @@ def test_clients_streaming_together_get_paced_deltas(slow_app: AppProcess, frame
             streaming_s = (timing["model_ms"] - timing["first_token_ms"]) / 1000
             assert "".join(deltas).strip() == payload["answer"]
             # One per interval of the model's streaming, plus: the first goes at once, the last waiting one goes
-            # with the answer, and the pump's clock runs up to an interval behind the model's at either end.
-            assert len(deltas) <= streaming_s / STREAM_INTERVAL_S + 3 < timing["tokens"], (len(deltas), timing)
+            # with the answer, and the pump's clock runs up to an interval behind the model's at either end. (On
+            # an idle machine that is far fewer than the tokens, so they were merged; on one so loaded that a
+            # token takes longer than an interval there is nothing to merge, and the bound still holds.)
+            assert len(deltas) <= streaming_s / STREAM_INTERVAL_S + 3, (len(deltas), timing)
     finally:
         for client in clients:
             client.close()
