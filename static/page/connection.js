@@ -2,6 +2,7 @@
 
 import { updateControls } from './controls.js';
 import { els } from './dom.js';
+import { loadInfo } from './info.js';
 import { scheduleLive } from './live.js';
 import { clearError, showError } from './messages.js';
 import { dropInFlight, errorText, onQueryError, onResponse, onStream } from './requests.js';
@@ -11,6 +12,7 @@ const LOST_CONNECTION = 'The connection to the server was lost (was it stopped o
   + 'Asking is paused until it is back; the page keeps trying to reconnect by itself.';
 
 let socket = null;
+let connectedBefore = false;
 
 export function connection() {
   return socket;
@@ -26,6 +28,10 @@ export function connect(token) {
     setStatus('connected');
     showTransport();
     socket.io.engine.once('upgrade', showTransport);
+    // A reconnect may reach a server restarted with another model: its name, skills, guide and frame size
+    // are asked for again (the first connect's are being loaded by the page's start).
+    if (connectedBefore) loadInfo(token);
+    connectedBefore = true;
   });
   socket.on('disconnect', () => {
     setStatus(socket.active ? 'reconnecting' : 'disconnected');

@@ -1,7 +1,7 @@
 // What the server says about its model (/api/info): capabilities, frame size, rate limit, the demo's guide.
 
 import { $, els } from './dom.js';
-import { showError } from './messages.js';
+import { clearError, showError } from './messages.js';
 import { ask } from './requests.js';
 
 const DEFAULT_IMAGE_SIZE = 512;
@@ -18,19 +18,29 @@ export const info = {
   minLiveGapMs: 0, // from the server's rate limit
 };
 
+let loads = 0; // a newer loadInfo (after a reconnect) makes an older one's answer and retries unwanted
+let applied = false;
+
+// Called at start and again on every reconnect: the server may have been restarted with another model.
 export async function loadInfo(token) {
+  const load = ++loads;
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   try {
     const response = await fetch('/api/info', { headers, cache: 'no-store' });
+    if (load !== loads) return;
     if (response.status === 503) {
       els.root.dataset.info = 'loading';
-      setTimeout(() => loadInfo(token), LOADING_RETRY_MS);
+      setTimeout(() => { if (load === loads) loadInfo(token); }, LOADING_RETRY_MS);
       return;
     }
     if (response.status === 401) throw new Error('the access token is missing or wrong (open the link that includes ?token=…)');
     if (!response.ok) throw new Error(`the server answered HTTP ${response.status}`);
-    applyInfo(await response.json());
+    const served = await response.json();
+    if (load !== loads) return;
+    clearError('info');
+    applyInfo(served);
   } catch (err) {
+    if (load !== loads) return;
     showError(`Could not load the model info: ${err.message}`, 'info');
     els.modelInfo.textContent = 'Model unknown';
     applyInfo({ capabilities: ['query'] });
@@ -38,17 +48,24 @@ export async function loadInfo(token) {
   }
 }
 
+// Everything is set from what this server said, nothing kept from a model served before a restart.
 function applyInfo(served) {
+  const previousImageSize = info.imageSize;
   info.capabilities = new Set(served.capabilities || []);
   info.imageSize = served.image_size || DEFAULT_IMAGE_SIZE;
   if (served.model) {
     els.modelInfo.textContent = [served.model, served.device].filter(Boolean).join(' · ');
     els.modelInfo.title = `${served.model}\nbackend ${served.backend || '?'}, dtype ${served.dtype || '?'}, `
       + `frames up to ${info.imageSize} px`;
+  } else {
+    els.modelInfo.title = '';
   }
   if (served.max_question_chars) els.question.maxLength = served.max_question_chars;
-  if (served.rate_limit_per_s > 0) info.minLiveGapMs = 1000 / (served.rate_limit_per_s * LIVE_RATE_SHARE);
-  els.liveSize.value = info.imageSize;
+  else els.question.removeAttribute('maxlength');
+  info.minLiveGapMs = served.rate_limit_per_s > 0 ? 1000 / (served.rate_limit_per_s * LIVE_RATE_SHARE) : 0;
+  // A live frame size the user chose is kept across a reconnect to the same model's frame size.
+  if (!applied || info.imageSize !== previousImageSize) els.liveSize.value = info.imageSize;
+  applied = true;
   showOfferedSkills();
   showGuide(served);
   els.root.dataset.info = 'loaded';

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import DESKTOP, TIMEOUT_MS, OpenApp, wait_until_ready
@@ -94,6 +95,37 @@ def test_a_page_whose_token_the_restarted_server_refuses_says_why(browser: Brows
             expect(page.locator("#error")).to_contain_text("Not authorised: open the link that includes ?token=")
             expect(page.locator("#error")).to_contain_text("missing or wrong access token")
             expect(page.locator("#status")).to_have_attribute("data-state", "disconnected")
+    finally:
+        context.close()
+
+
+def test_a_reconnect_to_a_server_restarted_with_another_model_shows_that_model(
+    browser: Browser, tiny_model: Path
+) -> None:
+    """The demo model's server is restarted on the same port with another model: after the reconnect the page
+    names the new model and offers only its skills, no demo guide, and its frame size (the two models' frame
+    sizes and skills happen to be the same; their names and guides are not)."""
+    context = browser.new_context(viewport=DESKTOP)  # by hand: refused reconnects log console errors
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        with AppProcess(["--model", "demo"]) as first:
+            page.goto(first.url)
+            wait_until_ready(page)
+            expect(page.locator("#guide")).to_be_visible()
+        expect(page.locator("#status")).not_to_have_attribute("data-state", "connected")
+        with AppProcess(["--model", str(tiny_model)], port=first.port) as second:
+            served = requests.get(f"{second.url}/api/info", timeout=5).json()
+            assert "hint" not in served, served
+            expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=30_000)
+            expect(page.locator("#model-info")).to_contain_text(served["model"])
+            expect(page.locator("#guide")).to_be_hidden()
+            expect(page.locator("#live-size")).to_have_value(str(served["image_size"]))
+            for control, needs in {"caption-short": "caption", "detect": "detect", "point": "point"}.items():
+                if needs in served["capabilities"]:
+                    expect(page.locator(f"#{control}")).to_be_visible()
+                else:
+                    expect(page.locator(f"#{control}")).to_be_hidden()
     finally:
         context.close()
 
