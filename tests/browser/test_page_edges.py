@@ -64,6 +64,16 @@ def token_server() -> Iterator[AppProcess]:
         yield app
 
 
+def test_the_two_clear_buttons_say_what_they_clear(open_app: OpenApp) -> None:
+    page = open_app()
+    page.fill("#question", "what shape is this?")
+    page.press("#question", "Enter")
+    expect(page.locator("#history > li")).to_have_count(1)
+    expect(page.get_by_role("button", name="Clear alerts", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Clear history", exact=True).click()
+    expect(page.locator("#history > li")).to_have_count(0)
+
+
 def test_without_the_token_the_page_says_how_to_get_the_link(
     browser: Browser, token_server: AppProcess, axe_source: str
 ) -> None:
