@@ -15,7 +15,7 @@ import { info, loadInfo } from './page/info.js';
 import { isLive, liveFrameSize, liveInterval, scheduleLive, setLive } from './page/live.js';
 import { clearError, showError } from './page/messages.js';
 import { drawOverlay } from './page/overlay.js';
-import { ask, cancel, caption, locate } from './page/requests.js';
+import { ask, cancel, caption, currentRequest, locate } from './page/requests.js';
 
 const TOKEN_KEY = 'vlm-token';
 
@@ -31,13 +31,32 @@ function takeToken() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
+// Inputs whose keys are not text to edit: Esc means nothing special there.
+const NOT_TEXT = new Set(['button', 'checkbox', 'color', 'file', 'image', 'radio', 'range', 'reset', 'submit']);
+
+// Esc stops the answer in progress from anywhere on the page (the Stop button's tooltip says so), but not where
+// Esc already has a meaning: in a field being edited other than the question and object fields, in a select or
+// its picker, or in an open dialog.
+function escapeStops(event) {
+  if (event.key !== 'Escape' || event.defaultPrevented || event.isComposing) return false;
+  if (event.altKey || event.ctrlKey || event.metaKey || event.shiftKey) return false;
+  if (document.querySelector('dialog[open], [aria-modal="true"]')) return false;
+  const target = event.target instanceof Element ? event.target : null;
+  if (!target || target === els.question || target === els.skillObject) return true;
+  if (target.isContentEditable || target.closest('select, textarea')) return false;
+  return !(target instanceof HTMLInputElement && !NOT_TEXT.has(target.type));
+}
+
 function bindEvents() {
   els.askForm.addEventListener('submit', (event) => {
     event.preventDefault();
     ask();
   });
-  els.question.addEventListener('keydown', (event) => {
-    if (event.key === 'Escape') cancel();
+  document.addEventListener('keydown', (event) => {
+    if (escapeStops(event) && currentRequest()) {
+      event.preventDefault();
+      cancel();
+    }
   });
   els.cancel.addEventListener('click', cancel);
   $('caption-short').addEventListener('click', () => caption('short'));

@@ -167,6 +167,32 @@ def test_stop_keeps_the_partial_answer_marked_as_stopped(open_app: OpenApp, slow
     assert entry.locator(".answer").inner_text() == kept, "nothing streamed after Stop is added"
 
 
+def ask_slowly(page: Page, question: str = "describe") -> None:
+    """Asks with the keyboard and returns while the slow model's answer is in progress."""
+    page.fill("#question", question)
+    page.press("#question", "Enter")
+    expect(page.locator("#cancel")).to_be_enabled()
+
+
+def test_escape_stops_the_answer_anywhere_but_in_another_field(open_app: OpenApp, slow_server: AppProcess) -> None:
+    page = open_app(url=slow_server.url)
+    entry = page.locator("#history > li").first
+    ask_slowly(page)
+    page.focus("#live-interval")  # a field of its own: Esc there is the field's
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(300)
+    expect(entry).not_to_have_attribute("data-state", "cancelled")
+    page.evaluate("() => document.activeElement.blur()")  # focus on the page itself
+    page.keyboard.press("Escape")
+    expect(entry).to_have_attribute("data-state", "cancelled")
+    ask_slowly(page)
+    page.click("#ask")  # a new question asked with the mouse (it supersedes the first): focus on the Ask button
+    expect(page.locator("#history > li")).to_have_count(3)
+    page.keyboard.press("Escape")
+    expect(entry).to_have_attribute("data-state", "cancelled")
+    expect(page.locator("#cancel")).to_be_disabled()
+
+
 @pytest.fixture(scope="module")
 def limited_server() -> Iterator[AppProcess]:
     """Answers of at most two tokens, and a low per-client rate limit the demo model could outrun many times over."""
