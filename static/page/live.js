@@ -3,6 +3,7 @@
 
 import { frameSource } from './camera.js';
 import { connected } from './connection.js';
+import { updateControls } from './controls.js';
 import { els } from './dom.js';
 import { info } from './info.js';
 import { showError } from './messages.js';
@@ -56,6 +57,7 @@ export function setLive(wanted) {
   if (on) els.livePanel.hidden = false;
   els.livePanel.classList.toggle('running', on);
   if (!on) clearTimeout(timer);
+  updateControls();
   scheduleLive();
 }
 
