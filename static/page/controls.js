@@ -9,6 +9,8 @@ import { currentRequest } from './requests.js';
 const LIVE_TITLE = els.liveToggle.title;
 
 export function updateControls() {
+  const focused = document.activeElement;
+  const keyboardFocus = focused instanceof HTMLElement && focusVisible(focused);
   const online = connected();
   const haveFrame = els.root.dataset.camera === 'ready' || isFrozen();
   const cannotAsk = !online ? 'Not connected to the server' : !haveFrame ? 'No camera frame yet' : '';
@@ -22,4 +24,15 @@ export function updateControls() {
   els.snapshot.disabled = !haveFrame;
   for (const button of els.skills.querySelectorAll('button')) button.disabled = !online || !haveFrame;
   els.root.dataset.busy = String(Boolean(currentRequest()));
+  // A control disabled under keyboard focus (Stop, pressed with Enter) would drop focus to <body>; the question
+  // field is where a keyboard user goes on from. A pointer's focus is left alone (it would open a phone's keyboard).
+  if (keyboardFocus && focused.disabled) els.question.focus();
+}
+
+function focusVisible(element) {
+  try {
+    return element.matches(':focus-visible');
+  } catch {
+    return true; // a browser without :focus-visible
+  }
 }

@@ -193,6 +193,22 @@ def test_escape_stops_the_answer_anywhere_but_in_another_field(open_app: OpenApp
     expect(page.locator("#cancel")).to_be_disabled()
 
 
+def test_stop_pressed_with_the_keyboard_leaves_focus_on_the_question(
+    open_app: OpenApp, slow_server: AppProcess
+) -> None:
+    page = open_app(url=slow_server.url)
+    page.focus("#question")
+    page.keyboard.type("describe")
+    page.keyboard.press("Enter")
+    expect(page.locator("#cancel")).to_be_enabled()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "cancel"
+    page.keyboard.press("Enter")
+    expect(page.locator("#history > li").first).to_have_attribute("data-state", "cancelled")
+    expect(page.locator("#question")).to_be_focused()
+
+
 @pytest.fixture(scope="module")
 def limited_server() -> Iterator[AppProcess]:
     """Answers of at most two tokens, and a low per-client rate limit the demo model could outrun many times over."""
