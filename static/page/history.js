@@ -34,9 +34,11 @@ export function paint(request) {
   if (request === latestAsked()) renderInto(currentView, request);
 }
 
-// The live panel keeps showing the previous answer until the next one starts arriving.
+// The live panel keeps showing the previous answer until the next one starts arriving; one stopped part-way
+// (Stop, or live switched off) keeps what had streamed, marked as stopped.
 function paintLive(request) {
-  if (request.state === 'pending' || request.state === 'cancelled') {
+  const stoppedPartWay = request.stopped && request.text.trim();
+  if (request.state === 'pending' || (request.state === 'cancelled' && !stoppedPartWay)) {
     liveView.box.dataset.state = request.state;
   } else {
     renderInto(liveView, request);

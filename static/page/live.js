@@ -7,7 +7,7 @@ import { updateControls } from './controls.js';
 import { els } from './dom.js';
 import { info } from './info.js';
 import { showError } from './messages.js';
-import { currentRequest, send } from './requests.js';
+import { cancelLive, currentRequest, send } from './requests.js';
 
 const LIVE_RETRY_MS = 500;
 const LIVE_ERROR_BACKOFF_MS = 1500;
@@ -56,7 +56,10 @@ export function setLive(wanted) {
   els.root.dataset.live = String(on);
   if (on) els.livePanel.hidden = false;
   els.livePanel.classList.toggle('running', on);
-  if (!on) clearTimeout(timer);
+  if (!on) {
+    clearTimeout(timer);
+    cancelLive(); // the live answer in progress is stopped as Stop stops it: the server stops generating it
+  }
   updateControls();
   scheduleLive();
 }

@@ -23,7 +23,8 @@ const stats = {
   liveSent: 0,
   streamEvents: 0,
   responses: 0,
-  errors: 0,
+  errors: 0, // failed requests; a cancelled one (Stop, superseded, live switched off) is counted in cancelled
+  cancelled: 0,
   outstanding: 0, // sent but not yet answered by a final event, as the server sees it
   maxOutstanding: 0,
   liveOutstanding: 0,
@@ -125,11 +126,20 @@ export function locate(skill) {
   send({ event: 'skill', payload: { skill, object }, label, object });
 }
 
+// Stop: the request in flight is cancelled, what had streamed is kept. A live one also ends live mode.
 export function cancel() {
-  const request = current;
-  if (!request) return;
+  if (!current) return;
+  if (current.live) setLive(false); // which stops the live request (cancelLive)
+  else stop(current);
+}
+
+// Live mode was switched off: its request in flight is stopped as Stop stops it.
+export function cancelLive() {
+  if (current?.live) stop(current);
+}
+
+function stop(request) {
   connection().emit('cancel', { id: request.id });
-  if (request.live) setLive(false);
   request.stopped = true;
   if (request.text.trim()) request.meta = 'Stopped: the answer is cut short here';
   finish(request, 'cancelled', 'Cancelled.');
@@ -159,14 +169,15 @@ export function onResponse(response) {
 }
 
 export function onQueryError(error) {
-  stats.errors += 1;
+  if (error.code === 'cancelled') stats.cancelled += 1;
+  else stats.errors += 1;
   countFinal(error.id);
   const request = current;
   if (!request || request.id !== error.id) return;
   const outcome = error.code === 'cancelled' ? 'cancelled' : 'error';
-  if (request.live && error.code === 'unauthorized') setLive(false);
   if (request.live && outcome === 'error') backOffLive();
   finish(request, outcome, errorText(error));
+  if (request.live && error.code === 'unauthorized') setLive(false); // after finish: nothing left to cancel
 }
 
 export function errorText({ code, message }) {

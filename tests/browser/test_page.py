@@ -221,7 +221,8 @@ def test_live_mode_follows_the_camera_one_request_at_a_time(page: Page) -> None:
     page.wait_for_timeout(1000)
     assert stats(page)["liveSent"] == stopped["liveSent"], "live mode kept sending after it was turned off"
     expect(entries(page)).to_have_count(0)  # live answers stay in the live panel
-    expect(page.locator("#live-meta")).to_contain_text("ms")
+    # The last answer's timing, or, when switching off stopped one part-way, that it was stopped.
+    expect(page.locator("#live-meta")).to_contain_text(re.compile(r"ms|Stopped"))
 
 
 def test_history_keeps_thumbnails_timing_and_copies(page: Page) -> None:

@@ -209,6 +209,26 @@ def test_stop_pressed_with_the_keyboard_leaves_focus_on_the_question(
     expect(page.locator("#question")).to_be_focused()
 
 
+def test_switching_live_off_stops_its_answer_like_stop(open_app: OpenApp, slow_server: AppProcess) -> None:
+    page = open_app(url=slow_server.url)
+    panel = page.locator("#live-panel")
+    page.fill("#question", "describe")
+    page.click("#live-toggle")
+    page.wait_for_function("() => document.getElementById('live-answer').textContent.length > 10", timeout=60_000)
+    page.click("#live-toggle")
+    expect(page.locator("#live-toggle")).to_have_attribute("aria-pressed", "false")
+    expect(panel).to_have_attribute("data-state", "cancelled")
+    expect(panel).to_have_attribute("data-stopped", "true")
+    expect(page.locator("#live-meta")).to_contain_text("Stopped")
+    expect(page.locator("#cancel")).to_be_disabled()
+    kept = page.locator("#live-answer").inner_text()
+    assert len(kept) > 10, kept
+    # The server was told: it ends the generation with its final event (and its 300 tokens are not all made).
+    page.wait_for_function("() => window.__vlmStats.outstanding === 0", timeout=5_000)
+    page.wait_for_timeout(500)
+    assert page.locator("#live-answer").inner_text() == kept, "nothing streamed after live was switched off"
+
+
 @pytest.fixture(scope="module")
 def limited_server() -> Iterator[AppProcess]:
     """Answers of at most two tokens, and a low per-client rate limit the demo model could outrun many times over."""
