@@ -67,6 +67,8 @@ export function send({ event, payload, label, live = false, object = null }) {
   countSent(live);
   paint(request);
   updateControls();
+  // Its entry is shown as it starts (on a phone the history is below the fold); nothing moves if it is in view.
+  request.entry?.box.scrollIntoView({ block: 'nearest' });
   return request;
 }
 

@@ -381,6 +381,23 @@ def test_phone_sized_screen(open_app: OpenApp) -> None:
     save_screenshot(page, "page-phone.png", docs_name="screenshot-phone.png")
 
 
+def test_on_a_phone_a_new_answer_is_scrolled_into_view(open_app: OpenApp) -> None:
+    """The history is below the fold on a phone: tapping a suggested question shows its entry, and an entry
+    already in view does not move the page."""
+    page = open_app(viewport={"width": 375, "height": 667}, is_mobile=True, has_touch=True)
+    page.tap("#guide button >> nth=0")
+    first = entries(page).first
+    expect(first).to_be_in_viewport()
+    expect(first).to_have_attribute("data-state", "done")
+    page.evaluate("() => window.scrollTo(0, document.documentElement.scrollHeight)")
+    scrolled = page.evaluate("window.scrollY")
+    page.fill("#question", COLOR_QUESTION)
+    page.evaluate("() => document.getElementById('ask-form').requestSubmit()")  # no scrolling to a control
+    expect(entries(page)).to_have_count(2)
+    expect(entries(page).first).to_be_in_viewport()
+    assert page.evaluate("window.scrollY") == scrolled
+
+
 def test_page_runs_under_its_content_security_policy(open_app: OpenApp, server: AppProcess) -> None:
     violations = (
         "window.__csp = []; addEventListener('securitypolicyviolation', (e) => __csp.push(e.violatedDirective));"
