@@ -13,10 +13,13 @@ codes a client can act on.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import logging
+import socket
 import threading
-from collections.abc import Set
+import time
+from collections.abc import Callable, Set
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, ClassVar
 
@@ -36,6 +39,9 @@ JPEG_QUALITY = 90
 PLACEHOLDER_KEY = "EMPTY"
 # Upstream statuses a client can act on as it would on this server's own codes; any other is upstream_error.
 UPSTREAM_STATUS_CODES = {429: Code.BUSY, 504: Code.TIMEOUT}
+# How often the rows in flight are checked for a cancel or timeout: an upstream that sends nothing (or only
+# SSE keep-alive comments) never wakes the reading thread, so the check cannot wait for its next chunk.
+CANCEL_POLL_S = 0.1
 
 
 class OpenAIBackend(Backend):
@@ -76,7 +82,11 @@ class OpenAIBackend(Backend):
         for future in futures:
             future.result()
 
-    def _stream(self, index: int, job: Job, events: GenerationEvents) -> None:
+    def _stream(
+        self, index: int, job: Job, events: GenerationEvents, opened: Callable[[Any], None] | None = None
+    ) -> None:
+        """Stream one job; ``opened`` is given the response once its headers arrive, so that another thread can
+        cut it (``abort``) when the row is cancelled."""
         parts: list[str] = []
         chunks = 0
         finish: str | None = None
@@ -91,6 +101,8 @@ class OpenAIBackend(Backend):
                 stream=True,
                 stream_options={"include_usage": True},  # the true token counts, in a last chunk
             ) as stream:
+                if opened is not None:
+                    opened(stream.response)
                 for chunk in stream:
                     if events.cancelled(index):
                         return  # leaving the block closes the connection, which stops the upstream generation
@@ -103,6 +115,16 @@ class OpenAIBackend(Backend):
                         chunks += 1
                         parts.append(delta)
                         events.delta(index, delta)
+        except Exception:
+            if events.cancelled(index):
+                return  # the stream was cut because the row ended: nobody is waiting for its outcome
+            self._raise_as_vlm_error()
+        self._report(index, events, parts, chunks, finish, usage)
+
+    def _raise_as_vlm_error(self) -> None:
+        """The exception being handled, as the ``VlmError`` a client can act on."""
+        try:
+            raise
         except openai.APITimeoutError as error:
             raise VlmError(Code.TIMEOUT, f"the model server did not answer within {self.client.timeout} s") from error
         except openai.APIStatusError as error:
@@ -110,6 +132,10 @@ class OpenAIBackend(Backend):
             raise VlmError(code, f"the model server refused: {error.message}") from error
         except openai.APIError as error:
             raise VlmError(Code.UPSTREAM_ERROR, f"the model server failed: {error.message}") from error
+
+    def _report(
+        self, index: int, events: GenerationEvents, parts: list[str], chunks: int, finish: str | None, usage: Any
+    ) -> None:
         # A server that reports no usage streams (nearly always) one token per chunk; count those then.
         tokens = usage.completion_tokens if usage else chunks
         events.done(
@@ -133,17 +159,41 @@ class Forwarder(Decoder):
         self.events = events
         self.lock = threading.Lock()
         self.running: set[int] = set()
+        self.responses: dict[int, Any] = {}  # the rows whose upstream response is open, by key
+        self.watching = False
 
     def join(self, jobs: dict[int, Job]) -> None:
         with self.lock:
             self.running |= jobs.keys()
+            if not self.watching:
+                self.watching = True
+                threading.Thread(target=self._watch, name="vlm-openai-cancels", daemon=True).start()
         for key, job in jobs.items():
             self.backend.pool.submit(self._forward, key, job)
+
+    def _watch(self) -> None:
+        """Cut the upstream response of every row that was cancelled or timed out, whether or not it streams."""
+        while True:
+            time.sleep(CANCEL_POLL_S)
+            with self.lock:
+                open_now = list(self.responses.items())
+            for key, response in open_now:
+                if self.events.cancelled(key):
+                    with self.lock:
+                        if self.responses.pop(key, None) is None:
+                            continue
+                    abort(response)
+
+    def _opened(self, key: int, response: Any) -> None:
+        with self.lock:
+            self.responses[key] = response
 
     def _forward(self, key: int, job: Job) -> None:
         """Stream one job; its outcome is reported before it leaves ``running``."""
         try:
-            self.backend._stream(key, job, self.events)
+            if self.events.cancelled(key):
+                return  # cancelled while it waited for a pool thread: never sent
+            self.backend._stream(key, job, self.events, lambda response: self._opened(key, response))
         except VlmError as error:
             self.events.failed(key, error)
         except Exception:
@@ -152,6 +202,7 @@ class Forwarder(Decoder):
         finally:
             with self.lock:
                 self.running.discard(key)
+                self.responses.pop(key, None)
 
     def step(self) -> None:
         """Nothing to do: rows advance on their own threads."""
@@ -163,6 +214,18 @@ class Forwarder(Decoder):
     def clear(self) -> None:
         with self.lock:
             self.running.clear()
+
+
+def abort(response: Any) -> None:
+    """Cut an httpx response from another thread: shutting its socket down wakes the thread blocked reading
+    it at once (closing it would not, on Linux), and the upstream sees the connection closed."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is None:
+        response.close()
+        return
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def chat_messages(job: Job) -> list[dict[str, Any]]:

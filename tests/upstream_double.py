@@ -1,0 +1,191 @@
+"""A test double of an OpenAI-compatible upstream that misbehaves on request (stdlib only).
+
+``UpstreamDouble(mode)`` serves ``/v1/models`` and a streamed ``/v1/chat/completions`` on a free
+loopback port; ``mode`` can be changed between requests. It counts the chat requests it was sent
+and the ones whose client closed the connection before the answer ended.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+MODEL = "fake"
+
+
+def chunk(content: str | None = None, finish: str | None = None) -> str:
+    delta = {} if content is None else {"content": content}
+    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return "data: " + json.dumps(body) + "\n\n"
+
+
+class UpstreamDouble:
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode
+        self.lock = threading.Lock()
+        self.requests = 0  # chat requests received
+        self.closed = 0  # chat requests whose client hung up before the answer ended
+        self.open = 0  # chat requests being answered now
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> UpstreamDouble:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, condition: Any, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if condition(self):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.reply(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "x"}]})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with double.lock:
+                    double.requests += 1
+                    double.open += 1
+                try:
+                    getattr(self, "mode_" + double.mode)()
+                except OSError:
+                    self.hung_up()
+                finally:
+                    with double.lock:
+                        double.open -= 1
+
+            def hung_up(self) -> None:
+                with double.lock:
+                    double.closed += 1
+
+            def reply(self, status: int, body: Any, content_type: str = "application/json") -> None:
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def start_sse(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+
+            def send(self, text: str) -> None:
+                data = text.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            def end(self) -> None:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+            def gone(self) -> bool:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+
+            def wait(self, seconds: float, ping: bool = False) -> bool:
+                """Sleep up to ``seconds`` (keep-alive comments every 0.2 s if ``ping``); False: the client hung up."""
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    if self.gone():
+                        self.hung_up()
+                        return False
+                    if ping:
+                        self.send(": keep-alive\n\n")
+                    time.sleep(0.2)
+                return True
+
+            def answer(self, *words: str, finish: str = "stop") -> None:
+                for word in words:
+                    self.send(chunk(word))
+                self.send(chunk(finish=finish))
+                self.send("data: [DONE]\n\n")
+                self.end()
+
+            def mode_ok(self) -> None:
+                self.start_sse()
+                self.answer("A ", "red ", "square.")
+
+            def mode_ping(self) -> None:  # keep-alive comments and never a token
+                self.start_sse()
+                self.wait(60, ping=True)
+
+            def mode_slow_first(self) -> None:  # 3 s to the first token, then a short answer
+                self.start_sse()
+                if self.wait(3):
+                    self.answer("A ", "red ", "square.")
+
+            def mode_s500(self) -> None:
+                message = "Traceback: File /srv/vllm/engine.py CUDA OOM on 10.0.0.7 key=upstream-key-123"
+                self.reply(500, {"error": {"message": message, "type": "server_error"}})
+
+            def mode_refuse(self) -> None:
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+            def mode_badjson(self) -> None:
+                self.start_sse()
+                self.send(chunk("ok "))
+                self.send("data: {not json\n\n")
+                self.send("data: [DONE]\n\n")
+                self.end()
+
+            def mode_nonsse(self) -> None:
+                message = {"role": "assistant", "content": "A red square."}
+                self.reply(200, {"object": "chat.completion", "choices": [{"index": 0, "message": message}]})
+
+            def mode_html200(self) -> None:
+                self.reply(200, "<html>captive portal</html>", "text/html")
+
+            def mode_empty(self) -> None:
+                self.start_sse()
+                self.send("data: [DONE]\n\n")
+                self.end()
+
+            def mode_cut(self) -> None:  # the body ends with neither a finish_reason nor [DONE]
+                self.start_sse()
+                self.send(chunk("Half "))
+                self.send(chunk("an "))
+                self.end()
+
+            def mode_filter(self) -> None:
+                self.start_sse()
+                self.answer("I can", finish="content_filter")
+
+            def mode_flood(self) -> None:  # ignores max_tokens: 10 MB in 10 KB chunks
+                self.start_sse()
+                for _ in range(1024):
+                    self.send(chunk("x" * 10240))
+                self.answer()
+
+            def mode_one_huge(self) -> None:  # one 1 MB delta
+                self.start_sse()
+                self.answer("y" * (1 << 20))
+
+        return Handler
