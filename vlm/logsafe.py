@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 MASK = "***"
+# The password in a URL's userinfo (http://user:pass@host), wherever a URL is logged.
+_URL_PASSWORD = re.compile(r"(://[^\s:/@]*:)[^\s/@]+@")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def neutralise(text: str) -> str:
     """Control characters as visible escapes (``\\n``, ``\\x1b``), so one record is one plain line."""
     return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def masked_url(url: str) -> str:
+    """``url`` with the password of its userinfo (``http://user:pass@host``) replaced by the mask."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{MASK}@{host}"))
 
 
 class SafeFormatter(logging.Formatter):
@@ -33,6 +45,7 @@ class SafeFormatter(logging.Formatter):
         return self.mask(super().formatException(ei))  # type: ignore[arg-type]
 
     def mask(self, text: str) -> str:
+        text = _URL_PASSWORD.sub(rf"\1{MASK}@", text)
         for secret in self.secrets:
             text = text.replace(secret, MASK)
         return text
@@ -55,6 +68,9 @@ def configure_logging(token: str | None) -> None:
     handler.setFormatter(SafeFormatter((token,) if token else ()))
     handler.addFilter(QuietTimeouts())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # The openai client's HTTP library logs every request's URL at INFO (a --base-url's password too).
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def route_library_loggers() -> None:

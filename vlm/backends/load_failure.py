@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from ..config import DEFAULT_MODEL, Settings
 from ..errors import ModelLoadError
+from ..logsafe import MASK, masked_url
 
 # moondream2 loads its tokenizer from another repository than its weights.
 TOKENIZER_REPO = "moondream/starmie-v1"
@@ -21,9 +24,13 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
     if isinstance(error, ModelLoadError):
         return str(error)
     if settings.backend == "openai":
+        base_url = masked_url(settings.base_url) if settings.base_url else "(no --base-url)"
+        cause = str(error)
+        if password := urlsplit(settings.base_url or "").password:
+            cause = cause.replace(password, MASK)
         return (
-            f"Could not use the OpenAI-compatible server at {settings.base_url or '(no --base-url)'} "
-            f"for model {settings.model!r}: {type(error).__name__}: {error}. "
+            f"Could not use the OpenAI-compatible server at {base_url} "
+            f"for model {settings.model!r}: {type(error).__name__}: {cause}. "
             "Check that the server is running and reachable from here, that --base-url ends in /v1, "
             "and that --api-key (or OPENAI_API_KEY) is what it expects."
         )
