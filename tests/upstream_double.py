@@ -137,9 +137,9 @@ class UpstreamDouble:
                 self.start_sse()
                 self.wait(60, ping=True)
 
-            def mode_slow_first(self) -> None:  # 3 s to the first token, then a short answer
+            def mode_slow_first(self) -> None:  # 2 s to the first token, then a short answer
                 self.start_sse()
-                if self.wait(3):
+                if self.wait(2):
                     self.answer("A ", "red ", "square.")
 
             def mode_s500(self) -> None:

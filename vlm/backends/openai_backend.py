@@ -22,11 +22,13 @@ import time
 from collections.abc import Callable, Set
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import openai
 from PIL import Image
 
 from ..errors import Code, VlmError
+from ..logsafe import MASK, masked_url
 from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, prompt_text
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ UPSTREAM_STATUS_CODES = {429: Code.BUSY, 504: Code.TIMEOUT}
 # How often the rows in flight are checked for a cancel or timeout: an upstream that sends nothing (or only
 # SSE keep-alive comments) never wakes the reading thread, so the check cannot wait for its next chunk.
 CANCEL_POLL_S = 0.1
+# An upstream that ignores max_tokens is cut at max_new_tokens chunks, and at this many characters per token
+# (generous: a token is about 4) so that one huge delta cannot flood a client either.
+MAX_CHARS_PER_TOKEN = 32
 
 
 class OpenAIBackend(Backend):
@@ -68,7 +73,7 @@ class OpenAIBackend(Backend):
         served = [entry.id for entry in client.models.list()]
         if model not in served:
             # llama.cpp answers whatever name it is asked for; vLLM and Ollama will refuse each request.
-            log.warning("%s lists %s, not %r; requests may be refused", base_url, served, model)
+            log.warning("%s lists %s, not %r; requests may be refused", masked_url(base_url), served, model)
         return cls(client, model=model, max_batch_size=max_batch_size)
 
     def decoder(self, events: RowEvents) -> Decoder:
@@ -88,9 +93,10 @@ class OpenAIBackend(Backend):
         """Stream one job; ``opened`` is given the response once its headers arrive, so that another thread can
         cut it (``abort``) when the row is cancelled."""
         parts: list[str] = []
-        chunks = 0
+        chunks = chars = 0
         finish: str | None = None
         usage: Any = None
+        room = job.max_new_tokens * MAX_CHARS_PER_TOKEN
         try:
             with self.client.chat.completions.create(
                 model=self.model,
@@ -103,6 +109,9 @@ class OpenAIBackend(Backend):
             ) as stream:
                 if opened is not None:
                     opened(stream.response)
+                kind = stream.response.headers.get("content-type", "")
+                if not kind.startswith("text/event-stream"):
+                    raise IncompleteAnswer(f"answered {kind or 'no Content-Type'}, not an event stream")
                 for chunk in stream:
                     if events.cancelled(index):
                         return  # leaving the block closes the connection, which stops the upstream generation
@@ -111,27 +120,56 @@ class OpenAIBackend(Backend):
                         continue
                     finish = chunk.choices[0].finish_reason or finish
                     delta = chunk.choices[0].delta.content
-                    if delta:
-                        chunks += 1
-                        parts.append(delta)
-                        events.delta(index, delta)
-        except Exception:
+                    if not delta:
+                        continue
+                    if chunks >= job.max_new_tokens or chars >= room:
+                        finish = "length"  # an upstream that ignores max_tokens is cut off here
+                        break
+                    if len(delta) > room - chars:
+                        delta, finish = delta[: room - chars], "length"
+                    chunks += 1
+                    chars += len(delta)
+                    parts.append(delta)
+                    events.delta(index, delta)
+                    if finish == "length":
+                        break
+            if finish is None:
+                raise IncompleteAnswer(f"the stream ended without a finish_reason after {chunks} chunks")
+            if finish == "content_filter":
+                raise IncompleteAnswer("the answer was stopped by its content filter")
+        except Exception as error:
             if events.cancelled(index):
                 return  # the stream was cut because the row ended: nobody is waiting for its outcome
-            self._raise_as_vlm_error()
+            raise self._failure(error) from error
         self._report(index, events, parts, chunks, finish, usage)
 
-    def _raise_as_vlm_error(self) -> None:
-        """The exception being handled, as the ``VlmError`` a client can act on."""
-        try:
-            raise
-        except openai.APITimeoutError as error:
-            raise VlmError(Code.TIMEOUT, f"the model server did not answer within {self.client.timeout} s") from error
-        except openai.APIStatusError as error:
+    def _failure(self, error: Exception) -> VlmError:
+        """The error a client is told (a status and a cause, never the upstream's own text, which can name
+        internal hosts, paths or this app's key), after one WARNING line with the detail for the operator."""
+        if isinstance(error, openai.APITimeoutError):
+            failure = VlmError(Code.TIMEOUT, f"the model server did not answer within {self.client.timeout} s")
+            detail = "read timeout"
+        elif isinstance(error, openai.APIStatusError):
             code = UPSTREAM_STATUS_CODES.get(error.status_code, Code.UPSTREAM_ERROR)
-            raise VlmError(code, f"the model server refused: {error.message}") from error
-        except openai.APIError as error:
-            raise VlmError(Code.UPSTREAM_ERROR, f"the model server failed: {error.message}") from error
+            failure = VlmError(code, f"the model server answered HTTP {error.status_code}")
+            detail = f"HTTP {error.status_code}: {error.message}"
+        elif isinstance(error, openai.APIConnectionError):
+            failure = VlmError(Code.UPSTREAM_ERROR, "the model server could not be reached")
+            detail = f"{type(error.__cause__ or error).__name__}: {error.__cause__ or error}"
+        elif isinstance(error, IncompleteAnswer):
+            failure = VlmError(Code.UPSTREAM_ERROR, "the model server's answer was incomplete or unreadable")
+            detail = str(error)
+        else:  # an error event in the stream, a cut connection, a chunk that is not JSON
+            failure = VlmError(Code.UPSTREAM_ERROR, "the model server failed")
+            detail = f"{type(error).__name__}: {error}"
+        log.warning("upstream request failed (%s): %s", failure.code, self.masked(detail))
+        return failure
+
+    def masked(self, text: str) -> str:
+        for secret in (self.client.api_key, urlsplit(str(self.client.base_url)).password):
+            if secret and secret != PLACEHOLDER_KEY:
+                text = text.replace(secret, MASK)
+        return text
 
     def _report(
         self, index: int, events: GenerationEvents, parts: list[str], chunks: int, finish: str | None, usage: Any
@@ -147,6 +185,10 @@ class OpenAIBackend(Backend):
                 finish_reason="length" if finish == "length" else "stop",
             ),
         )
+
+
+class IncompleteAnswer(Exception):
+    """The upstream answered 200 but not with a whole chat completion stream."""
 
 
 class Forwarder(Decoder):
@@ -197,7 +239,7 @@ class Forwarder(Decoder):
         except VlmError as error:
             self.events.failed(key, error)
         except Exception:
-            log.exception("forwarding a request failed")
+            log.exception("forwarding a request failed")  # a defect here: _stream turns upstream failures into VlmError
             self.events.failed(key, VlmError(Code.UPSTREAM_ERROR, "the model server failed"))
         finally:
             with self.lock:
