@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+
+from vlm.tls import new_pair
 
 
 def write_pair(
@@ -21,26 +20,9 @@ def write_pair(
     passphrase: bytes | None = None,
 ) -> tuple[Path, Path]:
     """A self-signed certificate for ``names`` that expires ``valid_days`` from now (negative: already expired)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webcam-vlm test")])
     now = datetime.datetime.now(datetime.UTC)
-    sans: list[x509.GeneralName] = []
-    for item in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(item)))
-        except ValueError:
-            sans.append(x509.DNSName(item))
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=400))
-        .not_valid_after(now + datetime.timedelta(days=valid_days))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    valid = (now - datetime.timedelta(days=400), now + datetime.timedelta(days=valid_days))
+    key, certificate = new_pair(names, "webcam-vlm test", *valid)
     encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))

@@ -23,7 +23,7 @@ import shlex
 import socket
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -218,20 +218,10 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write_pair(cert_path: Path, key_path: Path, names: list[str]) -> datetime.datetime:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webcam-vlm on " + socket.gethostname())])
     now = datetime.datetime.now(datetime.UTC)
     until = now + VALID_FOR
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(until)
-        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
-        .sign(key, hashes.SHA256())
+    key, certificate = new_pair(
+        names, "webcam-vlm on " + socket.gethostname(), now - datetime.timedelta(minutes=5), until
     )
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -239,6 +229,26 @@ def _write_pair(cert_path: Path, key_path: Path, names: list[str]) -> datetime.d
     _write_whole(key_path, private, 0o600)
     _write_whole(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     return until
+
+
+def new_pair(
+    names: Iterable[str], common_name: str, valid_from: datetime.datetime, valid_until: datetime.datetime
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new key and a self-signed certificate for ``names`` (host names or IP addresses)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(valid_from)
+        .not_valid_after(valid_until)
+        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, certificate
 
 
 def _general_name(name: str) -> x509.GeneralName:
