@@ -9,11 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import openai
 import pytest
+from PIL import Image
 
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 from tests.upstream_double import MODEL, UpstreamDouble
+from vlm.backends.base import Job, Result
+from vlm.backends.openai_backend import Forwarder, OpenAIBackend
+from vlm.errors import VlmError
 
 KEY = "upstream-key-123"
 PASSWORD = "hunter2-secret"
@@ -127,3 +132,45 @@ def test_the_password_in_base_url_is_never_logged(app: AppProcess, client: Recor
         with AppProcess(["--backend", "openai", "--base-url", base, "--model", MODEL]):
             pass
     assert "Could not use the OpenAI-compatible server" in str(failed.value) and PASSWORD not in str(failed.value)
+
+
+class AdmitNextOnDone:
+    """Row events as the scheduler gives them: a row that is done reads as cancelled, and its freed slot admits
+    the next job at once, from within ``done``."""
+
+    def __init__(self, double: UpstreamDouble, next_job: Job) -> None:
+        self.double, self.next_job = double, next_job
+        self.outcomes: dict[int, tuple[str, str]] = {}
+        self.forwarder: Forwarder | None = None
+
+    def delta(self, row: int, text: str) -> None:
+        pass
+
+    def cancelled(self, row: int) -> bool:
+        return row in self.outcomes
+
+    def failed(self, row: int, error: VlmError) -> None:
+        self.outcomes[row] = ("failed", error.code)
+
+    def done(self, row: int, result: Result) -> None:
+        self.outcomes[row] = ("done", result.answer)
+        if row == 0 and self.forwarder is not None:
+            self.double.mode = "slow_no_done"
+            self.forwarder.join({1: self.next_job})
+            time.sleep(0.3)  # past the cancel watcher's poll, while row 1 reuses row 0's pooled connection
+
+
+@pytest.mark.unit
+def test_a_finished_rows_connection_reused_by_the_next_row_is_not_cut() -> None:
+    """A finished row reads as cancelled; the watcher once cut its response after its connection had gone back to
+    the pool and been taken by the next row, failing that healthy request (found in review)."""
+    job = Job(task="query", image=Image.new("RGB", (32, 32)), image_key="k", text="what?", max_new_tokens=16)
+    with UpstreamDouble("no_done") as double:
+        client = openai.OpenAI(base_url=f"{double.url}/v1", api_key="k", timeout=10, max_retries=0)
+        events = AdmitNextOnDone(double, job)
+        forwarder = events.forwarder = Forwarder(OpenAIBackend(client, model=MODEL, max_batch_size=2), events)
+        forwarder.join({0: job})
+        deadline = time.monotonic() + 10
+        while len(events.outcomes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert events.outcomes == {0: ("done", "A red square."), 1: ("done", "B")}

@@ -133,6 +133,20 @@ class UpstreamDouble:
                 self.start_sse()
                 self.answer("A ", "red ", "square.")
 
+            def mode_no_done(self) -> None:  # a whole answer, then the body ends without a [DONE] line
+                self.start_sse()
+                for word in ("A ", "red ", "square."):
+                    self.send(chunk(word))
+                self.send(chunk(finish="stop"))
+                self.end()
+
+            def mode_slow_no_done(self) -> None:  # the same after a second's thought
+                self.start_sse()
+                self.wait(1.0)
+                self.send(chunk("B"))
+                self.send(chunk(finish="stop"))
+                self.end()
+
             def mode_ping(self) -> None:  # keep-alive comments and never a token
                 self.start_sse()
                 self.wait(60, ping=True)

@@ -88,15 +88,17 @@ class OpenAIBackend(Backend):
             future.result()
 
     def _stream(
-        self, index: int, job: Job, events: GenerationEvents, opened: Callable[[Any], None] | None = None
+        self,
+        index: int,
+        job: Job,
+        events: GenerationEvents,
+        opened: Callable[[Any], Callable[[], None]] | None = None,
     ) -> None:
         """Stream one job; ``opened`` is given the response once its headers arrive, so that another thread can
-        cut it (``abort``) when the row is cancelled."""
+        cut it (``abort``) when the row is cancelled, and returns what ends that watch. The watch ends before the
+        response is closed: a response read to its end hands its connection back to the pool, where another
+        request may take it, and a late cut would kill that one."""
         parts: list[str] = []
-        chunks = chars = 0
-        finish: str | None = None
-        usage: Any = None
-        room = job.max_new_tokens * MAX_CHARS_PER_TOKEN
         try:
             with self.client.chat.completions.create(
                 model=self.model,
@@ -107,32 +109,17 @@ class OpenAIBackend(Backend):
                 stream=True,
                 stream_options={"include_usage": True},  # the true token counts, in a last chunk
             ) as stream:
-                if opened is not None:
-                    opened(stream.response)
-                kind = stream.response.headers.get("content-type", "")
-                if not kind.startswith("text/event-stream"):
-                    raise IncompleteAnswer(f"answered {kind or 'no Content-Type'}, not an event stream")
-                for chunk in stream:
-                    if events.cancelled(index):
-                        return  # leaving the block closes the connection, which stops the upstream generation
-                    usage = chunk.usage or usage
-                    if not chunk.choices:
-                        continue
-                    finish = chunk.choices[0].finish_reason or finish
-                    delta = chunk.choices[0].delta.content
-                    if not delta:
-                        continue
-                    if chunks >= job.max_new_tokens or chars >= room:
-                        finish = "length"  # an upstream that ignores max_tokens is cut off here
-                        break
-                    if len(delta) > room - chars:
-                        delta, finish = delta[: room - chars], "length"
-                    chunks += 1
-                    chars += len(delta)
-                    parts.append(delta)
-                    events.delta(index, delta)
-                    if finish == "length":
-                        break
+                unwatch = opened(stream.response) if opened is not None else _unwatched
+                try:
+                    kind = stream.response.headers.get("content-type", "")
+                    if not kind.startswith("text/event-stream"):
+                        raise IncompleteAnswer(f"answered {kind or 'no Content-Type'}, not an event stream")
+                    read = self._read(index, job, events, stream, parts)
+                finally:
+                    unwatch()
+            if read is None:
+                return  # cancelled: leaving the block closed the connection, which stops the upstream generation
+            finish, usage, chunks = read
             if finish is None:
                 raise IncompleteAnswer(f"the stream ended without a finish_reason after {chunks} chunks")
             if finish == "content_filter":
@@ -142,6 +129,37 @@ class OpenAIBackend(Backend):
                 return  # the stream was cut because the row ended: nobody is waiting for its outcome
             raise self._failure(error) from error
         self._report(index, events, parts, chunks, finish, usage)
+
+    def _read(
+        self, index: int, job: Job, events: GenerationEvents, stream: Any, parts: list[str]
+    ) -> tuple[str | None, Any, int] | None:
+        """The stream's deltas into ``parts``, each reported as it comes, cut at the job's budget; then the
+        finish reason, the usage and the chunks read, or None once the row is cancelled."""
+        chunks = chars = 0
+        finish: str | None = None
+        usage: Any = None
+        room = job.max_new_tokens * MAX_CHARS_PER_TOKEN
+        for chunk in stream:
+            if events.cancelled(index):
+                return None
+            usage = chunk.usage or usage
+            if not chunk.choices:
+                continue
+            finish = chunk.choices[0].finish_reason or finish
+            delta = chunk.choices[0].delta.content
+            if not delta:
+                continue
+            if chunks >= job.max_new_tokens or chars >= room:
+                return "length", usage, chunks  # an upstream that ignores max_tokens is cut off here
+            if len(delta) > room - chars:
+                delta, finish = delta[: room - chars], "length"
+            chunks += 1
+            chars += len(delta)
+            parts.append(delta)
+            events.delta(index, delta)
+            if finish == "length":
+                break
+        return finish, usage, chunks
 
     def _failure(self, error: Exception) -> VlmError:
         """The error a client is told (a status and a cause, never the upstream's own text, which can name
@@ -214,21 +232,29 @@ class Forwarder(Decoder):
             self.backend.pool.submit(self._forward, key, job)
 
     def _watch(self) -> None:
-        """Cut the upstream response of every row that was cancelled or timed out, whether or not it streams."""
+        """Cut the upstream response of every row that was cancelled or timed out, whether or not it streams.
+
+        Under the lock, so that a response whose watch has ended (``_opened``'s unwatch) is never cut."""
         while True:
             time.sleep(CANCEL_POLL_S)
             with self.lock:
-                open_now = list(self.responses.items())
-            for key, response in open_now:
-                if self.events.cancelled(key):
-                    with self.lock:
-                        if self.responses.pop(key, None) is None:
-                            continue
-                    abort(response)
+                for key, response in list(self.responses.items()):
+                    if self.events.cancelled(key):
+                        del self.responses[key]
+                        try:
+                            abort(response)
+                        except Exception:  # never the end of the watcher, which every later row needs
+                            log.exception("could not cut a cancelled upstream response")
 
-    def _opened(self, key: int, response: Any) -> None:
+    def _opened(self, key: int, response: Any) -> Callable[[], None]:
         with self.lock:
             self.responses[key] = response
+
+        def unwatch() -> None:
+            with self.lock:
+                self.responses.pop(key, None)
+
+        return unwatch
 
     def _forward(self, key: int, job: Job) -> None:
         """Stream one job; its outcome is reported before it leaves ``running``."""
@@ -244,7 +270,6 @@ class Forwarder(Decoder):
         finally:
             with self.lock:
                 self.running.discard(key)
-                self.responses.pop(key, None)
 
     def step(self) -> None:
         """Nothing to do: rows advance on their own threads."""
@@ -256,6 +281,10 @@ class Forwarder(Decoder):
     def clear(self) -> None:
         with self.lock:
             self.running.clear()
+
+
+def _unwatched() -> None:
+    """What ends the watch of a response nobody watches."""
 
 
 def abort(response: Any) -> None:
