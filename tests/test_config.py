@@ -35,6 +35,7 @@ NONSENSE = [
     ("--port", "0"),
     ("--port", "70000"),
     ("--port", "http"),
+    ("--max-queue", "1" + "0" * 400),  # too long for a float: OverflowError escaped as a traceback
 ]
 
 
@@ -85,8 +86,19 @@ def test_the_app_exits_with_the_reason_before_loading_anything() -> None:
         (["--webhook-url", "hooks.example.com/alert"], "--webhook-url must be an http:// or https:// URL"),
         (["--webhook-url", "ftp://hooks.example.com/alert"], "--webhook-url must be"),
         (["--source", "http://[bad/stream"], "is not a usable URL"),
+        (["--webhook-url", "http://hooks.example.com:80a/alert"], "--webhook-url must be"),
+        (["--webhook-url", "http://[bad/alert"], "--webhook-url must be"),
     ],
-    ids=["blank", "too long", "too many", "webhook without scheme", "webhook not http", "malformed source"],
+    ids=[
+        "blank",
+        "too long",
+        "too many",
+        "webhook without scheme",
+        "webhook not http",
+        "malformed source",
+        "webhook port not a number",
+        "webhook host malformed",
+    ],
 )
 def test_watch_settings_the_server_would_refuse_stop_it_at_start(
     flags: list[str], said: str, capsys: pytest.CaptureFixture[str]

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.http_receiver import Receiver
 from vlm.sources import source_label
 from vlm.watch import Trigger, read_verdict
-from vlm.webhook import WebhookSender
+from vlm.webhook import WebhookSender, post_within
 
 pytestmark = pytest.mark.unit
 
@@ -159,3 +161,25 @@ def test_credentials_in_the_url_are_sent_as_basic_auth() -> None:
         WebhookSender(url, on_result=results.append).send({"n": 1})
         assert receiver.wait_for(1, 10) == [{"n": 1}]
     assert seen == ["Basic YWxlcnQgYm90OnBAc3M="]  # "alert bot:p@ss"
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port"),
+    [("http://[::1]/hook", "::1", 80), ("https://[fe80::abcd]/hook", "fe80::abcd", 443), ("http://h:8080/", "h", 8080)],
+)
+def test_the_webhook_connects_to_the_urls_own_host_and_port(
+    url: str, host: str, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given no port, http.client parses one out of the host: an IPv6 host (``::1``) became host ':' port 1."""
+    opened: list[tuple[str, int]] = []
+
+    class ConnectionDouble:
+        def __init__(self, host: str, port: int, timeout: float) -> None:
+            opened.append((host, port))
+            raise ConnectionRefusedError  # what is checked is where it would connect
+
+    monkeypatch.setattr(http.client, "HTTPConnection", ConnectionDouble)
+    monkeypatch.setattr(http.client, "HTTPSConnection", ConnectionDouble)
+    with pytest.raises(ConnectionRefusedError):
+        post_within(urlsplit(url), b"{}", timeout_s=1)
+    assert opened == [(host, port)]

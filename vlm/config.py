@@ -44,10 +44,11 @@ class Bounded:
     def __call__(self, text: str) -> int | float:
         try:
             value = self.kind(text)
-        except ValueError:
-            value = math.nan
-        low_ok = value >= self.least if self.least_allowed else value > self.least
-        if not (math.isfinite(value) and low_ok and value <= self.most):
+            low_ok = value >= self.least if self.least_allowed else value > self.least
+            fits = math.isfinite(value) and low_ok and value <= self.most
+        except (ValueError, OverflowError):  # not a number, or an integer too long for a float
+            fits = False
+        if not fits:
             raise argparse.ArgumentTypeError(f"expected {self.description}, got {text!r}")
         return value
 
@@ -399,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def usable_webhook(url: str) -> bool:
+    try:  # urlsplit and .port raise ValueError for http://[bad or a port of 80a or 99999
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        return False
+
+
 def parse_settings(argv: list[str] | None = None) -> Settings:
     parser = build_parser()
     values = vars(parser.parse_args(argv))
@@ -421,8 +430,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
             urlsplit(source)
         except ValueError as error:  # e.g. http://[bad: the label shown for it would fail once the model is ready
             parser.error(f"--source {source!r} is not a usable URL: {error}")
-    if (hook := values["webhook_url"]) and not (urlsplit(hook).scheme in ("http", "https") and urlsplit(hook).hostname):
-        parser.error("--webhook-url must be an http:// or https:// URL with a host")
+    if (hook := values["webhook_url"]) and not usable_webhook(hook):
+        parser.error("--webhook-url must be an http:// or https:// URL with a host (and a port from 1 to 65535)")
     if len(values["watches"]) * len(values["sources"]) > MAX_WATCHES:
         parser.error(f"each --watch is checked on each --source: at most {MAX_WATCHES} of them in all")
     values["cors_origins"] = tuple(values["cors_origins"])

@@ -82,7 +82,7 @@ class WebhookSender:
                     advice = "; redirects are not followed: give the URL it redirects to" if status < 400 else ""
                     log.warning("webhook to %s refused the alert (%s)%s; not retried", self.host, problem, advice)
                     return False
-            except (OSError, http.client.HTTPException) as error:
+            except (OSError, http.client.HTTPException, UnicodeError) as error:  # UnicodeError: a host IDNA refuses
                 problem = type(error).__name__
             if attempt < self.attempts:
                 log.info(
@@ -101,24 +101,25 @@ class WebhookSender:
 
 def post_within(url: SplitResult, body: bytes, timeout_s: float) -> int:
     """POST a JSON ``body`` to ``url``; the answer's status, all within ``timeout_s`` or an ``OSError``."""
-    kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    connection = kind(url.hostname or "", url.port, timeout=timeout_s)
+    https = url.scheme == "https"
+    kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    # The port always given: with none, http.client parses one out of the host, and an IPv6 host (::1) has colons.
+    connection = kind(url.hostname or "", url.port or (443 if https else 80), timeout=timeout_s)
     headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
     if url.username is not None:  # user:password@host, as requests took it
         credentials = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
-    started = time.monotonic()
-    connection.connect()
     expired = threading.Event()
 
     def expire() -> None:  # shutting the socket wakes a blocked read; closing it from this thread would not
         expired.set()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):  # AttributeError: no socket yet, or closed already
             connection.sock.shutdown(socket.SHUT_RDWR)
 
-    deadline = threading.Timer(timeout_s - (time.monotonic() - started), expire)
+    deadline = threading.Timer(timeout_s, expire)  # from before the connect: a TLS handshake counts too
     deadline.start()
     try:
+        connection.connect()
         connection.request("POST", (url.path or "/") + (f"?{url.query}" if url.query else ""), body, headers)
         status = connection.getresponse().status
     except (OSError, http.client.HTTPException):
