@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import multiprocessing
 import queue
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,20 @@ def test_a_certificate_with_a_month_left_is_reused(tmp_path: Path) -> None:
     before = cert.read_bytes()
     assert self_signed_certificate(tmp_path) == (cert, key)
     assert cert.read_bytes() == before
+
+
+def test_a_cached_pair_in_a_folder_nobody_may_write_still_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container image with the pair baked into a read-only folder: the lock file cannot be made there, which
+    must not stop a pair that needs no remaking (a pair that does is refused with the folder named)."""
+    cert, key = self_signed_certificate(tmp_path, host="127.0.0.1")
+
+    def read_only(path: Path) -> Iterator[None]:
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(vlm.tls, "_locked", contextmanager(read_only))
+    assert self_signed_certificate(tmp_path, host="127.0.0.1") == (cert, key)
+    cert.write_text("not a certificate")
+    with pytest.raises(vlm.tls.TlsError, match="cannot be kept in"):
+        self_signed_certificate(tmp_path, host="127.0.0.1")

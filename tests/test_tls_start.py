@@ -188,7 +188,7 @@ def test_an_operators_certificate_near_its_end_is_served_with_a_warning(
     cert, key = write_pair(tmp_path / "cert.pem", tmp_path / "key.pem", valid_days=-1)
     with caplog.at_level("WARNING", logger="vlm.tls"):
         assert tls_pair(Settings(ssl_cert=str(cert), ssl_key=str(key))) == (str(cert), str(key))
-    assert f"the TLS certificate {cert} expires on" in caplog.text
+    assert f"the TLS certificate {cert} expired on" in caplog.text
     caplog.clear()
     fresh_cert, fresh_key = write_pair(tmp_path / "fresh-cert.pem", tmp_path / "fresh-key.pem")
     with caplog.at_level("WARNING", logger="vlm.tls"):

@@ -57,10 +57,21 @@ def tls_pair(settings: Settings) -> tuple[str, str]:
     else:
         cert, key = Path(str(settings.ssl_cert)), Path(str(settings.ssl_key))
         check_pair(cert, key)
-        expires = x509.load_pem_x509_certificates(cert.read_bytes())[0].not_valid_after_utc
-        if expires - datetime.datetime.now(datetime.UTC) < RENEW_BEFORE:  # served anyway: it is the operator's
-            log.warning("the TLS certificate %s expires on %s: browsers refuse it from then on", cert, expires.date())
+        _warn_if_ending(cert)
     return str(cert), str(key)
+
+
+def _warn_if_ending(cert: Path) -> None:
+    """The operator's certificate is served whatever its dates; a WARNING says when browsers stop taking it."""
+    try:
+        expires = x509.load_pem_x509_certificates(cert.read_bytes())[0].not_valid_after_utc
+    except ValueError:  # stricter than OpenSSL, which has loaded it: its dates are OpenSSL's business then
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    if expires <= now:
+        log.warning("the TLS certificate %s expired on %s: browsers refuse it", cert, expires.date())
+    elif expires - now < RENEW_BEFORE:
+        log.warning("the TLS certificate %s expires on %s: browsers refuse it from then on", cert, expires.date())
 
 
 def check_pair(cert: Path, key: Path) -> None:
@@ -144,6 +155,9 @@ def self_signed_certificate(directory: Path = CERT_DIR, host: str = "127.0.0.1")
             until = _write_pair(cert_path, key_path, sorted(name for name in names if name))
             check_pair(cert_path, key_path)
     except OSError as error:
+        # A folder nobody may write (a read-only image) still serves a cached pair that needs no remaking.
+        if _why_remake(cert_path, key_path, needed)[0] is None:
+            return cert_path, key_path
         where = error.strerror or str(error)
         if directory.exists() and not directory.is_dir():
             where = "it is a file, not a folder"
