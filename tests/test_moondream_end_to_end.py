@@ -133,3 +133,26 @@ def test_missing_tokenizer_is_named_with_the_hf_download_line(moondream_like: Mo
     assert f"tokenizer.json of {TOKENIZER_REPO} (revision main)" in log
     assert f"hf download {TOKENIZER_REPO} tokenizer.json" in log
     assert "huggingface-cli" not in log
+
+
+def test_a_prompt_and_answer_longer_than_the_context_end_cleanly(moondream_like: MoondreamLike) -> None:
+    """moondream2's 2048-position context is not checked by its code: an answer running past it failed mid-stream
+    as model_error (its decode loop indexes its mask past the end), and so did a question too long to fit."""
+    long_budget = ("--max-new-tokens", "1500", "--max-question-chars", "2500")
+    with serve(moondream_like, *long_budget) as running:
+        client = RecordingClient(running.url)
+        try:
+            frame = data_url(fixture_image(), "PNG")
+            kind, reply = client.ask({"id": "short", "question": QUESTION, "image": frame})
+            room = 2048 - reply["timing"]["prompt_tokens"]  # the frame's positions, the template's, the question's
+            question = QUESTION + " " + "x" * (room - 16)  # a token a character: 16 positions left to answer in
+            kind, reply = client.ask({"id": "long", "question": question, "image": frame}, timeout_s=600)
+            assert kind == "response", reply
+            timing = reply["timing"]
+            assert reply["finish_reason"] == "length" and timing["prompt_tokens"] + timing["tokens"] <= 2048, reply
+            kind, reply = client.ask({"id": "huge", "question": QUESTION + " " + "x" * room, "image": frame})
+            assert (kind, reply["code"]) == ("query_error", "question_too_long"), reply
+            kind, reply = client.ask({"id": "after", "question": QUESTION, "image": frame})
+            assert kind == "response" and reply["finish_reason"] in {"stop", "length"}
+        finally:
+            client.close()

@@ -17,6 +17,10 @@ does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 r
   size clients send comes from the model's crop settings (``frame_side``).
 - It keeps one KV cache in the model, so it must never run two calls at once (the
   scheduler guarantees that).
+- Its context is ``max_context`` (2048) positions, the frame's 730 among them, and nothing in it
+  checks that a prompt and its answer fit: the decode loop indexes its mask past the end and
+  fails mid-answer. The meter ends an answer at the last position (``finish_reason`` length)
+  and refuses a question that leaves no room (``question_too_long``).
 
 The image encoding is the expensive half of a query, so it is cached per frame digest:
 several questions, a caption and a detect on one snapshot encode it once.
@@ -32,6 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..errors import Code, VlmError
 from .base import Backend, GenerationEvents, Job, ModelInfo, Result
 from .frame_cache import FrameCache
 from .remote_code import load_remote_code_model
@@ -55,6 +60,10 @@ class GenerationStopped(Exception):
     """Raised inside moondream2's decoding loop to end a call that was cancelled or timed out."""
 
 
+class ContextFull(Exception):
+    """Raised inside moondream2's decoding loop at the context's last position: the answer ends there."""
+
+
 class TokenMeter:
     """Counts the tokens moondream2 really processes, and stops it between two of them when told to.
 
@@ -67,15 +76,18 @@ class TokenMeter:
     def __init__(self, model: Any) -> None:
         self._prefill, self._decode = model._prefill, model._decode_one_tok
         model._prefill, model._decode_one_tok = self.prefill, self.decode_one_tok
+        self.context = int(getattr(model.config.text, "max_context", 2048))
         self.should_stop: Callable[[], bool] = _never
         self.prompt_tokens = 0
         self.tokens = 0
+        self.full = False  # the last answer ended at the context's last position
 
     @contextmanager
     def watching(self, should_stop: Callable[[], bool]) -> Iterator[None]:
         """Count one call from zero, stopping it once ``should_stop()`` says so."""
         self.should_stop = should_stop
         self.prompt_tokens = self.tokens = 0
+        self.full = False
         try:
             yield
         finally:
@@ -83,12 +95,21 @@ class TokenMeter:
 
     def prefill(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
         self._check()
+        if int(pos_ids[-1]) >= self.context - 1:  # not one position left for an answer
+            raise VlmError(
+                Code.QUESTION_TOO_LONG,
+                f"the question does not fit moondream2's context of {self.context} tokens with the frame; "
+                "ask a shorter one",
+            )
         hidden = self._prefill(x, attn_mask, pos_ids, lora)
         self.prompt_tokens, self.tokens = int(pos_ids[-1]) + 1, 0
         return hidden
 
     def decode_one_tok(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
         self._check()
+        if int(pos_ids[-1]) >= self.context - 1:  # the loop would index its mask past the end next
+            self.full = True
+            raise ContextFull
         self.tokens += 1
         return self._decode(x, attn_mask, pos_ids, lora)
 
@@ -222,7 +243,7 @@ class MoondreamBackend(Backend):
             else:
                 chunks = self.model.caption(encoded, length=job.length, stream=True, settings=settings)["caption"]
             answer = self._stream(index, chunks, events)
-            finish = "length" if self.meter.tokens >= job.max_new_tokens else "stop"
+            finish = "length" if self.meter.tokens >= job.max_new_tokens or self.meter.full else "stop"
             return Result(
                 answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens, finish_reason=finish
             )
@@ -245,7 +266,8 @@ class MoondreamBackend(Backend):
 
     @staticmethod
     def _stream(index: int, chunks: Iterable[str], events: GenerationEvents) -> str:
-        """Forward the stream's chunks; a cancel closes it (the meter stops it mid-word, too)."""
+        """Forward the stream's chunks; a cancel closes it (the meter stops it mid-word, too), and a full context
+        ends it where it got to."""
         parts: list[str] = []
         iterator = iter(chunks)
         try:
@@ -254,6 +276,8 @@ class MoondreamBackend(Backend):
                     raise GenerationStopped
                 parts.append(chunk)
                 events.delta(index, chunk)
+        except ContextFull:
+            pass
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
