@@ -205,7 +205,8 @@ function finish(request, outcome, message = '', resumeLive = true) {
 function describeTiming(request, timing) {
   if (!timing) return;
   const parts = [`${Math.round(timing.total_ms)} ms`];
-  if (timing.tokens >= MIN_TOKENS_FOR_RATE && timing.model_ms > 0) {
+  // Detect and point decode coordinates, not text: a tokens/s figure for them would mean nothing to a reader.
+  if (!request.object && timing.tokens >= MIN_TOKENS_FOR_RATE && timing.model_ms > 0) {
     parts.push(`${(timing.tokens / (timing.model_ms / 1000)).toFixed(1)} tok/s`);
   }
   request.meta = parts.join(' · ');
