@@ -4,7 +4,7 @@ import { updateControls } from './controls.js';
 import { els } from './dom.js';
 import { scheduleLive } from './live.js';
 import { clearError, showError } from './messages.js';
-import { drawOverlay } from './overlay.js';
+import { clearOverlay, drawOverlay } from './overlay.js';
 
 const JPEG_QUALITY = 0.8;
 const THUMB_SIDE = 160;
@@ -24,6 +24,7 @@ export function isFrozen() {
 export async function startCamera(deviceId = null) {
   const started = ++generation;
   stopCamera();
+  clearOverlay(); // marks belong to a frame of the camera (or resolution) being left
   if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
     // Trying again cannot help here: only a different address can.
     cameraProblem('The camera only works on a secure page, and this one is plain http:// on a network address. '
@@ -191,6 +192,7 @@ function freeze() {
 
 function unfreeze() {
   frozen = false;
+  clearOverlay(); // marks found on the frozen frame do not belong to the live one
   renderFrozen();
   onVideoReady();
 }

@@ -343,6 +343,18 @@ def test_detect_or_point_draws_on_the_overlay_until_the_next_ask(
     assert not page.evaluate(OVERLAY_INKED, None)
 
 
+def test_marks_found_on_a_snapshot_go_with_it(open_app: OpenApp, moondream_server: AppProcess) -> None:
+    """They stayed drawn over the live video after Unfreeze, on a frame they were not found on."""
+    page = open_app(url=moondream_server.url)
+    page.click("#snapshot")
+    page.fill("#skill-object", "shape")
+    page.click("#point")
+    expect(entries(page).first).to_have_attribute("data-state", "done", timeout=60_000)
+    expect(page.locator("#overlay")).to_have_attribute("data-marks", re.compile(r"^[1-9]\d*$"))
+    page.click("#snapshot")
+    expect(page.locator("#overlay")).to_have_attribute("data-marks", "0")
+
+
 @pytest.mark.parametrize(
     ("init_script", "explanation"),
     [
