@@ -9,7 +9,10 @@ const currentView = { box: els.current, question: els.currentQuestion, answer: e
 
 function answerText(request) {
   if (request.stopped && request.text.trim()) return request.text.trim(); // what had streamed when Stop was pressed
-  if (request.state === 'cancelled' || request.state === 'error') return request.error;
+  // Superseded, or the connection lost, part-way: what had streamed is kept, with why it ends there.
+  if (request.state === 'cancelled' || request.state === 'error') {
+    return request.text.trim() ? `${request.text.trim()} … (${request.error})` : request.error;
+  }
   if (request.state === 'done') return request.text || '(empty answer)';
   return request.text;
 }

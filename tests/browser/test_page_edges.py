@@ -167,6 +167,23 @@ def test_stop_keeps_the_partial_answer_marked_as_stopped(open_app: OpenApp, slow
     assert entry.locator(".answer").inner_text() == kept, "nothing streamed after Stop is added"
 
 
+def test_a_superseded_answer_keeps_what_had_streamed(open_app: OpenApp, slow_server: AppProcess) -> None:
+    """It was replaced by 'Superseded by a newer request.', though Stop keeps the text."""
+    page = open_app(url=slow_server.url)
+    page.fill("#question", "describe")
+    page.press("#question", "Enter")
+    page.wait_for_function(
+        "() => document.querySelector('#history > li .answer').textContent.length > 10", timeout=60_000
+    )
+    page.fill("#question", "describe again")
+    page.press("#question", "Enter")
+    first = page.locator("#history > li").nth(1)
+    expect(first).to_have_attribute("data-state", "cancelled")
+    kept = first.locator(".answer").inner_text()
+    assert kept.endswith("… (Superseded by a newer request.)") and len(kept) > 10 + 36, kept
+    page.click("#cancel")
+
+
 def ask_slowly(page: Page, question: str = "describe") -> None:
     """Asks with the keyboard and returns while the slow model's answer is in progress."""
     page.fill("#question", question)
