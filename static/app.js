@@ -72,6 +72,9 @@ function bindEvents() {
   els.flip.addEventListener('click', flipCamera);
   els.resolution.addEventListener('change', () => startCamera(activeDeviceId()));
   els.mirror.addEventListener('change', () => setMirror(els.mirror.checked));
+  // Reading them puts a value typed outside the fields' bounds back within them, where it can be seen.
+  els.liveInterval.addEventListener('change', () => liveInterval());
+  els.liveSize.addEventListener('change', () => liveFrameSize());
   els.cameraRetry.addEventListener('click', () => startCamera());
   $('error-close').addEventListener('click', () => clearError());
   $('copy-all').addEventListener('click', (event) => copyText(allEntriesText(), event.currentTarget));

@@ -35,13 +35,21 @@ export function backOffLive() {
 }
 
 export function liveFrameSize() {
-  const size = Number(els.liveSize.value);
-  return Number.isFinite(size) && size >= 32 ? size : info.imageSize;
+  return withinBounds(els.liveSize) ?? info.imageSize;
 }
 
 export function liveInterval() {
-  const interval = Number(els.liveInterval.value);
-  return Number.isFinite(interval) && interval > 0 ? interval : 0;
+  return withinBounds(els.liveInterval) ?? 0;
+}
+
+// A number field's value, put back within the field's own min and max where it was typed outside them, so
+// that what the field shows is what live mode uses (-5 ms showed as typed and ran as 0); null when empty.
+function withinBounds(input) {
+  const value = Number(input.value);
+  if (input.value.trim() === '' || !Number.isFinite(value)) return null;
+  const bounded = Math.min(Number(input.max), Math.max(Number(input.min), value));
+  if (bounded !== value) input.value = String(bounded);
+  return bounded;
 }
 
 export function setLive(wanted) {

@@ -184,6 +184,21 @@ def test_a_superseded_answer_keeps_what_had_streamed(open_app: OpenApp, slow_ser
     page.click("#cancel")
 
 
+def test_live_settings_typed_out_of_bounds_are_put_within_them(open_app: OpenApp) -> None:
+    """-5 ms showed as typed and ran as 0; 100000 ms showed above the field's own maximum of 60000."""
+    page = open_app()
+    page.click("#live-toggle")
+    for field, typed, shown in [
+        ("#live-interval", "-5", "0"),
+        ("#live-interval", "100000", "60000"),
+        ("#live-size", "10", "64"),
+    ]:
+        page.fill(field, typed)
+        page.dispatch_event(field, "change")
+        expect(page.locator(field)).to_have_value(shown)
+    page.click("#live-toggle")
+
+
 def ask_slowly(page: Page, question: str = "describe") -> None:
     """Asks with the keyboard and returns while the slow model's answer is in progress."""
     page.fill("#question", question)
