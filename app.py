@@ -17,7 +17,7 @@ from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
 from vlm.logsafe import MASK, configure_logging, route_library_loggers
 from vlm.metrics import MeteredScheduler
-from vlm.network import is_wildcard, lan_address
+from vlm.network import is_loopback, is_wildcard, lan_address
 from vlm.preflight import start_problem
 from vlm.servers import serve
 from vlm.web import WebApp, create_app
@@ -67,7 +67,7 @@ def announce_ready(settings: Settings) -> None:
     """
     masked = page_urls(settings, settings.token and MASK)
     log.info("ready: open %s%s", masked[0], f" (this machine: {masked[1]})" if len(masked) > 1 else "")
-    if not settings.https and settings.host not in ("127.0.0.1", "localhost", "::1"):
+    if not settings.https and not is_loopback(settings.host):
         # Browsers give the camera only to https pages and to localhost: a phone on plain http gets no camera.
         log.warning("other devices get no camera over http: restart with --self-signed (or --ssl-cert/--ssl-key)")
     if settings.token and sys.stdout.isatty():
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.async_mode,
         settings.model,
     )
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
+    if not is_loopback(settings.host) and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
     serve(settings, web.app, socketio=web.socketio, on_sigterm=drainer(web, settings.drain_timeout_s))
 

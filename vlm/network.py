@@ -8,8 +8,16 @@ import socket
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
+# Reached from this machine only: no other device can open the page, so neither a token nor https is needed.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def is_wildcard(host: str) -> bool:
     return host in WILDCARD_HOSTS
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS
 
 
 def lan_address() -> str:
