@@ -19,6 +19,12 @@ model would work too:
   global crop), after being resized to the size the tiling covers: 640x480 becomes 1176x644.
 - **One KV cache.** The caches live in the model (set up lazily, on first use); every call loads the
   frame's cached prefix into them and decodes in place, so two calls running at once corrupt each other.
+- **Its text decoder's layout and arithmetic.** Blocks of ``ln``, ``attn.qkv``/``attn.proj`` and
+  ``mlp.fc1``/``mlp.fc2`` side by side (tanh GELU), key/value heads named apart (``n_kv_heads``), a rotary
+  table of (cos, sin) turning the first half of each head (read as two halves, written back interleaved),
+  a decode mask of (1, 1, context); ``_prefill_prompt`` returns (logits, hidden, first token, next
+  position), and ``query``/``caption`` prefill their prompt only when their stream is first read. The
+  app's running batch reads these weights by these names (vlm/backends/moondream_rows.py).
 - **A tokenizer from elsewhere.** The model loads its tokenizer with
   ``tokenizers.Tokenizer.from_pretrained(TOKENIZER_REPO)`` from the Hugging Face cache, not from its own
   folder (moondream2 loads ``moondream/starmie-v1``): a copied model folder alone fails offline.
@@ -59,8 +65,8 @@ WEIGHT_SEED = 0
 # Random weights never stop or leave a space; these make the greedy answer to QUESTION a few dozen tokens
 # in several words, ended by end-of-text, and the default sampling differ from run to run.
 LOGIT_SCALE = 0.05
-EOS_LOGIT = 1.9
-SPACE_LOGIT = 1.85
+EOS_LOGIT = 1.95
+SPACE_LOGIT = 1.8
 TOKENIZER_REPO = "webcam-vlm-fixtures/tiny-vqa-tokenizer"
 # A fixed commit-like name for the cached snapshot; ``refs/main`` points at it, as after ``hf download``.
 TOKENIZER_SNAPSHOT = "0" * 40
@@ -113,7 +119,9 @@ DEFAULT_MAX_OBJECTS = 50
 class TextConfig:
     dim: int = 32
     ff_dim: int = 64
+    n_layers: int = 1
     n_heads: int = 2
+    n_kv_heads: int = 2
     max_context: int = 2048
     vocab_size: int = 64
 
@@ -168,16 +176,24 @@ def prefix_causal_mask(max_context, prefix_len):
     return mask
 
 
-def rotary_table(head_dim, max_context, theta=10000.0):
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+def rotary_table(dim, max_context, theta=10000.0):
+    """(position, frequency, [cos, sin]) for ``dim`` rotated channels' worth of frequencies, as moondream2 keeps it
+    (its ``precompute_freqs_cis(head_dim // 2, ...)``): only the first half of each head turns."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32)[: dim // 2] / dim)
     angles = torch.arange(max_context, dtype=torch.float32)[:, None] * inv_freq[None, :]
     return torch.stack([angles.cos(), angles.sin()], dim=-1)
 
 
 def apply_rotary(x, table, pos_ids):
-    cos, sin = table[pos_ids, :, 0], table[pos_ids, :, 1]
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+    """moondream2's turn: the first ``2 x frequencies`` channels, read as two halves and written back
+    interleaved, in float32; the rest of the head passes through."""
+    turned = table.size(-2) * 2
+    x_rot, x_pass = x[..., :turned], x[..., turned:]
+    real, imag = x_rot[..., : turned // 2], x_rot[..., turned // 2 :]
+    cos = table[..., 0][pos_ids, :][None, None]
+    sin = table[..., 1][pos_ids, :][None, None]
+    out = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1).flatten(-2)
+    return torch.cat([out.to(x.dtype), x_pass], dim=-1)
 
 
 def choose_tiling(height, width, window, max_crops):
@@ -230,9 +246,9 @@ def stitch(features, tiling, margin):
 
 
 class KVCache(nn.Module):
-    def __init__(self, n_heads, max_context, head_dim, device, dtype):
+    def __init__(self, n_kv_heads, max_context, head_dim, device, dtype):
         super().__init__()
-        shape = (1, n_heads, max_context, head_dim)
+        shape = (1, n_kv_heads, max_context, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, device=device, dtype=dtype))
         self.register_buffer("v_cache", torch.zeros(shape, device=device, dtype=dtype))
 
@@ -260,15 +276,18 @@ class TinyMoondream(nn.Module):
             "proj_fc2": linear(2 * t.dim, t.dim, dtype),
         })
         self.vision.pos_emb = nn.Parameter(torch.zeros(1, grid * grid, v.enc_dim, dtype=dtype))
-        block = nn.ModuleDict({
-            "ln": nn.LayerNorm(t.dim, dtype=dtype),
-            "qkv": linear(t.dim, 3 * t.dim, dtype),
-            "proj": linear(t.dim, t.dim, dtype),
-            "fc1": linear(t.dim, t.ff_dim, dtype),
-            "fc2": linear(t.ff_dim, t.dim, dtype),
-        })
+        head_dim = t.dim // t.n_heads
+        qkv_dim = (t.n_heads + 2 * t.n_kv_heads) * head_dim
+        blocks = [
+            nn.ModuleDict({
+                "ln": nn.LayerNorm(t.dim, dtype=dtype),
+                "attn": nn.ModuleDict({"qkv": linear(t.dim, qkv_dim, dtype), "proj": linear(t.dim, t.dim, dtype)}),
+                "mlp": nn.ModuleDict({"fc1": linear(t.dim, t.ff_dim, dtype), "fc2": linear(t.ff_dim, t.dim, dtype)}),
+            })
+            for _ in range(t.n_layers)
+        ]
         self.text = nn.ModuleDict({
-            "blocks": nn.ModuleList([block]),
+            "blocks": nn.ModuleList(blocks),
             "post_ln": nn.LayerNorm(t.dim, dtype=dtype),
             "lm_head": linear(t.dim, t.vocab_size, dtype),
         })
@@ -290,12 +309,12 @@ class TinyMoondream(nn.Module):
 
     def _rotary(self):
         t = self.config.text
-        return rotary_table(t.dim // t.n_heads, t.max_context)
+        return rotary_table(t.dim // (2 * t.n_heads), t.max_context)
 
     def _setup_caches(self):
         t = self.config.text
         for block in self.text.blocks:
-            block.kv_cache = KVCache(t.n_heads, t.max_context, t.dim // t.n_heads, self.device,
+            block.kv_cache = KVCache(t.n_kv_heads, t.max_context, t.dim // t.n_heads, self.device,
                                      self.vision.pos_emb.dtype)
 
     @property
@@ -305,19 +324,26 @@ class TinyMoondream(nn.Module):
     # -- the transformer --------------------------------------------------------------------------
 
     def _blocks(self, x, attn_mask, pos_ids):
+        """Pre-norm blocks with attention and MLP side by side, as moondream2's ``text_decoder``."""
         t = self.config.text
+        batch, length, _ = x.shape
+        head_dim = t.dim // t.n_heads
         for block in self.text.blocks:
-            h = F.layer_norm(x, (t.dim,), block.ln.weight, block.ln.bias)
-            q, k, v = block.qkv(h).view(1, -1, 3, t.n_heads, t.dim // t.n_heads).permute(2, 0, 3, 1, 4)
+            h = F.layer_norm(x, block.ln.bias.shape, block.ln.weight, block.ln.bias)
+            q, k, v = block.attn.qkv(h).split([t.n_heads * head_dim, *[t.n_kv_heads * head_dim] * 2], dim=-1)
+            q = q.view(batch, length, t.n_heads, head_dim).transpose(1, 2)
+            k = k.view(batch, length, t.n_kv_heads, head_dim).transpose(1, 2)
+            v = v.view(batch, length, t.n_kv_heads, head_dim).transpose(1, 2)
             q, k = apply_rotary(q, self.text.freqs_cis, pos_ids), apply_rotary(k, self.text.freqs_cis, pos_ids)
             k, v = block.kv_cache.update(pos_ids, k, v)
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-            x = x + block.proj(attn.transpose(1, 2).reshape(1, -1, t.dim)) + block.fc2(F.gelu(block.fc1(h)))
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=t.n_heads != t.n_kv_heads)
+            attn = block.attn.proj(attn.transpose(1, 2).reshape(batch, length, t.dim))
+            x = x + attn + block.mlp.fc2(F.gelu(block.mlp.fc1(h), approximate="tanh"))
         return x
 
     def _lm_head(self, hidden):
-        h = F.layer_norm(hidden[:, -1], (self.config.text.dim,), self.text.post_ln.weight, self.text.post_ln.bias)
-        return self.text.lm_head(h)
+        post = self.text.post_ln
+        return self.text.lm_head(F.layer_norm(hidden[:, -1, :], post.bias.shape, post.weight, post.bias))
 
     def _prefill(self, x, attn_mask, pos_ids, lora):
         return self._blocks(x, attn_mask, pos_ids)
@@ -380,20 +406,21 @@ class TinyMoondream(nn.Module):
         return torch.multinomial(kept, num_samples=1)
 
     def _prefill_prompt(self, tokens, pos, temperature, top_p):
+        """(logits, hidden states, first token, next position), as moondream2's own returns them."""
         with torch.inference_mode():
             x = self._embed(tokens)
             end = pos + x.size(1)
             hidden = self._prefill(x, self.attn_mask[:, :, pos:end], torch.arange(pos, end, device=self.device),
                                    None)
             logits = self._lm_head(hidden)
-            return hidden, self._pick(logits, temperature, top_p), end
+            return logits, hidden, self._pick(logits, temperature, top_p), end
 
     def _generate_answer(self, tokens, pos, settings):
         settings = settings or {}
         max_tokens = settings.get("max_tokens", DEFAULT_MAX_TOKENS)
         temperature = settings.get("temperature", DEFAULT_TEMPERATURE)
         top_p = settings.get("top_p", DEFAULT_TOP_P)
-        _, next_token, pos = self._prefill_prompt(tokens, pos, temperature, top_p)
+        _, _, next_token, pos = self._prefill_prompt(tokens, pos, temperature, top_p)
         eos, answer_id = self.config.tokenizer.eos_id, self.config.tokenizer.answer_id
 
         def generator(next_token, pos):
@@ -426,10 +453,14 @@ class TinyMoondream(nn.Module):
         return generator(next_token, pos)
 
     def _text_reply(self, image, tokens, stream, settings, key):
+        """The frame is encoded and loaded at once; the prompt is prefilled when the stream is first read."""
         image = self.encode_image(image, settings)
         self.load_encoded_image(image)
-        chunks = self._generate_answer(torch.tensor([tokens], device=self.device), image.pos, settings)
-        return {key: chunks if stream else "".join(chunks)}
+
+        def generator():
+            yield from self._generate_answer(torch.tensor([tokens], device=self.device), image.pos, settings)
+
+        return {key: generator() if stream else "".join(generator())}
 
     def query(self, image=None, question=None, reasoning=False, spatial_refs=None, stream=False, settings=None):
         if image is None or question is None or reasoning or spatial_refs:
@@ -451,7 +482,7 @@ class TinyMoondream(nn.Module):
         self.load_encoded_image(image)
         template = self.config.tokenizer.templates["detect" if with_size else "point"]
         tokens = template["prefix"] + self.tokenizer.encode(" " + object).ids + template["suffix"]
-        hidden, next_token, pos = self._prefill_prompt(torch.tensor([tokens], device=self.device), image.pos, 0, 0)
+        _, hidden, next_token, pos = self._prefill_prompt(torch.tensor([tokens], device=self.device), image.pos, 0, 0)
         hidden = hidden[:, -1:]
         max_objects = (settings or {}).get("max_objects", DEFAULT_MAX_OBJECTS)
         mask = torch.zeros(1, 1, self.config.text.max_context, device=self.device, dtype=torch.bool)
@@ -591,8 +622,8 @@ def _templates(tokenizer: Tokenizer) -> dict[str, Any]:
 def _randomize(model: torch.nn.Module) -> None:
     """Seeded weights, large enough that answers depend on the attention mask, the rotary table and the image.
 
-    Answers are made of characters and end-of-text only (a trained model does not emit its prompt markers
-    either), so an answer's token count is its length.
+    Answers are made of characters on one line and end-of-text only (a trained model does not emit its prompt
+    markers either), so an answer's token count is its length.
     """
     generator = torch.Generator().manual_seed(WEIGHT_SEED)
     with torch.no_grad():
@@ -603,6 +634,7 @@ def _randomize(model: torch.nn.Module) -> None:
         head = model.model.text.lm_head
         head.weight.mul_(LOGIT_SCALE)
         head.bias[1 : len(SPECIAL_TOKENS)] = -1e4
+        head.bias[len(SPECIAL_TOKENS) + CHARACTERS.index("\n")] = -1e4
         head.bias[0] = EOS_LOGIT
         head.bias[len(SPECIAL_TOKENS) + CHARACTERS.index(" ")] = SPACE_LOGIT
 
@@ -610,8 +642,8 @@ def _randomize(model: torch.nn.Module) -> None:
 def build_remote_code_fixture(out_dir: Path, hub_cache: Path, **config_overrides: Any) -> Path:
     """Write the look-alike's folder into ``out_dir`` (created if needed), its tokenizer into ``hub_cache``.
 
-    ``config_overrides`` go into ``config.json``: ``call_post_init=True``, or ``vision={"max_crops": 4}``
-    (merged into the model's own settings). The weights do not depend on them.
+    ``config_overrides`` go into ``config.json``: ``call_post_init=True``, or ``vision={"max_crops": 4}`` and
+    ``text={"n_layers": 2}`` (merged into the model's own settings). Only the text settings change the weights.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -620,6 +652,7 @@ def build_remote_code_fixture(out_dir: Path, hub_cache: Path, **config_overrides
     (out_dir / "configuration_tiny_vqa.py").write_text(CONFIGURATION_SOURCE)
     (out_dir / "modeling_tiny_vqa.py").write_text(MODELING_SOURCE % {"tokenizer_repo": TOKENIZER_REPO})
     vision = config_overrides.pop("vision", {})
+    text = {"vocab_size": tokenizer.get_vocab_size(), **config_overrides.pop("text", {})}
     config = {
         "architectures": [CLASS_NAME],
         "auto_map": {
@@ -628,7 +661,7 @@ def build_remote_code_fixture(out_dir: Path, hub_cache: Path, **config_overrides
         },
         "model_type": "tiny_vqa",
         "config": {
-            "text": {"vocab_size": tokenizer.get_vocab_size()},
+            "text": text,
             "vision": vision,
             "tokenizer": {"templates": _templates(tokenizer)},
         },

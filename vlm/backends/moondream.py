@@ -16,7 +16,8 @@ does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 r
 - It tiles a frame into overlapping crops and resizes it to what they cover: the frame
   size clients send comes from the model's crop settings (``frame_side``).
 - It keeps one KV cache in the model, so it must never run two calls at once (the
-  scheduler guarantees that).
+  scheduler guarantees that). Answers are decoded together all the same: each starts in that
+  cache and is copied out into a running batch (``moondream_rows``).
 - Its context is ``max_context`` (2048) positions, the frame's 730 among them, and nothing in it
   checks that a prompt and its answer fit: the decode loop indexes its mask past the end and
   fails mid-answer. The meter ends an answer at the last position (``finish_reason`` length)
@@ -37,8 +38,9 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import Code, VlmError
-from .base import Backend, GenerationEvents, Job, ModelInfo, Result
+from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents
 from .frame_cache import FrameCache
+from .moondream_rows import MoondreamRows, Prefilled, stopping_after_prompt
 from .remote_code import load_remote_code_model
 from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned_attention, weights_dtype
 
@@ -106,11 +108,16 @@ class TokenMeter:
         return hidden
 
     def decode_one_tok(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
+        """One token; its mask (moondream2 passes (1, 1, context)) goes on as (1, 1, 1, context): PyTorch takes
+        a 3-D mask only in its unfused attention, which rounds otherwise than the fused kernel the running
+        batch (``moondream_rows``) uses, so a question would not get the same answer alone and in company."""
         self._check()
         if int(pos_ids[-1]) >= self.context - 1:  # the loop would index its mask past the end next
             self.full = True
             raise ContextFull
         self.tokens += 1
+        if attn_mask.dim() == 3:
+            attn_mask = attn_mask.unsqueeze(1)
         return self._decode(x, attn_mask, pos_ids, lora)
 
     def _check(self) -> None:
@@ -191,8 +198,9 @@ def _tiling(height: int, width: int, window: int, max_crops: int) -> tuple[int, 
 class MoondreamBackend(Backend):
     name: ClassVar[str] = "moondream"
 
-    def __init__(self, model: Any, *, model_id: str, device: str, max_crops: int = 0) -> None:
-        """``model`` is moondream2's ``HfMoondream``; ``max_crops`` (0: the model's own) trades detail for speed."""
+    def __init__(self, model: Any, *, model_id: str, device: str, max_crops: int = 0, max_batch_size: int = 16) -> None:
+        """``model`` is moondream2's ``HfMoondream``; ``max_crops`` (0: the model's own) trades detail for speed;
+        ``max_batch_size`` answers decode together (with continuous batching)."""
         self.model = model
         inner = model.model  # HfMoondream wraps the MoondreamModel that holds the config and the loop
         if max_crops:
@@ -210,39 +218,71 @@ class MoondreamBackend(Backend):
             capabilities=frozenset({"query", "caption", "detect", "point", "stream"}),
             image_size=side,
             input_size=side,
-            max_batch_size=1,
+            max_batch_size=max_batch_size,
         )
 
     @classmethod
     def load(
-        cls, model_id: str, *, revision: str | None, device: str, dtype: str, max_crops: int = 0
+        cls,
+        model_id: str,
+        *,
+        revision: str | None,
+        device: str,
+        dtype: str,
+        max_crops: int = 0,
+        max_batch_size: int = 16,
     ) -> MoondreamBackend:
         device = resolve_device(device)
         use_unplanned_attention(device)
         model = load_remote_code_model(model_id, revision=revision, dtype=torch.bfloat16, device=device)
         run_in(model, moondream_dtype(dtype, device))
-        return cls(model, model_id=model_id, device=device, max_crops=max_crops)
+        return cls(model, model_id=model_id, device=device, max_crops=max_crops, max_batch_size=max_batch_size)
+
+    def decoder(self, events: RowEvents) -> Decoder:
+        return MoondreamRows(self, events)
 
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
+        """One job after another through moondream2's own loop (``--batching wave``)."""
         for index, job in enumerate(jobs):
             if events.cancelled(index):
                 continue
-            try:
-                with self.meter.watching(lambda index=index: events.cancelled(index)):
-                    result = self._run(index, job, events)
-            except GenerationStopped:
-                continue
-            events.done(index, result)
+            result = self.run_one(index, job, events)
+            if result is not None:
+                events.done(index, result)
+
+    def run_one(self, index: int, job: Job, events: GenerationEvents) -> Result | None:
+        """``job`` through moondream2's own loop, start to end; None where it was cancelled or overdue."""
+        try:
+            with self.meter.watching(lambda: events.cancelled(index)):
+                return self._run(index, job, events)
+        except GenerationStopped:
+            return None
+
+    def prefill_answer(self, job: Job, should_stop: Callable[[], bool]) -> Prefilled | None:
+        """A query or caption through moondream2's own code up to its first token, left in the model's cache;
+        None where ``should_stop`` stopped it first."""
+        encoded = self._encode(job)
+        try:
+            with self.meter.watching(should_stop), stopping_after_prompt(self.model.model):
+                for _ in self._answer(job, encoded):
+                    break
+        except Prefilled as start:
+            return start
+        except GenerationStopped:
+            return None
+        raise RuntimeError("moondream2 answered without prefilling its prompt")
+
+    def _answer(self, job: Job, encoded: Any) -> Iterator[str]:
+        """moondream2's stream of a query's or a caption's answer."""
+        settings = {"max_tokens": job.max_new_tokens, "temperature": job.temperature, "top_p": TOP_P}
+        if job.task == "query":
+            return self.model.query(encoded, job.text, stream=True, settings=settings)["answer"]
+        return self.model.caption(encoded, length=job.length, stream=True, settings=settings)["caption"]
 
     def _run(self, index: int, job: Job, events: GenerationEvents) -> Result:
         encoded = self._encode(job)
         if job.task in ("query", "caption"):
-            settings = {"max_tokens": job.max_new_tokens, "temperature": job.temperature, "top_p": TOP_P}
-            if job.task == "query":
-                chunks = self.model.query(encoded, job.text, stream=True, settings=settings)["answer"]
-            else:
-                chunks = self.model.caption(encoded, length=job.length, stream=True, settings=settings)["caption"]
-            answer = self._stream(index, chunks, events)
+            answer = self._stream(index, self._answer(job, encoded), events)
             finish = "length" if self.meter.tokens >= job.max_new_tokens or self.meter.full else "stop"
             return Result(
                 answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens, finish_reason=finish

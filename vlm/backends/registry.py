@@ -97,6 +97,7 @@ def load_moondream(settings: Settings) -> Backend:
         device=settings.device,
         dtype=settings.dtype,
         max_crops=settings.max_crops,
+        max_batch_size=settings.max_batch_size,
     )
 
 

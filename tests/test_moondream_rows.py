@@ -1,0 +1,231 @@
+"""moondream2's answers decoded together (vlm/backends/moondream_rows.py), against its own loop, in process.
+
+The look-alike (scripts/build_remote_code_fixture.py) lays out its text decoder as moondream2 does, so the
+batched step here reads the same weights by the same names as it would in moondream2. Greedy rows must give
+what moondream2's own loop gives alone: the same tokens, answers, counts and finish reasons.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from scripts.build_remote_code_fixture import build_remote_code_fixture
+from tests.conftest import MoondreamLike
+from tests.test_moondream_backend import Events as OwnLoopEvents
+from tests.test_moondream_backend import load
+from vlm.backends import moondream_rows
+from vlm.backends.base import Job, Result
+from vlm.backends.moondream import MoondreamBackend
+from vlm.backends.moondream_rows import MoondreamRows, RowCache, decode_step
+from vlm.errors import Code, VlmError
+
+FRAMES = [Image.new("RGB", (640, 480), colour) for colour in ("red", "navy", "olive", "white")]
+QUESTIONS = ["what is in the picture?", "what colour is it?", "is anyone there?", "what is on the table?"]
+
+
+class RowEventsRecorder:
+    """Reports by row key; cancels ``cancel_key`` once it has streamed ``cancel_after`` deltas."""
+
+    def __init__(self, cancel_key: int | None = None, cancel_after: int = 2) -> None:
+        self.deltas: dict[int, list[str]] = {}
+        self.results: dict[int, Result] = {}
+        self.failures: dict[int, VlmError] = {}
+        self.cancel_key, self.cancel_after = cancel_key, cancel_after
+
+    def delta(self, key: int, text: str) -> None:
+        self.deltas.setdefault(key, []).append(text)
+
+    def done(self, key: int, result: Result) -> None:
+        assert key not in self.results, "each row finishes once"
+        self.results[key] = result
+
+    def failed(self, key: int, error: VlmError) -> None:
+        self.failures[key] = error
+
+    def cancelled(self, key: int) -> bool:
+        return key == self.cancel_key and len(self.deltas.get(key, [])) >= self.cancel_after
+
+
+@pytest.fixture(scope="module")
+def md(tmp_path_factory: pytest.TempPathFactory) -> MoondreamBackend:
+    """A look-alike of two text blocks (moondream2 has 24), so that each layer's cache is its own."""
+    hub = tmp_path_factory.mktemp("hub-cache")
+    folder = build_remote_code_fixture(tmp_path_factory.mktemp("moondream-like-2"), hub, text={"n_layers": 2})
+    backend = load(MoondreamLike(folder, hub))
+    assert len(backend.model.model.text.blocks) == 2
+    return backend
+
+
+def query(index: int, **extra: Any) -> Job:
+    return Job(task="query", image=FRAMES[index % 4], image_key=f"frame-{index % 4}", text=QUESTIONS[index], **extra)
+
+
+def own_loop(md: MoondreamBackend, job: Job) -> Result:
+    events = OwnLoopEvents()
+    md.generate([job], events)
+    (result,) = events.results
+    return result
+
+
+def run_to_end(rows: MoondreamRows, limit: int = 3000) -> None:
+    for _ in range(limit):
+        if not rows.rows():
+            return
+        rows.step()
+    raise AssertionError("rows never ended")
+
+
+def prompt_tokens(md: MoondreamBackend, question: str) -> torch.Tensor:
+    inner = md.model.model
+    template = inner.config.tokenizer.templates["query"]
+    return torch.tensor([template["prefix"] + inner.tokenizer.encode(question).ids + template["suffix"]])
+
+
+def started_row(md: MoondreamBackend, index: int) -> tuple[torch.Tensor, int, list[Any]]:
+    """Row ``index``'s prompt prefilled by the model's own code: (first token, its position, its cache)."""
+    inner = md.model.model
+    encoded = md.model.encode_image(FRAMES[index])
+    inner.load_encoded_image(encoded)
+    _, _, token, position = inner._prefill_prompt(prompt_tokens(md, QUESTIONS[index]), encoded.pos, 0, 0)
+    cache = [
+        (b.kv_cache.k_cache[:, :, :position].clone(), b.kv_cache.v_cache[:, :, :position].clone())
+        for b in inner.text.blocks
+    ]
+    return token, position, cache
+
+
+def own_logits(md: MoondreamBackend, index: int) -> torch.Tensor:
+    """The next token's logits from the model's own ``_decode_one_tok``, its cache holding row ``index`` alone."""
+    inner = md.model.model
+    token, position, _ = started_row(md, index)
+    mask = torch.zeros(1, 1, inner.config.text.max_context, dtype=torch.bool)
+    mask[..., : position + 1] = True
+    with torch.inference_mode():
+        logits, _ = inner._decode_one_tok(inner._embed(token), mask, torch.tensor([position]), None)
+    return logits
+
+
+def batched_logits(md: MoondreamBackend, indexes: list[int]) -> torch.Tensor:
+    inner = md.model.model
+    started = [started_row(md, index) for index in indexes]
+    cache = RowCache()
+    cache.add([row[2] for row in started], [row[1] for row in started])
+    positions = torch.tensor([row[1] for row in started])
+    cache.mask[torch.arange(len(started)), 0, 0, positions] = True
+    tokens = torch.cat([row[0] for row in started])
+    with torch.inference_mode():
+        return decode_step(inner, inner._embed(tokens), positions, cache)
+
+
+def test_a_lone_row_computes_moondream2s_own_logits_exactly(md: MoondreamBackend) -> None:
+    assert torch.equal(batched_logits(md, [0]), own_logits(md, 0))
+
+
+def test_rows_of_different_frames_and_prompt_lengths_each_compute_their_own(md: MoondreamBackend) -> None:
+    lengths = {len(prompt_tokens(md, question)[0]) for question in QUESTIONS}
+    assert len(lengths) > 1, "the rows must sit at different positions"
+    together = batched_logits(md, [0, 1, 2, 3])
+    for index in range(4):
+        alone = own_logits(md, index)[0]
+        torch.testing.assert_close(together[index], alone, rtol=0.02, atol=0.02)
+        assert int(together[index].argmax()) == int(alone.argmax())
+
+
+def test_greedy_rows_joined_at_different_steps_answer_as_moondream2_alone(md: MoondreamBackend) -> None:
+    jobs = {index: query(index, max_new_tokens=60) for index in range(4)}
+    jobs[4] = Job(task="caption", image=FRAMES[2], image_key="frame-2", length="short", max_new_tokens=60)
+    alone = {key: own_loop(md, job) for key, job in jobs.items()}
+    events = RowEventsRecorder()
+    rows = MoondreamRows(md, events)
+    rows.join({0: jobs[0], 1: jobs[1]})
+    for _ in range(3):
+        rows.step()
+    rows.join({2: jobs[2], 3: jobs[3], 4: jobs[4]})
+    run_to_end(rows)
+    assert events.failures == {}
+    for key, result in alone.items():
+        assert events.results[key] == result, key
+        assert "".join(events.deltas.get(key, [])).strip() == result.answer
+
+
+def test_a_budget_ends_a_row_with_length_and_the_others_go_on(md: MoondreamBackend) -> None:
+    jobs = {0: query(0, max_new_tokens=3), 1: query(1, max_new_tokens=60)}
+    events = RowEventsRecorder()
+    rows = MoondreamRows(md, events)
+    rows.join(jobs)  # the first token
+    rows.step()
+    rows.step()  # the third
+    assert rows.rows() <= {1}
+    run_to_end(rows)
+    assert events.results[0].finish_reason == "length"
+    assert events.results[0].tokens == 3
+    assert events.results == {key: own_loop(md, job) for key, job in jobs.items()}
+
+
+def test_a_cancelled_row_leaves_and_the_others_answer_unchanged(md: MoondreamBackend) -> None:
+    jobs = {key: query(key, max_new_tokens=60) for key in range(3)}
+    events = RowEventsRecorder(cancel_key=1, cancel_after=1)
+    rows = MoondreamRows(md, events)
+    rows.join(jobs)
+    rows.step()
+    assert 1 not in rows.rows()
+    run_to_end(rows)
+    assert 1 not in events.results
+    assert events.results == {key: own_loop(md, jobs[key]) for key in (0, 2)}
+
+
+def test_sampled_rows_vary_and_leave_greedy_rows_exact(md: MoondreamBackend) -> None:
+    greedy = query(0, max_new_tokens=40)
+    answers = set()
+    for _ in range(4):
+        events = RowEventsRecorder()
+        rows = MoondreamRows(md, events)
+        rows.join({0: greedy, 1: query(1, max_new_tokens=40, temperature=1.5)})
+        run_to_end(rows)
+        assert events.results[0] == own_loop(md, greedy)
+        answers.add(events.results[1].answer)
+    assert len(answers) > 1
+
+
+def test_skills_run_their_own_loop_during_the_join(md: MoondreamBackend) -> None:
+    detect = Job(task="detect", image=FRAMES[0], image_key="frame-0", text="face")
+    point = Job(task="point", image=FRAMES[1], image_key="frame-1", text="cup")
+    events = RowEventsRecorder()
+    rows = MoondreamRows(md, events)
+    rows.join({0: query(0, max_new_tokens=20), 1: detect, 2: point})
+    assert rows.rows() <= {0}
+    assert events.results[1] == own_loop(md, detect)
+    assert events.results[2] == own_loop(md, point)
+    run_to_end(rows)
+    assert events.results[0] == own_loop(md, query(0, max_new_tokens=20))
+
+
+def test_a_question_too_long_fails_alone(md: MoondreamBackend) -> None:
+    events = RowEventsRecorder()
+    rows = MoondreamRows(md, events)
+    too_long = Job(task="query", image=FRAMES[0], image_key="frame-0", text="why " * 2000)
+    rows.join({0: too_long, 1: query(1, max_new_tokens=20)})
+    assert events.failures[0].code == Code.QUESTION_TOO_LONG
+    run_to_end(rows)
+    assert events.results[1] == own_loop(md, query(1, max_new_tokens=20))
+
+
+def test_the_cache_grows_with_the_answers_and_is_freed_with_the_last_row(
+    md: MoondreamBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(moondream_rows, "SLOT_CHUNK", 8)
+    events = RowEventsRecorder()
+    rows = MoondreamRows(md, events)
+    rows.join({0: query(0, max_new_tokens=120)})
+    sizes = [rows.cache.slots]
+    while rows.rows():
+        assert rows.cache.slots >= int(rows.positions.max())  # every token written so far has its slot
+        rows.step()
+        sizes.append(rows.cache.slots)
+    assert events.results[0].tokens > 8, "the answer must outgrow a chunk of slots"
+    assert max(sizes) > sizes[0]
+    assert sizes[-1] == 0

@@ -1,0 +1,318 @@
+"""Continuous batching for moondream2: its answers decoded together, one token per step.
+
+moondream2's own loop decodes one answer at a time in the one KV cache the model keeps. Here a
+question starts through moondream2's own code (its prompt template, its prefill, its choice of
+the first token), and its cache is then copied out of the model into the running batch's. From
+there every row advances together through the same text decoder, on the same weights, written
+for many rows at once (``decode_step``): each row keeps its own positions, for the rotary turn and
+for the cache slot it writes, and the attention mask hides the slots past a row's own. A greedy
+row computes what moondream2's loop computes alone (tests/test_moondream_rows.py checks answers
+and logits). Detect and point run moondream2's own skills during the join; they are short.
+
+What this relies on in moondream2's code (github.com/vikhyat/moondream at 44146f1, ``moondream/torch``):
+``_prefill_prompt`` returns ``(logits, hidden, next_token, next_position)``; each text block is
+``ln``, ``attn.qkv``/``attn.proj`` and ``mlp.fc1``/``mlp.fc2`` side by side with a tanh GELU; the
+rotary table ``freqs_cis`` holds (cos, sin) for the first half of each head, read as two halves and
+written back interleaved; the answer loop forbids ``answer_id`` and stops at ``eos_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Set
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import VlmError
+from .base import Decoder, FinishReason, Job, Result, RowEvents
+from .step_decoder import RowText
+
+if TYPE_CHECKING:
+    from .moondream import MoondreamBackend
+
+# Cache slots are added in chunks, so a running batch is copied into a longer cache once every so many steps.
+SLOT_CHUNK = 64
+
+
+class Prefilled(Exception):
+    """Raised out of moondream2's answer loop once its prompt is prefilled: the batch decodes from there."""
+
+    def __init__(self, token: torch.Tensor, position: int) -> None:
+        super().__init__()
+        self.token = token
+        self.position = position
+
+
+@contextmanager
+def stopping_after_prompt(model: Any) -> Iterator[None]:
+    """moondream2's ``_prefill_prompt`` ends the call it runs in with ``Prefilled``, for the duration."""
+    own = model._prefill_prompt
+
+    def prefill_then_stop(*args: Any, **kwargs: Any) -> Any:
+        _, _, token, position = own(*args, **kwargs)
+        raise Prefilled(token, int(position))
+
+    model._prefill_prompt = prefill_then_stop
+    try:
+        yield
+    finally:
+        del model._prefill_prompt  # the instance attribute goes; the class's method shows through again
+
+
+def rotate(x: torch.Tensor, table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """moondream2's rotary turn of ``x`` (rows, heads, 1, head size), each row at its own position."""
+    turned = table.size(-2) * 2
+    x_rot, x_pass = x[..., :turned], x[..., turned:]
+    real, imag = x_rot[..., : turned // 2], x_rot[..., turned // 2 :]
+    cos = table[..., 0][positions][:, None, None, :]
+    sin = table[..., 1][positions][:, None, None, :]
+    out = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1).flatten(-2)
+    return torch.cat([out.to(x.dtype), x_pass], dim=-1)
+
+
+class RowCache:
+    """Every running row's keys and values, layer by layer: (rows, kv heads, slots, head size), slot = position."""
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.mask = torch.empty(0)  # (rows, 1, 1, slots): the slots each row attends to
+
+    @property
+    def slots(self) -> int:
+        return self.mask.size(-1) if self.keys else 0
+
+    def add(self, rows: list[list[tuple[torch.Tensor, torch.Tensor]]], lengths: list[int]) -> None:
+        """Append rows given as per-layer (1, kv heads, length, head size) pairs, each ``lengths`` long."""
+        slots = max(self.slots, _chunked(max(lengths) + 1))
+        old = self.mask.size(0) if self.keys else 0
+        template = rows[0][0][0]
+        layers = len(rows[0])
+        mask = torch.zeros(old + len(rows), 1, 1, slots, dtype=torch.bool, device=template.device)
+        if old:
+            mask[:old, ..., : self.slots] = self.mask
+        for index, length in enumerate(lengths):
+            mask[old + index, ..., :length] = True
+        for which, store in ((0, self.keys), (1, self.values)):
+            for layer in range(layers):
+                shape = (old + len(rows), template.size(1), slots, template.size(3))
+                joined = torch.zeros(shape, dtype=template.dtype, device=template.device)
+                if old:
+                    joined[:old, :, : self.slots] = store[layer]
+                for index, (row, length) in enumerate(zip(rows, lengths, strict=True)):
+                    joined[old + index, :, :length] = row[layer][which][0, :, :length]
+                if layer < len(store):
+                    store[layer] = joined
+                else:
+                    store.append(joined)
+        self.mask = mask
+
+    def keep(self, rows: list[int]) -> None:
+        """Only ``rows`` stay (in that order); slots past the last one a row still uses go."""
+        index = torch.tensor(rows, device=self.mask.device)
+        mask = self.mask[index]
+        used = int(mask.any(0).flatten().nonzero().max()) + 1
+        slots = min(self.slots, _chunked(used + 1))
+        self.mask = mask[..., :slots]
+        self.keys = [layer[index, :, :slots] for layer in self.keys]
+        self.values = [layer[index, :, :slots] for layer in self.values]
+
+    def make_room(self, positions: torch.Tensor) -> None:
+        """Enough slots for every row to write at its ``positions``."""
+        needed = int(positions.max()) + 1
+        if needed <= self.slots:
+            return
+        extra = _chunked(needed) - self.slots
+        self.mask = F.pad(self.mask, (0, extra))
+        self.keys = [F.pad(layer, (0, 0, 0, extra)) for layer in self.keys]
+        self.values = [F.pad(layer, (0, 0, 0, extra)) for layer in self.values]
+
+    def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """One new (rows, kv heads, 1, head size) key and value per row, at the row's own position."""
+        rows = torch.arange(k.size(0), device=k.device)
+        self.keys[layer][rows, :, positions] = k[:, :, 0]
+        self.values[layer][rows, :, positions] = v[:, :, 0]
+
+
+def _chunked(slots: int) -> int:
+    return -(-slots // SLOT_CHUNK) * SLOT_CHUNK
+
+
+def decode_step(inner: Any, x: torch.Tensor, positions: torch.Tensor, cache: RowCache) -> torch.Tensor:
+    """moondream2's ``text_decoder`` and ``lm_head`` for one new token per row: (rows, 1, dim) in, logits out.
+
+    ``positions`` (rows,) is where each row's token goes; the cache's mask must already admit it.
+    """
+    config, text = inner.config.text, inner.text
+    heads = config.n_heads
+    kv_heads = getattr(config, "n_kv_heads", heads)
+    rows, length, dim = x.shape
+    head = dim // heads
+    for layer, block in enumerate(text.blocks):
+        normed = F.layer_norm(x, block.ln.bias.shape, block.ln.weight, block.ln.bias)
+        q, k, v = block.attn.qkv(normed).split([heads * head, kv_heads * head, kv_heads * head], dim=-1)
+        q = rotate(q.view(rows, length, heads, head).transpose(1, 2), text.freqs_cis, positions)
+        k = rotate(k.view(rows, length, kv_heads, head).transpose(1, 2), text.freqs_cis, positions)
+        v = v.view(rows, length, kv_heads, head).transpose(1, 2)
+        cache.write(layer, positions, k, v)
+        attended = F.scaled_dot_product_attention(
+            q, cache.keys[layer], cache.values[layer], attn_mask=cache.mask, enable_gqa=heads != kv_heads
+        )
+        attention = block.attn.proj(attended.transpose(1, 2).reshape(rows, length, dim))
+        feed_forward = block.mlp.fc2(F.gelu(block.mlp.fc1(normed), approximate="tanh"))
+        x = x + attention + feed_forward
+    last = x[:, -1, :]
+    return text.lm_head(F.layer_norm(last, text.post_ln.bias.shape, text.post_ln.weight, text.post_ln.bias))
+
+
+@dataclass
+class _Row:
+    key: int
+    budget: int
+    temperature: float
+    prompt_tokens: int
+    text: RowText
+    ended: bool = False
+
+
+class MoondreamRows(Decoder):
+    """moondream2's running batch of answers (query and caption), advanced one token per ``step``."""
+
+    def __init__(self, backend: MoondreamBackend, events: RowEvents) -> None:
+        self.backend = backend
+        self.inner = backend.model.model
+        self.events = events
+        tokenizer = self.inner.config.tokenizer
+        self.eos_id, self.answer_id = tokenizer.eos_id, tokenizer.answer_id
+        self.context = backend.meter.context
+        self._reset()
+
+    def _reset(self) -> None:
+        self.batch: list[_Row] = []
+        self.cache = RowCache()
+        self.positions = torch.empty(0, dtype=torch.long)  # where each row's next token goes
+        self.last = torch.empty(0, dtype=torch.long)  # each row's latest token
+
+    def rows(self) -> Set[int]:
+        return {row.key for row in self.batch}
+
+    def clear(self) -> None:
+        self._reset()
+
+    @torch.inference_mode()
+    def join(self, jobs: dict[int, Job]) -> None:
+        self._drop_ended()
+        rows: list[_Row] = []
+        caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        starts: list[Prefilled] = []
+        for key, job in jobs.items():
+            if self.events.cancelled(key):
+                continue
+            if job.task not in ("query", "caption"):
+                self._run_alone(key, job)
+                continue
+            try:
+                start = self.backend.prefill_answer(job, lambda key=key: self.events.cancelled(key))
+            except VlmError as error:
+                self.events.failed(key, error)
+                continue
+            if start is None:  # cancelled while it prefilled
+                continue
+            row = _Row(key, job.max_new_tokens, job.temperature, self.backend.meter.prompt_tokens, self._text())
+            rows.append(row)
+            starts.append(start)
+            caches.append(self._copy_cache(start.position))
+        if rows:
+            self.cache.add(caches, [start.position for start in starts])
+            device = self.cache.mask.device
+            started = torch.tensor([start.position for start in starts], device=device)
+            self.positions = torch.cat([self.positions.to(device), started])
+            self.last = torch.cat([self.last.to(device), torch.cat([s.token.view(1) for s in starts])])
+            self.batch = self.batch + rows
+            for row, start in zip(rows, starts, strict=True):
+                self._take(row, int(start.token), start.position)
+        self._drop_ended()
+
+    def _run_alone(self, key: int, job: Job) -> None:
+        """A skill moondream2's own loop runs, start to end, in the model's own cache."""
+        try:
+            result = self.backend.run_one(key, job, self.events)
+        except VlmError as error:
+            self.events.failed(key, error)
+            return
+        if result is not None:
+            self.events.done(key, result)
+
+    def _text(self) -> RowText:
+        return RowText(self.inner.tokenizer)
+
+    def _copy_cache(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The prompt's keys and values, frame included, out of the model's one cache before the next prompt."""
+        return [
+            (block.kv_cache.k_cache[:, :, :length].clone(), block.kv_cache.v_cache[:, :, :length].clone())
+            for block in self.inner.text.blocks
+        ]
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        self._drop_ended()
+        if not self.batch:
+            return
+        rows = torch.arange(len(self.batch), device=self.positions.device)
+        self.cache.make_room(self.positions)
+        self.cache.mask[rows, 0, 0, self.positions] = True
+        embedded = F.embedding(self.last[:, None], self.inner.text.wte)
+        logits = decode_step(self.inner, embedded, self.positions, self.cache)
+        logits[:, self.answer_id] = float("-inf")
+        self.positions = self.positions + 1
+        self.last = self._choose(logits)
+        for row, token, position in zip(self.batch, self.last.tolist(), self.positions.tolist(), strict=True):
+            self._take(row, token, position)
+        self._drop_ended()
+
+    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy as moondream2 picks; a row with a temperature samples from all of it, as the backend asks."""
+        chosen = logits.argmax(dim=-1)
+        temperatures = torch.tensor([row.temperature for row in self.batch], device=logits.device)
+        if (sampled := temperatures > 0).any():
+            probabilities = torch.softmax(logits[sampled].float() / temperatures[sampled, None], dim=-1)
+            chosen[sampled] = torch.multinomial(probabilities, 1).squeeze(-1)
+        return chosen
+
+    def _take(self, row: _Row, token: int, position: int) -> None:
+        """A row's newest token, chosen for ``position``: ends it, or streams it."""
+        if row.ended or self.events.cancelled(row.key):
+            row.ended = True
+        elif token == self.eos_id:
+            self._finish(row, "stop")
+        else:
+            if delta := row.text.add(token):
+                self.events.delta(row.key, delta)
+            if len(row.text.tokens) >= row.budget or position >= self.context - 1:
+                self._finish(row, "length")
+
+    def _finish(self, row: _Row, reason: FinishReason) -> None:
+        row.ended = True
+        answer = row.text.answer()
+        self.events.done(
+            row.key,
+            Result(answer=answer, tokens=len(row.text.tokens), prompt_tokens=row.prompt_tokens, finish_reason=reason),
+        )
+
+    def _drop_ended(self) -> None:
+        for row in self.batch:
+            row.ended = row.ended or self.events.cancelled(row.key)
+        keep = [index for index, row in enumerate(self.batch) if not row.ended]
+        if len(keep) == len(self.batch):
+            return
+        if not keep:
+            self._reset()
+            return
+        self.cache.keep(keep)
+        index = torch.tensor(keep, device=self.positions.device)
+        self.positions = self.positions[index]
+        self.last = self.last[index]
+        self.batch = [self.batch[i] for i in keep]
