@@ -20,15 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Set
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import VlmError
-from .base import Decoder, FinishReason, Job, Result, RowEvents
-from .step_decoder import RowText
+from .base import Decoder, Job, RowEvents
+from .step_decoder import Row, RowText, take
 
 if TYPE_CHECKING:
     from .moondream import MoondreamBackend
@@ -168,16 +167,6 @@ def decode_step(inner: Any, x: torch.Tensor, positions: torch.Tensor, cache: Row
     return text.lm_head(F.layer_norm(last, text.post_ln.bias.shape, text.post_ln.weight, text.post_ln.bias))
 
 
-@dataclass
-class _Row:
-    key: int
-    budget: int
-    temperature: float
-    prompt_tokens: int
-    text: RowText
-    ended: bool = False
-
-
 class MoondreamRows(Decoder):
     """moondream2's running batch of answers (query and caption), advanced one token per ``step``."""
 
@@ -191,7 +180,7 @@ class MoondreamRows(Decoder):
         self._reset()
 
     def _reset(self) -> None:
-        self.batch: list[_Row] = []
+        self.batch: list[Row] = []
         self.cache = RowCache()
         self.positions = torch.empty(0, dtype=torch.long)  # where each row's next token goes
         self.last = torch.empty(0, dtype=torch.long)  # each row's latest token
@@ -205,7 +194,7 @@ class MoondreamRows(Decoder):
     @torch.inference_mode()
     def join(self, jobs: dict[int, Job]) -> None:
         self._drop_ended()
-        rows: list[_Row] = []
+        rows: list[Row] = []
         caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         starts: list[Prefilled] = []
         for key, job in jobs.items():
@@ -221,7 +210,8 @@ class MoondreamRows(Decoder):
                 continue
             if start is None:  # cancelled while it prefilled
                 continue
-            row = _Row(key, job.max_new_tokens, job.temperature, self.backend.meter.prompt_tokens, self._text())
+            text = RowText(self.inner.tokenizer)
+            row = Row(key, job.max_new_tokens, self.backend.meter.prompt_tokens, text, job.temperature)
             rows.append(row)
             starts.append(start)
             caches.append(self._copy_cache(start.position))
@@ -245,9 +235,6 @@ class MoondreamRows(Decoder):
             return
         if result is not None:
             self.events.done(key, result)
-
-    def _text(self) -> RowText:
-        return RowText(self.inner.tokenizer)
 
     def _copy_cache(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The prompt's keys and values, frame included, out of the model's one cache before the next prompt."""
@@ -282,25 +269,10 @@ class MoondreamRows(Decoder):
             chosen[sampled] = torch.multinomial(probabilities, 1).squeeze(-1)
         return chosen
 
-    def _take(self, row: _Row, token: int, position: int) -> None:
-        """A row's newest token, chosen for ``position``: ends it, or streams it."""
-        if row.ended or self.events.cancelled(row.key):
-            row.ended = True
-        elif token == self.eos_id:
-            self._finish(row, "stop")
-        else:
-            if delta := row.text.add(token):
-                self.events.delta(row.key, delta)
-            if len(row.text.tokens) >= row.budget or position >= self.context - 1:
-                self._finish(row, "length")
-
-    def _finish(self, row: _Row, reason: FinishReason) -> None:
-        row.ended = True
-        answer = row.text.answer()
-        self.events.done(
-            row.key,
-            Result(answer=answer, tokens=len(row.text.tokens), prompt_tokens=row.prompt_tokens, finish_reason=reason),
-        )
+    def _take(self, row: Row, token: int, position: int) -> None:
+        """A row's newest token, chosen for ``position``; the meter's rule ends an answer one position short of
+        the context's end (``TokenMeter.decode_one_tok``)."""
+        take(self.events, row, token, stop=token == self.eos_id, at_end=position >= self.context - 1)
 
     def _drop_ended(self) -> None:
         for row in self.batch:

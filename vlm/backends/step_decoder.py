@@ -130,12 +130,37 @@ class RowText:
 
 
 @dataclass
-class _Row:
+class Row:
+    """One answer in a running batch: who asked, its token budget, its prompt's length and its text so far."""
+
     key: int
     budget: int
     prompt_tokens: int
     text: RowText
+    temperature: float = 0.0  # 0: greedy
     ended: bool = False
+
+
+def take(events: RowEvents, row: Row, token: int, *, stop: bool, at_end: bool = False) -> None:
+    """A row's newest ``token``: a stop token ends the answer, any other is streamed, and the budget (or, with
+    ``at_end``, the model's context) ends it after that. A cancelled row just ends, unanswered."""
+    if row.ended or events.cancelled(row.key):
+        row.ended = True
+    elif stop:
+        _finish(events, row, "stop")
+    else:
+        if delta := row.text.add(token):
+            events.delta(row.key, delta)
+        if len(row.text.tokens) >= row.budget or at_end:
+            _finish(events, row, "length")
+
+
+def _finish(events: RowEvents, row: Row, reason: FinishReason) -> None:
+    row.ended = True
+    answer = row.text.answer()
+    events.done(
+        row.key, Result(answer, tokens=len(row.text.tokens), prompt_tokens=row.prompt_tokens, finish_reason=reason)
+    )
 
 
 class StepDecoder(Decoder):
@@ -165,7 +190,7 @@ class StepDecoder(Decoder):
         self._reset()
 
     def _reset(self) -> None:
-        self.batch: list[_Row] = []
+        self.batch: list[Row] = []
         self.cache: DynamicCache | None = None
         self.mask = torch.empty(0, 0, dtype=torch.long, device=self.model.device)  # rows x cached tokens
         self.positions = torch.empty(0, dtype=torch.long, device=self.model.device)  # each row's next position
@@ -197,12 +222,12 @@ class StepDecoder(Decoder):
         temperatures = torch.tensor([job.temperature for job in jobs.values()], device=self.model.device)
         tokens = self._choose(done.logits, temperatures)
         rows = [
-            _Row(key, job.max_new_tokens, count, RowText(self.tokenizer))
+            Row(key, job.max_new_tokens, count, RowText(self.tokenizer))
             for (key, job), count in zip(jobs.items(), done.prompt_tokens, strict=True)
         ]
         self._append(rows, done.cache, done.mask, done.positions, tokens, temperatures)
         for row, token in zip(rows, tokens.tolist(), strict=True):
-            self._take(row, token)
+            take(self.events, row, token, stop=token in self.eos_ids)
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -221,7 +246,7 @@ class StepDecoder(Decoder):
         self.positions = self.positions + 1
         self.last = self._choose(logits[:, -1], self.temperatures)
         for row, token in zip(self.batch, self.last.tolist(), strict=True):
-            self._take(row, token)
+            take(self.events, row, token, stop=token in self.eos_ids)
         self._drop_ended()
 
     def _choose(self, logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
@@ -235,32 +260,9 @@ class StepDecoder(Decoder):
             chosen[sampled] = torch.multinomial(probabilities, 1).squeeze(-1)
         return chosen
 
-    def _take(self, row: _Row, token: int) -> None:
-        if row.ended or self.events.cancelled(row.key):
-            row.ended = True
-        elif token in self.eos_ids:
-            self._finish(row, "stop")
-        else:
-            if delta := row.text.add(token):
-                self.events.delta(row.key, delta)
-            if len(row.text.tokens) >= row.budget:
-                self._finish(row, "length")
-
-    def _finish(self, row: _Row, reason: FinishReason) -> None:
-        row.ended = True
-        self.events.done(
-            row.key,
-            Result(
-                answer=row.text.answer(),
-                tokens=len(row.text.tokens),
-                prompt_tokens=row.prompt_tokens,
-                finish_reason=reason,
-            ),
-        )
-
     def _append(
         self,
-        rows: list[_Row],
+        rows: list[Row],
         cache: DynamicCache,
         mask: torch.Tensor,
         positions: torch.Tensor,
