@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import VlmError
 from .base import Decoder, Job, RowEvents
-from .step_decoder import Row, RowText, take
+from .step_decoder import Row, RowText, pick, take
 
 if TYPE_CHECKING:
     from .moondream import MoondreamBackend
@@ -262,12 +262,7 @@ class MoondreamRows(Decoder):
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         """Greedy as moondream2 picks; a row with a temperature samples from all of it, as the backend asks."""
-        chosen = logits.argmax(dim=-1)
-        temperatures = torch.tensor([row.temperature for row in self.batch], device=logits.device)
-        if (sampled := temperatures > 0).any():
-            probabilities = torch.softmax(logits[sampled].float() / temperatures[sampled, None], dim=-1)
-            chosen[sampled] = torch.multinomial(probabilities, 1).squeeze(-1)
-        return chosen
+        return pick(logits, torch.tensor([row.temperature for row in self.batch], device=logits.device))
 
     def _take(self, row: Row, token: int, position: int) -> None:
         """A row's newest token, chosen for ``position``; the meter's rule ends an answer one position short of

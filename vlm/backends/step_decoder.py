@@ -155,6 +155,15 @@ def take(events: RowEvents, row: Row, token: int, *, stop: bool, at_end: bool = 
             _finish(events, row, "length")
 
 
+def pick(logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+    """Each row's next token: the likeliest, or one sampled from the whole vocabulary at the row's temperature."""
+    chosen = logits.argmax(-1)
+    if (sampled := temperatures > 0).any():
+        probabilities = torch.softmax(logits[sampled].float() / temperatures[sampled, None], dim=-1)
+        chosen[sampled] = torch.multinomial(probabilities, 1).squeeze(-1)
+    return chosen
+
+
 def _finish(events: RowEvents, row: Row, reason: FinishReason) -> None:
     row.ended = True
     answer = row.text.answer()
@@ -254,11 +263,7 @@ class StepDecoder(Decoder):
         logits = logits.float()
         if len(self.suppressed):
             logits[:, self.suppressed] = -float("inf")
-        chosen = logits.argmax(-1)
-        if (sampled := temperatures > 0).any():
-            probabilities = torch.softmax(logits[sampled] / temperatures[sampled, None], dim=-1)
-            chosen[sampled] = torch.multinomial(probabilities, 1).squeeze(-1)
-        return chosen
+        return pick(logits, temperatures)
 
     def _append(
         self,
