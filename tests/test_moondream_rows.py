@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from scripts.build_remote_code_fixture import build_remote_code_fixture
@@ -20,7 +21,7 @@ from tests.test_moondream_backend import load
 from vlm.backends import moondream_rows
 from vlm.backends.base import Job, Result
 from vlm.backends.moondream import MoondreamBackend
-from vlm.backends.moondream_rows import MoondreamRows, RowCache, decode_step
+from vlm.backends.moondream_rows import MoondreamRows, RowCache, attend, decode_step
 from vlm.errors import Code, VlmError
 
 FRAMES = [Image.new("RGB", (640, 480), colour) for colour in ("red", "navy", "olive", "white")]
@@ -229,3 +230,22 @@ def test_the_cache_grows_with_the_answers_and_is_freed_with_the_last_row(
     assert events.results[0].tokens > 8, "the answer must outgrow a chunk of slots"
     assert max(sizes) > sizes[0]
     assert sizes[-1] == 0
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_attention_of_several_rows_is_the_fused_kernels_up_to_rounding(
+    dtype: torch.dtype, tolerance: float, kv_heads: int
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(5, 4, 1, 16, generator=generator).to(dtype)
+    keys, values = (torch.randn(5, kv_heads, 40, 16, generator=generator).to(dtype) for _ in range(2))
+    mask = torch.arange(40) < torch.tensor([3, 17, 40, 25, 9])[:, None, None, None]
+    fused = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=kv_heads != 4)
+    torch.testing.assert_close(attend(q, keys, values, mask), fused, rtol=tolerance, atol=tolerance)
+    assert torch.equal(
+        attend(q[:1], keys[:1], values[:1], mask[:1]),
+        F.scaled_dot_product_attention(q[:1], keys[:1], values[:1], attn_mask=mask[:1], enable_gqa=kv_heads != 4),
+    ), "a lone row takes moondream2's own kernel"
+    keys[~mask.expand(5, kv_heads, 1, 40).transpose(2, 3).squeeze(-1)] = float("nan")
+    assert not attend(q, keys, values, mask).isnan().any(), "a masked slot leaked into a row"
