@@ -170,22 +170,43 @@ def single_row_steps(app: AppProcess) -> tuple[float, float]:
     return samples[("vlm_batch_size_count", None)], samples[("vlm_batch_size_bucket", "1.0")]
 
 
-def test_clients_at_once_decode_together_and_get_what_each_gets_alone(app: AppProcess) -> None:
-    frames = [data_url(Image.new("RGB", (64, 48), colour), "PNG") for colour in ("red", "navy", "olive", "white")]
-    asks = [{"question": f"{QUESTION} {word}", "image": frame} for word, frame in zip("abcd", frames, strict=True)]
-    clients = [RecordingClient(app.url) for _ in asks]
+ASKS = [
+    {"question": f"{QUESTION} {word}", "image": data_url(Image.new("RGB", (64, 48), colour), "PNG")}
+    for word, colour in zip("abcd", ("red", "navy", "olive", "white"), strict=True)
+]
+
+
+def ask_alone_then_together(app: AppProcess) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``ASKS`` one after another from one client, then all at once from a client each: the replies both ways."""
+    clients = [RecordingClient(app.url) for _ in ASKS]
     try:
-        alone = [response(clients[0], {"id": f"alone-{n}", **ask}, "query") for n, ask in enumerate(asks)]
-        steps, single = single_row_steps(app)
-        with ThreadPoolExecutor(len(asks)) as pool:
+        alone = [response(clients[0], {"id": f"alone-{n}", **ask}, "query") for n, ask in enumerate(ASKS)]
+        with ThreadPoolExecutor(len(ASKS)) as pool:
             together = list(
-                pool.map(lambda n: response(clients[n], {"id": f"together-{n}", **asks[n]}, "query"), range(len(asks)))
+                pool.map(lambda n: response(clients[n], {"id": f"together-{n}", **ASKS[n]}, "query"), range(len(ASKS)))
             )
-        for one, other in zip(alone, together, strict=True):
-            assert (one["answer"], one["finish_reason"]) == (other["answer"], other["finish_reason"])
-            assert one["timing"]["tokens"] == other["timing"]["tokens"]
-        after_steps, after_single = single_row_steps(app)
-        assert after_steps - steps > after_single - single, "no step decoded two answers at once"
     finally:
         for client in clients:
             client.close()
+    for one, other in zip(alone, together, strict=True):
+        assert (one["answer"], one["finish_reason"]) == (other["answer"], other["finish_reason"])
+        assert one["timing"]["tokens"] == other["timing"]["tokens"]
+    return alone, together
+
+
+def test_clients_at_once_decode_together_and_get_what_each_gets_alone(app: AppProcess) -> None:
+    steps, single = single_row_steps(app)
+    ask_alone_then_together(app)
+    after_steps, after_single = single_row_steps(app)
+    assert after_steps - steps > after_single - single, "no step decoded two answers at once"
+
+
+def test_wave_batching_answers_through_moondream2s_own_loop_as_the_running_batch_does(
+    app: AppProcess, moondream_like: MoondreamLike
+) -> None:
+    """``--batching wave`` runs each question through moondream2's own loop, one after another; a lone row of the
+    running batch computes the same numbers, so both modes give the same answers."""
+    continuous, _ = ask_alone_then_together(app)
+    with serve(moondream_like, "--dtype", "bfloat16", "--batching", "wave") as wave_app:
+        wave, _ = ask_alone_then_together(wave_app)
+    assert [reply["answer"] for reply in wave] == [reply["answer"] for reply in continuous]
