@@ -5,9 +5,10 @@ question starts through moondream2's own code (its prompt template, its prefill,
 the first token), and its cache is then copied out of the model into the running batch's. From
 there every row advances together through the same text decoder, on the same weights, written
 for many rows at once (``decode_step``): each row keeps its own positions, for the rotary turn and
-for the cache slot it writes, and the attention mask hides the slots past a row's own. A greedy
-row computes what moondream2's loop computes alone (tests/test_moondream_rows.py checks answers
-and logits). Detect and point run moondream2's own skills during the join; they are short.
+for the cache slot it writes, and the attention mask hides the slots past a row's own. A lone row
+computes moondream2's own logits bit for bit; rows in company agree with them to rounding
+(tests/test_moondream_rows.py, and the README for the real code). Detect and point run
+moondream2's own skills during the join; they are short.
 
 What this relies on in moondream2's code (github.com/vikhyat/moondream at 44146f1, ``moondream/torch``):
 ``_prefill_prompt`` returns ``(logits, hidden, next_token, next_position)``; each text block is
