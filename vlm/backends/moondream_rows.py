@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import VlmError
 from .base import Decoder, Job, RowEvents
-from .step_decoder import Row, RowText, pick, take
+from .step_decoder import Row, RowText, pick, rows_left, take
 
 if TYPE_CHECKING:
     from .moondream import MoondreamBackend
@@ -280,7 +280,7 @@ class MoondreamRows(Decoder):
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         """Greedy as moondream2 picks; a row with a temperature samples from all of it, as the backend asks."""
-        return pick(logits, torch.tensor([row.temperature for row in self.batch], device=logits.device))
+        return pick(logits, [row.temperature for row in self.batch])
 
     def _take(self, row: Row, token: int, position: int) -> None:
         """A row's newest token, chosen for ``position``; the meter's rule ends an answer one position short of
@@ -288,9 +288,7 @@ class MoondreamRows(Decoder):
         take(self.events, row, token, stop=token == self.eos_id, at_end=position >= self.context - 1)
 
     def _drop_ended(self) -> None:
-        for row in self.batch:
-            row.ended = row.ended or self.events.cancelled(row.key)
-        keep = [index for index, row in enumerate(self.batch) if not row.ended]
+        keep = rows_left(self.batch, self.events)
         if len(keep) == len(self.batch):
             return
         if not keep:

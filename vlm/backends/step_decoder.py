@@ -21,7 +21,7 @@ A row with a temperature samples from the whole vocabulary at that temperature, 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,13 +155,25 @@ def take(events: RowEvents, row: Row, token: int, *, stop: bool, at_end: bool = 
             _finish(events, row, "length")
 
 
-def pick(logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
-    """Each row's next token: the likeliest, or one sampled from the whole vocabulary at the row's temperature."""
+def pick(logits: torch.Tensor, temperatures: Sequence[float]) -> torch.Tensor:
+    """Each row's next token: the likeliest, or one sampled from the whole vocabulary at the row's temperature.
+
+    The temperatures are the rows' own numbers, not a tensor: an all-greedy batch (the usual one) then asks the
+    device nothing, where testing a tensor for a sampled row would wait for the GPU at every step."""
     chosen = logits.argmax(-1)
-    if (sampled := temperatures > 0).any():
-        probabilities = torch.softmax(logits[sampled].float() / temperatures[sampled, None], dim=-1)
-        chosen[sampled] = torch.multinomial(probabilities, 1).squeeze(-1)
+    if sampled := [row for row, temperature in enumerate(temperatures) if temperature > 0]:
+        index = torch.tensor(sampled, device=logits.device)
+        scale = torch.tensor([temperatures[row] for row in sampled], device=logits.device)
+        probabilities = torch.softmax(logits[index].float() / scale[:, None], dim=-1)
+        chosen[index] = torch.multinomial(probabilities, 1).squeeze(-1)
     return chosen
+
+
+def rows_left(batch: list[Row], events: RowEvents) -> list[int]:
+    """The indexes of the rows still running; a cancelled one counts as ended from now on."""
+    for row in batch:
+        row.ended = row.ended or events.cancelled(row.key)
+    return [index for index, row in enumerate(batch) if not row.ended]
 
 
 def _finish(events: RowEvents, row: Row, reason: FinishReason) -> None:
@@ -204,7 +216,6 @@ class StepDecoder(Decoder):
         self.mask = torch.empty(0, 0, dtype=torch.long, device=self.model.device)  # rows x cached tokens
         self.positions = torch.empty(0, dtype=torch.long, device=self.model.device)  # each row's next position
         self.last = torch.empty(0, dtype=torch.long, device=self.model.device)  # each row's latest token
-        self.temperatures = torch.empty(0, device=self.model.device)  # 0: greedy
 
     def rows(self) -> Set[int]:
         return {row.key for row in self.batch}
@@ -228,13 +239,12 @@ class StepDecoder(Decoder):
 
     def _start(self, jobs: dict[int, Job], done: Prefill) -> None:
         """Prefilled rows join the batch with their first token."""
-        temperatures = torch.tensor([job.temperature for job in jobs.values()], device=self.model.device)
-        tokens = self._choose(done.logits, temperatures)
         rows = [
-            Row(key, job.max_new_tokens, count, RowText(self.tokenizer))
+            Row(key, job.max_new_tokens, count, RowText(self.tokenizer), job.temperature)
             for (key, job), count in zip(jobs.items(), done.prompt_tokens, strict=True)
         ]
-        self._append(rows, done.cache, done.mask, done.positions, tokens, temperatures)
+        tokens = self._choose(done.logits, rows)
+        self._append(rows, done.cache, done.mask, done.positions, tokens)
         for row, token in zip(rows, tokens.tolist(), strict=True):
             take(self.events, row, token, stop=token in self.eos_ids)
 
@@ -253,17 +263,17 @@ class StepDecoder(Decoder):
             logits_to_keep=1,
         ).logits
         self.positions = self.positions + 1
-        self.last = self._choose(logits[:, -1], self.temperatures)
+        self.last = self._choose(logits[:, -1], self.batch)
         for row, token in zip(self.batch, self.last.tolist(), strict=True):
             take(self.events, row, token, stop=token in self.eos_ids)
         self._drop_ended()
 
-    def _choose(self, logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+    def _choose(self, logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
         """Greedy, as ``generate`` chooses, or sampled where a row has a temperature; suppressed tokens never win."""
         logits = logits.float()
         if len(self.suppressed):
             logits[:, self.suppressed] = -float("inf")
-        return pick(logits, temperatures)
+        return pick(logits, [row.temperature for row in rows])
 
     def _append(
         self,
@@ -272,12 +282,11 @@ class StepDecoder(Decoder):
         mask: torch.Tensor,
         positions: torch.Tensor,
         last: torch.Tensor,
-        temperatures: torch.Tensor,
     ) -> None:
         """Newly prefilled rows join the batch: both sides left-padded to one cache length."""
         if self.cache is None:
             self.batch, self.cache, self.mask, self.positions = rows, cache, mask, positions
-            self.last, self.temperatures = last, temperatures
+            self.last = last
             return
         length = max(self.mask.shape[1], mask.shape[1])
         ours, theirs = length - self.mask.shape[1], length - mask.shape[1]
@@ -287,14 +296,11 @@ class StepDecoder(Decoder):
         self.mask = torch.cat([F.pad(self.mask, (ours, 0)), F.pad(mask, (theirs, 0))])
         self.positions = torch.cat([self.positions, positions])
         self.last = torch.cat([self.last, last])
-        self.temperatures = torch.cat([self.temperatures, temperatures])
         self.batch = self.batch + rows
 
     def _drop_ended(self) -> None:
         """Ended and cancelled rows leave the cache; columns that are padding for every row left go too."""
-        for row in self.batch:
-            row.ended = row.ended or self.events.cancelled(row.key)
-        keep = [index for index, row in enumerate(self.batch) if not row.ended]
+        keep = rows_left(self.batch, self.events)
         if len(keep) == len(self.batch):
             return
         if not keep:
@@ -310,7 +316,6 @@ class StepDecoder(Decoder):
             layer.values = layer.values[index, :, cut:]
         self.positions = self.positions[index]
         self.last = self.last[index]
-        self.temperatures = self.temperatures[index]
         self.batch = [self.batch[i] for i in keep]
 
 
