@@ -116,7 +116,7 @@ def batched_logits(md: MoondreamBackend, indexes: list[int]) -> torch.Tensor:
     cache = RowCache()
     cache.add([row[2] for row in started], [row[1] for row in started])
     positions = torch.tensor([row[1] for row in started])
-    cache.mask[torch.arange(len(started)), 0, 0, positions] = True
+    cache.admit(positions)
     tokens = torch.cat([row[0] for row in started])
     with torch.inference_mode():
         return decode_step(inner, inner._embed(tokens), positions, cache)

@@ -95,9 +95,13 @@ class TokenMeter:
         finally:
             self.should_stop = _never
 
+    def at_end(self, position: int) -> bool:
+        """Whether ``position`` is the context's last: moondream2's loop would index its mask past the end after it."""
+        return position >= self.context - 1
+
     def prefill(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
         self._check()
-        if int(pos_ids[-1]) >= self.context - 1:  # not one position left for an answer
+        if self.at_end(int(pos_ids[-1])):  # not one position left for an answer
             raise VlmError(
                 Code.QUESTION_TOO_LONG,
                 f"the question does not fit moondream2's context of {self.context} tokens with the frame; "
@@ -112,7 +116,7 @@ class TokenMeter:
         a 3-D mask only in its unfused attention, which rounds otherwise than the fused kernel the running
         batch (``moondream_rows``) uses, so a question would not get the same answer alone and in company."""
         self._check()
-        if int(pos_ids[-1]) >= self.context - 1:  # the loop would index its mask past the end next
+        if self.at_end(int(pos_ids[-1])):
             self.full = True
             raise ContextFull
         self.tokens += 1

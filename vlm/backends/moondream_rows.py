@@ -89,26 +89,25 @@ class RowCache:
         """Append rows given as per-layer (1, kv heads, length, head size) pairs, each ``lengths`` long."""
         slots = max(self.slots, _chunked(max(lengths) + 1))
         old = self.mask.size(0) if self.keys else 0
-        template = rows[0][0][0]
-        layers = len(rows[0])
-        mask = torch.zeros(old + len(rows), 1, 1, slots, dtype=torch.bool, device=template.device)
+        first = rows[0][0][0]
+
+        def joined(running: list[torch.Tensor], layer: int, which: int) -> torch.Tensor:
+            """One layer's keys (``which`` 0) or values (1): the running rows', then each new row's, zeros after."""
+            out = first.new_zeros(old + len(rows), first.size(1), slots, first.size(3))
+            if old:
+                out[:old, :, : self.slots] = running[layer]
+            for index, (row, length) in enumerate(zip(rows, lengths, strict=True)):
+                out[old + index, :, :length] = row[layer][which][0, :, :length]
+            return out
+
+        layers = range(len(rows[0]))
+        keys, values = [joined(self.keys, n, 0) for n in layers], [joined(self.values, n, 1) for n in layers]
+        mask = torch.zeros(old + len(rows), 1, 1, slots, dtype=torch.bool, device=first.device)
         if old:
             mask[:old, ..., : self.slots] = self.mask
         for index, length in enumerate(lengths):
             mask[old + index, ..., :length] = True
-        for which, store in ((0, self.keys), (1, self.values)):
-            for layer in range(layers):
-                shape = (old + len(rows), template.size(1), slots, template.size(3))
-                joined = torch.zeros(shape, dtype=template.dtype, device=template.device)
-                if old:
-                    joined[:old, :, : self.slots] = store[layer]
-                for index, (row, length) in enumerate(zip(rows, lengths, strict=True)):
-                    joined[old + index, :, :length] = row[layer][which][0, :, :length]
-                if layer < len(store):
-                    store[layer] = joined
-                else:
-                    store.append(joined)
-        self.mask = mask
+        self.keys, self.values, self.mask = keys, values, mask
 
     def keep(self, rows: list[int]) -> None:
         """Only ``rows`` stay (in that order); slots past the last one a row still uses go."""
@@ -120,15 +119,15 @@ class RowCache:
         self.keys = [layer[index, :, :slots] for layer in self.keys]
         self.values = [layer[index, :, :slots] for layer in self.values]
 
-    def make_room(self, positions: torch.Tensor) -> None:
-        """Enough slots for every row to write at its ``positions``."""
+    def admit(self, positions: torch.Tensor) -> None:
+        """Each row's slot at its ``positions`` is opened for its next token (the cache grows a chunk if needed)."""
         needed = int(positions.max()) + 1
-        if needed <= self.slots:
-            return
-        extra = _chunked(needed) - self.slots
-        self.mask = F.pad(self.mask, (0, extra))
-        self.keys = [F.pad(layer, (0, 0, 0, extra)) for layer in self.keys]
-        self.values = [F.pad(layer, (0, 0, 0, extra)) for layer in self.values]
+        if needed > self.slots:
+            extra = _chunked(needed) - self.slots
+            self.mask = F.pad(self.mask, (0, extra))
+            self.keys = [F.pad(layer, (0, 0, 0, extra)) for layer in self.keys]
+            self.values = [F.pad(layer, (0, 0, 0, extra)) for layer in self.values]
+        self.mask[torch.arange(len(positions), device=positions.device), 0, 0, positions] = True
 
     def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """One new (rows, kv heads, 1, head size) key and value per row, at the row's own position."""
@@ -163,7 +162,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
 def decode_step(inner: Any, x: torch.Tensor, positions: torch.Tensor, cache: RowCache) -> torch.Tensor:
     """moondream2's ``text_decoder`` and ``lm_head`` for one new token per row: (rows, 1, dim) in, logits out.
 
-    ``positions`` (rows,) is where each row's token goes; the cache's mask must already admit it.
+    ``positions`` (rows,) is where each row's token goes; the cache must already admit it (``RowCache.admit``).
     """
     config, text = inner.config.text, inner.text
     heads = config.n_heads
@@ -194,7 +193,6 @@ class MoondreamRows(Decoder):
         self.events = events
         tokenizer = self.inner.config.tokenizer
         self.eos_id, self.answer_id = tokenizer.eos_id, tokenizer.answer_id
-        self.context = backend.meter.context
         self._reset()
 
     def _reset(self) -> None:
@@ -266,9 +264,7 @@ class MoondreamRows(Decoder):
         self._drop_ended()
         if not self.batch:
             return
-        rows = torch.arange(len(self.batch), device=self.positions.device)
-        self.cache.make_room(self.positions)
-        self.cache.mask[rows, 0, 0, self.positions] = True
+        self.cache.admit(self.positions)
         embedded = F.embedding(self.last[:, None], self.inner.text.wte)
         logits = decode_step(self.inner, embedded, self.positions, self.cache)
         logits[:, self.answer_id] = float("-inf")
@@ -283,9 +279,8 @@ class MoondreamRows(Decoder):
         return pick(logits, [row.temperature for row in self.batch])
 
     def _take(self, row: Row, token: int, position: int) -> None:
-        """A row's newest token, chosen for ``position``; the meter's rule ends an answer one position short of
-        the context's end (``TokenMeter.decode_one_tok``)."""
-        take(self.events, row, token, stop=token == self.eos_id, at_end=position >= self.context - 1)
+        """A row's newest token, chosen for ``position``; it ends where the meter ends moondream2's own loop."""
+        take(self.events, row, token, stop=token == self.eos_id, at_end=self.backend.meter.at_end(position))
 
     def _drop_ended(self) -> None:
         keep = rows_left(self.batch, self.events)
