@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import requests
 from tests.certs import write_pair
 from tests.server_process import REPO, AppProcess, free_port
 from vlm.config import Settings, parse_settings
+from vlm.network import lan_address
 from vlm.tls import tls_pair
 
 MODES = ("threading", "gevent", "eventlet")
@@ -120,16 +120,6 @@ def test_a_corrupt_cached_self_signed_pair_is_remade(tmp_path: Path) -> None:
         assert re.search(r"INFO vlm\.tls: made a self-signed certificate .*does not load", app.log()), app.log()
 
 
-def lan_address() -> str:
-    """This machine's address on its network, as another device would reach it ("" without a route)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # picks a route; sends nothing
-        except OSError:
-            return ""
-        return str(probe.getsockname()[0])
-
-
 def ready_line(app: AppProcess) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -194,3 +184,12 @@ def test_an_operators_certificate_near_its_end_is_served_with_a_warning(
     with caplog.at_level("WARNING", logger="vlm.tls"):
         tls_pair(Settings(ssl_cert=str(fresh_cert), ssl_key=str(fresh_key)))
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_operators_certificate_near_its_end_is_warned_about_once(tmp_path: Path, mode: str) -> None:
+    """The start checks load the pair; the servers are then given it as it is, not loading it (and warning) again."""
+    cert, key = write_pair(tmp_path / "cert.pem", tmp_path / "key.pem", valid_days=-1)
+    flags = ["--model", "demo", "--ssl-cert", str(cert), "--ssl-key", str(key), "--async-mode", mode]
+    with AppProcess(flags, env={"HOME": str(tmp_path)}, ready_timeout_s=90) as app:
+        assert app.log().count(f"the TLS certificate {cert} expired on") == 1, app.log()

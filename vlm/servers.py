@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .config import Settings
-from .tls import tls_pair
+from .tls import served_files
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,11 @@ def serve(settings: Settings, wsgi_app: WsgiApp, *, socketio: Any, on_sigterm: C
 
 
 def tls_files(settings: Settings) -> dict[str, str]:
-    """The pair each server is given; app.py has loaded it once before (``tls_pair`` raises if it does not load)."""
+    """The pair each server is given, as app.py's start checks made (or remade) and loaded it: not loaded again,
+    which would also repeat the warning about a certificate near its end."""
     if not settings.https:
         return {}
-    cert, key = tls_pair(settings)
+    cert, key = served_files(settings)
     return {"certfile": cert, "keyfile": key}
 
 
@@ -269,19 +270,28 @@ def _gevent_handler(limits: AddressLimits) -> type:
     import gevent  # imported here: gevent is only loaded when it is the server
     from gevent.pywsgi import WSGIHandler
     from gevent.socket import socket as GeventSocket
+    from gevent.ssl import SSLSocket as GeventSSLSocket
 
-    class YieldingSocket(GeventSocket):  # type: ignore[misc]
+    class Yielding:
         """A gevent socket only yields to other greenlets when a read would block, so a client that
         keeps data coming held the hub: simple-websocket's reader (which reads a copy made by
-        ``dup``, of this same class) read the whole flood before the handler that drops the
-        flooder could run. This one yields after every read."""
+        ``dup``, of this same class; an https socket has no copy and is read itself) read the whole
+        flood before the handler that drops the flooder could run. This one yields after every read."""
 
         __slots__ = ()
 
         def recv(self, *args: Any) -> bytes:
-            data = super().recv(*args)
+            data = super().recv(*args)  # type: ignore[misc]
             gevent.sleep(0)
             return bytes(data)
+
+    class YieldingSocket(Yielding, GeventSocket):  # type: ignore[misc]
+        __slots__ = ()
+
+    class YieldingSSLSocket(Yielding, GeventSSLSocket):  # type: ignore[misc]
+        """The same for https: an SSL socket's layout is its own, so it cannot take the plain class."""
+
+        __slots__ = ()
 
     class GuardedHandler(WSGIHandler):  # type: ignore[misc]
         def handle(self) -> None:
@@ -289,7 +299,8 @@ def _gevent_handler(limits: AddressLimits) -> type:
             if not limits.admit(address):
                 self.socket.close()
                 return
-            self.socket.__class__ = YieldingSocket  # same object and layout, one method changed
+            # Same object and layout, one method changed.
+            self.socket.__class__ = YieldingSSLSocket if isinstance(self.socket, GeventSSLSocket) else YieldingSocket
             try:
                 no_delay(self.socket)
                 self.socket.settimeout(HEADER_TIMEOUT_S)

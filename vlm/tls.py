@@ -53,12 +53,22 @@ class TlsError(Exception):
 def tls_pair(settings: Settings) -> tuple[str, str]:
     """The certificate and key to serve https with, loaded once to be sure they work (else ``TlsError``)."""
     if settings.self_signed:
-        cert, key = self_signed_certificate(host=settings.host)
+        self_signed_certificate(CERT_DIR, host=settings.host)
     else:
-        cert, key = Path(str(settings.ssl_cert)), Path(str(settings.ssl_key))
+        cert, key = map(Path, served_files(settings))
         check_pair(cert, key)
         _warn_if_ending(cert)
+    return served_files(settings)
+
+
+def served_files(settings: Settings) -> tuple[str, str]:
+    """Where the pair is, as the servers are given it; ``tls_pair`` makes (``--self-signed``) and checks it first."""
+    cert, key = _cached_files(CERT_DIR) if settings.self_signed else (settings.ssl_cert, settings.ssl_key)
     return str(cert), str(key)
+
+
+def _cached_files(directory: Path) -> tuple[Path, Path]:
+    return directory / "cert.pem", directory / "key.pem"
 
 
 def _warn_if_ending(cert: Path) -> None:
@@ -143,7 +153,7 @@ def _explain(cert: Path, key: Path, cert_pem: bytes, key_pem: bytes, error: ssl.
 
 def self_signed_certificate(directory: Path = CERT_DIR, host: str = "127.0.0.1") -> tuple[Path, Path]:
     """Return (cert, key) paths, making a one-year certificate for this machine when the cached one would not do."""
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path, key_path = _cached_files(directory)
     needed = _needed_names(host)
     try:
         directory.mkdir(parents=True, exist_ok=True)
