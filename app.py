@@ -25,6 +25,8 @@ from vlm.web import WebApp, create_app
 log = logging.getLogger("vlm")
 # After the drain's time is up, how long the errors it sends to what is still unfinished have to go out.
 LAST_WORDS_S = 2.0
+# Once idle, what the writers have taken (a websocket's writer thread, an HTTP stream's generator) is being written.
+LAST_WRITE_S = 0.5
 
 
 def load_model(settings: Settings, web: WebApp) -> None:
@@ -93,7 +95,7 @@ def drainer(web: WebApp, timeout_s: float) -> object:
                 cut,
             )
             wait_until_idle(web, LAST_WORDS_S)
-            web.socketio.sleep(0.5)  # an HTTP stream's last chunks are written by its own thread
+        web.socketio.sleep(LAST_WRITE_S)
         log.info("drained; exiting")
         logging.shutdown()
         os._exit(0)

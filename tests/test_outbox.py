@@ -3,7 +3,10 @@ overtaken; alone, every delta at once."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from collections import deque
 from types import SimpleNamespace
 
 import pytest
@@ -97,17 +100,28 @@ def test_deltas_merge_only_within_one_request() -> None:
 
 
 class SocketIODouble:
-    """Records emits; emitting to ``refuses`` raises, as a transport error would."""
+    """Records emits into one client socket's queue; emitting to ``refuses`` raises, as a transport error would.
+    An emit waits for ``may_emit`` (set unless the test clears it), as one that lost the CPU would."""
 
-    def __init__(self, refuses: str) -> None:
+    def __init__(self, refuses: str = "") -> None:
         self.refuses = refuses
         self.emitted: list[tuple[str, str | None]] = []
-        self.server = SimpleNamespace(manager=SimpleNamespace(eio_sid_from_sid=lambda sid, namespace: None))
+        self.emitting = threading.Event()
+        self.may_emit = threading.Event()
+        self.may_emit.set()
+        self.socket_queue: queue.Queue[str] = queue.Queue()
+        self.server = SimpleNamespace(
+            manager=SimpleNamespace(eio_sid_from_sid=lambda sid, namespace: None),
+            eio=SimpleNamespace(sockets={"client": SimpleNamespace(queue=self.socket_queue)}),
+        )
 
     def emit(self, event: str, payload: dict[str, object], to: str | None) -> None:
+        self.emitting.set()
+        self.may_emit.wait(5)
         if to == self.refuses:
             raise ConnectionError("the transport failed")
         self.emitted.append((event, to))
+        self.socket_queue.put(event)
 
 
 def test_a_failed_delivery_does_not_stop_the_others() -> None:
@@ -120,3 +134,34 @@ def test_a_failed_delivery_does_not_stop_the_others() -> None:
         assert time.monotonic() < deadline, "the pump stopped"
         time.sleep(0.01)
     assert socketio.emitted == [("response", "fine")]
+
+
+def test_an_event_the_pump_is_emitting_is_still_undelivered() -> None:
+    """A drain on SIGTERM exits once the outbox is empty: between the pump taking an answer off its queue and
+    emitting it, the answer was in neither ``pending`` nor ``held``, and went unsent."""
+    socketio = SocketIODouble()
+    socketio.may_emit.clear()
+    outbox = Outbox(socketio, "threading", STREAM_PACING)  # type: ignore[arg-type]
+    outbox.send("response", {"id": "q1"}, "a")
+    assert socketio.emitting.wait(5)
+    assert outbox.pending == deque() and outbox.undelivered, "taken, not emitted: still undelivered"
+    socketio.may_emit.set()
+    deadline = time.monotonic() + 5
+    while outbox.undelivered:
+        assert time.monotonic() < deadline, "the pump stopped"
+        time.sleep(0.01)
+    assert socketio.emitted == [("response", "a")]
+
+
+def test_packets_queued_for_a_socket_are_unwritten_until_its_writer_takes_them() -> None:
+    socketio = SocketIODouble()
+    outbox = Outbox(socketio, "threading", STREAM_PACING)  # type: ignore[arg-type]
+    assert not outbox.unwritten
+    outbox.send("response", {"id": "q1"}, "a")
+    deadline = time.monotonic() + 5
+    while outbox.undelivered:
+        assert time.monotonic() < deadline, "the pump stopped"
+        time.sleep(0.01)
+    assert outbox.unwritten, "emitted into the socket's queue, which its writer has not emptied"
+    assert socketio.socket_queue.get_nowait() == "response"
+    assert not outbox.unwritten

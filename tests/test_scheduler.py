@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import pytest
 import torch
@@ -16,8 +17,10 @@ from tests.doubles import (
     SteppingBackendDouble,
 )
 from vlm.backends.base import Job
+from vlm.errors import VlmError
 from vlm.metrics import MeteredScheduler, Metrics
 from vlm.request_queue import MAX_WAITING_PER_CLIENT
+from vlm.results import Answer
 from vlm.scheduler import Request, Scheduler
 
 pytestmark = pytest.mark.unit
@@ -228,6 +231,44 @@ def test_disconnected_client_work_is_dropped_silently() -> None:
     backend.hang.clear()
     time.sleep(0.1)
     assert sink.finals() == {}
+    assert scheduler.pending() == 0
+
+
+@dataclass
+class SlowToTellSinkDouble:
+    """A sink whose delivery of the answer takes as long as the test says (a busy outbox, a slow thread)."""
+
+    telling: threading.Event = field(default_factory=threading.Event)
+    may_finish: threading.Event = field(default_factory=threading.Event)
+
+    def stream(self, delta: str) -> None:
+        pass
+
+    def answered(self, answer: Answer) -> None:
+        self._tell()
+
+    def failed(self, error: VlmError) -> None:
+        self._tell()
+
+    def _tell(self) -> None:
+        self.telling.set()
+        self.may_finish.wait(5)
+
+
+def test_an_answer_still_being_told_counts_as_pending() -> None:
+    """A drain on SIGTERM exits once ``pending()`` is 0: it was 0 from the moment the request finished,
+    before its sink had the answer, and the process could exit with the answer unsent (seen in CI)."""
+    sink = SlowToTellSinkDouble()
+    scheduler = Scheduler(ScriptedBackendDouble(), batch_window_s=0)
+    scheduler.submit(
+        Request(id="a", client="alice", job=Job(task="query", image=FRAME, image_key="k", text="hi"), sink=sink)
+    )
+    assert sink.telling.wait(5)
+    assert scheduler.pending() == 1, "the answer is not yet with its sink"
+    sink.may_finish.set()
+    deadline = time.monotonic() + 5
+    while scheduler.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert scheduler.pending() == 0
 
 

@@ -117,6 +117,7 @@ class Outbox:
         self.pending: deque[Outgoing] = deque()
         self.pacer = Pacer(coalescing)
         self.green = async_mode != "threading"
+        self.delivering = False  # the pump has taken events and may not have emitted them all yet
         self.wake = threading.Event()
         if self.green:
             socketio.start_background_task(self._pump_green)
@@ -131,7 +132,17 @@ class Outbox:
 
     @property
     def undelivered(self) -> bool:
-        return bool(self.pending or self.pacer.held)
+        """Whether an event sent here has not yet reached its socket's queue.
+
+        ``delivering`` is read last: an event the pump has taken out of ``pending`` or ``held`` and not
+        yet emitted would otherwise be in neither, and a drain on shutdown would exit without it.
+        """
+        return bool(self.pending or self.pacer.held or self.delivering)
+
+    @property
+    def unwritten(self) -> bool:
+        """Whether a connected client's socket still has packets queued for its writer."""
+        return any(not connection.queue.empty() for connection in list(self.socketio.server.eio.sockets.values()))
 
     def backlog(self, sid: str) -> int:
         """Packets queued for one client and not yet written to its socket (0 if it is gone or remote)."""
@@ -152,11 +163,15 @@ class Outbox:
             self.socketio.sleep(self.POLL_S)
 
     def _deliver(self) -> None:
-        while self.pending:
-            for item in self.pacer.admit(self.pending.popleft(), time.monotonic()):
+        self.delivering = True
+        try:
+            while self.pending:
+                for item in self.pacer.admit(self.pending.popleft(), time.monotonic()):
+                    self._emit(item)
+            for item in self.pacer.due(time.monotonic()):
                 self._emit(item)
-        for item in self.pacer.due(time.monotonic()):
-            self._emit(item)
+        finally:
+            self.delivering = False
 
     def _emit(self, item: Outgoing) -> None:
         try:

@@ -47,6 +47,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -133,6 +135,8 @@ class Scheduler:
         self._busy_since: float | None = None  # when the worker's current backend call began
         self._last_seen: dict[str, float] = {}
         self._accepting = True
+        # Finished requests whose sink is still being told: a drain on shutdown waits for them too.
+        self._telling = 0
         # Every request goes through the preparing threads, or none does (None: as the backend advises).
         self.prepare_ahead = backend.prepares if prepare_ahead is None else prepare_ahead
         threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
@@ -198,7 +202,7 @@ class Scheduler:
 
     def pending(self) -> int:
         with self._lock:
-            return self._queue.pending() + len(self._rows)
+            return self._queue.pending() + len(self._rows) + self._telling
 
     def stuck_s(self) -> float:
         """How long the model has been running past ``timeout_s`` on a call it has not given back (0: it is not)."""
@@ -239,18 +243,30 @@ class Scheduler:
         self._lock.notify_all()
         return True
 
-    def _fail(self, request: Request, error: VlmError) -> bool:
+    @contextmanager
+    def _resolving(self, request: Request) -> Iterator[bool]:
+        """Finish ``request``; whether this call won. Until the block has told its sink, it still counts as
+        ``pending``: a drain that saw it neither running nor told would exit with its answer unsent."""
         with self._lock:
             won = self._finish_locked(request)
-        if won:
-            request.sink.failed(error)
+            self._telling += won
+        try:
+            yield won
+        finally:
+            if won:
+                with self._lock:
+                    self._telling -= 1
+
+    def _fail(self, request: Request, error: VlmError) -> bool:
+        with self._resolving(request) as won:
+            if won:
+                request.sink.failed(error)
         return won
 
     def _answer(self, request: Request, result: Result) -> None:
-        with self._lock:
-            won = self._finish_locked(request)
-        if won:
-            request.sink.answered(Answer(request.id, request.job.task, result, request.timing(time.perf_counter())))
+        with self._resolving(request) as won:
+            if won:
+                request.sink.answered(Answer(request.id, request.job.task, result, request.timing(time.perf_counter())))
 
     # -- the worker ------------------------------------------------------------------
 

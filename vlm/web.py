@@ -39,9 +39,11 @@ class WebApp:
     watch: WatchService
 
     def idle(self) -> bool:
-        """Nothing accepted is still unanswered or undelivered (used to drain on shutdown)."""
+        """Nothing accepted is still unanswered, or waiting in this process to be written to a websocket
+        (used to drain on shutdown)."""
         scheduler = self.slot.scheduler
-        return (scheduler is None or scheduler.pending() == 0) and not self.outbox.undelivered
+        unanswered = scheduler is not None and scheduler.pending() > 0
+        return not (unanswered or self.outbox.undelivered or self.outbox.unwritten)
 
 
 def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
