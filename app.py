@@ -25,7 +25,7 @@ from vlm.web import WebApp, create_app
 log = logging.getLogger("vlm")
 # After the drain's time is up, how long the errors it sends to what is still unfinished have to go out.
 LAST_WORDS_S = 2.0
-# Once idle, what the writers have taken (a websocket's writer thread, an HTTP stream's generator) is being written.
+# Once idle, a websocket's writer thread may still be writing the last packets it took from its queue.
 LAST_WRITE_S = 0.5
 
 

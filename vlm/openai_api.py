@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -65,14 +66,43 @@ UNHONOURED: dict[str, tuple[object, ...]] = {
 SinkEvent = tuple[str, Any]
 
 
+class OpenResponses:
+    """How many ``/v1`` responses are not yet written to the end, so that a drain on shutdown waits for them:
+    an answer handed to its HTTP thread was still on its way out when the process could exit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+
+    def __bool__(self) -> bool:
+        return self._open > 0
+
+    def opened(self) -> None:
+        with self._lock:
+            self._open += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+
 def install_openai_api(
-    app: Flask, settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool], sleep: Callable[[float], object]
+    app: Flask,
+    settings: Settings,
+    slot: ModelSlot,
+    *,
+    authorized: Callable[[], bool],
+    sleep: Callable[[float], object],
+    open_responses: OpenResponses,
 ) -> None:
     """Mount ``/v1`` on ``app``, after ``SocketIO(app)`` so that ``eventlet_environ`` wraps Socket.IO's middleware.
 
-    ``authorized`` is the app's own token check, ``sleep`` its async mode's.
+    ``authorized`` is the app's own token check, ``sleep`` its async mode's; ``open_responses`` counts what
+    ``/v1`` has yet to finish writing.
     """
-    app.register_blueprint(openai_blueprint(settings, slot, authorized=authorized, sleep=sleep))
+    app.register_blueprint(
+        openai_blueprint(settings, slot, authorized=authorized, sleep=sleep, open_responses=open_responses)
+    )
     app.wsgi_app = eventlet_environ(app.wsgi_app)  # type: ignore[method-assign]
 
     @app.errorhandler(HTTPException)
@@ -104,12 +134,26 @@ def eventlet_environ(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def openai_blueprint(
-    settings: Settings, slot: ModelSlot, *, authorized: Callable[[], bool], sleep: Callable[[float], object]
+    settings: Settings,
+    slot: ModelSlot,
+    *,
+    authorized: Callable[[], bool],
+    sleep: Callable[[float], object],
+    open_responses: OpenResponses,
 ) -> Blueprint:
     """The ``/v1`` routes, answered from ``slot``'s scheduler."""
     api = Blueprint("openai_api", __name__, url_prefix="/v1")
     started = int(time.time())
     green = settings.async_mode != "threading"
+
+    @api.before_request
+    def count_open() -> None:
+        open_responses.opened()
+
+    @api.after_request
+    def uncount_once_written(response: Response) -> Response:
+        response.call_on_close(open_responses.closed)
+        return response
 
     @api.before_request
     def require_token() -> tuple[Response, int] | None:

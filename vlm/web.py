@@ -20,7 +20,7 @@ from .access import Access
 from .config import Settings
 from .hosts import allowed_hosts, host_guard
 from .model_slot import ModelSlot
-from .openai_api import install_openai_api
+from .openai_api import OpenResponses, install_openai_api
 from .outbox import Coalescing, Outbox
 from .pages import pages_blueprint
 from .ratelimit import EventGate, RateLimiter
@@ -37,13 +37,14 @@ class WebApp:
     slot: ModelSlot
     outbox: Outbox
     watch: WatchService
+    open_responses: OpenResponses
 
     def idle(self) -> bool:
-        """Nothing accepted is still unanswered, or waiting in this process to be written to a websocket
+        """Nothing accepted is still unanswered, or waiting in this process to be written to its client
         (used to drain on shutdown)."""
         scheduler = self.slot.scheduler
         unanswered = scheduler is not None and scheduler.pending() > 0
-        return not (unanswered or self.outbox.undelivered or self.outbox.unwritten)
+        return not (unanswered or self.outbox.undelivered or self.outbox.unwritten or self.open_responses)
 
 
 def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
@@ -75,7 +76,10 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     access = Access(settings.token)
     outbox = Outbox(socketio, settings.async_mode, Coalescing(STREAM_EVENT, merged_deltas, STREAM_INTERVAL_S))
     app.register_blueprint(pages_blueprint(settings, slot, access))
-    install_openai_api(app, settings, slot, authorized=access.bearer_ok, sleep=socketio.sleep)
+    open_responses = OpenResponses()
+    install_openai_api(
+        app, settings, slot, authorized=access.bearer_ok, sleep=socketio.sleep, open_responses=open_responses
+    )
     watch = install_watch(app, socketio, settings, scheduler=lambda: slot.scheduler, send=outbox.send, access=access)
     gate = EventGate(
         RateLimiter(settings.rate_limit_per_s, settings.rate_burst),
@@ -83,7 +87,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
         strikes=settings.rate_burst * 2 + 10,
     )
     socketio.on_namespace(AppNamespace(settings, slot, access=access, gate=gate, outbox=outbox, watch=watch))
-    return WebApp(app=app, socketio=socketio, slot=slot, outbox=outbox, watch=watch)
+    return WebApp(app=app, socketio=socketio, slot=slot, outbox=outbox, watch=watch, open_responses=open_responses)
 
 
 def socket_origins(extra: tuple[str, ...]) -> str | list[str] | Callable[[str, dict[str, Any]], bool] | None:
