@@ -143,14 +143,14 @@ def test_ordered_requests_waiting_are_bounded() -> None:
 def test_cancel_stops_a_running_generation() -> None:
     sink = RecordingSinkDouble()
     scheduler = Scheduler(ScriptedBackendDouble(word_delay_s=0.05))
-    scheduler.submit(make_request(sink, "long", "alice", "one two three four five six seven eight"))
-    time.sleep(0.12)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    wait_streamed(sink, "long", 2)
     assert scheduler.cancel("alice", "long")
     finals = sink.wait_finals(1)
     assert finals["long"] == ("query_error", "cancelled")
-    time.sleep(0.2)
-    streamed_after = [e for e in sink.events if e[0] == "stream"]
-    assert len(streamed_after) < 9, "no tokens are produced after the cancel"
+    at_cancel = streamed(sink, "long")
+    time.sleep(0.2)  # four more words, were it still generating
+    assert streamed(sink, "long") <= at_cancel + 1, "no tokens are produced after the cancel (one may be under way)"
 
 
 def test_full_queue_answers_busy() -> None:
@@ -415,7 +415,9 @@ def test_healthz_says_degraded_while_the_model_is_stuck() -> None:
     reply = health.get("/healthz")
     assert (reply.status_code, reply.json["status"]) == (503, "degraded") and reply.json["stuck_s"] >= 0
     backend.released.set()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while health.get("/healthz").json["status"] != "ok" and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert health.get("/healthz").json["status"] == "ok"
 
 
