@@ -201,12 +201,18 @@ def test_clients_at_once_decode_together_and_get_what_each_gets_alone(app: AppPr
     assert after_steps - steps > after_single - single, "no step decoded two answers at once"
 
 
-def test_wave_batching_answers_through_moondream2s_own_loop_as_the_running_batch_does(
-    app: AppProcess, moondream_like: MoondreamLike
+@pytest.mark.parametrize(
+    "flags",
+    [("--batching", "wave"), ("--prepare", "prefill", "--prepare-threads", "2")],
+    ids=["wave", "prefilled-ahead"],
+)
+def test_other_schedules_give_the_running_batchs_answers(
+    app: AppProcess, moondream_like: MoondreamLike, flags: tuple[str, ...]
 ) -> None:
-    """``--batching wave`` runs each question through moondream2's own loop, one after another; a lone row of the
-    running batch computes the same numbers, so both modes give the same answers."""
+    """``--batching wave`` runs each question through moondream2's own loop, one after another, and a lone row
+    of the running batch computes the same numbers; ``--prepare prefill`` starts each answer on a preparing
+    thread while the worker decodes others. Both give the same answers as the default."""
     continuous, _ = ask_alone_then_together(app)
-    with serve(moondream_like, "--dtype", "bfloat16", "--batching", "wave") as wave_app:
-        wave, _ = ask_alone_then_together(wave_app)
-    assert [reply["answer"] for reply in wave] == [reply["answer"] for reply in continuous]
+    with serve(moondream_like, "--dtype", "bfloat16", *flags) as other_app:
+        other, _ = ask_alone_then_together(other_app)
+    assert [reply["answer"] for reply in other] == [reply["answer"] for reply in continuous]

@@ -7,6 +7,7 @@ what moondream2's own loop gives alone: the same tokens, answers, counts and fin
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from tests.test_moondream_backend import load
 from vlm.backends import moondream_rows
 from vlm.backends.base import Job, Result
 from vlm.backends.moondream import MoondreamBackend
-from vlm.backends.moondream_rows import MoondreamRows, RowCache, attend, decode_step
+from vlm.backends.moondream_rows import AnswerStart, MoondreamRows, RowCache, attend, decode_step
 from vlm.errors import Code, VlmError
 
 FRAMES = [Image.new("RGB", (640, 480), colour) for colour in ("red", "navy", "olive", "white")]
@@ -203,6 +204,36 @@ def test_skills_run_their_own_loop_during_the_join(md: MoondreamBackend) -> None
     assert events.results[2] == own_loop(md, point)
     run_to_end(rows)
     assert events.results[0] == own_loop(md, query(0, max_new_tokens=20))
+
+
+@pytest.mark.parametrize("ahead", ["prefill", "encode"])
+def test_newcomers_prepared_on_a_thread_while_the_batch_decodes_answer_as_moondream2_alone(
+    md: MoondreamBackend, monkeypatch: pytest.MonkeyPatch, ahead: str
+) -> None:
+    """``--prepare prefill``: a preparing thread runs moondream2's own code (the frame, the prompt) in the model's
+    one cache while the worker steps the running batch, which keeps its own; with ``encode``, only the frame.
+    Taking turns at moondream2's code (detect runs its own loop in the join) keeps every answer its own."""
+    jobs = {index: query(index, max_new_tokens=60) for index in range(4)}
+    jobs[4] = Job(task="caption", image=FRAMES[2], image_key="frame-2", length="short", max_new_tokens=60)
+    jobs[5] = Job(task="detect", image=FRAMES[3], image_key="frame-3", text="face")
+    alone = {key: own_loop(md, job) for key, job in jobs.items()}
+    md.encoded.clear()
+    monkeypatch.setattr(md, "ahead", ahead)
+    events = RowEventsRecorder()
+    rows = MoondreamRows(md, events)
+    rows.join({0: jobs[0], 1: jobs[1]})
+    with ThreadPoolExecutor(1) as pool:
+        preparing = pool.submit(lambda: {key: md.prepare(jobs[key]) for key in (2, 3, 4)})
+        while not preparing.done():
+            rows.step()
+            rows.join({5: jobs[5]} if 5 not in events.results else {})
+        prepared = preparing.result()
+    assert all(isinstance(job.prepared, AnswerStart) == (ahead == "prefill") for job in prepared.values())
+    assert all(md.encoded.get(job.image_key) is not None for job in prepared.values()), "frames encoded ahead"
+    rows.join(prepared)
+    run_to_end(rows)
+    assert events.failures == {}
+    assert events.results == alone
 
 
 def test_a_question_too_long_fails_alone(md: MoondreamBackend) -> None:

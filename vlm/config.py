@@ -307,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.prepare,
         help="where a request's work that needs no running batch (resizing, normalising, tokenising) runs: "
         "on threads of its own while the model decodes others, or on the model's worker; encode: threads, "
-        "and they run the vision tower too (transformers models); prefill: threads, and they run the whole "
-        "prefill (transformers models stepped by continuous batching); auto: threads for a transformers "
-        "model on a GPU, the worker on a CPU, where the model already uses every core",
+        "and they run the vision tower too; prefill: threads, and they run the whole prefill (models "
+        "stepped by continuous batching; moondream2 takes turns at its one cache); auto: threads for a "
+        "transformers model on a GPU, the worker otherwise",
     )
     limits.add_argument(
         "--prepare-threads",

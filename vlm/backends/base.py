@@ -182,6 +182,11 @@ class ModelInfo:
         return self.input_size or self.image_size
 
 
+# What ``prepare`` does (``--prepare``): only what needs no model (a processor's work), run the vision tower
+# too, or the whole prefill (the vision tower and the prompt through the decoder, for rows a running batch steps).
+WorkAhead = Literal["process", "encode", "prefill"]
+
+
 class Backend(ABC):
     name: ClassVar[str]
     info: ModelInfo

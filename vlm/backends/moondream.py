@@ -15,9 +15,10 @@ does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 r
   also where a cancelled or overdue call is stopped at the next token.
 - It tiles a frame into overlapping crops and resizes it to what they cover: the frame
   size clients send comes from the model's crop settings (``frame_side``).
-- It keeps one KV cache in the model, so it must never run two calls at once (the
-  scheduler guarantees that). Answers are decoded together all the same: each starts in that
-  cache and is copied out into a running batch (``moondream_rows``).
+- It keeps one KV cache in the model, so it must never run two calls at once: the worker and a
+  preparing thread (``--prepare encode`` or ``prefill``) take turns at it (``own_code``). Answers
+  are decoded together all the same: each starts in that cache and is copied out into a running
+  batch (``moondream_rows``), which keeps its own cache.
 - Its context is ``max_context`` (2048) positions, the frame's 730 among them, and nothing in it
   checks that a prompt and its answer fit: the decode loop indexes its mask past the end and
   fails mid-answer. The meter ends an answer at the last position (``finish_reason`` length)
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -38,9 +40,9 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import Code, VlmError
-from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents
+from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, WorkAhead
 from .frame_cache import FrameCache
-from .moondream_rows import MoondreamRows, Prefilled, stopping_after_prompt
+from .moondream_rows import AnswerStart, MoondreamRows, Prefilled, copied_cache, stopping_after_prompt
 from .remote_code import load_remote_code_model
 from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned_attention, weights_dtype
 
@@ -202,10 +204,23 @@ def _tiling(height: int, width: int, window: int, max_crops: int) -> tuple[int, 
 class MoondreamBackend(Backend):
     name: ClassVar[str] = "moondream"
 
-    def __init__(self, model: Any, *, model_id: str, device: str, max_crops: int = 0, max_batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        model_id: str,
+        device: str,
+        max_crops: int = 0,
+        max_batch_size: int = 16,
+        ahead: WorkAhead = "process",
+    ) -> None:
         """``model`` is moondream2's ``HfMoondream``; ``max_crops`` (0: the model's own) trades detail for speed;
-        ``max_batch_size`` answers decode together (with continuous batching)."""
+        ``max_batch_size`` answers decode together (with continuous batching); ``ahead`` is what ``prepare``
+        does: nothing, encode the frame, or prefill a query's or caption's prompt too."""
         self.model = model
+        self.ahead = ahead
+        # moondream2's own code writes the model's one KV cache: the worker and a preparing thread take turns.
+        self.own_code = threading.Lock()
         inner = model.model  # HfMoondream wraps the MoondreamModel that holds the config and the loop
         if max_crops:
             inner.config = dataclasses.replace(
@@ -235,12 +250,15 @@ class MoondreamBackend(Backend):
         dtype: str,
         max_crops: int = 0,
         max_batch_size: int = 16,
+        ahead: WorkAhead = "process",
     ) -> MoondreamBackend:
         device = resolve_device(device)
         use_unplanned_attention(device)
         model = load_remote_code_model(model_id, revision=revision, dtype=torch.bfloat16, device=device)
         run_in(model, moondream_dtype(dtype, device))
-        return cls(model, model_id=model_id, device=device, max_crops=max_crops, max_batch_size=max_batch_size)
+        return cls(
+            model, model_id=model_id, device=device, max_crops=max_crops, max_batch_size=max_batch_size, ahead=ahead
+        )
 
     def decoder(self, events: RowEvents) -> Decoder:
         return MoondreamRows(self, events)
@@ -254,26 +272,40 @@ class MoondreamBackend(Backend):
             if result is not None:
                 events.done(index, result)
 
+    def prepare(self, job: Job) -> Job:
+        """On a preparing thread: the frame encoded (``--prepare encode``), and with ``prefill`` a query's or
+        caption's prompt prefilled too, its start carried to the join as ``job.prepared``."""
+        if self.ahead == "process":
+            return job
+        with torch.inference_mode():  # grad mode is per thread: the worker's does not reach this one
+            if self.ahead == "prefill" and job.task in ("query", "caption"):
+                return dataclasses.replace(job, prepared=self.start_answer(job, _never))
+            with self.own_code:
+                self._encode(job)
+        return job
+
     def run_one(self, index: int, job: Job, events: GenerationEvents) -> Result | None:
         """``job`` through moondream2's own loop, start to end; None where it was cancelled or overdue."""
         try:
-            with self.meter.watching(lambda: events.cancelled(index)):
+            with self.own_code, self.meter.watching(lambda: events.cancelled(index)):
                 return self._run(index, job, events)
         except GenerationStopped:
             return None
 
-    def prefill_answer(self, job: Job, should_stop: Callable[[], bool]) -> Prefilled | None:
-        """A query or caption through moondream2's own code up to its first token, left in the model's cache;
+    def start_answer(self, job: Job, should_stop: Callable[[], bool]) -> AnswerStart | None:
+        """A query or caption through moondream2's own code up to its first token, its prompt's cache copied out;
         None where ``should_stop`` stopped it first."""
-        encoded = self._encode(job)
-        try:
-            with self.meter.watching(should_stop), stopping_after_prompt(self.model.model):
-                for _ in self._answer(job, encoded):
-                    break
-        except Prefilled as start:
-            return start
-        except GenerationStopped:
-            return None
+        with self.own_code:
+            encoded = self._encode(job)
+            try:
+                with self.meter.watching(should_stop), stopping_after_prompt(self.model.model):
+                    for _ in self._answer(job, encoded):
+                        break
+            except Prefilled as start:
+                cache = copied_cache(self.model.model, start.position)
+                return AnswerStart(start.token, start.position, self.meter.prompt_tokens, cache)
+            except GenerationStopped:
+                return None
         raise RuntimeError("moondream2 answered without prefilling its prompt")
 
     def _answer(self, job: Job, encoded: Any) -> Iterator[str]:

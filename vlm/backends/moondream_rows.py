@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Set
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,6 +45,30 @@ class Prefilled(Exception):
         super().__init__()
         self.token = token
         self.position = position
+
+
+# A row's keys and values, layer by layer: (1, kv heads, length, head size) pairs.
+LayerCaches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class AnswerStart:
+    """A query or caption prefilled through moondream2's own code, ready to join: its first token, the position
+    its next one goes to, its prompt's length (frame included), and that prompt's keys and values, copied out of
+    the model's one cache before the next prompt overwrites them."""
+
+    token: torch.Tensor
+    position: int
+    prompt_tokens: int
+    cache: LayerCaches
+
+
+def copied_cache(inner: Any, length: int) -> LayerCaches:
+    """The first ``length`` positions of every layer of the model's one cache, copied."""
+    return [
+        (block.kv_cache.k_cache[:, :, :length].clone(), block.kv_cache.v_cache[:, :, :length].clone())
+        for block in inner.text.blocks
+    ]
 
 
 @contextmanager
@@ -85,7 +110,7 @@ class RowCache:
     def slots(self) -> int:
         return self.mask.size(-1) if self.keys else 0
 
-    def add(self, rows: list[list[tuple[torch.Tensor, torch.Tensor]]], lengths: list[int]) -> None:
+    def add(self, rows: list[LayerCaches], lengths: list[int]) -> None:
         """Append rows given as per-layer (1, kv heads, length, head size) pairs, each ``lengths`` long."""
         slots = max(self.slots, _chunked(max(lengths) + 1))
         old = self.mask.size(0) if self.keys else 0
@@ -209,10 +234,10 @@ class MoondreamRows(Decoder):
 
     @torch.inference_mode()
     def join(self, jobs: dict[int, Job]) -> None:
+        """Queries and captions join, prefilled ahead (``--prepare prefill``) or here; skills run to their end."""
         self._drop_ended()
         rows: list[Row] = []
-        caches: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-        starts: list[Prefilled] = []
+        starts: list[AnswerStart] = []
         for key, job in jobs.items():
             if self.events.cancelled(key):
                 continue
@@ -220,19 +245,17 @@ class MoondreamRows(Decoder):
                 self._run_alone(key, job)
                 continue
             try:
-                start = self.backend.prefill_answer(job, lambda key=key: self.events.cancelled(key))
+                start = job.prepared or self.backend.start_answer(job, lambda key=key: self.events.cancelled(key))
             except VlmError as error:
                 self.events.failed(key, error)
                 continue
             if start is None:  # cancelled while it prefilled
                 continue
             text = RowText(self.inner.tokenizer)
-            row = Row(key, job.max_new_tokens, self.backend.meter.prompt_tokens, text, job.temperature)
-            rows.append(row)
+            rows.append(Row(key, job.max_new_tokens, start.prompt_tokens, text, job.temperature))
             starts.append(start)
-            caches.append(self._copy_cache(start.position))
         if rows:
-            self.cache.add(caches, [start.position for start in starts])
+            self.cache.add([start.cache for start in starts], [start.position for start in starts])
             device = self.cache.mask.device
             started = torch.tensor([start.position for start in starts], device=device)
             self.positions = torch.cat([self.positions.to(device), started])
@@ -251,13 +274,6 @@ class MoondreamRows(Decoder):
             return
         if result is not None:
             self.events.done(key, result)
-
-    def _copy_cache(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The prompt's keys and values, frame included, out of the model's one cache before the next prompt."""
-        return [
-            (block.kv_cache.k_cache[:, :, :length].clone(), block.kv_cache.v_cache[:, :, :length].clone())
-            for block in self.inner.text.blocks
-        ]
 
     @torch.inference_mode()
     def step(self) -> None:

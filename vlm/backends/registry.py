@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError
-from .base import Backend
+from .base import Backend, WorkAhead
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -98,6 +98,7 @@ def load_moondream(settings: Settings) -> Backend:
         dtype=settings.dtype,
         max_crops=settings.max_crops,
         max_batch_size=settings.max_batch_size,
+        ahead=work_ahead(settings),
     )
 
 
@@ -113,8 +114,13 @@ def load_transformers(settings: Settings) -> Backend:
         dtype=settings.dtype,
         max_batch_size=settings.max_batch_size,
         max_crops=settings.max_crops,
-        ahead=settings.prepare if settings.prepare in ("encode", "prefill") else "process",
+        ahead=work_ahead(settings),
     )
+
+
+def work_ahead(settings: Settings) -> WorkAhead:
+    """What the preparing threads do besides a processor's work, by ``--prepare``."""
+    return "encode" if settings.prepare == "encode" else "prefill" if settings.prepare == "prefill" else "process"
 
 
 @register("openai")

@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from transformers import (
@@ -45,6 +45,7 @@ from .base import (
     ModelInfo,
     Result,
     RowEvents,
+    WorkAhead,
     prompt_text,
 )
 from .collate import collate
@@ -57,10 +58,6 @@ log = logging.getLogger(__name__)
 
 # Thumbnails in the page's history are cut from the frame we ask for, so never ask for tiny ones.
 MIN_FRAME_SIDE = 256
-
-# What ``prepare`` does besides the processor (``--prepare``): nothing more, run the vision tower, or the
-# whole prefill (the vision tower and the prompt through the decoder, for models the StepDecoder steps).
-WorkAhead = Literal["process", "encode", "prefill"]
 
 
 @dataclass(frozen=True)
