@@ -15,7 +15,6 @@ answer went without a token. The report goes into the README between this device
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import statistics
@@ -23,17 +22,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from PIL import Image
 
-from bench.common import cpu_name, markdown, write_between_markers
-from bench.moondream_batch import ANSWER_TOKENS, MAX_CROPS, QUESTIONS, Answers, real_backend
+from bench.common import markdown
+from bench.moondream_batch import ANSWER_TOKENS, MAX_CROPS, QUESTIONS, Answers, built_backend, publish, real_code_parser
 from bench.moondream_cpu import timed
-from tests.server_process import REPO
 from vlm.backends.base import Job, WorkAhead
-from vlm.backends.moondream import MoondreamBackend, moondream_dtype
+from vlm.backends.moondream import MoondreamBackend
 from vlm.errors import VlmError
 from vlm.results import Answer
 from vlm.scheduler import Request, Scheduler
@@ -151,19 +148,10 @@ def heading(backend: MoondreamBackend, machine: str, gap_s: float, load_at_start
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("code", type=Path, help="moondream's moondream/torch folder at commit 44146f1")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    parser = real_code_parser(__doc__)
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between two questions' arrivals")
-    parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
-    machine = f"{name}, {torch.get_num_threads()} torch threads"
-    load_at_start = os.getloadavg()[0]
-    print(f"{machine}, load average {load_at_start:.1f}", flush=True)
-    dtype = moondream_dtype(args.dtype, args.device)
-    backend = timed(f"build full size in {dtype} (random weights)", lambda: real_backend(args.code, args.device, dtype))
+    backend, machine, load_at_start = built_backend(args)
     warm_up = Job(task="query", image=frame(ASKED, "process"), image_key="warm-up", text=QUESTIONS[0], max_new_tokens=4)
     timed("warm-up answer", lambda: backend.generate([warm_up], Answers()))
     runs = []
@@ -172,16 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{FLAG[mode]}: {runs[-1].seconds:.1f} s", flush=True)
     text = report(heading(backend, machine, args.gap, load_at_start), runs)
     print(text, flush=True)
-    if args.no_readme:
-        return
-    (REPO / "bench" / f"moondream-arrivals-{args.device}.md").write_text(
-        f"# moondream2 with questions arriving while others decode ({args.device})\n\n{text}"
-    )
-    markers = (
-        f"<!-- bench-moondream-arrivals-{args.device}:start -->",
-        f"<!-- bench-moondream-arrivals-{args.device}:end -->",
-    )
-    write_between_markers(REPO / "README.md", markers, text)
+    if not args.no_readme:
+        publish("moondream-arrivals", "moondream2 with questions arriving while others decode", args.device, text)
 
 
 if __name__ == "__main__":

@@ -403,21 +403,40 @@ def heading(backend: MoondreamBackend, machine: str, load_at_start: float) -> st
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def real_code_parser(description: str | None) -> argparse.ArgumentParser:
+    """The arguments every benchmark of moondream2's real code takes: where the code is, device, dtype."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("code", type=Path, help="moondream's moondream/torch folder at commit 44146f1")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
-    parser.add_argument("--repeats", type=int, default=3, help="own-loop answers timed per token")
-    parser.add_argument("--steps", type=int, default=5, help="batched steps timed at each batch size")
     parser.add_argument("--no-readme", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def built_backend(args: argparse.Namespace) -> tuple[MoondreamBackend, str, float]:
+    """moondream2's real code built as ``args`` say: the backend, the machine's name, the load average before."""
     name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     machine = f"{name}, {torch.get_num_threads()} torch threads"
     load_at_start = os.getloadavg()[0]
     print(f"{machine}, load average {load_at_start:.1f}", flush=True)
     dtype = moondream_dtype(args.dtype, args.device)
     backend = timed(f"build full size in {dtype} (random weights)", lambda: real_backend(args.code, args.device, dtype))
+    return backend, machine, load_at_start
+
+
+def publish(name: str, title: str, device: str, text: str) -> None:
+    """The report into ``bench/<name>-<device>.md`` and into the README between that name's and device's markers."""
+    (REPO / "bench" / f"{name}-{device}.md").write_text(f"# {title} ({device})\n\n{text}")
+    markers = (f"<!-- bench-{name}-{device}:start -->", f"<!-- bench-{name}-{device}:end -->")
+    write_between_markers(REPO / "README.md", markers, text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = real_code_parser(__doc__)
+    parser.add_argument("--repeats", type=int, default=3, help="own-loop answers timed per token")
+    parser.add_argument("--steps", type=int, default=5, help="batched steps timed at each batch size")
+    args = parser.parse_args(argv)
+    backend, machine, load_at_start = built_backend(args)
     jobs = make_jobs()
     for job in jobs[:: len(QUESTIONS)]:
         timed(f"encode_image {job.image_key} frame", lambda job=job: backend._encode(job))  # into the frame cache
@@ -439,16 +458,8 @@ def main(argv: list[str] | None = None) -> None:
 
     text = report(heading(backend, machine, load_at_start), speeds, own, batched, same)
     print(text, flush=True)
-    if args.no_readme:
-        return
-    (REPO / "bench" / f"moondream-batch-{args.device}.md").write_text(
-        f"# moondream2's running batch against its own loop ({args.device})\n\n{text}"
-    )
-    markers = (
-        f"<!-- bench-moondream-batch-{args.device}:start -->",
-        f"<!-- bench-moondream-batch-{args.device}:end -->",
-    )
-    write_between_markers(REPO / "README.md", markers, text)
+    if not args.no_readme:
+        publish("moondream-batch", "moondream2's running batch against its own loop", args.device, text)
 
 
 if __name__ == "__main__":
