@@ -207,6 +207,7 @@ class Backend(ABC):
 
         Where ``prepares`` is set, the scheduler calls this on threads of their own while the model decodes
         others, so a newcomer does not stall the running batch with it. It runs alongside ``generate``, the
-        decoder and itself: it may run only model parts that keep no state between calls, never the decoder.
+        decoder and itself: model parts that keep state between calls (moondream2's one KV cache) it may run
+        only by taking turns with the worker; the running batch's own state it never touches.
         """
         return job
