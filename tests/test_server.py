@@ -206,15 +206,25 @@ def test_new_question_supersedes_unfinished_one(slow_app: AppProcess, frame: str
         asker.close()
 
 
-def test_sigterm_drains_in_flight_requests(tiny_model: Path, frame: str) -> None:
-    with serving(tiny_model, max_new_tokens=60) as running:
+@pytest.mark.parametrize("mode", ASYNC_MODES)
+def test_sigterm_drains_in_flight_requests(slow_model: Path, frame: str, mode: str) -> None:
+    """Both transports' answers under way when SIGTERM comes are finished and delivered whole before the exit."""
+    with serving(slow_model, "--async-mode", mode, max_new_tokens=150) as running:  # ~1.5 s an answer here
         asker = RecordingClient(running.url)
+        body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+        stream = requests.post(f"{running.url}/v1/chat/completions", json=body, stream=True, timeout=60)
+        lines = stream.iter_lines(decode_unicode=True)
+        assert next(line for line in lines if line.startswith("data: {")), "the stream began"
         asker.start({"id": "last", "question": "what?", "image": frame})
         exited = threading.Thread(target=running.terminate)
         exited.start()
         kind, _ = asker.final("last", timeout_s=30)
+        rest = [line for line in lines if line]
         exited.join()
         assert kind == "response"
+        assert rest[-1] == "data: [DONE]", "the stream ended whole"
+        last = json.loads(rest[-2].removeprefix("data: "))
+        assert last["choices"][0]["finish_reason"] in ("stop", "length")
         assert running.process is not None and running.process.returncode == 0
 
 
