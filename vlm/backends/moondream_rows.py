@@ -19,7 +19,7 @@ written back interleaved; the answer loop forbids ``answer_id`` and stops at ``e
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Set
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VlmError
-from .base import Decoder, Job, RowEvents
-from .step_decoder import Row, RowText, pick, rows_left, take
+from .base import Job, RowEvents
+from .step_decoder import Row, RowText, RunningRows, pick, take
 
 if TYPE_CHECKING:
     from .moondream import MoondreamBackend
@@ -134,9 +134,8 @@ class RowCache:
             mask[old + index, ..., :length] = True
         self.keys, self.values, self.mask = keys, values, mask
 
-    def keep(self, rows: list[int]) -> None:
-        """Only ``rows`` stay (in that order); slots past the last one a row still uses go."""
-        index = torch.tensor(rows, device=self.mask.device)
+    def keep(self, index: torch.Tensor) -> None:
+        """Only the rows at ``index`` stay (in that order); slots past the last one a row still uses go."""
         mask = self.mask[index]
         used = int(mask.any(0).flatten().nonzero().max()) + 1
         slots = min(self.slots, _chunked(used + 1))
@@ -209,7 +208,7 @@ def decode_step(inner: Any, x: torch.Tensor, positions: torch.Tensor, cache: Row
     return text.lm_head(F.layer_norm(last, text.post_ln.bias.shape, text.post_ln.weight, text.post_ln.bias))
 
 
-class MoondreamRows(Decoder):
+class MoondreamRows(RunningRows):
     """moondream2's running batch of answers (query and caption), advanced one token per ``step``."""
 
     def __init__(self, backend: MoondreamBackend, events: RowEvents) -> None:
@@ -223,14 +222,11 @@ class MoondreamRows(Decoder):
     def _reset(self) -> None:
         self.batch: list[Row] = []
         self.cache = RowCache()
-        self.positions = torch.empty(0, dtype=torch.long)  # where each row's next token goes
-        self.last = torch.empty(0, dtype=torch.long)  # each row's latest token
+        self.positions = torch.empty(0, dtype=torch.long)
+        self.last = torch.empty(0, dtype=torch.long)
 
-    def rows(self) -> Set[int]:
-        return {row.key for row in self.batch}
-
-    def clear(self) -> None:
-        self._reset()
+    def _keep_cache(self, index: torch.Tensor) -> None:
+        self.cache.keep(index)
 
     @torch.inference_mode()
     def join(self, jobs: dict[int, Job]) -> None:
@@ -297,16 +293,3 @@ class MoondreamRows(Decoder):
     def _take(self, row: Row, token: int, position: int) -> None:
         """A row's newest token, chosen for ``position``; it ends where the meter ends moondream2's own loop."""
         take(self.events, row, token, stop=token == self.eos_id, at_end=self.backend.meter.at_end(position))
-
-    def _drop_ended(self) -> None:
-        keep = rows_left(self.batch, self.events)
-        if len(keep) == len(self.batch):
-            return
-        if not keep:
-            self._reset()
-            return
-        self.cache.keep(keep)
-        index = torch.tensor(keep, device=self.positions.device)
-        self.positions = self.positions[index]
-        self.last = self.last[index]
-        self.batch = [self.batch[i] for i in keep]

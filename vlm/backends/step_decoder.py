@@ -21,6 +21,7 @@ A row with a temperature samples from the whole vocabulary at that temperature, 
 from __future__ import annotations
 
 import inspect
+from abc import abstractmethod
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
@@ -184,7 +185,47 @@ def _finish(events: RowEvents, row: Row, reason: FinishReason) -> None:
     )
 
 
-class StepDecoder(Decoder):
+class RunningRows(Decoder):
+    """What both running batches keep beside their cache: the rows, each one's next position and latest token.
+
+    A subclass keeps the cache, empties everything in ``_reset`` and cuts the cache to the rows that stay in
+    ``_keep_cache``; rows leave here, once ended or cancelled.
+    """
+
+    events: RowEvents
+    batch: list[Row]
+    positions: torch.Tensor  # where each row's next token goes
+    last: torch.Tensor  # each row's latest token
+
+    def rows(self) -> Set[int]:
+        return {row.key for row in self.batch}
+
+    def clear(self) -> None:
+        self._reset()
+
+    @abstractmethod
+    def _reset(self) -> None:
+        """No rows and no cache."""
+
+    @abstractmethod
+    def _keep_cache(self, index: torch.Tensor) -> None:
+        """Only the rows at ``index`` (in that order) stay in the cache."""
+
+    def _drop_ended(self) -> None:
+        keep = rows_left(self.batch, self.events)
+        if len(keep) == len(self.batch):
+            return
+        if not keep:
+            self._reset()
+            return
+        index = torch.tensor(keep, device=self.positions.device)
+        self._keep_cache(index)
+        self.positions = self.positions[index]
+        self.last = self.last[index]
+        self.batch = [self.batch[i] for i in keep]
+
+
+class StepDecoder(RunningRows):
     """The running batch of one transformers model, advanced one token per ``step``."""
 
     def __init__(
@@ -216,12 +257,6 @@ class StepDecoder(Decoder):
         self.mask = torch.empty(0, 0, dtype=torch.long, device=self.model.device)  # rows x cached tokens
         self.positions = torch.empty(0, dtype=torch.long, device=self.model.device)  # each row's next position
         self.last = torch.empty(0, dtype=torch.long, device=self.model.device)  # each row's latest token
-
-    def rows(self) -> Set[int]:
-        return {row.key for row in self.batch}
-
-    def clear(self) -> None:
-        self._reset()
 
     @torch.inference_mode()
     def join(self, jobs: dict[int, Job]) -> None:
@@ -298,15 +333,8 @@ class StepDecoder(Decoder):
         self.last = torch.cat([self.last, last])
         self.batch = self.batch + rows
 
-    def _drop_ended(self) -> None:
-        """Ended and cancelled rows leave the cache; columns that are padding for every row left go too."""
-        keep = rows_left(self.batch, self.events)
-        if len(keep) == len(self.batch):
-            return
-        if not keep:
-            self._reset()
-            return
-        index = torch.tensor(keep, device=self.mask.device)
+    def _keep_cache(self, index: torch.Tensor) -> None:
+        """Columns that are padding for every row left go too."""
         self.mask = self.mask[index]
         cut = int(self.mask.any(0).long().argmax())  # the first column some row still attends to
         self.mask = self.mask[:, cut:]
@@ -314,9 +342,6 @@ class StepDecoder(Decoder):
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, cut:]
             layer.values = layer.values[index, :, cut:]
-        self.positions = self.positions[index]
-        self.last = self.last[index]
-        self.batch = [self.batch[i] for i in keep]
 
 
 def _pad_left(states: torch.Tensor, count: int) -> torch.Tensor:
