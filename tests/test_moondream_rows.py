@@ -8,6 +8,7 @@ what moondream2's own loop gives alone: the same tokens, answers, counts and fin
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from scripts.build_remote_code_fixture import build_remote_code_fixture
+from scripts.build_remote_code_fixture import QUESTION, build_remote_code_fixture, fixture_image
 from tests.conftest import MoondreamLike
 from tests.test_moondream_backend import Events as OwnLoopEvents
 from tests.test_moondream_backend import load
@@ -178,6 +179,36 @@ def test_a_cancelled_row_leaves_and_the_others_answer_unchanged(md: MoondreamBac
     run_to_end(rows)
     assert 1 not in events.results
     assert events.results == {key: own_loop(md, jobs[key]) for key in (0, 2)}
+
+
+def test_a_stop_string_ends_the_answer_before_it_in_moondream2s_own_loop_and_in_the_rows(
+    moondream_like: MoondreamLike,
+) -> None:
+    """moondream2 streams words, the rows tokens: either way the answer is the text before the stop string,
+    nothing of it streams, it took fewer tokens than the whole answer, and the row beside it runs on.
+    (The full look-alike: its greedy answer to its own question is several words.)"""
+    md = load(moondream_like)
+    job = Job(task="query", image=fixture_image(), image_key="fixture", text=QUESTION, max_new_tokens=60)
+    other = query(1, max_new_tokens=60)
+    whole = own_loop(md, job)
+    words = whole.answer.split()
+    assert len(words) >= 4, whole.answer
+    stop = words[len(words) // 2]
+    stopping = replace(job, stop=(stop,))
+    expected = whole.answer[: whole.answer.index(stop)].rstrip()
+    own = OwnLoopEvents()
+    md.generate([stopping], own)
+    events = RowEventsRecorder()
+    rows = MoondreamRows(md, events)
+    rows.join({0: other})
+    rows.step()
+    rows.join({1: stopping})
+    run_to_end(rows)
+    for result, deltas in ((own.results[0], own.deltas), (events.results[1], events.deltas[1])):
+        assert (result.answer, result.finish_reason) == (expected, "stop")
+        assert result.tokens < whole.tokens and result.prompt_tokens == whole.prompt_tokens
+        assert stop not in "".join(deltas) and "".join(deltas).strip() == expected
+    assert events.results[0] == own_loop(md, other)
 
 
 def test_sampled_rows_vary_and_leave_greedy_rows_exact(md: MoondreamBackend) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -25,9 +26,11 @@ TOKEN = "v1-shared-secret"
 pytestmark = pytest.mark.app("tiny", max_new_tokens=12)
 
 
-def streamed(client: openai.OpenAI, question: str, image_url: str) -> list[str]:
+def streamed(client: openai.OpenAI, question: str, image_url: str, **options: Any) -> list[str]:
     """The content deltas of a streamed completion, in order."""
-    chunks = client.chat.completions.create(model="any", messages=frame_question(question, image_url), stream=True)
+    chunks = client.chat.completions.create(
+        model="any", messages=frame_question(question, image_url), stream=True, **options
+    )
     return [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
 
 
@@ -91,9 +94,10 @@ def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess,
         ({"temperature": -0.1}, "temperature"),
         ({"max_tokens": 1.5}, "max_tokens"),
         ({"max_completion_tokens": "8"}, "max_completion_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),  # OpenAI takes four at most
+        ({"stop": ["a", 1]}, "stop"),
+        ({"stop": "x" * 257}, "stop"),
         # Options no backend honours: once silently ignored, so a client asking for them got something else.
-        ({"stop": ["circle"]}, "stop"),
-        ({"stop": "a"}, "stop"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
@@ -107,6 +111,22 @@ def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess,
         assert refused.value.param == param, options
     defaults = {"stop": None, "response_format": {"type": "text"}, "logprobs": False, "tools": [], "top_p": 1}
     assert ask(client, "what?", frame, **defaults) == ask(client, "what?", frame), "defaults ask for nothing"
+
+
+def test_stop_strings_end_the_answer_before_the_first_to_appear(app: AppProcess, frame: str) -> None:
+    client = openai_client(app.url)
+    whole = client.chat.completions.create(model="any", messages=frame_question("what shape is this?", frame))
+    text = whole.choices[0].message.content or ""
+    words = text.split()
+    assert len(words) >= 3, text
+    stop = words[len(words) // 2]
+    expected = text[: text.index(stop)].rstrip()
+    stopped = client.chat.completions.create(
+        model="any", messages=frame_question("what shape is this?", frame), stop=[stop, "never said"]
+    )
+    assert (stopped.choices[0].message.content, stopped.choices[0].finish_reason) == (expected, "stop")
+    assert stopped.usage and whole.usage and stopped.usage.completion_tokens < whole.usage.completion_tokens
+    assert "".join(streamed(client, "what shape is this?", frame, stop=stop)) == expected, "as one string too"
 
 
 def test_a_null_max_completion_tokens_leaves_max_tokens_in_force(app: AppProcess, frame: str) -> None:

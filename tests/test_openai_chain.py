@@ -82,6 +82,16 @@ def test_chained_instance_serves_the_openai_api_too(upstream: AppProcess, chaine
     assert ask(openai_client(chained.url), "what?", frame) == ask(openai_client(upstream.url, TOKEN), "what?", frame)
 
 
+def test_stop_strings_cross_the_hop(upstream: AppProcess, chained: AppProcess, frame: str) -> None:
+    direct = openai_client(upstream.url, TOKEN)
+    words = ask(direct, "what shape is this?", frame).split()
+    assert len(words) >= 3, words
+    stop = {"stop": [words[len(words) // 2]]}
+    answer = ask(direct, "what shape is this?", frame, **stop)
+    assert len(answer.split()) < len(words)
+    assert ask(openai_client(chained.url), "what shape is this?", frame, **stop) == answer
+
+
 def test_text_only_question_is_refused_clearly_where_the_backend_needs_an_image(chained: AppProcess) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         openai_client(chained.url).chat.completions.create(model="any", messages=[{"role": "user", "content": "hi"}])

@@ -13,6 +13,7 @@ import openai
 import pytest
 from PIL import Image
 
+from tests.openai_client import frame_question, openai_client
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 from tests.upstream_double import MODEL, UpstreamDouble
@@ -122,6 +123,21 @@ def test_an_upstream_that_ignores_max_tokens_is_cut_at_the_limit(
     assert (kind, payload["finish_reason"]) == ("response", "length"), payload.get("message")
     assert 0 < len(payload["answer"]) <= min(most, 16 * 32)
     assert upstream.wait_for(lambda u: u.open == 0, 5)
+
+
+def test_stop_strings_go_upstream_and_hold_where_the_upstream_ignores_them(
+    app: AppProcess, upstream: UpstreamDouble, frame: str
+) -> None:
+    """The double answers "A red square." whatever it is asked, as a server without ``stop`` would."""
+    upstream.mode = "ok"
+    client = openai_client(app.url)
+    asked = {"model": "any", "messages": frame_question("what?", frame), "stop": ["red", "never said"]}
+    completion = client.chat.completions.create(**asked)
+    assert upstream.last_body["stop"] == ["red", "never said"]
+    assert (completion.choices[0].message.content, completion.choices[0].finish_reason) == ("A", "stop")
+    chunks = client.chat.completions.create(**asked, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == "A"
+    assert upstream.wait_for(lambda u: u.open == 0, 5), "nothing is left open upstream"
 
 
 def test_the_password_in_base_url_is_never_logged(app: AppProcess, client: RecordingClient, frame: str) -> None:

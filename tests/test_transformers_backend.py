@@ -436,6 +436,37 @@ def test_results_carry_true_token_counts_and_finish_reason(backend: Transformers
     assert backend.info.dtype == "float32"
 
 
+def cut_before(answer: str, stop: str) -> str:
+    return answer[: answer.index(stop)].rstrip()
+
+
+def test_an_answer_ends_before_its_first_stop_string_in_both_decode_loops(backend: TransformersBackend) -> None:
+    """A stop string the model says mid-answer ends the row there, in ``generate``'s loop and in the running
+    batch's, beside a row that runs on: the text before it only, ``stop``, the tokens it took to get there."""
+    job, other = varied_jobs([16, 16])
+    whole = answered_alone(backend, job)
+    words = whole.answer.split()
+    assert len(words) >= 4, whole.answer
+    stop = words[len(words) // 2]
+    stopping = replace(job, stop=("never said", stop))
+    wave = Events(2)
+    backend.generate([stopping, other], wave)
+    stepped = Events(2)
+    decoder = backend.decoder(stepped)
+    decoder.join({0: other})
+    decoder.step()
+    decoder.join({1: stopping})
+    while decoder.rows():
+        decoder.step()
+    for events, row in ((wave, 0), (stepped, 1)):
+        result = events.results[row]
+        assert result.answer == cut_before(whole.answer, stop) and result.finish_reason == "stop"
+        assert result.tokens < whole.tokens and result.prompt_tokens > 0
+        streamed = "".join(events.deltas[row])
+        assert stop not in streamed and streamed.strip() == result.answer, "nothing of the stop string streamed"
+        assert events.results[1 - row] == answered_alone(backend, other), "the other row runs on"
+
+
 def test_text_only_rows_are_answered_alongside_rows_with_a_frame(backend: TransformersBackend) -> None:
     """The HTTP API's text-only questions may land in a batch with framed ones: each row gets its own answer."""
     framed = jobs([5])[0]

@@ -31,6 +31,7 @@ class UpstreamDouble:
         self.mode = mode
         self.lock = threading.Lock()
         self.requests = 0  # chat requests received
+        self.last_body: dict[str, Any] = {}  # the latest chat request's JSON
         self.closed = 0  # chat requests whose client hung up before the answer ended
         self.open = 0  # chat requests being answered now
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -67,8 +68,9 @@ class UpstreamDouble:
                 self.reply(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "x"}]})
 
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with double.lock:
+                    double.last_body = json.loads(body or b"{}")
                     double.requests += 1
                     double.open += 1
                 try:

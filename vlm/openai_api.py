@@ -7,8 +7,9 @@ that none supersedes another. Only the last user message counts: its text parts 
 question and its one ``image_url`` part, a ``data:`` URL, is the frame; the server never
 fetches remote URLs (that would let any caller make it open connections anywhere). Without
 an image the question is text-only, for backends that can answer one. ``max_tokens`` can only
-lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy).
-A value the server cannot honour (``n`` > 1, a temperature out of range, ``stop``, ``tools``, a JSON
+lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy), and so do
+``stop`` strings (up to four, as OpenAI allows; the answer ends before the first to appear).
+A value the server cannot honour (``n`` > 1, a temperature out of range, ``tools``, a JSON
 ``response_format``, log-probabilities) is refused with a 400 naming the ``param``, as OpenAI does, rather
 than silently ignored; those options at their defaults (``null``, ``[]``, ``"text"``) are accepted.
 """
@@ -42,11 +43,12 @@ log = logging.getLogger(__name__)
 
 ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx: invalid_request_error
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
+MAX_STOPS = 4  # OpenAI's own limit
+MAX_STOP_CHARS = 256  # a row holds back up to this much while a stop string may be starting
 
 HANGUP_CHECK_S = 0.2
 # Options no backend honours, with the values that ask for nothing (OpenAI's defaults, as clients send them).
 UNHONOURED: dict[str, tuple[object, ...]] = {
-    "stop": (None, [], ""),
     "response_format": (None, {"type": "text"}),
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
@@ -202,6 +204,7 @@ def openai_blueprint(
                 decode_size=backend.info.decode_size,
                 max_new_tokens=chat.max_tokens,
                 temperature=chat.temperature,
+                stop=chat.stop,
             )
         except VlmError as error:  # the frame in the image_url part
             return error_response(error.code, error.message, param="messages")
@@ -278,6 +281,7 @@ class ChatRequest:
     incoming: Incoming
     max_tokens: int | None
     temperature: float | None  # None: the server's --temperature
+    stop: tuple[str, ...]
     streaming: bool
     include_usage: bool
 
@@ -336,6 +340,7 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Cha
         incoming=incoming,
         max_tokens=_max_tokens(body),
         temperature=_temperature(body),
+        stop=_stop(body),
         streaming=body.get("stream") is True,
         include_usage=isinstance(options := body.get("stream_options"), dict) and options.get("include_usage") is True,
     )
@@ -360,6 +365,23 @@ def _temperature(body: dict[str, Any]) -> float | None:
             Code.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}", param="temperature"
         )
     return float(value)
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    """``stop`` as OpenAI takes it: one string or a list of them; empty strings ask for nothing."""
+    value = body.get("stop")
+    stops = [value] if isinstance(value, str) else [] if value is None else value
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOPS
+        or not all(isinstance(stop, str) and len(stop) <= MAX_STOP_CHARS for stop in stops)
+    ):
+        raise VlmError(
+            Code.BAD_REQUEST,
+            f"stop must be a string or a list of up to {MAX_STOPS} strings, each up to {MAX_STOP_CHARS} characters",
+            param="stop",
+        )
+    return tuple(stop for stop in stops if stop)
 
 
 def error_response(

@@ -84,44 +84,36 @@ def to_job(
     decode_size: int,
     max_new_tokens: int | None = None,
     temperature: float | None = None,
+    stop: tuple[str, ...] = (),
 ) -> tuple[Job, float]:
     """The frame decoded under the server's limits, as model work, and the decode time in ms.
 
     ``max_new_tokens`` is a client's own limit; it can only lower the server's. A text-only
     request (no image) becomes a job without a frame. ``temperature`` is a client's own, in place of
-    ``--temperature``. Raises ``VlmError``.
+    ``--temperature``; ``stop``, its stop strings. Raises ``VlmError``.
     """
-    limit = min(settings.max_new_tokens, max_new_tokens or settings.max_new_tokens)
-    temperature = settings.temperature if temperature is None else temperature
-    if incoming.image is None:
-        return Job(
-            task=incoming.task,
-            image=None,
-            image_key="",
-            text=incoming.text,
-            length=incoming.length,
-            max_new_tokens=limit,
-            temperature=temperature,
-        ), 0.0
-    try:
-        frame = decode_image(
-            incoming.image,
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
-            target_size=decode_size,
-        )
-    except VlmError as error:
-        raise VlmError(error.code, error.message, incoming.id) from error
+    frame = None
+    if incoming.image is not None:
+        try:
+            frame = decode_image(
+                incoming.image,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                target_size=decode_size,
+            )
+        except VlmError as error:
+            raise VlmError(error.code, error.message, incoming.id) from error
     job = Job(
         task=incoming.task,
-        image=frame.image,
-        image_key=frame.digest,
+        image=frame.image if frame else None,
+        image_key=frame.digest if frame else "",
         text=incoming.text,
         length=incoming.length,
-        max_new_tokens=limit,
-        temperature=temperature,
+        max_new_tokens=min(settings.max_new_tokens, max_new_tokens or settings.max_new_tokens),
+        temperature=settings.temperature if temperature is None else temperature,
+        stop=stop,
     )
-    return job, frame.decode_ms
+    return job, frame.decode_ms if frame else 0.0
 
 
 def parse_cancel(payload: object) -> str:

@@ -44,6 +44,7 @@ from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, Ro
 from .frame_cache import FrameCache
 from .moondream_rows import AnswerStart, MoondreamRows, Prefilled, copied_cache, stopping_after_prompt
 from .remote_code import load_remote_code_model
+from .stops import StopScreen
 from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned_attention, weights_dtype
 
 # moondream2's code fetches its tokenizer from this hub repo by name (branch main), not from its own folder.
@@ -318,10 +319,14 @@ class MoondreamBackend(Backend):
     def _run(self, index: int, job: Job, events: GenerationEvents) -> Result:
         encoded = self._encode(job)
         if job.task in ("query", "caption"):
-            answer = self._stream(index, self._answer(job, encoded), events)
-            finish = "length" if self.meter.tokens >= job.max_new_tokens or self.meter.full else "stop"
+            screen = StopScreen(job.stop)
+            answer = self._stream(index, self._answer(job, encoded), events, screen)
+            cut_short = self.meter.tokens >= job.max_new_tokens or self.meter.full
             return Result(
-                answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens, finish_reason=finish
+                answer=answer,
+                tokens=self.meter.tokens,
+                prompt_tokens=self.meter.prompt_tokens,
+                finish_reason="length" if cut_short and not screen.hit else "stop",
             )
         if job.task == "detect":
             boxes = [_box(item) for item in self.model.detect(encoded, job.text)["objects"]]
@@ -341,9 +346,9 @@ class MoondreamBackend(Backend):
         return encoded
 
     @staticmethod
-    def _stream(index: int, chunks: Iterable[str], events: GenerationEvents) -> str:
-        """Forward the stream's chunks; a cancel closes it (the meter stops it mid-word, too), and a full context
-        ends it where it got to."""
+    def _stream(index: int, chunks: Iterable[str], events: GenerationEvents, screen: StopScreen) -> str:
+        """Forward the stream's chunks until one completes a stop string; a cancel closes it (the meter stops it
+        mid-word, too), and a full context ends it where it got to."""
         parts: list[str] = []
         iterator = iter(chunks)
         try:
@@ -351,14 +356,17 @@ class MoondreamBackend(Backend):
                 if events.cancelled(index):
                     raise GenerationStopped
                 parts.append(chunk)
-                events.delta(index, chunk)
+                if delta := screen.screen(chunk):
+                    events.delta(index, delta)
+                if screen.hit:
+                    break
         except ContextFull:
             pass
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
-        return "".join(parts).strip()
+        return screen.cut("".join(parts).strip())
 
 
 def _unit(value: Any) -> float:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import VlmError
 from .base import Job, RowEvents
-from .step_decoder import Row, RowText, RunningRows, pick, take
+from .step_decoder import Row, RunningRows, pick, take
 
 if TYPE_CHECKING:
     from .moondream import MoondreamBackend
@@ -247,8 +247,7 @@ class MoondreamRows(RunningRows):
                 continue
             if start is None:  # cancelled while it prefilled
                 continue
-            text = RowText(self.inner.tokenizer)
-            rows.append(Row(key, job.max_new_tokens, start.prompt_tokens, text, job.temperature))
+            rows.append(Row.for_job(key, job, start.prompt_tokens, self.inner.tokenizer))
             starts.append(start)
         if rows:
             self.cache.add([start.cache for start in starts], [start.position for start in starts])

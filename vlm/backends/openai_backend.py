@@ -30,6 +30,7 @@ from PIL import Image
 from ..errors import Code, VlmError
 from ..logsafe import MASK, masked_url
 from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, prompt_text
+from .stops import StopScreen
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class OpenAIBackend(Backend):
         response is closed: a response read to its end hands its connection back to the pool, where another
         request may take it, and a late cut would kill that one."""
         parts: list[str] = []
+        screen = StopScreen(job.stop)
         try:
             with self.client.chat.completions.create(
                 model=self.model,
@@ -108,13 +110,14 @@ class OpenAIBackend(Backend):
                 top_p=1.0,
                 stream=True,
                 stream_options={"include_usage": True},  # the true token counts, in a last chunk
+                **({"stop": list(job.stop)} if job.stop else {}),
             ) as stream:
                 unwatch = opened(stream.response) if opened is not None else _unwatched
                 try:
                     kind = stream.response.headers.get("content-type", "")
                     if not kind.startswith("text/event-stream"):
                         raise IncompleteAnswer(f"answered {kind or 'no Content-Type'}, not an event stream")
-                    read = self._read(index, job, events, stream, parts)
+                    read = self._read(index, job, events, stream, parts, screen)
                 finally:
                     unwatch()
             if read is None:
@@ -128,13 +131,14 @@ class OpenAIBackend(Backend):
             if events.cancelled(index):
                 return  # the stream was cut because the row ended: nobody is waiting for its outcome
             raise self._failure(error) from error
-        self._report(index, events, parts, chunks, finish, usage)
+        self._report(index, events, screen.cut("".join(parts).strip()), chunks, finish, usage)
 
     def _read(
-        self, index: int, job: Job, events: GenerationEvents, stream: Any, parts: list[str]
+        self, index: int, job: Job, events: GenerationEvents, stream: Any, parts: list[str], screen: StopScreen
     ) -> tuple[str | None, Any, int] | None:
-        """The stream's deltas into ``parts``, each reported as it comes, cut at the job's budget; then the
-        finish reason, the usage and the chunks read, or None once the row is cancelled."""
+        """The stream's deltas into ``parts``, each reported as it comes, cut at the job's budget or at a stop
+        string the upstream let through; then the finish reason, the usage and the chunks read, or None once the
+        row is cancelled."""
         chunks = chars = 0
         finish: str | None = None
         usage: Any = None
@@ -156,7 +160,10 @@ class OpenAIBackend(Backend):
             chunks += 1
             chars += len(delta)
             parts.append(delta)
-            events.delta(index, delta)
+            if shown := screen.screen(delta):
+                events.delta(index, shown)
+            if screen.hit:
+                return "stop", usage, chunks
             if finish == "length":
                 break
         return finish, usage, chunks
@@ -190,14 +197,14 @@ class OpenAIBackend(Backend):
         return text
 
     def _report(
-        self, index: int, events: GenerationEvents, parts: list[str], chunks: int, finish: str | None, usage: Any
+        self, index: int, events: GenerationEvents, answer: str, chunks: int, finish: str | None, usage: Any
     ) -> None:
         # A server that reports no usage streams (nearly always) one token per chunk; count those then.
         tokens = usage.completion_tokens if usage else chunks
         events.done(
             index,
             Result(
-                answer="".join(parts).strip(),
+                answer=answer,
                 tokens=tokens,
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 finish_reason="length" if finish == "length" else "stop",

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .base import Decoder, FinishReason, Job, Result, RowEvents
+from .base import Decoder, FinishReason, GenerationEvents, Job, Result, RowEvents
+from .stops import StopScreen
 
 # Text decoders checked to keep a dynamic full-attention cache and 1-D rotary positions (Llama:
 # SmolVLM/Idefics3, LLaVA-1.5, the demo model's FastVLM layout). Sliding windows, M-RoPE (Qwen-VL) or linear
@@ -100,7 +101,8 @@ def prefill(model: Any, inputs: dict[str, Any], keyword: str) -> Prefill:
 
 
 class RowText:
-    """One answer's tokens and its streamed text; a delta never ends inside a character.
+    """One answer's tokens and its streamed text; a delta never ends inside a character, nor inside what may be
+    the start of one of its stop strings (``StopScreen``).
 
     Each new token decodes a window of a few tokens, not the whole answer (which made every step
     cost more as answers grew): the window starts at the last chunk already streamed, so it begins
@@ -108,8 +110,9 @@ class RowText:
     and the delta is what the newest tokens add to that chunk's own text.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, stops: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
+        self.screen = StopScreen(stops)
         self.tokens: list[int] = []
         self.start = 0  # the window's first token: where the last streamed chunk began
         self.read = 0  # tokens before this one are streamed
@@ -121,10 +124,15 @@ class RowText:
         if len(window) <= len(streamed) or window.endswith("\ufffd"):
             return ""  # nothing new yet, or half of a multi-byte character: wait for the rest
         self.start, self.read = self.read, len(self.tokens)
-        return window[len(streamed) :]
+        return self.screen.screen(window[len(streamed) :])
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string has appeared: the answer ends before it."""
+        return self.screen.hit
 
     def answer(self) -> str:
-        return self._decode(self.tokens).strip()
+        return self.screen.cut(self._decode(self.tokens).strip())
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -141,19 +149,27 @@ class Row:
     temperature: float = 0.0  # 0: greedy
     ended: bool = False
 
+    @classmethod
+    def for_job(cls, key: int, job: Job, prompt_tokens: int, tokenizer: Any) -> Row:
+        """The row that answers ``job``, once its prompt of ``prompt_tokens`` is in the cache."""
+        return cls(key, job.max_new_tokens, prompt_tokens, RowText(tokenizer, job.stop), job.temperature)
 
-def take(events: RowEvents, row: Row, token: int, *, stop: bool, at_end: bool = False) -> None:
-    """A row's newest ``token``: a stop token ends the answer, any other is streamed, and the budget (or, with
-    ``at_end``, the model's context) ends it after that. A cancelled row just ends, unanswered."""
+
+def take(events: GenerationEvents, row: Row, token: int, *, stop: bool, at_end: bool = False) -> None:
+    """A row's newest ``token``: a stop token ends the answer, any other is streamed and ends it where it completes
+    a stop string; the budget (or, with ``at_end``, the model's context) ends it after that. A cancelled row
+    just ends, unanswered."""
     if row.ended or events.cancelled(row.key):
         row.ended = True
     elif stop:
-        _finish(events, row, "stop")
+        finish(events, row, "stop")
     else:
         if delta := row.text.add(token):
             events.delta(row.key, delta)
-        if len(row.text.tokens) >= row.budget or at_end:
-            _finish(events, row, "length")
+        if row.text.stopped:
+            finish(events, row, "stop")
+        elif len(row.text.tokens) >= row.budget or at_end:
+            finish(events, row, "length")
 
 
 def pick(logits: torch.Tensor, temperatures: Sequence[float]) -> torch.Tensor:
@@ -177,7 +193,8 @@ def rows_left(batch: list[Row], events: RowEvents) -> list[int]:
     return [index for index, row in enumerate(batch) if not row.ended]
 
 
-def _finish(events: RowEvents, row: Row, reason: FinishReason) -> None:
+def finish(events: GenerationEvents, row: Row, reason: FinishReason) -> None:
+    """The row's answer, as far as it got."""
     row.ended = True
     answer = row.text.answer()
     events.done(
@@ -275,7 +292,7 @@ class StepDecoder(RunningRows):
     def _start(self, jobs: dict[int, Job], done: Prefill) -> None:
         """Prefilled rows join the batch with their first token."""
         rows = [
-            Row(key, job.max_new_tokens, count, RowText(self.tokenizer), job.temperature)
+            Row.for_job(key, job, count, self.tokenizer)
             for (key, job), count in zip(jobs.items(), done.prompt_tokens, strict=True)
         ]
         tokens = self._choose(done.logits, rows)

@@ -51,7 +51,7 @@ from .base import (
 from .collate import collate
 from .decode_attention import pack_decode_queries
 from .frame_cache import FrameCache
-from .step_decoder import Prefill, RowText, StepDecoder, cache_keyword, can_step, prefill
+from .step_decoder import Prefill, Row, StepDecoder, cache_keyword, can_step, finish, prefill, take
 from .torch_device import resolve_device, resolve_dtype, use_unplanned_attention, weights_dtype
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,7 @@ class TransformersBackend(Backend):
     def _generate(self, jobs: list[Job], events: GenerationEvents, temperature: float) -> None:
         inputs = self.model_inputs(jobs)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        streamer = BatchStreamer(
-            self.tokenizer, self.eos_ids, [job.max_new_tokens for job in jobs], events, prompt_tokens
-        )
+        streamer = BatchStreamer(self.tokenizer, self.eos_ids, jobs, events, prompt_tokens)
         # Greedy, or plain temperature sampling over the whole vocabulary, as the other backends do.
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature:
@@ -306,9 +304,9 @@ class _Rows:
 
 
 class BatchStreamer(BaseStreamer):
-    """Per-row incremental detokenisation of a batched ``generate``.
+    """Per-row incremental detokenisation of a batched ``generate``, through the step decoders' own ``take``.
 
-    A row is answered the moment it ends (EOS or its own token budget), not when the
+    A row is answered the moment it ends (EOS, its own token budget or a stop string), not when the
     slowest row in the batch ends.
     """
 
@@ -316,53 +314,34 @@ class BatchStreamer(BaseStreamer):
         self,
         tokenizer: Any,
         eos_ids: frozenset[int],
-        budgets: list[int],
+        jobs: list[Job],
         events: GenerationEvents,
         prompt_tokens: list[int],
     ) -> None:
-        self.prompt_tokens = prompt_tokens
         self.eos_ids = eos_ids
-        self.budgets = budgets
         self.events = events
-        self.texts = [RowText(tokenizer) for _ in budgets]
-        self.finished = [False] * len(budgets)
+        self.batch = [
+            Row.for_job(row, job, count, tokenizer)
+            for row, (job, count) in enumerate(zip(jobs, prompt_tokens, strict=True))
+        ]
         self.prompt_seen = False
+
+    @property
+    def finished(self) -> list[bool]:
+        return [row.ended for row in self.batch]
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        for row, token in enumerate(value.reshape(len(self.budgets), -1)[:, -1].tolist()):
-            if self.finished[row]:
-                continue
-            if self.events.cancelled(row):
-                self.finished[row] = True
-            elif token in self.eos_ids:
-                self._finish(row)
-            else:
-                if delta := self.texts[row].add(token):
-                    self.events.delta(row, delta)
-                if len(self.texts[row].tokens) >= self.budgets[row]:
-                    self._finish(row)
+        for row, token in zip(self.batch, value.reshape(len(self.batch), -1)[:, -1].tolist(), strict=True):
+            take(self.events, row, token, stop=token in self.eos_ids)
 
     def end(self) -> None:
-        for row, finished in enumerate(self.finished):
-            if not finished and not self.events.cancelled(row):
-                self._finish(row)
-
-    def _finish(self, row: int) -> None:
-        self.finished[row] = True
-        text = self.texts[row]
-        tokens = len(text.tokens)
-        self.events.done(
-            row,
-            Result(
-                answer=text.answer(),
-                tokens=tokens,
-                prompt_tokens=self.prompt_tokens[row],
-                finish_reason="length" if tokens >= self.budgets[row] else "stop",
-            ),
-        )
+        """``generate`` ran out of room before these rows' budgets: the model's context is full."""
+        for row in self.batch:
+            if not row.ended and not self.events.cancelled(row.key):
+                finish(self.events, row, "length")
 
 
 class StopFinishedRows(StoppingCriteria):
