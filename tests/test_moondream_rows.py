@@ -181,14 +181,24 @@ def test_a_cancelled_row_leaves_and_the_others_answer_unchanged(md: MoondreamBac
     assert events.results == {key: own_loop(md, jobs[key]) for key in (0, 2)}
 
 
+@pytest.fixture(scope="module")
+def worded(moondream_like: MoondreamLike) -> MoondreamBackend:
+    """The whole look-alike, whose greedy answer to its own question is several words."""
+    return load(moondream_like)
+
+
+def fixture_question(max_new_tokens: int = 60, **extra: Any) -> Job:
+    return Job(
+        task="query", image=fixture_image(), image_key="fixture", text=QUESTION, max_new_tokens=max_new_tokens, **extra
+    )
+
+
 def test_a_stop_string_ends_the_answer_before_it_in_moondream2s_own_loop_and_in_the_rows(
-    moondream_like: MoondreamLike,
+    worded: MoondreamBackend,
 ) -> None:
     """moondream2 streams words, the rows tokens: either way the answer is the text before the stop string,
-    nothing of it streams, it took fewer tokens than the whole answer, and the row beside it runs on.
-    (The full look-alike: its greedy answer to its own question is several words.)"""
-    md = load(moondream_like)
-    job = Job(task="query", image=fixture_image(), image_key="fixture", text=QUESTION, max_new_tokens=60)
+    nothing of it streams, it took fewer tokens than the whole answer, and the row beside it runs on."""
+    md, job = worded, fixture_question()
     other = query(1, max_new_tokens=60)
     whole = own_loop(md, job)
     words = whole.answer.split()
@@ -222,6 +232,20 @@ def test_sampled_rows_vary_and_leave_greedy_rows_exact(md: MoondreamBackend) -> 
         assert events.results[0] == own_loop(md, greedy)
         answers.add(events.results[1].answer)
     assert len(answers) > 1
+
+
+def test_top_p_reaches_moondream2s_own_loop_and_the_rows(worded: MoondreamBackend) -> None:
+    """At top_p 0 only the likeliest token is left to sample, so a hot answer is always the same, and the same in
+    both loops (not always the greedy one: where bfloat16 logits tie, the likeliest is the one sorted first, in
+    moondream2's code as here); at 1 it varies."""
+    narrow = fixture_question(temperature=2.0, top_p=0.0)
+    wide = fixture_question(temperature=2.0, max_new_tokens=20)
+    events = RowEventsRecorder()
+    rows = MoondreamRows(worded, events)
+    rows.join({0: narrow, 1: wide, 2: wide})
+    run_to_end(rows)
+    assert own_loop(worded, narrow).answer == events.results[0].answer == own_loop(worded, narrow).answer
+    assert len({own_loop(worded, wide).answer, events.results[1].answer, events.results[2].answer}) > 1
 
 
 def test_skills_run_their_own_loop_during_the_join(md: MoondreamBackend) -> None:

@@ -88,6 +88,9 @@ def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess,
         model="any", messages=frame_question("what?", frame), temperature=0.7, n=1
     ).choices[0]
     assert sampled.finish_reason in {"stop", "length"}, "answered (a sample may be empty: EOS drawn first)"
+    assert ask(client, "what?", frame, temperature=2, top_p=0) == ask(client, "what?", frame), (
+        "top_p 0 leaves only the likeliest token to sample"
+    )
     refusals = [
         ({"n": 2}, "n"),
         ({"temperature": 3}, "temperature"),
@@ -101,7 +104,8 @@ def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess,
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-        ({"top_p": 0.3}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_p": "0.5"}, "top_p"),
         ({"presence_penalty": 1.0}, "presence_penalty"),
         ({"extra_body": {"stream": "true"}}, "stream"),
     ]

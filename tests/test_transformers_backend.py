@@ -412,6 +412,20 @@ def test_greedy_by_default_and_temperature_samples(backend: TransformersBackend)
     assert len({answer(5.0) for _ in range(5)}) > 1
 
 
+def test_top_p_narrows_sampling_in_both_decode_loops(backend: TransformersBackend) -> None:
+    """At top_p 0 only the likeliest token is left to sample, so a hot row answers as a greedy one would."""
+    greedy, other = varied_jobs([10, 10])
+    narrow = replace(greedy, temperature=5.0, top_p=0.0)
+    wave = Events(2)
+    backend.generate([narrow, replace(other, temperature=5.0)], wave)
+    stepped = Events(1)
+    decoder = backend.decoder(stepped)
+    decoder.join({0: narrow})
+    while decoder.rows():
+        decoder.step()
+    assert wave.results[0].answer == stepped.results[0].answer == answered_alone(backend, greedy).answer
+
+
 def test_a_batch_mixing_temperatures_answers_every_row_in_place(backend: TransformersBackend) -> None:
     greedy = Events(1)
     backend.generate(jobs([6]), greedy)

@@ -7,7 +7,7 @@ that none supersedes another. Only the last user message counts: its text parts 
 question and its one ``image_url`` part, a ``data:`` URL, is the frame; the server never
 fetches remote URLs (that would let any caller make it open connections anywhere). Without
 an image the question is text-only, for backends that can answer one. ``max_tokens`` can only
-lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy), and so do
+lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy), and so do ``top_p`` and
 ``stop`` strings (up to four, as OpenAI allows; the answer ends before the first to appear).
 A value the server cannot honour (``n`` > 1, a temperature out of range, ``tools``, a JSON
 ``response_format``, log-probabilities) is refused with a 400 naming the ``param``, as OpenAI does, rather
@@ -59,7 +59,6 @@ UNHONOURED: dict[str, tuple[object, ...]] = {
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0),
     "frequency_penalty": (None, 0),
-    "top_p": (None, 1),
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -204,6 +203,7 @@ def openai_blueprint(
                 decode_size=backend.info.decode_size,
                 max_new_tokens=chat.max_tokens,
                 temperature=chat.temperature,
+                top_p=chat.top_p,
                 stop=chat.stop,
             )
         except VlmError as error:  # the frame in the image_url part
@@ -281,6 +281,7 @@ class ChatRequest:
     incoming: Incoming
     max_tokens: int | None
     temperature: float | None  # None: the server's --temperature
+    top_p: float
     stop: tuple[str, ...]
     streaming: bool
     include_usage: bool
@@ -340,6 +341,7 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Cha
         incoming=incoming,
         max_tokens=_max_tokens(body),
         temperature=_temperature(body),
+        top_p=_top_p(body),
         stop=_stop(body),
         streaming=body.get("stream") is True,
         include_usage=isinstance(options := body.get("stream_options"), dict) and options.get("include_usage") is True,
@@ -364,6 +366,15 @@ def _temperature(body: dict[str, Any]) -> float | None:
         raise VlmError(
             Code.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}", param="temperature"
         )
+    return float(value)
+
+
+def _top_p(body: dict[str, Any]) -> float:
+    value = body.get("top_p")
+    if value is None:
+        return 1.0
+    if type(value) not in (int, float) or not 0 <= value <= 1:
+        raise VlmError(Code.BAD_REQUEST, "top_p must be a number from 0 to 1", param="top_p")
     return float(value)
 
 

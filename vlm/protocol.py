@@ -84,13 +84,14 @@ def to_job(
     decode_size: int,
     max_new_tokens: int | None = None,
     temperature: float | None = None,
+    top_p: float = 1.0,
     stop: tuple[str, ...] = (),
 ) -> tuple[Job, float]:
     """The frame decoded under the server's limits, as model work, and the decode time in ms.
 
     ``max_new_tokens`` is a client's own limit; it can only lower the server's. A text-only
     request (no image) becomes a job without a frame. ``temperature`` is a client's own, in place of
-    ``--temperature``; ``stop``, its stop strings. Raises ``VlmError``.
+    ``--temperature``; ``top_p`` and ``stop`` are a client's own, too. Raises ``VlmError``.
     """
     frame = None
     if incoming.image is not None:
@@ -111,6 +112,7 @@ def to_job(
         length=incoming.length,
         max_new_tokens=min(settings.max_new_tokens, max_new_tokens or settings.max_new_tokens),
         temperature=settings.temperature if temperature is None else temperature,
+        top_p=top_p,
         stop=stop,
     )
     return job, frame.decode_ms if frame else 0.0

@@ -47,6 +47,8 @@ class Job:
     max_new_tokens: int = 128
     # 0 is greedy: the same frame and question give the same answer.
     temperature: float = 0.0
+    # Where it samples, only from the likeliest tokens that make up this much probability (nucleus sampling).
+    top_p: float = 1.0
     # The answer ends before the first of these (vlm/backends/stops.py); empty: only the model ends it.
     stop: tuple[str, ...] = ()
     # The backend's own inputs for this job, made by ``Backend.prepare`` before the job reached the model.

@@ -8,7 +8,7 @@ does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 r
   the backend converts it where another dtype is wanted (``run_in``; float32 by default on a
   CPU without bfloat16 instructions) and reports the dtype the weights really have.
 - It samples (temperature 0.5, top_p 0.3) unless told otherwise: every call passes the job's
-  temperature, 0 (greedy) by default.
+  temperature, 0 (greedy) by default, and its top_p, 1 (the whole vocabulary) by default, as elsewhere.
 - Its stream yields whole words, and it tells nobody how many tokens it generated: the
   backend counts the model's own prompt and per-token steps (``_prefill``,
   ``_decode_one_tok``, the two methods its ``compile()`` replaces the same way), which is
@@ -52,9 +52,6 @@ from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned
 CAMERA_FRAMES = ((640, 480), (1280, 720), (1920, 1080))
 ASPECTS = ((4, 3), (16, 9))
 MAX_UPSCALE = 1.1
-# Plain temperature sampling when a temperature is asked for, as the other backends do (moondream's own
-# default would cut the distribution at top_p 0.3).
-TOP_P = 1.0
 
 
 def _never() -> bool:
@@ -311,7 +308,7 @@ class MoondreamBackend(Backend):
 
     def _answer(self, job: Job, encoded: Any) -> Iterator[str]:
         """moondream2's stream of a query's or a caption's answer."""
-        settings = {"max_tokens": job.max_new_tokens, "temperature": job.temperature, "top_p": TOP_P}
+        settings = {"max_tokens": job.max_new_tokens, "temperature": job.temperature, "top_p": job.top_p}
         if job.task == "query":
             return self.model.query(encoded, job.text, stream=True, settings=settings)["answer"]
         return self.model.caption(encoded, length=job.length, stream=True, settings=settings)["caption"]

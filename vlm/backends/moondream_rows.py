@@ -287,7 +287,7 @@ class MoondreamRows(RunningRows):
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         """Greedy as moondream2 picks; a row with a temperature samples from all of it, as the backend asks."""
-        return pick(logits, [row.temperature for row in self.batch])
+        return pick(logits, self.batch)
 
     def _take(self, row: Row, token: int, position: int) -> None:
         """A row's newest token, chosen for ``position``; it ends where the meter ends moondream2's own loop."""

@@ -107,7 +107,7 @@ class OpenAIBackend(Backend):
                 messages=chat_messages(job),
                 max_tokens=job.max_new_tokens,
                 temperature=job.temperature,  # 0 is greedy, as on the local backends
-                top_p=1.0,
+                top_p=job.top_p,
                 stream=True,
                 stream_options={"include_usage": True},  # the true token counts, in a last chunk
                 **({"stop": list(job.stop)} if job.stop else {}),

@@ -14,8 +14,8 @@ copy instead of a forward pass through the model.
 
 Only text decoders whose cache is a plain ``DynamicCache`` with 1-D positions are stepped this
 way, and only with plain greedy settings (see ``can_step``); other models keep ``generate``.
-A row with a temperature samples from the whole vocabulary at that temperature, as
-``generate`` does for the other backends' sampling; greedy rows are exact.
+A row with a temperature samples at that temperature from its nucleus (``top_p``; the whole
+vocabulary by default), as ``generate`` does; greedy rows are exact.
 """
 
 from __future__ import annotations
@@ -147,12 +147,13 @@ class Row:
     prompt_tokens: int
     text: RowText
     temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0  # 1: sampled from the whole vocabulary
     ended: bool = False
 
     @classmethod
     def for_job(cls, key: int, job: Job, prompt_tokens: int, tokenizer: Any) -> Row:
         """The row that answers ``job``, once its prompt of ``prompt_tokens`` is in the cache."""
-        return cls(key, job.max_new_tokens, prompt_tokens, RowText(tokenizer, job.stop), job.temperature)
+        return cls(key, job.max_new_tokens, prompt_tokens, RowText(tokenizer, job.stop), job.temperature, job.top_p)
 
 
 def take(events: GenerationEvents, row: Row, token: int, *, stop: bool, at_end: bool = False) -> None:
@@ -172,18 +173,29 @@ def take(events: GenerationEvents, row: Row, token: int, *, stop: bool, at_end: 
             finish(events, row, "length")
 
 
-def pick(logits: torch.Tensor, temperatures: Sequence[float]) -> torch.Tensor:
-    """Each row's next token: the likeliest, or one sampled from the whole vocabulary at the row's temperature.
+def pick(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
+    """Each row's next token: the likeliest, or one sampled at the row's temperature from its ``nucleus``.
 
-    The temperatures are the rows' own numbers, not a tensor: an all-greedy batch (the usual one) then asks the
+    The settings are the rows' own numbers, not tensors: an all-greedy batch (the usual one) then asks the
     device nothing, where testing a tensor for a sampled row would wait for the GPU at every step."""
     chosen = logits.argmax(-1)
-    if sampled := [row for row, temperature in enumerate(temperatures) if temperature > 0]:
+    if sampled := [index for index, row in enumerate(rows) if row.temperature > 0]:
         index = torch.tensor(sampled, device=logits.device)
-        scale = torch.tensor([temperatures[row] for row in sampled], device=logits.device)
+        scale = torch.tensor([rows[i].temperature for i in sampled], device=logits.device)
         probabilities = torch.softmax(logits[index].float() / scale[:, None], dim=-1)
+        if any(rows[i].top_p < 1 for i in sampled):
+            probabilities = nucleus(probabilities, torch.tensor([rows[i].top_p for i in sampled], device=logits.device))
         chosen[index] = torch.multinomial(probabilities, 1).squeeze(-1)
     return chosen
+
+
+def nucleus(probabilities: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Each row's probabilities with all but its likeliest tokens zeroed: a token stays while the tokens likelier
+    than it sum to no more than the row's ``top_p`` (so the likeliest always stays). Unnormalised, as
+    ``torch.multinomial`` takes them."""
+    ordered, order = probabilities.sort(dim=-1, descending=True)
+    likelier = ordered.cumsum(dim=-1) - ordered
+    return torch.zeros_like(probabilities).scatter(-1, order, ordered.masked_fill(likelier > top_p[:, None], 0.0))
 
 
 def rows_left(batch: list[Row], events: RowEvents) -> list[int]:
@@ -325,7 +337,7 @@ class StepDecoder(RunningRows):
         logits = logits.float()
         if len(self.suppressed):
             logits[:, self.suppressed] = -float("inf")
-        return pick(logits, [row.temperature for row in rows])
+        return pick(logits, rows)
 
     def _append(
         self,

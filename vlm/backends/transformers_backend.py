@@ -4,7 +4,7 @@
 SmolVLM/Idefics3, LLaVA, Qwen-VL and friends without model-specific code. Where the model
 allows it (``step_decoder.can_step``), the scheduler drives a ``StepDecoder``: requests join
 and leave the running batch between tokens. Otherwise, and in ``generate``, requests are
-decoded together as one left-padded batch (one per temperature: ``generate`` samples a
+decoded together as one left-padded batch (one per temperature and top_p: ``generate`` samples a
 whole batch alike); a small streamer splits the batch's token stream back into per-request
 deltas with their true token counts, and a stopping criterion drops cancelled rows.
 
@@ -164,19 +164,22 @@ class TransformersBackend(Backend):
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         # A processor batch has an image in every row or in none, and generate samples a whole batch
         # alike: rows go in sub-batches by both.
-        for key in dict.fromkeys((job.image is None, job.temperature) for job in jobs):
-            rows = [row for row, job in enumerate(jobs) if (job.image is None, job.temperature) == key]
-            self._generate([jobs[row] for row in rows], _Rows(events, rows), key[1])
+        def batch_key(job: Job) -> tuple[bool, float, float]:
+            return job.image is None, job.temperature, job.top_p
+
+        for key in dict.fromkeys(map(batch_key, jobs)):
+            rows = [row for row, job in enumerate(jobs) if batch_key(job) == key]
+            self._generate([jobs[row] for row in rows], _Rows(events, rows), temperature=key[1], top_p=key[2])
 
     @torch.inference_mode()
-    def _generate(self, jobs: list[Job], events: GenerationEvents, temperature: float) -> None:
+    def _generate(self, jobs: list[Job], events: GenerationEvents, *, temperature: float, top_p: float) -> None:
         inputs = self.model_inputs(jobs)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         streamer = BatchStreamer(self.tokenizer, self.eos_ids, jobs, events, prompt_tokens)
-        # Greedy, or plain temperature sampling over the whole vocabulary, as the other backends do.
+        # Greedy, or temperature sampling from the job's nucleus (the whole vocabulary by default), as elsewhere.
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature:
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
         self.model.generate(
             **inputs,
             **sampling,
