@@ -113,7 +113,7 @@ def test_watch_settings_the_server_would_refuse_stop_it_at_start(
 @pytest.mark.parametrize(
     ("url", "said"),
     [
-        ("redis://:secret-pw@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0: Redis does not answer there"),
+        ("redis://:secret-pw@127.0.0.1:{port}/0", "redis://:***@127.0.0.1:{port}/0: Redis does not answer there"),
         ("127.0.0.1:6379", "is not a Redis URL: give redis://host:6379/0"),
     ],
     ids=["nothing listening", "not a URL"],

@@ -17,6 +17,7 @@ import socket
 from urllib.parse import urlsplit
 
 from .config import Settings
+from .logsafe import masked_url
 from .tls import TlsError, tls_pair
 
 SCHEMES = ("redis", "rediss", "unix")
@@ -37,24 +38,17 @@ def start_problem(settings: Settings) -> str | None:
     return None
 
 
-def shown(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=host).geturl()
-
-
 def message_queue_problem(url: str) -> str | None:
     """Why the app cannot use ``url`` as its message queue, in a sentence; None if Redis answers there."""
     import redis  # imported here: only a scaled-out web tier needs it
 
     if urlsplit(url).scheme not in SCHEMES:
-        return f"--message-queue {shown(url)} is not a Redis URL: give redis://host:6379/0 (rediss:// for TLS)"
+        return f"--message-queue {masked_url(url)} is not a Redis URL: give redis://host:6379/0 (rediss:// for TLS)"
     try:
         redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S).ping()
     except (redis.RedisError, ValueError) as error:
         return (
-            f"--message-queue {shown(url)}: Redis does not answer there ({error}). Start redis-server, or check "
+            f"--message-queue {masked_url(url)}: Redis does not answer there ({error}). Start redis-server, or check "
             "the host, port and password; every app process behind one address needs the same one"
         )
     return None
