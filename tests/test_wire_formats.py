@@ -10,6 +10,9 @@ from vlm.backends.base import Result
 from vlm.errors import Code, VlmError, http_status
 from vlm.metrics import Metrics
 from vlm.openai_api import Completion, error_body
+from vlm.openai_responses import ResponseObject
+from vlm.openai_wire import ApiRequest
+from vlm.protocol import Incoming
 from vlm.results import Answer, Timing
 from vlm.socket_sink import SocketSink, error_event, response_payload
 
@@ -73,7 +76,7 @@ def test_a_socket_sink_sends_every_event_to_its_one_client() -> None:
 
 def test_openai_completion_and_stream_from_the_same_answer() -> None:
     completion = Completion(id="chatcmpl-q1", model="demo", include_usage=True, created=1)
-    message = completion.message(QUERY)
+    message = completion.body(QUERY)
     assert message["choices"] == [
         {"index": 0, "message": {"role": "assistant", "content": "a red circle"}, "finish_reason": "length"}
     ]
@@ -85,6 +88,54 @@ def test_openai_completion_and_stream_from_the_same_answer() -> None:
     assert text == "a red circle", "the deltas add up to exactly the non-streamed answer"
     assert bodies[-2]["choices"][0]["finish_reason"] == "length" and bodies[-1]["usage"]["total_tokens"] == 15
     assert chunks[-1] == "data: [DONE]\n\n" and closed == [True]
+
+
+def sse_events(chunks: list[str]) -> list[dict[str, object]]:
+    """Each server-sent event's data, checked against its ``event:`` line."""
+    events = []
+    for chunk in chunks:
+        kind, data = chunk.removesuffix("\n\n").split("\n")
+        event = json.loads(data.removeprefix("data: "))
+        assert kind == f"event: {event['type']}"
+        events.append(event)
+    return events
+
+
+def test_a_responses_api_stream_builds_the_response_the_whole_answer_is() -> None:
+    asked = ApiRequest(
+        incoming=Incoming(id="q1", task="query", text="what?", image=None),
+        max_tokens=3,
+        temperature=None,
+        top_p=1.0,
+        streaming=True,
+    )
+    shape = ResponseObject("resp_q1", "demo", asked, created=1)
+    whole = shape.body(QUERY)
+    assert (whole["status"], whole["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
+    assert whole["output"][0]["content"] == [{"type": "output_text", "text": "a red circle", "annotations": []}]
+    assert whole["usage"]["input_tokens"] == 12 and whole["usage"]["output_tokens"] == 3
+    closed: list[bool] = []
+    streamed = ResponseObject("resp_q1", "demo", asked, created=1)
+    events = sse_events(
+        list(streamed.sse(iter([("stream", " a red"), ("answer", QUERY)]), on_close=lambda: closed.append(True)))
+    )
+    assert "".join(str(e["delta"]) for e in events if e["type"] == "response.output_text.delta") == "a red circle"
+    assert events[-1] == {"type": "response.incomplete", "sequence_number": len(events), "response": whole}
+    assert closed == [True]
+
+
+def test_a_responses_api_stream_that_fails_ends_with_response_failed() -> None:
+    asked = ApiRequest(
+        incoming=Incoming(id="q1", task="query", text="what?", image=None),
+        max_tokens=None,
+        temperature=None,
+        top_p=1.0,
+        streaming=True,
+    )
+    failing = iter([("stream", "a red"), ("error", VlmError(Code.TIMEOUT, "no answer within 60 s"))])
+    events = sse_events(list(ResponseObject("resp_q1", "demo", asked).sse(failing, on_close=lambda: None)))
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["error"] == {"code": "timeout", "message": "no answer within 60 s"}
 
 
 def test_openai_error_objects_take_their_status_from_the_errors_module() -> None:

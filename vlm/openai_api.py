@@ -1,4 +1,4 @@
-"""OpenAI-compatible HTTP API: ``GET /v1/models`` and ``POST /v1/chat/completions``.
+"""OpenAI-compatible HTTP API: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/responses``.
 
 Any OpenAI client (the official library, another instance of this app with ``--backend
 openai``) can ask about one frame per request. Requests pass the same checks as Socket.IO
@@ -7,11 +7,13 @@ that none supersedes another. Only the last user message counts: its text parts 
 question and its one ``image_url`` part, a ``data:`` URL, is the frame; the server never
 fetches remote URLs (that would let any caller make it open connections anywhere). Without
 an image the question is text-only, for backends that can answer one. ``max_tokens`` can only
-lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy), and so do ``top_p`` and
-``stop`` strings (up to four, as OpenAI allows; the answer ends before the first to appear).
-A value the server cannot honour (``n`` > 1, a temperature out of range, ``tools``, a JSON
-``response_format``, log-probabilities) is refused with a 400 naming the ``param``, as OpenAI does, rather
-than silently ignored; those options at their defaults (``null``, ``[]``, ``"text"``) are accepted.
+lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy), and
+so do ``top_p`` and ``stop`` strings (up to four, as OpenAI allows; the answer ends before the
+first to appear). A value the server cannot honour (``n`` > 1, a temperature out of range,
+``tools``, a JSON ``response_format``, log-probabilities) is refused with a 400 naming the
+``param``, as OpenAI does, rather than silently ignored; those options at their defaults
+(``null``, ``[]``, ``"text"``) are accepted. The Responses API's own shapes are in
+vlm/openai_responses.py; what both shapes share, in vlm/openai_wire.py.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
 from queue import SimpleQueue
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -35,14 +37,25 @@ from .config import Settings
 from .errors import Code, VlmError, http_status
 from .hangup import hung_up
 from .model_slot import ModelSlot
-from .protocol import Incoming, parse_query, to_job
+from .openai_responses import ResponseObject, parse_responses_request
+from .openai_wire import (
+    AnswerText,
+    ApiRequest,
+    SinkEvent,
+    frame_question,
+    max_tokens,
+    refuse_unhonoured,
+    streaming,
+    temperature,
+    top_p,
+)
+from .protocol import to_job
 from .results import Answer
 from .scheduler import Request
 
 log = logging.getLogger(__name__)
 
 ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx: invalid_request_error
-MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
 MAX_STOPS = 4  # OpenAI's own limit
 MAX_STOP_CHARS = 256  # a row holds back up to this much while a stop string may be starting
 
@@ -63,8 +76,14 @@ UNHONOURED: dict[str, tuple[object, ...]] = {
     "modalities": (None, ["text"]),
     "prediction": (None,),
 }
-# ("stream", delta) | ("answer", Answer) | ("error", VlmError): what a sink hands the view, in order.
-SinkEvent = tuple[str, Any]
+
+
+class WireShape(Protocol):
+    """How one transport writes an answer: whole (``body``) or as server-sent events (``sse``)."""
+
+    def body(self, answer: Answer) -> dict[str, Any]: ...
+
+    def sse(self, events: Iterator[SinkEvent], *, on_close: Callable[[], None]) -> Iterator[str]: ...
 
 
 class OpenResponses:
@@ -182,14 +201,16 @@ def openai_blueprint(
             )
         return jsonify(model_entry()), 200
 
-    @api.post("/chat/completions")
-    def chat_completions() -> Response | tuple[Response, int]:
+    def answered(
+        parse: Callable[..., ApiRequest], where: str, shape: Callable[[ApiRequest, str], WireShape]
+    ) -> Response | tuple[Response, int]:
+        """The request's answer in ``shape``'s wire format; ``parse`` reads the body, ``where`` holds its frame."""
         received = time.perf_counter()
         backend, scheduler = slot.backend, slot.scheduler
         if backend is None or scheduler is None:
             return error_response(Code.LOADING, "the model is still loading; try again in a moment")
         try:
-            chat = parse_chat(
+            asked = parse(
                 json_body(),
                 max_question_chars=settings.max_question_chars,
                 text_only="text" in backend.info.capabilities,
@@ -198,20 +219,19 @@ def openai_blueprint(
             return error_response(error.code, error.message, param=error.param)
         try:
             job, decode_ms = to_job(
-                chat.incoming,
+                asked.incoming,
                 settings,
                 decode_size=backend.info.decode_size,
-                max_new_tokens=chat.max_tokens,
-                temperature=chat.temperature,
-                top_p=chat.top_p,
-                stop=chat.stop,
+                max_new_tokens=asked.max_tokens,
+                temperature=asked.temperature,
+                top_p=asked.top_p,
+                stop=asked.stop,
             )
-        except VlmError as error:  # the frame in the image_url part
-            return error_response(error.code, error.message, param="messages")
-        incoming = chat.incoming
+        except VlmError as error:  # the frame
+            return error_response(error.code, error.message, param=where)
         sink = HttpSink(sleep if green else None)
         work = Request(
-            id=incoming.id,
+            id=asked.incoming.id,
             client=f"http-{uuid.uuid4().hex}",
             job=job,
             sink=sink,
@@ -226,23 +246,35 @@ def openai_blueprint(
         first = next(events)
         if first[0] == "error":
             return error_response(first[1].code, first[1].message)
-        completion = Completion(
-            id=f"chatcmpl-{incoming.id}", model=settings.model_name, include_usage=chat.include_usage
-        )
-        if chat.streaming:
+        wire = shape(asked, work.id)
+        cancel = partial(scheduler.cancel, work.client, work.id)
+        if asked.streaming:
             # A client that hangs up mid-stream cancels its generation; after the answer this is a no-op.
-            sse = completion.sse(chain([first], events), on_close=partial(scheduler.cancel, work.client, work.id))
             return Response(
-                sse, mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+                wire.sse(chain([first], events), on_close=cancel),
+                mimetype="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        kind, value = final_event(
-            chain([first], events),
-            hung_up=partial(hung_up, request.environ),
-            cancel=partial(scheduler.cancel, work.client, work.id),
-        )
+        kind, value = final_event(chain([first], events), hung_up=partial(hung_up, request.environ), cancel=cancel)
         if kind == "error":
             return error_response(value.code, value.message)
-        return jsonify(completion.message(value)), 200
+        return jsonify(wire.body(value)), 200
+
+    @api.post("/chat/completions")
+    def chat_completions() -> Response | tuple[Response, int]:
+        return answered(
+            parse_chat,
+            "messages",
+            lambda asked, rid: Completion(f"chatcmpl-{rid}", settings.model_name, asked.include_usage),
+        )
+
+    @api.post("/responses")
+    def responses() -> Response | tuple[Response, int]:
+        return answered(
+            parse_responses_request,
+            "input",
+            lambda asked, rid: ResponseObject(f"resp_{rid}", settings.model_name, asked),
+        )
 
     return api
 
@@ -276,18 +308,7 @@ def json_body() -> object:
         raise VlmError(Code.BAD_REQUEST, "the JSON body is nested too deeply") from None
 
 
-@dataclass(frozen=True)
-class ChatRequest:
-    incoming: Incoming
-    max_tokens: int | None
-    temperature: float | None  # None: the server's --temperature
-    top_p: float
-    stop: tuple[str, ...]
-    streaming: bool
-    include_usage: bool
-
-
-def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> ChatRequest:
+def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> ApiRequest:
     """The last user message as a ``query`` validated by the Socket.IO rules, and the options that shape it.
 
     ``text_only``: the backend can answer without an image; otherwise a message without one is refused.
@@ -307,75 +328,23 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Cha
     if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
         raise VlmError(Code.BAD_REQUEST, "content must be a string or a list of parts", param="messages")
     texts = [part.get("text") for part in parts if part.get("type") == "text"]
-    images = [part.get("image_url") for part in parts if part.get("type") == "image_url"]
     if not all(isinstance(text, str) for text in texts):
         raise VlmError(Code.BAD_REQUEST, "a text part's text must be a string", param="messages")
+    images = [part.get("image_url") for part in parts if part.get("type") == "image_url"]
     urls = [image.get("url") if isinstance(image, dict) else image for image in images]
-    if len(urls) > 1 or not all(isinstance(url, str) for url in urls):
-        raise VlmError(
-            Code.BAD_REQUEST, "the last user message may hold one image_url part, with a url", param="messages"
-        )
-    if not urls and not text_only:
-        raise VlmError(
-            Code.IMAGE_REQUIRED,
-            "the loaded model answers questions about an image only: add an image_url part with a data: URL",
-            param="messages",
-        )
-    if urls and urls[0][:5].lower() != "data:":
-        raise VlmError(
-            Code.BAD_IMAGE, "image_url must be a data: URL; this server does not fetch remote images", param="messages"
-        )
+    incoming = frame_question(texts, urls, where="messages", max_question_chars=max_question_chars, text_only=text_only)
     if (n := body.get("n")) is not None and (type(n) is not int or n != 1):
         raise VlmError(Code.BAD_REQUEST, "n must be 1: this server returns one choice", param="n")
-    for name, defaults in UNHONOURED.items():
-        if body.get(name) not in defaults:
-            raise VlmError(Code.BAD_REQUEST, f"{name} is not supported by this server; leave it out", param=name)
-    if (stream := body.get("stream")) is not None and type(stream) is not bool:
-        raise VlmError(Code.BAD_REQUEST, "stream must be true or false", param="stream")
-    fields = {"question": "\n".join(texts), "image": urls[0] if urls else None}
-    try:
-        incoming = parse_query(fields, max_question_chars=max_question_chars, image_required=False)
-    except VlmError as error:  # the question and the image are in the messages here
-        raise VlmError(error.code, error.message, param="messages") from None
-    return ChatRequest(
+    refuse_unhonoured(body, UNHONOURED)
+    return ApiRequest(
         incoming=incoming,
-        max_tokens=_max_tokens(body),
-        temperature=_temperature(body),
-        top_p=_top_p(body),
+        max_tokens=max_tokens(body, "max_completion_tokens", "max_tokens"),
+        temperature=temperature(body),
+        top_p=top_p(body),
+        streaming=streaming(body),
         stop=_stop(body),
-        streaming=body.get("stream") is True,
         include_usage=isinstance(options := body.get("stream_options"), dict) and options.get("include_usage") is True,
     )
-
-
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    """``max_completion_tokens``, OpenAI's newer name, or else ``max_tokens``; a ``null`` is as good as absent
-    (the official client sends one for an explicit None)."""
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    value = body.get(name)
-    if value is not None and (type(value) is not int or value < 1):
-        raise VlmError(Code.BAD_REQUEST, f"{name} must be a positive integer", param=name)
-    return value
-
-
-def _temperature(body: dict[str, Any]) -> float | None:
-    value = body.get("temperature")
-    if value is None:
-        return None
-    if type(value) not in (int, float) or not 0 <= value <= MAX_TEMPERATURE:
-        raise VlmError(
-            Code.BAD_REQUEST, f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}", param="temperature"
-        )
-    return float(value)
-
-
-def _top_p(body: dict[str, Any]) -> float:
-    value = body.get("top_p")
-    if value is None:
-        return 1.0
-    if type(value) not in (int, float) or not 0 <= value <= 1:
-        raise VlmError(Code.BAD_REQUEST, "top_p must be a number from 0 to 1", param="top_p")
-    return float(value)
 
 
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
@@ -458,7 +427,7 @@ class Completion:
     include_usage: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def message(self, answer: Answer) -> dict[str, Any]:
+    def body(self, answer: Answer) -> dict[str, Any]:
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": answer.result.answer},
@@ -502,30 +471,6 @@ def usage(answer: Answer) -> dict[str, int]:
     """Token counts as the backend's model counted them (``Result.tokens`` and ``prompt_tokens``)."""
     prompt, completion = answer.result.prompt_tokens, answer.result.tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-class AnswerText:
-    """Backends strip the final answer of outer whitespace; the streamed text must add up to the same.
-
-    The text sent so far is always the stripped concatenation of the deltas seen, so leading
-    whitespace never goes out and trailing whitespace waits until more text follows it.
-    """
-
-    def __init__(self) -> None:
-        self.raw = ""
-        self.sent = ""
-
-    def feed(self, delta: str) -> str:
-        self.raw += delta
-        return self._advance(self.raw.strip())
-
-    def rest(self, answer: str) -> str:
-        """Whatever of the final answer the deltas have not carried (a tail held back mid-character)."""
-        return self._advance(answer) if answer.startswith(self.sent) else ""
-
-    def _advance(self, text: str) -> str:
-        delta, self.sent = text[len(self.sent) :], text
-        return delta
 
 
 def _data(payload: dict[str, Any]) -> str:

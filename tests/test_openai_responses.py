@@ -1,0 +1,125 @@
+"""``POST /v1/responses`` through the official ``openai`` client's Responses API, against the real app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from tests.openai_client import ask, openai_client
+from tests.server_process import AppProcess
+
+pytestmark = pytest.mark.app("demo")
+
+QUESTION = "Describe the image."  # the demo model answers it in a few words
+
+
+def user_input(question: str, image_url: str) -> list[dict[str, Any]]:
+    content = [{"type": "input_text", "text": question}, {"type": "input_image", "image_url": image_url}]
+    return [{"role": "user", "content": content}]
+
+
+def test_a_response_holds_the_same_answer_and_counts_as_a_chat_completion(app: AppProcess, frame: str) -> None:
+    client = openai_client(app.url)
+    response = client.responses.create(
+        model="any", instructions="You look at pictures.", input=user_input(QUESTION, frame)
+    )
+    completion = client.chat.completions.create(
+        model="any",
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": frame}}],
+            }
+        ],
+    )
+    assert response.status == "completed" and response.output_text == completion.choices[0].message.content
+    assert response.id.startswith("resp_") and response.output[0].type == "message"
+    assert response.usage and completion.usage
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (
+        completion.usage.prompt_tokens,
+        completion.usage.completion_tokens,
+    )
+
+
+def test_the_clients_stream_helper_builds_the_same_response_from_the_events(app: AppProcess, frame: str) -> None:
+    """``responses.stream`` checks every event against the response it builds (ids, indexes, order)."""
+    client = openai_client(app.url)
+    whole = client.responses.create(model="any", input=user_input(QUESTION, frame)).output_text
+    with client.responses.stream(model="any", input=user_input(QUESTION, frame)) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [event.type for event in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert len(deltas) > 1 and "".join(deltas) == whole == final.output_text
+    assert [event.sequence_number for event in events] == list(range(1, len(events) + 1))
+
+
+def test_an_answer_cut_at_max_output_tokens_is_incomplete(app: AppProcess, frame: str) -> None:
+    client = openai_client(app.url)
+    response = client.responses.create(model="any", input=user_input(QUESTION, frame), max_output_tokens=1)
+    assert (response.status, response.incomplete_details and response.incomplete_details.reason) == (
+        "incomplete",
+        "max_output_tokens",
+    )
+    assert response.usage and response.usage.output_tokens == 1
+    events = list(
+        client.responses.create(model="any", input=user_input(QUESTION, frame), max_output_tokens=1, stream=True)
+    )
+    assert events[-1].type == "response.incomplete"
+
+
+def test_a_plain_string_input_is_a_text_only_question_and_sampling_options_hold(app: AppProcess, frame: str) -> None:
+    client = openai_client(app.url)
+    assert client.responses.create(model="any", input="say hello").output_text
+    greedy = client.responses.create(model="any", input=user_input(QUESTION, frame)).output_text
+    narrow = client.responses.create(model="any", input=user_input(QUESTION, frame), temperature=2, top_p=0)
+    assert narrow.output_text == greedy == ask(client, QUESTION, frame)
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"text": {"format": {"type": "json_object"}}}, "text"),
+        ({"temperature": 3}, "temperature"),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+    ],
+)
+def test_options_no_backend_honours_are_refused_by_name(
+    app: AppProcess, frame: str, options: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client(app.url).responses.create(model="any", input=user_input(QUESTION, frame), **options)
+    assert refused.value.param == param
+
+
+def test_inputs_it_cannot_take_are_refused_with_a_reason(app: AppProcess, frame: str) -> None:
+    bodies = [
+        {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
+        {"input": user_input(QUESTION, "https://example.com/cat.jpg")},
+        {"input": [{"role": "assistant", "content": "hello"}]},
+        {"input": 7},
+    ]
+    for body in bodies:
+        refused = requests.post(f"{app.url}/v1/responses", json={"model": "any", **body}, timeout=10)
+        assert refused.status_code == 400, body
+        assert refused.json()["error"]["param"] == "input", body
+    broken = requests.post(f"{app.url}/v1/responses", data=b'{"input": [', timeout=10)
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "bad_request"
+    assert requests.get(f"{app.url}/v1/responses/resp_1", timeout=10).status_code == 404, "nothing is stored"
