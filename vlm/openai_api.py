@@ -44,6 +44,7 @@ from .openai_wire import (
     SinkEvent,
     frame_question,
     max_tokens,
+    message_parts,
     refuse_unhonoured,
     streaming,
     temperature,
@@ -323,13 +324,7 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Api
     )
     if not turns:
         raise VlmError(Code.BAD_REQUEST, "messages must hold a user message", param="messages")
-    content = turns[-1].get("content")
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-    if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
-        raise VlmError(Code.BAD_REQUEST, "content must be a string or a list of parts", param="messages")
-    texts = [part.get("text") for part in parts if part.get("type") == "text"]
-    if not all(isinstance(text, str) for text in texts):
-        raise VlmError(Code.BAD_REQUEST, "a text part's text must be a string", param="messages")
+    parts, texts = message_parts(turns[-1].get("content"), "text", "messages")
     images = [part.get("image_url") for part in parts if part.get("type") == "image_url"]
     urls = [image.get("url") if isinstance(image, dict) else image for image in images]
     incoming = frame_question(texts, urls, where="messages", max_question_chars=max_question_chars, text_only=text_only)

@@ -20,18 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import openai_wire as wire
 from .errors import Code, VlmError
-from .openai_wire import (
-    AnswerText,
-    ApiRequest,
-    SinkEvent,
-    frame_question,
-    max_tokens,
-    refuse_unhonoured,
-    streaming,
-    temperature,
-    top_p,
-)
 from .results import Answer
 
 # Options no backend honours, with the values that ask for nothing.
@@ -48,36 +38,31 @@ UNHONOURED: dict[str, tuple[object, ...]] = {
 }
 
 
-def parse_responses_request(body: object, *, max_question_chars: int, text_only: bool) -> ApiRequest:
+def parse_responses_request(body: object, *, max_question_chars: int, text_only: bool) -> wire.ApiRequest:
     """``input``'s last user message as a ``query`` under the Socket.IO rules, and the options that shape it."""
     if not isinstance(body, dict):
         raise VlmError(Code.BAD_REQUEST, "the body must be a JSON object")
-    asked = body.get("input")
-    if isinstance(asked, str):
-        parts: object = [{"type": "input_text", "text": asked}]
-    else:
-        turns = [item for item in asked if isinstance(item, dict)] if isinstance(asked, list) else []
+    content = body.get("input")
+    if not isinstance(content, str):
+        turns = [item for item in content if isinstance(item, dict)] if isinstance(content, list) else []
         users = [turn for turn in turns if turn.get("role") == "user" and turn.get("type", "message") == "message"]
         if not users:
             raise VlmError(Code.BAD_REQUEST, "input must be a string or hold a user message", param="input")
         content = users[-1].get("content")
-        parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else content
-    if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
-        raise VlmError(Code.BAD_REQUEST, "content must be a string or a list of parts", param="input")
+    parts, texts = wire.message_parts(content, "input_text", "input")
     if kinds := {part.get("type") for part in parts} - {"input_text", "input_image"}:
         raise VlmError(Code.BAD_REQUEST, f"only input_text and input_image parts are taken, not {kinds}", param="input")
-    texts = [part.get("text") for part in parts if part.get("type") == "input_text"]
-    if not all(isinstance(text, str) for text in texts):
-        raise VlmError(Code.BAD_REQUEST, "an input_text part's text must be a string", param="input")
     urls = [part.get("image_url") for part in parts if part.get("type") == "input_image"]
-    incoming = frame_question(texts, urls, where="input", max_question_chars=max_question_chars, text_only=text_only)
-    refuse_unhonoured(body, UNHONOURED)
-    return ApiRequest(
+    incoming = wire.frame_question(
+        texts, urls, where="input", max_question_chars=max_question_chars, text_only=text_only
+    )
+    wire.refuse_unhonoured(body, UNHONOURED)
+    return wire.ApiRequest(
         incoming=incoming,
-        max_tokens=max_tokens(body, "max_output_tokens"),
-        temperature=temperature(body),
-        top_p=top_p(body),
-        streaming=streaming(body),
+        max_tokens=wire.max_tokens(body, "max_output_tokens"),
+        temperature=wire.temperature(body),
+        top_p=wire.top_p(body),
+        streaming=wire.streaming(body),
     )
 
 
@@ -87,7 +72,7 @@ class ResponseObject:
 
     id: str
     model: str
-    asked: ApiRequest
+    asked: wire.ApiRequest
     created: int = field(default_factory=lambda: int(time.time()))
     sequence: int = 0
 
@@ -98,11 +83,11 @@ class ResponseObject:
     def body(self, answer: Answer) -> dict[str, Any]:
         return self._response(_status(answer), text=answer.result.answer, answer=answer)
 
-    def sse(self, events: Iterator[SinkEvent], *, on_close: Callable[[], None]) -> Iterator[str]:
+    def sse(self, events: Iterator[wire.SinkEvent], *, on_close: Callable[[], None]) -> Iterator[str]:
         """The lifecycle and text events of one message, deltas adding up to exactly the non-streamed answer.
 
         ``on_close`` runs however the stream ends, including a client that hung up."""
-        text = AnswerText()
+        text = wire.AnswerText()
         where = {"item_id": self.message_id, "output_index": 0, "content_index": 0}
         try:
             yield self._event("response.created", response=self._response("in_progress"))

@@ -30,6 +30,17 @@ class ApiRequest:
     include_usage: bool = False
 
 
+def message_parts(content: object, text_kind: str, where: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """A user message's content as parts (a string is one ``text_kind`` part), and the texts of those parts."""
+    parts = [{"type": text_kind, "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+        raise VlmError(Code.BAD_REQUEST, "content must be a string or a list of parts", param=where)
+    texts = [part.get("text") for part in parts if part.get("type") == text_kind]
+    if not all(isinstance(text, str) for text in texts):
+        raise VlmError(Code.BAD_REQUEST, f"a {text_kind} part's text must be a string", param=where)
+    return parts, texts
+
+
 def frame_question(
     texts: list[str], urls: list[Any], *, where: str, max_question_chars: int, text_only: bool
 ) -> Incoming:
