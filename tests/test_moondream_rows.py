@@ -265,12 +265,14 @@ def test_skills_run_their_own_loop_during_the_join(md: MoondreamBackend) -> None
 def test_newcomers_prepared_on_a_thread_while_the_batch_decodes_answer_as_moondream2_alone(
     md: MoondreamBackend, monkeypatch: pytest.MonkeyPatch, ahead: str
 ) -> None:
-    """``--prepare prefill``: a preparing thread runs moondream2's own code (the frame, the prompt) in the model's
-    one cache while the worker steps the running batch, which keeps its own; with ``encode``, only the frame.
-    Taking turns at moondream2's code (detect runs its own loop in the join) keeps every answer its own."""
+    """``--prepare prefill``: a preparing thread runs moondream2's own code (the frame, the prompt, a whole point
+    skill) in the model's one cache while the worker steps the running batch, which keeps its own; with
+    ``encode``, only the frame. Taking turns at moondream2's code (detect runs its own loop in the join) keeps
+    every answer its own."""
     jobs = {index: query(index, max_new_tokens=60) for index in range(4)}
     jobs[4] = Job(task="caption", image=FRAMES[2], image_key="frame-2", length="short", max_new_tokens=60)
     jobs[5] = Job(task="detect", image=FRAMES[3], image_key="frame-3", text="face")
+    jobs[6] = Job(task="point", image=FRAMES[1], image_key="frame-1", text="cup")
     alone = {key: own_loop(md, job) for key, job in jobs.items()}
     md.encoded.clear()
     monkeypatch.setattr(md, "ahead", ahead)
@@ -278,13 +280,16 @@ def test_newcomers_prepared_on_a_thread_while_the_batch_decodes_answer_as_moondr
     rows = MoondreamRows(md, events)
     rows.join({0: jobs[0], 1: jobs[1]})
     with ThreadPoolExecutor(1) as pool:
-        preparing = pool.submit(lambda: {key: md.prepare(jobs[key]) for key in (2, 3, 4)})
+        preparing = pool.submit(lambda: {key: md.prepare(jobs[key]) for key in (2, 3, 4, 6)})
         while not preparing.done():
             rows.step()
             rows.join({5: jobs[5]} if 5 not in events.results else {})
         prepared = preparing.result()
-    assert all(isinstance(job.prepared, AnswerStart) == (ahead == "prefill") for job in prepared.values())
+    assert all(isinstance(prepared[key].prepared, AnswerStart) == (ahead == "prefill") for key in (2, 3, 4))
+    assert isinstance(prepared[6].prepared, Result) == (ahead == "prefill"), "a skill runs to its end ahead"
     assert all(md.encoded.get(job.image_key) is not None for job in prepared.values()), "frames encoded ahead"
+    if ahead == "prefill":
+        monkeypatch.setattr(md, "run_skill", lambda *_: pytest.fail("the join ran a skill prepared ahead"))
     rows.join(prepared)
     run_to_end(rows)
     assert events.failures == {}

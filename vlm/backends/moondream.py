@@ -272,21 +272,40 @@ class MoondreamBackend(Backend):
 
     def prepare(self, job: Job) -> Job:
         """On a preparing thread: the frame encoded (``--prepare encode``), and with ``prefill`` a query's or
-        caption's prompt prefilled too, its start carried to the join as ``job.prepared``."""
+        caption's prompt prefilled too, its start carried to the join as ``job.prepared``; a skill (detect, point)
+        runs to its end there, so that the join only reports its ``Result`` and the running answers never wait."""
         if self.ahead == "process":
             return job
         with torch.inference_mode():  # grad mode is per thread: the worker's does not reach this one
             if self.ahead == "prefill" and job.task in ("query", "caption"):
                 return dataclasses.replace(job, prepared=self.start_answer(job, _never))
+            if self.ahead == "prefill":
+                return dataclasses.replace(job, prepared=self.run_skill(job, _never))
             with self.own_code:
                 self._encode(job)
         return job
 
     def run_one(self, index: int, job: Job, events: GenerationEvents) -> Result | None:
         """``job`` through moondream2's own loop, start to end; None where it was cancelled or overdue."""
+        if job.task not in ("query", "caption"):
+            return self.run_skill(job, lambda: events.cancelled(index))
         try:
             with self.own_code, self.meter.watching(lambda: events.cancelled(index)):
-                return self._run(index, job, events)
+                return self._answer_query(index, job, events)
+        except GenerationStopped:
+            return None
+
+    def run_skill(self, job: Job, should_stop: Callable[[], bool]) -> Result | None:
+        """A detect or point through moondream2's own code; None where ``should_stop`` stopped it first."""
+        try:
+            with self.own_code, self.meter.watching(should_stop):
+                encoded = self._encode(job)
+                if job.task == "detect":
+                    boxes = [_box(item) for item in self.model.detect(encoded, job.text)["objects"]]
+                    objects = [b for b in boxes if b["x_min"] < b["x_max"] and b["y_min"] < b["y_max"]]
+                    return self._found(_found(len(objects), job.text), objects=objects)
+                points = [_point(item) for item in self.model.point(encoded, job.text)["points"]]
+                return self._found(_found(len(points), job.text), points=points)
         except GenerationStopped:
             return None
 
@@ -313,24 +332,16 @@ class MoondreamBackend(Backend):
             return self.model.query(encoded, job.text, stream=True, settings=settings)["answer"]
         return self.model.caption(encoded, length=job.length, stream=True, settings=settings)["caption"]
 
-    def _run(self, index: int, job: Job, events: GenerationEvents) -> Result:
-        encoded = self._encode(job)
-        if job.task in ("query", "caption"):
-            screen = StopScreen(job.stop)
-            answer = self._stream(index, self._answer(job, encoded), events, screen)
-            cut_short = self.meter.tokens >= job.max_new_tokens or self.meter.full
-            return Result(
-                answer=answer,
-                tokens=self.meter.tokens,
-                prompt_tokens=self.meter.prompt_tokens,
-                finish_reason="length" if cut_short and not screen.hit else "stop",
-            )
-        if job.task == "detect":
-            boxes = [_box(item) for item in self.model.detect(encoded, job.text)["objects"]]
-            objects = [b for b in boxes if b["x_min"] < b["x_max"] and b["y_min"] < b["y_max"]]
-            return self._found(_found(len(objects), job.text), objects=objects)
-        points = [_point(item) for item in self.model.point(encoded, job.text)["points"]]
-        return self._found(_found(len(points), job.text), points=points)
+    def _answer_query(self, index: int, job: Job, events: GenerationEvents) -> Result:
+        screen = StopScreen(job.stop)
+        answer = self._stream(index, self._answer(job, self._encode(job)), events, screen)
+        cut_short = self.meter.tokens >= job.max_new_tokens or self.meter.full
+        return Result(
+            answer=answer,
+            tokens=self.meter.tokens,
+            prompt_tokens=self.meter.prompt_tokens,
+            finish_reason="length" if cut_short and not screen.hit else "stop",
+        )
 
     def _found(self, answer: str, **geometry: Any) -> Result:
         return Result(answer=answer, tokens=self.meter.tokens, prompt_tokens=self.meter.prompt_tokens, **geometry)

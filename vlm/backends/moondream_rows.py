@@ -238,7 +238,7 @@ class MoondreamRows(RunningRows):
             if self.events.cancelled(key):
                 continue
             if job.task not in ("query", "caption"):
-                self._run_alone(key, job)
+                self._run_skill(key, job)
                 continue
             try:
                 start = job.prepared or self.backend.start_answer(job, lambda key=key: self.events.cancelled(key))
@@ -260,10 +260,10 @@ class MoondreamRows(RunningRows):
                 self._take(row, int(start.token), start.position)
         self._drop_ended()
 
-    def _run_alone(self, key: int, job: Job) -> None:
-        """A skill moondream2's own loop runs, start to end, in the model's own cache."""
+    def _run_skill(self, key: int, job: Job) -> None:
+        """A skill's result, run ahead (``--prepare prefill``) or here, to its end, in the model's own cache."""
         try:
-            result = self.backend.run_one(key, job, self.events)
+            result = job.prepared or self.backend.run_skill(job, lambda: self.events.cancelled(key))
         except VlmError as error:
             self.events.failed(key, error)
             return
