@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.openai_client import ask, openai_client
-from tests.server_process import AppProcess
+from tests.server_process import AppProcess, serving
 
 pytestmark = pytest.mark.app("demo")
 
@@ -67,6 +67,16 @@ def test_the_clients_stream_helper_builds_the_same_response_from_the_events(app:
     deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
     assert len(deltas) > 1 and "".join(deltas) == whole == final.output_text
     assert [event.sequence_number for event in events] == list(range(1, len(events) + 1))
+
+
+@pytest.mark.parametrize("mode", ["eventlet", "gevent"])
+def test_the_event_stream_is_whole_under_the_green_async_modes(frame: str, mode: str) -> None:
+    """Each event is an ``event:`` line and a ``data:`` line; the green servers write them as the thread does."""
+    with serving("demo", "--async-mode", mode) as running:
+        client = openai_client(running.url)
+        whole = client.responses.create(model="any", input=user_input(QUESTION, frame)).output_text
+        with client.responses.stream(model="any", input=user_input(QUESTION, frame)) as stream:
+            assert stream.get_final_response().output_text == whole
 
 
 def test_an_answer_cut_at_max_output_tokens_is_incomplete(app: AppProcess, frame: str) -> None:
