@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from vlm.backends.base import Job, Result
+from vlm.backends.step_decoder import Row, take
 from vlm.backends.stops import StopScreen
 
 pytestmark = pytest.mark.unit
@@ -43,8 +45,54 @@ def test_the_first_stop_string_to_appear_wins_whichever_is_listed_first() -> Non
     assert screened(["circle", "red"], ["a red circle"]) == (["a "], True)
 
 
-def test_the_answer_is_cut_before_its_first_stop_string_and_trimmed_as_answers_are() -> None:
+def test_the_text_is_cut_before_its_first_stop_string() -> None:
     screen = StopScreen(["circle", "."])
-    assert screen.cut("a red circle. Then") == "a red"
+    assert screen.cut("a red circle. Then") == "a red "
     assert screen.cut("no such thing") == "no such thing"
     assert StopScreen().cut("a red circle.") == "a red circle."
+
+
+class PieceTokenizer:
+    """Token ``i`` is ``pieces[i]``: text that ends on whitespace, or starts with it, token by token."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(self.pieces[token] for token in tokens)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.deltas: list[str] = []
+        self.results: list[Result] = []
+
+    def delta(self, index: int, text: str) -> None:
+        self.deltas.append(text)
+
+    def done(self, index: int, result: Result) -> None:
+        self.results.append(result)
+
+    def cancelled(self, index: int) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("pieces", "stop", "answer"),
+    [
+        (["A", " red", " square", ".", "\n", "More"], ".\n", "A red square"),  # it ends on whitespace
+        (["\nA", " red"], "\n", ""),  # it is the whitespace an answer's strip would take
+        (["A", " red", " ", " square"], "  ", "A red"),
+    ],
+    ids=["ends-on-whitespace", "leading-whitespace", "inner-whitespace"],
+)
+def test_a_stop_string_with_whitespace_never_reaches_the_answer_or_the_stream(
+    pieces: list[str], stop: str, answer: str
+) -> None:
+    events = Recorder()
+    row = Row.for_job(0, Job(task="query", image=None, image_key="", stop=(stop,)), 1, PieceTokenizer(pieces))
+    for token in range(len(pieces)):
+        take(events, row, token, stop=False)
+    (result,) = events.results
+    assert (result.answer, result.finish_reason) == (answer, "stop")
+    assert "".join(events.deltas).strip() == answer

@@ -374,7 +374,7 @@ class MoondreamBackend(Backend):
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
-        return screen.cut("".join(parts).strip())
+        return screen.cut("".join(parts)).strip()
 
 
 def _unit(value: Any) -> float:

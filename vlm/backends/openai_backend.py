@@ -131,7 +131,7 @@ class OpenAIBackend(Backend):
             if events.cancelled(index):
                 return  # the stream was cut because the row ended: nobody is waiting for its outcome
             raise self._failure(error) from error
-        self._report(index, events, screen.cut("".join(parts).strip()), chunks, finish, usage)
+        self._report(index, events, screen.cut("".join(parts)).strip(), chunks, finish, usage)
 
     def _read(
         self, index: int, job: Job, events: GenerationEvents, stream: Any, parts: list[str], screen: StopScreen

@@ -132,7 +132,7 @@ class RowText:
         return self.screen.hit
 
     def answer(self) -> str:
-        return self.screen.cut(self._decode(self.tokens).strip())
+        return self.screen.cut(self._decode(self.tokens)).strip()
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -34,10 +34,11 @@ class StopScreen:
         self.held = text[len(text) - tail :]
         return text[: len(text) - tail]
 
-    def cut(self, answer: str) -> str:
-        """``answer`` up to its first stop string, without the whitespace before it, as answers are stripped."""
-        end = self._first(answer)
-        return answer if end is None else answer[:end].rstrip()
+    def cut(self, text: str) -> str:
+        """The whole generated ``text`` up to its first stop string. Cut it before stripping it, as answers are:
+        a stop string may begin or end with the whitespace a strip would take."""
+        end = self._first(text)
+        return text if end is None else text[:end]
 
     def _first(self, text: str) -> int | None:
         found = [index for stop in self.stops if (index := text.find(stop)) >= 0]
