@@ -140,6 +140,18 @@ def test_stop_strings_go_upstream_and_hold_where_the_upstream_ignores_them(
     assert upstream.wait_for(lambda u: u.open == 0, 5), "nothing is left open upstream"
 
 
+def test_an_upstream_that_refuses_stop_strings_is_asked_again_without_them(
+    app: AppProcess, upstream: UpstreamDouble, frame: str
+) -> None:
+    upstream.mode = "refuses_stop"
+    asked_before = upstream.requests
+    completion = openai_client(app.url).chat.completions.create(
+        model="any", messages=frame_question("what?", frame), stop=["red"]
+    )
+    assert (completion.choices[0].message.content, completion.choices[0].finish_reason) == ("A", "stop")
+    assert upstream.requests - asked_before == 2 and "stop" not in upstream.last_body
+
+
 def test_the_password_in_base_url_is_never_logged(app: AppProcess, client: RecordingClient, frame: str) -> None:
     assert client.ask(question("plain", frame))[0] == "response"
     assert PASSWORD not in app.log()

@@ -135,6 +135,13 @@ class UpstreamDouble:
                 self.start_sse()
                 self.answer("A ", "red ", "square.")
 
+            def mode_refuses_stop(self) -> None:  # as this app did before it took stop strings
+                if "stop" in double.last_body:
+                    error = {"message": "stop is not supported", "type": "invalid_request_error", "param": "stop"}
+                    self.reply(400, {"error": {**error, "code": "bad_request"}})
+                    return
+                self.mode_ok()
+
             def mode_no_done(self) -> None:  # a whole answer, then the body ends without a [DONE] line
                 self.start_sse()
                 for word in ("A ", "red ", "square."):

@@ -102,16 +102,7 @@ class OpenAIBackend(Backend):
         parts: list[str] = []
         screen = StopScreen(job.stop)
         try:
-            with self.client.chat.completions.create(
-                model=self.model,
-                messages=chat_messages(job),
-                max_tokens=job.max_new_tokens,
-                temperature=job.temperature,  # 0 is greedy, as on the local backends
-                top_p=job.top_p,
-                stream=True,
-                stream_options={"include_usage": True},  # the true token counts, in a last chunk
-                **({"stop": list(job.stop)} if job.stop else {}),
-            ) as stream:
+            with self._opened(job) as stream:
                 unwatch = opened(stream.response) if opened is not None else _unwatched
                 try:
                     kind = stream.response.headers.get("content-type", "")
@@ -132,6 +123,29 @@ class OpenAIBackend(Backend):
                 return  # the stream was cut because the row ended: nobody is waiting for its outcome
             raise self._failure(error) from error
         self._report(index, events, screen.cut("".join(parts)).strip(), chunks, finish, usage)
+
+    def _opened(self, job: Job) -> Any:
+        """The upstream's answer stream for ``job``. Stop strings go along, so that the upstream stops there; one
+        that refuses them by name (an older instance of this app, some reasoning models) is asked again without,
+        and the stream is cut at them here."""
+        options = {
+            "model": self.model,
+            "messages": chat_messages(job),
+            "max_tokens": job.max_new_tokens,
+            "temperature": job.temperature,  # 0 is greedy, as on the local backends
+            "top_p": job.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},  # the true token counts, in a last chunk
+        }
+        if not job.stop:
+            return self.client.chat.completions.create(**options)
+        try:
+            return self.client.chat.completions.create(**options, stop=list(job.stop))
+        except openai.BadRequestError as refused:
+            if refused.param != "stop":
+                raise
+            log.info("the model server refuses stop strings; the app cuts its answers at them itself")
+            return self.client.chat.completions.create(**options)
 
     def _read(
         self, index: int, job: Job, events: GenerationEvents, stream: Any, parts: list[str], screen: StopScreen
