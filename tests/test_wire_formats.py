@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from vlm.backends.base import Result
 from vlm.errors import Code, VlmError, http_status
@@ -18,6 +20,7 @@ from vlm.socket_sink import SocketSink, error_event, response_payload
 
 pytestmark = pytest.mark.unit
 
+STREAM_EVENT: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 TIMING = Timing(queue_ms=1.0, decode_ms=2.0, model_ms=30.0, first_token_ms=5.0, total_ms=33.5)
 POINT = Answer("p1", "point", Result(answer="", tokens=4, prompt_tokens=9, points=[{"x": 0.5, "y": 0.25}]), TIMING)
 QUERY = Answer("q1", "query", Result(answer="a red circle", tokens=3, prompt_tokens=12, finish_reason="length"), TIMING)
@@ -120,8 +123,11 @@ def test_a_responses_api_stream_builds_the_response_the_whole_answer_is() -> Non
         list(streamed.sse(iter([("stream", " a red"), ("answer", QUERY)]), on_close=lambda: closed.append(True)))
     )
     assert "".join(str(e["delta"]) for e in events if e["type"] == "response.output_text.delta") == "a red circle"
-    assert events[-1] == {"type": "response.incomplete", "sequence_number": len(events), "response": whole}
+    assert events[-1] == {"type": "response.incomplete", "sequence_number": len(events) - 1, "response": whole}
     assert closed == [True]
+    Response.model_validate(whole)  # strictly, as typed clients and agent kits check it
+    for event in events:
+        STREAM_EVENT.validate_python(event)
 
 
 def test_a_responses_api_stream_that_fails_ends_with_response_failed() -> None:
@@ -135,7 +141,8 @@ def test_a_responses_api_stream_that_fails_ends_with_response_failed() -> None:
     failing = iter([("stream", "a red"), ("error", VlmError(Code.TIMEOUT, "no answer within 60 s"))])
     events = sse_events(list(ResponseObject("resp_q1", "demo", asked).sse(failing, on_close=lambda: None)))
     assert events[-1]["type"] == "response.failed"
-    assert events[-1]["response"]["error"] == {"code": "timeout", "message": "no answer within 60 s"}
+    assert events[-1]["response"]["error"] == {"code": "server_error", "message": "no answer within 60 s (timeout)"}
+    STREAM_EVENT.validate_python(events[-1])
 
 
 def test_openai_error_objects_take_their_status_from_the_errors_module() -> None:

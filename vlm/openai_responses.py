@@ -74,7 +74,7 @@ class ResponseObject:
     model: str
     asked: wire.ApiRequest
     created: int = field(default_factory=lambda: int(time.time()))
-    sequence: int = 0
+    sequence: int = -1  # the first event is number 0, as OpenAI numbers them
 
     @property
     def message_id(self) -> str:
@@ -133,7 +133,7 @@ class ResponseObject:
             "status": status,
             "model": self.model,
             "output": [] if text is None else [self._message(status, text)],
-            "error": None if error is None else {"code": error.code, "message": error.message},
+            "error": None if error is None else _error(error),
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "usage": None if answer is None else _usage(answer),
             "instructions": None,
@@ -154,6 +154,12 @@ def _status(answer: Answer) -> str:
     return "incomplete" if answer.result.finish_reason == "length" else "completed"
 
 
+def _error(error: VlmError) -> dict[str, str]:
+    """A failure as OpenAI's response error, whose codes are its own: the app's code goes in the message."""
+    code = "rate_limit_exceeded" if error.code == Code.BUSY else "server_error"
+    return {"code": code, "message": f"{error.message} ({error.code})"}
+
+
 def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": []}
 
@@ -162,7 +168,7 @@ def _usage(answer: Answer) -> dict[str, Any]:
     prompt, completion = answer.result.prompt_tokens, answer.result.tokens
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + completion,
