@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from vlm.backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents
+from vlm.backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, never
 from vlm.errors import VlmError
 from vlm.results import Answer
 
@@ -140,9 +140,11 @@ class PreparingBackendDouble(SteppingBackendDouble):
         self.held: set[str] = set()
         self.release = threading.Event()
         self.unpreparable: set[str] = set()
+        self.stop_checks: dict[str, Callable[[], bool]] = {}  # by question: what prepare was told to stop on
 
-    def prepare(self, job: Job) -> Job:
+    def prepare(self, job: Job, should_stop: Callable[[], bool] = never) -> Job:
         self.prepared_by.append((job.text, threading.current_thread().name))
+        self.stop_checks[job.text] = should_stop
         if job.text in self.unpreparable:
             raise ValueError("this frame cannot be processed")
         if job.text in self.held:

@@ -296,6 +296,25 @@ def test_newcomers_prepared_on_a_thread_while_the_batch_decodes_answer_as_moondr
     assert events.results == alone
 
 
+def test_work_ahead_whose_request_has_ended_stops_at_the_next_token(
+    md: MoondreamBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``prefill`` a detect runs to its end ahead; a request cancelled meanwhile must not hold moondream2's
+    code (and every other newcomer's prefill) for the rest of it."""
+    monkeypatch.setattr(md, "ahead", "prefill")
+    detect = Job(task="detect", image=FRAMES[3], image_key="frame-3", text="face")
+    tokens: list[int] = []
+
+    def ended() -> bool:
+        tokens.append(md.meter.tokens)
+        return len(tokens) > 2
+
+    whole = md.prepare(detect).prepared
+    assert md.prepare(detect, ended).prepared is None
+    assert md.prepare(query(0, max_new_tokens=60), lambda: True).prepared is None
+    assert max(tokens) <= 2 < whole.tokens, "stopped within a token of being told, not at the end"
+
+
 def test_a_question_too_long_fails_alone(md: MoondreamBackend) -> None:
     events = RowEventsRecorder()
     rows = MoondreamRows(md, events)

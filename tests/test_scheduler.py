@@ -359,6 +359,22 @@ def test_a_request_that_cannot_be_prepared_fails_alone() -> None:
     assert finals["ok1"][1].result.answer == "echo: ok1" and finals["ok2"][1].result.answer == "echo: ok2"
 
 
+def test_work_ahead_is_told_to_stop_once_its_request_has_ended() -> None:
+    """moondream2 runs a whole detect ahead: a cancel while it runs must be able to cut it short."""
+    sink, backend = RecordingSinkDouble(), PreparingBackendDouble(max_batch_size=8)
+    backend.held = {"slow"}
+    scheduler = Scheduler(backend, batch_window_s=0)
+    scheduler.submit(make_request(sink, "slow", "alice", "slow"))
+    deadline = time.monotonic() + 5
+    while "slow" not in backend.stop_checks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not backend.stop_checks["slow"]()
+    assert scheduler.cancel("alice", "slow")
+    assert backend.stop_checks["slow"](), "the request ended while it was being prepared"
+    backend.release.set()
+    assert sink.wait_finals(1)["slow"] == ("query_error", "cancelled")
+
+
 def test_several_requests_are_prepared_at_once_and_each_joins_when_ready() -> None:
     sink, backend = RecordingSinkDouble(), PreparingBackendDouble(max_batch_size=8, word_delay_s=0.02)
     backend.held = {"slow"}

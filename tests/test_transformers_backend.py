@@ -426,6 +426,19 @@ def test_top_p_narrows_sampling_in_both_decode_loops(backend: TransformersBacken
     assert wave.results[0].answer == stepped.results[0].answer == answered_alone(backend, greedy).answer
 
 
+def test_greedy_rows_sent_different_top_p_share_one_generate(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """top_p means nothing to a greedy row (some clients always send one), so it must not split the batch."""
+    calls: list[int] = []
+    generate = backend.model.generate
+    monkeypatch.setattr(backend.model, "generate", lambda **inputs: calls.append(1) or generate(**inputs))
+    first, second = varied_jobs([4, 4])
+    events = Events(2)
+    backend.generate([first, replace(second, top_p=0.9)], events)
+    assert len(calls) == 1 and set(events.results) == {0, 1}
+
+
 def test_a_batch_mixing_temperatures_answers_every_row_in_place(backend: TransformersBackend) -> None:
     greedy = Events(1)
     backend.generate(jobs([6]), greedy)

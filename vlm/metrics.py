@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, RowEvents
+from .backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, RowEvents, never
 from .errors import Code, VlmError
 from .results import Answer, Sink
 from .scheduler import Request, Scheduler
@@ -183,9 +183,9 @@ class MeteredBackend(Backend):
         """The inner backend's own running batch (continuous where it can), observed per step."""
         return MeteredDecoder(self.inner.decoder(events), self.metrics)
 
-    def prepare(self, job: Job) -> Job:
+    def prepare(self, job: Job, should_stop: Callable[[], bool] = never) -> Job:
         with self.metrics.prepare_seconds.time():
-            return self.inner.prepare(job)
+            return self.inner.prepare(job, should_stop)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

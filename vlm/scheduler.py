@@ -372,7 +372,7 @@ class Scheduler:
                     self._lock.wait()
                 request.preparation = Preparation.UNDER_WAY
             try:
-                job = self.backend.prepare(request.job)
+                job = self.backend.prepare(request.job, lambda: request.finished)
             except VlmError as error:
                 self._fail(request, error)
             except Exception:

@@ -14,7 +14,7 @@ upstream server that batches on its own) return their own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -53,6 +53,11 @@ class Job:
     stop: tuple[str, ...] = ()
     # The backend's own inputs for this job, made by ``Backend.prepare`` before the job reached the model.
     prepared: Any = field(default=None, compare=False, repr=False)
+
+
+def never() -> bool:
+    """A stop predicate for work nobody can call off."""
+    return False
 
 
 def prompt_text(job: Job, caption_prompts: Mapping[CaptionLength, str] = CAPTION_PROMPTS) -> str:
@@ -205,13 +210,14 @@ class Backend(ABC):
         """The running batch the scheduler feeds; whole waves of ``generate`` unless a backend does better."""
         return WaveDecoder(self, events)
 
-    def prepare(self, job: Job) -> Job:
+    def prepare(self, job: Job, should_stop: Callable[[], bool] = never) -> Job:
         """``job`` with the work done that needs no running batch (a processor's resizing, normalising,
         tokenising; a vision tower's encoding of the frame).
 
         Where ``prepares`` is set, the scheduler calls this on threads of their own while the model decodes
         others, so a newcomer does not stall the running batch with it. It runs alongside ``generate``, the
         decoder and itself: model parts that keep state between calls (moondream2's one KV cache) it may run
-        only by taking turns with the worker; the running batch's own state it never touches.
+        only by taking turns with the worker; the running batch's own state it never touches. Work long enough
+        to be worth calling off (a skill run to its end) ends early once ``should_stop`` says the request has.
         """
         return job

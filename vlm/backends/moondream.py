@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import Code, VlmError
-from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, WorkAhead
+from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, WorkAhead, never
 from .frame_cache import FrameCache
 from .moondream_rows import AnswerStart, MoondreamRows, Prefilled, copied_cache, stopping_after_prompt
 from .remote_code import load_remote_code_model
@@ -52,10 +52,6 @@ from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned
 CAMERA_FRAMES = ((640, 480), (1280, 720), (1920, 1080))
 ASPECTS = ((4, 3), (16, 9))
 MAX_UPSCALE = 1.1
-
-
-def _never() -> bool:
-    return False
 
 
 class GenerationStopped(Exception):
@@ -79,7 +75,7 @@ class TokenMeter:
         self._prefill, self._decode = model._prefill, model._decode_one_tok
         model._prefill, model._decode_one_tok = self.prefill, self.decode_one_tok
         self.context = int(getattr(model.config.text, "max_context", 2048))
-        self.should_stop: Callable[[], bool] = _never
+        self.should_stop: Callable[[], bool] = never
         self.prompt_tokens = 0
         self.tokens = 0
         self.full = False  # the last answer ended at the context's last position
@@ -93,7 +89,7 @@ class TokenMeter:
         try:
             yield
         finally:
-            self.should_stop = _never
+            self.should_stop = never
 
     def at_end(self, position: int) -> bool:
         """Whether ``position`` is the context's last: moondream2's loop would index its mask past the end after it."""
@@ -270,7 +266,7 @@ class MoondreamBackend(Backend):
             if result is not None:
                 events.done(index, result)
 
-    def prepare(self, job: Job) -> Job:
+    def prepare(self, job: Job, should_stop: Callable[[], bool] = never) -> Job:
         """On a preparing thread: the frame encoded (``--prepare encode``), and with ``prefill`` a query's or
         caption's prompt prefilled too, its start carried to the join as ``job.prepared``; a skill (detect, point)
         runs to its end there, so that the join only reports its ``Result`` and the running answers never wait."""
@@ -278,9 +274,9 @@ class MoondreamBackend(Backend):
             return job
         with torch.inference_mode():  # grad mode is per thread: the worker's does not reach this one
             if self.ahead == "prefill" and job.task in ("query", "caption"):
-                return dataclasses.replace(job, prepared=self.start_answer(job, _never))
+                return dataclasses.replace(job, prepared=self.start_answer(job, should_stop))
             if self.ahead == "prefill":
-                return dataclasses.replace(job, prepared=self.run_skill(job, _never))
+                return dataclasses.replace(job, prepared=self.run_skill(job, should_stop))
             with self.own_code:
                 self._encode(job)
         return job

@@ -46,6 +46,7 @@ from .base import (
     Result,
     RowEvents,
     WorkAhead,
+    never,
     prompt_text,
 )
 from .collate import collate
@@ -163,9 +164,9 @@ class TransformersBackend(Backend):
 
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         # A processor batch has an image in every row or in none, and generate samples a whole batch
-        # alike: rows go in sub-batches by both.
+        # alike: rows go in sub-batches by both (greedy rows all in one, whatever top_p they were sent).
         def batch_key(job: Job) -> tuple[bool, float, float]:
-            return job.image is None, job.temperature, job.top_p
+            return job.image is None, job.temperature, job.top_p if job.temperature else 1.0
 
         for key in dict.fromkeys(map(batch_key, jobs)):
             rows = [row for row, job in enumerate(jobs) if batch_key(job) == key]
@@ -189,7 +190,7 @@ class TransformersBackend(Backend):
             stopping_criteria=StoppingCriteriaList([StopFinishedRows(streamer)]),
         )
 
-    def prepare(self, job: Job) -> Job:
+    def prepare(self, job: Job, should_stop: Callable[[], bool] = never) -> Job:
         """The job with its processor inputs made (frame resized and normalised, prompt tokenised) and, where
         it ``encodes_ahead`` and the model takes frames pre-encoded, its frame encoded; where it ``prefills_ahead``,
         its prompt prefilled. Neither the vision tower nor the decoder keeps anything between calls, so they
