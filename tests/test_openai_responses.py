@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 import requests
 
+from tests.conftest import jpeg_data_url
 from tests.openai_client import ask, openai_client
 from tests.server_process import AppProcess, serving
 
@@ -77,6 +79,18 @@ def test_the_event_stream_is_whole_under_the_green_async_modes(frame: str, mode:
         whole = client.responses.create(model="any", input=user_input(QUESTION, frame)).output_text
         with client.responses.stream(model="any", input=user_input(QUESTION, frame)) as stream:
             assert stream.get_final_response().output_text == whole
+
+
+def test_a_generation_past_the_request_timeout_ends_the_stream_with_response_failed(slow_model: Path) -> None:
+    with serving(slow_model, "--request-timeout", "1", max_new_tokens=430) as running:  # 430 tokens: ~4 s here
+        stream = openai_client(running.url).responses.create(
+            model="any", input=user_input("describe", jpeg_data_url()), stream=True
+        )
+        events = list(stream)
+    assert any(event.type == "response.output_text.delta" for event in events), "it failed mid-stream"
+    assert events[-1].type == "response.failed"
+    assert events[-1].response.error.code == "server_error"
+    assert events[-1].response.error.message == "no answer within 1 s (timeout)"
 
 
 def test_an_answer_cut_at_max_output_tokens_is_incomplete(app: AppProcess, frame: str) -> None:
