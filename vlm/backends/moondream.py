@@ -42,7 +42,14 @@ import torch
 from ..errors import Code, VlmError
 from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, WorkAhead, never
 from .frame_cache import FrameCache
-from .moondream_rows import AnswerStart, MoondreamRows, Prefilled, copied_cache, stopping_after_prompt
+from .moondream_rows import (
+    ANSWER_TASKS,
+    AnswerStart,
+    MoondreamRows,
+    Prefilled,
+    copied_cache,
+    stopping_after_prompt,
+)
 from .remote_code import load_remote_code_model
 from .stops import StopScreen
 from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned_attention, weights_dtype
@@ -273,21 +280,20 @@ class MoondreamBackend(Backend):
         if self.ahead == "process":
             return job
         with torch.inference_mode():  # grad mode is per thread: the worker's does not reach this one
-            if self.ahead == "prefill" and job.task in ("query", "caption"):
-                return dataclasses.replace(job, prepared=self.start_answer(job, should_stop))
             if self.ahead == "prefill":
-                return dataclasses.replace(job, prepared=self.run_skill(job, should_stop))
+                run_ahead = self.start_answer if job.task in ANSWER_TASKS else self.run_skill
+                return dataclasses.replace(job, prepared=run_ahead(job, should_stop))
             with self.own_code:
                 self._encode(job)
         return job
 
     def run_one(self, index: int, job: Job, events: GenerationEvents) -> Result | None:
         """``job`` through moondream2's own loop, start to end; None where it was cancelled or overdue."""
-        if job.task not in ("query", "caption"):
+        if job.task not in ANSWER_TASKS:
             return self.run_skill(job, lambda: events.cancelled(index))
         try:
             with self.own_code, self.meter.watching(lambda: events.cancelled(index)):
-                return self._answer_query(index, job, events)
+                return self._full_answer(index, job, events)
         except GenerationStopped:
             return None
 
@@ -328,7 +334,8 @@ class MoondreamBackend(Backend):
             return self.model.query(encoded, job.text, stream=True, settings=settings)["answer"]
         return self.model.caption(encoded, length=job.length, stream=True, settings=settings)["caption"]
 
-    def _answer_query(self, index: int, job: Job, events: GenerationEvents) -> Result:
+    def _full_answer(self, index: int, job: Job, events: GenerationEvents) -> Result:
+        """A query's or caption's answer streamed to its end (or its first stop string) by moondream2's own loop."""
         screen = StopScreen(job.stop)
         answer = self._stream(index, self._answer(job, self._encode(job)), events, screen)
         cut_short = self.meter.tokens >= job.max_new_tokens or self.meter.full

@@ -47,6 +47,8 @@ class Prefilled(Exception):
         self.position = position
 
 
+# The tasks whose answers are text decoded token by token (rows of the batch); skills run moondream2's own loop.
+ANSWER_TASKS = frozenset({"query", "caption"})
 # A row's keys and values, layer by layer: (1, kv heads, length, head size) pairs.
 LayerCaches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -237,7 +239,7 @@ class MoondreamRows(RunningRows):
         for key, job in jobs.items():
             if self.events.cancelled(key):
                 continue
-            if job.task not in ("query", "caption"):
+            if job.task not in ANSWER_TASKS:
                 self._run_skill(key, job)
                 continue
             try:
