@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,18 @@ def test_answers_are_greedy_by_default(md: MoondreamBackend, expected: dict[str,
 def test_temperature_is_honoured(md: MoondreamBackend) -> None:
     answers = {ask(md, question(temperature=1.0, max_new_tokens=20)).answer for _ in range(5)}
     assert len(answers) > 1
+
+
+def test_wave_batching_answers_frames_encoded_ahead_on_a_preparing_thread(
+    moondream_like: MoondreamLike, expected: dict[str, Any]
+) -> None:
+    """moondream2 makes its KV cache at its first call, and writes into it in place. Made on a preparing thread
+    (in inference mode), it is an inference tensor, which the worker's own loop may only write in that mode too:
+    ``--batching wave --prepare encode`` failed every answer that way."""
+    backend = load(moondream_like, ahead="encode")
+    with ThreadPoolExecutor(1) as preparing:
+        prepared = preparing.submit(backend.prepare, question()).result()
+    assert ask(backend, prepared).answer == expected["answer"].strip()
 
 
 def test_token_counts_are_the_models_own(md: MoondreamBackend, expected: dict[str, Any]) -> None:

@@ -248,6 +248,25 @@ def test_top_p_reaches_moondream2s_own_loop_and_the_rows(worded: MoondreamBacken
     assert len({own_loop(worded, wide).answer, events.results[1].answer, events.results[2].answer}) > 1
 
 
+def test_a_seed_draws_the_same_answer_in_moondream2s_own_loop_and_in_the_rows(worded: MoondreamBackend) -> None:
+    """moondream2 samples from torch's global generator (its first token in the rows too); a seed sets it for the
+    call, and a row draws the rest from its own, so neither the rows beside it nor other draws change it."""
+    seeded = fixture_question(temperature=2.0, max_new_tokens=20, seed=5)
+    wide = fixture_question(temperature=2.0, max_new_tokens=20)
+
+    def in_rows(work: list[Job]) -> str:
+        events = RowEventsRecorder()
+        rows = MoondreamRows(worded, events)
+        rows.join(dict(enumerate(work)))
+        run_to_end(rows)
+        return events.results[0].answer
+
+    assert own_loop(worded, seeded).answer == own_loop(worded, seeded).answer
+    assert in_rows([seeded]) == in_rows([seeded, wide, seeded]) == in_rows([seeded])
+    others = {own_loop(worded, replace(seeded, seed=seed)).answer for seed in range(6)}
+    assert len(others) > 1, "another seed, other draws"
+
+
 def test_skills_run_their_own_loop_during_the_join(md: MoondreamBackend) -> None:
     detect = Job(task="detect", image=FRAMES[0], image_key="frame-0", text="face")
     point = Job(task="point", image=FRAMES[1], image_key="frame-1", text="cup")

@@ -108,6 +108,9 @@ def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess,
         ({"top_p": "0.5"}, "top_p"),
         ({"presence_penalty": 1.0}, "presence_penalty"),
         ({"extra_body": {"stream": "true"}}, "stream"),
+        ({"seed": 1.5}, "seed"),
+        ({"extra_body": {"seed": "7"}}, "seed"),
+        ({"seed": 2**64}, "seed"),
     ]
     for options, param in refusals:
         with pytest.raises(openai.BadRequestError) as refused:
@@ -115,6 +118,14 @@ def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess,
         assert refused.value.param == param, options
     defaults = {"stop": None, "response_format": {"type": "text"}, "logprobs": False, "tools": [], "top_p": 1}
     assert ask(client, "what?", frame, **defaults) == ask(client, "what?", frame), "defaults ask for nothing"
+
+
+def test_a_seed_draws_the_same_sampled_answer_again(app: AppProcess, frame: str) -> None:
+    client = openai_client(app.url)
+    hot = {"temperature": 2.0, "seed": 2**64 - 1}
+    first = ask(client, "what?", frame, **hot)
+    assert ask(client, "what?", frame, **hot) == first == "".join(streamed(client, "what?", frame, **hot)).strip()
+    assert len({ask(client, "what?", frame, temperature=2.0, seed=seed) for seed in range(6)}) > 1
 
 
 def test_stop_strings_end_the_answer_before_the_first_to_appear(app: AppProcess, frame: str) -> None:

@@ -140,6 +140,15 @@ def test_stop_strings_go_upstream_and_hold_where_the_upstream_ignores_them(
     assert upstream.wait_for(lambda u: u.open == 0, 5), "nothing is left open upstream"
 
 
+def test_sampling_settings_and_a_seed_go_upstream(app: AppProcess, upstream: UpstreamDouble, frame: str) -> None:
+    upstream.mode = "ok"
+    client = openai_client(app.url)
+    client.chat.completions.create(model="any", messages=frame_question("what?", frame), temperature=0.9, top_p=0.5)
+    assert upstream.last_body["top_p"] == 0.5 and "seed" not in upstream.last_body, "no seed asked for, none sent"
+    client.chat.completions.create(model="any", messages=frame_question("what?", frame), temperature=0.9, seed=-3)
+    assert (upstream.last_body["temperature"], upstream.last_body["seed"]) == (0.9, -3)
+
+
 def test_an_upstream_that_refuses_stop_strings_is_asked_again_without_them(
     app: AppProcess, upstream: UpstreamDouble, frame: str
 ) -> None:

@@ -426,6 +426,34 @@ def test_top_p_narrows_sampling_in_both_decode_loops(backend: TransformersBacken
     assert wave.results[0].answer == stepped.results[0].answer == answered_alone(backend, greedy).answer
 
 
+def test_a_seed_draws_the_same_answer_in_both_decode_loops_whatever_its_companions(
+    backend: TransformersBackend,
+) -> None:
+    """A seeded row samples from generators of its own: alone or beside others, in either loop, the same
+    seed gives the same answer (each loop draws its own way, so the two loops may differ from each other)."""
+    greedy, other = varied_jobs([10, 10])
+    hot = replace(greedy, temperature=5.0, seed=11)
+
+    def stepped(work: list[Job]) -> str:
+        events = Events(len(work))
+        decoder = backend.decoder(events)
+        decoder.join(dict(enumerate(work)))
+        while decoder.rows():
+            decoder.step()
+        return events.results[0].answer
+
+    def waved(work: list[Job]) -> str:
+        events = Events(len(work))
+        backend.generate(work, events)
+        return events.results[0].answer
+
+    companions = [replace(other, temperature=5.0), replace(other, temperature=5.0, seed=11), other]
+    for loop in (stepped, waved):
+        assert loop([hot]) == loop([hot, *companions]) == loop([hot])
+    seeds = {stepped([replace(hot, seed=seed)]) for seed in range(6)}
+    assert len(seeds) > 1, "another seed, other draws"
+
+
 def test_greedy_rows_sent_different_top_p_share_one_generate(
     backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

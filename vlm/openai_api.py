@@ -8,8 +8,8 @@ question and its one ``image_url`` part, a ``data:`` URL, is the frame; the serv
 fetches remote URLs (that would let any caller make it open connections anywhere). Without
 an image the question is text-only, for backends that can answer one. ``max_tokens`` can only
 lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy), and
-so do ``top_p`` and ``stop`` strings (up to four, as OpenAI allows; the answer ends before the
-first to appear). A value the server cannot honour (``n`` > 1, a temperature out of range,
+so do ``top_p``, ``seed`` and ``stop`` strings (up to four, as OpenAI allows; the answer ends before
+the first to appear). A value the server cannot honour (``n`` > 1, a temperature out of range,
 ``tools``, a JSON ``response_format``, log-probabilities) is refused with a 400 naming the
 ``param``, as OpenAI does, rather than silently ignored; those options at their defaults
 (``null``, ``[]``, ``"text"``) are accepted. The Responses API's own shapes are in
@@ -46,6 +46,7 @@ from .openai_wire import (
     max_tokens,
     message_parts,
     refuse_unhonoured,
+    seed,
     streaming,
     temperature,
     top_p,
@@ -227,6 +228,7 @@ def openai_blueprint(
                 temperature=asked.temperature,
                 top_p=asked.top_p,
                 stop=asked.stop,
+                seed=asked.seed,
             )
         except VlmError as error:  # the frame
             return error_response(error.code, error.message, param=where)
@@ -338,6 +340,7 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Api
         top_p=top_p(body),
         streaming=streaming(body),
         stop=_stop(body),
+        seed=seed(body),
         include_usage=isinstance(options := body.get("stream_options"), dict) and options.get("include_usage") is True,
     )
 

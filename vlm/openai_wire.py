@@ -15,6 +15,7 @@ from .errors import Code, VlmError
 from .protocol import Incoming, parse_query
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
+SEEDS = range(-(2**63), 2**64)  # what torch.manual_seed takes
 # ("stream", delta) | ("answer", Answer) | ("error", VlmError): what a request's sink hands its view, in order.
 SinkEvent = tuple[str, Any]
 
@@ -27,6 +28,7 @@ class ApiRequest:
     top_p: float
     streaming: bool
     stop: tuple[str, ...] = ()
+    seed: int | None = None
     include_usage: bool = False
 
 
@@ -88,6 +90,12 @@ def temperature(body: Mapping[str, Any]) -> float | None:
 def top_p(body: Mapping[str, Any]) -> float:
     value = _number(body, "top_p", 1.0)
     return 1.0 if value is None else value
+
+
+def seed(body: Mapping[str, Any]) -> int | None:
+    if (value := body.get("seed")) is not None and (type(value) is not int or value not in SEEDS):
+        raise VlmError(Code.BAD_REQUEST, "seed must be an integer from -2**63 to 2**64 - 1", param="seed")
+    return value
 
 
 def streaming(body: Mapping[str, Any]) -> bool:

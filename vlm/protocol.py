@@ -86,12 +86,13 @@ def to_job(
     temperature: float | None = None,
     top_p: float = 1.0,
     stop: tuple[str, ...] = (),
+    seed: int | None = None,
 ) -> tuple[Job, float]:
     """The frame decoded under the server's limits, as model work, and the decode time in ms.
 
     ``max_new_tokens`` is a client's own limit; it can only lower the server's. A text-only
     request (no image) becomes a job without a frame. ``temperature`` is a client's own, in place of
-    ``--temperature``; ``top_p`` and ``stop`` are a client's own, too. Raises ``VlmError``.
+    ``--temperature``; ``top_p``, ``stop`` and ``seed`` are a client's own, too. Raises ``VlmError``.
     """
     frame = None
     if incoming.image is not None:
@@ -114,6 +115,7 @@ def to_job(
         temperature=settings.temperature if temperature is None else temperature,
         top_p=top_p,
         stop=stop,
+        seed=seed,
     )
     return job, frame.decode_ms if frame else 0.0
 

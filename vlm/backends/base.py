@@ -49,6 +49,8 @@ class Job:
     temperature: float = 0.0
     # Where it samples, only from the likeliest tokens that make up this much probability (nucleus sampling).
     top_p: float = 1.0
+    # Where it samples, the same seed draws the same answer (vlm/backends/seeds.py); None: draws differ.
+    seed: int | None = None
     # The answer ends before the first of these (vlm/backends/stops.py); empty: only the model ends it.
     stop: tuple[str, ...] = ()
     # The backend's own inputs for this job, made by ``Backend.prepare`` before the job reached the model.

@@ -34,7 +34,7 @@ import dataclasses
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -51,6 +51,7 @@ from .moondream_rows import (
     stopping_after_prompt,
 )
 from .remote_code import load_remote_code_model
+from .seeds import seeded
 from .stops import StopScreen
 from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned_attention, weights_dtype
 
@@ -264,6 +265,7 @@ class MoondreamBackend(Backend):
     def decoder(self, events: RowEvents) -> Decoder:
         return MoondreamRows(self, events)
 
+    @torch.inference_mode()  # as everywhere moondream2's code runs: its KV cache may have been made in that mode
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         """One job after another through moondream2's own loop (``--batching wave``)."""
         for index, job in enumerate(jobs):
@@ -292,7 +294,7 @@ class MoondreamBackend(Backend):
         if job.task not in ANSWER_TASKS:
             return self.run_skill(job, lambda: events.cancelled(index))
         try:
-            with self.own_code, self.meter.watching(lambda: events.cancelled(index)):
+            with self.own_code, self.meter.watching(lambda: events.cancelled(index)), self._seeded(job):
                 return self._full_answer(index, job, events)
         except GenerationStopped:
             return None
@@ -317,7 +319,7 @@ class MoondreamBackend(Backend):
         with self.own_code:
             encoded = self._encode(job)
             try:
-                with self.meter.watching(should_stop), stopping_after_prompt(self.model.model):
+                with self.meter.watching(should_stop), stopping_after_prompt(self.model.model), self._seeded(job):
                     for _ in self._answer(job, encoded):
                         break
             except Prefilled as start:
@@ -326,6 +328,10 @@ class MoondreamBackend(Backend):
             except GenerationStopped:
                 return None
         raise RuntimeError("moondream2 answered without prefilling its prompt")
+
+    def _seeded(self, job: Job) -> AbstractContextManager[None]:
+        """moondream2 samples from torch's global generators: a seeded job's draws come from its seed."""
+        return seeded(job.seed if job.temperature > 0 else None, torch.device(self.info.device))
 
     def _answer(self, job: Job, encoded: Any) -> Iterator[str]:
         """moondream2's stream of a query's or a caption's answer."""

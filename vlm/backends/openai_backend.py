@@ -134,6 +134,7 @@ class OpenAIBackend(Backend):
             "max_tokens": job.max_new_tokens,
             "temperature": job.temperature,  # 0 is greedy, as on the local backends
             "top_p": job.top_p,
+            **({} if job.seed is None else {"seed": job.seed}),
             "stream": True,
             "stream_options": {"include_usage": True},  # the true token counts, in a last chunk
         }

@@ -15,7 +15,8 @@ copy instead of a forward pass through the model.
 Only text decoders whose cache is a plain ``DynamicCache`` with 1-D positions are stepped this
 way, and only with plain greedy settings (see ``can_step``); other models keep ``generate``.
 A row with a temperature samples at that temperature from its nucleus (``top_p``; the whole
-vocabulary by default), as ``generate`` does; greedy rows are exact.
+vocabulary by default), as ``generate`` does, a seeded one from a generator of its own; greedy rows
+are exact.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import inspect
 from abc import abstractmethod
 from collections.abc import Callable, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .base import Decoder, FinishReason, GenerationEvents, Job, Result, RowEvents
+from .seeds import draws
 from .stops import StopScreen
 
 # Text decoders checked to keep a dynamic full-attention cache and 1-D rotary positions (Llama:
@@ -148,12 +150,22 @@ class Row:
     text: RowText
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0  # 1: sampled from the whole vocabulary
+    seed: int | None = None  # None: drawn from torch's global generator, with the rows beside it
     ended: bool = False
+    _draws: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
     def for_job(cls, key: int, job: Job, prompt_tokens: int, tokenizer: Any) -> Row:
         """The row that answers ``job``, once its prompt of ``prompt_tokens`` is in the cache."""
-        return cls(key, job.max_new_tokens, prompt_tokens, RowText(tokenizer, job.stop), job.temperature, job.top_p)
+        text = RowText(tokenizer, job.stop)
+        return cls(key, job.max_new_tokens, prompt_tokens, text, job.temperature, job.top_p, job.seed)
+
+    def draws(self, device: torch.device) -> torch.Generator:
+        """A seeded row's own generator, made at its first draw, on the device its logits are on."""
+        if self._draws is None:
+            assert self.seed is not None, "only a seeded row draws on its own"
+            self._draws = draws(self.seed, device)
+        return self._draws
 
 
 def take(events: GenerationEvents, row: Row, token: int, *, stop: bool, at_end: bool = False) -> None:
@@ -185,7 +197,12 @@ def pick(logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
         probabilities = torch.softmax(logits[index].float() / scale[:, None], dim=-1)
         if any(rows[i].top_p < 1 for i in sampled):
             probabilities = nucleus(probabilities, torch.tensor([rows[i].top_p for i in sampled], device=logits.device))
-        chosen[index] = torch.multinomial(probabilities, 1).squeeze(-1)
+        shared = [at for at, i in enumerate(sampled) if rows[i].seed is None]
+        if shared:
+            chosen[index[shared]] = torch.multinomial(probabilities[shared], 1).squeeze(-1)
+        for at, i in enumerate(sampled):
+            if rows[i].seed is not None:
+                chosen[i] = torch.multinomial(probabilities[at], 1, generator=rows[i].draws(logits.device))[0]
     return chosen
 
 

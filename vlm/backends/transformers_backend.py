@@ -52,6 +52,7 @@ from .base import (
 from .collate import collate
 from .decode_attention import pack_decode_queries
 from .frame_cache import FrameCache
+from .seeds import seeded
 from .step_decoder import Prefill, Row, StepDecoder, cache_keyword, can_step, finish, prefill, take
 from .torch_device import resolve_device, resolve_dtype, use_unplanned_attention, weights_dtype
 
@@ -165,12 +166,20 @@ class TransformersBackend(Backend):
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
         # A processor batch has an image in every row or in none, and generate samples a whole batch
         # alike: rows go in sub-batches by both (greedy rows all in one, whatever top_p they were sent).
-        def batch_key(job: Job) -> tuple[bool, float, float]:
-            return job.image is None, job.temperature, job.top_p if job.temperature else 1.0
+        # A seeded row samples alone, from torch's generators set to its seed, so its companions never
+        # shift its draws.
+        def batch_key(row: int) -> tuple[bool, float, float, int | None]:
+            job = jobs[row]
+            sampled = job.temperature > 0
+            alone = row if sampled and job.seed is not None else None
+            return job.image is None, job.temperature, job.top_p if sampled else 1.0, alone
 
-        for key in dict.fromkeys(map(batch_key, jobs)):
-            rows = [row for row, job in enumerate(jobs) if batch_key(job) == key]
-            self._generate([jobs[row] for row in rows], _Rows(events, rows), temperature=key[1], top_p=key[2])
+        keys = [batch_key(row) for row in range(len(jobs))]
+        for key in dict.fromkeys(keys):
+            rows = [row for row, of_row in enumerate(keys) if of_row == key]
+            seed = None if key[3] is None else jobs[key[3]].seed
+            with seeded(seed, self.model.device):
+                self._generate([jobs[row] for row in rows], _Rows(events, rows), temperature=key[1], top_p=key[2])
 
     @torch.inference_mode()
     def _generate(self, jobs: list[Job], events: GenerationEvents, *, temperature: float, top_p: float) -> None:
