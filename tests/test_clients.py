@@ -8,6 +8,7 @@ app to that for clients that send no id, while clients that do keep ``query_erro
 from __future__ import annotations
 
 import pytest
+import requests
 
 from tests.conftest import jpeg_data_url
 from tests.server_process import AppProcess
@@ -51,6 +52,7 @@ def test_back_to_back_queries_without_ids_are_each_answered_in_order(client: Rec
 )
 def test_errors_reach_clients_without_ids_on_response(client: RecordingClient, payload: object, code: str) -> None:
     ack = client.sio.call("query", payload, timeout=10)
+    assert ack["error"]["code"] == code, "the acknowledgement carries the refusal, whenever the event arrives"
     [answer] = responses(client, 1)
     assert str(answer["answer"]).startswith("Sorry, an error occurred: ")
     assert answer["error"]["code"] == code and answer["id"] == ack["id"]
@@ -59,9 +61,32 @@ def test_errors_reach_clients_without_ids_on_response(client: RecordingClient, p
 
 def test_clients_with_ids_keep_query_error_and_get_their_id_acknowledged(client: RecordingClient) -> None:
     ack = client.sio.call("query", {"id": "mine", "question": "x" * (MAX_QUESTION + 1), "image": "AAAA"}, timeout=10)
-    assert ack == {"id": "mine"}
+    assert (ack["id"], ack["error"]["code"]) == ("mine", "question_too_long")
     kind, payload = client.final("mine")
     assert (kind, payload["code"]) == ("query_error", "question_too_long")
+
+
+def test_cors_origin_lets_its_pages_call_v1_and_no_other_origin(app: AppProcess) -> None:
+    """A browser asks first (a preflight, without credentials) for the headers OpenAI's JS client sends."""
+    asked = "authorization, content-type, x-stainless-os"
+    for origin, allowed in ((EXTRA_ORIGIN, True), ("http://evil.example", False)):
+        preflight = requests.options(
+            f"{app.url}/v1/chat/completions",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": asked,
+            },
+            timeout=10,
+        )
+        assert preflight.ok
+        headers = preflight.headers
+        assert headers.get("Access-Control-Allow-Origin") == (origin if allowed else None), origin
+        if allowed:
+            assert "POST" in headers["Access-Control-Allow-Methods"]
+            assert headers["Access-Control-Allow-Headers"] == asked and "Origin" in headers["Vary"]
+        models = requests.get(f"{app.url}/v1/models", headers={"Origin": origin}, timeout=10)
+        assert models.ok and models.headers.get("Access-Control-Allow-Origin") == (origin if allowed else None)
 
 
 def test_cors_origin_widens_the_own_origin(app: AppProcess) -> None:

@@ -276,6 +276,24 @@ def test_every_v1_error_is_an_openai_error_object_under_curl(
     assert error["code"] == code and error["message"]
 
 
+def test_curl_without_a_json_content_type_is_told_to_send_one(app: AppProcess) -> None:
+    """curl's ``-d`` sends a form; the body is JSON all the same, so "not a JSON object" told nobody what to fix."""
+    status, body = curl(f"{app.url}/v1/chat/completions", "-d", '{"messages": [{"role": "user", "content": "hi"}]}')
+    assert status == 400
+    assert "Content-Type: application/json" in body["error"]["message"]  # type: ignore[index]
+
+
+def test_parts_no_backend_takes_are_refused_not_dropped(app: AppProcess, frame: str) -> None:
+    """A file or audio part used to be dropped without a word, and the text alone answered."""
+    client = openai_client(app.url)
+    for part in ({"type": "file", "file": {"file_data": "abc"}}, {"type": "input_audio", "input_audio": {}}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(
+                model="any", messages=[{"role": "user", "content": [{"type": "text", "text": "what?"}, part]}]
+            )
+        assert refused.value.param == "messages" and part["type"] in refused.value.message
+
+
 def test_curl_gets_an_answer_with_usage(app: AppProcess, frame: str) -> None:
     request = {"model": "any", "messages": frame_question("what shape is this?", frame)}
     status, body = curl(

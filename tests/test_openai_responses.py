@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,9 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import jpeg_data_url
-from tests.openai_client import ask, openai_client
+from scripts.synthetic_scenes import draw_scene, held_drawing_scene
+from tests.conftest import data_url, jpeg_data_url
+from tests.openai_client import ask, frame_question, openai_client
 from tests.server_process import AppProcess, serving
 
 pytestmark = pytest.mark.app("demo")
@@ -21,6 +23,30 @@ QUESTION = "Describe the image."  # the demo model answers it in a few words
 def user_input(question: str, image_url: str) -> list[dict[str, Any]]:
     content = [{"type": "input_text", "text": question}, {"type": "input_image", "image_url": image_url}]
     return [{"role": "user", "content": content}]
+
+
+def test_a_follow_up_without_an_image_asks_about_the_conversations_frame(app: AppProcess) -> None:
+    """Chat clients (the ``llm`` CLI, LangChain's history, chat UIs) send the frame with the first question only;
+    the follow-up, text alone, was answered about no image at all ("blue" for a red shape)."""
+    client = openai_client(app.url)
+    red, blue = (data_url(draw_scene(held_drawing_scene("circle", colour))) for colour in ("red", "blue"))
+    about_the_frame = ask(client, "what color is this?", blue)
+    assert about_the_frame != ask(client, "what color is this?", red), "the two frames tell apart"
+    chat = [
+        *frame_question("what shape is this?", red),
+        {"role": "assistant", "content": "A shape."},
+        *frame_question("what shape is this?", blue),
+        {"role": "assistant", "content": "A shape."},
+        {"role": "user", "content": "what color is this?"},
+    ]
+    answer = client.chat.completions.create(model="any", messages=chat).choices[0].message.content
+    assert answer == about_the_frame, "the newest frame of the conversation"
+    conversation = [
+        *user_input("what shape is this?", blue),
+        {"role": "assistant", "content": [{"type": "output_text", "text": "A shape."}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "what color is this?"}]},
+    ]
+    assert client.responses.create(model="any", input=conversation).output_text == about_the_frame
 
 
 def test_a_response_holds_the_same_answer_and_counts_as_a_chat_completion(app: AppProcess, frame: str) -> None:
@@ -82,11 +108,22 @@ def test_the_event_stream_is_whole_under_the_green_async_modes(frame: str, mode:
 
 
 def test_a_generation_past_the_request_timeout_ends_the_stream_with_response_failed(slow_model: Path) -> None:
+    """And, whole, it is a 504 the official client does not retry: its default retries every 5xx twice, which ran
+    a generation that had overrun the limit twice more."""
     with serving(slow_model, "--request-timeout", "1", max_new_tokens=430) as running:  # 430 tokens: ~4 s here
         stream = openai_client(running.url).responses.create(
             model="any", input=user_input("describe", jpeg_data_url()), stream=True
         )
         events = list(stream)
+        with pytest.raises(openai.InternalServerError) as timed_out:
+            openai.OpenAI(base_url=f"{running.url}/v1", api_key="none").responses.create(
+                model="any", input=user_input("describe", jpeg_data_url())
+            )
+        assert timed_out.value.status_code == 504 and timed_out.value.response.headers["x-should-retry"] == "false"
+        deadline = time.monotonic() + 5  # the scheduler logs each overrun just after it answers it
+        while running.log().count("the model was asked to stop") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running.log().count("the model was asked to stop") == 2, "the stream's, and one for the 504"
     assert any(event.type == "response.output_text.delta" for event in events), "it failed mid-stream"
     assert events[-1].type == "response.failed"
     assert events[-1].response.error.code == "server_error"

@@ -66,10 +66,11 @@ def test_detect_needs_an_object() -> None:
     assert parse_skill({"skill": "detect", "object": "cup", "image": IMAGE}, capabilities=caps).text == "cup"
 
 
-def test_cancel_needs_an_object_payload() -> None:
+def test_cancel_needs_an_object_payload_naming_a_request() -> None:
     assert parse_cancel({"id": "abc"}) == "abc"
-    with pytest.raises(VlmError):
-        parse_cancel("abc")
+    for payload in ("abc", {}, {"id": None}, {"id": True}):
+        with pytest.raises(VlmError):
+            parse_cancel(payload)
 
 
 def test_http_temperature_and_text_only_reach_the_job() -> None:

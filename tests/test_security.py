@@ -69,6 +69,28 @@ def test_cross_origin_websocket_is_refused(tiny_model: Path) -> None:
         assert not websocket_handshake(running.url, "http://evil.example")
 
 
+def test_a_cors_origin_page_calls_v1_with_the_token_and_not_without(tiny_model: Path) -> None:
+    """The browser's preflight carries no credentials, so it is answered without the token; what follows is not."""
+    page = "https://chat.example"
+    with serving(tiny_model, "--cors-origin", page, max_new_tokens=2, token=TOKEN) as running:
+        url = f"{running.url}/v1/chat/completions"
+        ask = {
+            "Origin": page,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        }
+        preflight = requests.options(url, headers=ask, timeout=10)
+        assert preflight.ok and preflight.headers["Access-Control-Allow-Origin"] == page
+        body = {"messages": [{"role": "user", "content": "hi"}]}
+        refused = requests.post(url, json=body, headers={"Origin": page}, timeout=10)
+        assert refused.status_code == 401, "the page can read why: the refusal carries its origin too"
+        assert refused.headers["Access-Control-Allow-Origin"] == page
+        answered = requests.post(
+            url, json=body, headers={"Origin": page, "Authorization": f"Bearer {TOKEN}"}, timeout=30
+        )
+        assert answered.ok and answered.headers["Access-Control-Allow-Origin"] == page
+
+
 def test_self_signed_https(tiny_model: Path, tmp_path: Path) -> None:
     with serving(tiny_model, "--self-signed", env={"HOME": str(tmp_path)}) as running:
         cert = tmp_path / ".cache" / "webcam-vlm" / "cert.pem"

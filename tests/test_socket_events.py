@@ -85,7 +85,7 @@ def test_a_query_is_acknowledged_streamed_and_answered_in_the_protocol_shape(cli
 
 def test_a_refusal_in_the_handler_reaches_the_sender_as_query_error(client: SocketIOTestClient) -> None:
     ack = client.emit("query", {"id": 7, "question": "hi", "image": "not an image"}, callback=True)
-    assert ack == {"id": "7"}
+    assert ack == {"id": "7", "error": {"code": "bad_image", "message": "image is not valid Base64"}}
     (event,) = client.get_received()
     assert event["name"] == "query_error"
     assert event["args"][0] == {"id": "7", "code": "bad_image", "message": "image is not valid Base64"}
@@ -105,7 +105,7 @@ def test_a_client_without_ids_hears_refusals_on_response_like_the_original_page(
 def test_before_the_model_loads_a_query_is_refused_as_loading(web: WebApp) -> None:
     client = web.socketio.test_client(web.app, auth={"token": TOKEN})
     ack = client.emit("query", {"id": "early", "question": "hi", "image": jpeg_data_url()}, callback=True)
-    assert ack == {"id": "early"}
+    assert (ack["id"], ack["error"]["code"]) == ("early", "loading")
     (event,) = client.get_received()
     assert (event["name"], event["args"][0]["code"]) == ("query_error", "loading")
 
@@ -127,12 +127,16 @@ def test_wrong_argument_counts_are_refused_and_cancel_is_only_acknowledged(clien
     assert client.get_received() == []
     ack = client.emit("query", {"id": "two"}, "payloads", callback=True)
     (event,) = client.get_received()
-    assert event["args"][0] == {"id": "two", "code": "bad_request", "message": "send exactly one payload object"}
-    assert ack == {"id": "two"}
+    refusal = {"code": "bad_request", "message": "send exactly one payload object"}
+    assert event["args"][0] == {"id": "two", **refusal}
+    assert ack == {"id": "two", "error": refusal}, "the acknowledgement carries the refusal too"
     assert client.emit("cancel", {"id": "nothing-running"}, callback=True) == {
         "id": "nothing-running",
         "cancelled": False,
     }
+    for malformed in ("nope", {}):
+        assert client.emit("cancel", malformed, callback=True)["error"]["code"] == "bad_request"
+    assert client.get_received() == [], "a malformed cancel is no failed request: no event"
 
 
 def test_an_event_nobody_handles_is_not_acknowledged(client: SocketIOTestClient) -> None:

@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         dest="cors_origins",
         metavar="ORIGIN",
-        help="extra origin allowed to open Socket.IO connections (repeatable, '*' for any)",
+        help="extra origin whose pages may open Socket.IO connections and call /v1 (repeatable, '*' for any)",
     )
     server.add_argument(
         "--allowed-host",

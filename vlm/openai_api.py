@@ -3,8 +3,9 @@
 Any OpenAI client (the official library, another instance of this app with ``--backend
 openai``) can ask about one frame per request. Requests pass the same checks as Socket.IO
 ones (vlm/protocol.py) and wait in the same scheduler, each under its own client key so
-that none supersedes another. Only the last user message counts: its text parts are the
-question and its one ``image_url`` part, a ``data:`` URL, is the frame; the server never
+that none supersedes another. The last user message is the question: its text parts, and its one
+``image_url`` part, a ``data:`` URL, is the frame (without one, the newest image of an earlier user
+message is: a follow-up asks about the conversation's frame); the server never
 fetches remote URLs (that would let any caller make it open connections anywhere). Without
 an image the question is text-only, for backends that can answer one. ``max_tokens`` can only
 lower ``--max-new-tokens``; ``temperature`` goes to the backend (0, the default, is greedy), and
@@ -42,6 +43,7 @@ from .openai_wire import (
     AnswerText,
     ApiRequest,
     SinkEvent,
+    conversation_image,
     frame_question,
     max_tokens,
     message_parts,
@@ -62,6 +64,10 @@ MAX_STOPS = 4  # OpenAI's own limit
 MAX_STOP_CHARS = 256  # a row holds back up to this much while a stop string may be starting
 
 HANGUP_CHECK_S = 0.2
+LOADING_RETRY_S = 5
+# A failure that asking again would only repeat: the same request runs past the time limit again, or fails
+# the model again, and each retry costs the server a whole generation.
+UNRETRIED = frozenset({Code.TIMEOUT, Code.MODEL_ERROR})
 # Options no backend honours, with the values that ask for nothing (OpenAI's defaults, as clients send them).
 UNHONOURED: dict[str, tuple[object, ...]] = {
     "response_format": (None, {"type": "text"}),
@@ -179,7 +185,24 @@ def openai_blueprint(
 
     @api.before_request
     def require_token() -> tuple[Response, int] | None:
+        if request.method == "OPTIONS":  # a browser's preflight carries no credentials, and answers nothing
+            return None
         return None if authorized() else error_response(Code.UNAUTHORIZED, "missing or wrong bearer token")
+
+    @api.after_request
+    def allow_listed_origins(response: Response) -> Response:
+        """A page from a ``--cors-origin`` origin may call ``/v1`` from the browser (a chat UI, OpenAI's JS
+        client), as it may connect over Socket.IO; the bearer token still guards every answer."""
+        origin = request.headers.get("Origin")
+        if origin is None or not ("*" in settings.cors_origins or origin in settings.cors_origins):
+            return response
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in settings.cors_origins else origin
+        response.vary.add("Origin")
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            response.headers["Access-Control-Allow-Headers"] = request.headers.get("Access-Control-Request-Headers", "")
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
 
     def model_entry() -> dict[str, Any]:
         return {"id": settings.model_name, "object": "model", "created": started, "owned_by": "webcam-vlm"}
@@ -297,14 +320,17 @@ def final_event(events: Iterator[SinkEvent], *, hung_up: Callable[[], bool], can
 
 
 def json_body() -> object:
-    """The request's JSON, or None if it is not JSON; nesting deep enough to exhaust the parser's
-    recursion is refused like any other unusable body rather than failing as a 500.
+    """The request's JSON, or None if it does not parse; a body not sent as JSON is refused saying so (curl's
+    ``-d`` sends a form by default), and nesting deep enough to exhaust the parser's recursion is refused like
+    any other unusable body rather than failing as a 500.
 
     A chunked body (no Content-Length) is cut at the transport limit by Werkzeug without a word, so one that
     reaches it is refused with 413 here, as one that declares a longer length is, not taken for bad JSON."""
     limit = request.max_content_length
     if limit is not None and len(request.get_data(cache=True)) >= limit:
         raise RequestEntityTooLarge()
+    if not request.is_json:
+        raise VlmError(Code.BAD_REQUEST, "send the body as JSON, with the header Content-Type: application/json")
     try:
         return request.get_json(silent=True)
     except RecursionError:
@@ -327,8 +353,10 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Api
     if not turns:
         raise VlmError(Code.BAD_REQUEST, "messages must hold a user message", param="messages")
     parts, texts = message_parts(turns[-1].get("content"), "text", "messages")
-    images = [part.get("image_url") for part in parts if part.get("type") == "image_url"]
-    urls = [image.get("url") if isinstance(image, dict) else image for image in images]
+    if kinds := {part.get("type") for part in parts} - {"text", "image_url"}:
+        raise VlmError(Code.BAD_REQUEST, f"only text and image_url parts are taken, not {kinds}", param="messages")
+    urls = [chat_image_url(part) for part in parts if part.get("type") == "image_url"]
+    urls = urls or conversation_image([turn.get("content") for turn in turns[:-1]], chat_image_url)
     incoming = frame_question(texts, urls, where="messages", max_question_chars=max_question_chars, text_only=text_only)
     if (n := body.get("n")) is not None and (type(n) is not int or n != 1):
         raise VlmError(Code.BAD_REQUEST, "n must be 1: this server returns one choice", param="n")
@@ -343,6 +371,14 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Api
         seed=seed(body),
         include_usage=isinstance(options := body.get("stream_options"), dict) and options.get("include_usage") is True,
     )
+
+
+def chat_image_url(part: dict[str, Any]) -> object:
+    """An ``image_url`` part's URL (``{"url": ...}``, or a plain string as some clients send it); None for others."""
+    if part.get("type") != "image_url":
+        return None
+    image = part.get("image_url")
+    return image.get("url") if isinstance(image, dict) else image
 
 
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
@@ -365,10 +401,15 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
 def error_response(
     code: str, message: str, *, status: int | None = None, param: str | None = None
 ) -> tuple[Response, int]:
+    """OpenAI's clients retry 408, 409, 429 and any 5xx twice, unless told otherwise (``x-should-retry``)."""
     status = status or http_status(code)
     response = jsonify(error_body(code, message, status, param))
     if status == 429:  # busy or rate-limited: a second is about one answer's worth of the queue moving
         response.headers["Retry-After"] = "1"
+    if code == Code.LOADING:
+        response.headers["Retry-After"] = str(LOADING_RETRY_S)
+    if code in UNRETRIED:
+        response.headers["x-should-retry"] = "false"
     return response, status
 
 

@@ -2,8 +2,9 @@
 
 Newer OpenAI clients and agent kits ask through ``client.responses.create`` rather than chat completions.
 The question is the last user message of ``input`` (or ``input`` itself, a string): its ``input_text``
-parts and at most one ``input_image`` part, a ``data:`` URL. ``instructions`` and earlier turns are
-ignored, as system prompts are on ``/v1/chat/completions``. Nothing is stored: a response cannot be
+parts and at most one ``input_image`` part, a ``data:`` URL, or else the newest image of an earlier user
+message. ``instructions`` and the rest of earlier turns are ignored, as system prompts are on
+``/v1/chat/completions``. Nothing is stored: a response cannot be
 fetched again or continued (``previous_response_id``), and options no backend honours are refused by name.
 
 Streamed, an answer is the event sequence OpenAI sends for one text message (``response.created`` ...
@@ -43,16 +44,19 @@ def parse_responses_request(body: object, *, max_question_chars: int, text_only:
     if not isinstance(body, dict):
         raise VlmError(Code.BAD_REQUEST, "the body must be a JSON object")
     content = body.get("input")
+    earlier: list[object] = []
     if not isinstance(content, str):
         turns = [item for item in content if isinstance(item, dict)] if isinstance(content, list) else []
         users = [turn for turn in turns if turn.get("role") == "user" and turn.get("type", "message") == "message"]
         if not users:
             raise VlmError(Code.BAD_REQUEST, "input must be a string or hold a user message", param="input")
         content = users[-1].get("content")
+        earlier = [turn.get("content") for turn in users[:-1]]
     parts, texts = wire.message_parts(content, "input_text", "input")
     if kinds := {part.get("type") for part in parts} - {"input_text", "input_image"}:
         raise VlmError(Code.BAD_REQUEST, f"only input_text and input_image parts are taken, not {kinds}", param="input")
-    urls = [part.get("image_url") for part in parts if part.get("type") == "input_image"]
+    urls = [input_image_url(part) for part in parts if part.get("type") == "input_image"]
+    urls = urls or wire.conversation_image(earlier, input_image_url)
     incoming = wire.frame_question(
         texts, urls, where="input", max_question_chars=max_question_chars, text_only=text_only
     )
@@ -64,6 +68,11 @@ def parse_responses_request(body: object, *, max_question_chars: int, text_only:
         top_p=wire.top_p(body),
         streaming=wire.streaming(body),
     )
+
+
+def input_image_url(part: dict[str, Any]) -> object:
+    """An ``input_image`` part's URL; None for other parts."""
+    return part.get("image_url") if part.get("type") == "input_image" else None
 
 
 @dataclass

@@ -7,7 +7,7 @@ differently but ask the same thing; each finds its texts and image URLs, and thi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,18 @@ def message_parts(content: object, text_kind: str, where: str) -> tuple[list[dic
     if not all(isinstance(text, str) for text in texts):
         raise VlmError(Code.BAD_REQUEST, f"a {text_kind} part's text must be a string", param=where)
     return parts, texts
+
+
+def conversation_image(contents: list[object], image_url: Callable[[dict[str, Any]], object]) -> list[object]:
+    """The newest image URL earlier user messages' ``contents`` hold (``image_url``: a part's, or None), as a list
+    of one or none. Chat clients send a conversation's frame once, with its first question, and its follow-ups
+    as text alone: those are questions about that frame."""
+    for content in reversed(contents):
+        parts = content if isinstance(content, list) else []
+        urls = [url for part in parts if isinstance(part, dict) and (url := image_url(part)) is not None]
+        if urls:
+            return urls[-1:]
+    return []
 
 
 def frame_question(

@@ -121,6 +121,9 @@ def to_job(
 
 
 def parse_cancel(payload: object) -> str:
+    """The id of the request to cancel; none is made up, since a made-up one names nothing."""
+    if isinstance(payload, dict) and payload.get("id") is None:
+        raise VlmError(Code.BAD_REQUEST, "id is missing: name the request to cancel")
     rid, _ = _envelope(payload)
     return rid
 

@@ -29,7 +29,7 @@ from .ratelimit import EventGate
 from .request_queue import queue_full
 from .scheduler import Request
 from .sessions import drop
-from .socket_sink import SocketSink, is_seed
+from .socket_sink import SocketSink, error_ack, is_seed
 from .watch import Frame
 from .watch_web import WatchService, watch_error
 
@@ -63,7 +63,7 @@ def gated(*, replies: bool) -> Callable[[Handler], Callable[..., Any]]:
                 error = VlmError(Code.BAD_REQUEST, "send exactly one payload object")
             else:
                 return handler(self, payload)
-            return {"id": self.refuse(payload, error)} if replies else {"error": error.code}
+            return self.refuse(payload, error) if replies else {"error": error.code}
 
         return receive
 
@@ -122,44 +122,42 @@ class AppNamespace(Namespace):
     # -- questions to the model ------------------------------------------------------
 
     @gated(replies=True)
-    def on_query(self, payload: object) -> dict[str, str | None]:
+    def on_query(self, payload: object) -> dict[str, Any]:
         return self.accept(payload, lambda _: parse_query(payload, max_question_chars=self.settings.max_question_chars))
 
     @gated(replies=True)
-    def on_skill(self, payload: object) -> dict[str, str | None]:
+    def on_skill(self, payload: object) -> dict[str, Any]:
         return self.accept(payload, lambda backend: parse_skill(payload, capabilities=backend.info.capabilities))
 
     @gated(replies=False)
-    def on_cancel(self, payload: object) -> dict[str, object] | None:
-        """Acknowledged, so a client can tell whether its request was still running."""
+    def on_cancel(self, payload: object) -> dict[str, Any]:
+        """Acknowledged, so a client can tell whether its request was still running; a malformed cancel is
+        refused in its acknowledgement alone (it is no request, and no page should read it as a failed one)."""
         try:
             rid = parse_cancel(payload)
         except VlmError as error:
-            self.refuse(payload, error)
-            return None
+            return error_ack(error)
         cancelled = self.slot.scheduler is not None and self.slot.scheduler.cancel(request.sid, rid)
         return {"id": rid, "cancelled": cancelled}
 
-    def accept(self, payload: object, parse: Callable[[Backend], Incoming]) -> dict[str, str | None]:
+    def accept(self, payload: object, parse: Callable[[Backend], Incoming]) -> dict[str, Any]:
         """Shared path of ``query`` and ``skill``: every refusal goes to the sender only.
 
         The acknowledgement carries the request's id, so a client that sent none learns the
-        one the server made up before any event about it arrives.
+        one the server made up before any event about a queued request arrives.
         """
         received = time.perf_counter()
         backend, scheduler = self.slot.backend, self.slot.scheduler
         if backend is None or scheduler is None:
-            return {
-                "id": self.refuse(payload, VlmError(Code.LOADING, "the model is still loading; try again in a moment"))
-            }
+            return self.refuse(payload, VlmError(Code.LOADING, "the model is still loading; try again in a moment"))
         seed = is_seed(payload)
         if not scheduler.has_room(request.sid, ordered=seed):  # before the decode: refusing is free
-            return {"id": self.refuse(payload, queue_full(scheduler.max_queue))}
+            return self.refuse(payload, queue_full(scheduler.max_queue))
         try:
             incoming = parse(backend)
             job, decode_ms = to_job(incoming, self.settings, decode_size=backend.info.decode_size)
         except VlmError as error:
-            return {"id": self.refuse(payload, error)}
+            return self.refuse(payload, error)
         log.info(
             "%s %s from %s (%d chars; frames are never stored)",
             incoming.task,
@@ -181,8 +179,9 @@ class AppNamespace(Namespace):
         )
         return {"id": incoming.id}
 
-    def refuse(self, payload: object, error: VlmError) -> str | None:
-        """A refusal before the scheduler: counted, then sent as a failure, to the sender only; returns its id."""
+    def refuse(self, payload: object, error: VlmError) -> dict[str, Any]:
+        """A refusal before the scheduler: counted, then sent as a failure, to the sender only; returns the
+        acknowledgement, which carries it too."""
         rid = error.request_id
         if rid is None:
             try:
@@ -191,7 +190,7 @@ class AppNamespace(Namespace):
                 rid = None
         self.watch.metrics.refused("socketio", error.code)
         SocketSink(self.emit_now, request.sid, rid, seed=is_seed(payload)).failed(error)
-        return rid
+        return {"id": rid, **error_ack(error)}
 
     def emit_now(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
         """From a handler, which runs on the server's own loop, so it need not go through the ``Outbox``."""

@@ -148,3 +148,15 @@ def test_cors_origin_lets_the_extra_origin_in_and_keeps_the_own_page_working(
     elsewhere = open_seed_page(other_origin)
     answer = ask_like_the_original(elsewhere, "what is this?")
     assert answer and not answer.startswith("Sorry"), answer
+    fetched = elsewhere.evaluate(
+        """async (url) => {
+            const reply = await fetch(`${url}/v1/chat/completions`, {
+                method: 'POST',
+                headers: {'Content-Type': 'application/json', 'Authorization': 'Bearer any'},
+                body: JSON.stringify({messages: [{role: 'user', content: 'hello'}], max_tokens: 2}),
+            });
+            return [reply.status, (await reply.json()).object];
+        }""",
+        widened_server.url,
+    )
+    assert fetched == [200, "chat.completion"], "its page may call /v1 too, through the browser's preflight"
