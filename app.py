@@ -7,6 +7,7 @@ import os
 import resource
 import sys
 import threading
+from collections.abc import Callable
 
 from vlm.backends.load_failure import explain_load_failure
 from vlm.backends.registry import load_backend
@@ -78,8 +79,11 @@ def announce_ready(settings: Settings) -> None:
         print(f"\n  Open {full[0]}{here}\n", flush=True)
 
 
-def drainer(web: WebApp, timeout_s: float) -> object:
-    """What SIGTERM runs: finish accepted requests (for up to ``timeout_s``), deliver their answers, then exit."""
+def drainer(web: WebApp, timeout_s: float, why: str) -> Callable[[], None]:
+    """What a stop signal runs: finish accepted requests (for up to ``timeout_s``), deliver their answers, tell the
+    rest the server shut down (``why`` says so in the log), then exit. The exit skips the interpreter's teardown,
+    which with the model's thread inside torch aborts the process. The same signal again exits at once."""
+    stopping = threading.Event()
 
     def drain() -> None:
         scheduler = web.slot.scheduler
@@ -89,18 +93,20 @@ def drainer(web: WebApp, timeout_s: float) -> object:
         if not web.idle() and scheduler is not None:
             # Every request ends with exactly one final event, even this way: the client can ask elsewhere.
             cut = scheduler.abandon(VlmError(Code.BUSY, "the server shut down before this answer was done; ask again"))
-            log.warning(
-                "still busy after --drain-timeout %g s: %d unfinished requests were told the server shut down",
-                timeout_s,
-                cut,
-            )
+            log.warning("%s: %d unfinished requests were told the server shut down", why, cut)
             wait_until_idle(web, LAST_WORDS_S)
         web.socketio.sleep(LAST_WRITE_S)
         log.info("drained; exiting")
         logging.shutdown()
         os._exit(0)
 
-    return lambda: web.socketio.start_background_task(drain)
+    def stop() -> None:
+        if stopping.is_set():
+            os._exit(1)
+        stopping.set()
+        web.socketio.start_background_task(drain)
+
+    return stop
 
 
 def wait_until_idle(web: WebApp, seconds: float) -> None:
@@ -142,7 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not is_loopback(settings.host) and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
-    serve(settings, web.app, socketio=web.socketio, on_sigterm=drainer(web, settings.drain_timeout_s))
+    drain_s = settings.drain_timeout_s
+    serve(
+        settings,
+        web.app,
+        socketio=web.socketio,
+        on_sigterm=drainer(web, drain_s, f"still busy after --drain-timeout {drain_s:g} s"),
+        on_sigint=drainer(web, 0, "interrupted"),
+    )
 
 
 if __name__ == "__main__":

@@ -254,6 +254,26 @@ def test_a_drain_out_of_time_tells_the_unfinished_and_leaves_the_load_balancer(s
         assert "2 unfinished requests were told the server shut down" in running.log()
 
 
+@pytest.mark.parametrize("mode", ASYNC_MODES)
+def test_ctrl_c_mid_answer_stops_at_once_and_tells_the_unfinished(slow_model: Path, frame: str, mode: str) -> None:
+    """Ctrl-C in the terminal (SIGINT): under gunicorn it exited with the model's thread inside torch, and the
+    process aborted ("terminate called without an active exception", exit 134)."""
+    with serving(slow_model, "--async-mode", mode, max_new_tokens=430) as running:  # 430 tokens: ~4 s here
+        asker = RecordingClient(running.url)
+        try:
+            asker.start({"id": "long", "question": "describe", "image": frame})
+            assert running.process is not None
+            running.process.send_signal(signal.SIGINT)
+            said = asker.final("long", timeout_s=10)
+        finally:
+            asker.close()
+        assert said[0] == "query_error" and said[1]["code"] == "busy", said
+        assert running.process.wait(10) == 0
+        log = running.log()
+        assert "interrupted: 1 unfinished requests were told the server shut down" in log
+        assert "terminate called" not in log and "Traceback" not in log
+
+
 def ask_at_once(url: str, questions: list[tuple[str, str]]) -> list[tuple[str, dict]]:
     """Each (question, frame) from a client of its own, all sent together; the finals in that order."""
     clients = [RecordingClient(url) for _ in questions]

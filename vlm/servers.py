@@ -45,16 +45,26 @@ DRAIN_GRACE_S = 35
 WsgiApp = Callable[..., Any]
 
 
-def serve(settings: Settings, wsgi_app: WsgiApp, *, socketio: Any, on_sigterm: Callable[[], None]) -> None:
-    """Serve until the process exits; SIGTERM calls ``on_sigterm`` (which starts draining, then exits)."""
+def serve(
+    settings: Settings,
+    wsgi_app: WsgiApp,
+    *,
+    socketio: Any,
+    on_sigterm: Callable[[], None],
+    on_sigint: Callable[[], None],
+) -> None:
+    """Serve until the process exits; SIGTERM calls ``on_sigterm`` (which starts draining, then exits), SIGINT
+    (Ctrl-C) and SIGQUIT ``on_sigint`` (which stops at once)."""
     # Behind a trusted proxy every connection comes from the proxy: only the total bound means anything
     # there (sessions and events are still limited per forwarded client address, vlm/sessions.py).
     per_address = settings.max_connections if settings.trusted_proxy else settings.max_connections_per_ip
     limits = AddressLimits(per_address)
     if settings.async_mode == "threading":
-        _serve_gunicorn(settings, wsgi_app, limits, on_sigterm)
+        _serve_gunicorn(settings, wsgi_app, limits, on_sigterm, on_sigint)
         return
     signal.signal(signal.SIGTERM, lambda *_: on_sigterm())
+    for quick in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(quick, lambda *_: on_sigint())
     options: dict[str, object] = dict(tls_files(settings))
     if settings.async_mode == "gevent":
         options.update(handler_class=_gevent_handler(limits), spawn=settings.max_connections)
@@ -158,7 +168,11 @@ class ShrinkingThreadPool:
 
 
 def _serve_gunicorn(
-    settings: Settings, wsgi_app: WsgiApp, limits: AddressLimits, on_sigterm: Callable[[], None]
+    settings: Settings,
+    wsgi_app: WsgiApp,
+    limits: AddressLimits,
+    on_sigterm: Callable[[], None],
+    on_sigint: Callable[[], None],
 ) -> None:
     from gunicorn import glogging
     from gunicorn.app.base import BaseApplication
@@ -242,6 +256,10 @@ def _serve_gunicorn(
 
         def handle_exit(self, sig: int, frame: object) -> None:
             on_sigterm()
+
+        def handle_quit(self, sig: int, frame: object) -> None:
+            """gunicorn's own SIGINT and SIGQUIT exit mid-generation, which aborts the process (SIGABRT)."""
+            on_sigint()
 
         def is_parent_alive(self) -> bool:
             return True  # no arbiter: whoever started ``python app.py`` may come and go
