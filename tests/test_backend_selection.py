@@ -85,3 +85,10 @@ def test_a_load_failure_that_is_not_a_missing_download_is_explained(tmp_path: Pa
     text = explain_load_failure(settings, ValueError("Could not load any image processor class"))
     assert "ValueError: Could not load any image processor class" in text
     assert "hf download vikhyatk/moondream2" in text and "python app.py --model demo" in text
+
+
+def test_a_typo_of_demo_is_asked_whether_it_meant_demo() -> None:
+    """``--model dmeo`` is a valid hub id, so it is tried; its failure should point at the bundled model."""
+    text = explain_load_failure(parse_settings(["--model", "dmeo"]), OSError("dmeo is not a local folder"))
+    assert text.endswith("Did you mean `--model demo`, the bundled model that needs no download?")
+    assert "Did you mean" not in explain_load_failure(parse_settings(["--model", "org/model"]), OSError("gone"))

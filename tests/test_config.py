@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.server_process import REPO, free_port
+from tests.server_process import REPO, free_port, serving
 from vlm.config import parse_settings
+from vlm.preflight import model_problem
 
 NONSENSE = [
     ("--request-timeout", "-1"),  # once killed the timeout watchdog, so nothing ever timed out
@@ -147,3 +149,40 @@ def test_a_port_in_use_stops_the_app_with_advice() -> None:
     assert done.returncode == 2, done.stderr
     assert f"ERROR: Port {port} on 127.0.0.1 is in use by another program" in done.stderr and "--port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_port_this_app_holds_already_is_named_so() -> None:
+    """A second start blamed "another program" (on a Mac, AirPlay) for the port the first one holds."""
+    with serving("demo") as running:
+        done = subprocess.run(
+            [sys.executable, "app.py", "--model", "demo", "--port", str(running.port)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"ERROR: This app is already running at http://127.0.0.1:{running.port}/" in done.stderr
+
+
+def test_a_model_path_that_names_no_model_is_said_so_before_anything_starts(tmp_path: Path) -> None:
+    """Taken for hub ids, they failed in a library's words about repository names, with download advice."""
+    (tmp_path / "model").mkdir()
+    config = tmp_path / "model" / "config.json"
+    config.write_text("{}")
+    assert model_problem(str(config)) == (
+        f"--model {config} is a file: --model takes a model folder (one holding config.json), a Hugging Face model "
+        f"id or demo; for this one, --model {config.parent}"
+    )
+    assert "is a file" in str(model_problem(str(REPO / "README.md")))
+    assert "no such folder" in str(model_problem(str(tmp_path / "gone" / "model")))
+    for fine in ("demo", str(tmp_path / "model"), "HuggingFaceTB/SmolVLM-256M-Instruct", "vikhyatk/moondream2"):
+        assert model_problem(fine) is None, fine
+    done = subprocess.run(
+        [sys.executable, "app.py", "--model", str(tmp_path / "gone" / "model"), "--port", str(free_port())],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "there is no such folder" in done.stderr and "Traceback" not in done.stderr

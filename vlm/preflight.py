@@ -8,26 +8,36 @@
   advice to install kombu.
 - The TLS pair (vlm/tls.py): one that cannot serve made every connection fail (or prompt for a
   passphrase) after the app said it was ready.
+- ``--model`` as a path: a file, or a folder that is not there, was taken for a hub id, and failed
+  with a library's message about repository names and advice to download it.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from .config import Settings
+from .config import MODEL_ALIASES, Settings
 from .logsafe import masked_url
 from .tls import TlsError, tls_pair
 
 SCHEMES = ("redis", "rediss", "unix")
+HEALTH_STATES = frozenset({"ok", "loading", "draining", "degraded"})  # what this app's /healthz says
 CONNECT_TIMEOUT_S = 3.0
+PROBE_TIMEOUT_S = 1.0  # this app answers /healthz at once; another program on the port may never answer
 
 
 def start_problem(settings: Settings) -> str | None:
     """Why the app cannot start as asked, in a sentence for the person starting it; None if it can."""
-    problem = port_problem(settings.host, settings.port) or (
-        settings.message_queue and message_queue_problem(settings.message_queue)
+    problem = (
+        (settings.backend != "openai" and model_problem(settings.model))
+        or port_problem(settings.host, settings.port)
+        or (settings.message_queue and message_queue_problem(settings.message_queue))
     )
     if problem or not settings.https:
         return problem
@@ -36,6 +46,28 @@ def start_problem(settings: Settings) -> str | None:
     except TlsError as error:
         return str(error)
     return None
+
+
+def model_problem(model: str) -> str | None:
+    """Why ``--model`` names no model, where it is plainly a path: a file, or a folder that is not there."""
+    path = Path(model)
+    taken = "--model takes a model folder (one holding config.json), a Hugging Face model id or demo"
+    if path.is_file():
+        folder = f"; for this one, --model {path.parent}" if path.name == "config.json" else ""
+        return f"--model {model} is a file: {taken}{folder}"
+    if model not in MODEL_ALIASES and not path.exists() and not hub_id(model):
+        return f"--model {model}: there is no such folder, and it is no Hugging Face model id ({taken})"
+    return None
+
+
+def hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def message_queue_problem(url: str) -> str | None:
@@ -68,6 +100,8 @@ def port_problem(host: str, port: int) -> str | None:
             probe.bind(address)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
+                if running := this_app_at(host, port):
+                    return f"this app is already running at {running}; open it, or run another with --port {port + 1}"
                 return (
                     f"port {port} on {host} is in use by another program (on a Mac, AirPlay Receiver takes 5000). "
                     f"Stop it, or choose another port: --port {port + 1 if port < 65535 else 8080}"
@@ -78,3 +112,22 @@ def port_problem(host: str, port: int) -> str | None:
                 return f"--host {host} is not an address of this machine; 0.0.0.0 listens on all of them"
             return f"cannot listen on {host} port {port}: {error.strerror}"
     return None
+
+
+def this_app_at(host: str, port: int) -> str | None:
+    """This app's address if it is what answers on ``host``:``port`` (its ``/healthz``, over plain http); else None."""
+    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}
+    address = f"http://{local.get(host, f'[{host}]' if ':' in host else host)}:{port}"
+    try:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an http_proxy for loopback
+        with direct.open(f"{address}/healthz", timeout=PROBE_TIMEOUT_S) as reply:
+            said = reply.read(4096)
+    except urllib.error.HTTPError as refused:  # 503 while loading or draining: still this app
+        said = refused.read(4096)
+    except OSError:
+        return None
+    try:
+        status = json.loads(said).get("status")
+    except (ValueError, AttributeError):
+        return None
+    return f"{address}/" if status in HEALTH_STATES else None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from urllib.parse import urlsplit
 
-from ..config import DEFAULT_MODEL, Settings
+from ..config import DEFAULT_MODEL, MODEL_ALIASES, Settings
 from ..errors import ModelLoadError
 from ..logsafe import MASK, masked_url
 
@@ -61,15 +62,21 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
             text += " moondream2 needs both the model and its tokenizer; everything at once:\n  " + " && ".join(
                 download_commands(DEFAULT_MODEL, settings.revision)
             )
-        return text + "\nTo try the app without any download, run `python app.py --model demo`."
+        return text + "\n" + _without_download(settings.model)
     return (
         f"{loading}: {type(error).__name__}: {error}. "
         "If this machine is offline or the model is not in your Hugging Face cache, download it elsewhere "
         f"(moondream2: `{' && '.join(download_commands(DEFAULT_MODEL, settings.revision))}`; "
         "any model: `hf download MODEL_ID --local-dir FOLDER`), copy it here and run "
-        "`python app.py --model /path/to/folder`; to try the app without any download, run "
-        "`python app.py --model demo`."
+        "`python app.py --model /path/to/folder`. " + _without_download(settings.model)
     )
+
+
+def _without_download(model: str) -> str:
+    """The way to try the app offline, offered as what was meant where ``model`` is a typo of an alias."""
+    if meant := difflib.get_close_matches(model, MODEL_ALIASES, n=1, cutoff=0.7):
+        return f"Did you mean `--model {meant[0]}`, the bundled model that needs no download?"
+    return "To try the app without any download, run `python app.py --model demo`."
 
 
 def missing_hub_files(error: BaseException) -> list[tuple[str, str, str | None]]:
