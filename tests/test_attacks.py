@@ -38,6 +38,7 @@ from tests.attack_tools import (
 )
 from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
+from vlm.access import GUESS_BURST
 from vlm.config import parse_settings
 from vlm.hosts import allowed_hosts, host_allowed
 from vlm.servers import HEADER_TIMEOUT_S, IO_TIMEOUT_S
@@ -132,6 +133,71 @@ def test_sessions_that_never_join_socketio_expire(target: AppProcess) -> None:
     for sid in sids:
         poll = requests.get(f"{target.url}/socket.io/?EIO=4&transport=polling&sid={sid}", timeout=5)
         assert poll.status_code == 400, poll.text
+
+
+def test_a_silent_websocket_that_never_joins_is_closed_with_its_session(target: AppProcess) -> None:
+    """The sweep closed the session, but its TCP connection stayed until the 30 s read timeout: 256 such
+    upgrades every half minute kept everyone out."""
+    silent = connect_from("127.0.2.2", target.port, timeout_s=HANDSHAKE_TIMEOUT_S + 8)
+    silent.sendall(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    started = time.monotonic()
+    try:
+        while silent.recv(4096):  # the upgrade, the open packet, the close: never answered, as a hostile one does
+            pass
+    except OSError:
+        pass  # reset: closed too
+    finally:
+        silent.close()
+    assert time.monotonic() - started < HANDSHAKE_TIMEOUT_S + 4, "closed with its session, not at the read timeout"
+
+
+def test_one_poll_at_a_time_per_session(target: AppProcess) -> None:
+    """Each overlapping poll was held for the whole 30 s poll: a few sessions of them took every connection."""
+    sid = polling_handshake(target, address="127.0.2.3")
+    path = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+    waiting = connect_from("127.0.2.3", target.port)
+    waiting.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    time.sleep(0.3)  # the first poll is waiting for packets
+    try:
+        started = time.monotonic()
+        overlapping = get_raw(target.port, path, address="127.0.2.3")
+        assert overlapping.startswith(b"HTTP/1.1 400") and time.monotonic() - started < 2, overlapping[:200]
+    finally:
+        waiting.close()
+
+
+def test_an_address_that_keeps_guessing_the_token_is_refused_even_the_right_one(target: AppProcess) -> None:
+    """One Socket.IO session took about 4,000 wrong tokens a second, and /v1 about 900."""
+    guesser = websocket.WebSocket()
+    guesser.connect(
+        f"ws://127.0.0.1:{target.port}/socket.io/?EIO=4&transport=websocket",
+        socket=connect_from("127.0.4.1", target.port),
+    )
+    try:
+        assert guesser.recv().startswith("0{")
+        answers = []
+        for guess in range(GUESS_BURST + 10):
+            guesser.send("40" + json.dumps({"token": f"guess-{guess}"}))
+            answers.append(guesser.recv()[:2])
+        assert set(answers) == {"44"}, "each guess refused"
+        guesser.send("40" + json.dumps(AUTH))
+        assert guesser.recv().startswith("44"), "the right one too, once its address has guessed too often"
+    finally:
+        guesser.close()
+
+    def models(address: str, token: str) -> bytes:
+        with connect_from(address, target.port) as connection:
+            connection.sendall(
+                f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            return read_response(connection)[:12]
+
+    assert models("127.0.4.1", TOKEN) == b"HTTP/1.1 401", "the budget is its address's, /v1 included"
+    assert models("127.0.4.2", TOKEN) == b"HTTP/1.1 200", "another address is not held to it"
 
 
 def test_handshake_flood_is_refused_per_address(target: AppProcess, frame: str) -> None:
@@ -234,6 +300,71 @@ def test_event_flood_is_cut_off(each_mode: AppProcess, frame: str) -> None:
     finally:
         flooder.close()
     assert time.monotonic() < deadline, f"still connected after 15 s of flooding ({sent} events)"
+    assert_bystander_served(each_mode, frame, within_s=3.0, auth=AUTH)
+    wait_for_recovery(each_mode, baseline)
+
+
+def closed_by_server(connection: websocket.WebSocket, within_s: float) -> bool:
+    """Whether the server ends the connection within ``within_s`` (whatever it sends first: a close packet)."""
+    connection.settimeout(within_s)
+    try:
+        while connection.recv() is not None:
+            pass
+    except websocket.WebSocketTimeoutException:
+        return False
+    except (websocket.WebSocketException, OSError):
+        return True
+    return True
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        '42["disconnect"]',  # ran on_disconnect, which reset the sender's budget: it was never cut
+        '42["connect",{"token":"guess"}]',  # ran on_connect: a traceback in the log per packet
+        '451-["query",{"_placeholder":true,"num":0}]',  # attachments kept until a billion had come
+    ],
+    ids=["disconnect as an event", "connect as an event", "binary event"],
+)
+def test_packets_no_client_sends_cut_their_sender_off(each_mode: AppProcess, frame: str, packet: str) -> None:
+    baseline = settled(each_mode)
+    sender = raw_socketio(each_mode)
+    logged = len(each_mode.log())
+    try:
+        sender.send(packet)
+        assert closed_by_server(sender, within_s=3.0)
+    finally:
+        sender.close()
+    assert "Traceback" not in each_mode.log()[logged:]
+    assert_bystander_served(each_mode, frame, within_s=3.0, auth=AUTH)
+    wait_for_recovery(each_mode, baseline)
+
+
+def test_floods_of_events_nobody_handles_and_of_deep_json_are_cut_off_quietly(
+    each_mode: AppProcess, frame: str
+) -> None:
+    """Events without a handler were never charged; JSON nested past the recursion limit logged a
+    traceback per message, before any token was checked."""
+    baseline = settled(each_mode)
+    logged = len(each_mode.log())
+    unknown = raw_socketio(each_mode)
+    sent, deadline = 0, time.monotonic() + 15.0
+    try:
+        while time.monotonic() < deadline:
+            unknown.send('42["nope",{"id":"x"}]')
+            sent += 1
+    except (websocket.WebSocketException, OSError):
+        pass  # dropped by the server: what should happen
+    finally:
+        unknown.close()
+    assert time.monotonic() < deadline, f"still connected after 15 s of flooding ({sent} events)"
+    deep = raw_socketio(each_mode, address="127.0.0.3")
+    try:
+        deep.send("42" + "[" * 5000 + "]" * 5000)
+        assert json.loads(deep.recv()[2:])[1]["code"] == "bad_request"
+    finally:
+        deep.close()
+    assert "Traceback" not in each_mode.log()[logged:]
     assert_bystander_served(each_mode, frame, within_s=3.0, auth=AUTH)
     wait_for_recovery(each_mode, baseline)
 

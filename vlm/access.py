@@ -1,4 +1,9 @@
-"""The shared access token (``--token``): one check for the page, Socket.IO, ``/v1`` and ``/metrics``."""
+"""The shared access token (``--token``): one check for the page, Socket.IO, ``/v1`` and ``/metrics``.
+
+Wrong tokens are budgeted per client address: one that keeps guessing (thousands a second came
+through one Socket.IO connection) is refused, right token or not, until its budget refills. A random
+token (``openssl rand -hex 16``) would outlast any guessing anyway; a short hand-picked one would not.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,11 @@ import hmac
 
 from flask import request
 
+from .ratelimit import RateLimiter
+
 TOKEN_COOKIE = "vlm_token"
+GUESSES_PER_S = 1.0
+GUESS_BURST = 30  # a person mistyping, tabs with a stale cookie after a restart with a new token
 
 
 class Access:
@@ -14,16 +23,23 @@ class Access:
 
     def __init__(self, token: str | None) -> None:
         self.token = token
+        self.guesses = RateLimiter(GUESSES_PER_S, GUESS_BURST)
 
     def ok(self, candidate: object) -> bool:
         if not self.token:
             return True
         if not isinstance(candidate, str):
+            return False  # nothing presented: no guess
+        address = request.remote_addr or ""
+        if not self.guesses.has_room(address):
             return False
         # surrogatepass: a lone surrogate from a JSON string is a wrong token, not a traceback.
-        return hmac.compare_digest(
+        right = hmac.compare_digest(
             candidate.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass")
         )
+        if not right:
+            self.guesses.allow(address)  # spends one
+        return right
 
     @staticmethod
     def bearer() -> str | None:

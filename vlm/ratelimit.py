@@ -33,6 +33,13 @@ class RateLimiter:
                 self._prune(now)
             return allowed
 
+    def has_room(self, client: str) -> bool:
+        """Whether ``allow`` would let ``client`` in now, without spending anything."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.burst, now))
+            return min(self.burst, tokens + (now - last) * self.rate) >= 1.0
+
     def forget(self, client: str) -> None:
         with self._lock:
             self._buckets.pop(client, None)

@@ -19,22 +19,38 @@
   line, the session left on polling (where a client that is gone times out).
 - A request for a session that has just closed (a client's poll or upgrade crossing its own close
   packet) is logged by engineio at ERROR the first time; here it is INFO every time.
-- A message that Socket.IO cannot decode is answered with ``bad_request``.
+- A message that Socket.IO cannot decode (JSON it refuses, or nested past Python's recursion limit,
+  which engineio logged as a traceback per message) is answered with ``bad_request``.
+- Binary packets are refused and their sender cut off: this protocol never uses them, and
+  python-socketio keeps a binary event's attachments until as many as its header announces have
+  come (a billion, say), with nothing charged for them.
+- ``connect`` and ``disconnect`` sent as events ran the namespace's own handlers: ``disconnect``
+  reset the sender's event budget, ``connect`` logged a traceback. A client never sends them, so
+  one that does is cut off.
+- A session cut by the server has its TCP connection closed with it: a silent websocket otherwise
+  stayed open until the 30 s read timeout, and 256 of them every half minute kept everyone out.
+- One poll at a time per session: more were each held for the 30 s poll, and a few sessions of
+  overlapping polls took every connection.
 - Socket.IO errors (4xx) also close the HTTP connection, so a malformed exchange ends there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
 import engineio
+import socketio
 from flask_socketio import SocketIO
 
 from .errors import Code, VlmError
+from .hangup import client_socket
 from .ratelimit import RateLimiter
 from .socket_sink import error_event
 
@@ -44,6 +60,7 @@ HANDSHAKE_TIMEOUT_S = 5.0
 HANDSHAKES_PER_S = 10.0
 SWEEP_EVERY_S = 1.0
 NAMESPACE = "/"
+BINARY_PACKETS = ("5", "6")  # Socket.IO's BINARY_EVENT and BINARY_ACK
 
 
 class PromptDisconnectServer(engineio.Server):
@@ -62,13 +79,36 @@ class PromptDisconnectServer(engineio.Server):
 
     def disconnect(self, sid: str | None = None) -> None:
         sockets = [self.sockets.get(sid)] if sid is not None else list(self.sockets.values())
-        for socket in sockets:
-            if socket is not None:
-                socket.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
+        for session in sockets:
+            if session is not None:
+                session.close(wait=False, reason=self.reason.SERVER_DISCONNECT)
         if sid is None:
             self.sockets = {}
         else:
             self.sockets.pop(sid, None)
+
+
+class ReservedNamesRefused(socketio.Server):
+    def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: list[Any]) -> None:
+        """``connect`` and ``disconnect`` as events would run the namespace's own handlers (see module doc)."""
+        if data and data[0] in self.reserved_events:
+            log.warning("cutting off %s: it sent %r as an event", eio_sid, data[0])
+            cut(self, eio_sid)
+            return
+        super()._handle_event(eio_sid, namespace, id, data)
+
+
+def cut(server: socketio.Server, eio_sid: str) -> None:
+    """End an Engine.IO session, and the TCP connection of a session that opened on a websocket: a client that
+    ignores the close stays no longer than it takes its server to notice the socket is shut. (A polling
+    session's first request may have come on a connection a browser shares among its tabs.)"""
+    environ = server.environ.get(eio_sid) or {}
+    server.eio.disconnect(eio_sid)
+    websocket = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+    connection = client_socket(environ) if websocket else None
+    if connection is not None:
+        with contextlib.suppress(OSError):  # already closed
+            connection.shutdown(socket.SHUT_RDWR)
 
 
 def upgrade_hangups_tolerated(websocket: Callable[..., Any]) -> Callable[..., Any]:
@@ -100,7 +140,7 @@ def drop(socketio: SocketIO, sid: str) -> None:
     eio_sid = server.manager.eio_sid_from_sid(sid, NAMESPACE)
     server.disconnect(sid)
     if eio_sid is not None:
-        server.eio.disconnect(eio_sid)
+        cut(server, eio_sid)
 
 
 class SessionBounds:
@@ -111,6 +151,9 @@ class SessionBounds:
         # A burst as large as the session cap: a page of many tabs (or a test's 32 clients) may all connect at once.
         self.handshakes = RateLimiter(HANDSHAKES_PER_S, per_address)
         self._unconnected_since: dict[str, float] = {}
+        self._polling: set[str] = set()  # sessions with a poll waiting
+        self._polling_lock = threading.Lock()
+        socketio.server.__class__ = ReservedNamesRefused  # same object, one method changes (see module doc)
         eio = socketio.server.eio
         eio.__class__ = PromptDisconnectServer  # same object, three methods change (see module doc)
         # A copy of the async driver's table, which every engineio server in the process shares.
@@ -119,13 +162,18 @@ class SessionBounds:
 
     def _answering_undecodable(self, handle: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
         """A message Socket.IO cannot decode (its JSON refuses integers over 100 digits) gets a
-        ``bad_request`` reply; engineio would log a traceback and leave the sender waiting."""
+        ``bad_request`` reply; engineio would log a traceback and leave the sender waiting. A binary
+        packet cuts its sender off (see module doc)."""
 
         def message(eio_sid: str, data: Any) -> Any:
+            if isinstance(data, bytes) or data[:1] in BINARY_PACKETS:
+                log.warning("cutting off %s: it sent a binary packet", eio_sid)
+                cut(self.socketio.server, eio_sid)
+                return None
             try:
                 return handle(eio_sid, data)
-            except ValueError as error:
-                log.warning("undecodable message from %s: %s", eio_sid, error)
+            except (ValueError, RecursionError) as error:
+                log.warning("undecodable message from %s: %s", eio_sid, type(error).__name__)
                 sid = self.socketio.server.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
                 if sid is not None:
                     refusal = VlmError(Code.BAD_REQUEST, "the message is not valid Socket.IO JSON")
@@ -143,7 +191,8 @@ class SessionBounds:
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if not environ.get("PATH_INFO", "").startswith(path):
                 return wsgi_app(environ, start_response)
-            if "sid" not in parse_qs(environ.get("QUERY_STRING", "")):
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            if "sid" not in query:
                 refusal = self.refusal(environ.get("REMOTE_ADDR", ""))
                 if refusal:
                     return _plain(start_response, *refusal)
@@ -153,9 +202,29 @@ class SessionBounds:
                     headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
                 return start_response(status, headers, *rest)
 
-            return wsgi_app(environ, closing_on_error)
+            poll = environ.get("REQUEST_METHOD") == "GET" and query.get("transport") == ["polling"]
+            if not poll or "sid" not in query:
+                return wsgi_app(environ, closing_on_error)
+            return self._one_poll_at_a_time(
+                query["sid"][0], lambda: wsgi_app(environ, closing_on_error), start_response
+            )
 
         return app
+
+    def _one_poll_at_a_time(
+        self, sid: str, answer: Callable[[], Iterable[bytes]], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        """A session's poll, unless one is waiting already (the reference server refuses that overlap too)."""
+        with self._polling_lock:
+            overlapping = sid in self._polling
+            self._polling.add(sid)
+        if overlapping:
+            return _plain(start_response, "400 Bad Request", "a poll of this session is waiting already")
+        try:
+            return answer()  # engineio's poll waits for its packets here, then returns them whole
+        finally:
+            with self._polling_lock:
+                self._polling.discard(sid)
 
     def refusal(self, address: str) -> tuple[str, str] | None:
         environs = list(self.socketio.server.environ.values())
@@ -189,7 +258,7 @@ class SessionBounds:
             since = self._unconnected_since.setdefault(eio_sid, now)
             if now - since >= HANDSHAKE_TIMEOUT_S:
                 del self._unconnected_since[eio_sid]
-                eio.disconnect(eio_sid)
+                cut(server, eio_sid)
 
 
 def _plain(start_response: Callable[..., Any], status: str, message: str) -> list[bytes]:

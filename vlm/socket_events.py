@@ -25,7 +25,7 @@ from .images import decode_image
 from .model_slot import ModelSlot
 from .outbox import Outbox
 from .protocol import Incoming, parse_cancel, parse_query, parse_skill, request_id, to_job
-from .ratelimit import EventGate
+from .ratelimit import EventGate, Verdict
 from .request_queue import queue_full
 from .scheduler import Request
 from .sessions import drop
@@ -49,12 +49,8 @@ def gated(*, replies: bool) -> Callable[[Handler], Callable[..., Any]]:
     def decorate(handler: Handler) -> Callable[..., Any]:
         @wraps(handler)
         def receive(self: AppNamespace, *args: object) -> Any:
-            verdict = self.gate.check(request.sid, request.remote_addr or "")
-            if verdict.drop:
-                log.warning(
-                    "dropping %s from %s: it kept flooding after being refused", request.sid, request.remote_addr
-                )
-                drop(self.socketio, request.sid)
+            verdict = self.charge(request.sid, request.remote_addr or "")
+            if verdict is None:
                 return None
             payload = args[0] if args else None
             if not verdict.allowed:
@@ -96,10 +92,23 @@ class AppNamespace(Namespace):
         self.watch = watch
 
     def trigger_event(self, event: str, *args: Any) -> Any:
-        """An event with no handler is not acknowledged, as python-socketio treats events nobody registered."""
+        """An event with no handler is charged like any other (a flood of them was never cut), then not
+        acknowledged, as python-socketio treats events nobody registered."""
         if not hasattr(self, f"on_{event}"):
+            sid = str(args[0]) if args else ""
+            environ = self.socketio.server.get_environ(sid, namespace=self.namespace) or {}
+            self.charge(sid, environ.get("REMOTE_ADDR", ""))
             return self.server.not_handled
         return super().trigger_event(event, *args)
+
+    def charge(self, sid: str, address: str) -> Verdict | None:
+        """Every event costs its connection and its address; None where it cost the connection itself."""
+        verdict = self.gate.check(sid, address)
+        if verdict.drop:
+            log.warning("dropping %s from %s: it kept flooding after being refused", sid, address)
+            drop(self.socketio, sid)
+            return None
+        return verdict
 
     # -- the connection ------------------------------------------------------------
 
