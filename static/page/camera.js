@@ -3,7 +3,6 @@
 import { updateControls } from './controls.js';
 import { els } from './dom.js';
 import { scheduleLive } from './live.js';
-import { clearError, showError } from './messages.js';
 import { clearOverlay, drawOverlay } from './overlay.js';
 
 const JPEG_QUALITY = 0.8;
@@ -94,8 +93,8 @@ function cameraProblem(message, { retry = true } = {}) {
   setCameraState('error');
   els.cameraMessageText.textContent = message;
   els.cameraRetry.hidden = !retry;
-  els.cameraMessage.hidden = false;
-  showError(message, 'camera');
+  els.cameraMessage.hidden = false; // said here only, where the camera would be: the banner is for other errors
+  listCameras(); // another camera may work, and the picker should not keep naming one that does not
 }
 
 function setCameraState(cameraState) {
@@ -110,21 +109,43 @@ export function onVideoReady() {
   if (!frozen) els.stage.style.setProperty('--aspect', `${videoWidth} / ${videoHeight}`);
   if (els.root.dataset.camera !== 'ready') {
     setCameraState('ready');
-    clearError('camera');
     scheduleLive();
   }
+  showDeliveredSize(videoWidth, videoHeight);
   drawOverlay();
 }
 
+// Cameras deliver the nearest size they can, often not the one asked for: the picker says so, briefly enough
+// for a phone's width ("640×480 → 320×240"), and its tooltip in words.
+function showDeliveredSize(width, height) {
+  let shortfall = '';
+  for (const option of els.resolution.options) {
+    const [askedWidth, askedHeight] = option.value.split('x').map(Number);
+    // A phone held upright gives the size turned a quarter: that is the size asked for.
+    const delivered = Math.max(width, height) === Math.max(askedWidth, askedHeight)
+      && Math.min(width, height) === Math.min(askedWidth, askedHeight);
+    const short = option.selected && !delivered;
+    option.textContent = sizeText(askedWidth, askedHeight) + (short ? ` → ${sizeText(width, height)}` : '');
+    if (short) shortfall = `The camera gives ${sizeText(width, height)}, not the ${sizeText(askedWidth, askedHeight)} asked for`;
+  }
+  els.resolution.title = shortfall;
+}
+
+function sizeText(width, height) {
+  return `${width}×${height}`;
+}
+
 export async function listCameras() {
-  const devices = await navigator.mediaDevices.enumerateDevices();
-  const cameras = devices.filter((device) => device.kind === 'videoinput');
+  const devices = await navigator.mediaDevices?.enumerateDevices?.() ?? []; // none on an insecure page
+  // Before the camera is allowed, cameras are listed without ids, and none of them can be picked.
+  const cameras = devices.filter((device) => device.kind === 'videoinput' && device.deviceId);
   const activeId = stream?.getVideoTracks()[0]?.getSettings().deviceId;
-  els.camera.replaceChildren(...cameras.map((camera, index) => {
+  const options = cameras.map((camera, index) => {
     const option = new Option(camera.label || `Camera ${index + 1}`, camera.deviceId);
     option.selected = camera.deviceId === activeId;
     return option;
-  }));
+  });
+  els.camera.replaceChildren(...(options.length ? options : [new Option('No camera', '')]));
   els.camera.disabled = cameras.length < 2;
   els.flip.hidden = cameras.length < 2;
 }

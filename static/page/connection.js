@@ -3,7 +3,7 @@
 import { updateControls } from './controls.js';
 import { els } from './dom.js';
 import { loadInfo } from './info.js';
-import { scheduleLive } from './live.js';
+import { scheduleLive, showLiveRunning } from './live.js';
 import { clearError, showError } from './messages.js';
 import { dropInFlight, errorText, onQueryError, onResponse, onStream } from './requests.js';
 
@@ -57,6 +57,7 @@ function setStatus(status) {
   els.status.textContent = STATUS_TEXT[status];
   if (status === 'connected') clearError('connection');
   updateControls();
+  showLiveRunning();
   if (status === 'connected') scheduleLive();
 }
 

@@ -1,5 +1,6 @@
 // What the server says about its model (/api/info): capabilities, frame size, rate limit, the demo's guide.
 
+import { updateControls } from './controls.js';
 import { $, els } from './dom.js';
 import { clearError, showError } from './messages.js';
 import { ask } from './requests.js';
@@ -29,7 +30,7 @@ export async function loadInfo(token) {
     const response = await fetch('/api/info', { headers, cache: 'no-store' });
     if (load !== loads) return;
     if (response.status === 503) {
-      els.root.dataset.info = 'loading';
+      setInfoState('loading');
       setTimeout(() => { if (load === loads) loadInfo(token); }, LOADING_RETRY_MS);
       return;
     }
@@ -44,7 +45,7 @@ export async function loadInfo(token) {
     showError(`Could not load the model info: ${err.message}`, 'info');
     els.modelInfo.textContent = 'Model unknown';
     applyInfo({ capabilities: ['query'] });
-    els.root.dataset.info = 'error';
+    setInfoState('error');
   }
 }
 
@@ -68,7 +69,13 @@ function applyInfo(served) {
   applied = true;
   showOfferedSkills();
   showGuide(served);
-  els.root.dataset.info = 'loaded';
+  setInfoState('loaded');
+}
+
+// Asking waits while the model loads (controls.js reads this state).
+function setInfoState(state) {
+  els.root.dataset.info = state;
+  updateControls();
 }
 
 // The demo model says what it can answer: a hint and questions to click (other models send none).

@@ -63,13 +63,22 @@ export function setLive(wanted) {
   els.liveToggle.textContent = on ? 'Stop live' : 'Live';
   els.root.dataset.live = String(on);
   if (on) els.livePanel.hidden = false;
-  els.livePanel.classList.toggle('running', on);
+  showLiveRunning();
   if (!on) {
     clearTimeout(timer);
     cancelLive(); // the live answer in progress is stopped as Stop stops it: the server stops generating it
   }
   updateControls();
   scheduleLive();
+}
+
+// Live mode stays on while the connection is down, but the card says it is paused and dims its answer, which is
+// about a frame from before; it runs again once reconnected (connection.js calls this on every status change).
+export function showLiveRunning() {
+  const paused = on && !connected();
+  els.livePanel.classList.toggle('running', on && !paused);
+  els.livePanel.classList.toggle('paused', paused);
+  els.livePaused.hidden = !paused;
 }
 
 export function scheduleLive() {

@@ -2,6 +2,8 @@
 
 import { els } from './dom.js';
 
+const LABEL_HEIGHT = 20;
+
 let marks = null; // the last detect/point result drawn, or null
 
 // Where the frame is drawn inside the stage (object-fit: contain letterboxes it).
@@ -31,31 +33,61 @@ export function drawOverlay() {
   ctx.clearRect(0, 0, width, height);
   canvas.dataset.marks = String(marks ? marks.objects.length + marks.points.length : 0);
   if (!marks || !width || !height) return;
-  const box = contentBox(width, height, marks.aspect);
+  const frame = contentBox(width, height, marks.aspect);
   const mirrored = els.mirror.checked;
-  const px = (x) => box.x + (mirrored ? 1 - x : x) * box.w;
-  const py = (y) => box.y + y * box.h;
+  const px = (x) => frame.x + (mirrored ? 1 - x : x) * frame.w;
+  const py = (y) => frame.y + y * frame.h;
   const palette = colours();
-  for (const object of marks.objects) drawBox(ctx, palette, object, px, py, marks.label);
+  const boxes = marks.objects.map((object) => edges(object, px, py));
+  for (const box of boxes) drawBox(ctx, palette, box);
+  // Labels go over every box's lines, each clear of those drawn before it.
+  const labels = [];
+  if (marks.label) for (const box of boxes) drawLabel(ctx, palette, box, marks.label, labels);
   for (const point of marks.points) drawDot(ctx, palette, px(point.x), py(point.y));
 }
 
-function drawBox(ctx, palette, object, px, py, label) {
-  const left = Math.min(px(object.x_min), px(object.x_max));
-  const right = Math.max(px(object.x_min), px(object.x_max));
-  const top = py(object.y_min);
-  const bottom = py(object.y_max);
+// An object's box on the canvas (mirrored, left and right swap).
+function edges(object, px, py) {
+  return {
+    left: Math.min(px(object.x_min), px(object.x_max)),
+    right: Math.max(px(object.x_min), px(object.x_max)),
+    top: py(object.y_min),
+    bottom: py(object.y_max),
+  };
+}
+
+function drawBox(ctx, palette, { left, right, top, bottom }) {
   ctx.lineWidth = 3;
   ctx.strokeStyle = palette.box;
   ctx.strokeRect(left, top, right - left, bottom - top);
-  if (!label) return;
+}
+
+// Above the box, or inside its top where there is no room above; labels is the label boxes drawn so far.
+function drawLabel(ctx, palette, { left, top }, label, labels) {
   ctx.font = '600 13px system-ui, sans-serif';
-  const textWidth = ctx.measureText(label).width;
-  const labelTop = top > 20 ? top - 20 : top;
+  const above = top > LABEL_HEIGHT ? top - LABEL_HEIGHT : top;
+  const place = freePlace(labels, { x: left - 1.5, y: above, w: ctx.measureText(label).width + 10, h: LABEL_HEIGHT });
   ctx.fillStyle = palette.box;
-  ctx.fillRect(left - 1.5, labelTop, textWidth + 10, 20);
+  ctx.fillRect(place.x, place.y, place.w, place.h);
   ctx.fillStyle = palette.boxText;
-  ctx.fillText(label, left + 3.5, labelTop + 14);
+  ctx.fillText(label, place.x + 5, place.y + 14);
+}
+
+// Boxes that share a corner would print their labels on top of each other: a label is moved down, past each
+// label drawn before that it would cover, and is then counted as drawn.
+function freePlace(labels, wanted) {
+  const place = { ...wanted };
+  let covered = labels.find((other) => overlaps(place, other));
+  while (covered) {
+    place.y = covered.y + covered.h;
+    covered = labels.find((other) => overlaps(place, other));
+  }
+  labels.push(place);
+  return place;
+}
+
+function overlaps(a, b) {
+  return a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
 }
 
 function drawDot(ctx, palette, x, y) {

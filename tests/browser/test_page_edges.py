@@ -8,6 +8,7 @@ into the git-ignored ``tests/browser/.axe``; it is never served by the app.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,6 +139,44 @@ def test_a_reconnect_to_a_server_restarted_with_another_model_shows_that_model(
                     expect(page.locator(f"#{control}")).to_be_hidden()
     finally:
         context.close()
+
+
+def test_live_mode_pauses_while_the_server_is_away_and_resumes(browser: Browser) -> None:
+    """The live card kept its green 'running' dot and its answer about a frame from before the server went away.
+    While disconnected it says it is paused and dims that answer; once reconnected it runs on."""
+    context = browser.new_context(viewport=DESKTOP)  # by hand: refused reconnects log console errors
+    context.set_default_timeout(TIMEOUT_MS)
+    panel, paused, count = "#live-panel", "#live-paused", "#live-count"
+    try:
+        page = context.new_page()
+        with AppProcess(["--model", "demo"]) as first:
+            page.goto(first.url)
+            wait_until_ready(page)
+            page.fill("#question", "what color is this?")
+            page.click("#live-toggle")
+            page.wait_for_function("() => Number(document.getElementById('live-count').textContent) >= 2")
+            expect(page.locator(panel)).to_have_class(re.compile(r"\brunning\b"))
+            expect(page.locator(paused)).to_be_hidden()
+        expect(page.locator(paused)).to_be_visible()
+        expect(page.locator(paused)).to_have_text("Paused until reconnected")
+        expect(page.locator(panel)).not_to_have_class(re.compile(r"\brunning\b"))
+        muted = page.evaluate("getComputedStyle(document.documentElement).getPropertyValue('--muted').trim()")
+        assert page.evaluate("getComputedStyle(document.getElementById('live-answer')).color") == hex_to_rgb(muted)
+        before = int(page.locator(count).inner_text())
+        with AppProcess(["--model", "demo"], port=first.port):
+            expect(page.locator(paused)).to_be_hidden(timeout=30_000)
+            expect(page.locator(panel)).to_have_class(re.compile(r"\brunning\b"))
+            page.wait_for_function(f"() => Number(document.getElementById('live-count').textContent) > {before}")
+            page.click("#live-toggle")
+            page.wait_for_function("() => window.__vlmStats.outstanding === 0")
+    finally:
+        context.close()
+
+
+def hex_to_rgb(colour: str) -> str:
+    """'#93a0ae' as getComputedStyle words it: 'rgb(147, 160, 174)'."""
+    red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({red}, {green}, {blue})"
 
 
 @pytest.fixture(scope="module")
