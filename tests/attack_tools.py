@@ -11,8 +11,10 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
+import websocket
 
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
@@ -128,3 +130,16 @@ def post_raw(
     with connect_from(address, port) as connection:
         connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         return read_response(connection)
+
+
+def flood(connection: Any, packet: str, within_s: float) -> tuple[float, int]:
+    """Send ``packet`` on a websocket again and again until the server cuts it off or ``within_s`` has passed;
+    returns the seconds it took and the packets sent."""
+    started, sent = time.monotonic(), 0
+    try:
+        while time.monotonic() - started < within_s:
+            connection.send(packet)
+            sent += 1
+    except (websocket.WebSocketException, OSError):
+        pass  # cut off by the server: what should happen
+    return time.monotonic() - started, sent

@@ -9,10 +9,18 @@ the model anyway (run several processes with ``--message-queue`` to scale; docs/
 Bounds on every connection, in every mode:
 - at most ``--max-connections`` open at once (more wait in the listen backlog) and
   ``--max-connections-per-ip`` from one address (more are closed at once);
-- a request's headers must arrive within ``HEADER_TIMEOUT_S``; after that every read or write
-  may stall at most ``IO_TIMEOUT_S``, which is longer than the Socket.IO ping interval, so
-  a live websocket never hits it, while a client that stops reading (its buffers full) is
-  dropped instead of piling up answers;
+- a request's line and headers must all have arrived ``HEADER_TIMEOUT_S`` after the wait for
+  them began (a deadline: a timeout on each read let a byte every few seconds hold a connection
+  for good); after that every read or write may stall at most ``IO_TIMEOUT_S``, which is longer
+  than the Socket.IO ping interval, so a live websocket never hits it, while a client that stops
+  reading (its buffers full) is dropped instead of piling up answers;
+- a websocket message still arriving after ``HEADER_TIMEOUT_S`` must have come at
+  ``MIN_MESSAGE_RATE_BPS`` on average (a megabyte frame sent a byte at a time held its
+  connection for good); a request's body has only the per-read bound;
+- a green server yields to its other connections after every websocket read, however fast the
+  client sends (a flood held the whole server);
+- a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused and its connection
+  closed (RFC 9112 6.1: a proxy framing it otherwise would pass a second, smuggled request);
 - Nagle's algorithm off: an answer ends with two short frames back to back (the last stream
   delta, then the response); with Nagle on, the second waits for the client's delayed ACK,
   about 40 ms on Linux, on every answer.
@@ -20,6 +28,7 @@ Bounds on every connection, in every mode:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -27,6 +36,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -39,6 +49,7 @@ log = logging.getLogger(__name__)
 
 HEADER_TIMEOUT_S = 10.0
 IO_TIMEOUT_S = 30.0
+MIN_MESSAGE_RATE_BPS = 1024  # 5 MiB over a 1 Mbit/s phone uplink takes 40 s; this allows it 85 min
 IDLE_THREAD_S = 5.0
 DRAIN_GRACE_S = 35
 
@@ -115,6 +126,91 @@ def no_delay(connection: Any) -> None:
 
 def peer_address(client: object) -> str:
     return str(client[0]) if isinstance(client, tuple) and client else str(client)
+
+
+class HeaderDeadlines:
+    """gunicorn's connections still sending their request line and headers, each with the moment it must have
+    finished. ``cut_late`` shuts down the socket of each one past it: the thread reading it then reads the end
+    of the stream and closes the connection as after a hang-up (a TLS handshake is bounded the same way)."""
+
+    def __init__(self) -> None:
+        self._due: dict[Any, float] = {}
+        self._lock = threading.Lock()
+
+    def expect(self, conn: Any) -> None:
+        with self._lock:
+            self._due[conn] = time.monotonic() + HEADER_TIMEOUT_S
+
+    def heard(self, conn: Any) -> None:
+        with self._lock:
+            self._due.pop(conn, None)
+
+    def cut_late(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            late = [conn for conn, due in self._due.items() if due <= now]
+            for conn in late:
+                del self._due[conn]
+        for conn in late:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # the descriptor's: an SSL socket's own unwraps
+
+
+class GreenHeadersDeadline:
+    """For the green servers' handlers (gevent's ``WSGIHandler``, eventlet's ``HttpProtocol``): a request's
+    line and headers must all arrive within ``HEADER_TIMEOUT_S`` of the wait for them. The timer raises
+    ``TimeoutError`` in the handler's greenlet, which both servers treat as a socket timeout; ``get_environ``,
+    called once the headers are in, stops it."""
+
+    start_timer: Callable[[float, BaseException], Any]  # the green library's Timeout, started
+
+    def handle_one_request(self) -> Any:
+        self.headers_due = self.start_timer(HEADER_TIMEOUT_S, TimeoutError("request headers too slow"))
+        try:
+            return super().handle_one_request()  # type: ignore[misc]
+        finally:
+            self.headers_due.cancel()
+
+    def get_environ(self) -> Any:
+        self.headers_due.cancel()
+        return super().get_environ()  # type: ignore[misc]
+
+
+def message_too_slow(started: float, received: int) -> bool:
+    """Whether a websocket message begun at ``started`` (monotonic), ``received`` bytes so far, has come in under
+    the minimum rate; if so its websocket is about to be cut, which is logged here."""
+    elapsed = time.monotonic() - started
+    if elapsed <= HEADER_TIMEOUT_S + received / MIN_MESSAGE_RATE_BPS:
+        return False
+    log.warning("cutting off a websocket: %d bytes of a message in %.0f s", received, elapsed)
+    return True
+
+
+def _cut_slow_websocket_messages() -> None:
+    """simple-websocket (the threading and gevent servers' websockets) reads a message for as long as its
+    bytes keep coming; a message under the minimum rate now ends its reader as a hang-up does (an ``OSError``),
+    which ends the connection."""
+    from simple_websocket.ws import Base  # imported here: eventlet has websockets of its own
+
+    handle_events = Base._handle_events
+
+    def handle_events_in_time(ws: Any) -> bool:
+        keep_going = bool(handle_events(ws))
+        if ws.incoming_message is None:
+            ws.message_started = None
+            return keep_going
+        ws.message_started = getattr(ws, "message_started", None) or time.monotonic()
+        if message_too_slow(ws.message_started, ws.incoming_message_len):
+            raise ConnectionAbortedError("websocket message too slow")
+        return keep_going
+
+    Base._handle_events = handle_events_in_time
+
+
+def log_client_error(client: object, message: str, *args: object) -> None:
+    """A server's own note about a client's request, which quotes what the client sent (a token in the URL
+    too): through the root handler, which escapes and masks (vlm/logsafe.py), not straight to stderr."""
+    log.warning("%s: %s", peer_address(client), message % args if args else message)
 
 
 class ShrinkingThreadPool:
@@ -201,8 +297,10 @@ def _serve_gunicorn(
         def load(self) -> WsgiApp:
             return wsgi_app
 
+    headers_due = HeaderDeadlines()
+
     class GuardedConn(TConn):  # type: ignore[misc]
-        """Headers within ``HEADER_TIMEOUT_S``; the per-address slot is given back once it is closed.
+        """The per-address slot is given back once it is closed.
 
         gunicorn closes a finished connection gracefully on its main loop, lingering up to 2 s
         for the peer to close first: a client that never does would hold up every other
@@ -210,10 +308,6 @@ def _serve_gunicorn(
         """
 
         pool: ShrinkingThreadPool
-
-        def init(self) -> None:
-            super().init()
-            self.sock.settimeout(HEADER_TIMEOUT_S)
 
         def close(self, graceful: bool = False) -> None:
             if graceful:
@@ -225,6 +319,7 @@ def _serve_gunicorn(
             try:
                 super().close(graceful)
             finally:
+                headers_due.heard(self)
                 if not getattr(self, "released", False):
                     self.released = True
                     limits.release(peer_address(self.client))
@@ -248,11 +343,18 @@ def _serve_gunicorn(
             no_delay(client_sock)
             conn = GuardedConn(self.cfg, client_sock, client_addr, listener.getsockname())
             conn.pool = self.tpool
+            headers_due.expect(conn)
             self.enqueue_req(conn)
 
         def handle_request(self, req: Any, conn: Any) -> bool:
+            headers_due.heard(conn)
             conn.sock.settimeout(IO_TIMEOUT_S)
             return bool(super().handle_request(req, conn))
+
+        def murder_pending(self) -> None:
+            """Runs on every turn of the main loop (at least once a second), so late headers are cut there too."""
+            super().murder_pending()
+            headers_due.cut_late()
 
         def handle_exit(self, sig: int, frame: object) -> None:
             on_sigterm()
@@ -264,6 +366,7 @@ def _serve_gunicorn(
         def is_parent_alive(self) -> bool:
             return True  # no arbiter: whoever started ``python app.py`` may come and go
 
+    _cut_slow_websocket_messages()
     application = Application()
     gunicorn_log = glogging.Logger(application.cfg)
     for logger in (gunicorn_log.error_log, gunicorn_log.access_log):
@@ -311,7 +414,9 @@ def _gevent_handler(limits: AddressLimits) -> type:
 
         __slots__ = ()
 
-    class GuardedHandler(WSGIHandler):  # type: ignore[misc]
+    class GuardedHandler(GreenHeadersDeadline, WSGIHandler):  # type: ignore[misc]
+        start_timer = staticmethod(gevent.Timeout.start_new)
+
         def handle(self) -> None:
             address = peer_address(self.client_address)
             if not limits.admit(address):
@@ -321,35 +426,80 @@ def _gevent_handler(limits: AddressLimits) -> type:
             self.socket.__class__ = YieldingSSLSocket if isinstance(self.socket, GeventSSLSocket) else YieldingSocket
             try:
                 no_delay(self.socket)
-                self.socket.settimeout(HEADER_TIMEOUT_S)
+                self.socket.settimeout(IO_TIMEOUT_S)
                 super().handle()
             finally:
                 limits.release(address)
 
         def run_application(self) -> None:
-            self.socket.settimeout(IO_TIMEOUT_S)
             super().run_application()
             if self.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
                 # Its bytes are websocket frames now, whatever the app did with them: a client that hung up
                 # mid-upgrade left a close frame that pywsgi would read as the next request's first line.
                 self.close_connection = True
 
-        def log_error(self, msg: str, *args: object) -> None:
-            """pywsgi writes these (which quote what the client sent) straight to stderr."""
-            log.warning("%s: %s", peer_address(self.client_address), msg % args if args else msg)
+        def MessageClass(self, *args: Any) -> Any:
+            """The headers, refused with both lengths: pywsgi read such a body as chunked and kept the
+            connection, so it answered the request a proxy framing by Content-Length would not have seen."""
+            headers = super().MessageClass(*args)
+            if "content-length" in headers and "transfer-encoding" in headers:
+                raise ValueError("both Content-Length and Transfer-Encoding")  # answered 400, connection closed
+            return headers
 
+        def _handle_client_error(self, error: Exception) -> Any:
+            """pywsgi prints the traceback of any invalid request but a ``ValueError`` (more than 100 headers,
+            say) to stderr; as a ``ValueError`` it is one line through ``log_error``, and a 400 all the same."""
+            if not isinstance(error, ValueError):
+                error = ValueError(f"{type(error).__name__}: {error}")
+            return super()._handle_client_error(error)
+
+        def log_error(self, msg: str, *args: object) -> None:
+            log_client_error(self.client_address, msg, *args)
+
+    _cut_slow_websocket_messages()
     return GuardedHandler
 
 
 def _eventlet_protocol(limits: AddressLimits) -> type:
-    from eventlet.websocket import RFC6455WebSocket  # imported here: eventlet is only loaded when it is the server
+    import eventlet  # imported here: eventlet is only loaded when it is the server
+    from eventlet.websocket import FailedConnectionError, RFC6455WebSocket
     from eventlet.wsgi import HttpProtocol
 
     # eventlet unmasks websocket frames one byte at a time in Python: a 5 MiB frame held the whole
     # server for ~1.7 s. The same XOR done by numpy takes milliseconds.
     RFC6455WebSocket._apply_mask = staticmethod(unmask)
+    recv_frame = RFC6455WebSocket._recv_frame
 
-    class GuardedProtocol(HttpProtocol):  # type: ignore[misc]
+    def recv_frame_then_yield(websocket: Any, message: Any = None) -> Any:
+        """A green socket yields only when a read would block, so a client that kept frames coming (even
+        Engine.IO pings, before any Socket.IO connect) held the hub: /healthz waited 12-17 s and the session
+        sweep never ran. As gevent's ``Yielding`` socket does, this yields after every frame."""
+        frame = recv_frame(websocket, message)
+        eventlet.sleep(0)
+        return frame
+
+    RFC6455WebSocket._recv_frame = recv_frame_then_yield
+
+    class MessageInTime(RFC6455WebSocket.Message):  # type: ignore[misc, name-defined]
+        """A message's bytes as they come (a frame's payload, read by the chunk), ended with close code 1008
+        once under the minimum rate: a megabyte frame sent a byte at a time was read for good."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.started = time.monotonic()
+            self.received = 0
+
+        def push(self, data: bytes, final: bool = False) -> None:
+            super().push(data, final)
+            self.received += len(data)
+            if message_too_slow(self.started, self.received):
+                raise FailedConnectionError(1008, "message too slow")
+
+    RFC6455WebSocket.Message = MessageInTime
+
+    class GuardedProtocol(GreenHeadersDeadline, HttpProtocol):  # type: ignore[misc]
+        start_timer = staticmethod(eventlet.Timeout)
+
         def setup(self) -> None:
             no_delay(self.request)
             super().setup()
@@ -362,5 +512,9 @@ def _eventlet_protocol(limits: AddressLimits) -> type:
                 super().handle()
             finally:
                 limits.release(address)
+
+        def log_message(self, template: str, *args: object) -> None:
+            """http.server writes these (a malformed request's line, token and all) straight to stderr."""
+            log_client_error(self.client_address, template, *args)
 
     return GuardedProtocol
