@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -14,10 +15,11 @@ from typing import Any
 import openai
 import pytest
 import requests
+from PIL import Image
 
 from tests.conftest import jpeg_data_url
 from tests.openai_client import ask, frame_question, openai_client
-from tests.server_process import AppProcess, serving
+from tests.server_process import REPO, AppProcess, serving
 from tests.socket_client import RecordingClient
 
 TOKEN = "v1-shared-secret"
@@ -274,6 +276,23 @@ def test_every_v1_error_is_an_openai_error_object_under_curl(
     error = body["error"]
     assert isinstance(error, dict) and set(error) == {"message", "type", "code", "param"}
     assert error["code"] == code and error["message"]
+
+
+def test_the_readmes_curl_example_works_as_written(app: AppProcess, tmp_path: Path) -> None:
+    """Copied into a shell as it stands, with a ``photo.jpg`` beside it; only the address is this test's."""
+    readme = (REPO / "README.md").read_text()
+    (command,) = re.findall(r"```bash\n(curl -s http://127\.0\.0\.1:5000/v1/chat/completions.*?)```", readme, re.S)
+    Image.new("RGB", (320, 240), "red").save(tmp_path / "photo.jpg")
+    done = subprocess.run(
+        ["bash", "-c", command.replace("http://127.0.0.1:5000", app.url)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    completion = json.loads(done.stdout)
+    assert completion["object"] == "chat.completion" and completion["usage"]["prompt_tokens"] > 0, completion
 
 
 def test_curl_without_a_json_content_type_is_told_to_send_one(app: AppProcess) -> None:
