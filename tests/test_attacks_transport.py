@@ -105,6 +105,27 @@ def test_trickled_headers_and_websocket_messages_are_cut(server: AppProcess, fra
     wait_for_recovery(server, baseline)
 
 
+def test_messages_sent_back_to_back_at_an_honest_rate_are_not_cut(server: AppProcess) -> None:
+    """The rate check timed a message from the start of an earlier one that ended in the same read, so a client
+    sending frames in a row over a slow link (20 KB/s here, 20 times the minimum) was cut after 10-14 s."""
+    sender = raw_socketio(server, address="127.0.5.7")
+    stream = b"".join(
+        websocket.ABNF.create_frame(f'42["nope","{"x" * 20_000}{index}"]', websocket.ABNF.OPCODE_TEXT).format()
+        for index in range(16)
+    )
+    chunk, rate = 4000, 20_000
+    try:
+        for start in range(0, len(stream), chunk):  # writes that do not line up with the messages
+            sender.sock.sendall(stream[start : start + chunk])
+            time.sleep(chunk / rate)
+        sender.send('421["cancel",{"id":"x"}]')
+        while (reply := sender.recv()) == "2":  # the server's ping, every 10 s
+            sender.send("3")
+        assert reply == '431[{"id":"x","cancelled":false}]', "still connected, and answered"
+    finally:
+        sender.close()
+
+
 def test_a_websocket_flood_before_connect_leaves_the_server_responsive(server: AppProcess, frame: str) -> None:
     """Finding 2: Engine.IO pings as fast as one websocket can send them, never a Socket.IO connect. Before, under
     eventlet, the flood held the hub: /healthz waited 12-17 s and the 5 s sweep never ran, so it went on for good."""

@@ -186,24 +186,42 @@ def message_too_slow(started: float, received: int) -> bool:
     return True
 
 
+class Arrivals(list[Any]):
+    """simple-websocket's queue of whole messages, counting the ones put in: how the rate check below tells that
+    one message ended, and the next began, within a single read (its reader takes them out meanwhile)."""
+
+    count = 0
+
+    def append(self, message: Any) -> None:
+        self.count += 1
+        super().append(message)
+
+
 def _cut_slow_websocket_messages() -> None:
     """simple-websocket (the threading and gevent servers' websockets) reads a message for as long as its
     bytes keep coming; a message under the minimum rate now ends its reader as a hang-up does (an ``OSError``),
-    which ends the connection."""
+    which ends the connection. Once per process."""
     from simple_websocket.ws import Base  # imported here: eventlet has websockets of its own
 
     handle_events = Base._handle_events
+    if getattr(handle_events, "in_time", False):
+        return
 
     def handle_events_in_time(ws: Any) -> bool:
+        if not isinstance(ws.input_buffer, Arrivals):
+            ws.input_buffer = Arrivals(ws.input_buffer)
+        arrived = ws.input_buffer.count
         keep_going = bool(handle_events(ws))
+        if ws.incoming_message is None or ws.input_buffer.count != arrived:
+            ws.message_started = None  # the message under way, if any, began in this read
         if ws.incoming_message is None:
-            ws.message_started = None
             return keep_going
         ws.message_started = getattr(ws, "message_started", None) or time.monotonic()
         if message_too_slow(ws.message_started, ws.incoming_message_len):
             raise ConnectionAbortedError("websocket message too slow")
         return keep_going
 
+    handle_events_in_time.in_time = True  # type: ignore[attr-defined]
     Base._handle_events = handle_events_in_time
 
 
