@@ -267,6 +267,15 @@ def test_a_seed_draws_the_same_answer_in_moondream2s_own_loop_and_in_the_rows(wo
     assert len(others) > 1, "another seed, other draws"
 
 
+def test_a_seeded_answer_is_prefilled_on_the_worker_not_ahead(moondream_like: MoondreamLike) -> None:
+    """Its first token is drawn from torch's global generators set to its seed: on a preparing thread that would
+    set them under the worker's feet, whose other rows draw from them meanwhile (and be shifted by theirs)."""
+    ahead = load(moondream_like, ahead="prefill")
+    hot = fixture_question(temperature=2.0, max_new_tokens=8)
+    assert ahead.prepare(replace(hot, seed=3)).prepared is None
+    assert ahead.prepare(hot).prepared is not None and ahead.prepare(replace(hot, temperature=0.0, seed=3)).prepared
+
+
 def test_skills_run_their_own_loop_during_the_join(md: MoondreamBackend) -> None:
     detect = Job(task="detect", image=FRAMES[0], image_key="frame-0", text="face")
     point = Job(task="point", image=FRAMES[1], image_key="frame-1", text="cup")

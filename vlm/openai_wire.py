@@ -15,7 +15,7 @@ from .errors import Code, VlmError
 from .protocol import Incoming, parse_query
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
-SEEDS = range(-(2**63), 2**64)  # what torch.manual_seed takes
+SEED_RANGE = range(-(2**63), 2**64)  # what torch.manual_seed takes
 # ("stream", delta) | ("answer", Answer) | ("error", VlmError): what a request's sink hands its view, in order.
 SinkEvent = tuple[str, Any]
 
@@ -105,7 +105,7 @@ def top_p(body: Mapping[str, Any]) -> float:
 
 
 def seed(body: Mapping[str, Any]) -> int | None:
-    if (value := body.get("seed")) is not None and (type(value) is not int or value not in SEEDS):
+    if (value := body.get("seed")) is not None and (type(value) is not int or value not in SEED_RANGE):
         raise VlmError(Code.BAD_REQUEST, "seed must be an integer from -2**63 to 2**64 - 1", param="seed")
     return value
 

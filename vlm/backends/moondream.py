@@ -282,7 +282,7 @@ class MoondreamBackend(Backend):
         if self.ahead == "process":
             return job
         with torch.inference_mode():  # grad mode is per thread: the worker's does not reach this one
-            if self.ahead == "prefill":
+            if self.ahead == "prefill" and not seeded_draws(job):
                 run_ahead = self.start_answer if job.task in ANSWER_TASKS else self.run_skill
                 return dataclasses.replace(job, prepared=run_ahead(job, should_stop))
             with self.own_code:
@@ -331,7 +331,7 @@ class MoondreamBackend(Backend):
 
     def _seeded(self, job: Job) -> AbstractContextManager[None]:
         """moondream2 samples from torch's global generators: a seeded job's draws come from its seed."""
-        return seeded(job.seed if job.temperature > 0 else None, torch.device(self.info.device))
+        return seeded(job.seed if seeded_draws(job) else None, torch.device(self.info.device))
 
     def _answer(self, job: Job, encoded: Any) -> Iterator[str]:
         """moondream2's stream of a query's or a caption's answer."""
@@ -384,6 +384,12 @@ class MoondreamBackend(Backend):
             if close is not None:
                 close()
         return screen.cut("".join(parts)).strip()
+
+
+def seeded_draws(job: Job) -> bool:
+    """Whether ``job`` samples from its seed: it is prefilled on the worker, the one thread where setting torch's
+    global generators to a client's seed shifts nobody else's draws (vlm/backends/seeds.py)."""
+    return job.seed is not None and job.temperature > 0
 
 
 def _unit(value: Any) -> float:

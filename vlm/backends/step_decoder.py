@@ -33,7 +33,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .base import Decoder, FinishReason, GenerationEvents, Job, Result, RowEvents
-from .seeds import draws
+from .seeds import row_generator
 from .stops import StopScreen
 
 # Text decoders checked to keep a dynamic full-attention cache and 1-D rotary positions (Llama:
@@ -164,7 +164,7 @@ class Row:
         """A seeded row's own generator, made at its first draw, on the device its logits are on."""
         if self._draws is None:
             assert self.seed is not None, "only a seeded row draws on its own"
-            self._draws = draws(self.seed, device)
+            self._draws = row_generator(self.seed, device)
         return self._draws
 
 
