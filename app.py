@@ -79,11 +79,11 @@ def announce_ready(settings: Settings) -> None:
         print(f"\n  Open {full[0]}{here}\n", flush=True)
 
 
-def drainer(web: WebApp, timeout_s: float, why: str) -> Callable[[], None]:
+def drainer(web: WebApp, timeout_s: float, why: str, stopping: threading.Event) -> Callable[[], None]:
     """What a stop signal runs: finish accepted requests (for up to ``timeout_s``), deliver their answers, tell the
     rest the server shut down (``why`` says so in the log), then exit. The exit skips the interpreter's teardown,
-    which with the model's thread inside torch aborts the process. The same signal again exits at once."""
-    stopping = threading.Event()
+    which with the model's thread inside torch aborts the process. A stop signal while ``stopping`` exits at
+    once."""
 
     def drain() -> None:
         scheduler = web.slot.scheduler
@@ -148,13 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not is_loopback(settings.host) and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)
-    drain_s = settings.drain_timeout_s
+    drain_s, stopping = settings.drain_timeout_s, threading.Event()
     serve(
         settings,
         web.app,
         socketio=web.socketio,
-        on_sigterm=drainer(web, drain_s, f"still busy after --drain-timeout {drain_s:g} s"),
-        on_sigint=drainer(web, 0, "interrupted"),
+        on_sigterm=drainer(web, drain_s, f"still busy after --drain-timeout {drain_s:g} s", stopping),
+        on_sigint=drainer(web, 0, "interrupted", stopping),
     )
 
 

@@ -87,6 +87,12 @@ def test_cors_origin_lets_its_pages_call_v1_and_no_other_origin(app: AppProcess)
             assert headers["Access-Control-Allow-Headers"] == asked and "Origin" in headers["Vary"]
         models = requests.get(f"{app.url}/v1/models", headers={"Origin": origin}, timeout=10)
         assert models.ok and models.headers.get("Access-Control-Allow-Origin") == (origin if allowed else None)
+        missing = requests.get(f"{app.url}/v1/nothing", headers={"Origin": origin}, timeout=10)
+        assert missing.status_code == 404 and missing.headers.get("Access-Control-Allow-Origin") == (
+            origin if allowed else None
+        ), "a refusal the page can read too"
+        if allowed:
+            assert "x-should-retry" in models.headers["Access-Control-Expose-Headers"], "so the JS client sees it"
 
 
 def test_cors_origin_widens_the_own_origin(app: AppProcess) -> None:

@@ -123,7 +123,9 @@ def test_a_caption_names_its_skill(client: SocketIOTestClient) -> None:
 
 
 def test_wrong_argument_counts_are_refused_and_cancel_is_only_acknowledged(client: SocketIOTestClient) -> None:
-    assert client.emit("cancel", callback=True) == {"error": "bad_request"}
+    assert client.emit("cancel", callback=True) == {
+        "error": {"code": "bad_request", "message": "send exactly one payload object"}
+    }, "refused in the shape of every other refusal"
     assert client.get_received() == []
     ack = client.emit("query", {"id": "two"}, "payloads", callback=True)
     (event,) = client.get_received()

@@ -8,10 +8,14 @@ token (``openssl rand -hex 16``) would outlast any guessing anyway; a short hand
 from __future__ import annotations
 
 import hmac
+import logging
 
 from flask import request
 
+from .errors import Code, VlmError
 from .ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
 
 TOKEN_COOKIE = "vlm_token"
 GUESSES_PER_S = 1.0
@@ -24,6 +28,7 @@ class Access:
     def __init__(self, token: str | None) -> None:
         self.token = token
         self.guesses = RateLimiter(GUESSES_PER_S, GUESS_BURST)
+        self._out_of_guesses: set[str] = set()  # addresses told so in the log, until they have room again
 
     def ok(self, candidate: object) -> bool:
         if not self.token:
@@ -32,7 +37,11 @@ class Access:
             return False  # nothing presented: no guess
         address = request.remote_addr or ""
         if not self.guesses.has_room(address):
+            if address not in self._out_of_guesses:
+                self._out_of_guesses.add(address)
+                log.warning("%s sent too many wrong tokens: refusing every token from it for a while", address)
             return False
+        self._out_of_guesses.discard(address)
         # surrogatepass: a lone surrogate from a JSON string is a wrong token, not a traceback.
         right = hmac.compare_digest(
             candidate.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass")
@@ -40,6 +49,13 @@ class Access:
         if not right:
             self.guesses.allow(address)  # spends one
         return right
+
+    def refusal(self, what: str) -> VlmError:
+        """Why this request's ``what`` (a bearer token, an access token) was refused: an address out of guesses is
+        told so (429: its right token is refused too, for now), any other the token is missing or wrong."""
+        if self.token and not self.guesses.has_room(request.remote_addr or ""):
+            return VlmError(Code.RATE_LIMITED, "too many wrong tokens from your address; try again in a minute")
+        return VlmError(Code.UNAUTHORIZED, f"missing or wrong {what}")
 
     @staticmethod
     def bearer() -> str | None:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .access import Access
 from .config import Settings
 from .errors import Code, VlmError, http_status
 from .hangup import hung_up
@@ -119,28 +120,49 @@ def install_openai_api(
     settings: Settings,
     slot: ModelSlot,
     *,
-    authorized: Callable[[], bool],
+    access: Access,
     sleep: Callable[[float], object],
     open_responses: OpenResponses,
 ) -> None:
     """Mount ``/v1`` on ``app``, after ``SocketIO(app)`` so that ``eventlet_environ`` wraps Socket.IO's middleware.
 
-    ``authorized`` is the app's own token check, ``sleep`` its async mode's; ``open_responses`` counts what
+    ``access`` is the app's own token check, ``sleep`` its async mode's; ``open_responses`` counts what
     ``/v1`` has yet to finish writing.
     """
-    app.register_blueprint(
-        openai_blueprint(settings, slot, authorized=authorized, sleep=sleep, open_responses=open_responses)
-    )
+    app.register_blueprint(openai_blueprint(settings, slot, access=access, sleep=sleep, open_responses=open_responses))
     app.wsgi_app = eventlet_environ(app.wsgi_app)  # type: ignore[method-assign]
+
+    @app.after_request
+    def allow_listed_origins(response: Response) -> Response:
+        """A page from a ``--cors-origin`` origin may call ``/v1`` from the browser (a chat UI, OpenAI's JS
+        client), as it may connect over Socket.IO; the bearer token still guards every answer. Every answer
+        under ``/v1``, an unknown path's too, names the origin, and shows the page the headers that say whether
+        to ask again."""
+        origin = request.headers.get("Origin")
+        listed = origin is not None and ("*" in settings.cors_origins or origin in settings.cors_origins)
+        if not listed or not under_v1(request.path):
+            return response
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in settings.cors_origins else str(origin)
+        response.headers["Access-Control-Expose-Headers"] = "x-should-retry, retry-after"
+        response.vary.add("Origin")
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            response.headers["Access-Control-Allow-Headers"] = request.headers.get("Access-Control-Request-Headers", "")
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> HTTPException | tuple[Response, int]:
         """Under ``/v1`` every refusal (an unknown path, a wrong method, a body cut off at the transport)
         is an OpenAI error object, which clients parse; elsewhere Flask's own page."""
-        if request.path != "/v1" and not request.path.startswith("/v1/"):
+        if not under_v1(request.path):
             return error
         code = (error.name or "error").lower().replace(" ", "_")
         return error_response(code, error.description or code, status=error.code or 500)
+
+
+def under_v1(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
 
 
 def eventlet_environ(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
@@ -165,7 +187,7 @@ def openai_blueprint(
     settings: Settings,
     slot: ModelSlot,
     *,
-    authorized: Callable[[], bool],
+    access: Access,
     sleep: Callable[[float], object],
     open_responses: OpenResponses,
 ) -> Blueprint:
@@ -187,22 +209,10 @@ def openai_blueprint(
     def require_token() -> tuple[Response, int] | None:
         if request.method == "OPTIONS":  # a browser's preflight carries no credentials, and answers nothing
             return None
-        return None if authorized() else error_response(Code.UNAUTHORIZED, "missing or wrong bearer token")
-
-    @api.after_request
-    def allow_listed_origins(response: Response) -> Response:
-        """A page from a ``--cors-origin`` origin may call ``/v1`` from the browser (a chat UI, OpenAI's JS
-        client), as it may connect over Socket.IO; the bearer token still guards every answer."""
-        origin = request.headers.get("Origin")
-        if origin is None or not ("*" in settings.cors_origins or origin in settings.cors_origins):
-            return response
-        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in settings.cors_origins else origin
-        response.vary.add("Origin")
-        if request.method == "OPTIONS":
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-            response.headers["Access-Control-Allow-Headers"] = request.headers.get("Access-Control-Request-Headers", "")
-            response.headers["Access-Control-Max-Age"] = "600"
-        return response
+        if access.bearer_ok():
+            return None
+        refused = access.refusal("bearer token")
+        return error_response(refused.code, refused.message)
 
     def model_entry() -> dict[str, Any]:
         return {"id": settings.model_name, "object": "model", "created": started, "owned_by": "webcam-vlm"}
@@ -354,7 +364,8 @@ def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> Api
         raise VlmError(Code.BAD_REQUEST, "messages must hold a user message", param="messages")
     parts, texts = message_parts(turns[-1].get("content"), "text", "messages")
     if kinds := {part.get("type") for part in parts} - {"text", "image_url"}:
-        raise VlmError(Code.BAD_REQUEST, f"only text and image_url parts are taken, not {kinds}", param="messages")
+        taken = ", ".join(sorted(map(str, kinds)))
+        raise VlmError(Code.BAD_REQUEST, f"only text and image_url parts are taken, not {taken}", param="messages")
     urls = [chat_image_url(part) for part in parts if part.get("type") == "image_url"]
     urls = urls or conversation_image([turn.get("content") for turn in turns[:-1]], chat_image_url)
     incoming = frame_question(texts, urls, where="messages", max_question_chars=max_question_chars, text_only=text_only)

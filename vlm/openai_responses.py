@@ -54,7 +54,8 @@ def parse_responses_request(body: object, *, max_question_chars: int, text_only:
         earlier = [turn.get("content") for turn in users[:-1]]
     parts, texts = wire.message_parts(content, "input_text", "input")
     if kinds := {part.get("type") for part in parts} - {"input_text", "input_image"}:
-        raise VlmError(Code.BAD_REQUEST, f"only input_text and input_image parts are taken, not {kinds}", param="input")
+        taken = ", ".join(sorted(map(str, kinds)))
+        raise VlmError(Code.BAD_REQUEST, f"only input_text and input_image parts are taken, not {taken}", param="input")
     urls = [input_image_url(part) for part in parts if part.get("type") == "input_image"]
     urls = urls or wire.conversation_image(earlier, input_image_url)
     incoming = wire.frame_question(

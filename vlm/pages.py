@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, make_response, render_template, 
 from .access import TOKEN_COOKIE, Access
 from .config import Settings
 from .demo_guide import demo_guide
-from .errors import Code
+from .errors import Code, http_status
 from .model_slot import ModelSlot
 
 CONTENT_SECURITY_POLICY = (
@@ -36,6 +36,8 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access) -> Blue
         """The link with ``?token=`` works once; a cookie keeps reloads working after the page hides it."""
         token = request.args.get("token") or access.bearer() or request.cookies.get(TOKEN_COOKIE)
         if not access.ok(token):
+            if (refused := access.refusal("token")).code == Code.RATE_LIMITED:
+                return make_response(refused.message, http_status(refused.code), {"Content-Type": "text/plain"})
             return make_response(render_template("unauthorized.html"), 401)
         response = make_response(render_template("index.html"))
         if settings.token:
@@ -66,7 +68,8 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access) -> Blue
     def api_info() -> tuple[Response, int]:
         # The cookie too: a second tab opened at / has only the cookie (SameSite=Strict, so no other site's).
         if not access.bearer_ok() and not access.cookie_ok():
-            return jsonify(error=Code.UNAUTHORIZED), Code.UNAUTHORIZED.status
+            refused = access.refusal("token")
+            return jsonify(error=refused.code), http_status(refused.code)
         if slot.backend is None:
             return jsonify(status="loading"), 503
         info = asdict(slot.backend.info)

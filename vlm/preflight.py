@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -115,19 +116,27 @@ def port_problem(host: str, port: int) -> str | None:
 
 
 def this_app_at(host: str, port: int) -> str | None:
-    """This app's address if it is what answers on ``host``:``port`` (its ``/healthz``, over plain http); else None."""
+    """This app's address if it is what answers on ``host``:``port`` (its ``/healthz``, over http or https); else
+    None."""
     local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}
-    address = f"http://{local.get(host, f'[{host}]' if ':' in host else host)}:{port}"
-    try:
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an http_proxy for loopback
-        with direct.open(f"{address}/healthz", timeout=PROBE_TIMEOUT_S) as reply:
-            said = reply.read(4096)
-    except urllib.error.HTTPError as refused:  # 503 while loading or draining: still this app
-        said = refused.read(4096)
-    except OSError:
-        return None
-    try:
-        status = json.loads(said).get("status")
-    except (ValueError, AttributeError):
-        return None
-    return f"{address}/" if status in HEALTH_STATES else None
+    where = f"{local.get(host, f'[{host}]' if ':' in host else host)}:{port}"
+    # Never an http_proxy for this machine, and whatever certificate it has: this only asks who is there.
+    direct = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl._create_unverified_context())
+    )
+    for scheme in ("http", "https"):
+        address = f"{scheme}://{where}"
+        try:
+            with direct.open(f"{address}/healthz", timeout=PROBE_TIMEOUT_S) as reply:
+                said = reply.read(4096)
+        except urllib.error.HTTPError as refused:  # 503 while loading or draining: still this app
+            said = refused.read(4096)
+        except OSError:
+            continue
+        try:
+            status = json.loads(said).get("status")
+        except (ValueError, AttributeError):
+            continue
+        if status in HEALTH_STATES:
+            return f"{address}/"
+    return None

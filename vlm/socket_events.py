@@ -59,7 +59,10 @@ def gated(*, replies: bool) -> Callable[[Handler], Callable[..., Any]]:
                 error = VlmError(Code.BAD_REQUEST, "send exactly one payload object")
             else:
                 return handler(self, payload)
-            return self.refuse(payload, error) if replies else {"error": error.code}
+            if replies:
+                return self.refuse(payload, error)
+            self.watch.metrics.refused("socketio", error.code)
+            return error_ack(error)
 
         return receive
 
@@ -119,8 +122,8 @@ class AppNamespace(Namespace):
         if not self.access.ok(token) and not self.access.cookie_ok():
             # python-socketio passes on the reason of its own exception only; Python's built-in one is reported
             # as a bare "Connection refused by server", which tells nobody that the token is what is wrong.
-            message = "missing or wrong access token"
-            raise RefusedConnection(message, {"code": Code.UNAUTHORIZED, "message": message})
+            refused = self.access.refusal("access token")
+            raise RefusedConnection(refused.message, {"code": refused.code, "message": refused.message})
 
     def on_disconnect(self, reason: object = None) -> None:
         self.gate.forget(request.sid)
@@ -145,6 +148,7 @@ class AppNamespace(Namespace):
         try:
             rid = parse_cancel(payload)
         except VlmError as error:
+            self.watch.metrics.refused("socketio", error.code)
             return error_ack(error)
         cancelled = self.slot.scheduler is not None and self.slot.scheduler.cancel(request.sid, rid)
         return {"id": rid, "cancelled": cancelled}

@@ -126,7 +126,8 @@ def _install_routes(
         return access.ok(access.bearer() or (request.cookies.get(TOKEN_COOKIE) if cookie_ok else None))
 
     def unauthorized() -> tuple[Response, int]:
-        return refusal(Code.UNAUTHORIZED, "missing or wrong bearer token")
+        refused = access.refusal("bearer token")
+        return refusal(Code(refused.code), refused.message)
 
     @app.get("/metrics")
     def prometheus() -> Response | tuple[Response, int]:

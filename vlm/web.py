@@ -77,9 +77,7 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     outbox = Outbox(socketio, settings.async_mode, Coalescing(STREAM_EVENT, merged_deltas, STREAM_INTERVAL_S))
     app.register_blueprint(pages_blueprint(settings, slot, access))
     open_responses = OpenResponses()
-    install_openai_api(
-        app, settings, slot, authorized=access.bearer_ok, sleep=socketio.sleep, open_responses=open_responses
-    )
+    install_openai_api(app, settings, slot, access=access, sleep=socketio.sleep, open_responses=open_responses)
     watch = install_watch(app, socketio, settings, scheduler=lambda: slot.scheduler, send=outbox.send, access=access)
     gate = EventGate(
         RateLimiter(settings.rate_limit_per_s, settings.rate_burst),
