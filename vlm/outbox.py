@@ -28,7 +28,7 @@ from typing import Any
 
 from flask_socketio import SocketIO
 
-from .sessions import drop
+from .sessions import drop, emit
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,6 @@ class Outbox:
                 log.warning("dropping %s: %d packets unread", item.sid, self.backlog(item.sid))
                 drop(self.socketio, item.sid)
                 return
-            self.socketio.emit(item.event, item.payload, to=item.sid)
+            emit(self.socketio, item.event, item.payload, item.sid)
         except Exception:  # the pump serves every client: one failed delivery must not stop it
             log.exception("could not deliver %s to %s", item.event, item.sid)

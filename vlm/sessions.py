@@ -133,6 +133,14 @@ def upgrade_hangups_tolerated(websocket: Callable[..., Any]) -> Callable[..., An
     return transport
 
 
+def emit(socketio: SocketIO, event: str, payload: dict[str, Any], sid: str | None) -> None:
+    """To one client (``sid``) or all (None). A client connected to this process is sent to directly: through the
+    message queue (``--message-queue``) every event waited on Redis, and a Redis that hung (a failover, a network
+    partition) held every answer of the process ~10 s per event, though each answer's client was right here."""
+    here = sid is not None and socketio.server.manager.is_connected(sid, NAMESPACE)
+    socketio.emit(event, payload, to=sid, ignore_queue=here)
+
+
 def drop(socketio: SocketIO, sid: str) -> None:
     """End a client's Socket.IO session and its Engine.IO transport (a namespace disconnect alone
     leaves the connection open for the client to close, which a hostile one never does)."""
@@ -177,7 +185,7 @@ class SessionBounds:
                 sid = self.socketio.server.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
                 if sid is not None:
                     refusal = VlmError(Code.BAD_REQUEST, "the message is not valid Socket.IO JSON")
-                    self.socketio.emit(*error_event(None, refusal, seed=False), to=sid)
+                    emit(self.socketio, *error_event(None, refusal, seed=False), sid)
                 return None
 
         return message

@@ -28,7 +28,7 @@ from .protocol import Incoming, parse_cancel, parse_query, parse_skill, request_
 from .ratelimit import EventGate, Verdict
 from .request_queue import queue_full
 from .scheduler import Request
-from .sessions import drop
+from .sessions import drop, emit
 from .socket_sink import SocketSink, error_ack, is_seed
 from .watch import Frame
 from .watch_web import WatchService, watch_error
@@ -207,7 +207,7 @@ class AppNamespace(Namespace):
 
     def emit_now(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
         """From a handler, which runs on the server's own loop, so it need not go through the ``Outbox``."""
-        self.socketio.emit(event, payload, to=sid)
+        emit(self.socketio, event, payload, sid)
 
     # -- watch mode (docs/PROTOCOL.md) ----------------------------------------------------
 
