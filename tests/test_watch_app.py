@@ -219,7 +219,7 @@ def events(client: RecordingClient, name: str, watch_id: str) -> list[dict[str, 
     return [p for e, p in client.received if e == name and p.get("watch", p.get("id")) == watch_id]
 
 
-def test_a_tabs_own_watch_checks_its_frames_and_alerts(app: AppProcess) -> None:
+def test_a_tabs_own_watch_checks_its_frames_and_alerts(app: AppProcess, receiver: Receiver) -> None:
     circle = data_url(draw_scene(single_object_scene("circle", "red"), (320, 240)))
     triangle = data_url(draw_scene(single_object_scene("triangle", "blue"), (320, 240)))
     client = RecordingClient(app.url, auth={"token": TOKEN}, events=WATCH_EVENTS)
@@ -236,6 +236,9 @@ def test_a_tabs_own_watch_checks_its_frames_and_alerts(app: AppProcess) -> None:
         assert events(client, "watch_state", watch["id"])[-1]["on"] is True
         states = [p for e, p in client.received if e == "watch_state"]
         assert {p["id"] for p in states} == {watch["id"]}, "a tab heard about checks of watches not its own"
+        # Its condition and its camera went to the shared feed and to the operator's webhook.
+        assert all(a["source"]["id"] != "tab" for a in get(app, "/v1/watch/alerts", after=0, wait=0)["alerts"])
+        assert all(post["source"]["id"] != "tab" for post in receiver.posts)
 
         paused = client.sio.call("watch_pause", {"id": watch["id"], "paused": True}, timeout=10)
         assert paused["watch"]["paused"] is True

@@ -130,8 +130,10 @@ class AlertDispatcher:
         self.counted(alert)
         image = alert.frame.image
         shown = {**record, "thumbnail": "data:image/jpeg;base64," + jpeg_base64(image, THUMB_SIDE, 70)}
-        self.feed.append(shown)
         self.notify("watch_alert", shown, alert.watch.owner)
+        if alert.watch.owner is not None:
+            return  # a tab's watch, about its own camera, is its business only: not the feed's, nor the webhook's
+        self.feed.append(shown)
         if self.webhook is not None:
             posted = dict(record)
             if self.webhook_image:
