@@ -17,6 +17,7 @@ from tests.conftest import jpeg_data_url
 from tests.doubles import ScriptedBackendDouble
 from vlm.config import Settings
 from vlm.scheduler import Scheduler
+from vlm.watch import WatchHub
 from vlm.web import WebApp, create_app
 
 pytestmark = pytest.mark.unit
@@ -144,6 +145,14 @@ def test_wrong_argument_counts_are_refused_and_cancel_is_only_acknowledged(clien
 def test_an_event_nobody_handles_is_not_acknowledged(client: SocketIOTestClient) -> None:
     assert client.emit("no_such_event", {"id": "x"}, callback=True) is None
     assert client.get_received() == []
+
+
+def test_one_address_keeps_at_most_its_share_of_the_watches(loaded: WebApp) -> None:
+    """Eight connections from one address, eight watches each, took every watch the server keeps."""
+    tabs = [loaded.socketio.test_client(loaded.app, auth={"token": TOKEN}) for _ in range(3)]
+    acks = [tab.emit("watch_add", {"condition": "is there a cup?"}, callback=True) for tab in tabs for _ in range(8)]
+    assert sum("watch" in ack for ack in acks) == WatchHub.MAX_PER_ADDRESS
+    assert acks[-1]["error"] == {"code": "busy", "message": "one address can keep at most 16 watches"}
 
 
 def test_watch_events_share_the_namespace(client: SocketIOTestClient) -> None:

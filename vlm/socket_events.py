@@ -215,7 +215,9 @@ class AppNamespace(Namespace):
     def on_watch_add(self, payload: object) -> dict[str, Any]:
         try:
             given = watch_fields(payload)
-            watch = self.watch.hub.add(given.get("condition"), given.get("source", "tab"), owner=request.sid)
+            watch = self.watch.hub.add(
+                given.get("condition"), given.get("source", "tab"), owner=request.sid, address=request.remote_addr or ""
+            )
         except VlmError as error:
             return watch_error(error)
         return {"watch": watch.describe()}

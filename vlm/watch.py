@@ -131,6 +131,7 @@ class Watch:
     source: Source
     owner: str | None  # the tab that added it; None for the operator's --watch
     trigger: Trigger
+    address: str = ""  # where its tab connects from; "" for the operator's
     paused: bool = False
     busy: bool = False
     last_seq: int = -1
@@ -183,6 +184,7 @@ class WatchHub:
     """All watches and sources of this process, and the thread that keeps them checking."""
 
     MAX_PER_TAB = 8
+    MAX_PER_ADDRESS = 16
     MAX_TOTAL = MAX_WATCHES
 
     def __init__(
@@ -250,7 +252,9 @@ class WatchHub:
 
     # -- watches ----------------------------------------------------------------------
 
-    def add(self, condition: object, source_id: object, owner: str | None) -> Watch:
+    def add(self, condition: object, source_id: object, owner: str | None, address: str = "") -> Watch:
+        """A tab's watch (``owner``, connecting from ``address``) or the operator's (None). One address may keep
+        ``MAX_PER_ADDRESS``: the per-tab cap alone let eight connections from one take every watch there is."""
         if not isinstance(condition, str) or not condition.strip():
             raise VlmError(Code.EMPTY_QUESTION, "condition is empty")
         condition = condition.strip()
@@ -267,6 +271,8 @@ class WatchHub:
                 raise VlmError(Code.BAD_REQUEST, "source must be 'tab' or the id of a server source")
             if owner is not None and sum(w.owner == owner for w in self.watches.values()) >= self.MAX_PER_TAB:
                 raise VlmError(Code.BUSY, f"a tab can keep at most {self.MAX_PER_TAB} watches")
+            if owner is not None and sum(w.address == address for w in self.watches.values()) >= self.MAX_PER_ADDRESS:
+                raise VlmError(Code.BUSY, f"one address can keep at most {self.MAX_PER_ADDRESS} watches")
             if len(self.watches) >= self.MAX_TOTAL:
                 raise VlmError(Code.BUSY, f"the server keeps at most {self.MAX_TOTAL} watches")
             watch = Watch(
@@ -275,6 +281,7 @@ class WatchHub:
                 source=source,
                 owner=owner,
                 trigger=Trigger(cooldown_s=self.cooldown_s),
+                address=address,
             )
             self.watches[watch.id] = watch
             self._changed.notify_all()
