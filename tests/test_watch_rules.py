@@ -57,6 +57,19 @@ def test_it_alerts_again_after_turning_false_and_the_cooldown() -> None:
     assert feed(trigger, "yynnn" + "yy" + "n" * 40 + "yy") == [1, 48]
 
 
+def test_a_watch_resumed_while_its_condition_holds_again_alerts_again() -> None:
+    """Paused while on, it kept its old yes votes: resumed on a new true event, it never turned on, so never
+    alerted. Resuming forgets them; the cooldown still holds."""
+    trigger = Trigger(cooldown_s=0)
+    assert feed(trigger, "yy") == [1]
+    trigger.forget()
+    assert feed(trigger, "yy", start=100) == [1]
+    quiet = Trigger(cooldown_s=30)
+    assert feed(quiet, "yy") == [1]
+    quiet.forget()
+    assert feed(quiet, "yy", start=5) == [], "within the cooldown"
+
+
 def test_a_flicker_within_the_cooldown_stays_quiet() -> None:
     assert feed(Trigger(cooldown_s=30), "yynnnyynnnyy") == [1]
 

@@ -76,6 +76,11 @@ class Trigger:
             return True
         return False
 
+    def forget(self) -> None:
+        """Start afresh (a watch resumed): what it saw before the pause says nothing of now. The cooldown stays."""
+        self.recent.clear()
+        self.on = False
+
 
 @dataclass(eq=False)
 class Frame:
@@ -300,6 +305,8 @@ class WatchHub:
     def pause(self, watch: Watch, paused: bool) -> None:
         with self._changed:
             watch.paused = paused
+            if not paused:  # kept on, a watch resumed while its condition held again would never alert
+                watch.trigger.forget()
             self._changed.notify_all()
         if paused:
             self._stop_check(watch)
