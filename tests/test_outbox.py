@@ -111,11 +111,11 @@ class SocketIODouble:
         self.may_emit.set()
         self.socket_queue: queue.Queue[str] = queue.Queue()
         self.server = SimpleNamespace(
-            manager=SimpleNamespace(eio_sid_from_sid=lambda sid, namespace: None),
+            manager=SimpleNamespace(eio_sid_from_sid=lambda sid, namespace: None, is_connected=lambda sid, ns: True),
             eio=SimpleNamespace(sockets={"client": SimpleNamespace(queue=self.socket_queue)}),
         )
 
-    def emit(self, event: str, payload: dict[str, object], to: str | None) -> None:
+    def emit(self, event: str, payload: dict[str, object], to: str | None, ignore_queue: bool = False) -> None:
         self.emitting.set()
         self.may_emit.wait(5)
         if to == self.refuses:
