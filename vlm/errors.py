@@ -62,6 +62,10 @@ class VlmError(Exception):
         self.request_id = request_id
         self.param = param
 
+    def as_object(self) -> dict[str, dict[str, str]]:
+        """``{"error": {"code", "message"}}``: how watch mode's routes and every Socket.IO acknowledgement carry it."""
+        return {"error": {"code": self.code, "message": self.message}}
+
 
 class ModelLoadError(RuntimeError):
     """The model could not be found or loaded; the message is written for the operator, not sent to clients."""

@@ -29,9 +29,9 @@ from .ratelimit import EventGate, Verdict
 from .request_queue import queue_full
 from .scheduler import Request
 from .sessions import drop, emit
-from .socket_sink import SocketSink, error_ack, is_seed
+from .socket_sink import SocketSink, is_seed
 from .watch import Frame
-from .watch_web import WatchService, watch_error
+from .watch_web import WatchService
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def gated(*, replies: bool) -> Callable[[Handler], Callable[..., Any]]:
             if replies:
                 return self.refuse(payload, error)
             self.watch.metrics.refused("socketio", error.code)
-            return error_ack(error)
+            return error.as_object()
 
         return receive
 
@@ -149,7 +149,7 @@ class AppNamespace(Namespace):
             rid = parse_cancel(payload)
         except VlmError as error:
             self.watch.metrics.refused("socketio", error.code)
-            return error_ack(error)
+            return error.as_object()
         cancelled = self.slot.scheduler is not None and self.slot.scheduler.cancel(request.sid, rid)
         return {"id": rid, "cancelled": cancelled}
 
@@ -194,7 +194,8 @@ class AppNamespace(Namespace):
 
     def refuse(self, payload: object, error: VlmError) -> dict[str, Any]:
         """A refusal before the scheduler: counted, then sent as a failure, to the sender only; returns the
-        acknowledgement, which carries it too."""
+        acknowledgement, which carries it too: the event leaves from the handler, before the acknowledgement
+        (python-socketio sends that once the handler returns), so a client that sent no id learns of it there."""
         rid = error.request_id
         if rid is None:
             try:
@@ -203,7 +204,7 @@ class AppNamespace(Namespace):
                 rid = None
         self.watch.metrics.refused("socketio", error.code)
         SocketSink(self.emit_now, request.sid, rid, seed=is_seed(payload)).failed(error)
-        return {"id": rid, **error_ack(error)}
+        return {"id": rid, **error.as_object()}
 
     def emit_now(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
         """From a handler, which runs on the server's own loop, so it need not go through the ``Outbox``."""
@@ -219,7 +220,7 @@ class AppNamespace(Namespace):
                 given.get("condition"), given.get("source", "tab"), owner=request.sid, address=request.remote_addr or ""
             )
         except VlmError as error:
-            return watch_error(error)
+            return error.as_object()
         return {"watch": watch.describe()}
 
     @gated(replies=False)
@@ -231,7 +232,7 @@ class AppNamespace(Namespace):
             if not isinstance(paused, bool):
                 raise VlmError(Code.BAD_REQUEST, "paused must be true or false")
         except VlmError as error:
-            return watch_error(error)
+            return error.as_object()
         self.watch.hub.pause(watch, paused)
         return {"watch": watch.describe()}
 
@@ -240,7 +241,7 @@ class AppNamespace(Namespace):
         try:
             watch = self.watch.hub.owned(watch_fields(payload).get("id"), request.sid)
         except VlmError as error:
-            return watch_error(error)
+            return error.as_object()
         self.watch.hub.remove(watch)
         return {"removed": watch.id}
 
@@ -259,7 +260,7 @@ class AppNamespace(Namespace):
                 target_size=side,
             )
         except VlmError as error:
-            return watch_error(error)
+            return error.as_object()
         hub = self.watch.hub
         source = hub.tab_source(request.sid)
         seq = (source.latest.seq if source.latest else 0) + 1

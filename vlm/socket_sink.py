@@ -64,12 +64,6 @@ def error_event(request_id: str | None, error: VlmError, *, seed: bool) -> tuple
     return "query_error", {"id": request_id, "code": error.code, "message": error.message}
 
 
-def error_ack(error: VlmError) -> dict[str, Any]:
-    """A refusal as an acknowledgement carries it: the event is sent from the handler, before the acknowledgement
-    (python-socketio sends that once the handler returns), so a client that sent no id learns of it here."""
-    return {"error": {"code": error.code, "message": error.message}}
-
-
 def is_seed(payload: object) -> bool:
     """A payload without an id comes from a client written like the original page (see ``error_event``)."""
     return not (isinstance(payload, dict) and payload.get("id") is not None)

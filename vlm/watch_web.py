@@ -179,14 +179,9 @@ def _install_routes(
         return response
 
 
-def watch_error(error: VlmError) -> dict[str, Any]:
-    """Watch mode's error shape (docs/PROTOCOL.md), for its routes and its Socket.IO acknowledgements alike."""
-    return {"error": {"code": error.code, "message": error.message}}
-
-
 def refusal(code: Code, message: str) -> tuple[Response, int]:
     """A watch route's refusal, with the code's own HTTP status."""
-    return jsonify(watch_error(VlmError(code, message))), code.status
+    return jsonify(VlmError(code, message).as_object()), code.status
 
 
 def _mjpeg(source: Source, sleep: Callable[[float], object]) -> Iterator[bytes]:
