@@ -151,6 +151,7 @@ def test_metrics_are_guarded_and_count_what_happened(app: AppProcess) -> None:
     assert value(before, "vlm_model_info", backend="transformers", device="cpu") == 1
     assert value(before, "vlm_source_frames_total", source="cam1") == round(sum(s.seconds for s in CLIP) * FPS)
     assert value(before, "vlm_source_reconnects_total", source="cam1") == 0
+    assert value(before, "vlm_source_bad_frames_total", source="cam1") == 0
     assert value(before, "vlm_watch_alerts_total", source_kind="file") == 1
     assert value(before, "vlm_webhook_deliveries_total") == 1
     assert value(before, "vlm_webhook_failures_total") == 0

@@ -34,7 +34,7 @@ from tests.browser.fake_camera import Shot
 from tests.conftest import data_url
 from tests.server_process import AppProcess, free_port
 from tests.video_clips import FPS, write_clip
-from vlm.sources import VideoSource, source_kind
+from vlm.sources import BAD_FRAMES_IN_A_ROW, VideoSource, source_kind
 from vlm.watch import Source, WatchHub
 
 FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
@@ -98,6 +98,48 @@ class OneFrameCamera:
 
     def close(self) -> None:
         self.listener.close()
+
+
+class StreamingCamera:
+    """An MJPEG camera streaming ``part(i)`` as its i-th JPEG at 20 fps to each connection; counts connections."""
+
+    def __init__(self, part: Callable[[int], bytes]) -> None:
+        self.part = part
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/video"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._stream, args=(connection,), daemon=True).start()
+
+    def _stream(self, connection: socket.socket) -> None:
+        with connection:
+            try:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=f\r\n\r\n")
+                for i in range(10_000):
+                    body = self.part(i)
+                    head = b"--f\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    connection.sendall(head + body + b"\r\n")
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def jpeg_of(shape: str, color: str) -> bytes:
+    buffer = io.BytesIO()
+    draw_scene(single_object_scene(shape, color), (320, 240)).save(buffer, "JPEG")
+    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -213,6 +255,40 @@ def test_a_stream_that_keeps_dropping_right_after_it_connects_backs_off(
     assert pauses[:4] == ["0.5 s", "1.0 s", "2.0 s", "4.0 s"], pauses
     assert connections <= 5, f"{connections} connections in 6 s: the pause started over after every frame"
     assert player.source.reconnects == connections - 1, "every connection after the first reopened the stream"
+
+
+def test_a_frame_that_does_not_decode_is_skipped_and_the_camera_plays_on(
+    play: Callable[[str], VideoSource], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One part in four is not a JPEG (noise, or a JPEG cut to its first 200 bytes, as a camera on flaky
+    Wi-Fi sends): those are counted and skipped, and the connection stays up."""
+    good = jpeg_of("circle", "red")
+    noise = bytes((i * 97 + 13) % 256 for i in range(3000))
+    camera = StreamingCamera(lambda i: good if i % 4 else (noise if i % 8 else good[:200]))
+    try:
+        player = play(camera.url)
+        time.sleep(3)
+    finally:
+        camera.close()
+    assert camera.connections == 1 and player.source.reconnects == 0, errors(caplog)
+    assert player.source.state == "playing"
+    assert player.source.bad_frames >= 5 and player.source.frames >= 20, player.source.describe()
+    assert not errors(caplog)
+
+
+def test_a_camera_that_goes_on_sending_only_undecodable_frames_is_dropped_and_reopened(
+    play: Callable[[str], VideoSource], caplog: pytest.LogCaptureFixture
+) -> None:
+    good = jpeg_of("circle", "red")
+    noise = bytes((i * 97 + 13) % 256 for i in range(3000))
+    camera = StreamingCamera(lambda i: good if i < 5 else noise)
+    try:
+        player = play(camera.url)
+        time.sleep(3)
+    finally:
+        camera.close()
+    assert player.source.bad_frames >= BAD_FRAMES_IN_A_ROW, player.source.describe()
+    assert any("InvalidDataError" in m and "reconnecting" in m for m in errors(caplog)), errors(caplog)
 
 
 def test_a_recording_over_http_is_decoded_at_its_own_frame_rate(

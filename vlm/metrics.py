@@ -233,11 +233,16 @@ class _SourceCollector(Collector):
             "Times a --source dropped and was reopened (played again); failed attempts are not counted",
             labels=["source"],
         )
+        bad_frames = CounterMetricFamily(
+            "vlm_source_bad_frames", "Frames of a --source that did not decode and were skipped", labels=["source"]
+        )
         for source in self.sources():
             frames.add_metric([source["id"]], source["frames"])
             reconnects.add_metric([source["id"]], source["reconnects"])
+            bad_frames.add_metric([source["id"]], source["bad_frames"])
         yield frames
         yield reconnects
+        yield bad_frames
 
 
 class _CudaCollector(Collector):

@@ -9,7 +9,9 @@ have flowed for ``STEADY_S`` (a snapshot URL that gives one frame per connection
 recording served over HTTP, would otherwise be reopened twice a second for ever). A
 recording with a known length is decoded at its own frame rate wherever it comes from.
 What can never play fails at once and is not retried: a missing or unreadable file, a URL
-scheme that is no video protocol, an input without a video stream.
+scheme that is no video protocol, an input without a video stream. A frame that does not decode
+(a JPEG cut short by a camera on flaky Wi-Fi) is skipped and counted; only a run of them
+drops the connection.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +37,7 @@ READ_TIMEOUT_S = 5.0
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
 STEADY_S = MAX_BACKOFF_S  # played this long before it dropped: the next pause is FIRST_BACKOFF_S again
+BAD_FRAMES_IN_A_ROW = 25  # undecodable frames in a row that count as a drop (the stream is not video)
 
 
 # Schemes FFmpeg reads live video from. Any other (gopher://, ftp://, a typo) cannot be a camera: the
@@ -154,7 +157,7 @@ class VideoSource:
             paced = self.source.kind == "file" or container.duration is not None
             started = time.monotonic()
             first: float | None = None
-            for decoded in container.decode(stream):
+            for decoded in self._decoded(container, stream):
                 if self.stopped.is_set():
                     break
                 position = decoded.time
@@ -177,6 +180,22 @@ class VideoSource:
                     ),
                 )
                 self.delivered += 1
+
+    def _decoded(self, container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+        """The stream's frames, skipping one that does not decode: ``container.decode`` would end the
+        connection at the first bad JPEG, and a camera that sends one now and then would never play steadily."""
+        bad_in_a_row = 0
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                self.hub.count_bad_frame(self.source)
+                bad_in_a_row += 1
+                if bad_in_a_row >= BAD_FRAMES_IN_A_ROW:
+                    raise
+                continue
+            bad_in_a_row = 0
+            yield from frames
 
     def _fail(self, problem: str) -> None:
         self.hub.set_state(self.source, "failed")

@@ -111,6 +111,7 @@ class Source:
     started: float | None = None  # wall-clock time the current playback began
     reconnects: int = 0  # times it played again after a drop
     frames: int = 0
+    bad_frames: int = 0  # frames that did not decode and were skipped
 
     @property
     def public_id(self) -> str:
@@ -126,6 +127,7 @@ class Source:
             "started": self.started,
             "reconnects": self.reconnects,
             "frames": self.frames,
+            "bad_frames": self.bad_frames,
         }
 
 
@@ -236,6 +238,10 @@ class WatchHub:
             source.frames += 1
             self._changed.notify_all()
             return sum(1 for w in self.watches.values() if w.source is source and not w.paused)
+
+    def count_bad_frame(self, source: Source) -> None:
+        with self._changed:
+            source.bad_frames += 1
 
     def set_state(self, source: Source, state: str, *, started: float | None = None) -> None:
         """``started`` with ``playing``: playback (re)began; a source that had played before was reopened
