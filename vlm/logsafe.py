@@ -7,6 +7,7 @@ written escaped. The access token is replaced wherever it appears, whoever logge
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 from urllib.parse import urlsplit, urlunsplit
@@ -59,7 +60,7 @@ class QuietTimeouts(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], TimeoutError))
 
 
-LIBRARY_LOGGERS = ("engineio.server", "socketio.server", "gevent.pywsgi", "eventlet.wsgi")
+LIBRARY_LOGGERS = ("engineio.server", "socketio.server", "gevent.pywsgi", "eventlet.wsgi", "huggingface_hub")
 
 
 def configure_logging(token: str | None) -> None:
@@ -75,7 +76,9 @@ def configure_logging(token: str | None) -> None:
 
 def route_library_loggers() -> None:
     """python-engineio and python-socketio give their loggers a plain handler of their own when they
-    start; without it their records (which quote what clients sent) go through the root handler."""
+    start, huggingface_hub when it is imported (so it is imported here); without it their records (which
+    quote what clients sent, or a download's URL) go through the root handler, once and masked."""
+    importlib.import_module("huggingface_hub.utils.logging")
     for name in LIBRARY_LOGGERS:
         library = logging.getLogger(name)
         library.handlers.clear()
