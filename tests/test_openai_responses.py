@@ -150,6 +150,10 @@ def test_a_plain_string_input_is_a_text_only_question_and_sampling_options_hold(
     greedy = client.responses.create(model="any", input=user_input(QUESTION, frame)).output_text
     narrow = client.responses.create(model="any", input=user_input(QUESTION, frame), temperature=2, top_p=0)
     assert narrow.output_text == greedy == ask(client, QUESTION, frame)
+    plain = client.responses.create(
+        model="any", input=user_input(QUESTION, frame), text={"format": {"type": "text"}, "verbosity": "medium"}
+    )
+    assert plain.output_text == greedy and plain.text and plain.text.verbosity == "medium"
 
 
 @pytest.mark.parametrize(
@@ -158,6 +162,7 @@ def test_a_plain_string_input_is_a_text_only_question_and_sampling_options_hold(
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
         ({"text": {"format": {"type": "json_object"}}}, "text"),
+        ({"text": {"verbosity": "low"}}, "text"),
         ({"temperature": 3}, "temperature"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
     ],

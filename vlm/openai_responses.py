@@ -33,7 +33,13 @@ UNHONOURED: dict[str, tuple[object, ...]] = {
     "background": (None, False),
     "tools": (None, []),
     "tool_choice": (None, "none", "auto"),
-    "text": (None, {"format": {"type": "text"}}),
+    # Plain text at OpenAI's default verbosity, which is how clients that always send the option ask for nothing.
+    "text": (
+        None,
+        {"format": {"type": "text"}},
+        {"verbosity": "medium"},
+        {"format": {"type": "text"}, "verbosity": "medium"},
+    ),
     "include": (None, []),
     "top_logprobs": (None, 0),
 }
@@ -153,7 +159,7 @@ class ResponseObject:
             "parallel_tool_calls": False,
             "tool_choice": "none",
             "tools": [],
-            "text": {"format": {"type": "text"}},
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
             "store": False,
             "metadata": {},
         }
