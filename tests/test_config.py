@@ -151,9 +151,11 @@ def test_a_port_in_use_stops_the_app_with_advice() -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_a_port_this_app_holds_already_is_named_so() -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_port_this_app_holds_already_is_named_so(scheme: str, tmp_path: Path) -> None:
     """A second start blamed "another program" (on a Mac, AirPlay) for the port the first one holds."""
-    with serving("demo") as running:
+    tls = ["--self-signed"] if scheme == "https" else []
+    with serving("demo", *tls, env={"HOME": str(tmp_path)}) as running:
         done = subprocess.run(
             [sys.executable, "app.py", "--model", "demo", "--port", str(running.port)],
             cwd=REPO,
@@ -162,7 +164,7 @@ def test_a_port_this_app_holds_already_is_named_so() -> None:
             timeout=120,
         )
     assert done.returncode == 2, done.stderr
-    assert f"ERROR: This app is already running at http://127.0.0.1:{running.port}/" in done.stderr
+    assert f"ERROR: This app is already running at {scheme}://127.0.0.1:{running.port}/" in done.stderr
 
 
 def test_a_model_path_that_names_no_model_is_said_so_before_anything_starts(tmp_path: Path) -> None:

@@ -274,6 +274,23 @@ def test_ctrl_c_mid_answer_stops_at_once_and_tells_the_unfinished(slow_model: Pa
         assert "terminate called" not in log and "Traceback" not in log
 
 
+@pytest.mark.parametrize("mode", ASYNC_MODES)
+def test_ctrl_c_while_draining_after_sigterm_exits_at_once(slow_model: Path, frame: str, mode: str) -> None:
+    """SIGTERM and Ctrl-C share one stop: the second of either exits at once, with 1, not after the drain."""
+    with serving(slow_model, "--async-mode", mode, max_new_tokens=4000) as running:  # 4000 tokens: ~40 s here
+        asker = RecordingClient(running.url)
+        try:
+            asker.start({"id": "long", "question": "describe", "image": frame})
+            assert running.process is not None
+            running.process.send_signal(signal.SIGTERM)
+            health = requests.get(f"{running.url}/healthz", timeout=5)
+            assert (health.status_code, health.json()["status"]) == (503, "draining")
+            running.process.send_signal(signal.SIGINT)
+            assert running.process.wait(5) == 1, "the drain would have waited up to 30 s for the answer"
+        finally:
+            asker.close()
+
+
 def ask_at_once(url: str, questions: list[tuple[str, str]]) -> list[tuple[str, dict]]:
     """Each (question, frame) from a client of its own, all sent together; the finals in that order."""
     clients = [RecordingClient(url) for _ in questions]
