@@ -21,7 +21,7 @@ def pages_app(slot: ModelSlot, token: str | None = TOKEN) -> Flask:
     """The Blueprint alone on a bare Flask app, as create_app mounts it."""
     app = Flask(__name__, template_folder="../templates")
     settings = Settings(token=token, model="demo")
-    app.register_blueprint(pages_blueprint(settings, slot, Access(settings.token)))
+    app.register_blueprint(pages_blueprint(settings, slot, Access(settings.token), None))
     return app
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 import socketio
 
 from tests.openai_client import ask, openai_client
@@ -138,18 +139,39 @@ def test_a_hung_redis_holds_no_answer_to_a_client_of_the_process(
     redis_url: str, web_tier: list[AppProcess], frame: str
 ) -> None:
     """A Redis that stops answering (a failover, a network partition; here SIGSTOP) held every event of the process
-    ~10 s, though each answer's client was connected right there: no answer came within 90 s."""
+    ~10 s, though each answer's client was connected right there: no answer came within 90 s. And /healthz said
+    "ok" throughout: now it says the message queue does not answer, and the log says so once."""
     clients = [RecordingClient(web.url) for web in web_tier]
     redis_pid = int(redis.Redis.from_url(redis_url).info()["process_id"])
+    assert all(queue_state(web) == "ok" for web in web_tier)
     os.kill(redis_pid, signal.SIGSTOP)
     try:
         for index, client in enumerate(clients):
             client.sio.emit("query", {"id": f"h{index}", "question": QUESTIONS[index], "image": frame})
         for index, client in enumerate(clients):
             assert client.final(f"h{index}", timeout_s=8)[0] == "response"
+        for web in web_tier:
+            wait_for_queue_state(web, "unreachable")
     finally:
         os.kill(redis_pid, signal.SIGCONT)
         close_all(clients)
+    for web in web_tier:
+        wait_for_queue_state(web, "ok")
+        log = web.log()
+        assert log.count("does not answer (TimeoutError") == 1 and log.count("answers again") == 1, log[-2000:]
+
+
+def queue_state(web: AppProcess) -> str:
+    health = requests.get(f"{web.url}/healthz", timeout=5)
+    assert health.status_code == 200, "a process whose Redis is down still serves its own clients"
+    return health.json()["message_queue"]
+
+
+def wait_for_queue_state(web: AppProcess, state: str) -> None:
+    deadline = time.monotonic() + 15  # a probe every 5 s, each waiting up to 2 s
+    while (seen := queue_state(web)) != state:
+        assert time.monotonic() < deadline, f"/healthz still says the message queue is {seen}"
+        time.sleep(0.2)
 
 
 def test_message_queue_is_refused_under_green_async_modes() -> None:

@@ -11,6 +11,7 @@ from .config import Settings
 from .demo_guide import demo_guide
 from .errors import Code, http_status
 from .model_slot import ModelSlot
+from .queue_probe import MessageQueueProbe
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
@@ -19,7 +20,9 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access) -> Blueprint:
+def pages_blueprint(
+    settings: Settings, slot: ModelSlot, access: Access, message_queue: MessageQueueProbe | None
+) -> Blueprint:
     pages = Blueprint("pages", __name__)
 
     @pages.after_app_request
@@ -62,7 +65,8 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access) -> Blue
                 backend=info.backend,
                 device=info.device,
             ), 503
-        return jsonify(status="ok", model=settings.model_name, backend=info.backend, device=info.device), 200
+        queue = {} if message_queue is None else {"message_queue": message_queue.state}
+        return jsonify(status="ok", model=settings.model_name, backend=info.backend, device=info.device, **queue), 200
 
     @pages.get("/api/info")
     def api_info() -> tuple[Response, int]:

@@ -23,6 +23,7 @@ from .model_slot import ModelSlot
 from .openai_api import OpenResponses, install_openai_api
 from .outbox import Coalescing, Outbox
 from .pages import pages_blueprint
+from .queue_probe import MessageQueueProbe
 from .ratelimit import EventGate, RateLimiter
 from .sessions import SessionBounds
 from .socket_events import AppNamespace
@@ -75,7 +76,8 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
 
     access = Access(settings.token)
     outbox = Outbox(socketio, settings.async_mode, Coalescing(STREAM_EVENT, merged_deltas, STREAM_INTERVAL_S))
-    app.register_blueprint(pages_blueprint(settings, slot, access))
+    probe = MessageQueueProbe(settings.message_queue).start() if settings.message_queue else None
+    app.register_blueprint(pages_blueprint(settings, slot, access, probe))
     open_responses = OpenResponses()
     install_openai_api(app, settings, slot, access=access, sleep=socketio.sleep, open_responses=open_responses)
     watch = install_watch(app, socketio, settings, scheduler=lambda: slot.scheduler, send=outbox.send, access=access)
