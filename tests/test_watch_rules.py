@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
+from PIL import Image
 
 from tests.http_receiver import Receiver
 from vlm.sources import source_label
-from vlm.watch import Trigger, read_verdict
+from vlm.watch import Frame, Trigger, read_verdict
 from vlm.webhook import WebhookSender, post_within
 
 pytestmark = pytest.mark.unit
@@ -196,3 +197,23 @@ def test_the_webhook_connects_to_the_urls_own_host_and_port(
     with pytest.raises(ConnectionRefusedError):
         post_within(urlsplit(url), b"{}", timeout_s=1)
     assert opened == [(host, port)]
+
+
+def test_a_frame_makes_its_picture_once_however_many_threads_ask_at_once() -> None:
+    """The watch, preview viewers and alerts read one frame at once; PyAV converting a frame on two threads at
+    the same time crashes the process (Python 3.12's ``cached_property`` no longer locks)."""
+    made: list[Image.Image] = []
+
+    def load() -> Image.Image:
+        time.sleep(0.05)  # as long as a conversion: every reader arrives while the first is still in it
+        made.append(Image.new("RGB", (4, 4)))
+        return made[-1]
+
+    frame = Frame(seq=1, load=load, captured=time.time())
+    seen: list[Image.Image] = []
+    readers = [threading.Thread(target=lambda: seen.append(frame.image)) for _ in range(8)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(5)
+    assert len(made) == 1 and len(seen) == 8 and all(image is made[0] for image in seen)

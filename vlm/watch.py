@@ -19,8 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from PIL import Image
@@ -84,17 +83,25 @@ class Trigger:
 
 @dataclass(eq=False)
 class Frame:
-    """One frame of a source. ``load`` makes the RGB picture on first use (most decoded frames are never checked)."""
+    """One frame of a source. ``load`` makes the RGB picture on first use (most decoded frames are never checked),
+    once, under the frame's lock: the watch, each preview viewer and the alerts may ask at the same moment, and
+    PyAV converting one frame on two threads at once crashes the process. (``cached_property`` locked only
+    until Python 3.12.)"""
 
     seq: int
     load: Callable[[], Image.Image]
     captured: float  # wall-clock time (time.time()) it was taken or received
     decode_ms: float = 0.0
     position_s: float | None = None  # where in a video file it is
+    _loaded: Image.Image | None = field(default=None, init=False, repr=False)
+    _loading: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    @cached_property
+    @property
     def image(self) -> Image.Image:
-        return self.load()
+        with self._loading:
+            if self._loaded is None:
+                self._loaded = self.load()
+            return self._loaded
 
 
 @dataclass(eq=False)
