@@ -7,9 +7,11 @@ were before the attack, within a few seconds. Servers run with a token (the atta
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import re
+import socket
 import threading
 import time
 from base64 import b64encode
@@ -42,7 +44,7 @@ from tests.socket_client import RecordingClient
 from vlm.access import GUESS_BURST
 from vlm.config import parse_settings
 from vlm.hosts import allowed_hosts, host_allowed
-from vlm.servers import HEADER_TIMEOUT_S, IO_TIMEOUT_S
+from vlm.servers import HEADER_TIMEOUT_S, IO_TIMEOUT_S, AddressLimits
 from vlm.sessions import HANDSHAKE_TIMEOUT_S
 
 TOKEN = "attack-test-token"
@@ -589,3 +591,23 @@ def test_a_client_that_never_reads_is_dropped(slow: AppProcess, frame: str) -> N
 def test_cookie_is_secure_behind_a_trusted_tls_proxy(slow: AppProcess) -> None:
     page = requests.get(f"{slow.url}/?token={TOKEN}", headers={"X-Forwarded-Proto": "https"}, timeout=5)
     assert page.status_code == 200 and "secure" in page.headers["Set-Cookie"].lower()
+
+
+@pytest.mark.unit
+def test_a_connection_reset_before_it_is_set_up_gives_its_address_slot_back() -> None:
+    """gunicorn's accept: an OSError after the address was admitted (setsockopt on a socket already reset)
+    kept the slot for good, and after ``--max-connections-per-ip`` of them the address was locked out."""
+    limits = AddressLimits(per_address=2)
+
+    def reset() -> socket.socket:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    for _ in range(5):
+        ours, theirs = socket.socketpair()
+        assert limits.take(ours, ("10.0.0.1", 4000), reset) is None
+        assert ours.fileno() == -1, "the socket is closed"
+        theirs.close()
+    ours, theirs = socket.socketpair()
+    assert limits.take(ours, ("10.0.0.1", 4000), lambda: ours) is ours
+    ours.close()
+    theirs.close()

@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import Settings
 from .tls import served_files
@@ -54,6 +54,7 @@ IDLE_THREAD_S = 5.0
 DRAIN_GRACE_S = 35
 
 WsgiApp = Callable[..., Any]
+Connection = TypeVar("Connection")
 
 
 def serve(
@@ -118,6 +119,20 @@ class AddressLimits:
             self._open[address] -= 1
             if self._open[address] <= 0:
                 del self._open[address]
+
+    def take(self, client: socket.socket, address: object, set_up: Callable[[], Connection]) -> Connection | None:
+        """``set_up()``'s connection if ``address`` has room, else None with ``client`` closed. A socket reset
+        before it is set up (macOS answers setsockopt on one with EINVAL) is closed and gives its slot back."""
+        peer = peer_address(address)
+        if not self.admit(peer):
+            client.close()
+            return None
+        try:
+            return set_up()
+        except OSError:
+            client.close()
+            self.release(peer)
+            return None
 
 
 def no_delay(connection: Any) -> None:
@@ -353,13 +368,16 @@ def _serve_gunicorn(
                 if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                     raise
                 return
-            if not limits.admit(peer_address(client_addr)):
-                client_sock.close()
+
+            def set_up() -> GuardedConn:
+                client_sock.setblocking(True)
+                no_delay(client_sock)
+                return GuardedConn(self.cfg, client_sock, client_addr, listener.getsockname())
+
+            conn = limits.take(client_sock, client_addr, set_up)
+            if conn is None:
                 return
             self.nr_conns += 1
-            client_sock.setblocking(True)
-            no_delay(client_sock)
-            conn = GuardedConn(self.cfg, client_sock, client_addr, listener.getsockname())
             conn.pool = self.tpool
             headers_due.expect(conn)
             self.enqueue_req(conn)
