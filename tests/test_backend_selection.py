@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlm.backends.load_failure import explain_load_failure
 from vlm.backends.registry import choose_backend, read_model_config
+from vlm.backends.torch_device import resolve_device
 from vlm.config import DEFAULT_MODEL, DEFAULT_REVISION, parse_settings
 from vlm.errors import ModelLoadError
 
@@ -92,3 +94,18 @@ def test_a_typo_of_demo_is_asked_whether_it_meant_demo() -> None:
     text = explain_load_failure(parse_settings(["--model", "dmeo"]), OSError("dmeo is not a local folder"))
     assert text.endswith("Did you mean `--model demo`, the bundled model that needs no download?")
     assert "Did you mean" not in explain_load_failure(parse_settings(["--model", "org/model"]), OSError("gone"))
+
+
+def test_the_demo_failing_to_load_is_not_told_to_try_the_demo() -> None:
+    text = explain_load_failure(parse_settings(["--model", "demo"]), OSError("broken file"))
+    assert "OSError: broken file" in text and "--model demo" not in text
+
+
+def test_a_missing_gpu_is_said_so_without_download_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was wrapped in offline-download advice, and `--model demo` was asked whether it meant `--model demo`."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelLoadError) as refused:
+        resolve_device("cuda")
+    text = explain_load_failure(parse_settings(["--model", "demo", "--device", "cuda"]), refused.value)
+    assert text.startswith("--device cuda was asked for, but PyTorch (") and "sees no CUDA GPU" in text
+    assert "hf download" not in text and "Did you mean" not in text

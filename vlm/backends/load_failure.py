@@ -62,18 +62,21 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
             text += " moondream2 needs both the model and its tokenizer; everything at once:\n  " + " && ".join(
                 download_commands(DEFAULT_MODEL, settings.revision)
             )
-        return text + "\n" + _without_download(settings.model)
+        return "\n".join(filter(None, [text, _without_download(settings.model)]))
     return (
         f"{loading}: {type(error).__name__}: {error}. "
         "If this machine is offline or the model is not in your Hugging Face cache, download it elsewhere "
         f"(moondream2: `{' && '.join(download_commands(DEFAULT_MODEL, settings.revision))}`; "
         "any model: `hf download MODEL_ID --local-dir FOLDER`), copy it here and run "
         "`python app.py --model /path/to/folder`. " + _without_download(settings.model)
-    )
+    ).rstrip()
 
 
 def _without_download(model: str) -> str:
-    """The way to try the app offline, offered as what was meant where ``model`` is a typo of an alias."""
+    """The way to try the app offline, offered as what was meant where ``model`` is a typo of an alias;
+    nothing where ``model`` is the alias already."""
+    if model in MODEL_ALIASES:
+        return ""
     if meant := difflib.get_close_matches(model, MODEL_ALIASES, n=1, cutoff=0.7):
         return f"Did you mean `--model {meant[0]}`, the bundled model that needs no download?"
     return "To try the app without any download, run `python app.py --model demo`."

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ModelLoadError
+
 
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ModelLoadError(
+            f"--device cuda was asked for, but PyTorch ({torch.__version__}, {build}) sees no CUDA GPU. "
+            "Check `nvidia-smi`; install a CUDA build of torch if this one is CPU-only; or run with --device cpu"
+        )
     return device
 
 
