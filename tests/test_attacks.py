@@ -24,6 +24,7 @@ import pytest
 import requests
 import socketio
 import websocket
+from flask import Flask
 from PIL import Image
 
 from tests.attack_tools import (
@@ -41,7 +42,8 @@ from tests.attack_tools import (
 )
 from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
-from vlm.access import GUESS_BURST
+from vlm import ratelimit
+from vlm.access import GUESS_BURST, PRUNE_TOLD_AT, Access
 from vlm.config import parse_settings
 from vlm.hosts import allowed_hosts, host_allowed
 from vlm.servers import HEADER_TIMEOUT_S, IO_TIMEOUT_S, AddressLimits
@@ -611,3 +613,17 @@ def test_a_connection_reset_before_it_is_set_up_gives_its_address_slot_back() ->
     assert limits.take(ours, ("10.0.0.1", 4000), lambda: ours) is ours
     ours.close()
     theirs.close()
+
+
+@pytest.mark.unit
+def test_addresses_that_ran_out_of_token_guesses_are_not_kept_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each address that ran out stayed in a set until it came back: one attacker with many IPv6 addresses grew it
+    without bound."""
+    clock = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: clock[0])
+    access, app = Access("right-token"), Flask(__name__)
+    for n in range(3 * PRUNE_TOLD_AT):
+        with app.test_request_context(environ_base={"REMOTE_ADDR": f"2001:db8::{n:x}"}):
+            assert not any([access.ok("wrong-token") for _ in range(GUESS_BURST + 1)])
+        clock[0] += 0.1  # a new address every 0.1 s: each one's guesses refill within 30 s
+    assert len(access._out_of_guesses) <= PRUNE_TOLD_AT

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 
 from flask import request
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 TOKEN_COOKIE = "vlm_token"
 GUESSES_PER_S = 1.0
 GUESS_BURST = 30  # a person mistyping, tabs with a stale cookie after a restart with a new token
+PRUNE_TOLD_AT = 1024  # addresses told they ran out, past which those with guesses again are forgotten
 
 
 class Access:
@@ -29,6 +31,7 @@ class Access:
         self.token = token
         self.guesses = RateLimiter(GUESSES_PER_S, GUESS_BURST)
         self._out_of_guesses: set[str] = set()  # addresses told so in the log, until they have room again
+        self._lock = threading.Lock()
 
     def ok(self, candidate: object) -> bool:
         if not self.token:
@@ -37,11 +40,10 @@ class Access:
             return False  # nothing presented: no guess
         address = request.remote_addr or ""
         if not self.guesses.has_room(address):
-            if address not in self._out_of_guesses:
-                self._out_of_guesses.add(address)
-                log.warning("%s sent too many wrong tokens: refusing every token from it for a while", address)
+            self._say_out_of_guesses(address)
             return False
-        self._out_of_guesses.discard(address)
+        with self._lock:
+            self._out_of_guesses.discard(address)
         # surrogatepass: a lone surrogate from a JSON string is a wrong token, not a traceback.
         right = hmac.compare_digest(
             candidate.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass")
@@ -49,6 +51,17 @@ class Access:
         if not right:
             self.guesses.allow(address)  # spends one
         return right
+
+    def _say_out_of_guesses(self, address: str) -> None:
+        """One log line each time an address runs out. Addresses that never come back (one attacker has many
+        IPv6 addresses) are forgotten once their guesses refilled, as their buckets are."""
+        with self._lock:
+            if address in self._out_of_guesses:
+                return
+            if len(self._out_of_guesses) >= PRUNE_TOLD_AT:
+                self._out_of_guesses = {told for told in self._out_of_guesses if not self.guesses.has_room(told)}
+            self._out_of_guesses.add(address)
+        log.warning("%s sent too many wrong tokens: refusing every token from it for a while", address)
 
     def refusal(self, what: str) -> VlmError:
         """Why this request's ``what`` (a bearer token, an access token) was refused: an address out of guesses is
