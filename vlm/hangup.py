@@ -8,10 +8,13 @@ is never reported and the answer is generated as before.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
 from typing import Any
+
+HANG_UPS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNABORTED, errno.ETIMEDOUT})
 
 
 def client_socket(environ: dict[str, Any]) -> Any:
@@ -37,5 +40,5 @@ def hung_up(environ: dict[str, Any]) -> bool:
             return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
         return False
-    except OSError:
-        return True
+    except OSError as error:  # only the peer's doing; out of descriptors (os.dup) says nothing about the client
+        return error.errno in HANG_UPS

@@ -101,11 +101,12 @@ def port_problem(host: str, port: int) -> str | None:
             probe.bind(address)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
+                other = port + 1 if port < 65535 else 8080
                 if running := this_app_at(host, port):
-                    return f"this app is already running at {running}; open it, or run another with --port {port + 1}"
+                    return f"this app is already running at {running}; open it, or run another with --port {other}"
                 return (
                     f"port {port} on {host} is in use by another program (on a Mac, AirPlay Receiver takes 5000). "
-                    f"Stop it, or choose another port: --port {port + 1 if port < 65535 else 8080}"
+                    f"Stop it, or choose another port: --port {other}"
                 )
             if error.errno == errno.EACCES:
                 return f"port {port} needs administrator rights here; choose one above 1023, e.g. --port 5000"
@@ -130,7 +131,8 @@ def this_app_at(host: str, port: int) -> str | None:
             with direct.open(f"{address}/healthz", timeout=PROBE_TIMEOUT_S) as reply:
                 said = reply.read(4096)
         except urllib.error.HTTPError as refused:  # 503 while loading or draining: still this app
-            said = refused.read(4096)
+            with refused:
+                said = refused.read(4096)
         except OSError:
             continue
         try:
