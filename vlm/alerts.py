@@ -1,7 +1,7 @@
 """Where an alert goes: the log, the metrics, Socket.IO, the HTTP feed and the webhook.
 
-Alerts are raised on the model worker thread, which must go straight back to the model,
-so they wait in a queue for a thread of their own that encodes the frame's JPEGs and
+Alerts are raised where a check's answer is delivered (the model worker thread, mostly), which
+must go straight back to its work, so they wait in a queue for a thread of their own that encodes the frame's JPEGs and
 hands the alert out. The HTTP feed keeps the last ``FEED_SIZE`` alerts with increasing
 sequence numbers, so a consumer that long-polls ``after=<last seq>`` misses none.
 """
@@ -105,7 +105,7 @@ class AlertDispatcher:
         threading.Thread(target=self._run, name="vlm-alerts", daemon=True).start()
 
     def raise_alert(self, alert: Alert) -> None:
-        """Called on the model worker thread: only a queue put."""
+        """Called where a check's answer is delivered (the model worker, mostly): only a queue put."""
         self.pending.put(alert)
 
     def _run(self) -> None:

@@ -1,9 +1,11 @@
 """The one small interface every model backend implements.
 
-A backend is loaded once and then only ever called from the scheduler's worker thread,
-one call at a time, so implementations need no locking of their own. It reports what it
-can do (``capabilities``) so the page offers only working buttons, and streams through
-``GenerationEvents`` so the scheduler, not the backend, decides who hears about it.
+A backend is loaded once. ``generate`` and its ``Decoder`` are called from the scheduler's worker
+thread, one call at a time; ``prepare`` runs on preparing threads (``--prepare``), several at once
+and alongside the worker, so what it shares with them must be locked or only ever set one way
+before it is handed over (``FrameCache`` locks). It reports what it can do (``capabilities``) so
+the page offers only working buttons, and streams through ``GenerationEvents`` so the scheduler,
+not the backend, decides who hears about it.
 
 The scheduler drives a backend through a ``Decoder``: a running batch that requests join
 and leave between decode steps. Every backend has one: by default a ``WaveDecoder``, which

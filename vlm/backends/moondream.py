@@ -55,7 +55,6 @@ from .seeds import seeded
 from .stops import StopScreen
 from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned_attention, weights_dtype
 
-# moondream2's code fetches its tokenizer from this hub repo by name (branch main), not from its own folder.
 # Webcam capture sizes and shapes; the frame size sent is chosen from how moondream2 resizes them.
 CAMERA_FRAMES = ((640, 480), (1280, 720), (1920, 1080))
 ASPECTS = ((4, 3), (16, 9))

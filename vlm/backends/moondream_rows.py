@@ -288,7 +288,8 @@ class MoondreamRows(RunningRows):
         self._drop_ended()
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """Greedy as moondream2 picks; a row with a temperature samples from all of it, as the backend asks."""
+        """Greedy as moondream2 picks; a row with a temperature samples from its nucleus (``top_p``), as the
+        backend asks."""
         return pick(logits, self.batch)
 
     def _take(self, row: Row, token: int, position: int) -> None:

@@ -13,7 +13,8 @@ A prompt may also be prefilled before its join (``prefill``, on a preparing thre
 copy instead of a forward pass through the model.
 
 Only text decoders whose cache is a plain ``DynamicCache`` with 1-D positions are stepped this
-way, and only with plain greedy settings (see ``can_step``); other models keep ``generate``.
+way, and only where the model's generation config changes nothing about choosing a token (no
+repetition penalty, banned words, minimum length...: see ``can_step``); other models keep ``generate``.
 A row with a temperature samples at that temperature from its nucleus (``top_p``; the whole
 vocabulary by default), as ``generate`` does, a seeded one from a generator of its own; greedy rows
 are exact.

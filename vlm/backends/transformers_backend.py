@@ -90,6 +90,8 @@ class TransformersBackend(Backend):
         self.image_encoder_params = _parameters(self.image_encoder)
         self.image_features: FrameCache[torch.Tensor] = FrameCache()
         # LLaVA and Idefics3 encode frames into a list, a tensor per frame; FastVLM into one stacked tensor.
+        # Learnt at the first encoding, on whichever thread it runs: it (and dropping ``image_encoder``) only
+        # ever changes one way, and before the features it describes are handed over.
         self.features_stacked = False
         # On a CPU the model's matmuls already use every core: the processor on a thread of its own would
         # only contend with them (16 clients of the demo model: 68-81 answers/s against 84-113 without).
