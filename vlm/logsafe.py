@@ -24,13 +24,17 @@ def neutralise(text: str) -> str:
     return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def url_host(url: str) -> str:
+    """``host:port`` of ``url``, without the userinfo (``user:pass@``) it may carry."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
 def masked_url(url: str) -> str:
     """``url`` with the password of its userinfo (``http://user:pass@host``) replaced by the mask."""
     parts = urlsplit(url)
     if not parts.password:
         return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:{MASK}@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{MASK}@{url_host(url)}"))
 
 
 class SafeFormatter(logging.Formatter):

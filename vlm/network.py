@@ -12,6 +12,11 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def in_url(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def is_wildcard(host: str) -> bool:
     return host in WILDCARD_HOSTS
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from .config import MODEL_ALIASES, Settings
 from .logsafe import masked_url
+from .network import in_url
 from .tls import TlsError, tls_pair
 
 SCHEMES = ("redis", "rediss", "unix")
@@ -119,8 +120,8 @@ def port_problem(host: str, port: int) -> str | None:
 def this_app_at(host: str, port: int) -> str | None:
     """This app's address if it is what answers on ``host``:``port`` (its ``/healthz``, over http or https); else
     None."""
-    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}
-    where = f"{local.get(host, f'[{host}]' if ':' in host else host)}:{port}"
+    local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+    where = f"{in_url(local.get(host, host))}:{port}"
     # Never an http_proxy for this machine, and whatever certificate it has: this only asks who is there.
     direct = urllib.request.build_opener(
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl._create_unverified_context())

@@ -43,6 +43,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from .config import Settings
+from .network import in_url
 from .tls import served_files
 
 log = logging.getLogger(__name__)
@@ -310,9 +311,8 @@ def _serve_gunicorn(
 
     class Application(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            host = f"[{settings.host}]" if ":" in settings.host else settings.host
             options: dict[str, object] = {
-                "bind": [f"{host}:{settings.port}"],
+                "bind": [f"{in_url(settings.host)}:{settings.port}"],
                 "threads": settings.max_connections,
                 "worker_connections": settings.max_connections,
                 # Every HTTP request gets its own connection (the long-lived ones are websockets), so

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import av
 from PIL import Image
 
+from .logsafe import url_host
 from .watch import Frame, Source, SourceKind, WatchHub
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,7 @@ def source_label(target: str) -> str:
     """What the page and the alerts may show: never credentials or a query string from the URL."""
     parts = urlsplit(target)
     if parts.scheme and parts.netloc:
-        host = parts.netloc.rsplit("@", 1)[-1]
-        return f"{parts.scheme}://{host}{parts.path}"
+        return f"{parts.scheme}://{url_host(target)}{parts.path}"
     return Path(target).name or target
 
 

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from .logsafe import url_host
+
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 5.0
@@ -49,7 +51,7 @@ class WebhookSender:
     ) -> None:
         self.url = url
         # Only the host goes into logs: the path or query of a webhook URL often holds a secret.
-        self.host = urlsplit(url).netloc.rsplit("@", 1)[-1]
+        self.host = url_host(url)
         self.on_result = on_result
         self.timeout_s = timeout_s
         self.attempts = attempts
