@@ -18,6 +18,7 @@ from scripts.vlm_factory import ARCHS
 from tests.test_transformers_backend import Events
 from vlm.backends.base import Job
 from vlm.backends.decode_attention import NAME, pack_decode_queries, packed_decode_attention
+from vlm.backends.frame_cache import FrameCache
 from vlm.backends.step_decoder import prefill
 from vlm.backends.transformers_backend import TransformersBackend
 
@@ -107,7 +108,7 @@ def continuous_answers(backend: TransformersBackend) -> list[str]:
     decoder.join({3: jobs[3]})
     while decoder.rows():
         decoder.step()
-    backend.image_features.clear()
+    backend.image_features = FrameCache()
     return [answers.results[index].answer for index in range(len(jobs))]
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from vlm import heap
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_glibc_takes_the_fixed_mmap_threshold() -> None:

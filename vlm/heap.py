@@ -18,8 +18,8 @@ M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
 BIG_BUFFER_BYTES = 4 << 20
 
 
-def unmap_big_buffers_when_freed(threshold: int = BIG_BUFFER_BYTES) -> bool:
-    """Fix glibc's mmap threshold at ``threshold``; False where the C library has no ``mallopt`` (not glibc)."""
+def unmap_big_buffers_when_freed() -> bool:
+    """Fix glibc's mmap threshold at ``BIG_BUFFER_BYTES``; False where the C library has no ``mallopt`` (not glibc)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -27,4 +27,4 @@ def unmap_big_buffers_when_freed(threshold: int = BIG_BUFFER_BYTES) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_MMAP_THRESHOLD, threshold) == 1
+    return mallopt(M_MMAP_THRESHOLD, BIG_BUFFER_BYTES) == 1

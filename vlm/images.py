@@ -198,8 +198,8 @@ def _inline(work: Callable[..., Decoded], *args: object) -> Decoded:
 _slots = DecodeSlots(threading.BoundedSemaphore(DECODE_SLOTS), _inline)
 
 
-def configure_decoding(async_mode: str, slots: int = DECODE_SLOTS) -> None:
-    """Set once at start-up: ``slots`` decode threads of their own, waited on in the server's own way.
+def configure_decoding(async_mode: str) -> None:
+    """Set once at start-up: ``DECODE_SLOTS`` decode threads of their own, waited on in the server's own way.
 
     Their own threads, not the connections': glibc gives each thread that allocates big buffers
     its own heap arena and keeps what was freed there, so decodes spread over every connection
@@ -210,7 +210,7 @@ def configure_decoding(async_mode: str, slots: int = DECODE_SLOTS) -> None:
         from gevent.lock import BoundedSemaphore  # imported here: gevent is only loaded when it is the server
         from gevent.threadpool import ThreadPool
 
-        pool = ThreadPool(slots)
+        pool = ThreadPool(DECODE_SLOTS)
 
         def on_pool(work: Callable[..., Decoded], *args: object) -> Decoded:
             # gevent's pool prints a traceback for every exception a job raises; a refused frame is no error.
@@ -219,15 +219,15 @@ def configure_decoding(async_mode: str, slots: int = DECODE_SLOTS) -> None:
                 raise outcome
             return outcome
 
-        _slots = DecodeSlots(BoundedSemaphore(slots), on_pool)
+        _slots = DecodeSlots(BoundedSemaphore(DECODE_SLOTS), on_pool)
     elif async_mode == "eventlet":
         import eventlet.semaphore
         import eventlet.tpool
 
-        eventlet.tpool.set_num_threads(slots)
-        _slots = DecodeSlots(eventlet.semaphore.BoundedSemaphore(slots), eventlet.tpool.execute)
+        eventlet.tpool.set_num_threads(DECODE_SLOTS)
+        _slots = DecodeSlots(eventlet.semaphore.BoundedSemaphore(DECODE_SLOTS), eventlet.tpool.execute)
     else:
-        executor = ThreadPoolExecutor(slots, thread_name_prefix="vlm-decode")
+        executor = ThreadPoolExecutor(DECODE_SLOTS, thread_name_prefix="vlm-decode")
         _slots = DecodeSlots(
-            threading.BoundedSemaphore(slots), lambda work, *args: executor.submit(work, *args).result()
+            threading.BoundedSemaphore(DECODE_SLOTS), lambda work, *args: executor.submit(work, *args).result()
         )

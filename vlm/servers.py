@@ -255,9 +255,8 @@ class ShrinkingThreadPool:
     threads waiting minus jobs queued; a job that finds none spare starts a thread.
     """
 
-    def __init__(self, max_workers: int, idle_s: float = IDLE_THREAD_S) -> None:
+    def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
-        self.idle_s = idle_s
         self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._spare = 0
@@ -280,7 +279,7 @@ class ShrinkingThreadPool:
     def _work(self) -> None:
         while True:
             try:
-                future, work, args = self._jobs.get(timeout=self.idle_s)
+                future, work, args = self._jobs.get(timeout=IDLE_THREAD_S)
             except queue.Empty:
                 with self._lock:
                     if not self._jobs.empty():

@@ -60,6 +60,7 @@ HANDSHAKE_TIMEOUT_S = 5.0
 HANDSHAKES_PER_S = 10.0
 SWEEP_EVERY_S = 1.0
 NAMESPACE = "/"
+SOCKET_PATH = "/socket.io/"  # where Socket.IO is served (its default)
 BINARY_PACKETS = ("5", "6")  # Socket.IO's BINARY_EVENT and BINARY_ACK
 
 
@@ -193,11 +194,11 @@ class SessionBounds:
     def start(self) -> None:
         self.socketio.start_background_task(self._sweep_forever)
 
-    def wrap(self, wsgi_app: Callable[..., Iterable[bytes]], path: str = "/socket.io/") -> Callable[..., Any]:
+    def wrap(self, wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Any]:
         """Refuse handshakes over the bounds; close the connection after any Engine.IO error."""
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if not environ.get("PATH_INFO", "").startswith(path):
+            if not environ.get("PATH_INFO", "").startswith(SOCKET_PATH):
                 return wsgi_app(environ, start_response)
             query = parse_qs(environ.get("QUERY_STRING", ""))
             if "sid" not in query:

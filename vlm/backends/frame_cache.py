@@ -19,8 +19,7 @@ FRAMES_KEPT = 8
 
 
 class FrameCache(Generic[Encoding]):
-    def __init__(self, capacity: int = FRAMES_KEPT) -> None:
-        self.capacity = capacity
+    def __init__(self) -> None:
         self.entries: OrderedDict[str, Encoding] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -35,9 +34,5 @@ class FrameCache(Generic[Encoding]):
         with self._lock:
             self.entries[key] = encoding
             self.entries.move_to_end(key)
-            while len(self.entries) > self.capacity:
+            while len(self.entries) > FRAMES_KEPT:
                 self.entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self.entries.clear()
