@@ -46,7 +46,7 @@ from vlm import ratelimit
 from vlm.access import GUESS_BURST, PRUNE_TOLD_AT, Access
 from vlm.config import parse_settings
 from vlm.hosts import allowed_hosts, host_allowed
-from vlm.servers import HEADER_TIMEOUT_S, IO_TIMEOUT_S, AddressLimits
+from vlm.servers.bounds import HEADER_TIMEOUT_S, IO_TIMEOUT_S, AddressLimits
 from vlm.sessions import HANDSHAKE_TIMEOUT_S
 
 TOKEN = "attack-test-token"

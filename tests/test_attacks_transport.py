@@ -23,7 +23,7 @@ import websocket
 from tests.attack_tools import assert_bystander_served, connect_from, flood, read_response, wait_for_recovery
 from tests.server_process import AppProcess
 from tests.test_attacks import AUTH, TOKEN, limited, raw_socketio, settled
-from vlm.servers import HEADER_TIMEOUT_S
+from vlm.servers.bounds import HEADER_TIMEOUT_S
 from vlm.sessions import HANDSHAKE_TIMEOUT_S
 
 TRICKLE_EVERY_S = 2.0

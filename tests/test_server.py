@@ -40,7 +40,7 @@ def test_page_is_served_with_security_headers(app: AppProcess) -> None:
 
 @pytest.fixture(scope="module", params=ASYNC_MODES)
 def app_in_each_mode(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[AppProcess]:
-    """The server as each async mode runs it (each wires its own connection handler: see vlm/servers.py)."""
+    """The server as each async mode runs it (each wires its own connection handler: see vlm/servers/)."""
     with serving(tiny_model, "--async-mode", request.param, max_new_tokens=12) as running:
         yield running
 

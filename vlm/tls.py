@@ -67,6 +67,15 @@ def served_files(settings: Settings) -> tuple[str, str]:
     return str(cert), str(key)
 
 
+def tls_files(settings: Settings) -> dict[str, str]:
+    """The server's ``certfile``/``keyfile`` options (none without https), as the start checks made (or remade) and
+    loaded the pair: not loaded again, which would also repeat the warning about a certificate near its end."""
+    if not settings.https:
+        return {}
+    cert, key = served_files(settings)
+    return {"certfile": cert, "keyfile": key}
+
+
 def _cached_files(directory: Path) -> tuple[Path, Path]:
     return directory / "cert.pem", directory / "key.pem"
 
