@@ -17,7 +17,6 @@ from vlm.heap import unmap_big_buffers_when_freed
 from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
 from vlm.logsafe import MASK, configure_logging, route_library_loggers
-from vlm.metrics import MeteredScheduler
 from vlm.network import is_loopback, is_wildcard, lan_address
 from vlm.preflight import start_problem
 from vlm.servers import serve
@@ -37,20 +36,9 @@ def load_model(settings: Settings, web: WebApp) -> None:
     except Exception as error:  # any failure here is fatal and must read as a sentence
         print(f"\nERROR: {explain_load_failure(settings, error)}\n", file=sys.stderr, flush=True)
         os._exit(2)
-    scheduler = MeteredScheduler(
-        backend,
-        metrics=web.watch.metrics,
-        max_queue=settings.max_queue,
-        batch_window_s=settings.batch_window_ms / 1000,
-        timeout_s=settings.request_timeout_s,
-        continuous=settings.batching == "continuous",
-        prepare_ahead=None if settings.prepare == "auto" else settings.prepare != "worker",
-        prepare_threads=settings.prepare_threads or None,
-    )
-    web.slot.install(backend, scheduler)
+    web.install_model(backend)
     info = backend.info
     log.info("model ready: %s via %s on %s (%s)", info.model, info.backend, info.device, info.dtype)
-    web.watch.model_ready(info)
     announce_ready(settings)
 
 

@@ -108,7 +108,7 @@ def arrivals(backend: MoondreamBackend, mode: WorkAhead, gap_s: float) -> Run:
             text=QUESTIONS[number % len(QUESTIONS)],
             max_new_tokens=ANSWER_TOKENS,
         )
-        scheduler.submit(Request(id=str(number), client=f"client-{number}", job=job, sink=timeline))
+        scheduler.submit(Request(id=str(number), client=f"client-{number}", job=job, sink=timeline, door="socketio"))
         timelines.append(timeline)
     for timeline in timelines:
         timeline.done.wait()

@@ -13,12 +13,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
 
 from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
+
+if TYPE_CHECKING:
+    from vlm.web import WebApp
+
+IN_PROCESS_TOKEN = "in-process-token"
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +114,25 @@ def client(app: AppProcess) -> Iterator[RecordingClient]:
     connected = RecordingClient(app.url)
     yield connected
     connected.close()
+
+
+@pytest.fixture
+def unloaded_app() -> WebApp:
+    """The app in process, as app.py creates it, while its model is still loading; ``IN_PROCESS_TOKEN`` opens it."""
+    from vlm.config import Settings
+    from vlm.web import create_app
+
+    return create_app(Settings(token=IN_PROCESS_TOKEN, batch_window_ms=0))
+
+
+@pytest.fixture
+def served_app(unloaded_app: WebApp) -> WebApp:
+    """The app in process with its model installed as app.py installs one (``WebApp.install_model``: metered,
+    queued as the settings say), a ``ScriptedBackendDouble`` for the model."""
+    from tests.doubles import ScriptedBackendDouble
+
+    unloaded_app.install_model(ScriptedBackendDouble())
+    return unloaded_app
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

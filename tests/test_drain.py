@@ -6,23 +6,11 @@ import time
 
 import pytest
 
+from tests.conftest import IN_PROCESS_TOKEN as TOKEN
 from tests.conftest import jpeg_data_url
-from tests.doubles import ScriptedBackendDouble
-from vlm.config import Settings
-from vlm.scheduler import Scheduler
-from vlm.web import WebApp, create_app
+from vlm.web import WebApp
 
 pytestmark = pytest.mark.unit
-
-TOKEN = "drain-token"
-
-
-@pytest.fixture
-def web() -> WebApp:
-    web = create_app(Settings(token=TOKEN))
-    backend = ScriptedBackendDouble()
-    web.slot.install(backend, Scheduler(backend, batch_window_s=0))
-    return web
 
 
 def chat(stream: bool) -> dict[str, object]:
@@ -31,28 +19,28 @@ def chat(stream: bool) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_v1_answer_is_waited_for_until_its_response_is_written(web: WebApp, stream: bool) -> None:
+def test_a_v1_answer_is_waited_for_until_its_response_is_written(served_app: WebApp, stream: bool) -> None:
     """The scheduler is done with an answer once its sink has it; its HTTP thread still has to write it."""
-    client = web.app.test_client()
+    client = served_app.app.test_client()
     headers = {"Authorization": f"Bearer {TOKEN}"}
     response = client.post("/v1/chat/completions", json=chat(stream), headers=headers, buffered=False)
     assert response.status_code == 200
-    scheduler = web.slot.scheduler
+    scheduler = served_app.slot.scheduler
     assert scheduler is not None
     deadline = time.monotonic() + 5
     while scheduler.pending() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert scheduler.pending() == 0, "the answer is with its sink"
-    assert not web.idle(), "the response is not written yet"
+    assert not served_app.idle(), "the response is not written yet"
     body = b"".join(response.response)
     response.close()
     assert b"echo" in body
-    assert web.idle()
+    assert served_app.idle()
 
 
-def test_a_refused_v1_request_is_counted_out_too(web: WebApp) -> None:
-    response = web.app.test_client().get("/v1/models", buffered=False)
+def test_a_refused_v1_request_is_counted_out_too(served_app: WebApp) -> None:
+    response = served_app.app.test_client().get("/v1/models", buffered=False)
     assert response.status_code == 401
-    assert not web.idle()
+    assert not served_app.idle()
     response.close()
-    assert web.idle(), "the count went down for a request the token check refused before the route ran"
+    assert served_app.idle(), "the count went down for a request the token check refused before the route ran"

@@ -32,7 +32,7 @@ def upstream(slow_model: Path) -> Iterator[AppProcess]:
 
 def ask(sink: RecordingSinkDouble, rid: str, client: str, tokens: int) -> Request:
     job = Job(task="query", image=FRAME, image_key=rid, text="describe the image", max_new_tokens=tokens)
-    return Request(id=rid, client=client, job=job, sink=sink.to(rid))
+    return Request(id=rid, client=client, job=job, sink=sink.to(rid), door="http")
 
 
 def test_a_request_is_forwarded_while_another_streams(upstream: AppProcess, slow_model: Path) -> None:

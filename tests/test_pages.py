@@ -47,7 +47,11 @@ def test_health_says_loading_until_the_slot_is_filled() -> None:
 
 def test_info_needs_the_bearer_token_and_lists_the_limits() -> None:
     client = pages_app(loaded_slot()).test_client()
-    assert client.get("/api/info").status_code == 401
+    refused = client.get("/api/info")
+    assert (refused.status_code, refused.json) == (
+        401,
+        {"error": {"code": "unauthorized", "message": "missing or wrong token"}},
+    ), "in the shape of every other refusal"
     info = client.get("/api/info", headers={"Authorization": f"Bearer {TOKEN}"}).json
     assert info["capabilities"] == ["caption", "query", "stream"]
     assert (info["model"], info["max_question_chars"], info["rate_burst"]) == ("demo", 1000, 20)

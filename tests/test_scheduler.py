@@ -34,6 +34,7 @@ def make_request(sink: RecordingSinkDouble, rid: str, client: str, text: str = "
         client=client,
         job=Job(task="query", image=FRAME, image_key="k", text=text),
         sink=sink.to(rid),
+        door="socketio",
         ordered=ordered,
     )
 
@@ -261,7 +262,13 @@ def test_an_answer_still_being_told_counts_as_pending() -> None:
     sink = SlowToTellSinkDouble()
     scheduler = Scheduler(ScriptedBackendDouble(), batch_window_s=0)
     scheduler.submit(
-        Request(id="a", client="alice", job=Job(task="query", image=FRAME, image_key="k", text="hi"), sink=sink)
+        Request(
+            id="a",
+            client="alice",
+            job=Job(task="query", image=FRAME, image_key="k", text="hi"),
+            sink=sink,
+            door="socketio",
+        )
     )
     assert sink.telling.wait(5)
     assert scheduler.pending() == 1, "the answer is not yet with its sink"

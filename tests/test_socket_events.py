@@ -13,33 +13,17 @@ from typing import Any
 import pytest
 from flask_socketio import SocketIOTestClient
 
+from tests.conftest import IN_PROCESS_TOKEN as TOKEN
 from tests.conftest import jpeg_data_url
-from tests.doubles import ScriptedBackendDouble
-from vlm.config import Settings
-from vlm.scheduler import Scheduler
 from vlm.watch import WatchHub
-from vlm.web import WebApp, create_app
+from vlm.web import WebApp
 
 pytestmark = pytest.mark.unit
 
-TOKEN = "in-process-token"
-
 
 @pytest.fixture
-def web() -> WebApp:
-    return create_app(Settings(token=TOKEN))
-
-
-@pytest.fixture
-def loaded(web: WebApp) -> WebApp:
-    backend = ScriptedBackendDouble()
-    web.slot.install(backend, Scheduler(backend, batch_window_s=0))
-    return web
-
-
-@pytest.fixture
-def client(loaded: WebApp) -> Iterator[SocketIOTestClient]:
-    connected = loaded.socketio.test_client(loaded.app, auth={"token": TOKEN})
+def client(served_app: WebApp) -> Iterator[SocketIOTestClient]:
+    connected = served_app.socketio.test_client(served_app.app, auth={"token": TOKEN})
     yield connected
     if connected.is_connected():
         connected.disconnect()
@@ -57,8 +41,8 @@ def wait_for(client: SocketIOTestClient, name: str, timeout_s: float = 5.0) -> l
     raise AssertionError(f"no {name!r} within {timeout_s} s: {received}")
 
 
-def test_a_wrong_token_is_refused_at_connect(loaded: WebApp) -> None:
-    stranger = loaded.socketio.test_client(loaded.app, auth={"token": "wrong"})
+def test_a_wrong_token_is_refused_at_connect(served_app: WebApp) -> None:
+    stranger = served_app.socketio.test_client(served_app.app, auth={"token": "wrong"})
     assert not stranger.is_connected()
 
 
@@ -103,8 +87,8 @@ def test_a_client_without_ids_hears_refusals_on_response_like_the_original_page(
     }
 
 
-def test_before_the_model_loads_a_query_is_refused_as_loading(web: WebApp) -> None:
-    client = web.socketio.test_client(web.app, auth={"token": TOKEN})
+def test_before_the_model_loads_a_query_is_refused_as_loading(unloaded_app: WebApp) -> None:
+    client = unloaded_app.socketio.test_client(unloaded_app.app, auth={"token": TOKEN})
     ack = client.emit("query", {"id": "early", "question": "hi", "image": jpeg_data_url()}, callback=True)
     assert (ack["id"], ack["error"]["code"]) == ("early", "loading")
     (event,) = client.get_received()
@@ -147,9 +131,9 @@ def test_an_event_nobody_handles_is_not_acknowledged(client: SocketIOTestClient)
     assert client.get_received() == []
 
 
-def test_one_address_keeps_at_most_its_share_of_the_watches(loaded: WebApp) -> None:
+def test_one_address_keeps_at_most_its_share_of_the_watches(served_app: WebApp) -> None:
     """Eight connections from one address, eight watches each, took every watch the server keeps."""
-    tabs = [loaded.socketio.test_client(loaded.app, auth={"token": TOKEN}) for _ in range(3)]
+    tabs = [served_app.socketio.test_client(served_app.app, auth={"token": TOKEN}) for _ in range(3)]
     acks = [tab.emit("watch_add", {"condition": "is there a cup?"}, callback=True) for tab in tabs for _ in range(8)]
     assert sum("watch" in ack for ack in acks) == WatchHub.MAX_PER_ADDRESS
     assert acks[-1]["error"] == {"code": "busy", "message": "one address can keep at most 16 watches"}

@@ -160,7 +160,7 @@ def test_openai_error_objects_take_their_status_from_the_errors_module() -> None
 
 def test_metrics_count_an_answer_from_its_typed_timing() -> None:
     metrics = Metrics()
-    metrics.answered("http-1", QUERY)
+    metrics.answered("http", QUERY)
     assert (
         metrics.registry.get_sample_value("vlm_requests_total", {"door": "http", "outcome": "answered", "code": ""})
         == 1

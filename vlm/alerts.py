@@ -8,8 +8,6 @@ sequence numbers, so a consumer that long-polls ``after=<last seq>`` misses none
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import queue
 import threading
@@ -19,27 +17,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from PIL import Image
-
+from .jpeg import jpeg_base64, jpeg_data_url
 from .watch import Alert, Notify
 
 log = logging.getLogger(__name__)
 
 THUMB_SIDE = 160
 FEED_SIZE = 100
-
-
-def jpeg_bytes(image: Image.Image, max_side: int | None = None, quality: int = 80) -> bytes:
-    if max_side is not None and max(image.size) > max_side:
-        image = image.copy()
-        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def jpeg_base64(image: Image.Image, max_side: int | None = None, quality: int = 80) -> str:
-    return base64.b64encode(jpeg_bytes(image, max_side, quality)).decode()
 
 
 def alert_record(alert: Alert, seq: int) -> dict[str, Any]:
@@ -129,7 +113,7 @@ class AlertDispatcher:
         )
         self.counted(alert)
         image = alert.frame.image
-        shown = {**record, "thumbnail": "data:image/jpeg;base64," + jpeg_base64(image, THUMB_SIDE, 70)}
+        shown = {**record, "thumbnail": jpeg_data_url(image, THUMB_SIDE, 70)}
         self.notify("watch_alert", shown, alert.watch.owner)
         if alert.watch.owner is not None:
             return  # a tab's watch, about its own camera, is its business only: not the feed's, nor the webhook's

@@ -3,9 +3,9 @@
 A registry per app (not prometheus_client's global one) keeps two apps in one process,
 as in tests, from counting into each other. Requests are counted where every one of them
 ends, at its sink: ``MeteredScheduler`` wraps each submitted request's sink, so the
-Socket.IO, HTTP and watch paths are all measured without each having to remember to.
-Requests refused before reaching the scheduler (bad input, rate limit, loading) are counted
-by the door that refused them (``refused``).
+Socket.IO, HTTP and watch paths are all measured, each under the ``door`` its request names,
+without each having to remember to. Requests refused before reaching the scheduler (bad
+input, rate limit, loading) are counted by the door that refused them (``refused``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Set
 from dataclasses import asdict
 from typing import Any
 
-from flask import g, has_request_context
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -23,19 +22,12 @@ from prometheus_client.registry import Collector
 from .backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, RowEvents, never
 from .errors import Code, VlmError
 from .results import Answer, Sink
-from .scheduler import Request, Scheduler
+from .scheduler import Door, Request, Scheduler
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 STAGES = ("queue", "decode", "model", "first_token", "total")
-
-
-def door(client: str) -> str:
-    """Which way a request came in, from its scheduler client key."""
-    if client.startswith("watch:"):
-        return "watch"
-    return "http" if client.startswith("http-") else "socketio"
 
 
 class Metrics:
@@ -116,18 +108,18 @@ class Metrics:
     def model_loaded(self, info: ModelInfo) -> None:
         self.model.info({"model": info.model, "backend": info.backend, "device": info.device, "dtype": info.dtype})
 
-    def answered(self, client: str, answer: Answer) -> None:
-        self.requests.labels(door(client), "answered", "").inc()
+    def answered(self, door: Door, answer: Answer) -> None:
+        self.requests.labels(door, "answered", "").inc()
         timing = asdict(answer.timing)
         for stage in STAGES:
             self.latency.labels(stage).observe(timing[f"{stage}_ms"] / 1000)
         self.tokens.inc(answer.result.tokens)
 
-    def failed(self, client: str, code: str) -> None:
-        self.requests.labels(door(client), "cancelled" if code == Code.CANCELLED else "error", code).inc()
+    def failed(self, door: Door, code: str) -> None:
+        self.requests.labels(door, "cancelled" if code == Code.CANCELLED else "error", code).inc()
 
-    def refused(self, door_name: str, code: str) -> None:
-        self.refusals.labels(door_name, code).inc()
+    def refused(self, door: Door, code: str) -> None:
+        self.refusals.labels(door, code).inc()
 
     def webhook_result(self, delivered: bool) -> None:
         (self.webhook_posts if delivered else self.webhook_failures).inc()
@@ -136,20 +128,20 @@ class Metrics:
 class MeteredSink:
     """Counts a request's outcome and timings, then passes every event on unchanged."""
 
-    def __init__(self, inner: Sink, metrics: Metrics, client: str) -> None:
+    def __init__(self, inner: Sink, metrics: Metrics, door: Door) -> None:
         self.inner = inner
         self.metrics = metrics
-        self.client = client
+        self.door = door
 
     def stream(self, delta: str) -> None:
         self.inner.stream(delta)
 
     def answered(self, answer: Answer) -> None:
-        self.metrics.answered(self.client, answer)
+        self.metrics.answered(self.door, answer)
         self.inner.answered(answer)
 
     def failed(self, error: VlmError) -> None:
-        self.metrics.failed(self.client, error.code)
+        self.metrics.failed(self.door, error.code)
         self.inner.failed(error)
 
 
@@ -159,9 +151,7 @@ class MeteredScheduler(Scheduler):
         super().__init__(MeteredBackend(backend, metrics), **options)
 
     def submit(self, request: Request) -> None:
-        request.sink = MeteredSink(request.sink, self.metrics, request.client)
-        if has_request_context():
-            g.vlm_queued = True  # an HTTP error after this was counted here, not as a refusal
+        request.sink = MeteredSink(request.sink, self.metrics, request.door)
         super().submit(request)
 
 

@@ -7,6 +7,7 @@ every handler reads the slot at request time instead of holding a backend of its
 from __future__ import annotations
 
 from .backends.base import Backend
+from .errors import Code, VlmError
 from .scheduler import Scheduler
 
 
@@ -18,6 +19,10 @@ class ModelSlot:
     def install(self, backend: Backend, scheduler: Scheduler) -> None:
         self.backend, self.scheduler = backend, scheduler
 
-    def decode_size(self) -> int | None:
-        """The longest frame side worth decoding, once a model is loaded."""
-        return self.backend.info.decode_size if self.backend is not None else None
+    def loaded(self) -> tuple[Backend, Scheduler]:
+        """The model and its scheduler; while it loads, raises the ``loading`` refusal, which each door writes in
+        its own wire shape."""
+        backend, scheduler = self.backend, self.scheduler
+        if backend is None or scheduler is None:
+            raise VlmError(Code.LOADING, "the model is still loading; try again in a moment")
+        return backend, scheduler

@@ -31,13 +31,14 @@ from itertools import chain
 from queue import SimpleQueue
 from typing import Any, Protocol
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .access import Access
 from .config import Settings
 from .errors import Code, VlmError, http_status
 from .hangup import hung_up
+from .metrics import Metrics
 from .model_slot import ModelSlot
 from .openai_responses import ResponseObject, parse_responses_request
 from .openai_wire import (
@@ -64,6 +65,8 @@ ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx
 MAX_STOPS = 4  # OpenAI's own limit
 MAX_STOP_CHARS = 256  # a row holds back up to this much while a stop string may be starting
 
+# The routes that ask the model: a refusal there is a request refused (``vlm_refused_requests``).
+MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
 HANGUP_CHECK_S = 0.2
 LOADING_RETRY_S = 5
 # A failure that asking again would only repeat: the same request runs past the time limit again, or fails
@@ -123,14 +126,25 @@ def install_openai_api(
     access: Access,
     sleep: Callable[[float], object],
     open_responses: OpenResponses,
+    metrics: Metrics,
 ) -> None:
     """Mount ``/v1`` on ``app``, after ``SocketIO(app)`` so that ``eventlet_environ`` wraps Socket.IO's middleware.
 
     ``access`` is the app's own token check, ``sleep`` its async mode's; ``open_responses`` counts what
-    ``/v1`` has yet to finish writing.
+    ``/v1`` has yet to finish writing; ``metrics`` counts its refusals.
     """
     app.register_blueprint(openai_blueprint(settings, slot, access=access, sleep=sleep, open_responses=open_responses))
     app.wsgi_app = eventlet_environ(app.wsgi_app)  # type: ignore[method-assign]
+
+    @app.after_request
+    def count_refusals(response: Response) -> Response:
+        """A request for the model refused before its queue, wherever it was refused: the token check, the view,
+        Flask itself (a wrong method, a body too large). One that was queued was counted by how it ended."""
+        if request.path in MODEL_PATHS and response.status_code >= 400 and not g.get("vlm_queued"):
+            body = response.get_json(silent=True) if response.is_json else None
+            code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+            metrics.refused("http", str(code or response.status_code))
+        return response
 
     @app.after_request
     def allow_listed_origins(response: Response) -> Response:
@@ -217,16 +231,19 @@ def openai_blueprint(
     def model_entry() -> dict[str, Any]:
         return {"id": settings.model_name, "object": "model", "created": started, "owned_by": "webcam-vlm"}
 
+    @api.errorhandler(VlmError)
+    def refusal(error: VlmError) -> tuple[Response, int]:
+        """What a route refuses by raising (the model still loading, a body it cannot take), as OpenAI's error."""
+        return error_response(error.code, error.message, param=error.param)
+
     @api.get("/models")
     def models() -> tuple[Response, int]:
-        if slot.backend is None:
-            return error_response(Code.LOADING, "the model is still loading; try again in a moment")
+        slot.loaded()  # 503 until the model is there to serve
         return jsonify(object="list", data=[model_entry()]), 200
 
     @api.get("/models/<path:model>")
     def model(model: str) -> tuple[Response, int]:
-        if slot.backend is None:
-            return error_response(Code.LOADING, "the model is still loading; try again in a moment")
+        slot.loaded()  # 503 until the model is there to serve
         if model != settings.model_name:
             return error_response(
                 Code.MODEL_NOT_FOUND,
@@ -239,19 +256,13 @@ def openai_blueprint(
     def answered(
         parse: Callable[..., ApiRequest], where: str, shape: Callable[[ApiRequest, str], WireShape]
     ) -> Response | tuple[Response, int]:
-        """The request's answer in ``shape``'s wire format; ``parse`` reads the body, ``where`` holds its frame."""
+        """The request's answer in ``shape``'s wire format; ``parse`` reads the body, ``where`` holds its frame.
+        A refusal before the queue is raised (``refusal`` writes it), except the frame's, which names ``where``."""
         received = time.perf_counter()
-        backend, scheduler = slot.backend, slot.scheduler
-        if backend is None or scheduler is None:
-            return error_response(Code.LOADING, "the model is still loading; try again in a moment")
-        try:
-            asked = parse(
-                json_body(),
-                max_question_chars=settings.max_question_chars,
-                text_only="text" in backend.info.capabilities,
-            )
-        except VlmError as error:
-            return error_response(error.code, error.message, param=error.param)
+        backend, scheduler = slot.loaded()
+        asked = parse(
+            json_body(), max_question_chars=settings.max_question_chars, text_only="text" in backend.info.capabilities
+        )
         try:
             job, decode_ms = to_job(
                 asked.incoming,
@@ -271,11 +282,13 @@ def openai_blueprint(
             client=f"http-{uuid.uuid4().hex}",
             job=job,
             sink=sink,
+            door="http",
             received=received,
             decode_ms=decode_ms,
             returns=False,
         )
         log.info("query %s over HTTP (%d chars; frames are never stored)", work.id, len(job.text))
+        g.vlm_queued = True  # how it ends is counted at its sink now, not as a refusal (``count_refusals``)
         scheduler.submit(work)
         events = iter(sink)
         # Waiting for the first event lets a refusal (busy, timeout) still go out with its own HTTP status.

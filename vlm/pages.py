@@ -73,7 +73,7 @@ def pages_blueprint(
         # The cookie too: a second tab opened at / has only the cookie (SameSite=Strict, so no other site's).
         if not access.bearer_ok() and not access.cookie_ok():
             refused = access.refusal("token")
-            return jsonify(error=refused.code), http_status(refused.code)
+            return jsonify(refused.as_object()), http_status(refused.code)
         if slot.backend is None:
             return jsonify(status="loading"), 503
         info = asdict(slot.backend.info)

@@ -15,7 +15,7 @@ from typing import get_args
 from .backends.base import CaptionLength, Job, Task
 from .config import Settings
 from .errors import Code, VlmError
-from .images import decode_image
+from .images import DecodedImage, decode_image
 
 SKILLS = ("caption", "detect", "point")
 MAX_ID_CHARS = 128
@@ -97,12 +97,7 @@ def to_job(
     frame = None
     if incoming.image is not None:
         try:
-            frame = decode_image(
-                incoming.image,
-                max_bytes=settings.max_image_bytes,
-                max_pixels=settings.max_image_pixels,
-                target_size=decode_size,
-            )
+            frame = decode_frame(incoming.image, settings, decode_size)
         except VlmError as error:
             raise VlmError(error.code, error.message, incoming.id) from error
     job = Job(
@@ -118,6 +113,14 @@ def to_job(
         seed=seed,
     )
     return job, frame.decode_ms if frame else 0.0
+
+
+def decode_frame(image: object, settings: Settings, side: int) -> DecodedImage:
+    """A client's frame (data URL or bare Base64) decoded under the server's byte and pixel limits, scaled to
+    ``side`` px at most: how every door that takes a frame decodes it. Raises ``VlmError``."""
+    return decode_image(
+        image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, target_size=side
+    )
 
 
 def parse_cancel(payload: object) -> str:

@@ -51,6 +51,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Literal
 
 from .backends.base import Backend, Decoder, Job, Result, WaveDecoder
 from .errors import Code, VlmError
@@ -72,14 +73,19 @@ class Preparation(Enum):
     READY = "ready"  # prepared, or nothing to prepare: the worker may admit it
 
 
+Door = Literal["socketio", "http", "watch"]  # the transport a request came in by
+
+
 @dataclass(eq=False)
 class Request:
-    """One unit of work from any door; ``client`` keys the fairness rules, ``sink`` hears how it ends."""
+    """One unit of work from any door; ``client`` keys the fairness rules, ``sink`` hears how it ends, ``door``
+    says which transport made it (each sets its own, for the metrics)."""
 
     id: str
     client: str
     job: Job
     sink: Sink
+    door: Door
     # A Socket.IO client keeps asking, so the batch window may wait for it; an HTTP request is one-shot.
     returns: bool = True
     # Wait behind the client's unfinished request instead of superseding it.

@@ -21,10 +21,10 @@ from .access import Access
 from .backends.base import Backend
 from .config import Settings
 from .errors import Code, VlmError
-from .images import decode_image
+from .metrics import Metrics
 from .model_slot import ModelSlot
 from .outbox import Outbox
-from .protocol import Incoming, parse_cancel, parse_query, parse_skill, request_id, to_job
+from .protocol import Incoming, decode_frame, parse_cancel, parse_query, parse_skill, request_id, to_job
 from .ratelimit import EventGate, Verdict
 from .request_queue import queue_full
 from .scheduler import Request
@@ -59,10 +59,7 @@ def gated(*, replies: bool) -> Callable[[Handler], Callable[..., Any]]:
                 error = VlmError(Code.BAD_REQUEST, "send exactly one payload object")
             else:
                 return handler(self, payload)
-            if replies:
-                return self.refuse(payload, error)
-            self.watch.metrics.refused("socketio", error.code)
-            return error.as_object()
+            return self.refuse(payload, error) if replies else self.refuse_in_ack(error)
 
         return receive
 
@@ -85,6 +82,7 @@ class AppNamespace(Namespace):
         gate: EventGate,
         outbox: Outbox,
         watch: WatchService,
+        metrics: Metrics,
     ) -> None:
         super().__init__("/")
         self.settings = settings
@@ -93,6 +91,7 @@ class AppNamespace(Namespace):
         self.gate = gate
         self.outbox = outbox
         self.watch = watch
+        self.metrics = metrics
 
     def trigger_event(self, event: str, *args: Any) -> Any:
         """An event with no handler is charged like any other (a flood of them was never cut), then not
@@ -148,8 +147,7 @@ class AppNamespace(Namespace):
         try:
             rid = parse_cancel(payload)
         except VlmError as error:
-            self.watch.metrics.refused("socketio", error.code)
-            return error.as_object()
+            return self.refuse_in_ack(error)
         cancelled = self.slot.scheduler is not None and self.slot.scheduler.cancel(request.sid, rid)
         return {"id": rid, "cancelled": cancelled}
 
@@ -160,13 +158,11 @@ class AppNamespace(Namespace):
         one the server made up before any event about a queued request arrives.
         """
         received = time.perf_counter()
-        backend, scheduler = self.slot.backend, self.slot.scheduler
-        if backend is None or scheduler is None:
-            return self.refuse(payload, VlmError(Code.LOADING, "the model is still loading; try again in a moment"))
         seed = is_seed(payload)
-        if not scheduler.has_room(request.sid, ordered=seed):  # before the decode: refusing is free
-            return self.refuse(payload, queue_full(scheduler.max_queue))
         try:
+            backend, scheduler = self.slot.loaded()
+            if not scheduler.has_room(request.sid, ordered=seed):  # before the decode: refusing is free
+                raise queue_full(scheduler.max_queue)
             incoming = parse(backend)
             job, decode_ms = to_job(incoming, self.settings, decode_size=backend.info.decode_size)
         except VlmError as error:
@@ -185,6 +181,7 @@ class AppNamespace(Namespace):
                 client=request.sid,
                 job=job,
                 sink=sink,
+                door="socketio",
                 ordered=seed,
                 received=received,
                 decode_ms=decode_ms,
@@ -202,9 +199,15 @@ class AppNamespace(Namespace):
                 rid = request_id(payload)
             except VlmError:
                 rid = None
-        self.watch.metrics.refused("socketio", error.code)
+        self.metrics.refused("socketio", error.code)
         SocketSink(self.emit_now, request.sid, rid, seed=is_seed(payload)).failed(error)
         return {"id": rid, **error.as_object()}
+
+    def refuse_in_ack(self, error: VlmError) -> dict[str, Any]:
+        """A refusal before the scheduler told in the acknowledgement alone (a ``cancel``, a watch event): counted
+        like every other."""
+        self.metrics.refused("socketio", error.code)
+        return error.as_object()
 
     def emit_now(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
         """From a handler, which runs on the server's own loop, so it need not go through the ``Outbox``."""
@@ -216,11 +219,12 @@ class AppNamespace(Namespace):
     def on_watch_add(self, payload: object) -> dict[str, Any]:
         try:
             given = watch_fields(payload)
+            self.slot.loaded()  # refused while the model loads: nothing could check it
             watch = self.watch.hub.add(
                 given.get("condition"), given.get("source", "tab"), owner=request.sid, address=request.remote_addr or ""
             )
         except VlmError as error:
-            return error.as_object()
+            return self.refuse_in_ack(error)
         return {"watch": watch.describe()}
 
     @gated(replies=False)
@@ -232,7 +236,7 @@ class AppNamespace(Namespace):
             if not isinstance(paused, bool):
                 raise VlmError(Code.BAD_REQUEST, "paused must be true or false")
         except VlmError as error:
-            return error.as_object()
+            return self.refuse_in_ack(error)
         self.watch.hub.pause(watch, paused)
         return {"watch": watch.describe()}
 
@@ -241,7 +245,7 @@ class AppNamespace(Namespace):
         try:
             watch = self.watch.hub.owned(watch_fields(payload).get("id"), request.sid)
         except VlmError as error:
-            return error.as_object()
+            return self.refuse_in_ack(error)
         self.watch.hub.remove(watch)
         return {"removed": watch.id}
 
@@ -249,18 +253,11 @@ class AppNamespace(Namespace):
     def on_watch_frame(self, payload: object) -> dict[str, Any]:
         """A tab's frame for its watches; the tab sends the next one after ``watch_frame_done`` (backpressure)."""
         received = time.time()
-        side = self.slot.decode_size()
         try:
-            if side is None:
-                raise VlmError(Code.LOADING, "the model is still loading; try again in a moment")
-            frame = decode_image(
-                watch_fields(payload).get("image"),
-                max_bytes=self.settings.max_image_bytes,
-                max_pixels=self.settings.max_image_pixels,
-                target_size=side,
-            )
+            backend, _ = self.slot.loaded()
+            frame = decode_frame(watch_fields(payload).get("image"), self.settings, backend.info.decode_size)
         except VlmError as error:
-            return error.as_object()
+            return self.refuse_in_ack(error)
         hub = self.watch.hub
         source = hub.tab_source(request.sid)
         seq = (source.latest.seq if source.latest else 0) + 1

@@ -272,14 +272,13 @@ class WatchHub:
 
     def add(self, condition: object, source_id: object, owner: str | None, address: str = "") -> Watch:
         """A tab's watch (``owner``, connecting from ``address``) or the operator's (None). One address may keep
-        ``MAX_PER_ADDRESS``: the per-tab cap alone let eight connections from one take every watch there is."""
+        ``MAX_PER_ADDRESS``: the per-tab cap alone let eight connections from one take every watch there is.
+        The door refuses a tab's watch while the model loads (``ModelSlot.loaded``); the operator's start with it."""
         if not isinstance(condition, str) or not condition.strip():
             raise VlmError(Code.EMPTY_QUESTION, "condition is empty")
         condition = condition.strip()
         if len(condition) > self.max_condition_chars:
             raise VlmError(Code.QUESTION_TOO_LONG, f"condition is longer than {self.max_condition_chars} characters")
-        if self.scheduler() is None:
-            raise VlmError(Code.LOADING, "the model is still loading; try again in a moment")
         with self._changed:
             if source_id == "tab" and owner is not None:
                 source = self.tab_source(owner)
@@ -410,6 +409,7 @@ class WatchHub:
                 client=watch.client,
                 job=job,
                 sink=_CheckSink(self, watch, frame),
+                door="watch",
                 decode_ms=frame.decode_ms,
             )
         )
@@ -471,7 +471,9 @@ class WatchHub:
 
 
 class _CheckSink:
-    """One check's outcome, back to the hub (on the model worker thread: only bookkeeping here)."""
+    """One check's outcome, back to the hub: only bookkeeping here, since it runs on whichever thread ends the check
+    (the model worker, a preparing thread, the timeout watchdog, the openai backend's pool, a shutdown's drain,
+    or this hub's own thread when ``submit`` refuses it)."""
 
     def __init__(self, hub: WatchHub, watch: Watch, frame: Frame) -> None:
         self.hub, self.watch, self.frame = hub, watch, frame

@@ -1,4 +1,4 @@
-"""Watch mode and metrics on the web: the ``WatchService``, ``/v1/watch`` routes and ``GET /metrics``.
+"""Watch mode on the web: the ``WatchService`` and the ``/v1/watch`` routes.
 
 Wired into the app by ``install_watch`` from ``create_app``; the wire protocol is in
 docs/PROTOCOL.md, and the Socket.IO events (``watch_*``) are in vlm/socket_events.py. A tab's
@@ -16,16 +16,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 from flask_socketio import SocketIO
 from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .access import TOKEN_COOKIE, Access
-from .alerts import AlertDispatcher, AlertFeed, jpeg_bytes
+from .alerts import AlertDispatcher, AlertFeed
 from .backends.base import ModelInfo
 from .config import Settings
 from .errors import Code, VlmError
+from .jpeg import jpeg_bytes
 from .metrics import Metrics
 from .sources import VideoSource, source_kind, source_label
 from .watch import Source, WatchHub
@@ -45,7 +45,6 @@ class WatchService:
 
     settings: Settings
     hub: WatchHub
-    metrics: Metrics
     feed: AlertFeed
     players: list[VideoSource] = field(default_factory=list)
 
@@ -55,7 +54,6 @@ class WatchService:
 
     def model_ready(self, info: ModelInfo) -> None:
         """Start the ``--source`` players and the ``--watch`` conditions on each of them."""
-        self.metrics.model_loaded(info)
         for number, target in enumerate(self.settings.sources, start=1):
             source = self.hub.add_source(
                 Source(
@@ -78,9 +76,9 @@ def install_watch(
     scheduler: Callable[[], Any],
     send: Callable[[str, dict[str, Any], str | None], None],
     access: Access,
+    metrics: Metrics,
 ) -> WatchService:
-    """``send(event, payload, sid or None for all)`` emits from any thread."""
-    metrics = Metrics()
+    """``send(event, payload, sid or None for all)`` emits from any thread; ``metrics`` counts alerts and webhooks."""
     feed = AlertFeed(socketio.sleep)
     webhook = WebhookSender(settings.webhook_url, on_result=metrics.webhook_result) if settings.webhook_url else None
     alerts = AlertDispatcher(
@@ -98,29 +96,11 @@ def install_watch(
         max_condition_chars=settings.max_question_chars,
         cooldown_s=settings.watch_cooldown_s,
     )
-    metrics.track(
-        queue_depth=lambda: scheduler().pending() if scheduler() else 0,
-        clients=lambda: connected_clients(socketio),
-        watches=hub.active_count,
-        sources=hub.public_sources,
-    )
-    _install_routes(app, socketio, hub, metrics, feed, access)
-    return WatchService(settings=settings, hub=hub, metrics=metrics, feed=feed)
+    _install_routes(app, socketio, hub, feed, access)
+    return WatchService(settings=settings, hub=hub, feed=feed)
 
 
-def connected_clients(socketio: SocketIO) -> int:
-    # python-socketio's manager keeps every connected sid of a namespace in its room None.
-    return len(socketio.server.manager.rooms.get("/", {}).get(None, {}))
-
-
-def _install_routes(
-    app: Flask,
-    socketio: SocketIO,
-    hub: WatchHub,
-    metrics: Metrics,
-    feed: AlertFeed,
-    access: Access,
-) -> None:
+def _install_routes(app: Flask, socketio: SocketIO, hub: WatchHub, feed: AlertFeed, access: Access) -> None:
     def authorized(cookie_ok: bool) -> bool:
         """The bearer token, or where ``cookie_ok`` the page's cookie: an <img> or <video> can present only that."""
         return access.ok(access.bearer() or (request.cookies.get(TOKEN_COOKIE) if cookie_ok else None))
@@ -128,12 +108,6 @@ def _install_routes(
     def unauthorized() -> tuple[Response, int]:
         refused = access.refusal("bearer token")
         return refusal(Code(refused.code), refused.message)
-
-    @app.get("/metrics")
-    def prometheus() -> Response | tuple[Response, int]:
-        if not authorized(False):
-            return unauthorized()
-        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/watch")
     def watch_overview() -> tuple[Response, int]:
@@ -168,15 +142,6 @@ def _install_routes(
             mimetype="multipart/x-mixed-replace; boundary=frame",
             headers={"Cache-Control": "no-store"},
         )
-
-    @app.after_request
-    def count_http_refusals(response: Response) -> Response:
-        """/v1 requests refused before the model queue (after it, the scheduler's sink counted them)."""
-        if request.path.startswith("/v1/chat/") and response.status_code >= 400 and not g.get("vlm_queued"):
-            body = response.get_json(silent=True) if response.is_json else None
-            code = body.get("error", {}).get("code") if isinstance(body, dict) else None
-            metrics.refused("http", str(code or response.status_code))
-        return response
 
 
 def refusal(code: Code, message: str) -> tuple[Response, int]:

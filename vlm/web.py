@@ -2,8 +2,9 @@
 
 Each part lives in its own module; this one only wires them together, outermost first:
 pages (vlm/pages.py), Socket.IO events (vlm/socket_events.py), the OpenAI-compatible API
-(vlm/openai_api.py), watch mode and metrics (vlm/watch_web.py). The model is not loaded
-here: app.py fills the ``ModelSlot`` once it is, while the server already answers.
+(vlm/openai_api.py), watch mode (vlm/watch_web.py) and ``GET /metrics`` (vlm/metrics_web.py),
+all counting into one ``Metrics``. The model is not loaded here: app.py hands it to
+``WebApp.install_model`` once it is, while the server already answers.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .access import Access
+from .backends.base import Backend
 from .config import Settings
 from .hosts import allowed_hosts, host_guard
+from .metrics import MeteredScheduler, Metrics
+from .metrics_web import install_metrics
 from .model_slot import ModelSlot
 from .openai_api import OpenResponses, install_openai_api
 from .outbox import Coalescing, Outbox
@@ -33,12 +37,32 @@ from .watch_web import WatchService, install_watch
 
 @dataclass(frozen=True)
 class WebApp:
+    settings: Settings
     app: Flask
     socketio: SocketIO
     slot: ModelSlot
+    metrics: Metrics
     outbox: Outbox
     watch: WatchService
     open_responses: OpenResponses
+
+    def install_model(self, backend: Backend) -> None:
+        """Serve the loaded ``backend`` at every door: its calls and requests metered, queued as the settings say;
+        then the server's cameras and their ``--watch`` conditions start."""
+        settings = self.settings
+        scheduler = MeteredScheduler(
+            backend,
+            metrics=self.metrics,
+            max_queue=settings.max_queue,
+            batch_window_s=settings.batch_window_ms / 1000,
+            timeout_s=settings.request_timeout_s,
+            continuous=settings.batching == "continuous",
+            prepare_ahead=None if settings.prepare == "auto" else settings.prepare != "worker",
+            prepare_threads=settings.prepare_threads or None,
+        )
+        self.slot.install(backend, scheduler)
+        self.metrics.model_loaded(backend.info)
+        self.watch.model_ready(backend.info)
 
     def idle(self) -> bool:
         """Nothing accepted is still unanswered, or waiting in this process to be written to its client
@@ -78,16 +102,33 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     outbox = Outbox(socketio, settings.async_mode, Coalescing(STREAM_EVENT, merged_deltas, STREAM_INTERVAL_S))
     probe = MessageQueueProbe(settings.message_queue).start() if settings.message_queue else None
     app.register_blueprint(pages_blueprint(settings, slot, access, probe))
+    metrics = Metrics()
     open_responses = OpenResponses()
-    install_openai_api(app, settings, slot, access=access, sleep=socketio.sleep, open_responses=open_responses)
-    watch = install_watch(app, socketio, settings, scheduler=lambda: slot.scheduler, send=outbox.send, access=access)
+    install_openai_api(
+        app, settings, slot, access=access, sleep=socketio.sleep, open_responses=open_responses, metrics=metrics
+    )
+    watch = install_watch(
+        app, socketio, settings, scheduler=lambda: slot.scheduler, send=outbox.send, access=access, metrics=metrics
+    )
+    install_metrics(app, socketio, metrics, access=access, slot=slot, hub=watch.hub)
     gate = EventGate(
         RateLimiter(settings.rate_limit_per_s, settings.rate_burst),
         RateLimiter(settings.ip_rate_limit_per_s, settings.ip_rate_limit_per_s * 2),
         strikes=settings.rate_burst * 2 + 10,
     )
-    socketio.on_namespace(AppNamespace(settings, slot, access=access, gate=gate, outbox=outbox, watch=watch))
-    return WebApp(app=app, socketio=socketio, slot=slot, outbox=outbox, watch=watch, open_responses=open_responses)
+    socketio.on_namespace(
+        AppNamespace(settings, slot, access=access, gate=gate, outbox=outbox, watch=watch, metrics=metrics)
+    )
+    return WebApp(
+        settings=settings,
+        app=app,
+        socketio=socketio,
+        slot=slot,
+        metrics=metrics,
+        outbox=outbox,
+        watch=watch,
+        open_responses=open_responses,
+    )
 
 
 def socket_origins(extra: tuple[str, ...]) -> str | list[str] | Callable[[str, dict[str, Any]], bool] | None:

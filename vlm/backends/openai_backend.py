@@ -12,9 +12,7 @@ codes a client can act on.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
 import logging
 import socket
 import threading
@@ -25,9 +23,9 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import openai
-from PIL import Image
 
 from ..errors import Code, VlmError
+from ..jpeg import jpeg_data_url
 from ..logsafe import MASK, masked_url
 from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, prompt_text
 from .stops import StopScreen
@@ -323,11 +321,5 @@ def abort(response: Any) -> None:
 
 def chat_messages(job: Job) -> list[dict[str, Any]]:
     """One user turn: the frame first (as the local backends' prompts have it), then the question."""
-    image = {"type": "image_url", "image_url": {"url": jpeg_data_url(job.image)}}
+    image = {"type": "image_url", "image_url": {"url": jpeg_data_url(job.image, quality=JPEG_QUALITY)}}
     return [{"role": "user", "content": [image, {"type": "text", "text": prompt_text(job)}]}]
-
-
-def jpeg_data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
