@@ -17,7 +17,12 @@ from typing import Any
 HANG_UPS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNABORTED, errno.ETIMEDOUT})
 
 
+CLIENT_SOCKET = "vlm.client_socket"  # where a middleware that wraps ``wsgi.input`` leaves the socket it found
+
+
 def client_socket(environ: dict[str, Any]) -> Any:
+    if CLIENT_SOCKET in environ:
+        return environ[CLIENT_SOCKET]
     if "gunicorn.socket" in environ:
         return environ["gunicorn.socket"]
     if "eventlet.input" in environ:

@@ -29,6 +29,7 @@ from .outbox import Coalescing, Outbox
 from .pages import pages_blueprint
 from .queue_probe import MessageQueueProbe
 from .ratelimit import EventGate, RateLimiter
+from .servers.body_rate import BodyDeadlines
 from .sessions import SessionBounds
 from .socket_events import AppNamespace
 from .socket_sink import STREAM_EVENT, STREAM_INTERVAL_S, merged_deltas
@@ -92,11 +93,12 @@ def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
     )
     sessions = SessionBounds(socketio, per_address=settings.max_connections_per_ip, total=settings.max_connections)
     sessions.start()
-    # Outermost first: the real client address (trusted proxy only), then the Host check, then session bounds.
+    # Outermost first: a body's rate, the real client address (trusted proxy only), the Host check, session bounds.
     app.wsgi_app = sessions.wrap(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = host_guard(app.wsgi_app, allowed_hosts(settings))  # type: ignore[method-assign]
     if settings.trusted_proxy:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+    app.wsgi_app = BodyDeadlines(app.wsgi_app)  # type: ignore[method-assign]
 
     access = Access(settings.token)
     outbox = Outbox(socketio, settings.async_mode, Coalescing(STREAM_EVENT, merged_deltas, STREAM_INTERVAL_S))

@@ -14,9 +14,9 @@ Bounds on every connection, in every mode:
   for good); after that every read or write may stall at most ``IO_TIMEOUT_S``, which is longer
   than the Socket.IO ping interval, so a live websocket never hits it, while a client that stops
   reading (its buffers full) is dropped instead of piling up answers;
-- a websocket message still arriving after ``HEADER_TIMEOUT_S`` must have come at
-  ``MIN_MESSAGE_RATE_BPS`` on average (a megabyte frame sent a byte at a time held its
-  connection for good); a request's body has only the per-read bound;
+- a websocket message, or a request body, still arriving after ``HEADER_TIMEOUT_S`` must have
+  come at ``MIN_MESSAGE_RATE_BPS`` on average (a megabyte frame or body sent a byte at a time held
+  its connection for good; bodies: ``body_rate``);
 - a green server yields to its other connections after every websocket read, however fast the
   client sends (a flood held the whole server);
 - a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused and its connection

@@ -64,13 +64,13 @@ def peer_address(client: object) -> str:
     return str(client[0]) if isinstance(client, tuple) and client else str(client)
 
 
-def message_too_slow(started: float, received: int) -> bool:
-    """Whether a websocket message begun at ``started`` (monotonic), ``received`` bytes so far, has come in under
-    the minimum rate; if so its websocket is about to be cut, which is logged here."""
+def message_too_slow(started: float, received: int, what: str = "a websocket") -> bool:
+    """Whether a message (or a request body) begun at ``started`` (monotonic), ``received`` bytes so far, has come
+    in under the minimum rate; if so ``what`` is about to be cut, which is logged here."""
     elapsed = time.monotonic() - started
     if elapsed <= HEADER_TIMEOUT_S + received / MIN_MESSAGE_RATE_BPS:
         return False
-    log.warning("cutting off a websocket: %d bytes of a message in %.0f s", received, elapsed)
+    log.warning("cutting off %s: %d bytes of a message in %.0f s", what, received, elapsed)
     return True
 
 
