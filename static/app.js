@@ -95,11 +95,12 @@ function main() {
   loadInfo(token);
   const socket = connect(token);
   startCamera();
-  // What watch mode (static/watch.js) uses of this page: its connection and its frames.
+  // What watch mode (static/watch.js) uses of this page: its connection and the camera's frames (a watch watches
+  // the camera, also while the stage shows a frozen frame).
   window.vlmPage = {
     socket,
     token,
-    captureFrame: (maxSide) => captureFrame(maxSide, false),
+    captureFrame: (maxSide) => captureFrame(maxSide, false, true),
     frameSize: liveFrameSize,
     interval: liveInterval,
     showError,

@@ -96,7 +96,12 @@ function render(data) {
   item.querySelector('.watch-answer').textContent = watch.error || watch.answer || '';
   item.querySelector('.watch-checked').textContent = watch.checked
     ? `checked ${clock(watch.checked)} · ${watch.checks} checks` : '';
-  item.querySelector('.watch-pause').textContent = watch.paused ? 'Resume' : 'Pause';
+  // Every watch has these two buttons: their names say which watch, for a screen reader's list of buttons. Pause
+  // says its state by its name (Pause, Resume), which is why it is not also a pressed toggle.
+  const pauseButton = item.querySelector('.watch-pause');
+  pauseButton.textContent = watch.paused ? 'Resume' : 'Pause';
+  pauseButton.setAttribute('aria-label', `${pauseButton.textContent} watch: ${watch.condition}`);
+  item.querySelector('.watch-remove').setAttribute('aria-label', `Remove watch: ${watch.condition}`);
 }
 
 function pause(id) {
@@ -110,10 +115,23 @@ function pause(id) {
 
 function remove(id) {
   page.socket.emit('watch_remove', { id }, () => {
-    watches.get(id)?.item.remove();
+    const item = watches.get(id)?.item;
+    if (item) keepFocusFrom(item);
+    item?.remove();
     watches.delete(id);
     scheduleFrame();
   });
+}
+
+// Focus inside a watch being removed would drop to <body>: it goes to the next watch's Remove (or the one
+// before), or with the last one gone to the condition field, where a keyboard user goes on from (a pointer's
+// focus is not moved into a text field, which would open a phone's keyboard).
+function keepFocusFrom(item) {
+  const focused = document.activeElement;
+  if (!item.contains(focused)) return;
+  const neighbour = (item.nextElementSibling || item.previousElementSibling)?.querySelector('.watch-remove');
+  if (neighbour) neighbour.focus();
+  else if (focused.matches(':focus-visible')) els.condition.focus();
 }
 
 // The server forgets a tab's watches when its connection ends; a reconnect starts them again.
@@ -238,6 +256,12 @@ function main() {
   });
   els.source.addEventListener('change', showPreview);
   $('alert-banner-close').addEventListener('click', () => { els.banner.hidden = true; });
+  // Esc dismisses the banner too (on a phone it covers the top bar), unless it just stopped an answer (app.js).
+  document.addEventListener('keydown', (event) => {
+    if (event.key !== 'Escape' || event.defaultPrevented || els.banner.hidden) return;
+    event.preventDefault();
+    els.banner.hidden = true;
+  });
   $('alert-log-clear').addEventListener('click', () => els.log.replaceChildren());
   page.socket.on('watch_state', (watch) => {
     stats.verdicts.push(watch.verdict);

@@ -6,6 +6,7 @@ export const els = {
   root: document.documentElement,
   status: $('status'),
   modelInfo: $('model-info'),
+  announcer: $('announcer'),
   error: $('error'),
   errorText: $('error-text'),
   stage: $('stage'),
@@ -44,3 +45,14 @@ export const els = {
   history: $('history'),
   entryTemplate: $('entry-template'),
 };
+
+// Whether element has focus that the keyboard gave it (a pointer's focus is often best left alone: moving it to a
+// text field opens a phone's keyboard).
+export function keyboardFocused(element) {
+  if (!(element instanceof HTMLElement) || document.activeElement !== element) return false;
+  try {
+    return element.matches(':focus-visible');
+  } catch {
+    return true; // a browser without :focus-visible
+  }
+}

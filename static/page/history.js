@@ -2,6 +2,7 @@
 
 import { els } from './dom.js';
 import { liveAnswerCount } from './live.js';
+import { announce } from './messages.js';
 import { cancel, currentRequest } from './requests.js';
 
 const liveView = { box: els.livePanel, question: els.liveQuestion, answer: els.liveAnswer, meta: els.liveMeta };
@@ -24,6 +25,8 @@ function renderInto(view, request) {
   view.meta.textContent = request.meta;
   view.box.dataset.stopped = String(Boolean(request.stopped));
   view.meta.title = request.metaTitle;
+  // Still being written: a screen reader that reads the card now is told so (the finished answer is announced).
+  view.box.setAttribute('aria-busy', String(request.state === 'pending' || request.state === 'streaming'));
 }
 
 export function paint(request) {
@@ -59,7 +62,10 @@ export function addHistoryEntry(request, thumb) {
   item.dataset.id = request.id;
   item.request = request;
   item.querySelector('.thumb').src = thumb;
-  item.querySelector('.copy').addEventListener('click', (event) => copyText(entryText(request), event.currentTarget));
+  const copy = item.querySelector('.copy');
+  // Every entry has a Copy button: its name says whose answer, for a screen reader's list of buttons.
+  copy.setAttribute('aria-label', `Copy answer to: ${request.label}`);
+  copy.addEventListener('click', (event) => copyText(entryText(request), event.currentTarget));
   els.history.prepend(item);
   return {
     box: item,
@@ -92,6 +98,7 @@ export async function copyText(text, button) {
     copyWithSelection(text);
   }
   flash(button, 'Copied');
+  announce('Copied'); // the button's new text is not heard where the button has a name of its own
 }
 
 // For browsers without the async clipboard (e.g. plain http on a LAN address).

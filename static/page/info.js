@@ -17,6 +17,7 @@ export const info = {
   capabilities: new Set(),
   imageSize: DEFAULT_IMAGE_SIZE,
   minLiveGapMs: 0, // from the server's rate limit
+  maxQuestionChars: 0, // the server's limit on a question, 0 where it gave none
 };
 
 let loads = 0; // a newer loadInfo (after a reconnect) makes an older one's answer and retries unwanted
@@ -61,8 +62,8 @@ function applyInfo(served) {
   } else {
     els.modelInfo.title = '';
   }
-  if (served.max_question_chars) els.question.maxLength = served.max_question_chars;
-  else els.question.removeAttribute('maxlength');
+  // Not a maxlength, which cut a pasted question short without a word: controls.js says when it is too long.
+  info.maxQuestionChars = served.max_question_chars || 0;
   info.minLiveGapMs = served.rate_limit_per_s > 0 ? 1000 / (served.rate_limit_per_s * LIVE_RATE_SHARE) : 0;
   // A live frame size the user chose is kept across a reconnect to the same model's frame size.
   if (!applied || info.imageSize !== previousImageSize) els.liveSize.value = info.imageSize;

@@ -1,7 +1,7 @@
 // Live mode: keep asking the question (or for a short caption) about the latest frame.
 // Backpressure: a live frame is sent only when nothing else is in flight, and no faster than the rate limit allows.
 
-import { frameSource } from './camera.js';
+import { frameSource, releaseMarksFrame } from './camera.js';
 import { connected } from './connection.js';
 import { updateControls } from './controls.js';
 import { els } from './dom.js';
@@ -59,6 +59,7 @@ export function setLive(wanted) {
     return;
   }
   on = wanted;
+  if (on) releaseMarksFrame(); // live mode is about the moving camera, not the frame a detect result is shown on
   els.liveToggle.setAttribute('aria-pressed', String(on));
   els.liveToggle.textContent = on ? 'Stop live' : 'Live';
   els.root.dataset.live = String(on);

@@ -31,7 +31,7 @@ export function drawOverlay() {
   const ctx = canvas.getContext('2d');
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, width, height);
-  canvas.dataset.marks = String(marks ? marks.objects.length + marks.points.length : 0);
+  canvas.dataset.marks = String(markCount());
   if (!marks || !width || !height) return;
   const frame = contentBox(width, height, marks.aspect);
   const mirrored = els.mirror.checked;
@@ -108,6 +108,10 @@ export function setMarks(request, response) {
     ? { objects, points, aspect: request.aspect, label: request.object }
     : null;
   drawOverlay();
+}
+
+export function markCount() {
+  return marks ? marks.objects.length + marks.points.length : 0;
 }
 
 export function clearOverlay() {

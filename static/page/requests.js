@@ -1,21 +1,24 @@
 // The one module that owns request state: the request in flight, sending it, and what the server answers.
 // A request is one query/skill about one frame; a newer one supersedes it (the server cancels it too).
 
-import { captureFrame } from './camera.js';
+import { captureFrame, frozenFrameId, holdFrameForMarks, releaseMarksFrame } from './camera.js';
 import { connection } from './connection.js';
 import { updateControls } from './controls.js';
 import { els } from './dom.js';
 import { addHistoryEntry, paint } from './history.js';
 import { info } from './info.js';
-import { backOffLive, liveAnswered, liveFrameSize, scheduleLive, setLive } from './live.js';
-import { clearError, showError } from './messages.js';
-import { clearOverlay, setMarks } from './overlay.js';
+import { backOffLive, isLive, liveAnswered, liveFrameSize, scheduleLive, setLive } from './live.js';
+import { announce, clearError, showError } from './messages.js';
+import { clearOverlay, markCount, setMarks } from './overlay.js';
 
 // Fewer tokens than this make a tokens/s figure meaningless (two tokens in 1.3 s reads "1.5 tok/s").
 const MIN_TOKENS_FOR_RATE = 3;
+// Room kept between a card brought into view and the screen's edge.
+const SCROLL_MARGIN = 8;
 
 let current = null; // the one request in flight, or null
 let counter = 0;
+let lastLiveSaid = null; // the live answer last announced: a live answer is said only when it changes
 
 // Counters for tests and for curious users (open the console and look at __vlmStats).
 const stats = {
@@ -56,10 +59,13 @@ export function send({ event, payload, label, live = false, object = null }) {
     return null;
   }
   supersede();
-  clearOverlay();
+  // A question asked by hand replaces the marks; a live frame does not wipe a detect result (its marks are drawn
+  // on the frozen frame they were found on, which live frames are then taken from too).
+  if (!live) clearOverlay();
   const request = {
     id: live ? `live-${newId()}` : newId(), live, label, object, aspect: frame.aspect,
     text: '', state: 'pending', deltas: 0, deltasBeforeFinal: 0, meta: '', metaTitle: '',
+    frameId: frozenFrameId(), // the frozen frame it is about, or null: the moving video
   };
   request.entry = live ? null : addHistoryEntry(request, frame.thumb);
   current = request;
@@ -68,9 +74,19 @@ export function send({ event, payload, label, live = false, object = null }) {
   countSent(live);
   paint(request);
   updateControls();
-  // Its entry is shown as it starts (on a phone the history is below the fold); nothing moves if it is in view.
-  request.entry?.box.scrollIntoView({ block: 'nearest' });
+  if (!live) bringIntoView(els.current);
   return request;
+}
+
+// On a phone the answer card can be below the fold: it is brought up as its answer starts, but never so far that
+// the question and Stop go off the top (a phone held sideways has room for little else), and nothing moves when
+// it is in view already, or when the user has scrolled down past it (the history's new entry shows there).
+function bringIntoView(card) {
+  const box = card.getBoundingClientRect();
+  const below = box.bottom + SCROLL_MARGIN - window.innerHeight;
+  if (below <= 0 || box.top < 0) return;
+  const by = Math.min(below, els.askForm.getBoundingClientRect().top - SCROLL_MARGIN);
+  if (by > 0) window.scrollBy(0, by);
 }
 
 function countSent(live) {
@@ -109,11 +125,13 @@ export function ask() {
     return;
   }
   clearError('request');
+  releaseMarksFrame(); // a new question is about the camera again, not the frame of the last detect result
   send({ event: 'query', payload: { question }, label: question });
 }
 
 export function caption(length) {
   clearError('request');
+  releaseMarksFrame();
   const label = length === 'short' ? 'Caption' : 'Describe'; // the names of the buttons that ask for them
   send({ event: 'skill', payload: { skill: 'caption', length }, label });
 }
@@ -125,8 +143,14 @@ export function locate(skill) {
     return;
   }
   clearError('request');
+  // Its boxes or dots belong to one frame: that frame is frozen on the stage, so that they are drawn over what
+  // they were found on, not over a video that has moved on. Live mode, about the moving video, stops.
+  if (isLive()) setLive(false);
+  const held = holdFrameForMarks();
   const label = `${skill === 'detect' ? 'Detect' : 'Point at'}: ${object}`;
-  send({ event: 'skill', payload: { skill, object }, label, object });
+  const request = send({ event: 'skill', payload: { skill, object }, label, object });
+  if (request) request.holdsFrame = held;
+  else if (held) releaseMarksFrame(held);
 }
 
 // Stop: the request in flight is cancelled, what had streamed is kept. A live one also ends live mode.
@@ -138,6 +162,7 @@ export function cancel() {
 
 // Live mode was switched off: its request in flight is stopped as Stop stops it.
 export function cancelLive() {
+  lastLiveSaid = null; // the first answer of the next run is said, whatever it is
   if (current?.live) stop(current);
 }
 
@@ -166,7 +191,8 @@ export function onResponse(response) {
   request.text = response.answer;
   request.deltasBeforeFinal = request.deltas;
   describeTiming(request, response.timing, performance.now() - request.sentAt);
-  setMarks(request, response);
+  // Marks are drawn only over the frozen frame they were found on, if it is still shown.
+  if (request.frameId !== null && request.frameId === frozenFrameId()) setMarks(request, response);
   if (request.live) liveAnswered();
   finish(request, 'done');
 }
@@ -199,8 +225,30 @@ function finish(request, outcome, message = '', resumeLive = true) {
   if (message) request.error = message;
   if (current === request) current = null;
   paint(request);
+  sayOutcome(request);
+  // A detect or point that found nothing (or did not finish) has no marks to show on its frozen frame.
+  const marked = outcome === 'done' && markCount() > 0;
+  if (request.holdsFrame && !marked) releaseMarksFrame(request.holdsFrame);
   updateControls();
   if (resumeLive) scheduleLive();
+}
+
+// A screen reader hears an answer once, complete (the answer card changes with every token and is not a live
+// region), or that it was stopped, or why it failed; a superseded one is followed by the newer one's. A live
+// answer is said when it differs from the last one said: "red" forty times over is no news.
+function sayOutcome(request) {
+  const text = request.text.trim();
+  if (request.live) {
+    if (request.state === 'done' && text && text !== lastLiveSaid) {
+      lastLiveSaid = text;
+      announce(text);
+    }
+    return;
+  }
+  lastLiveSaid = null;
+  if (request.state === 'done') announce(text || '(empty answer)');
+  else if (request.stopped) announce(text ? `Stopped: ${text}` : 'Stopped.');
+  else if (request.state === 'error') announce(`No answer: ${request.error}`);
 }
 
 // The figure shown is the round trip this page measured, from sending the frame to the final answer: what the

@@ -413,18 +413,32 @@ OVERLAY_INKED = """(colour) => {
 def test_detect_or_point_draws_on_the_overlay_until_the_next_ask(
     open_app: OpenApp, moondream_server: AppProcess, skill: str
 ) -> None:
+    """Its marks are drawn over the frame they were found on, frozen on the stage (over the moving video they
+    pointed at nothing a moment later), until something else is asked. Point is pressed while live mode runs:
+    the next live frame wiped its dots before they were ever drawn; now it stops live mode."""
     page = open_app(url=moondream_server.url)
     overlay = page.locator("#overlay")
+    html = page.locator("html")
+    if skill == "point":
+        page.fill("#question", COLOR_QUESTION)
+        page.click("#live-toggle")
+        page.wait_for_function("() => window.__vlmStats.liveSent >= 1")
     page.fill("#skill-object", "shape")
     page.click(f"#{skill}")
+    expect(html).to_have_attribute("data-frozen", "true")  # at once: the frame asked about is the one shown
+    expect(page.locator("#live-toggle")).to_have_attribute("aria-pressed", "false")
     # Like moondream2 on a CPU, the look-alike takes seconds: it decodes up to 50 objects, one token at a time.
     expect(entries(page).first).to_have_attribute("data-state", "done", timeout=60_000)
     expect(entries(page).first.locator(".meta")).not_to_contain_text("tok/s")  # its steps decode coordinates
     expect(overlay).to_have_attribute("data-marks", re.compile(r"^[1-9]\d*$"))
     assert page.evaluate(OVERLAY_INKED, MARK_COLOURS[skill]), f"no {skill} mark was drawn"
     save_screenshot(page, f"page-{skill}.png", docs_name="screenshot-detect.png" if skill == "detect" else None)
+    page.wait_for_function(CAMERA_MOVED_ON)  # the camera has moved on; the marks stay with their frame
+    expect(html).to_have_attribute("data-frozen", "true")
+    expect(overlay).to_have_attribute("data-marks", re.compile(r"^[1-9]\d*$"))
     ask(page, COLOR_QUESTION)
     expect(overlay).to_have_attribute("data-marks", "0")
+    expect(html).to_have_attribute("data-frozen", "false")  # a new question is about the camera again
     assert not page.evaluate(OVERLAY_INKED, None)
 
 
@@ -466,30 +480,38 @@ NO_CAMERA_FOUND = "navigator.mediaDevices.getUserMedia = () => Promise.reject(ne
 
 
 @pytest.mark.parametrize(
-    ("init_script", "explanation"),
+    ("init_script", "explanation", "reason"),
     [
         (
             "navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('no', 'NotAllowedError'));",
             "denied",
+            "Camera access blocked",
         ),
-        (NO_CAMERA_FOUND, "No camera was found"),
-        ("Object.defineProperty(window, 'isSecureContext', {value: false});", "https://"),
+        (NO_CAMERA_FOUND, "No camera was found", "No camera found"),
+        (
+            "Object.defineProperty(window, 'isSecureContext', {value: false});",
+            "https://",
+            "The camera needs an https://",
+        ),
     ],
     ids=["permission-denied", "no-camera", "insecure-context"],
 )
-def test_camera_problems_are_explained(open_app: OpenApp, init_script: str, explanation: str) -> None:
+def test_camera_problems_are_explained(open_app: OpenApp, init_script: str, explanation: str, reason: str) -> None:
     page = open_app(ready=False, init_script=init_script)
     expect(page.locator("html")).to_have_attribute("data-camera", "error")
     expect(page.locator("#camera-message")).to_be_visible()
     expect(page.locator("#camera-message")).to_contain_text(explanation)
+    # An alert, so that a screen reader says it as it appears (it was said nowhere: nothing has focus at load).
+    expect(page.get_by_role("alert").filter(has_text=explanation)).to_have_count(1)
     expect(page.locator("#error")).to_be_hidden()  # said once, in the stage (the banner repeated it)
     expect(page.locator("#ask")).to_be_disabled()
     # Live cannot start without a frame either, and says why as Ask does, once connected (before that, both say
-    # so: reading Ask's title then and waiting for Live's to match raced the connection).
+    # so: reading Ask's title then and waiting for Live's to match raced the connection). The reason names the
+    # problem: "No camera frame yet" was misleading where there is a camera, refused.
     for control in ("#ask", "#live-toggle"):
         expect(page.locator(control)).to_be_disabled()
-        expect(page.locator(control)).to_have_attribute("title", "No camera frame yet")
-    expect(page.locator("#ask-blocked")).to_have_text("No camera frame yet")  # not in a tooltip alone
+        expect(page.locator(control)).to_have_attribute("title", re.compile(f"^{re.escape(reason)}"))
+    expect(page.locator("#ask-blocked")).to_have_text(re.compile(f"^{re.escape(reason)}"))  # not in a tooltip alone
     expect(page.locator("#ask-blocked")).to_be_visible()
 
 
@@ -533,13 +555,15 @@ def test_phone_sized_screen(open_app: OpenApp) -> None:
 
 
 def test_on_a_phone_a_new_answer_is_scrolled_into_view(open_app: OpenApp) -> None:
-    """The history is below the fold on a phone: tapping a suggested question shows its entry, and an entry
-    already in view does not move the page."""
+    """The answer card can be below the fold on a phone: tapping a suggested question brings it into view, with the
+    question and Stop still in view (scrolling to the history's entry took them off a phone held sideways, finding
+    7 of the page audit), and an entry already in view does not move the page."""
     page = open_app(viewport={"width": 375, "height": 667}, is_mobile=True, has_touch=True)
     page.tap("#guide button >> nth=0")
     first = entries(page).first
-    expect(first).to_be_in_viewport()
     expect(first).to_have_attribute("data-state", "done")
+    for shown in ("#current", "#question", "#cancel"):
+        expect(page.locator(shown)).to_be_in_viewport(ratio=1)
     page.evaluate("() => window.scrollTo(0, document.documentElement.scrollHeight)")
     scrolled = page.evaluate("window.scrollY")
     page.fill("#question", COLOR_QUESTION)

@@ -185,8 +185,20 @@ def slow_server(slow_model: Path) -> Iterator[AppProcess]:
         yield app
 
 
+# Every non-empty text the announcer (the page's one polite live region for answers) is given, in order.
+RECORD_ANNOUNCEMENTS = """() => {
+  window.__said = [];
+  const announcer = document.getElementById('announcer');
+  new MutationObserver(() => announcer.textContent && window.__said.push(announcer.textContent))
+    .observe(announcer, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def test_stop_keeps_the_partial_answer_marked_as_stopped(open_app: OpenApp, slow_server: AppProcess) -> None:
+    """And a screen reader hears nothing while it streams (it heard the answer so far again with every token),
+    then once that it was stopped, with what had streamed."""
     page = open_app(url=slow_server.url)
+    page.evaluate(RECORD_ANNOUNCEMENTS)
     page.fill("#question", "describe")
     page.press("#question", "Enter")
     entry = page.locator("#history > li").first
@@ -195,10 +207,14 @@ def test_stop_keeps_the_partial_answer_marked_as_stopped(open_app: OpenApp, slow
     page.wait_for_function(
         "() => document.querySelector('#history > li .answer').textContent.length > 10", timeout=60_000
     )
+    assert int(entry.get_attribute("data-deltas") or 0) >= 3
+    assert page.evaluate("window.__said") == [], "said while it streamed"
     page.click("#cancel")
     expect(entry).to_have_attribute("data-state", "cancelled")
     expect(entry).to_have_attribute("data-stopped", "true")
     kept = entry.locator(".answer").inner_text()
+    page.wait_for_function("() => window.__said.length > 0")
+    assert page.evaluate("window.__said") == [f"Stopped: {kept}"]
     assert len(kept) > 10 and kept != "Cancelled.", kept
     expect(entry.locator(".meta")).to_contain_text("Stopped")
     expect(page.locator("#answer")).to_have_text(kept)

@@ -60,6 +60,9 @@ def test_a_watch_on_the_camera_alerts_once_when_the_triangle_appears(
     expect(watch).to_have_count(1)
     expect(watch.locator(".watch-condition")).to_have_text(CONDITION)
     expect(watch).to_have_attribute("data-verdict", "no")
+    # A frozen stage (Snapshot) keeps the frame before the triangle; the watch still watches the camera.
+    page.click("#snapshot")
+    expect(page.locator("#snapshot")).to_have_attribute("aria-pressed", "true")
 
     banner = page.locator("#alert-banner")
     expect(banner).to_be_visible(timeout=20_000)
@@ -88,6 +91,7 @@ def test_a_watch_on_the_camera_alerts_once_when_the_triangle_appears(
     assert stats(page)["framesSent"] == paused_at, "a paused watch kept the page sending frames"
     watch.locator(".watch-remove").click()
     expect(watch).to_have_count(0)
+    page.click("#snapshot")
     page.locator("#alert-banner-close").click()
     expect(banner).to_be_hidden()
 
