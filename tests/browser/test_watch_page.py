@@ -67,6 +67,7 @@ def test_a_watch_on_the_camera_alerts_once_when_the_triangle_appears(
     banner = page.locator("#alert-banner")
     expect(banner).to_be_visible(timeout=20_000)
     expect(banner).to_contain_text(CONDITION)
+    page.click("#snapshot")  # back to the moving camera, which the alert was about
     expect(watch).to_have_attribute("data-on", "true")
     log = page.locator("#alert-log > li")
     expect(log).to_have_count(1)
@@ -91,7 +92,6 @@ def test_a_watch_on_the_camera_alerts_once_when_the_triangle_appears(
     assert stats(page)["framesSent"] == paused_at, "a paused watch kept the page sending frames"
     watch.locator(".watch-remove").click()
     expect(watch).to_have_count(0)
-    page.click("#snapshot")
     page.locator("#alert-banner-close").click()
     expect(banner).to_be_hidden()
 
