@@ -11,7 +11,10 @@ model would work too:
 - **bfloat16.** Every layer is created in bfloat16 whatever ``from_pretrained(dtype=...)`` asks for, and
   image crops are cast to bfloat16, so ``model.to(torch.float32)`` fails on the first image.
 - **Sampling defaults.** ``settings`` may carry ``max_tokens`` (default 768), ``temperature`` (default
-  0.5) and ``top_p`` (default 0.3); only ``temperature=0`` is greedy. Answers are sampled otherwise.
+  0.5) and ``top_p`` (default 0.3); only ``temperature=0`` is greedy. Answers are sampled otherwise, in
+  the logits' dtype (bfloat16): the softmax and the nucleus's running sum round as moondream2's do, so
+  its nucleus can drop the tail even at ``top_p=1``, and a tiny temperature makes NaN probabilities.
+- **Its prompts.** A query's prompt ends with the answer suffix twice, as moondream2 builds it.
 - **Chunked streaming.** ``query``/``caption`` with ``stream=True`` return a generator that yields text up
   to the last space (whole words, a newline flushes), not one chunk per token, and says nothing about
   how many tokens it generated or why it stopped.
@@ -61,11 +64,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 CLASS_NAME = "TinyVqaForCausalLM"
 QUESTION = "what is in the picture?"
 IMAGE_RGB = (200, 40, 30)
-WEIGHT_SEED = 0
+WEIGHT_SEED = 2
 # Random weights never stop or leave a space; these make the greedy answer to QUESTION a few dozen tokens
 # in several words, ended by end-of-text, and the default sampling differ from run to run.
 LOGIT_SCALE = 0.05
-EOS_LOGIT = 1.95
+EOS_LOGIT = 1.84
 SPACE_LOGIT = 1.8
 TOKENIZER_REPO = "webcam-vlm-fixtures/tiny-vqa-tokenizer"
 # A fixed commit-like name for the cached snapshot; ``refs/main`` points at it, as after ``hf download``.
@@ -396,14 +399,19 @@ class TinyMoondream(nn.Module):
 
     # -- text ------------------------------------------------------------------------------------
 
-    def _pick(self, logits, temperature, top_p):
-        if temperature == 0:
-            return logits.argmax(dim=-1, keepdim=True)
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
+    def _apply_top_p(self, probs, top_p):
+        """moondream2's nucleus, in the probabilities' own dtype (bfloat16: its running sum can pass 1 early)."""
         ordered, order = probs.sort(dim=-1, descending=True)
         ordered[(ordered.cumsum(dim=-1) - ordered) > top_p] = 0.0
-        kept = torch.zeros_like(probs).scatter_(-1, order, ordered / ordered.sum(dim=-1, keepdim=True))
-        return torch.multinomial(kept, num_samples=1)
+        ordered.div_(ordered.sum(dim=-1, keepdim=True))
+        return torch.zeros_like(probs).scatter_(-1, order, ordered)
+
+    def _pick(self, logits, temperature, top_p):
+        """Greedy at temperature 0; otherwise sampled as moondream2 samples, in the logits' dtype."""
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        return torch.multinomial(self._apply_top_p(probs, top_p), num_samples=1)
 
     def _prefill_prompt(self, tokens, pos, temperature, top_p):
         """(logits, hidden states, first token, next position), as moondream2's own returns them."""
@@ -466,7 +474,8 @@ class TinyMoondream(nn.Module):
         if image is None or question is None or reasoning or spatial_refs:
             raise NotImplementedError("this look-alike answers questions about an image only")
         template = self.config.tokenizer.templates["query"]
-        tokens = template["prefix"] + self.tokenizer.encode(question).ids + template["suffix"]
+        # moondream2 appends the answer suffix twice: once building the prompt, again where it does not reason.
+        tokens = template["prefix"] + self.tokenizer.encode(question).ids + template["suffix"] + template["suffix"]
         return self._text_reply(image, tokens, stream, settings, "answer")
 
     def caption(self, image, length="normal", stream=False, settings=None):

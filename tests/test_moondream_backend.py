@@ -24,9 +24,10 @@ from PIL import Image
 from scripts.build_remote_code_fixture import QUESTION, fixture_image
 from tests.conftest import MoondreamLike, hub_cache
 from vlm.backends import moondream
-from vlm.backends.base import Job, Result
+from vlm.backends.base import Job, Result, WaveDecoder
 from vlm.backends.moondream import MoondreamBackend, frame_side
 from vlm.config import DEFAULT_MODEL, DEFAULT_REVISION
+from vlm.errors import Code, VlmError
 
 FRAME = Image.new("RGB", (640, 480), "red")
 GREEDY = {"temperature": 0}
@@ -46,6 +47,7 @@ class Events:
     def __init__(self, cancel_after: int | None = None) -> None:
         self.deltas: list[str] = []
         self.results: list[Result] = []
+        self.failures: dict[int, VlmError] = {}
         self.cancel_after = cancel_after
 
     def delta(self, index: int, text: str) -> None:
@@ -53,6 +55,9 @@ class Events:
 
     def done(self, index: int, result: Result) -> None:
         self.results.append(result)
+
+    def failed(self, index: int, error: VlmError) -> None:
+        self.failures[index] = error
 
     def cancelled(self, index: int) -> bool:
         return self.cancel_after is not None and len(self.deltas) >= self.cancel_after
@@ -91,7 +96,7 @@ def job(task: str, text: str = "", image: Image.Image = FRAME, key: str = "frame
 def ask(md: MoondreamBackend, the_job: Job, events: Events | None = None) -> Result:
     events = events or Events()
     md.generate([the_job], events)
-    assert len(events.results) == 1
+    assert events.failures == {} and len(events.results) == 1
     return events.results[0]
 
 
@@ -129,6 +134,40 @@ def test_look_alike_corrupts_two_interleaved_calls(md: MoondreamBackend) -> None
     interleaved = md.model.query(mine, QUESTION, stream=True, settings=GREEDY)["answer"]
     md.model.query(other, "what colour is this?", settings=GREEDY)
     assert "".join(interleaved) != alone
+
+
+def test_look_alike_samples_in_bfloat16_as_moondream2(md: MoondreamBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """moondream2 softmaxes its bfloat16 logits and cuts its nucleus in bfloat16, and draws from that: its
+    probabilities round otherwise than the running batch's float32 ones (44146f1 kept 2636 of 51200 tokens of
+    peaked logits at top_p 1). A look-alike drawing in float32 would hide the difference between the two loops."""
+    inner = md.model.model
+    drawn_from: list[torch.Tensor] = []
+    draw = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda probs, *rest, **kw: drawn_from.append(probs) or draw(probs, 1))
+    logits = torch.randn(1, inner.config.text.vocab_size, generator=torch.Generator().manual_seed(0))
+    inner._pick(logits.to(torch.bfloat16), 1.0, 0.9)
+    (probabilities,) = drawn_from
+    assert probabilities.dtype == torch.bfloat16
+    assert 0 < int((probabilities > 0).sum()) < logits.size(-1), "the nucleus is cut"
+
+
+def test_look_alike_prompts_a_query_as_moondream2(md: MoondreamBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """moondream2 (44146f1) puts the answer suffix at a query prompt's end twice."""
+    inner = md.model.model
+    prompts: list[list[int]] = []
+    prefill_prompt = inner._prefill_prompt
+    monkeypatch.setattr(
+        inner,
+        "_prefill_prompt",
+        lambda tokens, *rest: prompts.append(tokens[0].tolist()) or prefill_prompt(tokens, *rest),
+    )
+    "".join(
+        md.model.query(
+            md.model.encode_image(fixture_image()), QUESTION, stream=True, settings={"max_tokens": 1, **GREEDY}
+        )["answer"]
+    )
+    template = inner.config.tokenizer.templates["query"]
+    assert prompts == [template["prefix"] + inner.tokenizer.encode(QUESTION).ids + template["suffix"] * 2]
 
 
 def test_look_alike_tiles_frames_as_moondream2(md: MoondreamBackend) -> None:
@@ -169,7 +208,8 @@ def test_token_counts_are_the_models_own(md: MoondreamBackend, expected: dict[st
     result = ask(md, question(), events)
     inner = md.model.model
     template = inner.config.tokenizer.templates["query"]
-    prompt = len(template["prefix"]) + len(inner.tokenizer.encode(QUESTION).ids) + len(template["suffix"])
+    suffixes = 2 * len(template["suffix"])  # moondream2 appends it twice
+    prompt = len(template["prefix"]) + len(inner.tokenizer.encode(QUESTION).ids) + suffixes
     image_prefix = 1 + (inner.config.vision.crop_size // inner.config.vision.enc_patch_size) ** 2
     assert result.tokens == expected["tokens"] > len(events.deltas)
     assert result.prompt_tokens == image_prefix + prompt
@@ -199,6 +239,41 @@ def test_skills_return_geometry_inside_the_frame(md: MoondreamBackend) -> None:
     for spot in point.points:
         assert 0 <= spot["x"] <= 1 and 0 <= spot["y"] <= 1, spot
     assert detect.tokens > 0 and detect.prompt_tokens > 0
+
+
+@pytest.mark.parametrize(("task", "positions"), [("detect", 3), ("point", 2)])
+@pytest.mark.parametrize("room", [3, 4, 8, 30])
+def test_a_skill_near_the_contexts_end_looks_for_only_the_objects_that_fit(
+    md: MoondreamBackend, task: str, positions: int, room: int
+) -> None:
+    """moondream2's detect (point) takes three (two) positions per object, up to 50 objects, and checks none of
+    them against its context: an object's name that left room for the prompt but not for its objects failed the
+    request (and, in company, every answer in the running batch)."""
+    frame_and_template = ask(md, job(task, "x")).prompt_tokens  # the look-alike finds its 50 objects there
+    result = ask(md, job(task, "x" * (1 + 2048 - frame_and_template - room)))  # ``room`` positions left
+    found = result.objects if task == "detect" else result.points
+    assert result.prompt_tokens == 2048 - room
+    assert found is not None and len(found) == room // positions and result.tokens == positions * len(found)
+
+
+def test_a_skill_with_no_room_for_one_object_is_too_long(md: MoondreamBackend) -> None:
+    frame_and_template = ask(md, job("detect", "x")).prompt_tokens
+    events = Events()
+    md.generate([job("detect", "x" * (1 + 2048 - frame_and_template - 2))], events)
+    assert events.results == [] and events.failures[0].code == Code.QUESTION_TOO_LONG
+
+
+def test_a_question_too_long_in_a_wave_fails_alone(md: MoondreamBackend) -> None:
+    """``--batching wave`` runs its jobs one after another through moondream2's own loop: one question too long
+    for the context failed every other one in the wave, even those after it that never ran."""
+    events = Events()
+    wave = WaveDecoder(md, events)
+    too_long = job("query", "why " * 600, image=fixture_image(), key="fixture-image")
+    wave.join({0: question(max_new_tokens=6), 1: too_long, 2: question(max_new_tokens=4)})
+    wave.step()
+    assert {key: error.code for key, error in events.failures.items()} == {1: Code.QUESTION_TOO_LONG}
+    assert [result.tokens for result in events.results] == [6, 4]
+    assert not wave.rows()
 
 
 def test_image_is_encoded_once_per_frame(md: MoondreamBackend, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,6 +306,8 @@ def test_other_dtypes_work_and_are_reported(moondream_like: MoondreamLike, dtype
     other = load(moondream_like, dtype=dtype)
     assert other.info.dtype == dtype
     assert {p.dtype for p in other.model.parameters()} == {getattr(torch, dtype)}
+    own = load(moondream_like).model.model.text.freqs_cis
+    assert torch.equal(other.model.model.text.freqs_cis, own), "moondream2's rotary table is float32 in every dtype"
     detect = ask(other, job("detect", "shape"))
     assert ask(other, question(max_new_tokens=6)).tokens == 6 and detect.objects is not None
 

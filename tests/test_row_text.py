@@ -88,6 +88,18 @@ def test_a_character_split_across_byte_tokens_waits_for_its_last_byte() -> None:
     assert len(tokens) > 3 and deltas[-1].endswith("🙂") and "" in deltas  # the emoji is four byte tokens
 
 
+@pytest.mark.parametrize("answer", ANSWERS)
+def test_a_tokenizers_tokenizer_as_moondream2_loads_streams_whole_characters_too(answer: str) -> None:
+    """moondream2's rows decode with the ``tokenizers.Tokenizer`` its code loads (``moondream/starmie-v1``), not a
+    transformers tokenizer; its ``decode`` must serve ``RowText`` as well, where characters split into bytes."""
+    tokenizer = byte_level_bpe().backend_tokenizer
+    tokens = tokenizer.encode(answer).ids
+    text = RowText(tokenizer)
+    deltas = [text.add(token) for token in tokens]
+    assert "".join(deltas) == tokenizer.decode(tokens) == answer
+    assert not any("\ufffd" in delta for delta in deltas)
+
+
 def test_special_tokens_inside_an_answer_stream_as_nothing() -> None:
     tokenizer = sentencepiece_with_byte_fallback()
     tokens = tokenizer.encode("hello world", add_special_tokens=False)

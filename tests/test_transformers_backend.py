@@ -25,7 +25,7 @@ from vlm.backends.step_decoder import StepDecoder, cache_keyword
 from vlm.backends.torch_device import use_unplanned_attention
 from vlm.backends.transformers_backend import MIN_FRAME_SIDE, TransformersBackend, limit_tiles
 from vlm.config import parse_settings
-from vlm.errors import VlmError
+from vlm.errors import Code, VlmError
 
 FRAMES = [Image.new("RGB", (320, 240), color) for color in ("red", "blue", "green")]
 
@@ -190,6 +190,35 @@ def test_rows_joining_a_running_batch_answer_as_they_would_alone(backend: Transf
         assert got.answer == expected.answer, f"row {index} answers as it would alone"
         assert "".join(events.deltas[index]).strip() == got.answer
         assert got.tokens == expected.tokens and got.prompt_tokens > 0
+
+
+class FailureRecorder(Events):
+    """``Events`` that keep each row's failure, for the tests where one is expected."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.failures: dict[int, VlmError] = {}
+
+    def failed(self, index: int, error: VlmError) -> None:
+        self.failures[index] = error
+
+
+def test_a_newcomer_that_fails_in_the_join_fails_alone(backend: TransformersBackend) -> None:
+    """A newcomer's prefill and first draw touch no running row: what goes wrong there (a temperature so small
+    that the logits divided by it overflow, its probabilities are NaN and the draw fails) fails that request
+    alone; the running row, and the newcomer prefilled together with it, answer as they would alone."""
+    work = varied_jobs([12, 9, 9])
+    events = FailureRecorder(len(work))
+    decoder = backend.decoder(events)
+    decoder.join({0: work[0]})
+    decoder.step()
+    decoder.join({1: replace(work[1], temperature=1e-45), 2: work[2]})
+    assert {key: error.code for key, error in events.failures.items()} == {1: Code.MODEL_ERROR}
+    while decoder.rows():
+        decoder.step()
+    assert {key: result.answer for key, result in events.results.items()} == {
+        key: answered_alone(backend, work[key]).answer for key in (0, 2)
+    }
 
 
 def prepared_while_decoding(backend: TransformersBackend, decoder: Decoder, work: list[Job]) -> list[Job]:
@@ -548,12 +577,14 @@ def test_the_cache_goes_in_under_the_name_this_transformers_reads(backend: Trans
 
 
 def test_a_model_that_ignores_the_cache_is_refused_not_decoded_without_it(
-    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    decoder = backend.decoder(Events(1))
+    events = FailureRecorder(1)
+    decoder = backend.decoder(events)
     monkeypatch.setattr(decoder, "cache_keyword", "a_name_forward_swallows")
-    with pytest.raises(RuntimeError, match="did not fill the cache"):
-        decoder.join({0: jobs([4])[0]})
+    decoder.join({0: jobs([4])[0]})
+    assert events.failures[0].code == Code.MODEL_ERROR and events.results == {} and not decoder.rows()
+    assert "did not fill the cache" in caplog.text
 
 
 class Transformers517Forward:

@@ -15,16 +15,20 @@ upstream server that batches on its own) return their own.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from PIL import Image
 
 from ..errors import Code, VlmError
 
+log = logging.getLogger(__name__)
+
 Task = Literal["query", "caption", "detect", "point"]
+Outcome = TypeVar("Outcome")
 CaptionLength = Literal["short", "normal"]
 
 # For models with no caption skill of their own: a caption is the answer to one of these, unless the model's
@@ -85,27 +89,45 @@ class Result:
 
 
 class GenerationEvents(Protocol):
-    """How a backend reports progress on job ``index`` of the batch it was given."""
+    """How a backend reports progress on job ``index`` of the batch it was given; ``failed`` fails that job alone,
+    the others going on."""
 
     def delta(self, index: int, text: str) -> None: ...
 
     def done(self, index: int, result: Result) -> None: ...
 
+    def failed(self, index: int, error: VlmError) -> None: ...
+
     def cancelled(self, index: int) -> bool: ...
 
 
 class RowEvents(GenerationEvents, Protocol):
-    """``GenerationEvents`` by row key, plus a failure of one row that leaves the others running."""
+    """``GenerationEvents`` by row key: a running batch's rows, not one call's batch indexes."""
 
-    def failed(self, index: int, error: VlmError) -> None: ...
+
+def failing_alone(events: GenerationEvents, index: int, work: Callable[[], Outcome]) -> Outcome | None:
+    """``work`` for job ``index`` alone (its prefill, a skill run to its end, its whole answer); None where it failed.
+
+    Its fault is its own (a question too long, a first draw the model cannot make) and left nothing of the
+    other jobs' state half done: it fails through ``events.failed``, and the batch beside it goes on.
+    """
+    try:
+        return work()
+    except VlmError as error:
+        events.failed(index, error)
+    except Exception:
+        log.exception("the model failed on one job of a batch; the others go on")
+        events.failed(index, VlmError(Code.MODEL_ERROR, "the model failed on this request"))
+    return None
 
 
 class Decoder(ABC):
     """A running batch: jobs join it and rows leave it between decode steps (continuous batching).
 
     Rows are named by keys the caller picks, and report through ``RowEvents`` by key. A row
-    leaves after ``done``, after ``failed``, or at the first step after it is cancelled. An
-    exception from ``join`` or ``step`` means the rows still listed by ``rows`` are lost: the
+    leaves after ``done``, after ``failed``, or at the first step after it is cancelled. A joining
+    job whose own work fails (its prefill, its first token, a skill) fails alone (``failing_alone``).
+    An exception from ``join`` or ``step`` means the rows still listed by ``rows`` are lost: the
     caller fails them (and the jobs that were joining) and calls ``clear``.
     """
 
@@ -148,7 +170,7 @@ class WaveDecoder(Decoder):
         self.backend.generate(list(self.jobs.values()), wave)
         self.jobs = {}
         for key in wave.keys:
-            if key not in wave.answered and not self.events.cancelled(key):
+            if key not in wave.ended and not self.events.cancelled(key):
                 self.events.failed(key, VlmError(Code.MODEL_ERROR, "the model returned no answer"))
 
     def rows(self) -> Set[int]:
@@ -159,19 +181,23 @@ class WaveDecoder(Decoder):
 
 
 class _Wave:
-    """A wave's ``GenerationEvents`` by batch index, passed on by row key; remembers who was answered."""
+    """A wave's ``GenerationEvents`` by batch index, passed on by row key; remembers who was answered or failed."""
 
     def __init__(self, keys: list[int], events: RowEvents) -> None:
         self.keys = keys
         self.events = events
-        self.answered: set[int] = set()
+        self.ended: set[int] = set()
 
     def delta(self, index: int, text: str) -> None:
         self.events.delta(self.keys[index], text)
 
     def done(self, index: int, result: Result) -> None:
-        self.answered.add(self.keys[index])
+        self.ended.add(self.keys[index])
         self.events.done(self.keys[index], result)
+
+    def failed(self, index: int, error: VlmError) -> None:
+        self.ended.add(self.keys[index])
+        self.events.failed(self.keys[index], error)
 
     def cancelled(self, index: int) -> bool:
         return self.events.cancelled(self.keys[index])

@@ -9,6 +9,9 @@ does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 r
   CPU without bfloat16 instructions) and reports the dtype the weights really have.
 - It samples (temperature 0.5, top_p 0.3) unless told otherwise: every call passes the job's
   temperature, 0 (greedy) by default, and its top_p, 1 (the whole vocabulary) by default, as elsewhere.
+  It samples in its logits' dtype (bfloat16, where its nucleus's running sum can drop the tail even
+  at top_p 1), the running batch in float32: sampled answers differ a little between its own loop
+  (``--batching wave``) and the rows; greedy ones do not.
 - Its stream yields whole words, and it tells nobody how many tokens it generated: the
   backend counts the model's own prompt and per-token steps (``_prefill``,
   ``_decode_one_tok``, the two methods its ``compile()`` replaces the same way), which is
@@ -21,8 +24,10 @@ does about it (read in github.com/vikhyat/moondream at 44146f1, the 2025-06-21 r
   batch (``moondream_rows``), which keeps its own cache.
 - Its context is ``max_context`` (2048) positions, the frame's 730 among them, and nothing in it
   checks that a prompt and its answer fit: the decode loop indexes its mask past the end and
-  fails mid-answer. The meter ends an answer at the last position (``finish_reason`` length)
-  and refuses a question that leaves no room (``question_too_long``).
+  fails mid-answer, and detect and point look for up to 50 objects, three (two) positions each,
+  wherever their prompt ended. The meter ends an answer at the last position (``finish_reason``
+  length), a skill looks for only as many objects as fit, and a question that leaves no room
+  is refused (``question_too_long``).
 
 The image encoding is the expensive half of a query, so it is cached per frame digest:
 several questions, a caption and a detect on one snapshot encode it once.
@@ -35,12 +40,13 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
 
 from ..errors import Code, VlmError
-from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, WorkAhead, never
+from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, WorkAhead, failing_alone, never
 from .frame_cache import FrameCache
 from .moondream_rows import (
     ANSWER_TASKS,
@@ -59,14 +65,22 @@ from .torch_device import cpu_multiplies_bfloat16, resolve_device, use_unplanned
 CAMERA_FRAMES = ((640, 480), (1280, 720), (1920, 1080))
 ASPECTS = ((4, 3), (16, 9))
 MAX_UPSCALE = 1.1
+# moondream2's own limit on the objects a detect or point finds (its DEFAULT_MAX_OBJECTS), and the positions each
+# takes: x, y, a box's size, then the token that says whether another follows.
+MAX_OBJECTS = 50
+POSITIONS_PER_OBJECT = {"detect": 3, "point": 2}
 
 
 class GenerationStopped(Exception):
     """Raised inside moondream2's decoding loop to end a call that was cancelled or timed out."""
 
 
-class ContextFull(Exception):
-    """Raised inside moondream2's decoding loop at the context's last position: the answer ends there."""
+def question_too_long(context: int) -> VlmError:
+    """The error for a prompt that leaves no room in moondream2's ``context`` for what it asks for."""
+    return VlmError(
+        Code.QUESTION_TOO_LONG,
+        f"the question does not fit moondream2's context of {context} tokens with the frame; ask a shorter one",
+    )
 
 
 class TokenMeter:
@@ -82,6 +96,7 @@ class TokenMeter:
         self._prefill, self._decode = model._prefill, model._decode_one_tok
         model._prefill, model._decode_one_tok = self.prefill, self.decode_one_tok
         self.context = int(getattr(model.config.text, "max_context", 2048))
+        self.eos_id = model.config.tokenizer.eos_id
         self.should_stop: Callable[[], bool] = never
         self.prompt_tokens = 0
         self.tokens = 0
@@ -105,11 +120,7 @@ class TokenMeter:
     def prefill(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
         self._check()
         if self.at_end(int(pos_ids[-1])):  # not one position left for an answer
-            raise VlmError(
-                Code.QUESTION_TOO_LONG,
-                f"the question does not fit moondream2's context of {self.context} tokens with the frame; "
-                "ask a shorter one",
-            )
+            raise question_too_long(self.context)
         hidden = self._prefill(x, attn_mask, pos_ids, lora)
         self.prompt_tokens, self.tokens = int(pos_ids[-1]) + 1, 0
         return hidden
@@ -117,15 +128,21 @@ class TokenMeter:
     def decode_one_tok(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
         """One token; its mask (moondream2 passes (1, 1, context)) goes on as (1, 1, 1, context): PyTorch takes
         a 3-D mask only in its unfused attention, which rounds otherwise than the fused kernel the running
-        batch (``moondream_rows``) uses, so a question would not get the same answer alone and in company."""
+        batch (``moondream_rows``) uses, so a question would not get the same answer alone and in company.
+
+        At the context's last position the token is decoded, but none may follow it: only end-of-text is left to
+        choose, so moondream2's loop ends as at end-of-text and streams the last word it held back (an exception
+        would lose it), and the answer says ``length`` (``full``)."""
         self._check()
-        if self.at_end(int(pos_ids[-1])):
-            self.full = True
-            raise ContextFull
         self.tokens += 1
         if attn_mask.dim() == 3:
             attn_mask = attn_mask.unsqueeze(1)
-        return self._decode(x, attn_mask, pos_ids, lora)
+        logits, hidden = self._decode(x, attn_mask, pos_ids, lora)
+        if self.at_end(int(pos_ids[-1])):
+            self.full = True
+            logits = torch.full_like(logits, float("-inf"))
+            logits[..., self.eos_id] = 0.0
+        return logits, hidden
 
     def _check(self) -> None:
         if self.should_stop():
@@ -146,11 +163,14 @@ def run_in(model: Any, dtype: torch.dtype) -> None:
     It creates its layers in bfloat16 whatever ``from_pretrained`` is told, and it casts image
     crops to bfloat16 before the first layer (``prepare_crops``; nothing else in the skills used
     here is pinned to a dtype): the weights are converted, and the crops on their way into the
-    first layer.
+    first layer. Its rotary table stays in float32, as moondream2 makes it in every dtype: in
+    float16 its cos and sin would be off by up to 2.4e-4.
     """
     if dtype == torch.bfloat16:
         return
+    rotary = model.model.text.freqs_cis  # float32 in moondream2 whatever the weights' dtype; float16 rounds it
     model.to(dtype)
+    model.model.text.freqs_cis = rotary
     patch_embedding = model.model.vision["patch_emb"]
     patch_embedding.register_forward_pre_hook(lambda layer, args: (args[0].to(layer.weight.dtype), *args[1:]))
 
@@ -266,11 +286,12 @@ class MoondreamBackend(Backend):
 
     @torch.inference_mode()  # as everywhere moondream2's code runs: its KV cache may have been made in that mode
     def generate(self, jobs: list[Job], events: GenerationEvents) -> None:
-        """One job after another through moondream2's own loop (``--batching wave``)."""
+        """One job after another through moondream2's own loop (``--batching wave``); one that fails (a question
+        too long) fails alone, and the next one runs."""
         for index, job in enumerate(jobs):
             if events.cancelled(index):
                 continue
-            result = self.run_one(index, job, events)
+            result = failing_alone(events, index, partial(self.run_one, index, job, events))
             if result is not None:
                 events.done(index, result)
 
@@ -303,14 +324,27 @@ class MoondreamBackend(Backend):
         try:
             with self.own_code, self.meter.watching(should_stop):
                 encoded = self._encode(job)
+                settings = {"max_objects": self._objects_that_fit(job, encoded.pos)}
                 if job.task == "detect":
-                    boxes = [_box(item) for item in self.model.detect(encoded, job.text)["objects"]]
+                    boxes = [_box(item) for item in self.model.detect(encoded, job.text, settings)["objects"]]
                     objects = [b for b in boxes if b["x_min"] < b["x_max"] and b["y_min"] < b["y_max"]]
                     return self._found(_found(len(objects), job.text), objects=objects)
-                points = [_point(item) for item in self.model.point(encoded, job.text)["points"]]
+                points = [_point(item) for item in self.model.point(encoded, job.text, settings)["points"]]
                 return self._found(_found(len(points), job.text), points=points)
         except GenerationStopped:
             return None
+
+    def _objects_that_fit(self, job: Job, frame_positions: int) -> int:
+        """How many objects a detect or point may look for: moondream2's own 50, or fewer where its prompt (built
+        as moondream2 builds it, after the frame's positions) leaves room for fewer before the context ends."""
+        inner = self.model.model
+        template = inner.config.tokenizer.templates[job.task]
+        named = inner.tokenizer.encode(" " + job.text).ids  # moondream2 puts a space before the object's name
+        prompt_end = frame_positions + len(template["prefix"]) + len(named) + len(template["suffix"])
+        fitting = min(MAX_OBJECTS, (self.meter.context - prompt_end) // POSITIONS_PER_OBJECT[job.task])
+        if fitting < 1:
+            raise question_too_long(self.meter.context)
+        return fitting
 
     def start_answer(self, job: Job, should_stop: Callable[[], bool]) -> AnswerStart | None:
         """A query or caption through moondream2's own code up to its first token, its prompt's cache copied out;
@@ -364,7 +398,7 @@ class MoondreamBackend(Backend):
     @staticmethod
     def _stream(index: int, chunks: Iterable[str], events: GenerationEvents, screen: StopScreen) -> str:
         """Forward the stream's chunks until one completes a stop string; a cancel closes it (the meter stops it
-        mid-word, too), and a full context ends it where it got to."""
+        mid-word, too)."""
         parts: list[str] = []
         iterator = iter(chunks)
         try:
@@ -376,8 +410,6 @@ class MoondreamBackend(Backend):
                     events.delta(index, delta)
                 if screen.hit:
                     break
-        except ContextFull:
-            pass
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:

@@ -22,13 +22,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import VlmError
-from .base import Job, RowEvents
+from .base import Job, Result, RowEvents, failing_alone
 from .step_decoder import Row, RunningRows, pick, take
 
 if TYPE_CHECKING:
@@ -232,7 +232,8 @@ class MoondreamRows(RunningRows):
 
     @torch.inference_mode()
     def join(self, jobs: dict[int, Job]) -> None:
-        """Queries and captions join, prefilled ahead (``--prepare prefill``) or here; skills run to their end."""
+        """Queries and captions join, prefilled ahead (``--prepare prefill``) or here; skills run to their end. A
+        job's prefill or skill runs in the model's own cache, not the batch's: its fault fails it alone."""
         self._drop_ended()
         rows: list[Row] = []
         starts: list[AnswerStart] = []
@@ -242,12 +243,8 @@ class MoondreamRows(RunningRows):
             if job.task not in ANSWER_TASKS:
                 self._run_skill(key, job)
                 continue
-            try:
-                start = job.prepared or self.backend.start_answer(job, lambda key=key: self.events.cancelled(key))
-            except VlmError as error:
-                self.events.failed(key, error)
-                continue
-            if start is None:  # cancelled while it prefilled
+            start = failing_alone(self.events, key, partial(self._start, key, job))
+            if start is None:  # cancelled while it prefilled, or failed alone
                 continue
             rows.append(Row.for_job(key, job, start.prompt_tokens, self.inner.tokenizer))
             starts.append(start)
@@ -262,15 +259,17 @@ class MoondreamRows(RunningRows):
                 self._take(row, int(start.token), start.position)
         self._drop_ended()
 
+    def _start(self, key: int, job: Job) -> AnswerStart | None:
+        """A query's or caption's start, prefilled ahead (``--prepare prefill``) or here."""
+        return job.prepared or self.backend.start_answer(job, lambda: self.events.cancelled(key))
+
     def _run_skill(self, key: int, job: Job) -> None:
-        """A skill's result, run ahead (``--prepare prefill``) or here, to its end, in the model's own cache."""
-        try:
-            result = job.prepared or self.backend.run_skill(job, lambda: self.events.cancelled(key))
-        except VlmError as error:
-            self.events.failed(key, error)
-            return
-        if result is not None:
+        if (result := failing_alone(self.events, key, partial(self._skill, key, job))) is not None:
             self.events.done(key, result)
+
+    def _skill(self, key: int, job: Job) -> Result | None:
+        """A skill's result, run ahead (``--prepare prefill``) or here, to its end, in the model's own cache."""
+        return job.prepared or self.backend.run_skill(job, lambda: self.events.cancelled(key))
 
     @torch.inference_mode()
     def step(self) -> None:

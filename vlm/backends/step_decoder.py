@@ -23,9 +23,11 @@ are exact.
 from __future__ import annotations
 
 import inspect
+import logging
 from abc import abstractmethod
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,9 +35,11 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .base import Decoder, FinishReason, GenerationEvents, Job, Result, RowEvents
+from .base import Decoder, FinishReason, GenerationEvents, Job, Result, RowEvents, failing_alone
 from .seeds import row_generator
 from .stops import StopScreen
+
+log = logging.getLogger(__name__)
 
 # Text decoders checked to keep a dynamic full-attention cache and 1-D rotary positions (Llama:
 # SmolVLM/Idefics3, LLaVA-1.5, the demo model's FastVLM layout). Sliding windows, M-RoPE (Qwen-VL) or linear
@@ -272,6 +276,15 @@ class RunningRows(Decoder):
         self.batch = [self.batch[i] for i in keep]
 
 
+@dataclass(frozen=True)
+class Started:
+    """Newcomers prefilled, with their rows and first tokens, not yet in the running batch."""
+
+    rows: list[Row]
+    prefill: Prefill
+    tokens: torch.Tensor
+
+
 class StepDecoder(RunningRows):
     """The running batch of one transformers model, advanced one token per ``step``."""
 
@@ -307,27 +320,49 @@ class StepDecoder(RunningRows):
 
     @torch.inference_mode()
     def join(self, jobs: dict[int, Job]) -> None:
+        """Newcomers join with their first token. Their prefill and first draw touch no running row, so a fault
+        there fails only the job at fault (``failing_alone``); the running rows go on."""
         self._drop_ended()
         waiting: dict[int, Job] = {}
         for key, job in jobs.items():
-            if (done := self.prefilled(job)) is not None:
-                self._start({key: job}, done)
-            else:
+            if (done := self.prefilled(job)) is None:
                 waiting[key] = job
+            elif started := failing_alone(self.events, key, partial(self._first_tokens, {key: job}, done)):
+                self._start(started)
         for text_only in (False, True):  # a processor batch has a frame in every row or in none
             if group := {key: job for key, job in waiting.items() if (job.image is None) == text_only}:
-                self._start(group, prefill(self.model, self.model_inputs(list(group.values())), self.cache_keyword))
+                for started in self._prefill_here(group):
+                    self._start(started)
         self._drop_ended()
 
-    def _start(self, jobs: dict[int, Job], done: Prefill) -> None:
-        """Prefilled rows join the batch with their first token."""
+    def _prefill_here(self, jobs: dict[int, Job]) -> list[Started]:
+        """``jobs`` prefilled together to their first tokens; where that fails, one by one, so that the fault fails
+        the job it belongs to alone (and a batch too big for memory still joins)."""
+        if len(jobs) > 1:
+            try:
+                return [self._started_here(jobs)]
+            except Exception:
+                log.warning("%d newcomers failed to prefill together; prefilling them one by one", len(jobs))
+        alone = (failing_alone(self.events, key, partial(self._started_here, {key: job})) for key, job in jobs.items())
+        return [started for started in alone if started is not None]
+
+    def _started_here(self, jobs: dict[int, Job]) -> Started:
+        """``jobs`` prefilled here, together, to their first tokens."""
+        return self._first_tokens(jobs, prefill(self.model, self.model_inputs(list(jobs.values())), self.cache_keyword))
+
+    def _first_tokens(self, jobs: dict[int, Job], done: Prefill) -> Started:
+        """Prefilled jobs' rows and their first tokens, the running batch untouched."""
         rows = [
             Row.for_job(key, job, count, self.tokenizer)
             for (key, job), count in zip(jobs.items(), done.prompt_tokens, strict=True)
         ]
-        tokens = self._choose(done.logits, rows)
-        self._append(rows, done.cache, done.mask, done.positions, tokens)
-        for row, token in zip(rows, tokens.tolist(), strict=True):
+        return Started(rows, done, self._choose(done.logits, rows))
+
+    def _start(self, started: Started) -> None:
+        """Started rows join the batch with their first token."""
+        done = started.prefill
+        self._append(started.rows, done.cache, done.mask, done.positions, started.tokens)
+        for row, token in zip(started.rows, started.tokens.tolist(), strict=True):
             take(self.events, row, token, stop=token in self.eos_ids)
 
     @torch.inference_mode()

@@ -36,6 +36,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..errors import VlmError
 from .base import (
     CAPTION_PROMPTS,
     Backend,
@@ -313,6 +314,9 @@ class _Rows:
 
     def done(self, index: int, result: Result) -> None:
         self.events.done(self.rows[index], result)
+
+    def failed(self, index: int, error: VlmError) -> None:
+        self.events.failed(self.rows[index], error)
 
     def cancelled(self, index: int) -> bool:
         return self.events.cancelled(self.rows[index])
