@@ -93,6 +93,7 @@ def test_sampling_options_the_server_honours_or_refuses_by_name(app: AppProcess,
     assert ask(client, "what?", frame, temperature=2, top_p=0) == ask(client, "what?", frame), (
         "top_p 0 leaves only the likeliest token to sample"
     )
+    assert ask(client, "what?", frame, temperature=1e-39) == ask(client, "what?", frame), "as good as greedy"
     refusals = [
         ({"n": 2}, "n"),
         ({"temperature": 3}, "temperature"),

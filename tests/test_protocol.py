@@ -81,3 +81,11 @@ def test_http_temperature_and_text_only_reach_the_job() -> None:
     with pytest.raises(VlmError) as refused:
         parse_chat(body, max_question_chars=100, text_only=False)
     assert (refused.value.code, refused.value.param) == ("image_required", "messages")
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy() -> None:
+    """``/v1`` takes any temperature in 0..2; 1e-39 made NaN probabilities and failed the batch it joined."""
+    incoming = parse_query({"question": "hi"}, max_question_chars=100, image_required=False)
+    assert to_job(incoming, Settings(), decode_size=64, temperature=1e-39)[0].temperature == 0.0
+    assert to_job(incoming, Settings(), decode_size=64, temperature=1e-5)[0].temperature == 1e-5
+    assert to_job(incoming, Settings(temperature=1e-9), decode_size=64)[0].temperature == 0.0

@@ -19,6 +19,7 @@ from .images import DecodedImage, decode_image
 
 SKILLS = ("caption", "detect", "point")
 MAX_ID_CHARS = 128
+GREEDY_BELOW = 1e-5
 MAX_OBJECT_CHARS = 100
 
 
@@ -107,12 +108,18 @@ def to_job(
         text=incoming.text,
         length=incoming.length,
         max_new_tokens=min(settings.max_new_tokens, max_new_tokens or settings.max_new_tokens),
-        temperature=settings.temperature if temperature is None else temperature,
+        temperature=sampling_temperature(settings.temperature if temperature is None else temperature),
         top_p=top_p,
         stop=stop,
         seed=seed,
     )
     return job, frame.decode_ms if frame else 0.0
+
+
+def sampling_temperature(asked: float) -> float:
+    """Below ``GREEDY_BELOW`` a temperature is greedy, as vLLM takes it: logits divided by 1e-39 overflow to NaN
+    probabilities, which no sampler can draw from."""
+    return 0.0 if asked < GREEDY_BELOW else asked
 
 
 def decode_frame(image: object, settings: Settings, side: int) -> DecodedImage:
