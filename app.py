@@ -8,6 +8,7 @@ import resource
 import sys
 import threading
 from collections.abc import Callable
+from urllib.parse import quote
 
 from vlm.backends.load_failure import explain_load_failure
 from vlm.backends.registry import load_backend
@@ -17,7 +18,7 @@ from vlm.heap import unmap_big_buffers_when_freed
 from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
 from vlm.logsafe import MASK, configure_logging, route_library_loggers
-from vlm.network import is_loopback, is_wildcard, lan_address
+from vlm.network import in_url, is_loopback, is_wildcard, lan_address
 from vlm.preflight import start_problem
 from vlm.servers import serve
 from vlm.web import WebApp, create_app
@@ -44,11 +45,12 @@ def load_model(settings: Settings, web: WebApp) -> None:
 
 def page_urls(settings: Settings, token: str | None) -> list[str]:
     """The page's address: for a wildcard --host (0.0.0.0, ::), which no browser can open, the LAN address
-    (what a phone uses; --self-signed puts it in the certificate) and then localhost (this machine)."""
-    query = f"/?token={token}" if token else "/"
+    (what a phone uses; --self-signed puts it in the certificate) and then localhost (this machine). The token
+    is URL-encoded: a base64 one's ``+`` would arrive as a space; the log's mask is shown as it is."""
+    query = f"/?token={token if token == MASK else quote(token, safe='')}" if token else "/"
     scheme = "https" if settings.https else "http"
     hosts = [lan_address(), "localhost"] if is_wildcard(settings.host) else [settings.host]
-    return [f"{scheme}://{f'[{host}]' if ':' in host else host}:{settings.port}{query}" for host in hosts if host]
+    return [f"{scheme}://{in_url(host)}:{settings.port}{query}" for host in hosts if host]
 
 
 def announce_ready(settings: Settings) -> None:

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.app("tiny", max_new_tokens=4, token=TOKEN)
 def test_page_and_api_need_the_token(app: AppProcess) -> None:
     refused = requests.get(app.url, timeout=5)
     assert refused.status_code == 401 and "?token=" in refused.text, "a page that says how to get the link"
-    assert requests.get(f"{app.url}/?token=wrong", timeout=5).status_code == 401
+    assert 'data-testid="wrong-token"' not in refused.text
+    wrong = requests.get(f"{app.url}/?token=wrong", timeout=5)
+    assert wrong.status_code == 401 and 'data-testid="wrong-token"' in wrong.text, "a wrong token is said to be wrong"
     session = requests.Session()
     assert session.get(f"{app.url}/?token={TOKEN}", timeout=5).status_code == 200
     assert session.get(app.url, timeout=5).status_code == 200, "a reload without ?token= still works"

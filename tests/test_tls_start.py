@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -168,6 +169,17 @@ def test_the_terminal_gets_the_same_links_with_the_real_token(monkeypatch: pytes
     lan = lan_address()
     assert not lan or f"http://{lan}:5123/?token={TOKEN}" in shown, shown
     assert "0.0.0.0" not in shown and "[::]" not in shown, shown
+
+
+@pytest.mark.unit
+def test_a_token_with_url_characters_is_printed_in_a_link_that_carries_it() -> None:
+    """A base64 token (``openssl rand -base64``) was printed as it is: its ``+`` reached the server as a space, and
+    the link the 401 page tells the user to open answered 401."""
+    import app as entry
+
+    token = "q8+Zr/3kT+0aLw9v1M2x&x=1 #"
+    link = entry.page_urls(parse_settings(["--port", "5123", "--token", token]), token)[0]
+    assert parse_qs(urlsplit(link).query) == {"token": [token]}, link
 
 
 @pytest.mark.unit

@@ -41,7 +41,8 @@ def pages_blueprint(
         if not access.ok(token):
             if (refused := access.refusal("token")).code == Code.RATE_LIMITED:
                 return make_response(refused.message, http_status(refused.code), {"Content-Type": "text/plain"})
-            return make_response(render_template("unauthorized.html"), 401)
+            # A link whose token is wrong (mistyped, or from before a restart with a new one) is told so.
+            return make_response(render_template("unauthorized.html", wrong=token is not None), 401)
         response = make_response(render_template("index.html"))
         if settings.token:
             response.set_cookie(
