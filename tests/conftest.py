@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
@@ -22,6 +23,8 @@ from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 
 if TYPE_CHECKING:
+    from flask_socketio.test_client import SocketIOTestClient
+
     from vlm.web import WebApp
 
 IN_PROCESS_TOKEN = "in-process-token"
@@ -149,3 +152,16 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if collection_path.name == "conftest.py":
         return None
     return "pytest.mark.unit" not in collection_path.read_text()
+
+
+def wait_for(client: SocketIOTestClient, name: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    """What Flask-SocketIO's test ``client`` received until an event named ``name`` came: events arrive from the
+    model worker's thread."""
+    received: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        received += client.get_received()
+        if any(event["name"] == name for event in received):
+            return received
+        time.sleep(0.01)
+    raise AssertionError(f"no {name!r} within {timeout_s} s: {received}")

@@ -6,13 +6,12 @@ Every request is counted once: refused before the model queue by the door that r
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import IN_PROCESS_TOKEN, jpeg_data_url
+from tests.conftest import IN_PROCESS_TOKEN, jpeg_data_url, wait_for
 from tests.doubles import ScriptedBackendDouble
 from vlm.web import WebApp
 
@@ -41,17 +40,6 @@ def chat(question: str) -> dict[str, Any]:
 def response_input(question: str) -> dict[str, Any]:
     parts = [{"type": "input_text", "text": question}, {"type": "input_image", "image_url": jpeg_data_url()}]
     return {"model": "any", "input": [{"role": "user", "content": parts}]}
-
-
-def wait_for(client: Any, name: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    received: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        received += client.get_received()
-        if any(event["name"] == name for event in received):
-            return received
-        time.sleep(0.01)
-    raise AssertionError(f"no {name!r} within {timeout_s} s: {received}")
 
 
 def test_refusals_on_both_v1_routes_that_serve_the_model_are_counted(served_app: WebApp) -> None:

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -254,41 +255,44 @@ def test_a_drain_out_of_time_tells_the_unfinished_and_leaves_the_load_balancer(s
         assert "2 unfinished requests were told the server shut down" in running.log()
 
 
-@pytest.mark.parametrize("mode", ASYNC_MODES)
-def test_ctrl_c_mid_answer_stops_at_once_and_tells_the_unfinished(slow_model: Path, frame: str, mode: str) -> None:
-    """Ctrl-C in the terminal (SIGINT): under gunicorn it exited with the model's thread inside torch, and the
-    process aborted ("terminate called without an active exception", exit 134)."""
-    with serving(slow_model, "--async-mode", mode, max_new_tokens=430) as running:  # 430 tokens: ~4 s here
+@contextmanager
+def answering(slow_model: Path, frame: str, mode: str, tokens: int) -> Iterator[tuple[AppProcess, RecordingClient]]:
+    """The app in ``mode`` and a client whose ``tokens``-token answer (about 100 a second here) has begun."""
+    with serving(slow_model, "--async-mode", mode, max_new_tokens=tokens) as running:
         asker = RecordingClient(running.url)
         try:
             asker.start({"id": "long", "question": "describe", "image": frame})
             assert running.process is not None
-            running.process.send_signal(signal.SIGINT)
-            said = asker.final("long", timeout_s=10)
+            yield running, asker
         finally:
             asker.close()
+
+
+@pytest.mark.parametrize("mode", ASYNC_MODES)
+def test_ctrl_c_mid_answer_stops_at_once_and_tells_the_unfinished(slow_model: Path, frame: str, mode: str) -> None:
+    """Ctrl-C in the terminal (SIGINT): under gunicorn it exited with the model's thread inside torch, and the
+    process aborted ("terminate called without an active exception", exit 134)."""
+    with answering(slow_model, frame, mode, tokens=430) as (running, asker):
+        assert running.process is not None
+        running.process.send_signal(signal.SIGINT)
+        said = asker.final("long", timeout_s=10)
         assert said[0] == "query_error" and said[1]["code"] == "busy", said
         assert running.process.wait(10) == 0
         log = running.log()
-        assert "interrupted: 1 unfinished requests were told the server shut down" in log
-        assert "terminate called" not in log and "Traceback" not in log
+    assert "interrupted: 1 unfinished requests were told the server shut down" in log
+    assert "terminate called" not in log and "Traceback" not in log
 
 
 @pytest.mark.parametrize("mode", ASYNC_MODES)
 def test_ctrl_c_while_draining_after_sigterm_exits_at_once(slow_model: Path, frame: str, mode: str) -> None:
     """SIGTERM and Ctrl-C share one stop: the second of either exits at once, with 1, not after the drain."""
-    with serving(slow_model, "--async-mode", mode, max_new_tokens=4000) as running:  # 4000 tokens: ~40 s here
-        asker = RecordingClient(running.url)
-        try:
-            asker.start({"id": "long", "question": "describe", "image": frame})
-            assert running.process is not None
-            running.process.send_signal(signal.SIGTERM)
-            health = requests.get(f"{running.url}/healthz", timeout=5)
-            assert (health.status_code, health.json()["status"]) == (503, "draining")
-            running.process.send_signal(signal.SIGINT)
-            assert running.process.wait(5) == 1, "the drain would have waited up to 30 s for the answer"
-        finally:
-            asker.close()
+    with answering(slow_model, frame, mode, tokens=4000) as (running, _):
+        assert running.process is not None
+        running.process.send_signal(signal.SIGTERM)
+        health = requests.get(f"{running.url}/healthz", timeout=5)
+        assert (health.status_code, health.json()["status"]) == (503, "draining")
+        running.process.send_signal(signal.SIGINT)
+        assert running.process.wait(5) == 1, "the drain would have waited up to 30 s for the answer"
 
 
 def ask_at_once(url: str, questions: list[tuple[str, str]]) -> list[tuple[str, dict]]:

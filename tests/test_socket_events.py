@@ -6,15 +6,13 @@ over a real socket; these pin each handler's wire shape in a fraction of the tim
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from flask_socketio import SocketIOTestClient
 
 from tests.conftest import IN_PROCESS_TOKEN as TOKEN
-from tests.conftest import jpeg_data_url
+from tests.conftest import jpeg_data_url, wait_for
 from vlm.watch import WatchHub
 from vlm.web import WebApp
 
@@ -27,18 +25,6 @@ def client(served_app: WebApp) -> Iterator[SocketIOTestClient]:
     yield connected
     if connected.is_connected():
         connected.disconnect()
-
-
-def wait_for(client: SocketIOTestClient, name: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """Events arrive from the model worker's thread: collect until one named ``name`` came."""
-    received: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        received += client.get_received()
-        if any(event["name"] == name for event in received):
-            return received
-        time.sleep(0.01)
-    raise AssertionError(f"no {name!r} within {timeout_s} s: {received}")
 
 
 def test_a_wrong_token_is_refused_at_connect(served_app: WebApp) -> None:

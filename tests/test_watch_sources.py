@@ -65,46 +65,13 @@ def http_files(media: Path) -> Iterator[str]:
     server.server_close()
 
 
-class OneFrameCamera:
-    """Serves one MJPEG frame per HTTP connection and hangs up, as a camera's snapshot URL does; counts connections."""
+class MjpegCamera:
+    """An MJPEG camera: each connection gets ``part(i)`` as its i-th JPEG, 20 a second, ``frames`` of them, then
+    a hang-up (one frame: a camera's snapshot URL). Counts connections."""
 
-    def __init__(self) -> None:
-        buffer = io.BytesIO()
-        draw_scene(single_object_scene("circle", "red"), (320, 240)).save(buffer, "JPEG")
-        jpeg = buffer.getvalue()
-        self.reply = (
-            b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
-            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
-        )
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/snapshot"
-        self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with connection:
-                connection.settimeout(5)
-                try:
-                    connection.recv(4096)
-                    connection.sendall(self.reply)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-class StreamingCamera:
-    """An MJPEG camera streaming ``part(i)`` as its i-th JPEG at 20 fps to each connection; counts connections."""
-
-    def __init__(self, part: Callable[[int], bytes]) -> None:
+    def __init__(self, part: Callable[[int], bytes], frames: int = 10_000) -> None:
         self.part = part
+        self.frames = frames
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/video"
         self.connections = 0
@@ -121,14 +88,16 @@ class StreamingCamera:
 
     def _stream(self, connection: socket.socket) -> None:
         with connection:
+            connection.settimeout(5)
             try:
                 connection.recv(4096)
                 connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=f\r\n\r\n")
-                for i in range(10_000):
+                for i in range(self.frames):
                     body = self.part(i)
                     head = b"--f\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
                     connection.sendall(head + body + b"\r\n")
-                    time.sleep(0.05)
+                    if i + 1 < self.frames:
+                        time.sleep(0.05)
             except OSError:
                 pass
 
@@ -243,7 +212,7 @@ def test_a_file_url_is_a_file(media: Path) -> None:
 def test_a_stream_that_keeps_dropping_right_after_it_connects_backs_off(
     play: Callable[[str], VideoSource], caplog: pytest.LogCaptureFixture
 ) -> None:
-    camera = OneFrameCamera()
+    camera = MjpegCamera(lambda _: jpeg_of("circle", "red"), frames=1)
     try:
         player = play(camera.url)
         time.sleep(6)
@@ -264,7 +233,7 @@ def test_a_frame_that_does_not_decode_is_skipped_and_the_camera_plays_on(
     Wi-Fi sends): those are counted and skipped, and the connection stays up."""
     good = jpeg_of("circle", "red")
     noise = bytes((i * 97 + 13) % 256 for i in range(3000))
-    camera = StreamingCamera(lambda i: good if i % 4 else (noise if i % 8 else good[:200]))
+    camera = MjpegCamera(lambda i: good if i % 4 else (noise if i % 8 else good[:200]))
     try:
         player = play(camera.url)
         time.sleep(3)
@@ -281,7 +250,7 @@ def test_a_camera_that_goes_on_sending_only_undecodable_frames_is_dropped_and_re
 ) -> None:
     good = jpeg_of("circle", "red")
     noise = bytes((i * 97 + 13) % 256 for i in range(3000))
-    camera = StreamingCamera(lambda i: good if i < 5 else noise)
+    camera = MjpegCamera(lambda i: good if i < 5 else noise)
     try:
         player = play(camera.url)
         time.sleep(3)
