@@ -6,7 +6,7 @@ import pytest
 
 from vlm.config import Settings
 from vlm.errors import VlmError
-from vlm.openai_api import parse_chat
+from vlm.openai_chat import parse_chat
 from vlm.protocol import parse_cancel, parse_query, parse_skill, to_job
 
 pytestmark = pytest.mark.unit

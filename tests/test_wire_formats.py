@@ -11,9 +11,9 @@ from pydantic import TypeAdapter
 from vlm.backends.base import Result
 from vlm.errors import Code, VlmError, http_status
 from vlm.metrics import Metrics
-from vlm.openai_api import Completion, error_body
+from vlm.openai_chat import Completion
 from vlm.openai_responses import ResponseObject
-from vlm.openai_wire import ApiRequest
+from vlm.openai_wire import ApiRequest, error_body
 from vlm.protocol import Incoming
 from vlm.results import Answer, Timing
 from vlm.socket_sink import SocketSink, error_event, response_payload

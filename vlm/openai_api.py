@@ -13,19 +13,17 @@ so do ``top_p``, ``seed`` and ``stop`` strings (up to four, as OpenAI allows; th
 the first to appear). A value the server cannot honour (``n`` > 1, a temperature out of range,
 ``tools``, a JSON ``response_format``, log-probabilities) is refused with a 400 naming the
 ``param``, as OpenAI does, rather than silently ignored; those options at their defaults
-(``null``, ``[]``, ``"text"``) are accepted. The Responses API's own shapes are in
-vlm/openai_responses.py; what both shapes share, in vlm/openai_wire.py.
+(``null``, ``[]``, ``"text"``) are accepted. Each API's own shapes are in vlm/openai_chat.py and
+vlm/openai_responses.py; what both share, in vlm/openai_wire.py; this module serves them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
 from queue import SimpleQueue
@@ -40,30 +38,15 @@ from .errors import Code, VlmError, http_status
 from .hangup import hung_up
 from .metrics import Metrics
 from .model_slot import ModelSlot
+from .openai_chat import Completion, parse_chat
 from .openai_responses import ResponseObject, parse_responses_request
-from .openai_wire import (
-    AnswerText,
-    ApiRequest,
-    SinkEvent,
-    conversation_image,
-    frame_question,
-    max_tokens,
-    message_parts,
-    refuse_unhonoured,
-    seed,
-    streaming,
-    temperature,
-    top_p,
-)
+from .openai_wire import ApiRequest, SinkEvent, error_body
 from .protocol import to_job
 from .results import Answer
 from .scheduler import Request
 
 log = logging.getLogger(__name__)
 
-ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx: invalid_request_error
-MAX_STOPS = 4  # OpenAI's own limit
-MAX_STOP_CHARS = 256  # a row holds back up to this much while a stop string may be starting
 
 # The routes that ask the model: a refusal there is a request refused (``vlm_refused_requests``).
 MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
@@ -72,22 +55,6 @@ LOADING_RETRY_S = 5
 # A failure that asking again would only repeat: the same request runs past the time limit again, or fails
 # the model again, and each retry costs the server a whole generation.
 UNRETRIED = frozenset({Code.TIMEOUT, Code.MODEL_ERROR})
-# Options no backend honours, with the values that ask for nothing (OpenAI's defaults, as clients send them).
-UNHONOURED: dict[str, tuple[object, ...]] = {
-    "response_format": (None, {"type": "text"}),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
-    "functions": (None, []),
-    "function_call": (None, "none", "auto"),
-    "logit_bias": (None, {}),
-    "presence_penalty": (None, 0),
-    "frequency_penalty": (None, 0),
-    "audio": (None,),
-    "modalities": (None, ["text"]),
-    "prediction": (None,),
-}
 
 
 class WireShape(Protocol):
@@ -360,68 +327,6 @@ def json_body() -> object:
         raise VlmError(Code.BAD_REQUEST, "the JSON body is nested too deeply") from None
 
 
-def parse_chat(body: object, *, max_question_chars: int, text_only: bool) -> ApiRequest:
-    """The last user message as a ``query`` validated by the Socket.IO rules, and the options that shape it.
-
-    ``text_only``: the backend can answer without an image; otherwise a message without one is refused.
-    """
-    if not isinstance(body, dict):
-        raise VlmError(Code.BAD_REQUEST, "the body must be a JSON object")
-    messages = body.get("messages")
-    turns = (
-        [turn for turn in messages if isinstance(turn, dict) and turn.get("role") == "user"]
-        if isinstance(messages, list)
-        else []
-    )
-    if not turns:
-        raise VlmError(Code.BAD_REQUEST, "messages must hold a user message", param="messages")
-    parts, texts = message_parts(turns[-1].get("content"), "text", "messages")
-    if kinds := {part.get("type") for part in parts} - {"text", "image_url"}:
-        taken = ", ".join(sorted(map(str, kinds)))
-        raise VlmError(Code.BAD_REQUEST, f"only text and image_url parts are taken, not {taken}", param="messages")
-    urls = [chat_image_url(part) for part in parts if part.get("type") == "image_url"]
-    urls = urls or conversation_image([turn.get("content") for turn in turns[:-1]], chat_image_url)
-    incoming = frame_question(texts, urls, where="messages", max_question_chars=max_question_chars, text_only=text_only)
-    if (n := body.get("n")) is not None and (type(n) is not int or n != 1):
-        raise VlmError(Code.BAD_REQUEST, "n must be 1: this server returns one choice", param="n")
-    refuse_unhonoured(body, UNHONOURED)
-    return ApiRequest(
-        incoming=incoming,
-        max_tokens=max_tokens(body, "max_completion_tokens", "max_tokens"),
-        temperature=temperature(body),
-        top_p=top_p(body),
-        streaming=streaming(body),
-        stop=_stop(body),
-        seed=seed(body),
-        include_usage=isinstance(options := body.get("stream_options"), dict) and options.get("include_usage") is True,
-    )
-
-
-def chat_image_url(part: dict[str, Any]) -> object:
-    """An ``image_url`` part's URL (``{"url": ...}``, or a plain string as some clients send it); None for others."""
-    if part.get("type") != "image_url":
-        return None
-    image = part.get("image_url")
-    return image.get("url") if isinstance(image, dict) else image
-
-
-def _stop(body: dict[str, Any]) -> tuple[str, ...]:
-    """``stop`` as OpenAI takes it: one string or a list of them; empty strings ask for nothing."""
-    value = body.get("stop")
-    stops = [value] if isinstance(value, str) else [] if value is None else value
-    if (
-        not isinstance(stops, list)
-        or len(stops) > MAX_STOPS
-        or not all(isinstance(stop, str) and len(stop) <= MAX_STOP_CHARS for stop in stops)
-    ):
-        raise VlmError(
-            Code.BAD_REQUEST,
-            f"stop must be a string or a list of up to {MAX_STOPS} strings, each up to {MAX_STOP_CHARS} characters",
-            param="stop",
-        )
-    return tuple(stop for stop in stops if stop)
-
-
 def error_response(
     code: str, message: str, *, status: int | None = None, param: str | None = None
 ) -> tuple[Response, int]:
@@ -435,13 +340,6 @@ def error_response(
     if code in UNRETRIED:
         response.headers["x-should-retry"] = "false"
     return response, status
-
-
-def error_body(code: str, message: str, status: int | None = None, param: str | None = None) -> dict[str, Any]:
-    """OpenAI's error object: clients read ``message``, branch on ``type``/``code``, and point at ``param``."""
-    status = status or http_status(code)
-    kind = ERROR_TYPE.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "code": code, "param": param}}
 
 
 class HttpSink:
@@ -479,62 +377,3 @@ class HttpSink:
             yield event
             if event[0] != "stream":
                 return
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One answer in the OpenAI wire shapes: a ``chat.completion``, or ``chat.completion.chunk`` events."""
-
-    id: str
-    model: str
-    include_usage: bool = False
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def body(self, answer: Answer) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": answer.result.answer},
-            "finish_reason": answer.result.finish_reason,
-        }
-        return {**self._envelope("chat.completion"), "choices": [choice], "usage": usage(answer)}
-
-    def sse(self, events: Iterator[SinkEvent], *, on_close: Callable[[], None]) -> Iterator[str]:
-        """Deltas trimmed so that they add up to exactly the non-streamed answer, then ``data: [DONE]``.
-
-        With ``stream_options.include_usage`` a last chunk with no choices carries the usage, as OpenAI sends it.
-        ``on_close`` runs however the stream ends, including a client that hung up.
-        """
-        text = AnswerText()
-        try:
-            yield self._chunk({"role": "assistant", "content": ""})
-            for kind, value in events:
-                if kind == "error":
-                    yield _data(error_body(value.code, value.message))
-                    break
-                delta = text.feed(value) if kind == "stream" else text.rest(value.result.answer)
-                if delta:
-                    yield self._chunk({"content": delta})
-                if kind == "answer":
-                    yield self._chunk({}, value.result.finish_reason)
-                    if self.include_usage:
-                        yield _data({**self._envelope("chat.completion.chunk"), "choices": [], "usage": usage(value)})
-            yield "data: [DONE]\n\n"
-        finally:
-            on_close()
-
-    def _chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        return _data({**self._envelope("chat.completion.chunk"), "choices": [choice]})
-
-    def _envelope(self, kind: str) -> dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-
-def usage(answer: Answer) -> dict[str, int]:
-    """Token counts as the backend's model counted them (``Result.tokens`` and ``prompt_tokens``)."""
-    prompt, completion = answer.result.prompt_tokens, answer.result.tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _data(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload)}\n\n"

@@ -1,6 +1,6 @@
 """What OpenAI's two request shapes share: a question about one frame, and the options that shape its answer.
 
-``/v1/chat/completions`` (vlm/openai_api.py) and ``/v1/responses`` (vlm/openai_responses.py) name their parts
+``/v1/chat/completions`` (vlm/openai_chat.py) and ``/v1/responses`` (vlm/openai_responses.py) name their parts
 differently but ask the same thing; each finds its texts and image URLs, and this turns them into an
 ``ApiRequest`` under the Socket.IO rules (vlm/protocol.py), refusing what no backend here honours by name.
 """
@@ -11,11 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import Code, VlmError
+from .errors import Code, VlmError, http_status
 from .protocol import Incoming, parse_query
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
 SEED_RANGE = range(-(2**63), 2**64)  # what torch.manual_seed takes
+ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx: invalid_request_error
 # ("stream", delta) | ("answer", Answer) | ("error", VlmError): what a request's sink hands its view, in order.
 SinkEvent = tuple[str, Any]
 
@@ -147,3 +148,10 @@ class AnswerText:
     def _advance(self, text: str) -> str:
         delta, self.sent = text[len(self.sent) :], text
         return delta
+
+
+def error_body(code: str, message: str, status: int | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object: clients read ``message``, branch on ``type``/``code``, and point at ``param``."""
+    status = status or http_status(code)
+    kind = ERROR_TYPE.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "code": code, "param": param}}
