@@ -1,4 +1,4 @@
-"""Whether an HTTP client has hung up while its answer is still being generated.
+"""A client's socket: where each server keeps it, whether the client has hung up, and shutting it down.
 
 A non-streamed answer writes nothing until it is complete, so a closed connection shows only as
 the socket becoming readable with nothing to read (EOF). The socket is found where each server
@@ -8,6 +8,7 @@ is never reported and the answer is generated as before.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -47,3 +48,10 @@ def hung_up(environ: dict[str, Any]) -> bool:
         return False
     except OSError as error:  # only the peer's doing; out of descriptors (os.dup) says nothing about the client
         return error.errno in HANG_UPS
+
+
+def shut_down(connection: Any) -> None:
+    """Both directions of ``connection``'s TCP connection, from any thread, through a copy of its descriptor: the
+    server's own object (green, or TLS) is left alone, and a read under way on it returns the end of the stream."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(connection.fileno())) as handle:
+        handle.shutdown(socket.SHUT_RDWR)

@@ -28,7 +28,7 @@ from typing import Any
 
 from flask_socketio import SocketIO
 
-from .sessions import drop, emit
+from .socket_transport import drop, emit
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -50,16 +48,15 @@ import socketio
 from flask_socketio import SocketIO
 
 from .errors import Code, VlmError
-from .hangup import client_socket
 from .ratelimit import RateLimiter
 from .socket_sink import error_event
+from .socket_transport import NAMESPACE, cut, emit
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 5.0
 HANDSHAKES_PER_S = 10.0
 SWEEP_EVERY_S = 1.0
-NAMESPACE = "/"
 SOCKET_PATH = "/socket.io/"  # where Socket.IO is served (its default)
 BINARY_PACKETS = ("5", "6")  # Socket.IO's BINARY_EVENT and BINARY_ACK
 
@@ -99,19 +96,6 @@ class ReservedNamesRefused(socketio.Server):
         super()._handle_event(eio_sid, namespace, id, data)
 
 
-def cut(server: socketio.Server, eio_sid: str) -> None:
-    """End an Engine.IO session, and the TCP connection of a session that opened on a websocket: a client that
-    ignores the close stays no longer than it takes its server to notice the socket is shut. (A polling
-    session's first request may have come on a connection a browser shares among its tabs.)"""
-    environ = server.environ.get(eio_sid) or {}
-    server.eio.disconnect(eio_sid)
-    websocket = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
-    connection = client_socket(environ) if websocket else None
-    if connection is not None:
-        with contextlib.suppress(OSError):  # already closed
-            connection.shutdown(socket.SHUT_RDWR)
-
-
 def upgrade_hangups_tolerated(websocket: Callable[..., Any]) -> Callable[..., Any]:
     """engineio's websocket transport (``websocket(handler, server)``), with a handler that treats a
     send failing mid-upgrade as the client hanging up (see module doc). ``handler`` is the bound
@@ -132,24 +116,6 @@ def upgrade_hangups_tolerated(websocket: Callable[..., Any]) -> Callable[..., An
         return websocket(handle, server)
 
     return transport
-
-
-def emit(socketio: SocketIO, event: str, payload: dict[str, Any], sid: str | None) -> None:
-    """To one client (``sid``) or all (None). A client connected to this process is sent to directly: through the
-    message queue (``--message-queue``) every event waited on Redis, and a Redis that hung (a failover, a network
-    partition) held every answer of the process ~10 s per event, though each answer's client was right here."""
-    here = sid is not None and socketio.server.manager.is_connected(sid, NAMESPACE)
-    socketio.emit(event, payload, to=sid, ignore_queue=here)
-
-
-def drop(socketio: SocketIO, sid: str) -> None:
-    """End a client's Socket.IO session and its Engine.IO transport (a namespace disconnect alone
-    leaves the connection open for the client to close, which a hostile one never does)."""
-    server = socketio.server
-    eio_sid = server.manager.eio_sid_from_sid(sid, NAMESPACE)
-    server.disconnect(sid)
-    if eio_sid is not None:
-        cut(server, eio_sid)
 
 
 class SessionBounds:

@@ -28,8 +28,8 @@ from .protocol import Incoming, decode_frame, parse_cancel, parse_query, parse_s
 from .ratelimit import EventGate, Verdict
 from .request_queue import queue_full
 from .scheduler import Request
-from .sessions import drop, emit
 from .socket_sink import SocketSink, is_seed
+from .socket_transport import drop, emit
 from .watch import Frame
 from .watch_web import WatchService
 

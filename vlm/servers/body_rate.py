@@ -8,15 +8,12 @@ one's socket is shut down: the read under way ends as at a hang-up, whichever se
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ..hangup import CLIENT_SOCKET, client_socket
+from ..hangup import CLIENT_SOCKET, client_socket, shut_down
 from .bounds import message_too_slow
 
 SWEEP_EVERY_S = 1.0
@@ -91,10 +88,3 @@ class BodyDeadlines:
                 self.reading.difference_update(late)
             for body in late:
                 shut_down(body.connection)
-
-
-def shut_down(connection: Any) -> None:
-    """Both directions of ``connection``'s TCP connection, through a copy of its descriptor: the server's own
-    object (green, or TLS) is left alone, and its read under way returns the end of the stream."""
-    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(connection.fileno())) as handle:
-        handle.shutdown(socket.SHUT_RDWR)

@@ -3,7 +3,6 @@ checked on each turn of its loop, per-address slots, and a thread pool whose idl
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import queue
@@ -15,6 +14,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..config import Settings
+from ..hangup import shut_down
 from ..network import in_url
 from ..tls import tls_files
 from .bounds import (
@@ -56,8 +56,7 @@ class HeaderDeadlines:
             for conn in late:
                 del self._due[conn]
         for conn in late:
-            with contextlib.suppress(OSError):  # closed meanwhile
-                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # the descriptor's: an SSL socket's own unwraps
+            shut_down(conn.sock)  # the descriptor's: an SSL socket's own shutdown would unwrap TLS
 
 
 class ShrinkingThreadPool:
