@@ -53,23 +53,22 @@ def read_verdict(answer: str) -> Verdict:
 
 
 class Trigger:
-    """Debounce: the condition is on once ``hits`` of the last ``window`` checks said yes.
+    """Debounce: the condition is on once ``HITS`` of the last ``WINDOW`` checks said yes.
 
     Only turning on alerts, and not again within ``cooldown_s`` of the last alert; it turns off
-    (and re-arms) once fewer than ``hits`` of the last ``window`` said yes. Unclear counts as no.
+    (and re-arms) once fewer than ``HITS`` of the last ``WINDOW`` said yes. Unclear counts as no.
     """
 
-    def __init__(self, hits: int = HITS, window: int = WINDOW, cooldown_s: float = COOLDOWN_S) -> None:
-        self.hits = hits
+    def __init__(self, cooldown_s: float = COOLDOWN_S) -> None:
         self.cooldown_s = cooldown_s
-        self.recent: deque[bool] = deque(maxlen=window)
+        self.recent: deque[bool] = deque(maxlen=WINDOW)
         self.on = False
         self.last_alert = float("-inf")
 
     def feed(self, verdict: Verdict, now: float) -> bool:
         """Record one check; True when this check raises an alert."""
         self.recent.append(verdict == "yes")
-        was_on, self.on = self.on, sum(self.recent) >= self.hits
+        was_on, self.on = self.on, sum(self.recent) >= HITS
         if self.on and not was_on and now - self.last_alert >= self.cooldown_s:
             self.last_alert = now
             return True

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -45,8 +45,6 @@ class WatchService:
 
     settings: Settings
     hub: WatchHub
-    feed: AlertFeed
-    players: list[VideoSource] = field(default_factory=list)
 
     def forget_tab(self, sid: str) -> None:
         """The tab closed: its watches stop."""
@@ -63,7 +61,7 @@ class WatchService:
                     interval_s=self.settings.watch_interval_ms / 1000,
                 )
             )
-            self.players.append(VideoSource(self.hub, source, target, frame_side=info.decode_size).start())
+            VideoSource(self.hub, source, target, frame_side=info.decode_size).start()  # plays until the process ends
             for condition in self.settings.watches:
                 self.hub.add(condition, source.id, owner=None)
 
@@ -97,7 +95,7 @@ def install_watch(
         cooldown_s=settings.watch_cooldown_s,
     )
     _install_routes(app, socketio, hub, feed, access)
-    return WatchService(settings=settings, hub=hub, feed=feed)
+    return WatchService(settings=settings, hub=hub)
 
 
 def _install_routes(app: Flask, socketio: SocketIO, hub: WatchHub, feed: AlertFeed, access: Access) -> None:
