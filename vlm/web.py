@@ -73,8 +73,8 @@ class WebApp:
         return not (unanswered or self.outbox.undelivered or self.outbox.unwritten or self.open_responses)
 
 
-def create_app(settings: Settings, slot: ModelSlot | None = None) -> WebApp:
-    slot = slot or ModelSlot()
+def create_app(settings: Settings) -> WebApp:
+    slot = ModelSlot()
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
     # Base64 inflates by 4/3; above 1.5 times that, a message is not a mistake worth answering but
     # something to cut off at the transport, before it is buffered.
