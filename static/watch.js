@@ -264,6 +264,8 @@ function main() {
   });
   $('alert-log-clear').addEventListener('click', () => els.log.replaceChildren());
   page.socket.on('watch_state', (watch) => {
+    // A check that was under way when its watch was removed may report after the removal: not a watch again.
+    if (!watches.has(watch.id)) return;
     stats.verdicts.push(watch.verdict);
     render(watch);
   });

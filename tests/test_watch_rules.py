@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from tests.http_receiver import Receiver
+from vlm.errors import Code, VlmError
 from vlm.sources import source_label
-from vlm.watch import Frame, Trigger, read_verdict
+from vlm.watch import Frame, Trigger, WatchHub, read_verdict
 from vlm.webhook import WebhookSender, post_within
 
 pytestmark = pytest.mark.unit
@@ -217,3 +218,25 @@ def test_a_frame_makes_its_picture_once_however_many_threads_ask_at_once() -> No
     for reader in readers:
         reader.join(5)
     assert len(made) == 1 and len(seen) == 8 and all(image is made[0] for image in seen)
+
+
+def test_a_check_that_ends_after_its_watch_was_removed_tells_the_tab_nothing() -> None:
+    """Its ``watch_state`` after the removal made the page draw the removed watch again (a keyboard user's second
+    Remove then took the wrong one)."""
+    told: list[tuple[str, object, object]] = []
+    hub = WatchHub(
+        scheduler=lambda: None,
+        notify=lambda event, payload, to: told.append((event, payload, to)),
+        on_alert=lambda _: None,
+        max_new_tokens=8,
+        max_condition_chars=100,
+    )
+    frame = Frame(seq=1, load=lambda: Image.new("RGB", (4, 4)), captured=time.time())
+    for end in ("answered", "failed"):
+        watch = hub.add("is there a star?", "tab", owner="tab-1")
+        hub.remove(watch)
+        if end == "answered":
+            hub.checked(watch, frame, "yes")
+        else:
+            hub.failed(watch, frame, VlmError(Code.TIMEOUT, "the model took too long"))
+    assert [event for event, *_ in told if event == "watch_state"] == []

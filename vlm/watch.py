@@ -441,11 +441,12 @@ class WatchHub:
     def failed(self, watch: Watch, frame: Frame, error: VlmError) -> None:
         cancelled = error.code == Code.CANCELLED
         with self._changed:
+            live = self.watches.get(watch.id) is watch
             watch.error = None if cancelled else f"{error.code}: {error.message}"
             state = watch.describe()
         # A busy or failing model is not asked again at once (a tab's own pace is kept by its frames).
         self._ended(watch, frame, 0.0 if cancelled else FAILURE_PAUSE_S)
-        if not cancelled:
+        if live and not cancelled:  # a removed watch's tab has forgotten it
             self._tell_owner(watch, state)
         self._frame_done_if_idle(watch.source)
 

@@ -179,10 +179,19 @@ def test_text_size_motion_names_and_focus_as_the_user_set_them(page: Page) -> No
     expect(watches.first.locator(".watch-pause")).to_have_accessible_name("Pause watch: is there a star?")
     remove_first = watches.first.locator(".watch-remove")
     expect(remove_first).to_have_accessible_name("Remove watch: is there a star?")
+    removed = watches.first.get_attribute("data-id")
     remove_first.focus()
     page.keyboard.press("Enter")
     expect(watches).to_have_count(1)
     expect(watches.first.locator(".watch-remove")).to_be_focused()
+    # A check under way at the removal reports after it: that is not the watch again (it came back, and took the
+    # keyboard's second Remove).
+    page.evaluate(
+        """(id) => window.vlmPage.socket.listeners('watch_state')
+            .forEach((on) => on({id, condition: 'is there a star?', source: 'tab', verdict: 'no', paused: false}))""",
+        removed,
+    )
+    expect(watches).to_have_count(1)
     page.keyboard.press("Enter")
     expect(watches).to_have_count(0)
     expect(page.locator("#watch-condition")).to_be_focused()
