@@ -165,3 +165,27 @@ def test_packets_queued_for_a_socket_are_unwritten_until_its_writer_takes_them()
     assert outbox.unwritten, "emitted into the socket's queue, which its writer has not emptied"
     assert socketio.socket_queue.get_nowait() == "response"
     assert not outbox.unwritten
+
+
+def test_an_answer_does_not_wait_behind_an_event_to_everyone() -> None:
+    """With ``--message-queue`` an event to everyone is a Redis publish; a hung Redis held it ~10 s, and every answer
+    of the process waited behind it in the one pump."""
+    socketio = SocketIODouble()
+    socketio.may_emit.clear()  # the broadcast's emit hangs, as a publish to a hung Redis does
+    outbox = Outbox(socketio, "threading", STREAM_PACING)  # type: ignore[arg-type]
+    outbox.send("watch_alert", {"text": "door open"}, None)
+    assert socketio.emitting.wait(5)
+    held = socketio.may_emit
+    socketio.may_emit = threading.Event()
+    socketio.may_emit.set()  # emits from here on go through
+    outbox.send("response", {"id": "q1"}, "a")
+    deadline = time.monotonic() + 2
+    while ("response", "a") not in socketio.emitted:
+        assert time.monotonic() < deadline, "the answer waited behind the broadcast"
+        time.sleep(0.01)
+    assert outbox.undelivered, "the broadcast is still on its way"
+    held.set()
+    while outbox.undelivered:
+        assert time.monotonic() < deadline + 3, "the broadcast never left"
+        time.sleep(0.01)
+    assert ("watch_alert", None) in socketio.emitted

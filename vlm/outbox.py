@@ -14,11 +14,16 @@ An event that is not a delta first releases the client's waiting one, so nothing
 
 A client whose unsent packets pile up past ``MAX_BACKLOG`` is not reading (its socket's buffers
 are full): it is dropped rather than let the server's memory grow for it.
+
+An event to every client (a ``--watch`` alert) leaves on a thread of its own in threading mode: with
+``--message-queue`` it is a Redis publish, which a hung Redis holds ~10 s, and every answer of the
+process waited behind it in the pump. (The green modes take no message queue.)
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -119,13 +124,19 @@ class Outbox:
         self.green = async_mode != "threading"
         self.delivering = False  # the pump has taken events and may not have emitted them all yet
         self.wake = threading.Event()
+        self.broadcasts: queue.SimpleQueue[Outgoing] = queue.SimpleQueue()
+        self.broadcasting = False
         if self.green:
             socketio.start_background_task(self._pump_green)
         else:
             threading.Thread(target=self._pump_thread, name="vlm-outbox", daemon=True).start()
+            threading.Thread(target=self._broadcast_thread, name="vlm-broadcasts", daemon=True).start()
 
     def send(self, event: str, payload: dict[str, Any], sid: str | None) -> None:
         """To the client ``sid``, or to every client when it is None."""
+        if sid is None and not self.green:
+            self.broadcasts.put(Outgoing(event, payload, sid))
+            return
         self.pending.append(Outgoing(event, payload, sid))
         if not self.green and not self.wake.is_set():  # set: the pump has yet to clear it, then drains this too
             self.wake.set()
@@ -137,7 +148,9 @@ class Outbox:
         ``delivering`` is read last: an event the pump has taken out of ``pending`` or ``held`` and not
         yet emitted would otherwise be in neither, and a drain on shutdown would exit without it.
         """
-        return bool(self.pending or self.pacer.held or self.delivering)
+        return bool(
+            self.pending or self.pacer.held or self.delivering or not self.broadcasts.empty() or self.broadcasting
+        )
 
     @property
     def unwritten(self) -> bool:
@@ -156,6 +169,15 @@ class Outbox:
             self.wake.wait(self.pacer.next_due_s(time.monotonic()))
             self.wake.clear()
             self._deliver()
+
+    def _broadcast_thread(self) -> None:
+        while True:
+            item = self.broadcasts.get()
+            self.broadcasting = True
+            try:
+                self._emit(item)
+            finally:
+                self.broadcasting = False
 
     def _pump_green(self) -> None:
         while True:
