@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -207,9 +206,14 @@ def test_new_question_supersedes_unfinished_one(slow_app: AppProcess, frame: str
         asker.close()
 
 
-@pytest.mark.parametrize("mode", ASYNC_MODES)
-def test_sigterm_drains_in_flight_requests(slow_model: Path, frame: str, mode: str) -> None:
-    """Both transports' answers under way when SIGTERM comes are finished and delivered whole before the exit."""
+@pytest.mark.parametrize(
+    ("mode", "stop"),
+    [("threading", signal.SIGHUP), ("gevent", signal.SIGTERM), ("eventlet", signal.SIGHUP)],
+    ids=["threading-SIGHUP", "gevent-SIGTERM", "eventlet-SIGHUP"],
+)
+def test_sigterm_drains_in_flight_requests(slow_model: Path, frame: str, mode: str, stop: signal.Signals) -> None:
+    """Both transports' answers under way when SIGTERM comes are finished and delivered whole before the exit.
+    SIGHUP (the terminal that started the server closed) drains the same way: it killed the process at once."""
     with serving(slow_model, "--async-mode", mode, max_new_tokens=150) as running:  # ~1.5 s an answer here
         asker = RecordingClient(running.url)
         body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -217,16 +221,15 @@ def test_sigterm_drains_in_flight_requests(slow_model: Path, frame: str, mode: s
         lines = stream.iter_lines(decode_unicode=True)
         assert next(line for line in lines if line.startswith("data: {")), "the stream began"
         asker.start({"id": "last", "question": "what?", "image": frame})
-        exited = threading.Thread(target=running.terminate)
-        exited.start()
+        assert running.process is not None
+        running.process.send_signal(stop)
         kind, _ = asker.final("last", timeout_s=30)
         rest = [line for line in lines if line]
-        exited.join()
+        assert running.process.wait(30) == 0
         assert kind == "response"
         assert rest[-1] == "data: [DONE]", "the stream ended whole"
         last = json.loads(rest[-2].removeprefix("data: "))
         assert last["choices"][0]["finish_reason"] in ("stop", "length")
-        assert running.process is not None and running.process.returncode == 0
 
 
 def test_a_drain_out_of_time_tells_the_unfinished_and_leaves_the_load_balancer(slow_model: Path) -> None:

@@ -47,8 +47,8 @@ def serve(
     on_sigterm: Callable[[], None],
     on_sigint: Callable[[], None],
 ) -> None:
-    """Serve until the process exits; SIGTERM calls ``on_sigterm`` (which starts draining, then exits), SIGINT
-    (Ctrl-C) and SIGQUIT ``on_sigint`` (which stops at once)."""
+    """Serve until the process exits; SIGTERM and SIGHUP call ``on_sigterm`` (which starts draining, then exits),
+    SIGINT (Ctrl-C) and SIGQUIT ``on_sigint`` (which stops at once)."""
     # Behind a trusted proxy every connection comes from the proxy: only the total bound means anything
     # there (sessions and events are still limited per forwarded client address, vlm/sessions.py).
     per_address = settings.max_connections if settings.trusted_proxy else settings.max_connections_per_ip
@@ -56,7 +56,8 @@ def serve(
     if settings.async_mode == "threading":
         serve_gunicorn(settings, wsgi_app, limits, on_sigterm, on_sigint)
         return
-    signal.signal(signal.SIGTERM, lambda *_: on_sigterm())
+    for draining in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal that started it closed
+        signal.signal(draining, lambda *_: on_sigterm())
     for quick in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(quick, lambda *_: on_sigint())
     options: dict[str, object] = dict(tls_files(settings))

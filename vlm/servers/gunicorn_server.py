@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -209,6 +210,11 @@ def serve_gunicorn(
         def handle_quit(self, sig: int, frame: object) -> None:
             """gunicorn's own SIGINT and SIGQUIT exit mid-generation, which aborts the process (SIGABRT)."""
             on_sigint()
+
+        def init_signals(self) -> None:
+            """SIGHUP (the terminal that started it closed) drains as SIGTERM does; it killed the process."""
+            super().init_signals()
+            signal.signal(signal.SIGHUP, self.handle_exit)
 
         def is_parent_alive(self) -> bool:
             return True  # no arbiter: whoever started ``python app.py`` may come and go
