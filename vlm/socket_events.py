@@ -199,9 +199,8 @@ class AppNamespace(Namespace):
                 rid = request_id(payload)
             except VlmError:
                 rid = None
-        self.metrics.refused("socketio", error.code)
         SocketSink(self.emit_now, request.sid, rid, seed=is_seed(payload)).failed(error)
-        return {"id": rid, **error.as_object()}
+        return {"id": rid, **self.refuse_in_ack(error)}
 
     def refuse_in_ack(self, error: VlmError) -> dict[str, Any]:
         """A refusal before the scheduler told in the acknowledgement alone (a ``cancel``, a watch event): counted

@@ -63,8 +63,9 @@ class BodyDeadlines:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         length = environ.get("CONTENT_LENGTH", "")
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-        connection = client_socket(environ)
-        if connection is None or not (chunked or (length.isdigit() and int(length) > 0)):
+        has_body = chunked or (length.isdigit() and int(length) > 0)
+        connection = client_socket(environ) if has_body else None  # most requests (polls, pages) have none
+        if connection is None:
             return self.wsgi_app(environ, start_response)
         body = TimedBody(environ["wsgi.input"], None if chunked else int(length), connection)
         environ["wsgi.input"], environ[CLIENT_SOCKET] = body, connection
