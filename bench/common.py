@@ -19,7 +19,7 @@ import socketio
 from PIL import Image
 
 from scripts.synthetic_scenes import draw_scene, single_object_scene
-from tests.conftest import data_url
+from tests.frames import data_url
 from tests.socket_client import RecordingClient
 
 

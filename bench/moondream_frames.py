@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from scripts.build_remote_code_fixture import build_remote_code_fixture
-from tests.conftest import hub_cache
+from tests.moondream_like import hub_cache
 from vlm.backends.moondream import MoondreamBackend
 
 SIZES = [(320, 240), (640, 480), (756, 567), (1145, 859), (1145, 644), (1176, 662), (1280, 720), (1920, 1080)]

@@ -7,27 +7,20 @@ shares one app process among its tests says how to start it with ``pytest.mark.a
 
 from __future__ import annotations
 
-import base64
-import io
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from PIL import Image
 
+from tests.frames import jpeg_data_url
+from tests.in_process import IN_PROCESS_TOKEN
+from tests.moondream_like import MoondreamLike
 from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 
 if TYPE_CHECKING:
-    from flask_socketio.test_client import SocketIOTestClient
-
     from vlm.web import WebApp
-
-IN_PROCESS_TOKEN = "in-process-token"
 
 
 @pytest.fixture(scope="session")
@@ -46,44 +39,12 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("slow-llava"), arch="llava", profile="slow")
 
 
-@dataclass(frozen=True)
-class MoondreamLike:
-    """The moondream2 look-alike's folder, and the Hugging Face cache that holds its tokenizer."""
-
-    folder: Path
-    hub_cache: Path
-
-
 @pytest.fixture(scope="session")
 def moondream_like(tmp_path_factory: pytest.TempPathFactory) -> MoondreamLike:
     from scripts.build_remote_code_fixture import build_remote_code_fixture
 
     hub_cache = tmp_path_factory.mktemp("hub-cache")
     return MoondreamLike(build_remote_code_fixture(tmp_path_factory.mktemp("moondream-like"), hub_cache), hub_cache)
-
-
-@contextmanager
-def hub_cache(path: Path) -> Iterator[None]:
-    """Hugging Face downloads in this process look in ``path`` (offline) while the block runs."""
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE
-    constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(path), True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = saved
-
-
-def data_url(image: Image.Image, fmt: str = "JPEG", **save_options: object) -> str:
-    """A frame as the page sends it: the encoded image as a Base64 data URL (``save_options`` go to Pillow)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save_options)
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def jpeg_data_url(color: str = "red", size: tuple[int, int] = (640, 480)) -> str:
-    return data_url(Image.new("RGB", size, color))
 
 
 @pytest.fixture(scope="session")
@@ -152,16 +113,3 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if collection_path.name == "conftest.py":
         return None
     return "pytest.mark.unit" not in collection_path.read_text()
-
-
-def wait_for(client: SocketIOTestClient, name: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """What Flask-SocketIO's test ``client`` received until an event named ``name`` came: events arrive from the
-    model worker's thread."""
-    received: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        received += client.get_received()
-        if any(event["name"] == name for event in received):
-            return received
-        time.sleep(0.01)
-    raise AssertionError(f"no {name!r} within {timeout_s} s: {received}")

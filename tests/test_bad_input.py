@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from tests.conftest import data_url
+from tests.frames import data_url
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from bench.moondream_arrivals import ASKED, MODES, arrivals, report
-from tests.conftest import MoondreamLike
+from tests.moondream_like import MoondreamLike
 from tests.test_moondream_backend import load
 from vlm.backends.moondream import MoondreamBackend
 

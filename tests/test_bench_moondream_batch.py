@@ -23,7 +23,7 @@ from bench.moondream_batch import (
     report,
     rows_step_speed,
 )
-from tests.conftest import MoondreamLike
+from tests.moondream_like import MoondreamLike
 from tests.test_moondream_backend import load
 from vlm.backends.base import Result
 from vlm.backends.moondream import MoondreamBackend

@@ -10,7 +10,7 @@ import pytest
 from bench import step_anatomy
 from bench.common import cpu_name
 from bench.serving import BatchActivity, activity_section, batch_activity
-from tests.conftest import jpeg_data_url
+from tests.frames import jpeg_data_url
 from tests.server_process import serving
 from tests.socket_client import RecordingClient
 

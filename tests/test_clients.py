@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.conftest import jpeg_data_url
+from tests.frames import jpeg_data_url
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 from tests.test_security import websocket_handshake

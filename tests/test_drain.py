@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests.conftest import IN_PROCESS_TOKEN as TOKEN
-from tests.conftest import jpeg_data_url
+from tests.frames import jpeg_data_url
+from tests.in_process import IN_PROCESS_TOKEN as TOKEN
 from vlm.web import WebApp
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image, ImageFile
 
-from tests.conftest import data_url
+from tests.frames import data_url
 from vlm.errors import VlmError
 from vlm.images import decode_image
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from scripts.build_remote_code_fixture import QUESTION, fixture_image
-from tests.conftest import MoondreamLike, hub_cache
+from tests.moondream_like import MoondreamLike, hub_cache
 from vlm.backends import moondream
 from vlm.backends.base import Job, Result, WaveDecoder
 from vlm.backends.moondream import MoondreamBackend, frame_side

@@ -21,7 +21,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.build_remote_code_fixture import QUESTION, TOKENIZER_REPO, fixture_image
-from tests.conftest import MoondreamLike, data_url
+from tests.frames import data_url
+from tests.moondream_like import MoondreamLike
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from scripts.build_remote_code_fixture import QUESTION, build_remote_code_fixture, fixture_image
-from tests.conftest import MoondreamLike
+from tests.moondream_like import MoondreamLike
 from tests.test_moondream_backend import Events as OwnLoopEvents
 from tests.test_moondream_backend import load
 from vlm.backends import moondream_rows

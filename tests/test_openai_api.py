@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import jpeg_data_url
+from tests.frames import jpeg_data_url
 from tests.openai_client import ask, frame_question, openai_client
 from tests.server_process import REPO, AppProcess, serving
 from tests.socket_client import RecordingClient

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from scripts.synthetic_scenes import draw_scene, held_drawing_scene
-from tests.conftest import data_url, jpeg_data_url
+from tests.frames import data_url, jpeg_data_url
 from tests.openai_client import ask, frame_question, openai_client
 from tests.server_process import AppProcess, serving
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import IN_PROCESS_TOKEN, jpeg_data_url, wait_for
 from tests.doubles import ScriptedBackendDouble
+from tests.frames import jpeg_data_url
+from tests.in_process import IN_PROCESS_TOKEN, wait_for
 from vlm.web import WebApp
 
 pytestmark = pytest.mark.unit

@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from scripts import build_remote_code_fixture as builder
-from tests.conftest import hub_cache
+from tests.moondream_like import hub_cache
 from vlm.backends.remote_code import load_remote_code_model
 
 VARIANTS: dict[str, dict[str, Any]] = {

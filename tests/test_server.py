@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import data_url, jpeg_data_url
+from tests.frames import data_url, jpeg_data_url
 from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 from vlm.config import ASYNC_MODES

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 from flask_socketio import SocketIOTestClient
 
-from tests.conftest import IN_PROCESS_TOKEN as TOKEN
-from tests.conftest import jpeg_data_url, wait_for
+from tests.frames import jpeg_data_url
+from tests.in_process import IN_PROCESS_TOKEN as TOKEN
+from tests.in_process import wait_for
 from vlm.watch import WatchHub
 from vlm.web import WebApp
 

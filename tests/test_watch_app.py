@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.synthetic_scenes import draw_scene, single_object_scene
 from tests.browser.fake_camera import Shot
-from tests.conftest import data_url
+from tests.frames import data_url
 from tests.http_receiver import Receiver
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient

@@ -31,7 +31,7 @@ from PIL import Image
 from scripts.synthetic_scenes import draw_scene, single_object_scene
 from tests.attack_tools import ATTACKER, assert_bystander_served, connect_from, usage, wait_for_recovery
 from tests.browser.fake_camera import Shot
-from tests.conftest import data_url
+from tests.frames import data_url
 from tests.server_process import AppProcess, free_port
 from tests.video_clips import FPS, write_clip
 from vlm.sources import BAD_FRAMES_IN_A_ROW, VideoSource, source_kind

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.browser.fake_camera import Shot, write_y4m
-from tests.conftest import MoondreamLike
+from tests.moondream_like import MoondreamLike
 from tests.server_process import REPO, AppProcess
 
 CHROMIUM = Path(os.environ.get("VLM_CHROMIUM", "/usr/bin/chromium"))
