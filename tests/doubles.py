@@ -6,9 +6,20 @@ import threading
 import time
 from collections.abc import Callable, Set
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, ClassVar
 
-from vlm.backends.base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, never
+from vlm.backends.base import (
+    Backend,
+    Decoder,
+    GenerationEvents,
+    Job,
+    ModelInfo,
+    Result,
+    RowEvents,
+    failing_alone,
+    never,
+)
 from vlm.errors import VlmError
 from vlm.results import Answer
 
@@ -79,13 +90,18 @@ class ScriptedBackendDouble(Backend):
 class SteppingBackendDouble(ScriptedBackendDouble):
     """``ScriptedBackendDouble`` answers, decoded step-wise: one word per row per step, rows join between steps.
 
-    ``steps`` records which rows (by question) each step computed, ``joined`` the jobs that joined.
+    Like the real decoders, a job joins with its first word streamed. ``steps`` records which rows (by question)
+    each step computed, ``joined`` the jobs that joined. A question in ``fails_alone`` fails its own join as a
+    real prefill's fault does (``failing_alone``); one in ``breaks_join`` raises out of the join once the jobs
+    before it have started, as a running batch's cache that cannot grow would.
     """
 
     def __init__(self, *, max_batch_size: int = 4, word_delay_s: float = 0.0) -> None:
         super().__init__(max_batch_size=max_batch_size, word_delay_s=word_delay_s)
         self.steps: list[list[str]] = []
         self.joined: list[Job] = []
+        self.fails_alone: set[str] = set()
+        self.breaks_join: set[str] = set()
 
     def decoder(self, events: RowEvents) -> Decoder:
         return _WordDecoder(self, events)
@@ -101,22 +117,35 @@ class _WordDecoder(Decoder):
     def join(self, jobs: dict[int, Job]) -> None:
         self.backend.joined.extend(jobs.values())
         for key, job in jobs.items():
-            self.running[key] = (job.text, f"echo: {job.text}".split())
-            self.emitted[key] = 0
+            if job.text in self.backend.breaks_join:
+                raise RuntimeError("the running batch cannot take this job")
+            if failing_alone(self.events, key, partial(self._prefill, job)) is not None:
+                self.running[key] = (job.text, f"echo: {job.text}".split())
+                self.emitted[key] = 0
+                self._next_word(key)
+
+    def _prefill(self, job: Job) -> Job:
+        if job.text in self.backend.fails_alone:
+            raise ValueError("this job's prefill failed")
+        return job
 
     def step(self) -> None:
         time.sleep(self.backend.word_delay_s)
         self.backend.steps.append([text for text, _ in self.running.values()])
-        for key, (_, words) in list(self.running.items()):
+        for key in list(self.running):
             if self.events.cancelled(key):
                 del self.running[key]
-                continue
-            index = self.emitted[key]
-            self.events.delta(key, ("" if index == 0 else " ") + words[index])
-            self.emitted[key] = index + 1
-            if index + 1 == len(words):
-                del self.running[key]
-                self.events.done(key, Result(answer=" ".join(words), tokens=len(words)))
+            else:
+                self._next_word(key)
+
+    def _next_word(self, key: int) -> None:
+        words = self.running[key][1]
+        index = self.emitted[key]
+        self.events.delta(key, ("" if index == 0 else " ") + words[index])
+        self.emitted[key] = index + 1
+        if index + 1 == len(words):
+            del self.running[key]
+            self.events.done(key, Result(answer=" ".join(words), tokens=len(words)))
 
     def rows(self) -> Set[int]:
         return self.running.keys()

@@ -302,8 +302,40 @@ def test_a_newcomer_joins_the_running_batch_and_a_finished_row_leaves_at_once() 
     finals = sink.wait_finals(2)
     assert finals["long"][1].result.answer == f"echo: {LONG}" and finals["short"][1].result.answer == "echo: hi"
     together = [i for i, rows in enumerate(backend.steps) if sorted(rows) == sorted([LONG, "hi"])]
-    assert len(together) == 2, "'echo: hi' took two steps in the running batch"
+    assert len(together) == 1, "'echo: hi' joined with its first word and took one step in the running batch"
     assert backend.steps[together[-1] + 1] == [LONG], "the finished row left before the next step"
+
+
+def test_a_joining_job_that_fails_alone_fails_only_itself() -> None:
+    sink, backend = RecordingSinkDouble(), SteppingBackendDouble(max_batch_size=8, word_delay_s=0.02)
+    backend.fails_alone = {"broken"}
+    scheduler = Scheduler(backend, batch_window_s=0)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    wait_streamed(sink, "long", 2)
+    scheduler.submit(make_request(sink, "bad", "bob", "broken"))
+    finals = sink.wait_finals(2)
+    assert finals["bad"] == ("query_error", "model_error")
+    assert finals["long"][0] == "response" and finals["long"][1].result.answer == f"echo: {LONG}"
+    assert streamed(sink, "bad") == 0
+
+
+def test_a_join_that_breaks_part_way_fails_every_row_once_and_the_next_request_is_served() -> None:
+    """Rows that had already streamed (the running one, and a newcomer that joined before the fault) end with one
+    error each, never an answer too; the worker then serves the next request from an empty batch."""
+    sink, backend = RecordingSinkDouble(), SteppingBackendDouble(max_batch_size=8, word_delay_s=0.05)
+    backend.breaks_join = {"breaks"}
+    scheduler = Scheduler(backend, batch_window_s=0)
+    scheduler.submit(make_request(sink, "long", "alice", LONG))
+    wait_streamed(sink, "long", 2)
+    scheduler.submit(make_request(sink, "first", "bob", "fine words here"))
+    scheduler.submit(make_request(sink, "fault", "carol", "breaks"))
+    finals = sink.wait_finals(3)
+    assert {rid: kind for rid, (kind, _) in finals.items()} == dict.fromkeys(["long", "first", "fault"], "query_error")
+    ends = [(kind, rid) for kind, rid, _ in sink.events if kind != "stream"]
+    assert sorted(ends) == sorted(set(ends)), "one end each"
+    assert streamed(sink, "first") >= 1, "the newcomer before the fault had started"
+    scheduler.submit(make_request(sink, "after", "dave", "hi"))
+    assert sink.wait_finals(4)["after"][1].result.answer == "echo: hi"
 
 
 def test_wave_batching_makes_a_newcomer_wait_for_the_whole_wave() -> None:
