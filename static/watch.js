@@ -9,6 +9,10 @@ const $ = (id) => document.getElementById(id);
 const FRAME_RETRY_MS = 500;
 const ERROR_BACKOFF_MS = 1500;
 const LOADING_RETRY_MS = 2000; // the server's cameras start with its model: ask again while it loads (503)
+const ALERT_LOG_LIMIT = 100; // as many as the server's own alert feed keeps; the oldest go first
+const VERDICTS_KEPT = 200;
+// A restarted server refuses watches while its model loads, and a busy one for a while: ask again.
+const RETRY_CODES = new Set(['loading', 'busy', 'rate_limited']);
 
 const els = {
   form: $('watch-form'),
@@ -23,7 +27,8 @@ const els = {
   alertTemplate: $('alert-template'),
 };
 
-const watches = new Map(); // id -> {data, item}
+const watches = new Map(); // id -> {data, item, stale}: stale while a reconnected server has not taken it back
+let restarts = 0;
 const tab = { inFlight: null, lastDone: 0, timer: 0, nextAt: 0 };
 let audio = null;
 
@@ -69,14 +74,16 @@ function addWatch(condition, source) {
   });
 }
 
-function render(data) {
+// A new watch's item goes last in the list, or where ``before`` (its earlier self) was.
+function render(data, before = null) {
   let entry = watches.get(data.id);
   if (!entry) {
     const item = els.watchTemplate.content.firstElementChild.cloneNode(true);
     item.dataset.id = data.id;
     item.querySelector('.watch-pause').addEventListener('click', () => pause(data.id));
     item.querySelector('.watch-remove').addEventListener('click', () => remove(data.id));
-    els.list.append(item);
+    if (before?.isConnected) before.before(item);
+    else els.list.append(item);
     entry = { data, item };
     watches.set(data.id, entry);
   }
@@ -106,6 +113,10 @@ function render(data) {
 
 function pause(id) {
   const entry = watches.get(id);
+  if (entry.stale) { // the server takes it back paused or not, as asked now
+    render({ id, paused: !entry.data.paused });
+    return;
+  }
   page.socket.emit('watch_pause', { id, paused: !entry.data.paused }, (ack) => {
     if (ack.error) return page.showError(ack.error.message || ack.error);
     render(ack.watch);
@@ -114,6 +125,13 @@ function pause(id) {
 }
 
 function remove(id) {
+  const entry = watches.get(id);
+  if (entry?.stale) { // the server no longer has it: nothing to tell it
+    keepFocusFrom(entry.item);
+    entry.item.remove();
+    watches.delete(id);
+    return;
+  }
   page.socket.emit('watch_remove', { id }, () => {
     const item = watches.get(id)?.item;
     if (item) keepFocusFrom(item);
@@ -134,19 +152,46 @@ function keepFocusFrom(item) {
   else if (focused.matches(':focus-visible')) els.condition.focus();
 }
 
-// The server forgets a tab's watches when its connection ends; a reconnect starts them again.
+// The server forgets a tab's watches when its connection ends; a reconnect starts them again. Each stays listed,
+// marked as waiting, until the server takes it back under a new id (a restarted server only once its model has
+// loaded), paused again if it was paused; removing it meanwhile gives it up.
 function restartAll() {
-  const old = [...watches.values()].map(({ data }) => data);
-  els.list.replaceChildren();
-  watches.clear();
+  restarts += 1;
   tab.inFlight = null;
-  for (const watch of old) addWatch(watch.condition, watch.source);
+  for (const entry of watches.values()) {
+    entry.stale = true;
+    entry.item.querySelector('.watch-verdict').textContent = 'waiting for the server…';
+    entry.item.dataset.verdict = 'pending';
+    restart(entry, restarts);
+  }
+}
+
+function restart(entry, generation) {
+  const { id, condition, source } = entry.data;
+  page.socket.emit('watch_add', { condition, source }, (ack) => {
+    if (generation !== restarts || watches.get(id) !== entry) return; // reconnected again since, or removed
+    if (ack.error && RETRY_CODES.has(ack.error.code)) {
+      setTimeout(() => restart(entry, generation), LOADING_RETRY_MS);
+      return;
+    }
+    if (ack.error) {
+      page.showError(`Could not restart the watch "${condition}": ${ack.error.message || ack.error}`);
+      entry.item.querySelector('.watch-verdict').textContent = 'stopped';
+      entry.item.querySelector('.watch-answer').textContent = ack.error.message || ack.error;
+      return;
+    }
+    watches.delete(id);
+    render(ack.watch, entry.item);
+    entry.item.remove();
+    if (entry.data.paused) pause(ack.watch.id);
+    scheduleFrame();
+  });
 }
 
 // ---------------------------------------------------------------- this tab's frames
 
 function tabWatching() {
-  return [...watches.values()].some(({ data }) => data.source === 'tab' && !data.paused);
+  return [...watches.values()].some(({ data, stale }) => data.source === 'tab' && !data.paused && !stale);
 }
 
 function scheduleFrame() {
@@ -203,6 +248,7 @@ function onAlert(alert) {
   item.querySelector('.alert-answer').textContent = alert.answer;
   item.querySelector('.alert-time').textContent = `${when} · ${alert.source.label}`;
   els.log.prepend(item);
+  while (els.log.childElementCount > ALERT_LOG_LIMIT) els.log.lastElementChild.remove();
   beep();
   notify(alert);
 }
@@ -267,6 +313,7 @@ function main() {
     // A check that was under way when its watch was removed may report after the removal: not a watch again.
     if (!watches.has(watch.id)) return;
     stats.verdicts.push(watch.verdict);
+    if (stats.verdicts.length > VERDICTS_KEPT) stats.verdicts.splice(0, stats.verdicts.length - VERDICTS_KEPT);
     render(watch);
   });
   page.socket.on('watch_alert', onAlert);

@@ -5,6 +5,8 @@ import { liveAnswerCount } from './live.js';
 import { announce } from './messages.js';
 import { cancel, currentRequest } from './requests.js';
 
+const HISTORY_LIMIT = 200; // a page left open all day keeps the newest; Copy all copies what is listed
+
 const liveView = { box: els.livePanel, question: els.liveQuestion, answer: els.liveAnswer, meta: els.liveMeta };
 const currentView = { box: els.current, question: els.currentQuestion, answer: els.answer, meta: els.answerMeta };
 
@@ -67,6 +69,7 @@ export function addHistoryEntry(request, thumb) {
   copy.setAttribute('aria-label', `Copy answer to: ${request.label}`);
   copy.addEventListener('click', (event) => copyText(entryText(request), event.currentTarget));
   els.history.prepend(item);
+  while (els.history.childElementCount > HISTORY_LIMIT) els.history.lastElementChild.remove();
   return {
     box: item,
     question: item.querySelector('.question'),

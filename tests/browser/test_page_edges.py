@@ -75,6 +75,34 @@ def test_the_two_clear_buttons_say_what_they_clear(open_app: OpenApp) -> None:
     expect(page.locator("#history > li")).to_have_count(0)
 
 
+def test_a_page_left_open_keeps_its_lists_bounded(open_app: OpenApp) -> None:
+    """A bench camera's tab stays open for days: its history keeps the newest 200 questions and its alert log the
+    newest 100 alerts (as the server's feed does), where both once grew by a thumbnail each for good."""
+    page = open_app()
+    page.evaluate("""() => {
+        const form = document.getElementById('ask-form');
+        const question = document.getElementById('question');
+        for (let i = 0; i < 205; i += 1) {
+            question.value = `question ${i}`;
+            form.requestSubmit();
+        }
+    }""")
+    expect(page.locator("#history > li")).to_have_count(200)
+    expect(page.locator("#history > li").first.locator(".question")).to_have_text("question 204")
+    expect(page.locator("#history > li").last.locator(".question")).to_have_text("question 5")
+    page.evaluate("""() => {
+        const deliver = window.vlmPage.socket.listeners('watch_alert')[0];
+        for (let i = 0; i < 130; i += 1) {
+            deliver({ condition: `alert ${i}`, answer: 'yes', time: Date.now() / 1000, watch: 'w1',
+                      source: { id: 'tab', label: 'this camera' },
+                      thumbnail: 'data:image/gif;base64,R0lGODlhAQABAAAAACw=' });
+        }
+    }""")
+    expect(page.locator("#alert-log > li")).to_have_count(100)
+    expect(page.locator("#alert-log > li").first.locator(".alert-condition")).to_have_text("alert 129")
+    expect(page.locator("#alert-log > li").last.locator(".alert-condition")).to_have_text("alert 30")
+
+
 def test_without_the_token_the_page_says_how_to_get_the_link(
     browser: Browser, token_server: AppProcess, axe_source: str
 ) -> None:

@@ -175,3 +175,38 @@ def test_a_page_opened_while_the_model_loads_waits_for_it(browser: Browser, tmp_
                 assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
             finally:
                 context.close()
+
+
+def test_a_watch_outlives_a_server_restart_that_loads_its_model_again(browser: Browser) -> None:
+    """The reconnected page asked the server to take its watches back while the model was still loading, was
+    refused, and dropped them for good. It now keeps each listed as waiting, asks again until the model is
+    loaded, and keeps it paused if it was."""
+    context = browser.new_context(viewport=DESKTOP)  # by hand: refused reconnects log console errors
+    context.set_default_timeout(TIMEOUT_MS)
+    watch = "#watch-list > li"
+    try:
+        page = context.new_page()
+        with AppProcess(["--model", "demo"]) as first:
+            page.goto(first.url)
+            expect(page.locator("html")).to_have_attribute("data-info", "loaded")
+            page.fill("#watch-condition", CONDITION)
+            page.click("#watch-add")
+            expect(page.locator(watch)).to_have_count(1)
+            old_id = page.locator(watch).get_attribute("data-id")
+            page.click(f"{watch} .watch-pause")
+            expect(page.locator(f"{watch} .watch-pause")).to_have_text("Resume")
+        with upstream_that_loads_slowly() as (upstream, release):
+            flags = ["--backend", "openai", "--base-url", upstream, "--model", "stand-in"]
+            with AppProcess(flags, port=first.port, loaded=False):
+                expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=30_000)
+                expect(page.locator(f"{watch} .watch-verdict")).to_have_text("waiting for the server…")
+                page.wait_for_timeout(2500)  # at least one refused try ("loading")
+                expect(page.locator(watch)).to_have_count(1)
+                release.set()
+                expect(page.locator(watch)).not_to_have_attribute("data-id", old_id or "", timeout=30_000)
+                expect(page.locator(watch)).to_have_count(1)
+                expect(page.locator(f"{watch} .watch-condition")).to_have_text(CONDITION)
+                expect(page.locator(f"{watch} .watch-verdict")).to_have_text("paused")
+                expect(page.locator(f"{watch} .watch-pause")).to_have_text("Resume")
+    finally:
+        context.close()
