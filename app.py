@@ -116,7 +116,7 @@ def raise_open_file_limit(wanted: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    configure_logging(settings.token)
+    configure_logging(settings.token, settings.log_level)
     use_log_format(settings.log_format, settings.token)
     if problem := start_problem(settings):
         print(f"\nERROR: {problem[0].upper()}{problem[1:]}.\n", file=sys.stderr, flush=True)

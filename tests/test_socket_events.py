@@ -6,6 +6,7 @@ over a real socket; these pin each handler's wire shape in a fraction of the tim
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -132,3 +133,13 @@ def test_watch_events_share_the_namespace(client: SocketIOTestClient) -> None:
     refused = client.emit("watch_pause", {"id": added["watch"]["id"], "paused": "yes"}, callback=True)
     assert refused == {"error": {"code": "bad_request", "message": "paused must be true or false"}}
     assert client.emit("watch_remove", {"id": added["watch"]["id"]}, callback=True) == {"removed": added["watch"]["id"]}
+
+
+def test_live_frames_are_logged_only_at_debug(client: SocketIOTestClient, caplog: pytest.LogCaptureFixture) -> None:
+    """A live page asks several times a second all day: one INFO line each was about 100 MB of log a day."""
+    caplog.set_level(logging.DEBUG, logger="vlm.socket_events")
+    for rid, live in (("typed", False), ("live", True)):
+        client.emit("query", {"id": rid, "question": "red circle", "image": jpeg_data_url(), "live": live})
+        wait_for(client, "response")
+    levels = {record.getMessage().split()[1]: record.levelno for record in caplog.records if "chars;" in record.msg}
+    assert levels == {"typed": logging.INFO, "live": logging.DEBUG}

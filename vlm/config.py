@@ -27,6 +27,7 @@ DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ASYNC_MODES = ("threading", "eventlet", "gevent")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning")
 # Watches the server keeps at once, the command line's (each --watch on each --source) and the tabs'.
 MAX_WATCHES = 64
 
@@ -114,6 +115,7 @@ class Settings:
     webhook_url: str | None = None
     webhook_image: bool = True
     log_format: str = "text"
+    log_level: str = "info"
 
     @property
     def model_path(self) -> str:
@@ -396,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOG_FORMATS,
         default=defaults.log_format,
         help="'json' writes one JSON object per log line",
+    )
+    watch.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=defaults.log_level,
+        help="'debug' also logs each live-mode frame's question; 'warning' only problems",
     )
     return parser
 

@@ -67,15 +67,16 @@ class QuietTimeouts(logging.Filter):
 LIBRARY_LOGGERS = ("engineio.server", "socketio.server", "gevent.pywsgi", "eventlet.wsgi", "huggingface_hub")
 
 
-def configure_logging(token: str | None) -> None:
-    """One handler on the root logger for the app and the server alike."""
+def configure_logging(token: str | None, level: str = "info") -> None:
+    """One handler on the root logger for the app and the server alike, at ``level`` (``--log-level``)."""
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter((token,) if token else ()))
     handler.addFilter(QuietTimeouts())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # The openai client's HTTP library logs every request's URL at INFO (a --base-url's password too).
     for name in ("httpx", "httpx2"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("PIL").setLevel(logging.INFO)  # at DEBUG it logs every chunk of every image it opens
 
 
 def route_library_loggers() -> None:

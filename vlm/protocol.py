@@ -30,6 +30,7 @@ class Incoming:
     text: str
     image: object
     length: CaptionLength = "normal"
+    live: bool = False  # one of the page's live-mode frames: several a second, so logged only at DEBUG
 
 
 def request_id(payload: object) -> str:
@@ -54,8 +55,7 @@ def parse_query(payload: object, *, max_question_chars: int, image_required: boo
     if len(question) > max_question_chars:
         raise VlmError(Code.QUESTION_TOO_LONG, f"question is longer than {max_question_chars} characters", rid)
     image = _image_field(fields, rid) if image_required or fields.get("image") is not None else None
-    _check_live(fields, rid)
-    return Incoming(id=rid, task="query", text=question, image=image)
+    return Incoming(id=rid, task="query", text=question, image=image, live=_live(fields, rid))
 
 
 def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
@@ -74,8 +74,7 @@ def parse_skill(payload: object, *, capabilities: frozenset[str]) -> Incoming:
     if length not in get_args(CaptionLength):
         raise VlmError(Code.BAD_REQUEST, "length must be 'short' or 'normal'", rid)
     image = _image_field(fields, rid)
-    _check_live(fields, rid)
-    return Incoming(id=rid, task=skill, text=text, image=image, length=length)
+    return Incoming(id=rid, task=skill, text=text, image=image, length=length, live=_live(fields, rid))
 
 
 def to_job(
@@ -157,11 +156,13 @@ def _text_field(fields: dict[str, object], name: str, rid: str) -> str:
     return value.strip()
 
 
-def _check_live(fields: dict[str, object], rid: str) -> None:
-    """``live`` marks the page's live-mode frames; the scheduler's latest-wins rule already serves them,
-    so the flag is only checked, keeping the protocol's promise that a malformed one is refused."""
-    if not isinstance(fields.get("live", False), bool):
+def _live(fields: dict[str, object], rid: str) -> bool:
+    """``live`` marks the page's live-mode frames. The scheduler's latest-wins rule already serves them; the flag
+    only keeps them out of the INFO log (a live page asks several times a second, all day)."""
+    live = fields.get("live", False)
+    if not isinstance(live, bool):
         raise VlmError(Code.BAD_REQUEST, "live must be true or false", rid)
+    return live
 
 
 def _image_field(fields: dict[str, object], rid: str) -> object:

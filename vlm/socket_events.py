@@ -167,7 +167,8 @@ class AppNamespace(Namespace):
             job, decode_ms = to_job(incoming, self.settings, decode_size=backend.info.decode_size)
         except VlmError as error:
             return self.refuse(payload, error)
-        log.info(
+        log.log(
+            logging.DEBUG if incoming.live else logging.INFO,
             "%s %s from %s (%d chars; frames are never stored)",
             incoming.task,
             incoming.id,
