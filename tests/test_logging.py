@@ -29,3 +29,29 @@ def test_a_hugging_face_hub_warning_is_printed_once_and_masked() -> None:
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert "WARNING huggingface_hub.utils._http: HEAD https://huggingface.co/x?token=*** failed" in lines[0]
+
+
+THREADS_THAT_FAIL = """
+import errno, threading
+from vlm.logsafe import configure_logging
+configure_logging("s3cret-token")
+def close_frame_after_the_client_left():
+    raise OSError(errno.EBADF, "Bad file descriptor")
+def a_real_fault():
+    raise ValueError("token s3cret-token in a fault")
+for target, role in ((close_frame_after_the_client_left, "writer"), (a_real_fault, "worker")):
+    thread = threading.Thread(target=target, name=f"Thread-9 ({role})")
+    thread.start()
+    thread.join()
+"""
+
+
+def test_a_thread_that_dies_is_logged_masked_and_a_departed_websocket_writer_is_not_an_error() -> None:
+    """python-engineio's writer thread printed an OSError traceback now and then when a client left (its socket was
+    closed first); and threading's own print of any thread's traceback bypassed the log's masking."""
+    done = subprocess.run(
+        [sys.executable, "-c", THREADS_THAT_FAIL], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "Bad file descriptor" not in done.stderr, done.stderr
+    assert "ERROR vlm: uncaught exception in thread Thread-9 (worker)" in done.stderr
+    assert "ValueError: token *** in a fault" in done.stderr and "s3cret-token" not in done.stderr

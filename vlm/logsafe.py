@@ -7,9 +7,11 @@ written escaped. The access token is replaced wherever it appears, whoever logge
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import re
+import threading
 from urllib.parse import urlsplit, urlunsplit
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -77,6 +79,24 @@ def configure_logging(token: str | None, level: str = "info") -> None:
     for name in ("httpx", "httpx2"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("PIL").setLevel(logging.INFO)  # at DEBUG it logs every chunk of every image it opens
+    threading.excepthook = log_thread_exception
+
+
+# What a websocket's writer thread meets when its client left first: the server had closed the socket under it.
+DEPARTED = frozenset({errno.EBADF, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN})
+
+
+def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a thread goes through logging (masked, escaped) rather than threading's raw print.
+
+    python-engineio's writer thread sends a websocket's close frame after the server may already have closed
+    the socket of a client that left: that is a departure, not an error, and is logged at DEBUG."""
+    name = args.thread.name if args.thread is not None else "?"
+    if name.endswith("(writer)") and isinstance(args.exc_value, OSError) and args.exc_value.errno in DEPARTED:
+        logging.getLogger("vlm").debug("a websocket writer found its client gone (%s)", args.exc_value)
+        return
+    error = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("vlm").error("uncaught exception in thread %s", name, exc_info=error)  # type: ignore[arg-type]
 
 
 def route_library_loggers() -> None:
