@@ -1,6 +1,9 @@
 """Build a random-weight vision-language model folder for tests, in seconds and offline.
 
-    python -m scripts.build_tiny_model OUT_DIR [--arch llava|idefics3] [--profile tiny|grouped|slow] [--seed N]
+    python -m scripts.build_tiny_model OUT_DIR [--arch ARCH] [--profile tiny|grouped|slow] [--seed N]
+
+ARCH is llava (the default), fast_vlm or idefics3, the Llama-decoder architectures every backend test runs on,
+or gemma3, a family with its own tokenizer and template (tests/test_model_families.py).
 
 `tiny` is as small as the architecture allows, for fast load/generate smoke tests. `slow`
 is a bigger LLaVA whose EOS is unreachable, so `generate(max_new_tokens=N)` always makes
@@ -15,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .synthetic_scenes import corpus
-from .vlm_factory import ARCHS, ModelSize, build_model_folder
+from .vlm_factory import ALL_ARCHS, ModelSize, build_model_folder
 
 TINY = ModelSize(
     text_hidden=32,
@@ -58,7 +61,7 @@ def build_tiny_model(out_dir: Path, arch: str = "llava", profile: str = "tiny", 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="llava")
+    parser.add_argument("--arch", choices=sorted(ALL_ARCHS), default="llava")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -9,16 +9,20 @@ tokenizers, processors and chat templates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPVisionConfig,
     FastVlmConfig,
     FastVlmForConditionalGeneration,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3Processor,
+    Gemma3TextConfig,
     GenerationConfig,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -32,7 +36,9 @@ from transformers import (
     PreTrainedTokenizerFast,
     ProcessorMixin,
     ResNetConfig,
+    SiglipVisionConfig,
 )
+from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
@@ -68,15 +74,6 @@ class ModelSize:
     frame_size: int = 0
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """What differs between architectures: special tokens, prompt markup and the builder."""
-
-    image_tokens: tuple[str, ...]  # special tokens the processor expects in the vocabulary
-    image_markup: str  # what the chat template writes where the image goes
-    build: Callable[[ModelSize, PreTrainedTokenizerFast, str], tuple[PreTrainedModel, ProcessorMixin]]
-
-
 def chat_template(image_markup: str) -> str:
     """A minimal "user: ... assistant: ..." template; assistant turns end with EOS.
 
@@ -95,31 +92,79 @@ def chat_template(image_markup: str) -> str:
     )
 
 
-def build_tokenizer(corpus: Iterable[str], image_tokens: Sequence[str], vocab_size: int = 0) -> PreTrainedTokenizerFast:
+def gemma3_chat_template(image_markup: str) -> str:
+    """Gemma 3's template in its published shape: ``{{ bos_token }}`` first, turns between ``<start_of_turn>``
+    and ``<end_of_turn>``, the assistant's named "model", text trimmed."""
+    return (
+        "{{ bos_token }}{% for message in messages %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] | trim }}"
+        "{% else %}{% for item in message['content'] %}"
+        f"{{% if item['type'] == 'image' %}}{image_markup}"
+        "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}"
+        "{% endfor %}{% endif %}{{ '<end_of_turn>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    )
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What differs between architectures: special tokens, prompt markup and the builder.
+
+    The defaults are this repo's own layout; a family whose checkpoints differ in ways the app must cope with
+    (Gemma 3) says how: its template, the words it writes, the special tokens its processor finds by name on the
+    tokenizer, and a tokenizer that writes BOS before every text it encodes, as Gemma's, Llama's and Cohere's do.
+    """
+
+    image_tokens: tuple[str, ...]  # special tokens the processor expects in the vocabulary
+    image_markup: str  # what the chat template writes where the image goes
+    build: Callable[[ModelSize, PreTrainedTokenizerFast, str], tuple[PreTrainedModel, ProcessorMixin]]
+    template: Callable[[str], str] = chat_template
+    chat_words: tuple[str, ...] = CHAT_WORDS
+    named_tokens: Mapping[str, str] = field(default_factory=dict)
+    adds_bos: bool = False
+
+
+def build_tokenizer(
+    corpus: Iterable[str],
+    image_tokens: Sequence[str],
+    vocab_size: int = 0,
+    *,
+    chat_words: Sequence[str] = CHAT_WORDS,
+    named_tokens: Mapping[str, str] | None = None,
+    adds_bos: bool = False,
+) -> PreTrainedTokenizerFast:
     """A word-level tokenizer trained on `corpus`: lower-cased, split on spaces and punctuation.
 
     "What shape is this?" and "what shape is this ?" tokenize alike; words outside the
-    corpus become <unk>. No BOS is added automatically because the chat template writes it.
-    Padding is on the left, as batched generation needs. A `vocab_size` beyond the corpus's
-    adds placeholder words, so embedding and LM-head shapes match a real checkpoint's.
+    corpus become <unk>. No BOS is added automatically because the chat template writes it,
+    unless `adds_bos` asks for a tokenizer that adds one as Gemma's does. Padding is on the left,
+    as batched generation needs. A `vocab_size` beyond the corpus's adds placeholder words, so
+    embedding and LM-head shapes match a real checkpoint's. `named_tokens` are special tokens a
+    processor reads as attributes of the tokenizer (Gemma 3's ``image_token``, ``boi_token``).
     """
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words, glues punctuation
     trainer = trainers.WordLevelTrainer(special_tokens=[PAD, UNK, BOS, EOS, *image_tokens], min_frequency=0)
-    tokenizer.train_from_iterator([*corpus, " ".join(CHAT_WORDS)], trainer)
+    tokenizer.train_from_iterator([*corpus, " ".join(chat_words)], trainer)
     vocab = tokenizer.get_vocab()
     if vocab_size > len(vocab):
         vocab |= {f"w{index}": index for index in range(len(vocab), vocab_size)}
         tokenizer.model = models.WordLevel(vocab=vocab, unk_token=UNK)
+    if adds_bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token=PAD,
         unk_token=UNK,
         bos_token=BOS,
         eos_token=EOS,
-        extra_special_tokens=list(image_tokens),
+        extra_special_tokens=dict(named_tokens) if named_tokens else list(image_tokens),
         padding_side="left",
     )
 
@@ -131,10 +176,17 @@ def build_model(
 
     `can_stop=False` makes EOS unreachable, so generation always runs to `max_new_tokens`.
     """
-    spec = ARCHS[arch]
-    tokenizer = build_tokenizer(corpus, spec.image_tokens, size.vocab_size)
+    spec = ALL_ARCHS[arch]
+    tokenizer = build_tokenizer(
+        corpus,
+        spec.image_tokens,
+        size.vocab_size,
+        chat_words=spec.chat_words,
+        named_tokens=spec.named_tokens,
+        adds_bos=spec.adds_bos,
+    )
     torch.manual_seed(seed)
-    model, processor = spec.build(size, tokenizer, chat_template(spec.image_markup))
+    model, processor = spec.build(size, tokenizer, spec.template(spec.image_markup))
     model.generation_config = generation_config(tokenizer, can_stop)
     return model, processor
 
@@ -318,8 +370,69 @@ def _build_idefics3(
     return Idefics3ForConditionalGeneration(config), processor
 
 
+GEMMA3_NAMED_TOKENS = {
+    "image_token": "<image_soft_token>",
+    "boi_token": "<start_of_image>",
+    "eoi_token": "<end_of_image>",
+}
+
+
+def _build_gemma3(
+    size: ModelSize, tokenizer: PreTrainedTokenizerFast, template: str
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Gemma 3: SigLIP encoder, its patches average-pooled to ``mm_tokens_per_image`` (``scale_factor`` per side),
+    Gemma 3 decoder. Its projector starts at zeros, which would leave a random model blind to every frame, so it
+    is drawn like the other weights."""
+    pooled_side = size.image_size // size.patch_size // size.scale_factor
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_intermediate,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        num_key_value_heads=size.text_kv_heads or size.text_heads,
+        head_dim=size.text_hidden // size.text_heads,
+        query_pre_attn_scalar=size.text_hidden // size.text_heads,
+        max_position_embeddings=size.max_positions,
+        sliding_window=size.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=SiglipVisionConfig(**_vision_tower(size)),
+        mm_tokens_per_image=pooled_side**2,
+        image_token_index=tokenizer.image_token_id,
+        boi_token_index=tokenizer.convert_tokens_to_ids(tokenizer.boi_token),
+        eoi_token_index=tokenizer.convert_tokens_to_ids(tokenizer.eoi_token),
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, text.initializer_range)
+    image_processor = Gemma3ImageProcessorPil(size={"height": size.image_size, "width": size.image_size})
+    processor = Gemma3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=template, image_seq_length=pooled_side**2
+    )
+    return model, processor
+
+
+# The architectures every backend test runs on: Llama decoders, which continuous batching steps.
 ARCHS: dict[str, ArchSpec] = {
     "llava": ArchSpec(image_tokens=("<image>",), image_markup="<image>", build=_build_llava),
     "fast_vlm": ArchSpec(image_tokens=("<image>",), image_markup="<image>", build=_build_fast_vlm),
     "idefics3": ArchSpec(image_tokens=IDEFICS3_IMAGE_TOKENS, image_markup="<image>", build=_build_idefics3),
 }
+# Families whose processors, tokenizers and templates differ from those, for tests/test_model_families.py.
+FAMILY_ARCHS: dict[str, ArchSpec] = {
+    "gemma3": ArchSpec(
+        image_tokens=("<start_of_turn>", "<end_of_turn>", *GEMMA3_NAMED_TOKENS.values()),
+        image_markup="<start_of_image>",
+        build=_build_gemma3,
+        template=gemma3_chat_template,
+        chat_words=("user", "model"),
+        named_tokens=GEMMA3_NAMED_TOKENS,
+        adds_bos=True,
+    ),
+}
+ALL_ARCHS = ARCHS | FAMILY_ARCHS

@@ -640,3 +640,26 @@ def test_prepare_encode_and_prefill_and_only_they_have_the_loaded_backend_work_a
         encodes, prefills = expected
         encodes = encodes and loaded.image_encoder is not None  # a transformers without encoded frames: never
         assert (loaded.encodes_ahead, loaded.prefills_ahead) == (encodes, prefills), choice
+
+
+def test_newcomers_that_cannot_prefill_together_say_why_and_join_one_by_one(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SmolVLM2's processor once failed every batch of frames; the fallback hid why behind a bare warning."""
+    whole = backend.model_inputs
+
+    def one_at_a_time(work: list[Job]) -> dict[str, object]:
+        if len(work) > 1:
+            raise ValueError("Found [1, 1] <image> tokens and [2] images per sample")
+        return whole(work)
+
+    monkeypatch.setattr(backend, "model_inputs", one_at_a_time)
+    work = varied_jobs([4, 4])
+    events = Events(2)
+    decoder = backend.decoder(events)
+    decoder.join(dict(enumerate(work)))
+    while decoder.rows():
+        decoder.step()
+    assert "2 newcomers failed to prefill together (ValueError: Found [1, 1] <image> tokens" in caplog.text
+    monkeypatch.setattr(backend, "model_inputs", whole)
+    assert [events.results[row].answer for row in range(2)] == [answered_alone(backend, job).answer for job in work]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from ..config import DEFAULT_MODEL, MODEL_ALIASES, Settings
@@ -12,6 +14,22 @@ from ..logsafe import MASK, masked_url
 # moondream2 loads its tokenizer from another repository than its weights.
 TOKENIZER_REPO = "moondream/starmie-v1"
 TOKENIZER_FILE = "tokenizer.json"
+
+# How transformers says that a class needs a library that is not installed: its backends' messages ("X requires
+# the Torchvision library but it was not found"), a processor's own ("Package `num2words` is required") and a
+# model's code's ("requires the following packages that were not found in your environment: einops").
+MISSING_LIBRARY = re.compile(
+    r"requires the (?P<backend>.+?) library but it was not found"
+    r"|Package `(?P<package>[^`]+)` is required"
+    r"|requires the following packages that were not found in your environment: (?P<packages>[^.]+)"
+)
+PIP_INSTALL = re.compile(r"pip install\s+([^`\n]+)")
+# torch's own index: torchvision must be the build made for the installed torch, and PyPI's is CUDA's.
+TORCHVISION_ADVICE = (
+    "Install torchvision from the same index as torch, so that it is the build for this torch: on a CPU-only "
+    "machine `pip install torchvision --index-url https://download.pytorch.org/whl/cpu`, with an NVIDIA GPU "
+    "`pip install torchvision`."
+)
 
 
 def download_commands(model_id: str, revision: str | None) -> list[str]:
@@ -39,6 +57,9 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
         f"Could not load the model {settings.model!r} "
         f"(backend {settings.backend}, revision {settings.effective_revision or 'n/a'})"
     )
+    if needed := missing_library(error):
+        library, advice = needed
+        return f"{loading}: it needs the {library} library, which is not installed here. {advice}"
     missing = missing_hub_files(error)
     if missing:
         from huggingface_hub import constants
@@ -82,14 +103,23 @@ def _without_download(model: str) -> str:
     return "To try the app without any download, run `python app.py --model demo`."
 
 
-def missing_hub_files(error: BaseException) -> list[tuple[str, str, str | None]]:
-    """(repo, file, revision) of every hub download that failed on the way to ``error``, in order.
+def missing_library(error: BaseException) -> tuple[str, str] | None:
+    """The library a class on the way to ``error`` needs and this machine lacks, and how to install it; None where
+    no library is missing. The files are then all here, so downloading them again would not help."""
+    for current in _chain(error):
+        if not isinstance(current, ImportError) or not (found := MISSING_LIBRARY.search(str(current))):
+            continue
+        library = next(name for name in found.groups() if name).strip()
+        if library.lower() == "torchvision":
+            return "torchvision", TORCHVISION_ADVICE
+        command = PIP_INSTALL.search(str(current))
+        pip = f"pip install {command.group(1).strip() if command else library.lower()}"
+        return library, f"Install it with `{pip}` and start the app again."
+    return None
 
-    Whoever asked (transformers, moondream2's own ``Tokenizer.from_pretrained``, this app), a file
-    that is neither cached nor downloadable ends in ``huggingface_hub.hf_hub_download``; its error
-    does not name the file, but the call's frame in the traceback holds its arguments.
-    """
-    found: list[tuple[str, str, str | None]] = []
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every error it was raised from or while handling, each once."""
     seen: set[int] = set()
     pending: list[BaseException | None] = [error]
     while pending:
@@ -98,6 +128,18 @@ def missing_hub_files(error: BaseException) -> list[tuple[str, str, str | None]]
             continue
         seen.add(id(current))
         pending += [current.__cause__, current.__context__]
+        yield current
+
+
+def missing_hub_files(error: BaseException) -> list[tuple[str, str, str | None]]:
+    """(repo, file, revision) of every hub download that failed on the way to ``error``, in order.
+
+    Whoever asked (transformers, moondream2's own ``Tokenizer.from_pretrained``, this app), a file
+    that is neither cached nor downloadable ends in ``huggingface_hub.hf_hub_download``; its error
+    does not name the file, but the call's frame in the traceback holds its arguments.
+    """
+    found: list[tuple[str, str, str | None]] = []
+    for current in _chain(error):
         traceback = current.__traceback__
         while traceback is not None:
             frame = traceback.tb_frame

@@ -341,8 +341,13 @@ class StepDecoder(RunningRows):
         if len(jobs) > 1:
             try:
                 return [self._started_here(jobs)]
-            except Exception:
-                log.warning("%d newcomers failed to prefill together; prefilling them one by one", len(jobs))
+            except Exception as error:
+                log.warning(
+                    "%d newcomers failed to prefill together (%s: %s); prefilling them one by one",
+                    len(jobs),
+                    type(error).__name__,
+                    error,
+                )
         alone = (failing_alone(self.events, key, partial(self._started_here, {key: job})) for key, job in jobs.items())
         return [started for started in alone if started is not None]
 

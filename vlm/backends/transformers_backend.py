@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
+from PIL import Image
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -36,7 +37,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..errors import VlmError
+from ..errors import ModelLoadError, VlmError
 from .base import (
     CAPTION_PROMPTS,
     Backend,
@@ -54,13 +55,25 @@ from .collate import collate
 from .decode_attention import pack_decode_queries
 from .frame_cache import FrameCache
 from .seeds import seeded
-from .step_decoder import Prefill, Row, StepDecoder, cache_keyword, can_step, finish, prefill, take
+from .step_decoder import (
+    STEPPED_TEXT_MODELS,
+    Prefill,
+    Row,
+    StepDecoder,
+    cache_keyword,
+    can_step,
+    finish,
+    prefill,
+    take,
+)
 from .torch_device import resolve_device, resolve_dtype, use_unplanned_attention, weights_dtype
 
 log = logging.getLogger(__name__)
 
 # Thumbnails in the page's history are cut from the frame we ask for, so never ask for tiny ones.
 MIN_FRAME_SIDE = 256
+# A camera frame's shape, for learning at load what this model's processor makes of one.
+PROBE_FRAME_SIZE = (640, 480)
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,8 @@ class TransformersBackend(Backend):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.chat_template = _chat_template(processor, model_id)
+        self.caption_prompts = {**CAPTION_PROMPTS, **getattr(model.config, "caption_prompts", {})}
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -109,8 +124,8 @@ class TransformersBackend(Backend):
                 model_id,
             )
         self.prefills_ahead = ahead == "prefill" and can_step(model)
+        self._say_what_it_cannot_do(model_id, ahead)
         self.cache_keyword = cache_keyword(model)  # read from forward's signature once, not per prefill
-        self.caption_prompts = {**CAPTION_PROMPTS, **getattr(model.config, "caption_prompts", {})}
         self.info = ModelInfo(
             model=model_id,
             backend=self.name,
@@ -139,8 +154,14 @@ class TransformersBackend(Backend):
         device = resolve_device(device)
         use_unplanned_attention(device)
         processor = AutoProcessor.from_pretrained(model_id, revision=revision)
+        _chat_template(processor, model_id)  # before the weights load: without a template no request can be asked
         if max_crops and not limit_tiles(processor, max_crops):
-            log.info("--max-crops: %s does not cut frames into tiles; it is not used", model_id)
+            log.info(
+                "--max-crops is not implemented for %s's image processor (%s), so it is not used: it caps the "
+                "tiles of SmolVLM's and Idefics3's processors, InternVL's and Aya Vision's (GotOcr2), and moondream2's",
+                model_id,
+                type(getattr(processor, "image_processor", None)).__name__,
+            )
         config = AutoConfig.from_pretrained(model_id, revision=revision)
         model = AutoModelForImageTextToText.from_pretrained(
             model_id, revision=revision, config=config, dtype=resolve_dtype(dtype, device, config.dtype)
@@ -159,7 +180,9 @@ class TransformersBackend(Backend):
         image = [] if job.image is None else [{"type": "image"}]
         text = prompt_text(job, self.caption_prompts)
         messages = [{"role": "user", "content": [*image, {"type": "text", "text": text}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return self.processor.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=True
+        )
 
     def decoder(self, events: RowEvents) -> Decoder:
         if can_step(self.model):
@@ -220,12 +243,21 @@ class TransformersBackend(Backend):
         return replace(job, prepared=prepared)
 
     def _processed(self, jobs: list[Job], padding: bool = False) -> dict[str, Any]:
-        """The processor's inputs for ``jobs`` (all with a frame, or all without), pixels in the model's dtype."""
+        """The processor's inputs for ``jobs`` (all with a frame, or all without), pixels in the model's dtype.
+
+        Frames go in one list per prompt: Gemma 3's, SmolVLM2's and PaliGemma's processors read a flat list as
+        one prompt with every frame. A prompt whose template wrote the tokenizer's BOS is tokenised without the
+        tokenizer's own special tokens, as transformers' ``apply_chat_template(tokenize=True)`` does, or a
+        tokenizer that adds BOS (Gemma's, Mistral's, Cohere's) would start it with two.
+        """
+        prompts = [self.prompt_for(job) for job in jobs]
+        bos = self.tokenizer.bos_token
         inputs = self.processor(
-            images=None if jobs[0].image is None else [job.image for job in jobs],
-            text=[self.prompt_for(job) for job in jobs],
+            images=None if jobs[0].image is None else [[job.image] for job in jobs],
+            text=prompts,
             return_tensors="pt",
             padding=padding,
+            add_special_tokens=bos is None or not prompts[0].startswith(bos),
         )
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -267,13 +299,9 @@ class TransformersBackend(Backend):
         one call for the frames found in neither; None where the model cannot take frames pre-encoded or its
         encoder's inputs are not one row per frame (``generate`` then encodes them itself)."""
         encoder = self.image_encoder
-        if encoder is None:
+        if encoder is None or not self._one_row_per_frame(batch, len(jobs)):
             return None
         encoder_inputs = {name: batch[name] for name in self.image_encoder_params if name in batch}
-        if "pixel_values" not in encoder_inputs or any(
-            not torch.is_tensor(value) or len(value) != len(jobs) for value in encoder_inputs.values()
-        ):
-            return None
         features = {job.image_key: known.get(job.image_key) for job in jobs}
         features |= {key: self.image_features.get(key) for key, feature in features.items() if feature is None}
         missing: dict[str, int] = {}  # frame digest -> the first row asking about it
@@ -296,6 +324,65 @@ class TransformersBackend(Backend):
                 features[key] = feature
                 self.image_features.put(key, feature)
         return [features[job.image_key] for job in jobs]
+
+    def _say_what_it_cannot_do(self, model_id: str, ahead: WorkAhead) -> None:
+        """One line at load for each thing ``--prepare`` or continuous batching would do that this model cannot,
+        which would otherwise go silently undone."""
+        stepped = " or ".join(sorted(STEPPED_TEXT_MODELS))
+        text_model = self.model.config.get_text_config().model_type
+        if self.encodes_ahead and not self._frames_encode_one_by_one():
+            log.warning(
+                "--prepare %s: %s's processor does not give its vision tower one row per frame, so its frames "
+                "cannot be encoded ahead; its generate encodes them when their requests join",
+                ahead,
+                model_id,
+            )
+        if ahead == "prefill" and not self.prefills_ahead:
+            log.warning(
+                "--prepare prefill: %s's prompts cannot be prefilled ahead: only a model continuous batching steps "
+                "(a text model of type %s) can take a prefilled prompt, and this one's is %s",
+                model_id,
+                stepped,
+                text_model,
+            )
+        if not can_step(self.model):
+            log.info(
+                "%s is answered in waves: continuous batching steps only text models of type %s with plain greedy "
+                "settings, and this one's is %s; a request that comes while a wave runs waits for its end",
+                model_id,
+                stepped,
+                text_model,
+            )
+
+    def _one_row_per_frame(self, batch: dict[str, Any], frames: int) -> bool:
+        """Whether the vision tower's inputs in ``batch`` hold one row per frame, so that frames can be encoded
+        (and cached) one by one: not Qwen2-VL's flat patches, nor InternVL's row per tile."""
+        encoder_inputs = {name: batch[name] for name in self.image_encoder_params if name in batch}
+        return "pixel_values" in encoder_inputs and all(
+            torch.is_tensor(value) and len(value) == frames for value in encoder_inputs.values()
+        )
+
+    def _frames_encode_one_by_one(self) -> bool:
+        """Whether a camera frame's processor inputs let the vision tower encode it alone, learnt at load from
+        one blank frame, so that ``--prepare encode`` can say at once when it will not encode ahead."""
+        probe = Job(task="query", image=Image.new("RGB", PROBE_FRAME_SIZE), image_key="", text="")
+        return self._one_row_per_frame(self._processed([probe]), 1)
+
+
+def _chat_template(processor: Any, model_id: str) -> str | None:
+    """The chat template to render prompts with: None for the processor's own, else the tokenizer's (older
+    checkpoints keep it in tokenizer_config.json only). A model with neither is refused at load: every prompt
+    is made with one, and PaliGemma-style checkpoints, which take task prefixes ("caption en", "answer en ...")
+    instead, would otherwise load and fail every request."""
+    if getattr(processor, "chat_template", None):
+        return None
+    if template := getattr(processor.tokenizer, "chat_template", None):
+        return template
+    raise ModelLoadError(
+        f"{model_id} has no chat template (neither its processor nor its tokenizer has one), and this app needs a "
+        "chat model's template to put questions to it. Models that take task prefixes instead of a chat, such as "
+        "PaliGemma and PaliGemma 2, are not supported; use a chat (instruct) model."
+    )
 
 
 def _prefilled(job: Job) -> Prefill | None:
@@ -394,10 +481,27 @@ def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
 
 
 def limit_tiles(processor: Any, max_crops: int) -> bool:
-    """Cap the tiles SmolVLM's (Idefics3's) processor cuts a frame into at ``max_crops``, by the longest side it
-    resizes frames to (a multiple of the tile), so that no frame's shape exceeds it; 1 is one tile of the whole
-    frame. Returns False where the processor does not tile frames."""
+    """Cap the tiles a processor cuts a frame into at ``max_crops`` (plus its one of the whole frame); 1 is one
+    tile of the whole frame. Returns False where the processor is not one this knows how to cap."""
     image_processor = getattr(processor, "image_processor", None)
+    return _limit_idefics3_tiles(image_processor, max_crops) or _limit_got_ocr2_tiles(image_processor, max_crops)
+
+
+def _limit_got_ocr2_tiles(image_processor: Any, max_crops: int) -> bool:
+    """InternVL's and Aya Vision's (GotOcr2's) processor: ``max_patches`` is the most tiles of its grid, a
+    thumbnail of the whole frame added when there are more than one, and 1 makes no grid at all."""
+    if not getattr(image_processor, "crop_to_patches", False) or not isinstance(
+        most := getattr(image_processor, "max_patches", None), int
+    ):
+        return False
+    image_processor.max_patches = min(most, max_crops)
+    image_processor.min_patches = min(image_processor.min_patches, image_processor.max_patches)
+    return True
+
+
+def _limit_idefics3_tiles(image_processor: Any, max_crops: int) -> bool:
+    """SmolVLM's (Idefics3's) processor: capped by the longest side it resizes frames to (a multiple of the
+    tile), so that no frame's shape exceeds ``max_crops`` tiles."""
     tile = (getattr(image_processor, "max_image_size", None) or {}).get("longest_edge")
     size = getattr(image_processor, "size", None)
     longest = size.get("longest_edge") if size is not None else None
@@ -411,15 +515,29 @@ def _processor_input_size(processor: Any) -> int:
     """The longest frame side that still holds every pixel the image processor uses.
 
     A ``longest_edge`` is that side itself. A fixed ``height``/``width`` or a ``shortest_edge`` bounds
-    the frame's shorter side, so the longer one gets room for frames up to 2:1.
+    the frame's shorter side, so the longer one gets room for frames up to 2:1; so does a pixel budget.
     """
-    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
     if isinstance(size, int):
         return 2 * size
     lookup = getattr(size, "get", None)  # a dict, or transformers' SizeDict
     if lookup is None:
         return 512
+    if budget := _pixel_budget(image_processor, lookup):
+        return math.isqrt(2 * budget)  # the longer side of a 2:1 frame of that many pixels
     if isinstance(longest := lookup("longest_edge"), int):
         return longest
     sides = [value for key in ("shortest_edge", "height", "width") if isinstance(value := lookup(key), int)]
     return 2 * max(sides) if sides else 512
+
+
+def _pixel_budget(image_processor: Any, lookup: Callable[[str], Any]) -> int | None:
+    """The most pixels a processor that resizes frames to a pixel count keeps of one, whatever its shape: Qwen2-VL's
+    family and GLM-4V's store it as ``size["longest_edge"]`` (``max_pixels``) beside the ``merge_size`` of their
+    patches; others name it ``max_pixels``. None for a processor that resizes to sides."""
+    for budget in (getattr(image_processor, "max_pixels", None), lookup("max_pixels")):
+        if isinstance(budget, int):
+            return budget
+    longest = lookup("longest_edge")
+    return longest if getattr(image_processor, "merge_size", None) and isinstance(longest, int) else None
