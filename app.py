@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.port,
         server,
         settings.async_mode,
-        settings.model,
+        settings.model or "the one model --base-url lists",
     )
     if not is_loopback(settings.host) and not settings.token:
         log.warning("listening on %s without --token: anyone on your network can use the model", settings.host)

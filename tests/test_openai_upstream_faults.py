@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import httpx2
 import openai
 import pytest
 from PIL import Image
@@ -18,7 +19,7 @@ from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 from tests.upstream_double import MODEL, UpstreamDouble
 from vlm.backends.base import Job, Result
-from vlm.backends.openai_backend import Forwarder, OpenAIBackend
+from vlm.backends.openai_backend import MAX_DETAIL_CHARS, Forwarder, OpenAIBackend
 from vlm.errors import VlmError
 
 KEY = "upstream-key-123"
@@ -96,22 +97,64 @@ def test_a_broken_or_partial_answer_is_an_upstream_error(
     assert (kind, payload.get("code")) == ("query_error", "upstream_error"), payload
 
 
+# Each failing mode, and what of the upstream's own words its operator's log line must carry.
+ENGINE_WORDS = {
+    "s500": 'HTTP 500: {"message": "Traceback: File /srv/vllm/engine.py',
+    "detail400": 'HTTP 400: {"detail": "Server is pinned to \'fake\'',
+    "detail422": "Unexpected fields in the request",
+    "plain500": "HTTP 500: Internal Server Error",
+    "stream_error": "error in the stream: 'LlavaProcessor' object has no attribute 'get_vocab'",
+    "refuse": "Server disconnected",
+    "badjson": "JSONDecodeError",
+}
+
+
 def test_the_upstream_error_text_reaches_the_log_once_masked_never_the_client(
     app: AppProcess, client: RecordingClient, upstream: UpstreamDouble, frame: str
 ) -> None:
+    """FastAPI's ``detail``, a text/plain body and a streamed error string as well as OpenAI's error object: the
+    log once said only "Error code: 400" or "An error occurred during streaming" for transformers serve's."""
     logged_before = len(app.log().splitlines())
-    for mode in ("s500", "refuse", "badjson"):
+    for mode in ENGINE_WORDS:
         upstream.mode = mode
         kind, payload = client.ask(question(f"fail-{mode}", frame), timeout_s=10)
         assert kind == "query_error", payload
-        assert not any(leak in payload["message"] for leak in ("srv", "10.0.0.7", KEY)), payload
+        assert not any(leak in payload["message"] for leak in ("srv", "10.0.0.7", KEY, "pinned", "vocab")), payload
     assert client.final("fail-s500")[1]["message"] == "the model server answered HTTP 500"
     time.sleep(0.5)
     log = "\n".join(app.log().splitlines()[logged_before:])
     warnings = [line for line in log.splitlines() if "WARNING" in line and "upstream request failed" in line]
-    assert len(warnings) == 3, warnings
-    assert "HTTP 500" in warnings[0] and "/srv/vllm/engine.py" in warnings[0]
+    assert len(warnings) == len(ENGINE_WORDS), warnings
+    for line, words in zip(warnings, ENGINE_WORDS.values(), strict=True):
+        assert words in line, (words, line)
+    assert "key=***" in warnings[1]
     assert "Traceback (most recent call last)" not in log and KEY not in log
+
+
+@pytest.mark.unit
+def test_the_upstream_words_in_the_log_are_capped() -> None:
+    """A server can answer a page-long traceback; the log line keeps its start."""
+    request = httpx2.Request("POST", "http://upstream/v1/chat/completions")
+    error = openai.InternalServerError(
+        "Error code: 500", response=httpx2.Response(500, request=request), body="boom " * 1000
+    )
+    client = openai.OpenAI(base_url="http://upstream/v1", api_key="k", max_retries=0)
+    detail = OpenAIBackend(client, model=MODEL, max_batch_size=1)._detail(error)
+    assert detail.startswith("HTTP 500: boom boom") and detail.endswith("... (cut)")
+    assert len(detail) <= MAX_DETAIL_CHARS + len("... (cut)")
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [("die", "the connection to the model server broke"), ("refuse", "the model server could not be reached")],
+)
+def test_a_connection_lost_mid_answer_is_told_apart_from_one_never_made(
+    client: RecordingClient, upstream: UpstreamDouble, frame: str, mode: str, message: str
+) -> None:
+    """An engine killed mid-answer was reported as one that "could not be reached" (audit s24, F9)."""
+    upstream.mode = mode
+    kind, payload = client.ask(question(mode, frame), timeout_s=10)
+    assert (kind, payload["code"], payload["message"]) == ("query_error", "upstream_error", message)
 
 
 @pytest.mark.parametrize(("mode", "most"), [("flood", 16 * 10240), ("one_huge", 16 * 32)])
@@ -149,16 +192,39 @@ def test_sampling_settings_and_a_seed_go_upstream(app: AppProcess, upstream: Ups
     assert (upstream.last_body["temperature"], upstream.last_body["seed"]) == (0.9, -3)
 
 
-def test_an_upstream_that_refuses_stop_strings_is_asked_again_without_them(
+@pytest.mark.parametrize("mode", ["refuses_stop", "stop_500", "engine"])
+def test_a_request_whose_stop_strings_fail_upstream_is_asked_again_without_them(
+    app: AppProcess, upstream: UpstreamDouble, frame: str, mode: str
+) -> None:
+    """A 400 naming ``stop`` (an older instance of this app), a text/plain 500, and transformers serve's error in
+    the stream after its role chunk (audit s24, F1: every ``/v1`` request with ``stop`` got a 502 behind it)."""
+    upstream.mode = mode
+    client = openai_client(app.url)
+    asked = {"model": "any", "messages": frame_question("what?", frame), "stop": ["red"]}
+    for stream in (False, True):
+        asked_before = upstream.requests
+        if stream:
+            chunks = list(client.chat.completions.create(**asked, stream=True))
+            answer = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+            finish = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1]
+        else:
+            completion = client.chat.completions.create(**asked)
+            answer, finish = completion.choices[0].message.content, completion.choices[0].finish_reason
+        assert (answer, finish) == ("A", "stop")
+        assert upstream.requests - asked_before == 2 and "stop" not in upstream.last_body
+
+
+def test_a_request_with_stop_strings_that_fails_after_its_first_word_is_not_asked_again(
     app: AppProcess, upstream: UpstreamDouble, frame: str
 ) -> None:
-    upstream.mode = "refuses_stop"
+    """Its words have gone to the client already: asking again would send them twice."""
+    upstream.mode = "cut"
     asked_before = upstream.requests
-    completion = openai_client(app.url).chat.completions.create(
-        model="any", messages=frame_question("what?", frame), stop=["red"]
-    )
-    assert (completion.choices[0].message.content, completion.choices[0].finish_reason) == ("A", "stop")
-    assert upstream.requests - asked_before == 2 and "stop" not in upstream.last_body
+    with pytest.raises(openai.APIError):
+        openai_client(app.url).chat.completions.create(
+            model="any", messages=frame_question("what?", frame), stop=["never said"]
+        )
+    assert upstream.requests - asked_before == 1
 
 
 def test_the_password_in_base_url_is_never_logged(app: AppProcess, client: RecordingClient, frame: str) -> None:

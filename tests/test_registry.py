@@ -87,5 +87,6 @@ def test_backend_openai_is_a_light_web_tier() -> None:
     done = subprocess.run([sys.executable, "-c", LIGHT_TIER], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
-    assert outcome["health"] == {"status": "ok", "model": "upstream-model", "backend": "openai", "device": "remote"}
+    health = {"status": "ok", "model": "upstream-model", "backend": "openai", "device": "remote", "upstream": "ok"}
+    assert outcome["health"] == health
     assert outcome["heavy"] == [], f"--backend openai imported {outcome['heavy']}"

@@ -1,12 +1,18 @@
 """A test double of an OpenAI-compatible upstream that misbehaves on request (stdlib only).
 
 ``UpstreamDouble(mode)`` serves ``/v1/models`` and a streamed ``/v1/chat/completions`` on a free
-loopback port; ``mode`` can be changed between requests. It counts the chat requests it was sent
-and the ones whose client closed the connection before the answer ended.
+loopback port (or a given one, to come back where it was); ``mode`` can be changed between requests. It
+counts the chat requests it was sent and the ones whose client closed the connection before the answer ended.
+
+Besides OpenAI's error shapes it has the real engines' unkinder ones, as transformers serve 5.24 answers:
+FastAPI's ``{"detail": ...}`` 400/422, a text/plain 500, an error string in a stream that then just ends
+(``stream_error``), and ``engine``, which refuses any model but ``MODEL`` and fails every request carrying
+``stop`` that way (audit s24: its VLM processors have no vocabulary for stop strings).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
@@ -19,22 +25,36 @@ from typing import Any
 MODEL = "fake"
 
 
-def chunk(content: str | None = None, finish: str | None = None) -> str:
+# transformers serve's words when asked for stop strings on a VLM (it streams them as the error).
+NO_VOCAB = "'LlavaProcessor' object has no attribute 'get_vocab'"
+
+
+def chunk(content: str | None = None, finish: str | None = None, usage: dict[str, int] | None = None) -> str:
     delta = {} if content is None else {"content": content}
-    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    body: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
     body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+    if usage is not None:
+        body["usage"] = usage
     return "data: " + json.dumps(body) + "\n\n"
 
 
+def role_chunk() -> str:
+    """The first chunk of transformers serve and vLLM: the role, no content."""
+    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    return "data: " + json.dumps({**body, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}) + "\n\n"
+
+
 class UpstreamDouble:
-    def __init__(self, mode: str = "ok") -> None:
+    def __init__(self, mode: str = "ok", port: int = 0) -> None:
         self.mode = mode
+        self.models = [MODEL]  # what /v1/models lists
         self.lock = threading.Lock()
         self.requests = 0  # chat requests received
         self.last_body: dict[str, Any] = {}  # the latest chat request's JSON
         self.closed = 0  # chat requests whose client hung up before the answer ended
         self.open = 0  # chat requests being answered now
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.connections: set[socket.socket] = set()  # the clients' connections, kept alive between requests
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
@@ -43,8 +63,13 @@ class UpstreamDouble:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        """Gone as a killed engine is: kept-alive connections too, which would otherwise go on being answered."""
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):  # closed by its client already
+                    connection.shutdown(socket.SHUT_RDWR)
 
     def wait_for(self, condition: Any, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -64,8 +89,14 @@ class UpstreamDouble:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with double.lock:
+                    double.connections.add(self.connection)
+
             def do_GET(self) -> None:
-                self.reply(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "x"}]})
+                listed = [{"id": name, "object": "model", "owned_by": "x"} for name in double.models]
+                self.reply(200, {"object": "list", "data": listed})
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -168,6 +199,51 @@ class UpstreamDouble:
             def mode_s500(self) -> None:
                 message = "Traceback: File /srv/vllm/engine.py CUDA OOM on 10.0.0.7 key=upstream-key-123"
                 self.reply(500, {"error": {"message": message, "type": "server_error"}})
+
+            def mode_detail400(self) -> None:  # FastAPI's shape, as transformers serve refuses another model
+                self.reply(400, {"detail": f"Server is pinned to '{MODEL}'; requested 'other' key=upstream-key-123"})
+
+            def mode_detail422(self) -> None:
+                self.reply(422, {"detail": "Unexpected fields in the request: {'foo'}"})
+
+            def mode_plain500(self) -> None:  # an exception in a FastAPI route
+                self.reply(500, "Internal Server Error", "text/plain; charset=utf-8")
+
+            def mode_stop_500(self) -> None:
+                if "stop" in double.last_body:
+                    self.mode_plain500()
+                    return
+                self.mode_ok()
+
+            def mode_stream_error(self) -> None:  # 200, the role, then the error as a plain string; no [DONE]
+                self.start_sse()
+                self.send(role_chunk())
+                self.send("data: " + json.dumps({"error": NO_VOCAB}) + "\n\n")
+                self.end()
+
+            def mode_engine(self) -> None:  # transformers serve pinned to MODEL, with a VLM
+                if double.last_body.get("model") != MODEL:
+                    asked = double.last_body.get("model")
+                    self.reply(400, {"detail": f"Server is pinned to '{MODEL}'; requested '{asked}'."})
+                    return
+                if "stop" in double.last_body:
+                    self.mode_stream_error()
+                    return
+                self.start_sse()
+                self.send(role_chunk())
+                for word in ("A ", "red ", "square."):
+                    self.send(chunk(word))
+                usage = {"prompt_tokens": 45, "completion_tokens": 4, "total_tokens": 49}  # EOS counted, as it does
+                self.send(chunk(finish="stop", usage=usage))
+                self.end()
+
+            def mode_die(self) -> None:  # a word, then the engine is killed: the body stops mid-chunk
+                self.start_sse()
+                self.send(role_chunk())
+                self.send(chunk("A "))
+                self.wfile.write(b"40\r\ndata: {")
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
 
             def mode_refuse(self) -> None:
                 self.connection.shutdown(socket.SHUT_RDWR)

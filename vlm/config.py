@@ -11,7 +11,7 @@ import math
 import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from .backends.registry import backend_names
@@ -133,6 +133,14 @@ class Settings:
             return self.model
         return Path(self.model).resolve().name
 
+    def served_name(self, loaded: str) -> str:
+        """The model as clients see it once ``loaded`` (the backend's model) is: ``model_name``, or without a
+        ``--model`` (``--backend openai`` then asks for the upstream's one model) the upstream's id, a path by its
+        last part as ``model_name`` shows a folder."""
+        if self.model:
+            return self.model_name
+        return PurePosixPath(loaded).name if loaded.startswith("/") else loaded
+
     @property
     def https(self) -> bool:
         """Served over TLS: a self-signed certificate, or the given one (the parser makes cert and key go together)."""
@@ -157,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--model", default=defaults.model, help="hub id, local model folder, or 'demo' for the bundled offline model"
+        "--model",
+        help=f"hub id, local model folder, or 'demo' for the bundled offline model (default: {DEFAULT_MODEL}; with "
+        "--backend openai, the one model --base-url lists)",
     )
     model.add_argument(
         "--revision",
@@ -442,6 +452,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--webhook-url must be an http:// or https:// URL with a host (and a port from 1 to 65535)")
     if len(values["watches"]) * len(values["sources"]) > MAX_WATCHES:
         parser.error(f"each --watch is checked on each --source: at most {MAX_WATCHES} of them in all")
+    if values["model"] is None:  # "": the upstream's one model, which only the loader can ask it for
+        values["model"] = "" if values["backend"] == "openai" else DEFAULT_MODEL
     values["cors_origins"] = tuple(values["cors_origins"])
     values["allowed_hosts"] = tuple(values["allowed_hosts"])
     values["sources"], values["watches"] = tuple(values["sources"]), tuple(values["watches"])

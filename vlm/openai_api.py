@@ -195,8 +195,12 @@ def openai_blueprint(
         refused = access.refusal("bearer token")
         return error_response(refused.code, refused.message)
 
+    def model_name() -> str:
+        backend = slot.backend
+        return settings.model_name if backend is None else settings.served_name(backend.info.model)
+
     def model_entry() -> dict[str, Any]:
-        return {"id": settings.model_name, "object": "model", "created": started, "owned_by": "webcam-vlm"}
+        return {"id": model_name(), "object": "model", "created": started, "owned_by": "webcam-vlm"}
 
     @api.errorhandler(VlmError)
     def refusal(error: VlmError) -> tuple[Response, int]:
@@ -211,10 +215,10 @@ def openai_blueprint(
     @api.get("/models/<path:model>")
     def model(model: str) -> tuple[Response, int]:
         slot.loaded()  # 503 until the model is there to serve
-        if model != settings.model_name:
+        if model != model_name():
             return error_response(
                 Code.MODEL_NOT_FOUND,
-                f"this server serves {settings.model_name!r}, not {model!r}",
+                f"this server serves {model_name()!r}, not {model!r}",
                 status=404,
                 param="model",
             )
@@ -281,7 +285,7 @@ def openai_blueprint(
         return answered(
             parse_chat,
             "messages",
-            lambda asked, rid: Completion(f"chatcmpl-{rid}", settings.model_name, asked.include_usage),
+            lambda asked, rid: Completion(f"chatcmpl-{rid}", model_name(), asked.include_usage),
         )
 
     @api.post("/responses")
@@ -289,7 +293,7 @@ def openai_blueprint(
         return answered(
             parse_responses_request,
             "input",
-            lambda asked, rid: ResponseObject(f"resp_{rid}", settings.model_name, asked),
+            lambda asked, rid: ResponseObject(f"resp_{rid}", model_name(), asked),
         )
 
     return api

@@ -7,11 +7,12 @@ from dataclasses import asdict
 from flask import Blueprint, Response, jsonify, make_response, render_template, request
 
 from .access import TOKEN_COOKIE, Access
+from .backends.base import Backend
 from .config import Settings
 from .demo_guide import demo_guide
 from .errors import Code, http_status
 from .model_slot import ModelSlot
-from .queue_probe import MessageQueueProbe
+from .queue_probe import Probe
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
@@ -20,9 +21,7 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def pages_blueprint(
-    settings: Settings, slot: ModelSlot, access: Access, message_queue: MessageQueueProbe | None
-) -> Blueprint:
+def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access, message_queue: Probe | None) -> Blueprint:
     pages = Blueprint("pages", __name__)
 
     @pages.after_app_request
@@ -55,19 +54,20 @@ def pages_blueprint(
         if slot.backend is None:
             return jsonify(status="loading"), 503
         info = slot.backend.info
+        model = settings.served_name(info.model)
         if slot.scheduler is not None and not slot.scheduler.accepting:  # a load balancer should send no more
-            return jsonify(status="draining", model=settings.model_name), 503
+            return jsonify(status="draining", model=model), 503
+        upstream = upstream_probe(slot.backend)
         stuck_s = slot.scheduler.stuck_s() if slot.scheduler is not None else 0.0
         if stuck_s:  # the model has not come back from an overdue call; nothing else can run meanwhile
             return jsonify(
-                status="degraded",
-                stuck_s=round(stuck_s, 1),
-                model=settings.model_name,
-                backend=info.backend,
-                device=info.device,
+                status="degraded", stuck_s=round(stuck_s, 1), model=model, backend=info.backend, device=info.device
             ), 503
-        queue = {} if message_queue is None else {"message_queue": message_queue.state}
-        return jsonify(status="ok", model=settings.model_name, backend=info.backend, device=info.device, **queue), 200
+        states = {} if message_queue is None else {"message_queue": message_queue.state}
+        states |= {} if upstream is None else {"upstream": upstream.state}
+        if upstream is not None and upstream.state == "unreachable":  # every question would fail (DEPLOYMENT.md)
+            return jsonify(status="degraded", model=model, backend=info.backend, device=info.device, **states), 503
+        return jsonify(status="ok", model=model, backend=info.backend, device=info.device, **states), 200
 
     @pages.get("/api/info")
     def api_info() -> tuple[Response, int]:
@@ -81,7 +81,7 @@ def pages_blueprint(
         info["capabilities"] = sorted(info["capabilities"])
         # The page paces its live mode from the rate limit, so that it never trips it.
         info.update(
-            model=settings.model_name,
+            model=settings.served_name(slot.backend.info.model),
             max_question_chars=settings.max_question_chars,
             max_image_bytes=settings.max_image_bytes,
             rate_limit_per_s=settings.rate_limit_per_s,
@@ -91,3 +91,9 @@ def pages_blueprint(
         return jsonify(info), 200
 
     return pages
+
+
+def upstream_probe(backend: Backend) -> Probe | None:
+    """The probe of a forwarding backend's model server (``--backend openai``); None for a local model."""
+    probe = getattr(backend, "upstream", None)
+    return probe if isinstance(probe, Probe) else None

@@ -1,9 +1,8 @@
-"""Whether ``--message-queue`` answers, for ``/healthz`` and one log line when that changes.
+"""Whether a service this process needs answers, for ``/healthz`` and one log line each way when that changes.
 
 python-socketio's own Redis connection has no read timeout and only logs errors per event while Redis is
-down, which an operator cannot poll. A connection of its own with short timeouts asks Redis every few
-seconds instead. A process whose Redis is down still answers its own clients, so this never makes
-``/healthz`` fail: a load balancer would take every process out at once.
+down, and an upstream model server that died is noticed only by the next question; neither is something an
+operator can poll. A probe asks the service every few seconds, with a short timeout, on a thread of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, Self
 
 from .logsafe import masked_url
 
@@ -20,41 +20,58 @@ log = logging.getLogger(__name__)
 INTERVAL_S = 5.0
 TIMEOUT_S = 2.0
 
-QueueState = Literal["checking", "ok", "unreachable"]
+ProbeState = Literal["checking", "ok", "unreachable"]
 
 
-class MessageQueueProbe:
-    """Pings the Redis at ``url`` every ``INTERVAL_S`` on a thread of its own."""
+class Probe:
+    """Runs ``check`` (which raises when ``label`` does not answer) every ``INTERVAL_S`` on a thread of its own;
+    ``state`` says how the last check went. ``consequence`` ends the WARNING line of an outage: what it stops;
+    ``mask`` hides secrets the service may echo in its error (an API key) from that line."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.state: QueueState = "checking"
-        self.thread = threading.Thread(target=self._run, name="vlm-queue-probe", daemon=True)
+    def __init__(
+        self,
+        label: str,
+        check: Callable[[], object],
+        consequence: str,
+        state: ProbeState = "checking",
+        mask: Callable[[str], str] = str,
+    ) -> None:
+        self.label = label
+        self.check = check
+        self.consequence = consequence
+        self.state: ProbeState = state
+        self.mask = mask
+        self.thread = threading.Thread(target=self._run, name="vlm-probe", daemon=True)
 
-    def start(self) -> MessageQueueProbe:
+    def start(self) -> Self:
         self.thread.start()
         return self
 
     def _run(self) -> None:
-        import redis  # imported here: only a scaled-out web tier needs it
-
-        client = redis.Redis.from_url(self.url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
         while True:
             try:
-                client.ping()
-            except redis.RedisError as error:
-                self._set("unreachable", f"{type(error).__name__}: {error}")
+                self.check()
+            except Exception as error:  # whatever the client raises, the service did not answer
+                self._set("unreachable", self.mask(f"{type(error).__name__}: {error}"))
             else:
                 self._set("ok", "")
             time.sleep(INTERVAL_S)
 
-    def _set(self, state: QueueState, problem: str) -> None:
+    def _set(self, state: ProbeState, problem: str) -> None:
         if state == "unreachable" and self.state != "unreachable":
-            log.warning(
-                "message queue %s does not answer (%s): events for clients of other processes do not reach them",
-                masked_url(self.url),
-                problem,
-            )
+            log.warning("%s does not answer (%s): %s", self.label, problem, self.consequence)
         elif state == "ok" and self.state == "unreachable":
-            log.info("message queue %s answers again", masked_url(self.url))
+            log.warning("%s answers again", self.label)
         self.state = state
+
+
+class MessageQueueProbe(Probe):
+    """Pings the Redis at ``url``. A process whose Redis is down still answers its own clients, so this never
+    makes ``/healthz`` fail: a load balancer would take every process out at once."""
+
+    def __init__(self, url: str) -> None:
+        import redis  # imported here: only a scaled-out web tier needs it
+
+        client = redis.Redis.from_url(url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+        consequence = "events for clients of other processes do not reach them"
+        super().__init__(f"message queue {masked_url(url)}", client.ping, consequence)

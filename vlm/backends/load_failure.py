@@ -49,7 +49,8 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
             cause = cause.replace(password, MASK)
         return (
             f"Could not use the OpenAI-compatible server at {base_url} "
-            f"for model {settings.model!r}: {type(error).__name__}: {cause}. "
+            f"for {f'model {settings.model!r}' if settings.model else 'the model it lists'}: "
+            f"{type(error).__name__}: {cause}. "
             "Check that the server is running and reachable from here, that --base-url ends in /v1, "
             "and that --api-key (or OPENAI_API_KEY) is what it expects."
         )

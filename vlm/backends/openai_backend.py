@@ -13,20 +13,24 @@ codes a client can act on.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Set
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import httpx2  # openai's HTTP client: what it raises mid-stream reaches us unwrapped
 import openai
 
-from ..errors import Code, VlmError
+from ..errors import Code, ModelLoadError, VlmError
 from ..jpeg import jpeg_data_url
 from ..logsafe import MASK, masked_url
+from ..queue_probe import TIMEOUT_S, Probe
 from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, prompt_text
 from .stops import StopScreen
 
@@ -46,14 +50,17 @@ CANCEL_POLL_S = 0.1
 # An upstream that ignores max_tokens is cut at max_new_tokens chunks, and at this many characters per token
 # (generous: a token is about 4) so that one huge delta cannot flood a client either.
 MAX_CHARS_PER_TOKEN = 32
+# The most of an upstream's own error text the operator's log line carries (a traceback can be pages long).
+MAX_DETAIL_CHARS = 500
 
 
 class OpenAIBackend(Backend):
     name: ClassVar[str] = "openai"
 
-    def __init__(self, client: openai.OpenAI, *, model: str, max_batch_size: int) -> None:
+    def __init__(self, client: openai.OpenAI, *, model: str, max_batch_size: int, listed: tuple[str, ...] = ()) -> None:
         self.client = client
         self.model = model
+        self.listed = listed  # what the upstream's /models listed when last asked
         self.pool = ThreadPoolExecutor(max_batch_size, thread_name_prefix="vlm-openai")
         self.info = ModelInfo(
             model=model,
@@ -64,16 +71,29 @@ class OpenAIBackend(Backend):
             image_size=FRAME_SIDE,
             max_batch_size=max_batch_size,
         )
+        label = f"model server {masked_url(str(client.base_url))}"
+        consequence = "every question fails until it answers"
+        self.upstream = Probe(label, self._list_models, consequence, state="ok", mask=self.masked)
 
     @classmethod
     def load(cls, base_url: str, *, api_key: str, model: str, timeout_s: float, max_batch_size: int) -> OpenAIBackend:
-        """Connect and list the upstream models, so a wrong URL or key fails at start, not on a question."""
+        """Connect and list the upstream models, so a wrong URL or key fails at start, not on a question; without
+        a ``model`` (no ``--model``), the one the upstream lists. Then watch the upstream for ``/healthz``."""
         client = openai.OpenAI(base_url=base_url, api_key=api_key or PLACEHOLDER_KEY, timeout=timeout_s, max_retries=0)
-        served = [entry.id for entry in client.models.list()]
-        if model not in served:
-            # llama.cpp answers whatever name it is asked for; vLLM and Ollama will refuse each request.
-            log.warning("%s lists %s, not %r; requests may be refused", masked_url(base_url), served, model)
-        return cls(client, model=model, max_batch_size=max_batch_size)
+        listed = tuple(entry.id for entry in client.models.list())
+        if not model:
+            model = only_model(listed, masked_url(base_url))
+        elif model not in listed:
+            # llama.cpp answers whatever name it is asked for, routers list a subset; vLLM and transformers serve
+            # refuse each request for another.
+            log.warning("%s lists %s, not %r; requests may be refused", masked_url(base_url), list(listed), model)
+        backend = cls(client, model=model, max_batch_size=max_batch_size, listed=listed)
+        backend.upstream.start()
+        return backend
+
+    def _list_models(self) -> None:
+        """The upstream's models now, within the probe's timeout: raises if it does not answer."""
+        self.listed = tuple(entry.id for entry in self.client.with_options(timeout=TIMEOUT_S).models.list())
 
     def decoder(self, events: RowEvents) -> Decoder:
         return Forwarder(self, events)
@@ -93,39 +113,60 @@ class OpenAIBackend(Backend):
         events: GenerationEvents,
         opened: Callable[[Any], Callable[[], None]] | None = None,
     ) -> None:
-        """Stream one job; ``opened`` is given the response once its headers arrive, so that another thread can
-        cut it (``abort``) when the row is cancelled, and returns what ends that watch. The watch ends before the
-        response is closed: a response read to its end hands its connection back to the pool, where another
-        request may take it, and a late cut would kill that one."""
-        parts: list[str] = []
-        screen = StopScreen(job.stop)
+        """Stream one job, and ask once more without its stop strings where the upstream fails on them."""
+        reading = Reading(StopScreen(job.stop))
         try:
-            with self._opened(job) as stream:
-                unwatch = opened(stream.response) if opened is not None else _unwatched
-                try:
-                    kind = stream.response.headers.get("content-type", "")
-                    if not kind.startswith("text/event-stream"):
-                        raise IncompleteAnswer(f"answered {kind or 'no Content-Type'}, not an event stream")
-                    read = self._read(index, job, events, stream, parts, screen)
-                finally:
-                    unwatch()
-            if read is None:
-                return  # cancelled: leaving the block closed the connection, which stops the upstream generation
-            finish, usage, chunks = read
-            if finish is None:
-                raise IncompleteAnswer(f"the stream ended without a finish_reason after {chunks} chunks")
-            if finish == "content_filter":
-                raise IncompleteAnswer("the answer was stopped by its content filter")
+            try:
+                read = self._attempt(index, job, events, opened, reading, job.stop)
+            except Exception as error:
+                if events.cancelled(index) or not self._without_stop(job, reading, error):
+                    raise
+                reading = Reading(StopScreen(job.stop))
+                read = self._attempt(index, job, events, opened, reading, ())
         except Exception as error:
             if events.cancelled(index):
                 return  # the stream was cut because the row ended: nobody is waiting for its outcome
-            raise self._failure(error) from error
-        self._report(index, events, screen.cut("".join(parts)).strip(), chunks, finish, usage)
+            raise self._failure(error, reading.answering) from error
+        if read is None:
+            return  # cancelled: leaving the stream closed the connection, which stops the upstream generation
+        finish, usage, chunks = read
+        self._report(index, events, reading.screen.cut("".join(reading.parts)).strip(), chunks, finish, usage)
 
-    def _opened(self, job: Job) -> Any:
-        """The upstream's answer stream for ``job``. Stop strings go along, so that the upstream stops there; one
-        that refuses them by name (an older instance of this app, some reasoning models) is asked again without,
-        and the stream is cut at them here."""
+    def _attempt(
+        self,
+        index: int,
+        job: Job,
+        events: GenerationEvents,
+        opened: Callable[[Any], Callable[[], None]] | None,
+        reading: Reading,
+        stop: tuple[str, ...],
+    ) -> tuple[str, Any, int] | None:
+        """One upstream request, read into ``reading``: the finish reason, usage and chunks, or None once the row
+        is cancelled. ``opened`` is given the response once its headers arrive, so that another thread can cut it
+        (``abort``) when the row is cancelled, and returns what ends that watch. The watch ends before the
+        response is closed: a response read to its end hands its connection back to the pool, where another
+        request may take it, and a late cut would kill that one."""
+        with self._opened(job, stop) as stream:
+            reading.answering = True
+            unwatch = opened(stream.response) if opened is not None else _unwatched
+            try:
+                kind = stream.response.headers.get("content-type", "")
+                if not kind.startswith("text/event-stream"):
+                    raise IncompleteAnswer(f"answered {kind or 'no Content-Type'}, not an event stream")
+                read = self._read(index, job, events, stream, reading)
+            finally:
+                unwatch()
+        if read is None:
+            return None
+        finish, usage, chunks = read
+        if finish is None:
+            raise IncompleteAnswer(f"the stream ended without a finish_reason after {chunks} chunks")
+        if finish == "content_filter":
+            raise IncompleteAnswer("the answer was stopped by its content filter")
+        return finish, usage, chunks
+
+    def _opened(self, job: Job, stop: tuple[str, ...]) -> Any:
+        """The upstream's answer stream for ``job``; ``stop`` goes along, so that the upstream stops there."""
         options = {
             "model": self.model,
             "messages": chat_messages(job),
@@ -133,23 +174,30 @@ class OpenAIBackend(Backend):
             "temperature": job.temperature,  # 0 is greedy, as on the local backends
             "top_p": job.top_p,
             **({} if job.seed is None else {"seed": job.seed}),
+            **({"stop": list(stop)} if stop else {}),
             "stream": True,
             "stream_options": {"include_usage": True},  # the true token counts, in a last chunk
         }
-        if not job.stop:
-            return self.client.chat.completions.create(**options)
-        try:
-            return self.client.chat.completions.create(**options, stop=list(job.stop))
-        except openai.BadRequestError as refused:
-            if refused.param != "stop":
-                raise
-            log.info("the model server refuses stop strings; the app cuts its answers at them itself")
-            return self.client.chat.completions.create(**options)
+        return self.client.chat.completions.create(**options)
+
+    def _without_stop(self, job: Job, reading: Reading, error: Exception) -> bool:
+        """Whether a request that failed is asked again without its stop strings, and cut at them here: one that
+        carried some and failed before its first word, whatever the failure (an older instance of this app
+        refuses them by name; transformers serve fails every one mid-stream for a VLM, its processor having no
+        vocabulary), except a server out of reach, which asking again would only wait for again."""
+        if not job.stop or reading.parts or isinstance(error, (openai.APIConnectionError, httpx2.TransportError)):
+            return False
+        log.info(
+            "the model server failed a request with stop strings (%s); asking again without them, "
+            "the app cuts the answer at them itself",
+            self._detail(error),
+        )
+        return True
 
     def _read(
-        self, index: int, job: Job, events: GenerationEvents, stream: Any, parts: list[str], screen: StopScreen
+        self, index: int, job: Job, events: GenerationEvents, stream: Any, reading: Reading
     ) -> tuple[str | None, Any, int] | None:
-        """The stream's deltas into ``parts``, each reported as it comes, cut at the job's budget or at a stop
+        """The stream's deltas into ``reading``, each reported as it comes, cut at the job's budget or at a stop
         string the upstream let through; then the finish reason, the usage and the chunks read, or None once the
         row is cancelled."""
         chunks = chars = 0
@@ -172,36 +220,54 @@ class OpenAIBackend(Backend):
                 delta, finish = delta[: room - chars], "length"
             chunks += 1
             chars += len(delta)
-            parts.append(delta)
-            if shown := screen.screen(delta):
+            reading.parts.append(delta)
+            if shown := reading.screen.screen(delta):
                 events.delta(index, shown)
-            if screen.hit:
+            if reading.screen.hit:
                 return "stop", usage, chunks
             if finish == "length":
                 break
         return finish, usage, chunks
 
-    def _failure(self, error: Exception) -> VlmError:
+    def _failure(self, error: Exception, answering: bool) -> VlmError:
         """The error a client is told (a status and a cause, never the upstream's own text, which can name
-        internal hosts, paths or this app's key), after one WARNING line with the detail for the operator."""
-        if isinstance(error, openai.APITimeoutError):
+        internal hosts, paths or this app's key), after one WARNING line with the detail for the operator.
+        ``answering``: the response had begun, so a lost connection broke rather than was never made."""
+        if isinstance(error, (openai.APITimeoutError, httpx2.TimeoutException)):
             failure = VlmError(Code.TIMEOUT, f"the model server did not answer within {self.client.timeout} s")
-            detail = "read timeout"
         elif isinstance(error, openai.APIStatusError):
             code = UPSTREAM_STATUS_CODES.get(error.status_code, Code.UPSTREAM_ERROR)
             failure = VlmError(code, f"the model server answered HTTP {error.status_code}")
-            detail = f"HTTP {error.status_code}: {error.message}"
-        elif isinstance(error, openai.APIConnectionError):
-            failure = VlmError(Code.UPSTREAM_ERROR, "the model server could not be reached")
-            detail = f"{type(error.__cause__ or error).__name__}: {error.__cause__ or error}"
+        elif isinstance(error, (openai.APIConnectionError, httpx2.TransportError)):
+            cause = "the connection to the model server broke" if answering else "the model server could not be reached"
+            failure = VlmError(Code.UPSTREAM_ERROR, cause)
         elif isinstance(error, IncompleteAnswer):
             failure = VlmError(Code.UPSTREAM_ERROR, "the model server's answer was incomplete or unreadable")
-            detail = str(error)
-        else:  # an error event in the stream, a cut connection, a chunk that is not JSON
+        else:  # an error event in the stream, a chunk that is not JSON
             failure = VlmError(Code.UPSTREAM_ERROR, "the model server failed")
-            detail = f"{type(error).__name__}: {error}"
-        log.warning("upstream request failed (%s): %s", failure.code, self.masked(detail))
+        log.warning("upstream request failed (%s): %s", failure.code, self._detail(error))
         return failure
+
+    def _detail(self, error: Exception) -> str:
+        """What went wrong, for the operator: the upstream's own words where it gave some (FastAPI's ``detail``,
+        a streamed error string, OpenAI's error object), masked and capped; a refusal also names the models the
+        upstream lists where ``--model`` is not one of them."""
+        if isinstance(error, (openai.APITimeoutError, httpx2.TimeoutException)):
+            detail = "read timeout"
+        elif isinstance(error, openai.APIStatusError):
+            detail = f"HTTP {error.status_code}: {server_words(error)}"
+            if self.model not in self.listed:
+                detail += f" (the model server lists {list(self.listed)}, not {self.model!r})"
+        elif isinstance(error, openai.APIConnectionError):
+            detail = f"{type(error.__cause__ or error).__name__}: {error.__cause__ or error}"
+        elif isinstance(error, openai.APIError):
+            detail = f"error in the stream: {server_words(error)}"
+        elif isinstance(error, IncompleteAnswer):
+            detail = str(error)
+        else:  # a cut connection, a chunk that is not JSON
+            detail = f"{type(error).__name__}: {error}"
+        detail = self.masked(detail)
+        return detail if len(detail) <= MAX_DETAIL_CHARS else detail[:MAX_DETAIL_CHARS] + "... (cut)"
 
     def masked(self, text: str) -> str:
         for secret in (self.client.api_key, urlsplit(str(self.client.base_url)).password):
@@ -223,6 +289,36 @@ class OpenAIBackend(Backend):
                 finish_reason="length" if finish == "length" else "stop",
             ),
         )
+
+
+def only_model(listed: tuple[str, ...], where: str) -> str:
+    """The model to ask for when ``--model`` is not given: the one the upstream lists, else a sentence to act on."""
+    if len(listed) == 1:
+        log.info("no --model given: asking for %r, the one model %s lists", listed[0], where)
+        return listed[0]
+    if not listed:
+        raise ModelLoadError(
+            f"--backend openai needs --model here: {where} lists no models (an engine that loads them on demand "
+            "lists none before its first request); give the id it serves"
+        )
+    names = ", ".join(repr(name) for name in listed)
+    raise ModelLoadError(f"--backend openai needs --model here: {where} lists several models ({names}); name one")
+
+
+def server_words(error: openai.APIError) -> str:
+    """The error's body as the server sent it (a JSON object, a plain string), else the client library's text."""
+    if error.body is None or error.body == "":
+        return error.message
+    return error.body if isinstance(error.body, str) else json.dumps(error.body)
+
+
+@dataclass
+class Reading:
+    """What one upstream request has given so far."""
+
+    screen: StopScreen
+    parts: list[str] = field(default_factory=list)  # the answer's deltas, as read
+    answering: bool = False  # the response's headers came: a connection lost now broke, it was not refused
 
 
 class IncompleteAnswer(Exception):
