@@ -212,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=WHOLE,
         default=defaults.max_crops,
         help="most crops (tiles) a frame is cut into, plus one of the whole frame: moondream2's of 378 px (0: "
-        "its own, 12), SmolVLM's of 512 px (0: its own, 12 for a 4:3 frame); 1 encodes frames about 4x "
-        "(moondream2) to 13x (SmolVLM) faster on a CPU, with less detail",
+        "its own, 12), SmolVLM's and Idefics3's of 512 px (0: their own, 12 for a 4:3 frame), InternVL's and Aya "
+        "Vision's (0: their own, 12); 1 encodes frames about 4x (moondream2) to 13x (SmolVLM) faster on a CPU, "
+        "with less detail",
     )
 
     server = parser.add_argument_group("server")
