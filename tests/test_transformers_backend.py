@@ -663,3 +663,51 @@ def test_newcomers_that_cannot_prefill_together_say_why_and_join_one_by_one(
     assert "2 newcomers failed to prefill together (ValueError: Found [1, 1] <image> tokens" in caplog.text
     monkeypatch.setattr(backend, "model_inputs", whole)
     assert [events.results[row].answer for row in range(2)] == [answered_alone(backend, job).answer for job in work]
+
+
+def long_question(backend: TransformersBackend, prompt_tokens: int) -> Job:
+    """A question whose prompt, with its frame, takes ``prompt_tokens`` tokens (one per word in these tokenizers)."""
+    job = Job(task="query", image=FRAMES[0], image_key="0", text="red", max_new_tokens=12)
+    short = int(backend._processed([job])["attention_mask"].sum())
+    job = replace(job, text=" ".join(["red"] * (1 + prompt_tokens - short)))
+    assert int(backend._processed([job])["attention_mask"].sum()) == prompt_tokens
+    return job
+
+
+def test_a_question_too_long_for_the_context_fails_alone_in_both_decode_loops(backend: TransformersBackend) -> None:
+    """Past its context a model reads positions it never learnt and answered nothing (the demo model, 256 positions,
+    gave '' to a 1000-character question). Such a question is refused; the rest of its batch is answered."""
+    assert backend.context is not None
+    too_long = long_question(backend, backend.context)
+    work = varied_jobs([9, 9])
+    events = FailureRecorder(3)
+    backend.generate([work[0], too_long, work[1]], events)
+    assert {key: error.code for key, error in events.failures.items()} == {1: Code.QUESTION_TOO_LONG}
+    assert "context of" in events.failures[1].message
+    alone = [answered_alone(backend, job).answer for job in work]
+    assert [events.results[0].answer, events.results[2].answer] == alone
+    events = FailureRecorder(3)
+    decoder = backend.decoder(events)
+    decoder.join({0: work[0]})
+    decoder.step()
+    decoder.join({1: too_long, 2: work[1]})
+    while decoder.rows():
+        decoder.step()
+    assert {key: error.code for key, error in events.failures.items()} == {1: Code.QUESTION_TOO_LONG}
+    assert [events.results[0].answer, events.results[2].answer] == alone
+    with pytest.raises(VlmError, match="context of"):
+        backend.prepare(too_long)
+
+
+def test_an_answer_ends_at_the_end_of_the_context_in_both_decode_loops(backend: TransformersBackend) -> None:
+    assert backend.context is not None
+    near_the_end = long_question(backend, backend.context - 3)
+    events = Events(1)
+    backend.generate([near_the_end], events)
+    assert events.results[0].tokens <= 3
+    events = Events(1)
+    decoder = backend.decoder(events)
+    decoder.join({0: near_the_end})
+    while decoder.rows():
+        decoder.step()
+    assert events.results[0].tokens <= 3

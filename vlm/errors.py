@@ -29,7 +29,7 @@ class Code(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large", 400, "the frame is over --max-image-bytes or its pixel limit"
     IMAGE_REQUIRED = "image_required", 400, "the loaded model answers questions about an image only"
     EMPTY_QUESTION = "empty_question", 400, "the question (or watch condition) is empty"
-    QUESTION_TOO_LONG = "question_too_long", 400, "the question is over --max-question-chars"
+    QUESTION_TOO_LONG = "question_too_long", 400, "the question is over --max-question-chars or the model's context"
     UNSUPPORTED_SKILL = "unsupported_skill", 400, "the skill is unknown or the loaded model cannot do it"
     MODEL_NOT_FOUND = "model_not_found", 404, "the server serves another model"
     NOT_FOUND = "not_found", 404, "no such resource"

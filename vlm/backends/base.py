@@ -105,6 +105,14 @@ class RowEvents(GenerationEvents, Protocol):
     """``GenerationEvents`` by row key: a running batch's rows, not one call's batch indexes."""
 
 
+def question_too_long(model: str, context: int) -> VlmError:
+    """The error for a prompt that leaves no room in ``model``'s ``context`` (in tokens) for an answer."""
+    return VlmError(
+        Code.QUESTION_TOO_LONG,
+        f"the question does not fit {model}'s context of {context} tokens with the frame; ask a shorter one",
+    )
+
+
 def failing_alone(events: GenerationEvents, index: int, work: Callable[[], Outcome]) -> Outcome | None:
     """``work`` for job ``index`` alone (its prefill, a skill run to its end, its whole answer); None where it failed.
 

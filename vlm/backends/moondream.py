@@ -45,8 +45,19 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import Code, VlmError
-from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, WorkAhead, failing_alone, never
+from .base import (
+    Backend,
+    Decoder,
+    GenerationEvents,
+    Job,
+    ModelInfo,
+    Result,
+    RowEvents,
+    WorkAhead,
+    failing_alone,
+    never,
+    question_too_long,
+)
 from .frame_cache import FrameCache
 from .moondream_rows import (
     ANSWER_TASKS,
@@ -73,14 +84,6 @@ POSITIONS_PER_OBJECT = {"detect": 3, "point": 2}
 
 class GenerationStopped(Exception):
     """Raised inside moondream2's decoding loop to end a call that was cancelled or timed out."""
-
-
-def question_too_long(context: int) -> VlmError:
-    """The error for a prompt that leaves no room in moondream2's ``context`` for what it asks for."""
-    return VlmError(
-        Code.QUESTION_TOO_LONG,
-        f"the question does not fit moondream2's context of {context} tokens with the frame; ask a shorter one",
-    )
 
 
 class TokenMeter:
@@ -120,7 +123,7 @@ class TokenMeter:
     def prefill(self, x: torch.Tensor, attn_mask: torch.Tensor, pos_ids: torch.Tensor, lora: Any) -> Any:
         self._check()
         if self.at_end(int(pos_ids[-1])):  # not one position left for an answer
-            raise question_too_long(self.context)
+            raise question_too_long("moondream2", self.context)
         hidden = self._prefill(x, attn_mask, pos_ids, lora)
         self.prompt_tokens, self.tokens = int(pos_ids[-1]) + 1, 0
         return hidden
@@ -343,7 +346,7 @@ class MoondreamBackend(Backend):
         prompt_end = frame_positions + len(template["prefix"]) + len(named) + len(template["suffix"])
         fitting = min(MAX_OBJECTS, (self.meter.context - prompt_end) // POSITIONS_PER_OBJECT[job.task])
         if fitting < 1:
-            raise question_too_long(self.meter.context)
+            raise question_too_long("moondream2", self.meter.context)
         return fitting
 
     def start_answer(self, job: Job, should_stop: Callable[[], bool]) -> AnswerStart | None:

@@ -62,6 +62,12 @@ GREEDY_CHANGERS: dict[str, object] = {
 }
 
 
+def context_length(model: Any) -> int | None:
+    """How many positions the model's text decoder was built for (None where its config does not say)."""
+    length = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return length if isinstance(length, int) else None
+
+
 def can_step(model: Any) -> bool:
     """Whether ``StepDecoder`` reproduces this model's greedy ``generate``."""
     settings = model.generation_config
@@ -160,10 +166,12 @@ class Row:
     _draws: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
-    def for_job(cls, key: int, job: Job, prompt_tokens: int, tokenizer: Any) -> Row:
-        """The row that answers ``job``, once its prompt of ``prompt_tokens`` is in the cache."""
+    def for_job(cls, key: int, job: Job, prompt_tokens: int, tokenizer: Any, context: int | None = None) -> Row:
+        """The row that answers ``job``, once its prompt of ``prompt_tokens`` is in the cache; its answer ends with
+        the model's ``context`` (positions past it were never trained, and the answer would be noise)."""
         text = RowText(tokenizer, job.stop)
-        return cls(key, job.max_new_tokens, prompt_tokens, text, job.temperature, job.top_p, job.seed)
+        budget = job.max_new_tokens if context is None else min(job.max_new_tokens, context - prompt_tokens)
+        return cls(key, budget, prompt_tokens, text, job.temperature, job.top_p, job.seed)
 
     def draws(self, device: torch.device) -> torch.Generator:
         """A seeded row's own generator, made at its first draw, on the device its logits are on."""
@@ -303,6 +311,7 @@ class StepDecoder(RunningRows):
         self.eos_ids = eos_ids
         self.model_inputs = model_inputs
         self.prefilled = prefilled
+        self.context = context_length(model)
         self.events = events
         suppressed = sorted(set(model.generation_config.suppress_tokens or ()))
         self.suppressed = torch.tensor(suppressed, dtype=torch.long, device=model.device)
@@ -358,7 +367,7 @@ class StepDecoder(RunningRows):
     def _first_tokens(self, jobs: dict[int, Job], done: Prefill) -> Started:
         """Prefilled jobs' rows and their first tokens, the running batch untouched."""
         rows = [
-            Row.for_job(key, job, count, self.tokenizer)
+            Row.for_job(key, job, count, self.tokenizer, self.context)
             for (key, job), count in zip(jobs.items(), done.prompt_tokens, strict=True)
         ]
         return Started(rows, done, self._choose(done.logits, rows))

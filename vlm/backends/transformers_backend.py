@@ -37,7 +37,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..errors import ModelLoadError, VlmError
+from ..errors import Code, ModelLoadError, VlmError
 from .base import (
     CAPTION_PROMPTS,
     Backend,
@@ -50,6 +50,7 @@ from .base import (
     WorkAhead,
     never,
     prompt_text,
+    question_too_long,
 )
 from .collate import collate
 from .decode_attention import pack_decode_queries
@@ -62,6 +63,7 @@ from .step_decoder import (
     StepDecoder,
     cache_keyword,
     can_step,
+    context_length,
     finish,
     prefill,
     take,
@@ -124,6 +126,7 @@ class TransformersBackend(Backend):
                 model_id,
             )
         self.prefills_ahead = ahead == "prefill" and can_step(model)
+        self.context = context_length(model)
         self._say_what_it_cannot_do(model_id, ahead)
         self.cache_keyword = cache_keyword(model)  # read from forward's signature once, not per prefill
         self.info = ModelInfo(
@@ -205,13 +208,27 @@ class TransformersBackend(Backend):
             rows = [row for row, of_row in enumerate(keys) if of_row == key]
             seed = None if key[3] is None else jobs[key[3]].seed
             with seeded(seed, self.model.device):
-                self._generate([jobs[row] for row in rows], _Rows(events, rows), temperature=key[1], top_p=key[2])
+                self._generate_fitting([jobs[row] for row in rows], _Rows(events, rows), key[1], key[2])
+
+    def _generate_fitting(self, jobs: list[Job], events: GenerationEvents, temperature: float, top_p: float) -> None:
+        """``_generate``, except that a question too long for the model's context fails alone: the batch it was in
+        is answered one by one, which finds it (a rare case, so the lost batching costs little)."""
+        try:
+            self._generate(jobs, events, temperature=temperature, top_p=top_p)
+        except VlmError as error:
+            if error.code is not Code.QUESTION_TOO_LONG:
+                raise
+            if len(jobs) == 1:
+                events.failed(0, error)
+                return
+            for row, job in enumerate(jobs):
+                self._generate_fitting([job], _Rows(events, [row]), temperature, top_p)
 
     @torch.inference_mode()
     def _generate(self, jobs: list[Job], events: GenerationEvents, *, temperature: float, top_p: float) -> None:
         inputs = self.model_inputs(jobs)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        streamer = BatchStreamer(self.tokenizer, self.eos_ids, jobs, events, prompt_tokens)
+        streamer = BatchStreamer(self.tokenizer, self.eos_ids, jobs, events, prompt_tokens, self.context)
         # Greedy, or temperature sampling from the job's nucleus (the whole vocabulary by default), as elsewhere.
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature:
@@ -231,6 +248,7 @@ class TransformersBackend(Backend):
         its prompt prefilled. Neither the vision tower nor the decoder keeps anything between calls, so they
         may run on a preparing thread while the worker decodes; the running batch's cache stays the worker's."""
         inputs = self._processed([job])
+        self._check_fits(inputs)
         features = None
         if self.encodes_ahead:
             with torch.inference_mode():
@@ -279,6 +297,7 @@ class TransformersBackend(Backend):
             }
         else:
             batch = self._processed(jobs, padding=True)
+        self._check_fits(batch)
         features = self._frame_features(jobs, batch, known)
         if features is None:
             return {name: value.to(self.model.device) for name, value in batch.items()}
@@ -291,6 +310,12 @@ class TransformersBackend(Backend):
             },
             "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=encoded)},
         }
+
+    def _check_fits(self, batch: dict[str, Any]) -> None:
+        """Refuse a prompt that leaves the model's context no room for one answer token: past it the model reads
+        positions it was never trained on and answers noise, often nothing at all."""
+        if self.context is not None and int(batch["attention_mask"].sum(dim=-1).max()) >= self.context:
+            raise question_too_long("the model", self.context)
 
     def _frame_features(
         self, jobs: list[Job], batch: dict[str, Any], known: dict[str, torch.Tensor]
@@ -423,11 +448,12 @@ class BatchStreamer(BaseStreamer):
         jobs: list[Job],
         events: GenerationEvents,
         prompt_tokens: list[int],
+        context: int | None = None,
     ) -> None:
         self.eos_ids = eos_ids
         self.events = events
         self.batch = [
-            Row.for_job(row, job, count, tokenizer)
+            Row.for_job(row, job, count, tokenizer, context)
             for row, (job, count) in enumerate(zip(jobs, prompt_tokens, strict=True))
         ]
         self.prompt_seen = False
