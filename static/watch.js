@@ -11,8 +11,9 @@ const ERROR_BACKOFF_MS = 1500;
 const LOADING_RETRY_MS = 2000; // the server's cameras start with its model: ask again while it loads (503)
 const ALERT_LOG_LIMIT = 100; // as many as the server's own alert feed keeps; the oldest go first
 const VERDICTS_KEPT = 200;
-// A restarted server refuses watches while its model loads, and a busy one for a while: ask again.
-const RETRY_CODES = new Set(['loading', 'busy', 'rate_limited']);
+// A restarted server refuses watches while its model loads, or while this tab sends faster than its rate: ask again.
+// (``busy`` is not among them: the server says it for its caps on watches, which waiting does not lift.)
+const RETRY_CODES = new Set(['loading', 'rate_limited']);
 
 const els = {
   form: $('watch-form'),
@@ -168,8 +169,10 @@ function restartAll() {
 
 function restart(entry, generation) {
   const { id, condition, source } = entry.data;
+  const current = () => generation === restarts && watches.get(id) === entry; // not reconnected again, nor removed
+  if (!current()) return;
   page.socket.emit('watch_add', { condition, source }, (ack) => {
-    if (generation !== restarts || watches.get(id) !== entry) return; // reconnected again since, or removed
+    if (!current()) return;
     if (ack.error && RETRY_CODES.has(ack.error.code)) {
       setTimeout(() => restart(entry, generation), LOADING_RETRY_MS);
       return;
@@ -181,9 +184,13 @@ function restart(entry, generation) {
       return;
     }
     watches.delete(id);
-    render(ack.watch, entry.item);
+    render({ ...ack.watch, paused: entry.data.paused }, entry.item); // no frame is sent for it before it is paused
     entry.item.remove();
-    if (entry.data.paused) pause(ack.watch.id);
+    if (entry.data.paused) {
+      page.socket.emit('watch_pause', { id: ack.watch.id, paused: true }, (reply) => {
+        if (!reply.error && watches.has(ack.watch.id)) render(reply.watch);
+      });
+    }
     scheduleFrame();
   });
 }

@@ -180,7 +180,8 @@ def test_a_page_opened_while_the_model_loads_waits_for_it(browser: Browser, tmp_
 def test_a_watch_outlives_a_server_restart_that_loads_its_model_again(browser: Browser) -> None:
     """The reconnected page asked the server to take its watches back while the model was still loading, was
     refused, and dropped them for good. It now keeps each listed as waiting, asks again until the model is
-    loaded, and keeps it paused if it was."""
+    loaded, and keeps it paused if it was; one removed while it waits is asked for no more (it once was, and the
+    server ran a watch the page no longer listed)."""
     context = browser.new_context(viewport=DESKTOP)  # by hand: refused reconnects log console errors
     context.set_default_timeout(TIMEOUT_MS)
     watch = "#watch-list > li"
@@ -195,18 +196,63 @@ def test_a_watch_outlives_a_server_restart_that_loads_its_model_again(browser: B
             old_id = page.locator(watch).get_attribute("data-id")
             page.click(f"{watch} .watch-pause")
             expect(page.locator(f"{watch} .watch-pause")).to_have_text("Resume")
+            page.fill("#watch-condition", "is there a star?")
+            page.click("#watch-add")
+            expect(page.locator(watch)).to_have_count(2)
+            page.evaluate("""() => {
+                const socket = window.vlmPage.socket;
+                const emit = socket.emit.bind(socket);
+                window.watchAdds = [];
+                socket.emit = (event, payload, ...rest) => {
+                    if (event === 'watch_add') window.watchAdds.push(payload.condition);
+                    return emit(event, payload, ...rest);
+                };
+            }""")
         with upstream_that_loads_slowly() as (upstream, release):
             flags = ["--backend", "openai", "--base-url", upstream, "--model", "stand-in"]
             with AppProcess(flags, port=first.port, loaded=False):
                 expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=30_000)
-                expect(page.locator(f"{watch} .watch-verdict")).to_have_text("waiting for the server…")
+                expect(page.locator(f"{watch} .watch-verdict")).to_have_text(["waiting for the server…"] * 2)
                 page.wait_for_timeout(2500)  # at least one refused try ("loading")
+                page.click(f"{watch}:nth-child(2) .watch-remove")
                 expect(page.locator(watch)).to_have_count(1)
+                asked_before = page.evaluate("() => window.watchAdds.length")
+                page.wait_for_timeout(2500)  # the removed one's next try would have come by now
                 release.set()
                 expect(page.locator(watch)).not_to_have_attribute("data-id", old_id or "", timeout=30_000)
                 expect(page.locator(watch)).to_have_count(1)
                 expect(page.locator(f"{watch} .watch-condition")).to_have_text(CONDITION)
                 expect(page.locator(f"{watch} .watch-verdict")).to_have_text("paused")
                 expect(page.locator(f"{watch} .watch-pause")).to_have_text("Resume")
+                asked = page.evaluate("() => window.watchAdds")
+                assert "is there a star?" not in asked[asked_before:], asked
     finally:
         context.close()
+
+
+def test_a_watch_the_server_will_not_take_back_says_why_and_is_not_asked_for_again(open_app: OpenApp) -> None:
+    """``busy`` is the server's word for its caps on watches (per tab, per address, in all), which waiting does not
+    lift: a reconnected page that met one asked again every 2 s, for ever, showing nothing."""
+    page = open_app()
+    page.fill("#watch-condition", CONDITION)
+    page.click("#watch-add")
+    watch = page.locator("#watch-list > li")
+    expect(watch).to_have_count(1)
+    page.evaluate("""() => {
+        const socket = window.vlmPage.socket;
+        const emit = socket.emit.bind(socket);
+        window.watchAdds = 0;
+        socket.emit = (event, payload, ack) => {
+            if (event !== 'watch_add') return emit(event, payload, ack);
+            window.watchAdds += 1;  // refused as the server refuses a watch over its caps
+            ack({ error: { code: 'busy', message: 'one address can keep at most 8 watches' } });
+            return socket;
+        };
+        socket.disconnect();
+        socket.connect();
+    }""")
+    expect(watch.locator(".watch-verdict")).to_have_text("stopped")
+    expect(watch.locator(".watch-answer")).to_have_text("one address can keep at most 8 watches")
+    expect(page.locator("#error")).to_contain_text("Could not restart the watch")
+    page.wait_for_timeout(4500)
+    assert page.evaluate("() => window.watchAdds") == 1
