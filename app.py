@@ -17,7 +17,7 @@ from vlm.errors import Code, VlmError
 from vlm.heap import unmap_big_buffers_when_freed
 from vlm.images import configure_decoding
 from vlm.logformat import use_log_format
-from vlm.logsafe import MASK, configure_logging, route_library_loggers
+from vlm.logsafe import MASK, configure_logging, masked, route_library_loggers
 from vlm.network import in_url, is_loopback, is_wildcard, lan_address
 from vlm.preflight import start_problem
 from vlm.servers import serve
@@ -35,7 +35,7 @@ def load_model(settings: Settings, web: WebApp) -> None:
     try:
         backend = load_backend(settings)
     except Exception as error:  # any failure here is fatal and must read as a sentence
-        print(f"\nERROR: {explain_load_failure(settings, error)}\n", file=sys.stderr, flush=True)
+        print(f"\nERROR: {masked(explain_load_failure(settings, error))}\n", file=sys.stderr, flush=True)
         os._exit(2)
     web.install_model(backend)
     info = backend.info
@@ -116,8 +116,8 @@ def raise_open_file_limit(wanted: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    configure_logging(settings.token, settings.log_level)
-    use_log_format(settings.log_format, settings.token)
+    configure_logging(*settings.log_secrets, level=settings.log_level)
+    use_log_format(settings.log_format, *settings.log_secrets)
     if problem := start_problem(settings):
         print(f"\nERROR: {problem[0].upper()}{problem[1:]}.\n", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -23,6 +23,8 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLImageProcessorPil,
 )
+from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
+from transformers.models.deepseek_ocr2.processing_deepseek_ocr2 import DeepseekOcr2Processor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
 from scripts.build_tiny_model import build_tiny_model
@@ -107,7 +109,7 @@ def test_a_model_without_a_chat_template_is_refused_at_load(tiny_model: Path, tm
     (folder / "chat_template.jinja").unlink()
     with pytest.raises(ModelLoadError) as refused:
         load_backend(parse_settings(["--model", str(folder), "--device", "cpu"]))
-    assert "no chat template" in str(refused.value) and "PaliGemma" in str(refused.value)
+    assert "neither its processor nor its tokenizer has one" in str(refused.value) and "PaliGemma" in str(refused.value)
     settings = parse_settings(["--model", str(folder)])
     assert explain_load_failure(settings, refused.value) == str(refused.value)
 
@@ -117,6 +119,25 @@ def test_a_model_without_a_chat_template_is_refused_at_load(tiny_model: Path, tm
     original = TransformersBackend.load(str(tiny_model), revision=None, device="cpu", dtype="float32")
     job = framed("what shape is this?", 0)
     assert loaded.prompt_for(job) == original.prompt_for(job)
+
+
+TEXT_ONLY_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def test_a_tokenizer_template_that_cannot_place_a_frame_is_refused_at_load(tiny_model: Path, tmp_path: Path) -> None:
+    """An older checkpoint's tokenizer often keeps only its language model's text template, which writes the content
+    list as text with no image token: the model loaded and then failed every request with a frame."""
+    folder = Path(shutil.copytree(tiny_model, tmp_path / "text-only"))
+    (folder / "chat_template.jinja").unlink()
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "chat_template": TEXT_ONLY_TEMPLATE}))
+    with pytest.raises(ModelLoadError) as refused:
+        TransformersBackend.load(str(folder), revision=None, device="cpu", dtype="float32")
+    assert "its tokenizer's, the only one it has, does not place a frame in the prompt" in str(refused.value)
+    assert "use a chat (instruct) model" in str(refused.value)
 
 
 def qwen2_vl_processor_files(folder: Path) -> Path:
@@ -171,9 +192,11 @@ def test_a_pixel_budget_is_not_taken_for_a_side(image_processor: object, budget:
 
 
 def aya_vision_processor() -> AyaVisionProcessor:
-    """Aya Vision's processor (GotOcr2's tiles) with tiles of 28 px: a 640x480 frame is 4x3 tiles and a thumbnail."""
+    """Aya Vision's processor (GotOcr2's tiles) with tiles of 28 px: a 640x480 frame is 4x3 tiles and a thumbnail.
+    Its image processor holds what a checkpoint's preprocessor_config.json serializes, GotOcr2's own
+    ``crop_to_patches: false`` (InternVL3-hf's files do): the processor class turns tiling on per call."""
     tokens = ("<image>", "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>")
-    image_processor = GotOcr2ImageProcessorPil(crop_to_patches=True, max_patches=12, size={"height": 28, "width": 28})
+    image_processor = GotOcr2ImageProcessorPil(crop_to_patches=False, max_patches=12, size={"height": 28, "width": 28})
     return AyaVisionProcessor(
         image_processor,
         build_tokenizer(corpus(), tokens),
@@ -183,8 +206,16 @@ def aya_vision_processor() -> AyaVisionProcessor:
     )
 
 
+def deepseek_ocr2_processor() -> DeepseekOcr2Processor:
+    """DeepSeek-OCR2's processor, whose class pins 2 to 6 tiles of 768 px per call beside a whole-frame view."""
+    return DeepseekOcr2Processor(
+        DeepseekOcr2ImageProcessorPil(), build_tokenizer(corpus(), ("<image>",)), chat_template=chat_template("<image>")
+    )
+
+
 def test_max_crops_caps_internvl_and_aya_visions_tiles() -> None:
-    """GotOcr2's ``max_patches`` counts the tiles of its grid, and a thumbnail comes with more than one."""
+    """GotOcr2's ``max_patches`` counts the tiles of its grid, and a thumbnail comes with more than one. The cap was
+    set on the image processor, whose ``crop_to_patches: false`` said "not implemented" for a processor that tiles."""
     frame = Image.new("RGB", (640, 480), "red")
     tiles = {}
     for max_crops in (0, 4, 1):
@@ -195,6 +226,42 @@ def test_max_crops_caps_internvl_and_aya_visions_tiles() -> None:
         patch = processor.tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>")
         assert (inputs["input_ids"] == patch).sum() == tiles[max_crops] * 4, "the prompt has room for every tile"
     assert tiles == {0: 13, 4: 5, 1: 1}
+
+
+def test_max_crops_caps_deepseek_ocr2s_tiles_and_says_when_it_goes_below_the_models_minimum(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DeepSeek-OCR2's processor passes ``min_patches: 2, max_patches: 6`` with every call: the cap, set on the image
+    processor's attributes, said it worked and the frame was still cut into 6 tiles."""
+    frame = Image.new("RGB", (1280, 960), "red")
+    tiles = {}
+    for max_crops in (0, 4, 1):
+        processor = deepseek_ocr2_processor()
+        assert not max_crops or limit_tiles(processor, max_crops)
+        inputs = processor(images=[frame], text=["<image> hi"], return_tensors="pt")
+        tiles[max_crops] = len(inputs["pixel_values_local"])
+    assert tiles == {0: 6, 4: 4, 1: 1}
+    assert "--max-crops 1 is below the 2 tiles DeepseekOcr2Processor cuts a frame into at least" in caplog.text
+
+
+class PinnedTilesProcessor(AyaVisionProcessor):
+    """A processor that decides its tiles past anything the app can set (as a custom processor's call may)."""
+
+    def _merge_kwargs(self, *args: object, **kwargs: object) -> dict[str, dict]:
+        merged = super()._merge_kwargs(*args, **kwargs)
+        merged["images_kwargs"] |= {"crop_to_patches": True, "max_patches": 12, "min_patches": 1}
+        return merged
+
+
+def test_max_crops_is_checked_on_the_probe_frame_and_a_cap_that_does_not_take_is_undone() -> None:
+    """``limit_tiles`` counts the probe frame's tiles after capping: a processor still cutting 13 is reported as not
+    capped, and left with the per-call settings it had."""
+    aya = aya_vision_processor()
+    processor = PinnedTilesProcessor(
+        aya.image_processor, aya.tokenizer, patch_size=14, img_size=28, chat_template=aya.chat_template
+    )
+    assert not limit_tiles(processor, 1)
+    assert "images_kwargs" not in vars(processor) and processor.images_kwargs == {"crop_to_patches": True}
 
 
 def test_max_crops_says_it_is_not_implemented_for_a_processor_it_cannot_cap(

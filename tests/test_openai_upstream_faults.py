@@ -19,8 +19,9 @@ from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 from tests.upstream_double import MODEL, UpstreamDouble
 from vlm.backends.base import Job, Result
-from vlm.backends.openai_backend import MAX_DETAIL_CHARS, Forwarder, OpenAIBackend
+from vlm.backends.openai_backend import Forwarder, OpenAIBackend
 from vlm.errors import VlmError
+from vlm.logsafe import MAX_DETAIL_CHARS
 
 KEY = "upstream-key-123"
 PASSWORD = "hunter2-secret"
@@ -192,26 +193,81 @@ def test_sampling_settings_and_a_seed_go_upstream(app: AppProcess, upstream: Ups
     assert (upstream.last_body["temperature"], upstream.last_body["seed"]) == (0.9, -3)
 
 
+class Outcomes:
+    """Row events that record each row's outcome; no row is ever cancelled."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[int, tuple[str, str]] = {}
+
+    def delta(self, row: int, text: str) -> None:
+        pass
+
+    def cancelled(self, row: int) -> bool:
+        return False
+
+    def failed(self, row: int, error: VlmError) -> None:
+        self.outcomes[row] = ("failed", error.code)
+
+    def done(self, row: int, result: Result) -> None:
+        self.outcomes[row] = ("done", result.answer)
+
+
+def forwarded(backend: OpenAIBackend, job: Job) -> tuple[str, str]:
+    """What one job streamed through ``backend`` came to: ("done", answer) or ("failed", code)."""
+    events = Outcomes()
+    try:
+        backend._stream(0, job, events)
+    except VlmError as error:
+        events.failed(0, error)
+    return events.outcomes[0]
+
+
+STOPPED = Job(task="query", image=Image.new("RGB", (32, 32)), image_key="k", text="what?", stop=("red",))
+
+
+def backend_of(double: UpstreamDouble) -> OpenAIBackend:
+    """A backend of ``double``, with no probe running (its checks are made by hand)."""
+    client = openai.OpenAI(base_url=f"{double.url}/v1", api_key="k", timeout=5, max_retries=0)
+    return OpenAIBackend(client, model=MODEL, max_batch_size=1, listed=(MODEL,))
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("mode", ["refuses_stop", "stop_500", "engine"])
-def test_a_request_whose_stop_strings_fail_upstream_is_asked_again_without_them(
-    app: AppProcess, upstream: UpstreamDouble, frame: str, mode: str
+def test_a_request_whose_stop_strings_fail_upstream_is_asked_again_without_them_and_then_sent_without(
+    mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A 400 naming ``stop`` (an older instance of this app), a text/plain 500, and transformers serve's error in
-    the stream after its role chunk (audit s24, F1: every ``/v1`` request with ``stop`` got a 502 behind it)."""
-    upstream.mode = mode
-    client = openai_client(app.url)
-    asked = {"model": "any", "messages": frame_question("what?", frame), "stop": ["red"]}
-    for stream in (False, True):
-        asked_before = upstream.requests
-        if stream:
-            chunks = list(client.chat.completions.create(**asked, stream=True))
-            answer = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
-            finish = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1]
-        else:
-            completion = client.chat.completions.create(**asked)
-            answer, finish = completion.choices[0].message.content, completion.choices[0].finish_reason
-        assert (answer, finish) == ("A", "stop")
-        assert upstream.requests - asked_before == 2 and "stop" not in upstream.last_body
+    the stream after its role chunk (audit s24, F1: every ``/v1`` request with ``stop`` got a 502 behind it). Once
+    asking without them worked, later requests go without at once: each had cost two requests, for good."""
+    caplog.set_level("INFO")
+    with UpstreamDouble(mode) as double:
+        backend = backend_of(double)
+        answers = []
+        for _ in range(3):
+            asked_before = double.requests
+            answers.append((forwarded(backend, STOPPED), double.requests - asked_before))
+            assert "stop" not in double.last_body
+    assert answers == [(("done", "A"), 2), (("done", "A"), 1), (("done", "A"), 1)]
+    assert caplog.text.count("from now on they are not sent") == 1
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("mode", "code"),
+    [
+        ("busy", "busy"),
+        ("bad_key", "upstream_error"),
+        ("no_model", "upstream_error"),
+        ("unavailable", "upstream_error"),
+        ("refuse", "upstream_error"),
+    ],
+)
+def test_a_failure_stop_strings_cannot_cause_is_not_asked_again(mode: str, code: str) -> None:
+    """A 429 was asked again at once, doubling the load of a server that said it was overloaded; so were a bad key,
+    an unknown model, an engine loading and a connection refused."""
+    with UpstreamDouble(mode) as double:
+        assert forwarded(backend_of(double), STOPPED) == ("failed", code)
+        assert double.requests == 1 and double.last_body["stop"] == ["red"]
 
 
 def test_a_request_with_stop_strings_that_fails_after_its_first_word_is_not_asked_again(

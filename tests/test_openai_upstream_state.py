@@ -6,19 +6,20 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 
+import openai
 import pytest
 import requests
 
 from tests.server_process import AppProcess, free_port
 from tests.socket_client import RecordingClient
 from tests.upstream_double import MODEL, UpstreamDouble
-from vlm.backends.openai_backend import only_model
+from vlm.backends.openai_backend import OpenAIBackend, only_model
 from vlm.config import DEFAULT_MODEL, Settings, parse_settings
 from vlm.errors import ModelLoadError
-from vlm.queue_probe import INTERVAL_S, TIMEOUT_S
+from vlm.probes import FAILURES_TO_REPORT, INTERVAL_S, TIMEOUT_S, Probe
 
-# The probe's period and timeout, and a margin for a loaded machine.
-NOTICED_S = INTERVAL_S + TIMEOUT_S + 3
+# The probe's period and timeout for each failed check it takes to report one, and a margin for a loaded machine.
+NOTICED_S = FAILURES_TO_REPORT * (INTERVAL_S + TIMEOUT_S) + 3
 
 
 def forwarding(base_url: str, *flags: str) -> list[str]:
@@ -67,7 +68,7 @@ def test_healthz_says_when_the_upstream_stops_answering_and_when_it_is_back(fram
             assert wait_for_health(app, 200, "ok", NOTICED_S)["status"] == "ok"
             assert ask(app, frame, "back")[1]["answer"] == "A red square."
         log = app.log()
-    assert log.count("does not answer (APIConnectionError") == 1 and log.count("answers again") == 1, log[-2000:]
+    assert log.count("does not answer (ConnectError") == 1 and log.count("answers again") == 1, log[-2000:]
     assert all("WARNING" in line for line in log.splitlines() if "does not answer" in line or "answers again" in line)
 
 
@@ -118,3 +119,70 @@ def test_clients_see_the_upstreams_model_by_its_last_part_when_it_is_a_path() ->
     assert upstreams.served_name("/srv/models/demo_model") == "demo_model"
     assert upstreams.served_name("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"
     assert Settings(model="demo").served_name("/anything") == "demo"
+    paths = ["models/7B/llava.gguf", "./m", "../m/", "~/m/x.gguf", "C:\\models\\x.gguf", "/models/x/", "w.safetensors"]
+    shown = [upstreams.served_name(path) for path in paths]
+    assert shown == ["llava.gguf", "m", "m", "x.gguf", "x.gguf", "x", "w.safetensors"]
+    assert upstreams.served_name("llava:13b") == "llava:13b"
+
+
+@pytest.mark.unit
+def test_the_model_name_without_a_model_is_empty_not_the_working_directorys() -> None:
+    """``Path("")`` is the working directory: its name was the model's while the upstream's was not yet known."""
+    assert Settings(model="", backend="openai").model_name == ""
+    assert Settings(model="~/weights/llava.gguf").model_name == "llava.gguf"
+
+
+@pytest.mark.unit
+def test_the_probe_reports_our_model_gone_when_the_upstream_no_longer_lists_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An engine restarted with another model left /healthz at 200 while every question was refused."""
+    with UpstreamDouble() as upstream:
+        client = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="k", timeout=5, max_retries=0)
+        probe = OpenAIBackend(client, model=MODEL, max_batch_size=1, listed=(MODEL,)).health()
+        upstream.models = ["another"]
+        states = []
+        for _ in range(2):
+            probe.check_once()
+            states.append(probe.state)
+        upstream.models = [MODEL]
+        probe.check_once()
+        states.append(probe.state)
+    assert states == ["ok", "model_missing", "ok"]
+    assert "answers without the model asked for (ModelMissing: it lists ['another'], no longer 'fake')" in caplog.text
+
+
+@pytest.mark.unit
+def test_a_model_the_upstream_never_listed_is_not_missing() -> None:
+    """llama.cpp answers any name and lists only its file: its listing says nothing of what it answers to."""
+    with UpstreamDouble() as upstream:
+        client = openai.OpenAI(base_url=f"{upstream.url}/v1", api_key="k", timeout=5, max_retries=0)
+        probe = OpenAIBackend(client, model="any", max_batch_size=1, listed=(MODEL,)).health()
+        for _ in range(FAILURES_TO_REPORT):
+            probe.check_once()
+    assert probe.state == "ok"
+
+
+@pytest.mark.unit
+def test_one_failed_check_does_not_report_the_service_failing(caplog: pytest.LogCaptureFixture) -> None:
+    """One model-list call slower than the probe's timeout took every process out of the load balancer."""
+    answers = iter([False, True, False, True, False, False, True])
+
+    def check() -> None:
+        if not next(answers):
+            raise TimeoutError("slow")
+
+    probe = Probe("service", check, "nothing works", state="ok")
+    states = []
+    for _ in range(7):
+        probe.check_once()
+        states.append(probe.state)
+    assert states == ["ok"] * 5 + ["unreachable", "ok"]
+    assert caplog.text.count("does not answer (TimeoutError: slow)") == 1 and caplog.text.count("answers again") == 1
+
+
+@pytest.mark.unit
+def test_the_probes_warning_is_capped() -> None:
+    """A proxy's HTML error page in front of the engine was logged whole, once per outage."""
+    probe = Probe("service", lambda: None, "nothing works")
+    assert probe.describe(RuntimeError("<html>" * 1000)).endswith("... (cut)")

@@ -10,6 +10,7 @@ from vlm.access import TOKEN_COOKIE, Access
 from vlm.config import Settings
 from vlm.model_slot import ModelSlot
 from vlm.pages import CONTENT_SECURITY_POLICY, pages_blueprint
+from vlm.probes import Probe, ProbeState
 from vlm.scheduler import Scheduler
 
 pytestmark = pytest.mark.unit
@@ -70,3 +71,24 @@ def test_the_page_link_sets_the_cookie_and_every_response_has_the_security_heade
 
 def test_without_a_token_the_page_is_open() -> None:
     assert pages_app(loaded_slot(), token=None).test_client().get("/").status_code == 200
+
+
+class ForwardingDouble(ScriptedBackendDouble):
+    """A backend whose model server is probed, in the state the test sets."""
+
+    def __init__(self, state: ProbeState) -> None:
+        super().__init__()
+        self.probe = Probe("model server", lambda: None, "every question fails", state=state)
+
+    def health(self) -> Probe:
+        return self.probe
+
+
+@pytest.mark.parametrize(("state", "status"), [("ok", 200), ("unreachable", 503), ("model_missing", 503)])
+def test_health_is_degraded_while_the_model_server_fails_its_probe(state: ProbeState, status: int) -> None:
+    """A model server that no longer lists the model asked for fails every question, as one that is down does."""
+    slot, backend = ModelSlot(), ForwardingDouble(state)
+    slot.install(backend, Scheduler(backend))
+    reply = pages_app(slot).test_client().get("/healthz")
+    assert (reply.status_code, reply.json["upstream"]) == (status, state)
+    assert reply.json["status"] == ("ok" if status == 200 else "degraded")

@@ -25,13 +25,14 @@ from tests.openai_client import frame_question, openai_client
 from tests.server_process import REPO, AppProcess, free_port
 from tests.socket_client import RecordingClient
 from vlm.config import DEMO_MODEL_DIR
-from vlm.queue_probe import INTERVAL_S, TIMEOUT_S
+from vlm.probes import FAILURES_TO_REPORT, INTERVAL_S, TIMEOUT_S
 
 # What transformers serve needs besides transformers (its `serving` extra).
 ENGINE_PACKAGES = ("fastapi", "uvicorn", "starlette", "accelerate")
 PIP = f"pip install {' '.join(ENGINE_PACKAGES)}"
 ENGINE_START_S = 60.0
-NOTICED_S = INTERVAL_S + TIMEOUT_S + 3  # the probe's period and timeout, and a margin for a loaded machine
+# The probe's period and timeout for each failed check it takes to report one, and a margin for a loaded machine.
+NOTICED_S = FAILURES_TO_REPORT * (INTERVAL_S + TIMEOUT_S) + 3
 SCENES = [
     held_drawing_scene("circle", "red"),
     single_object_scene("triangle", "green"),

@@ -25,6 +25,7 @@ from tests.openai_client import ask, openai_client
 from tests.server_process import AppProcess, free_port, serving
 from tests.socket_client import RecordingClient
 from vlm.config import parse_settings
+from vlm.probes import FAILURES_TO_REPORT, INTERVAL_S, TIMEOUT_S
 
 CHANNEL = "flask-socketio"  # Flask-SocketIO's default pub/sub channel
 QUESTIONS = ["what shape is this?", "what color is it?", "how many shapes are there?", "describe the picture"]
@@ -167,8 +168,12 @@ def queue_state(web: AppProcess) -> str:
     return health.json()["message_queue"]
 
 
+# The probe's period and timeout for each failed check it takes to report one, and a margin for a loaded machine.
+NOTICED_S = FAILURES_TO_REPORT * (INTERVAL_S + TIMEOUT_S) + 3
+
+
 def wait_for_queue_state(web: AppProcess, state: str) -> None:
-    deadline = time.monotonic() + 15  # a probe every 5 s, each waiting up to 2 s
+    deadline = time.monotonic() + NOTICED_S
     while (seen := queue_state(web)) != state:
         assert time.monotonic() < deadline, f"/healthz still says the message queue is {seen}"
         time.sleep(0.2)

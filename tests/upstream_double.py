@@ -248,6 +248,18 @@ class UpstreamDouble:
             def mode_refuse(self) -> None:
                 self.connection.shutdown(socket.SHUT_RDWR)
 
+            def mode_busy(self) -> None:
+                self.reply(429, {"error": {"message": "too many requests", "type": "rate_limit_exceeded"}})
+
+            def mode_bad_key(self) -> None:
+                self.reply(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+
+            def mode_no_model(self) -> None:
+                self.reply(404, {"error": {"message": f"model {double.last_body.get('model')} not found"}})
+
+            def mode_unavailable(self) -> None:
+                self.reply(503, {"error": {"message": "the engine is loading", "type": "server_error"}})
+
             def mode_badjson(self) -> None:
                 self.start_sse()
                 self.send(chunk("ok "))

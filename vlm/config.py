@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import secrets
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from .backends.registry import backend_names
@@ -22,6 +23,14 @@ DEFAULT_MODEL = "vikhyatk/moondream2"
 DEFAULT_REVISION = "2025-06-21"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 MODEL_ALIASES = {"demo": DEMO_MODEL_DIR}
+# What --backend openai sends without --api-key: the client library refuses an empty key, and servers without auth
+# ignore it (vLLM's docs use this one). Not a secret.
+PLACEHOLDER_KEY = "EMPTY"
+# A model named by a path rather than a hub id or alias: from the root, here or above, the home folder, a drive
+# (C:\ or C:/), or a file of weights. Hub ids (org/name) look like relative paths and are shown whole.
+PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+WEIGHTS_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".onnx", ".ggml")
 
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -125,21 +134,26 @@ class Settings:
 
     @property
     def model_name(self) -> str:
-        """The model as the operator named it, for clients: an alias or hub id as given, a folder by its name.
-
-        An absolute path would tell every client how this machine's disk is laid out.
-        """
-        if self.model in MODEL_ALIASES or not Path(self.model).is_dir():
-            return self.model
-        return Path(self.model).resolve().name
+        """The model as the operator named it, for clients (``shown_name``), a folder here by its own name; "" without
+        a ``--model`` (``--backend openai`` asks for the upstream's one model, which ``served_name`` shows)."""
+        if not self.model:
+            return ""  # not Path(""), which is the working directory
+        if self.model not in MODEL_ALIASES and Path(self.model).is_dir():
+            return Path(self.model).resolve().name
+        return shown_name(self.model)
 
     def served_name(self, loaded: str) -> str:
         """The model as clients see it once ``loaded`` (the backend's model) is: ``model_name``, or without a
-        ``--model`` (``--backend openai`` then asks for the upstream's one model) the upstream's id, a path by its
-        last part as ``model_name`` shows a folder."""
-        if self.model:
-            return self.model_name
-        return PurePosixPath(loaded).name if loaded.startswith("/") else loaded
+        ``--model`` the upstream's id, by the same rule."""
+        return self.model_name if self.model else shown_name(loaded)
+
+    @property
+    def log_secrets(self) -> tuple[str, ...]:
+        """What no log line, nor the start error, may show: the access token, the upstream's API key (unless the
+        placeholder sent without one) and the password in ``--base-url``."""
+        password = urlsplit(self.base_url or "").password
+        found = (self.token, None if self.api_key == PLACEHOLDER_KEY else self.api_key, password)
+        return tuple(secret for secret in found if secret)
 
     @property
     def https(self) -> bool:
@@ -154,6 +168,15 @@ class Settings:
         if self.revision == DEFAULT_REVISION and self.model != DEFAULT_MODEL:
             return None
         return self.revision
+
+
+def shown_name(model: str) -> str:
+    """A model's name for clients: a path (``PATH_PREFIXES``, a drive, a weights file) by its last part, which
+    tells no client how this machine's disk is laid out; an alias or hub id as given. llama.cpp lists its ``-m``
+    path as typed, and ``/healthz`` is public."""
+    if model.startswith(PATH_PREFIXES) or DRIVE.match(model) or model.lower().endswith(WEIGHTS_SUFFIXES):
+        return re.split(r"[\\/]", model.rstrip("\\/"))[-1]
+    return model
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """``--log-format json``: one JSON object per line, for log collectors.
 
-Only the layout changes: the messages are the text format's, with the token masked the same
+Only the layout changes: the messages are the text format's, with the same secrets masked the same
 way (vlm/logsafe.py), and JSON escaping (ASCII only) keeps every record on one line.
 """
 
@@ -26,8 +26,8 @@ class JsonFormatter(SafeFormatter):
         return json.dumps(entry)
 
 
-def use_log_format(log_format: str, token: str | None) -> None:
-    """Switch the root logger's handlers to ``log_format`` ('text' leaves them as they are)."""
+def use_log_format(log_format: str, *secrets: str | None) -> None:
+    """Switch the root logger's handlers to ``log_format`` ('text' leaves them as they are), masking ``secrets``."""
     if log_format == "json":
         for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter((token,) if token else ()))
+            handler.setFormatter(JsonFormatter(secrets))

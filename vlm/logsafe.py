@@ -2,7 +2,8 @@
 
 Request ids and questions come from strangers: a newline in one would start a fake log line and an
 escape sequence would repaint the operator's terminal, so every control character in a message is
-written escaped. The access token is replaced wherever it appears, whoever logged it.
+written escaped. The secrets the formatter is given (the access token, the upstream's API key and URL password)
+are replaced wherever they appear, whoever logged them; ``masked`` does the same for what goes to stderr unlogged.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ MASK = "***"
 # The password in a URL's userinfo (http://user:pass@host), wherever a URL is logged.
 _URL_PASSWORD = re.compile(r"(://[^\s:/@]*:)[^\s/@]+@")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The most of a service's own error text one log line carries (a traceback or an HTML error page can be pages long).
+MAX_DETAIL_CHARS = 500
 
 
 def neutralise(text: str) -> str:
@@ -39,8 +42,13 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:{MASK}@{url_host(url)}"))
 
 
+def capped(text: str) -> str:
+    """``text`` cut to its first ``MAX_DETAIL_CHARS``, saying so."""
+    return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + "... (cut)"
+
+
 class SafeFormatter(logging.Formatter):
-    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, secrets: tuple[str | None, ...] = ()) -> None:
         super().__init__(FORMAT)
         self.secrets = tuple(secret for secret in secrets if secret)
 
@@ -69,10 +77,11 @@ class QuietTimeouts(logging.Filter):
 LIBRARY_LOGGERS = ("engineio.server", "socketio.server", "gevent.pywsgi", "eventlet.wsgi", "huggingface_hub")
 
 
-def configure_logging(token: str | None, level: str = "info") -> None:
-    """One handler on the root logger for the app and the server alike, at ``level`` (``--log-level``)."""
+def configure_logging(*secrets: str | None, level: str = "info") -> None:
+    """One handler on the root logger for the app and the server alike, at ``level`` (``--log-level``), masking
+    ``secrets`` (``Settings.log_secrets``) in every line."""
     handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter((token,) if token else ()))
+    handler.setFormatter(SafeFormatter(secrets))
     handler.addFilter(QuietTimeouts())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # The openai client's HTTP library logs every request's URL at INFO (a --base-url's password too).
@@ -80,6 +89,14 @@ def configure_logging(token: str | None, level: str = "info") -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("PIL").setLevel(logging.INFO)  # at DEBUG it logs every chunk of every image it opens
     threading.excepthook = log_thread_exception
+
+
+def masked(text: str) -> str:
+    """``text`` masked as the root logger's lines are, for what is written to stderr without logging (the start
+    error)."""
+    formatters = [handler.formatter for handler in logging.getLogger().handlers]
+    formatter = next((found for found in formatters if isinstance(found, SafeFormatter)), SafeFormatter())
+    return formatter.mask(text)
 
 
 # What a websocket's writer thread meets when its client left first: the server had closed the socket under it.
@@ -90,7 +107,10 @@ def log_thread_exception(args: threading.ExceptHookArgs) -> None:
     """An exception that ends a thread goes through logging (masked, escaped) rather than threading's raw print.
 
     python-engineio's writer thread sends a websocket's close frame after the server may already have closed
-    the socket of a client that left: that is a departure, not an error, and is logged at DEBUG."""
+    the socket of a client that left: that is a departure, not an error, and is logged at DEBUG. ``SystemExit``
+    ends a thread on purpose, and threading's own hook ignores it too."""
+    if issubclass(args.exc_type, SystemExit):
+        return
     name = args.thread.name if args.thread is not None else "?"
     if name.endswith("(writer)") and isinstance(args.exc_value, OSError) and args.exc_value.errno in DEPARTED:
         logging.getLogger("vlm").debug("a websocket writer found its client gone (%s)", args.exc_value)

@@ -196,8 +196,9 @@ def openai_blueprint(
         return error_response(refused.code, refused.message)
 
     def model_name() -> str:
-        backend = slot.backend
-        return settings.model_name if backend is None else settings.served_name(backend.info.model)
+        """The served model's name; only asked once ``slot.loaded()`` let the request through."""
+        backend, _ = slot.loaded()
+        return settings.served_name(backend.info.model)
 
     def model_entry() -> dict[str, Any]:
         return {"id": model_name(), "object": "model", "created": started, "owned_by": "webcam-vlm"}

@@ -12,7 +12,7 @@ from .config import Settings
 from .demo_guide import demo_guide
 from .errors import Code, http_status
 from .model_slot import ModelSlot
-from .queue_probe import Probe
+from .probes import FAILING, Probe, Probed
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
@@ -65,7 +65,7 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access, message
             ), 503
         states = {} if message_queue is None else {"message_queue": message_queue.state}
         states |= {} if upstream is None else {"upstream": upstream.state}
-        if upstream is not None and upstream.state == "unreachable":  # every question would fail (DEPLOYMENT.md)
+        if upstream is not None and upstream.state in FAILING:  # every question would fail (DEPLOYMENT.md)
             return jsonify(status="degraded", model=model, backend=info.backend, device=info.device, **states), 503
         return jsonify(status="ok", model=model, backend=info.backend, device=info.device, **states), 200
 
@@ -95,5 +95,4 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access, message
 
 def upstream_probe(backend: Backend) -> Probe | None:
     """The probe of a forwarding backend's model server (``--backend openai``); None for a local model."""
-    probe = getattr(backend, "upstream", None)
-    return probe if isinstance(probe, Probe) else None
+    return backend.health() if isinstance(backend, Probed) else None

@@ -27,7 +27,7 @@ from .model_slot import ModelSlot
 from .openai_api import OpenResponses, install_openai_api
 from .outbox import Coalescing, Outbox
 from .pages import pages_blueprint
-from .queue_probe import MessageQueueProbe
+from .probes import MessageQueueProbe
 from .ratelimit import EventGate, RateLimiter
 from .servers.body_rate import BodyDeadlines
 from .sessions import SessionBounds

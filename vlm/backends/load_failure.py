@@ -5,11 +5,10 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 from ..config import DEFAULT_MODEL, MODEL_ALIASES, Settings
 from ..errors import ModelLoadError
-from ..logsafe import MASK, masked_url
+from ..logsafe import masked_url
 
 # moondream2 loads its tokenizer from another repository than its weights.
 TOKENIZER_REPO = "moondream/starmie-v1"
@@ -43,14 +42,12 @@ def explain_load_failure(settings: Settings, error: BaseException) -> str:
     if isinstance(error, ModelLoadError):
         return str(error)
     if settings.backend == "openai":
+        # The key and password in what the server said are masked where this is written (logsafe.masked).
         base_url = masked_url(settings.base_url) if settings.base_url else "(no --base-url)"
-        cause = str(error)
-        if password := urlsplit(settings.base_url or "").password:
-            cause = cause.replace(password, MASK)
         return (
             f"Could not use the OpenAI-compatible server at {base_url} "
             f"for {f'model {settings.model!r}' if settings.model else 'the model it lists'}: "
-            f"{type(error).__name__}: {cause}. "
+            f"{type(error).__name__}: {error}. "
             "Check that the server is running and reachable from here, that --base-url ends in /v1, "
             "and that --api-key (or OPENAI_API_KEY) is what it expects."
         )

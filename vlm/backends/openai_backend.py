@@ -22,15 +22,15 @@ from collections.abc import Callable, Set
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import httpx2  # openai's HTTP client: what it raises mid-stream reaches us unwrapped
 import openai
 
+from ..config import PLACEHOLDER_KEY
 from ..errors import Code, ModelLoadError, VlmError
 from ..jpeg import jpeg_data_url
-from ..logsafe import MASK, masked_url
-from ..queue_probe import TIMEOUT_S, Probe
+from ..logsafe import capped, masked_url
+from ..probes import TIMEOUT_S, ModelMissing, Probe
 from .base import Backend, Decoder, GenerationEvents, Job, ModelInfo, Result, RowEvents, prompt_text
 from .stops import StopScreen
 
@@ -40,18 +40,17 @@ log = logging.getLogger(__name__)
 # detail for the larger ones at roughly 100 KB per JPEG frame.
 FRAME_SIDE = 768
 JPEG_QUALITY = 90
-# The client library refuses an empty key; servers without auth ignore it (vLLM's docs use this one).
-PLACEHOLDER_KEY = "EMPTY"
 # Upstream statuses a client can act on as it would on this server's own codes; any other is upstream_error.
 UPSTREAM_STATUS_CODES = {429: Code.BUSY, 504: Code.TIMEOUT}
+# Upstream statuses a request's stop strings can be the cause of: a refusal of the field (an older instance of this
+# app, a strict server) or an engine failing on it (transformers serve). Not auth, a model it lacks, or load.
+STOP_STATUSES = frozenset({400, 422, 500})
 # How often the rows in flight are checked for a cancel or timeout: an upstream that sends nothing (or only
 # SSE keep-alive comments) never wakes the reading thread, so the check cannot wait for its next chunk.
 CANCEL_POLL_S = 0.1
 # An upstream that ignores max_tokens is cut at max_new_tokens chunks, and at this many characters per token
 # (generous: a token is about 4) so that one huge delta cannot flood a client either.
 MAX_CHARS_PER_TOKEN = 32
-# The most of an upstream's own error text the operator's log line carries (a traceback can be pages long).
-MAX_DETAIL_CHARS = 500
 
 
 class OpenAIBackend(Backend):
@@ -61,6 +60,12 @@ class OpenAIBackend(Backend):
         self.client = client
         self.model = model
         self.listed = listed  # what the upstream's /models listed when last asked
+        # The model was listed at load, so a listing without it means it is gone (llama.cpp lists none it answers to).
+        self.listed_at_load = model in listed
+        # Set once a request failed with stop strings and then succeeded without them: this upstream fails on stop,
+        # so every later request goes without, cut here.
+        self.stops_here = False
+        self.stops_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_batch_size, thread_name_prefix="vlm-openai")
         self.info = ModelInfo(
             model=model,
@@ -73,7 +78,7 @@ class OpenAIBackend(Backend):
         )
         label = f"model server {masked_url(str(client.base_url))}"
         consequence = "every question fails until it answers"
-        self.upstream = Probe(label, self._list_models, consequence, state="ok", mask=self.masked)
+        self.upstream = Probe(label, self._list_models, consequence, state="ok", describe=self._detail)
 
     @classmethod
     def load(cls, base_url: str, *, api_key: str, model: str, timeout_s: float, max_batch_size: int) -> OpenAIBackend:
@@ -91,9 +96,17 @@ class OpenAIBackend(Backend):
         backend.upstream.start()
         return backend
 
+    def health(self) -> Probe:
+        """The upstream's probe, for ``/healthz``."""
+        return self.upstream
+
     def _list_models(self) -> None:
-        """The upstream's models now, within the probe's timeout: raises if it does not answer."""
+        """The upstream's models now, within the probe's timeout: raises if it does not answer, and ``ModelMissing``
+        where it no longer lists the model it listed at load (restarted with another, or dropped by a router): every
+        question would fail. Without ``--model`` too: the app keeps asking for the model it chose at load."""
         self.listed = tuple(entry.id for entry in self.client.with_options(timeout=TIMEOUT_S).models.list())
+        if self.listed_at_load and self.model not in self.listed:
+            raise ModelMissing(f"it lists {list(self.listed)}, no longer {self.model!r}")
 
     def decoder(self, events: RowEvents) -> Decoder:
         return Forwarder(self, events)
@@ -113,16 +126,20 @@ class OpenAIBackend(Backend):
         events: GenerationEvents,
         opened: Callable[[Any], Callable[[], None]] | None = None,
     ) -> None:
-        """Stream one job, and ask once more without its stop strings where the upstream fails on them."""
+        """Stream one job, and ask once more without its stop strings where the upstream fails on them. Where that
+        retry fails too, the client is told its failure; the first one's detail is in the INFO line before it."""
+        stop = () if self.stops_here else job.stop
         reading = Reading(StopScreen(job.stop))
         try:
             try:
-                read = self._attempt(index, job, events, opened, reading, job.stop)
+                read = self._attempt(index, job, events, opened, reading, stop)
             except Exception as error:
-                if events.cancelled(index) or not self._without_stop(job, reading, error):
+                if events.cancelled(index) or not stop or not self._without_stop(reading, error):
                     raise
                 reading = Reading(StopScreen(job.stop))
                 read = self._attempt(index, job, events, opened, reading, ())
+                if read is not None:
+                    self._stop_here_from_now_on()
         except Exception as error:
             if events.cancelled(index):
                 return  # the stream was cut because the row ended: nobody is waiting for its outcome
@@ -180,12 +197,17 @@ class OpenAIBackend(Backend):
         }
         return self.client.chat.completions.create(**options)
 
-    def _without_stop(self, job: Job, reading: Reading, error: Exception) -> bool:
-        """Whether a request that failed is asked again without its stop strings, and cut at them here: one that
-        carried some and failed before its first word, whatever the failure (an older instance of this app
-        refuses them by name; transformers serve fails every one mid-stream for a VLM, its processor having no
-        vocabulary), except a server out of reach, which asking again would only wait for again."""
-        if not job.stop or reading.parts or isinstance(error, (openai.APIConnectionError, httpx2.TransportError)):
+    def _without_stop(self, reading: Reading, error: Exception) -> bool:
+        """Whether a request that carried stop strings and failed before its first word is asked again without
+        them, and cut at them here: only for a failure they can cause, a ``STOP_STATUSES`` answer (an older instance
+        of this app refuses them by name) or an error in the stream (transformers serve fails every one for a VLM,
+        its processor having no vocabulary). Not a refusal for auth, model or load (asking again would double the
+        load of a busy server), nor a server out of reach, which asking again would only wait for again."""
+        if isinstance(error, openai.APIStatusError):
+            about_stop = error.status_code in STOP_STATUSES
+        else:
+            about_stop = isinstance(error, openai.APIError) and not isinstance(error, openai.APIConnectionError)
+        if reading.parts or not about_stop:
             return False
         log.info(
             "the model server failed a request with stop strings (%s); asking again without them, "
@@ -193,6 +215,17 @@ class OpenAIBackend(Backend):
             self._detail(error),
         )
         return True
+
+    def _stop_here_from_now_on(self) -> None:
+        """Send no stop strings from now on: this upstream failed with them and answered without."""
+        with self.stops_lock:
+            if self.stops_here:
+                return
+            self.stops_here = True
+        log.info(
+            "the model server answers without stop strings and not with them: from now on they are not sent, "
+            "and the app cuts answers at them itself"
+        )
 
     def _read(
         self, index: int, job: Job, events: GenerationEvents, stream: Any, reading: Reading
@@ -230,50 +263,43 @@ class OpenAIBackend(Backend):
         return finish, usage, chunks
 
     def _failure(self, error: Exception, answering: bool) -> VlmError:
-        """The error a client is told (a status and a cause, never the upstream's own text, which can name
-        internal hosts, paths or this app's key), after one WARNING line with the detail for the operator.
-        ``answering``: the response had begun, so a lost connection broke rather than was never made."""
-        if isinstance(error, (openai.APITimeoutError, httpx2.TimeoutException)):
-            failure = VlmError(Code.TIMEOUT, f"the model server did not answer within {self.client.timeout} s")
-        elif isinstance(error, openai.APIStatusError):
-            code = UPSTREAM_STATUS_CODES.get(error.status_code, Code.UPSTREAM_ERROR)
-            failure = VlmError(code, f"the model server answered HTTP {error.status_code}")
-        elif isinstance(error, (openai.APIConnectionError, httpx2.TransportError)):
-            cause = "the connection to the model server broke" if answering else "the model server could not be reached"
-            failure = VlmError(Code.UPSTREAM_ERROR, cause)
-        elif isinstance(error, IncompleteAnswer):
-            failure = VlmError(Code.UPSTREAM_ERROR, "the model server's answer was incomplete or unreadable")
-        else:  # an error event in the stream, a chunk that is not JSON
-            failure = VlmError(Code.UPSTREAM_ERROR, "the model server failed")
-        log.warning("upstream request failed (%s): %s", failure.code, self._detail(error))
+        """The error a client is told, after one WARNING line with the detail for the operator."""
+        failure, detail = self._classified(error, answering)
+        log.warning("upstream request failed (%s): %s", failure.code, detail)
         return failure
 
     def _detail(self, error: Exception) -> str:
-        """What went wrong, for the operator: the upstream's own words where it gave some (FastAPI's ``detail``,
-        a streamed error string, OpenAI's error object), masked and capped; a refusal also names the models the
-        upstream lists where ``--model`` is not one of them."""
+        """What went wrong, for the operator (``_classified``)."""
+        return self._classified(error, answering=False)[1]
+
+    def _classified(self, error: Exception, answering: bool) -> tuple[VlmError, str]:
+        """What a client is told of ``error`` (a status and a cause, never the upstream's own text, which can name
+        internal hosts or paths), and what the operator's log is: the upstream's own words where it gave some
+        (FastAPI's ``detail``, a streamed error string, OpenAI's error object), capped; a refusal also names the
+        models the upstream lists where ``--model`` is not one of them. The log's formatter masks the secrets.
+        ``answering``: the response had begun, so a lost connection broke rather than was never made."""
+        failed = VlmError(Code.UPSTREAM_ERROR, "the model server failed")
         if isinstance(error, (openai.APITimeoutError, httpx2.TimeoutException)):
-            detail = "read timeout"
+            within = f"the model server did not answer within {self.client.timeout} s"
+            told, detail = VlmError(Code.TIMEOUT, within), "read timeout"
         elif isinstance(error, openai.APIStatusError):
+            code = UPSTREAM_STATUS_CODES.get(error.status_code, Code.UPSTREAM_ERROR)
+            told = VlmError(code, f"the model server answered HTTP {error.status_code}")
             detail = f"HTTP {error.status_code}: {server_words(error)}"
             if self.model not in self.listed:
                 detail += f" (the model server lists {list(self.listed)}, not {self.model!r})"
-        elif isinstance(error, openai.APIConnectionError):
-            detail = f"{type(error.__cause__ or error).__name__}: {error.__cause__ or error}"
-        elif isinstance(error, openai.APIError):
-            detail = f"error in the stream: {server_words(error)}"
+        elif isinstance(error, (openai.APIConnectionError, httpx2.TransportError)):
+            cause = "the connection to the model server broke" if answering else "the model server could not be reached"
+            told, reason = VlmError(Code.UPSTREAM_ERROR, cause), error.__cause__ or error
+            detail = f"{type(reason).__name__}: {reason}"
+        elif isinstance(error, openai.APIError):  # an error event in the stream
+            told, detail = failed, f"error in the stream: {server_words(error)}"
         elif isinstance(error, IncompleteAnswer):
+            told = VlmError(Code.UPSTREAM_ERROR, "the model server's answer was incomplete or unreadable")
             detail = str(error)
-        else:  # a cut connection, a chunk that is not JSON
-            detail = f"{type(error).__name__}: {error}"
-        detail = self.masked(detail)
-        return detail if len(detail) <= MAX_DETAIL_CHARS else detail[:MAX_DETAIL_CHARS] + "... (cut)"
-
-    def masked(self, text: str) -> str:
-        for secret in (self.client.api_key, urlsplit(str(self.client.base_url)).password):
-            if secret and secret != PLACEHOLDER_KEY:
-                text = text.replace(secret, MASK)
-        return text
+        else:  # a chunk that is not JSON
+            told, detail = failed, f"{type(error).__name__}: {error}"
+        return told, capped(detail)
 
     def _report(
         self, index: int, events: GenerationEvents, answer: str, chunks: int, finish: str | None, usage: Any

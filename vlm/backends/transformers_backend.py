@@ -157,12 +157,16 @@ class TransformersBackend(Backend):
         device = resolve_device(device)
         use_unplanned_attention(device)
         processor = AutoProcessor.from_pretrained(model_id, revision=revision)
-        _chat_template(processor, model_id)  # before the weights load: without a template no request can be asked
-        if max_crops and not limit_tiles(processor, max_crops):
+        # Before the weights load: without a template that places a frame no request can be asked. ``__init__``
+        # asks again for the same answer, so that a backend built from a processor is checked as well.
+        template = _chat_template(processor, model_id)
+        if max_crops and not limit_tiles(processor, max_crops, template):
             log.info(
-                "--max-crops is not implemented for %s's image processor (%s), so it is not used: it caps the "
-                "tiles of SmolVLM's and Idefics3's processors, InternVL's and Aya Vision's (GotOcr2), and moondream2's",
+                "--max-crops is not implemented for %s's processor (%s, image processor %s), so it is not used: it "
+                "caps the tiles of SmolVLM's and Idefics3's processors, InternVL's, Aya Vision's and DeepSeek-OCR2's "
+                "(GotOcr2), and moondream2's",
                 model_id,
+                type(processor).__name__,
                 type(getattr(processor, "image_processor", None)).__name__,
             )
         config = AutoConfig.from_pretrained(model_id, revision=revision)
@@ -180,12 +184,7 @@ class TransformersBackend(Backend):
         )
 
     def prompt_for(self, job: Job) -> str:
-        image = [] if job.image is None else [{"type": "image"}]
-        text = prompt_text(job, self.caption_prompts)
-        messages = [{"role": "user", "content": [*image, {"type": "text", "text": text}]}]
-        return self.processor.apply_chat_template(
-            messages, chat_template=self.chat_template, add_generation_prompt=True
-        )
+        return render_prompt(self.processor, self.chat_template, job, self.caption_prompts)
 
     def decoder(self, events: RowEvents) -> Decoder:
         if can_step(self.model):
@@ -261,25 +260,11 @@ class TransformersBackend(Backend):
         return replace(job, prepared=prepared)
 
     def _processed(self, jobs: list[Job], padding: bool = False) -> dict[str, Any]:
-        """The processor's inputs for ``jobs`` (all with a frame, or all without), pixels in the model's dtype.
-
-        Frames go in one list per prompt: Gemma 3's, SmolVLM2's and PaliGemma's processors read a flat list as
-        one prompt with every frame. A prompt whose template wrote the tokenizer's BOS is tokenised without the
-        tokenizer's own special tokens, as transformers' ``apply_chat_template(tokenize=True)`` does, or a
-        tokenizer that adds BOS (Gemma's, Mistral's, Cohere's) would start it with two.
-        """
-        prompts = [self.prompt_for(job) for job in jobs]
-        bos = self.tokenizer.bos_token
-        inputs = self.processor(
-            images=None if jobs[0].image is None else [[job.image] for job in jobs],
-            text=prompts,
-            return_tensors="pt",
-            padding=padding,
-            add_special_tokens=bos is None or not prompts[0].startswith(bos),
-        )
+        """The processor's inputs for ``jobs`` (all with a frame, or all without), pixels in the model's dtype."""
+        inputs = processor_inputs(self.processor, self.chat_template, jobs, self.caption_prompts, padding)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return dict(inputs)
+        return inputs
 
     def model_inputs(self, jobs: list[Job]) -> dict[str, Any]:
         """The model's inputs for ``jobs`` (all with a frame, or all without) as one left-padded batch, on the
@@ -324,9 +309,9 @@ class TransformersBackend(Backend):
         one call for the frames found in neither; None where the model cannot take frames pre-encoded or its
         encoder's inputs are not one row per frame (``generate`` then encodes them itself)."""
         encoder = self.image_encoder
-        if encoder is None or not self._one_row_per_frame(batch, len(jobs)):
+        encoder_inputs = self._encoder_inputs(batch)
+        if encoder is None or not _one_row_per_frame(encoder_inputs, len(jobs)):
             return None
-        encoder_inputs = {name: batch[name] for name in self.image_encoder_params if name in batch}
         features = {job.image_key: known.get(job.image_key) for job in jobs}
         features |= {key: self.image_features.get(key) for key, feature in features.items() if feature is None}
         missing: dict[str, int] = {}  # frame digest -> the first row asking about it
@@ -379,34 +364,97 @@ class TransformersBackend(Backend):
                 text_model,
             )
 
-    def _one_row_per_frame(self, batch: dict[str, Any], frames: int) -> bool:
-        """Whether the vision tower's inputs in ``batch`` hold one row per frame, so that frames can be encoded
-        (and cached) one by one: not Qwen2-VL's flat patches, nor InternVL's row per tile."""
-        encoder_inputs = {name: batch[name] for name in self.image_encoder_params if name in batch}
-        return "pixel_values" in encoder_inputs and all(
-            torch.is_tensor(value) and len(value) == frames for value in encoder_inputs.values()
-        )
+    def _encoder_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The vision tower's inputs among the processor's."""
+        return {name: batch[name] for name in self.image_encoder_params if name in batch}
 
     def _frames_encode_one_by_one(self) -> bool:
         """Whether a camera frame's processor inputs let the vision tower encode it alone, learnt at load from
-        one blank frame, so that ``--prepare encode`` can say at once when it will not encode ahead."""
-        probe = Job(task="query", image=Image.new("RGB", PROBE_FRAME_SIZE), image_key="", text="")
-        return self._one_row_per_frame(self._processed([probe]), 1)
+        the probe frame, so that ``--prepare encode`` can say at once when it will not encode ahead."""
+        return _one_row_per_frame(self._encoder_inputs(probe_inputs(self.processor, self.chat_template)), 1)
+
+
+def _one_row_per_frame(encoder_inputs: dict[str, Any], frames: int) -> bool:
+    """Whether the vision tower's inputs hold one row per frame, so that frames can be encoded (and cached) one by
+    one: not Qwen2-VL's flat patches, nor InternVL's row per tile."""
+    return "pixel_values" in encoder_inputs and all(
+        torch.is_tensor(value) and len(value) == frames for value in encoder_inputs.values()
+    )
+
+
+def render_prompt(processor: Any, chat_template: str | None, job: Job, caption_prompts: dict[str, str]) -> str:
+    """``job``'s prompt through ``chat_template`` (None: the processor's own): its frame, then its question."""
+    image = [] if job.image is None else [{"type": "image"}]
+    text = prompt_text(job, caption_prompts)
+    messages = [{"role": "user", "content": [*image, {"type": "text", "text": text}]}]
+    return processor.apply_chat_template(messages, chat_template=chat_template, add_generation_prompt=True)
+
+
+def processor_inputs(
+    processor: Any, chat_template: str | None, jobs: list[Job], caption_prompts: dict[str, str], padding: bool = False
+) -> dict[str, Any]:
+    """The processor's inputs for ``jobs`` (all with a frame, or all without).
+
+    Frames go in one list per prompt: Gemma 3's, SmolVLM2's and PaliGemma's processors read a flat list as
+    one prompt with every frame. A prompt whose template wrote the tokenizer's BOS is tokenised without the
+    tokenizer's own special tokens, as transformers' ``apply_chat_template(tokenize=True)`` does, or a
+    tokenizer that adds BOS (Gemma's, Mistral's, Cohere's) would start it with two.
+    """
+    prompts = [render_prompt(processor, chat_template, job, caption_prompts) for job in jobs]
+    bos = processor.tokenizer.bos_token
+    inputs = processor(
+        images=None if jobs[0].image is None else [[job.image] for job in jobs],
+        text=prompts,
+        return_tensors="pt",
+        padding=padding,
+        add_special_tokens=bos is None or not prompts[0].startswith(bos),
+    )
+    return dict(inputs)
+
+
+def probe_inputs(processor: Any, chat_template: str | None) -> dict[str, Any]:
+    """The processor's inputs for one blank camera frame, asked about at load to learn what it makes of a frame."""
+    probe = Job(task="query", image=Image.new("RGB", PROBE_FRAME_SIZE), image_key="", text="what is this?")
+    return processor_inputs(processor, chat_template, [probe], CAPTION_PROMPTS)
 
 
 def _chat_template(processor: Any, model_id: str) -> str | None:
     """The chat template to render prompts with: None for the processor's own, else the tokenizer's (older
-    checkpoints keep it in tokenizer_config.json only). A model with neither is refused at load: every prompt
-    is made with one, and PaliGemma-style checkpoints, which take task prefixes ("caption en", "answer en ...")
-    instead, would otherwise load and fail every request."""
-    if getattr(processor, "chat_template", None):
-        return None
-    if template := getattr(processor.tokenizer, "chat_template", None):
-        return template
-    raise ModelLoadError(
-        f"{model_id} has no chat template (neither its processor nor its tokenizer has one), and this app needs a "
-        "chat model's template to put questions to it. Models that take task prefixes instead of a chat, such as "
-        "PaliGemma and PaliGemma 2, are not supported; use a chat (instruct) model."
+    checkpoints keep it in tokenizer_config.json only). A model without one that places a frame is refused at
+    load: every prompt is made with one, and PaliGemma-style checkpoints, which take task prefixes ("caption en",
+    "answer en ...") instead, or a tokenizer's text-only template from the language model a checkpoint was built
+    on, would otherwise load and fail every request."""
+    own = getattr(processor, "chat_template", None)
+    if isinstance(own, dict):  # named templates: apply_chat_template uses the one named "default"
+        own = own.get("default")
+    template = None if own else getattr(processor.tokenizer, "chat_template", None)
+    if not own and not template:
+        raise _no_chat_template(model_id, "neither its processor nor its tokenizer has one")
+    if problem := _frame_problem(processor, template):
+        whose = "its processor's" if own else "its tokenizer's, the only one it has,"
+        raise _no_chat_template(model_id, f"{whose} does not place a frame in the prompt: {problem}")
+    return template
+
+
+def _frame_problem(processor: Any, chat_template: str | None) -> str | None:
+    """Why a framed prompt through ``chat_template`` does not reach the model with its frame, learnt from the probe
+    frame; None where it does. A processor refuses a prompt with fewer image tokens than frames (LLaVA's), or
+    passes it on without any (then its ``image_token_id`` is missing from the prompt's tokens)."""
+    try:
+        inputs = probe_inputs(processor, chat_template)
+    except ValueError as error:
+        return str(error)
+    image_token = getattr(processor, "image_token_id", None)
+    if isinstance(image_token, int) and not bool((inputs["input_ids"] == image_token).any()):
+        return "the prompt has no image token"
+    return None
+
+
+def _no_chat_template(model_id: str, why: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{model_id} has no chat template for a frame ({why}), and this app needs a chat model's template to put "
+        "questions about a frame to it. Models that take task prefixes instead of a chat, such as PaliGemma and "
+        "PaliGemma 2, are not supported; use a chat (instruct) model."
     )
 
 
@@ -506,34 +554,77 @@ def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
     return frozenset([eos] if isinstance(eos, int) else eos)
 
 
-def limit_tiles(processor: Any, max_crops: int) -> bool:
+def limit_tiles(processor: Any, max_crops: int, chat_template: str | None = None) -> bool:
     """Cap the tiles a processor cuts a frame into at ``max_crops`` (plus its one of the whole frame); 1 is one
-    tile of the whole frame. Returns False where the processor is not one this knows how to cap."""
-    image_processor = getattr(processor, "image_processor", None)
-    return _limit_idefics3_tiles(image_processor, max_crops) or _limit_got_ocr2_tiles(image_processor, max_crops)
-
-
-def _limit_got_ocr2_tiles(image_processor: Any, max_crops: int) -> bool:
-    """InternVL's and Aya Vision's (GotOcr2's) processor: ``max_patches`` is the most tiles of its grid, a
-    thumbnail of the whole frame added when there are more than one, and 1 makes no grid at all."""
-    if not getattr(image_processor, "crop_to_patches", False) or not isinstance(
-        most := getattr(image_processor, "max_patches", None), int
-    ):
+    tile of the whole frame. The cap goes into the processor's per-call ``images_kwargs``, which win over its image
+    processor's attributes, and is checked on the probe frame (rendered through ``chat_template``). Returns False,
+    the processor left as it was, where it is not one this knows how to cap or the probe's tiles are not capped."""
+    kept = vars(processor).get("images_kwargs")
+    least = effective_image_kwarg(processor, "min_patches")
+    limited = _limit_idefics3_tiles(processor, max_crops) or _limit_got_ocr2_tiles(processor, max_crops)
+    if not limited or _tiles(probe_inputs(processor, chat_template)) > max_crops + 1:
+        if kept is None:
+            vars(processor).pop("images_kwargs", None)
+        else:
+            processor.images_kwargs = kept
         return False
-    image_processor.max_patches = min(most, max_crops)
-    image_processor.min_patches = min(image_processor.min_patches, image_processor.max_patches)
+    if isinstance(least, int) and least > max_crops:
+        log.warning(
+            "--max-crops %d is below the %d tiles %s cuts a frame into at least: it now cuts as few as %d, fewer "
+            "than the model was made for",
+            max_crops,
+            least,
+            type(processor).__name__,
+            max_crops,
+        )
     return True
 
 
-def _limit_idefics3_tiles(image_processor: Any, max_crops: int) -> bool:
+def effective_image_kwarg(processor: Any, name: str) -> Any:
+    """What the processor's call gives its image processor for ``name``: the processor class's per-call
+    ``images_kwargs`` (InternVL's and Aya Vision's ``crop_to_patches``, DeepSeek-OCR2's ``max_patches``) win over the
+    image processor's own attribute, which holds the checkpoint's preprocessor_config.json."""
+    image_processor = getattr(processor, "image_processor", None)
+    return getattr(processor, "images_kwargs", {}).get(name, getattr(image_processor, name, None))
+
+
+def _per_call(processor: Any, **changes: Any) -> None:
+    """Give every later processor call ``changes`` among its image kwargs (on this processor object only)."""
+    processor.images_kwargs = {**getattr(processor, "images_kwargs", {}), **changes}
+
+
+def _tiles(inputs: dict[str, Any]) -> int:
+    """How many images the processor made of one frame: every tile and the whole-frame one, in any of its pixel
+    tensors (DeepSeek-OCR2 keeps its tiles apart from the whole frame)."""
+    return sum(
+        math.prod(value.shape[:-3])
+        for name, value in inputs.items()
+        if name.startswith("pixel_values") and torch.is_tensor(value) and value.dim() >= 4
+    )
+
+
+def _limit_got_ocr2_tiles(processor: Any, max_crops: int) -> bool:
+    """InternVL's, Aya Vision's and DeepSeek-OCR2's (GotOcr2's) processor: ``max_patches`` is the most tiles of its
+    grid, a thumbnail of the whole frame added when there are more than one, and 1 makes no grid at all."""
+    most = effective_image_kwarg(processor, "max_patches")
+    least = effective_image_kwarg(processor, "min_patches")
+    tiles = effective_image_kwarg(processor, "crop_to_patches")
+    if not tiles or not isinstance(most, int) or not isinstance(least, int):
+        return False
+    cap = min(most, max_crops)
+    _per_call(processor, max_patches=cap, min_patches=min(least, cap))
+    return True
+
+
+def _limit_idefics3_tiles(processor: Any, max_crops: int) -> bool:
     """SmolVLM's (Idefics3's) processor: capped by the longest side it resizes frames to (a multiple of the
     tile), so that no frame's shape exceeds ``max_crops`` tiles."""
-    tile = (getattr(image_processor, "max_image_size", None) or {}).get("longest_edge")
-    size = getattr(image_processor, "size", None)
+    tile = (effective_image_kwarg(processor, "max_image_size") or {}).get("longest_edge")
+    size = effective_image_kwarg(processor, "size")
     longest = size.get("longest_edge") if size is not None else None
-    if not getattr(image_processor, "do_image_splitting", False) or not isinstance(tile, int) or longest is None:
+    if not effective_image_kwarg(processor, "do_image_splitting") or not isinstance(tile, int) or longest is None:
         return False
-    image_processor.size = {"longest_edge": min(longest, tile * math.isqrt(max_crops))}
+    _per_call(processor, size={"longest_edge": min(longest, tile * math.isqrt(max_crops))})
     return True
 
 
@@ -544,7 +635,7 @@ def _processor_input_size(processor: Any) -> int:
     the frame's shorter side, so the longer one gets room for frames up to 2:1; so does a pixel budget.
     """
     image_processor = getattr(processor, "image_processor", None)
-    size = getattr(image_processor, "size", None)
+    size = effective_image_kwarg(processor, "size")
     if isinstance(size, int):
         return 2 * size
     lookup = getattr(size, "get", None)  # a dict, or transformers' SizeDict
