@@ -15,6 +15,7 @@ from flask_socketio import SocketIOTestClient
 from tests.frames import jpeg_data_url
 from tests.in_process import IN_PROCESS_TOKEN as TOKEN
 from tests.in_process import wait_for
+from vlm.socket_transport import emit
 from vlm.watch import WatchHub
 from vlm.web import WebApp
 
@@ -143,3 +144,24 @@ def test_live_frames_are_logged_only_at_debug(client: SocketIOTestClient, caplog
         wait_for(client, "response")
     levels = {record.getMessage().split()[1]: record.levelno for record in caplog.records if "chars;" in record.msg}
     assert levels == {"typed": logging.INFO, "live": logging.DEBUG}
+
+
+def test_an_event_for_a_client_that_left_is_dropped_not_published(
+    served_app: WebApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --message-queue, an event for a client no longer connected here went to Redis, and a hung Redis held
+    the process's only sending thread ~10 s per such event: every client that left mid-answer stalled the rest
+    (scale-out audit). An event for one client never goes through the queue; one for a client gone is dropped."""
+    sent: list[tuple[str, str | None, bool]] = []
+    monkeypatch.setattr(
+        served_app.socketio, "emit", lambda event, payload, to, ignore_queue: sent.append((event, to, ignore_queue))
+    )
+    staying = served_app.socketio.test_client(served_app.app, auth={"token": TOKEN})
+    leaving = served_app.socketio.test_client(served_app.app, auth={"token": TOKEN})
+    manager = served_app.socketio.server.manager
+    here, gone = (manager.sid_from_eio_sid(each.eio_sid, "/") for each in (staying, leaving))
+    leaving.disconnect()
+    for sid in (here, gone, None):
+        emit(served_app.socketio, "stream", {"id": "q", "delta": "word"}, sid)
+    assert sent == [("stream", here, True), ("stream", None, False)]
+    staying.disconnect()

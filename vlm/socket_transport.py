@@ -1,8 +1,8 @@
 """Reaching one Socket.IO client from anywhere in the app: an event to it (or to all), and cutting it off.
 
-Events to a client connected to this process go to it directly; with ``--message-queue`` only the rest go
-through Redis. Cutting a client off ends its Socket.IO session, its Engine.IO session and, for a websocket,
-its TCP connection, since a hostile client never closes its end.
+Events to one client go to it directly; with ``--message-queue`` only events to everyone go through Redis.
+Cutting a client off ends its Socket.IO session, its Engine.IO session and, for a websocket, its TCP connection,
+since a hostile client never closes its end.
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ NAMESPACE = "/"
 
 
 def emit(socketio: SocketIO, event: str, payload: dict[str, Any], sid: str | None) -> None:
-    """To one client (``sid``) or all (None). A client connected to this process is sent to directly: through the
-    message queue (``--message-queue``) every event waited on Redis, and a Redis that hung (a failover, a network
-    partition) held every answer of the process ~10 s per event, though each answer's client was right here."""
-    here = sid is not None and socketio.server.manager.is_connected(sid, NAMESPACE)
-    socketio.emit(event, payload, to=sid, ignore_queue=here)
+    """To one client (``sid``) or all (None, through the message queue with ``--message-queue``).
+
+    An event for one client goes to it directly, never through Redis: every such event comes from the process
+    the client is connected to (its answer, its watch's state), so once the client has left it is nobody's and
+    is dropped. Through Redis, a Redis that hung (a failover, a network partition) held each one ~10 s on the
+    thread that sends every event of the process, so one client leaving mid-answer stalled all the others."""
+    if sid is not None and not socketio.server.manager.is_connected(sid, NAMESPACE):
+        return
+    socketio.emit(event, payload, to=sid, ignore_queue=sid is not None)
 
 
 def drop(socketio: SocketIO, sid: str) -> None:

@@ -21,6 +21,7 @@ from .access import Access
 from .backends.base import Backend
 from .config import Settings
 from .hosts import allowed_hosts, host_guard
+from .message_queue import RedisQueue
 from .metrics import MeteredScheduler, Metrics
 from .metrics_web import install_metrics
 from .model_slot import ModelSlot
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> WebApp:
         max_http_buffer_size=transport_limit,
         ping_interval=10,
         message_queue=settings.message_queue,
+        **({"client_manager": RedisQueue(settings.message_queue)} if settings.message_queue else {}),
         # One client's events in the order sent: side by side, a newer question whose frame
         # decodes faster would be queued first and then superseded by the one it replaced.
         async_handlers=False,
