@@ -29,7 +29,7 @@ from .ratelimit import EventGate, Verdict
 from .request_queue import queue_full
 from .scheduler import Request
 from .socket_sink import SocketSink, is_seed
-from .socket_transport import drop, emit
+from .socket_transport import drop, emit, shut_websocket
 from .watch import Frame
 from .watch_web import WatchService
 
@@ -125,6 +125,11 @@ class AppNamespace(Namespace):
             raise RefusedConnection(refused.message, {"code": refused.code, "message": refused.message})
 
     def on_disconnect(self, reason: object = None) -> None:
+        """A client gone silent (no pong within the ping timeout) may have stopped reading too: Engine.IO's close then
+        queues its CLOSE behind a write blocked on the full socket, which held the session another 30 s (the write
+        timeout), so its TCP connection is shut here."""
+        if reason == self.socketio.server.reason.PING_TIMEOUT:
+            shut_websocket(request.environ)
         self.gate.forget(request.sid)
         self.watch.forget_tab(request.sid)
         if self.slot.scheduler is not None:

@@ -45,6 +45,12 @@ def cut(server: socketio.Server, eio_sid: str) -> None:
     session's first request may have come on a connection a browser shares among its tabs.)"""
     environ = server.environ.get(eio_sid) or {}
     server.eio.disconnect(eio_sid)
+    shut_websocket(environ)
+
+
+def shut_websocket(environ: dict[str, Any]) -> None:
+    """Shut the TCP connection of a session that opened on a websocket (``environ`` is its handshake's), so that a
+    write blocked on a client that stopped reading returns at once instead of at the write timeout."""
     websocket = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
     connection = client_socket(environ) if websocket else None
     if connection is not None:
