@@ -34,7 +34,12 @@ from tests.test_transformers_backend import Events
 from vlm.backends.base import Decoder, Job, WaveDecoder
 from vlm.backends.load_failure import explain_load_failure
 from vlm.backends.registry import load_backend
-from vlm.backends.transformers_backend import TransformersBackend, _processor_input_size, limit_tiles
+from vlm.backends.transformers_backend import (
+    TransformersBackend,
+    _processor_input_size,
+    checked_chat_template,
+    limit_tiles,
+)
 from vlm.config import parse_settings
 from vlm.errors import ModelLoadError
 
@@ -297,5 +302,7 @@ def test_prepare_encode_says_at_load_when_a_models_frames_cannot_be_encoded_ahea
     frames cannot be encoded (or cached) one by one, and ``--prepare encode`` said nothing. Aya Vision's real
     processor beside the tiny LLaVA's weights, which the check at load never runs."""
     model = AutoModelForImageTextToText.from_pretrained(tiny_model)
-    TransformersBackend(model, aya_vision_processor(), model_id="tiles", ahead="encode")
+    processor = aya_vision_processor()
+    template = checked_chat_template(processor, "tiles")
+    TransformersBackend(model, processor, model_id="tiles", chat_template=template, ahead="encode")
     assert "--prepare encode: tiles's processor" in caplog.text and "cannot be encoded ahead" in caplog.text

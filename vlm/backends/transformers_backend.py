@@ -93,12 +93,20 @@ class TransformersBackend(Backend):
     name: ClassVar[str] = "transformers"
 
     def __init__(
-        self, model: Any, processor: Any, *, model_id: str, max_batch_size: int = 16, ahead: WorkAhead = "process"
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        model_id: str,
+        chat_template: str | None,
+        max_batch_size: int = 16,
+        ahead: WorkAhead = "process",
     ) -> None:
+        """``chat_template`` is ``checked_chat_template``'s for this processor (None: the processor's own)."""
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.chat_template = _chat_template(processor, model_id)
+        self.chat_template = chat_template
         self.caption_prompts = {**CAPTION_PROMPTS, **getattr(model.config, "caption_prompts", {})}
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -157,9 +165,8 @@ class TransformersBackend(Backend):
         device = resolve_device(device)
         use_unplanned_attention(device)
         processor = AutoProcessor.from_pretrained(model_id, revision=revision)
-        # Before the weights load: without a template that places a frame no request can be asked. ``__init__``
-        # asks again for the same answer, so that a backend built from a processor is checked as well.
-        template = _chat_template(processor, model_id)
+        # Before the weights load: without a template that places a frame no request can be asked.
+        template = checked_chat_template(processor, model_id)
         if max_crops and not limit_tiles(processor, max_crops, template):
             log.info(
                 "--max-crops is not implemented for %s's processor (%s, image processor %s), so it is not used: it "
@@ -179,6 +186,7 @@ class TransformersBackend(Backend):
             model.to(device).eval(),
             processor,
             model_id=model_id,
+            chat_template=template,
             max_batch_size=max_batch_size,
             ahead=ahead,
         )
@@ -418,7 +426,7 @@ def probe_inputs(processor: Any, chat_template: str | None) -> dict[str, Any]:
     return processor_inputs(processor, chat_template, [probe], CAPTION_PROMPTS)
 
 
-def _chat_template(processor: Any, model_id: str) -> str | None:
+def checked_chat_template(processor: Any, model_id: str) -> str | None:
     """The chat template to render prompts with: None for the processor's own, else the tokenizer's (older
     checkpoints keep it in tokenizer_config.json only). A model without one that places a frame is refused at
     load: every prompt is made with one, and PaliGemma-style checkpoints, which take task prefixes ("caption en",
