@@ -82,7 +82,9 @@ def drainer(web: WebApp, timeout_s: float, why: str, stopping: threading.Event) 
         wait_until_idle(web, timeout_s)
         if not web.idle() and scheduler is not None:
             # Every request ends with exactly one final event, even this way: the client can ask elsewhere.
-            cut = scheduler.abandon(VlmError(Code.BUSY, "the server shut down before this answer was done; ask again"))
+            cut = scheduler.abandon(
+                VlmError(Code.SHUTTING_DOWN, "the server shut down before this answer was done; ask again")
+            )
             log.warning("%s: %d unfinished requests were told the server shut down", why, cut)
             wait_until_idle(web, LAST_WORDS_S)
         web.socketio.sleep(LAST_WRITE_S)

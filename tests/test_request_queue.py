@@ -78,5 +78,5 @@ def test_the_scheduler_leaves_every_request_finished() -> None:
     sink.wait_finals(1)
     scheduler.stop_accepting()
     scheduler.submit(refused)
-    assert sink.wait_finals(2)["b"] == ("query_error", "busy")
+    assert sink.wait_finals(2)["b"] == ("query_error", "shutting_down")
     assert answered.status is refused.status is RequestStatus.FINISHED

@@ -252,8 +252,11 @@ def test_a_drain_out_of_time_tells_the_unfinished_and_leaves_the_load_balancer(s
             rest = [line for line in lines if line]
         finally:
             asker.close()
-        assert said[0] == "query_error" and said[1]["code"] == "busy" and "shut down" in said[1]["message"]
-        assert rest[-1] == "data: [DONE]" and json.loads(rest[-2].removeprefix("data: "))["error"]["code"] == "busy"
+        assert said[0] == "query_error" and said[1]["code"] == "shutting_down" and "shut down" in said[1]["message"]
+        assert (
+            rest[-1] == "data: [DONE]"
+            and json.loads(rest[-2].removeprefix("data: "))["error"]["code"] == "shutting_down"
+        )
         assert running.process.wait(30) == 0
         assert "2 unfinished requests were told the server shut down" in running.log()
 
@@ -279,7 +282,7 @@ def test_ctrl_c_mid_answer_stops_at_once_and_tells_the_unfinished(slow_model: Pa
         assert running.process is not None
         running.process.send_signal(signal.SIGINT)
         said = asker.final("long", timeout_s=10)
-        assert said[0] == "query_error" and said[1]["code"] == "busy", said
+        assert said[0] == "query_error" and said[1]["code"] == "shutting_down", said
         assert running.process.wait(10) == 0
         log = running.log()
     assert "interrupted: 1 unfinished requests were told the server shut down" in log

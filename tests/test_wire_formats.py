@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from flask import Flask
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from vlm.backends.base import Result
 from vlm.errors import Code, VlmError, http_status
 from vlm.metrics import Metrics
+from vlm.openai_api import error_response
 from vlm.openai_chat import Completion
 from vlm.openai_responses import ResponseObject
 from vlm.openai_wire import ApiRequest, error_body
@@ -156,6 +158,13 @@ def test_openai_error_objects_take_their_status_from_the_errors_module() -> None
         "error": {"message": "full", "type": "rate_limit_error", "code": "busy", "param": None}
     }
     assert error_body(Code.TIMEOUT, "late")["error"]["type"] == "server_error"
+
+
+def test_a_draining_server_is_unavailable_for_a_second_not_busy() -> None:
+    """A stopping server said ``busy`` (429): the page told its user the model was busy with other users."""
+    with Flask(__name__).app_context():
+        response, status = error_response(Code.SHUTTING_DOWN, "the server is shutting down")
+    assert (status, response.headers["Retry-After"], response.json["error"]["type"]) == (503, "1", "server_error")
 
 
 def test_metrics_count_an_answer_from_its_typed_timing() -> None:

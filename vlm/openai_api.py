@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 # The routes that ask the model: a refusal there is a request refused (``vlm_refused_requests``).
 MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
 HANGUP_CHECK_S = 0.2
-LOADING_RETRY_S = 5
+# Seconds a 503 asks a client to wait: a model loads in seconds; a restarting server (or the load balancer's
+# next process) is back sooner.
+RETRY_AFTER_S = {Code.LOADING: 5, Code.SHUTTING_DOWN: 1}
 # A failure that asking again would only repeat: the same request runs past the time limit again, or fails
 # the model again, and each retry costs the server a whole generation.
 UNRETRIED = frozenset({Code.TIMEOUT, Code.MODEL_ERROR})
@@ -340,8 +342,8 @@ def error_response(
     response = jsonify(error_body(code, message, status, param))
     if status == 429:  # busy or rate-limited: a second is about one answer's worth of the queue moving
         response.headers["Retry-After"] = "1"
-    if code == Code.LOADING:
-        response.headers["Retry-After"] = str(LOADING_RETRY_S)
+    if code in RETRY_AFTER_S:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S[Code(code)])
     if code in UNRETRIED:
         response.headers["x-should-retry"] = "false"
     return response, status

@@ -162,7 +162,7 @@ class Scheduler:
         with self._lock:
             try:
                 if not self._accepting:
-                    raise VlmError(Code.BUSY, "the server is shutting down")
+                    raise VlmError(Code.SHUTTING_DOWN, "the server is shutting down")
                 previous = self._queue.offer(request)
             except VlmError as error:
                 rejection = error

@@ -212,6 +212,7 @@ export function onQueryError(error) {
 export function errorText({ code, message }) {
   const friendly = {
     busy: 'The model is busy with other users; try again in a moment.',
+    shutting_down: 'The server is shutting down or restarting; the page reconnects by itself once it is back.',
     rate_limited: 'Too many requests; slow down a little.',
     timeout: 'The model took too long to answer.',
     image_too_large: 'The frame is too large for the server; choose a lower resolution.',

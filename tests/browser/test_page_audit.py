@@ -157,6 +157,10 @@ def test_text_size_motion_names_and_focus_as_the_user_set_them(page: Page) -> No
     # The status region was named after the transport: "Socket.IO over websocket, Connected".
     expect(page.locator("#status")).not_to_have_accessible_name(re.compile("Socket"))
 
+    # Firefox made the video two Tab stops (the element and its picture-in-picture button), neither with a visible
+    # ring (the stage clips outlines): Tab from the top of the page seemed to do nothing twice. Chromium has neither.
+    assert page.evaluate("document.getElementById('video').tabIndex") == -1
+
     # A pasted question over the server's limit was cut short without a word; it is kept, and Ask says why not.
     limit = page.evaluate("fetch('/api/info').then((r) => r.json()).then((info) => info.max_question_chars)")
     pasted = "word " * (limit // 5 + 100)
