@@ -47,7 +47,8 @@ def page_urls(settings: Settings, token: str | None) -> list[str]:
     """The page's address: for a wildcard --host (0.0.0.0, ::), which no browser can open, the LAN address
     (what a phone uses; --self-signed puts it in the certificate) and then localhost (this machine). The token
     is URL-encoded: a base64 one's ``+`` would arrive as a space; the log's mask is shown as it is."""
-    query = f"/?token={token if token == MASK else quote(token, safe='')}" if token else "/"
+    path = f"{settings.root_path}/"
+    query = f"{path}?token={token if token == MASK else quote(token, safe='')}" if token else path
     scheme = "https" if settings.https else "http"
     hosts = [lan_address(), "localhost"] if is_wildcard(settings.host) else [settings.host]
     return [f"{scheme}://{in_url(host)}:{settings.port}{query}" for host in hosts if host]

@@ -4,6 +4,8 @@
 // server-side camera (--source) checks that camera's frames on the server. Wire protocol:
 // docs/PROTOCOL.md, "Watch mode".
 
+import { serverPath } from './page/paths.js';
+
 const page = window.vlmPage;
 const $ = (id) => document.getElementById(id);
 const FRAME_RETRY_MS = 500;
@@ -43,7 +45,7 @@ window.__vlmWatchStats = stats;
 async function loadSources() {
   const headers = page.token ? { Authorization: `Bearer ${page.token}` } : {};
   try {
-    const response = await fetch('/v1/watch', { headers, cache: 'no-store' });
+    const response = await fetch(serverPath('/v1/watch'), { headers, cache: 'no-store' });
     if (response.status === 503) {
       setTimeout(loadSources, LOADING_RETRY_MS);
       return;
@@ -59,7 +61,7 @@ async function loadSources() {
 function showPreview() {
   const id = els.source.value;
   els.preview.hidden = id === 'tab';
-  els.preview.src = id === 'tab' ? '' : `/v1/watch/sources/${encodeURIComponent(id)}/mjpeg`;
+  els.preview.src = id === 'tab' ? '' : serverPath(`/v1/watch/sources/${encodeURIComponent(id)}/mjpeg`);
 }
 
 // ---------------------------------------------------------------- watches

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .backends.registry import backend_names
+from .mount import root_path
 
 DEFAULT_MODEL = "vikhyatk/moondream2"
 # The 2025-06-21 release is the newest moondream2 revision with the query/caption/detect/point
@@ -115,6 +116,7 @@ class Settings:
     ip_rate_limit_per_s: float = 100.0
     allowed_hosts: tuple[str, ...] = ()
     trusted_proxy: bool = False
+    root_path: str = ""
     max_connections: int = 256
     max_connections_per_ip: int = 64
     sources: tuple[str, ...] = ()
@@ -278,8 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--trusted-proxy",
         action="store_true",
-        help="a reverse proxy in front sets X-Forwarded-For/-Proto: trust them for the client "
-        "address (rate limits) and https (Secure cookie). Only with a proxy you run",
+        help="a reverse proxy in front sets X-Forwarded-For/-Proto/-Prefix: trust them for the client "
+        "address (rate limits), https (Secure cookie) and the path it serves the app under. Only with a proxy you run",
+    )
+    server.add_argument(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="serve the app under PATH of its host, e.g. /vlm for https://homelab.lan/vlm/ behind a reverse proxy "
+        "(which may strip PATH or pass it on)",
     )
     server.add_argument("--token", help="shared access token for the page, Socket.IO and HTTP API (env VLM_TOKEN)")
     server.add_argument("--ssl-cert", help="TLS certificate (PEM) to serve https://, needed for phone cameras on a LAN")
@@ -476,6 +485,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         parser.error("--webhook-url must be an http:// or https:// URL with a host (and a port from 1 to 65535)")
     if len(values["watches"]) * len(values["sources"]) > MAX_WATCHES:
         parser.error(f"each --watch is checked on each --source: at most {MAX_WATCHES} of them in all")
+    try:
+        values["root_path"] = root_path(values["root_path"])
+    except ValueError as error:
+        parser.error(f"--root-path: {error}")
     if values["model"] is None:  # "": the upstream's one model, which only the loader can ask it for
         values["model"] = "" if values["backend"] == "openai" else DEFAULT_MODEL
     values["cors_origins"] = tuple(values["cors_origins"])

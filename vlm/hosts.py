@@ -4,7 +4,10 @@ A web page on ``attacker.example`` can make its own name resolve to 127.0.0.1 an
 this server as same-origin, past the Origin check, carrying ``Host: attacker.example``. So
 a request must name this server: an IP address (a page that knows only an address is not
 rebinding a name), ``localhost``, the ``--host`` name, a ``--cors-origin``'s host, or an
-``--allowed-host`` (``*`` for any, e.g. behind a proxy that checks names itself).
+``--allowed-host`` (``*`` for any, e.g. behind a proxy that checks names itself). So must every
+name in ``X-Forwarded-Host``: a proxy that does not pass the browser's ``Host`` on (Apache
+without ``ProxyPreserveHost``) names this server by address and puts the rebound name there,
+where Engine.IO's origin rule reads it.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ def host_guard(wsgi_app: Callable[..., Iterable[bytes]], names: frozenset[str]) 
     """Answer 421 (Misdirected Request) to any request whose Host is not one of ours."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if host_allowed(environ.get("HTTP_HOST", ""), names):
+        forwarded = environ.get("HTTP_X_FORWARDED_HOST")
+        named = [environ.get("HTTP_HOST", ""), *(forwarded.split(",") if forwarded is not None else ())]
+        if all(host_allowed(host, names) for host in named):
             return wsgi_app(environ, start_response)
         body = b"This server does not answer to that Host name (see --allowed-host).\n"
         start_response(

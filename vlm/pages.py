@@ -44,8 +44,13 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access, message
             return make_response(render_template("unauthorized.html", wrong=token is not None), 401)
         response = make_response(render_template("index.html"))
         if settings.token:
-            response.set_cookie(
-                TOKEN_COOKIE, settings.token, httponly=True, samesite="Strict", secure=request.is_secure
+            response.set_cookie(  # for this app's path only: other apps behind the same proxy get no token
+                TOKEN_COOKIE,
+                settings.token,
+                path=f"{request.script_root}/",
+                httponly=True,
+                samesite="Strict",
+                secure=request.is_secure,
             )
         return response
 

@@ -9,9 +9,7 @@ all counting into one ``Metrics``. The model is not loaded here: app.py hands it
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from flask import Flask
 from flask_socketio import SocketIO
@@ -25,7 +23,9 @@ from .message_queue import RedisQueue
 from .metrics import MeteredScheduler, Metrics
 from .metrics_web import install_metrics
 from .model_slot import ModelSlot
+from .mount import mounted_at
 from .openai_api import OpenResponses, install_openai_api
+from .origins import socket_origins
 from .outbox import Coalescing, Outbox
 from .pages import pages_blueprint
 from .probes import MessageQueueProbe
@@ -95,11 +95,14 @@ def create_app(settings: Settings) -> WebApp:
     )
     sessions = SessionBounds(socketio, per_address=settings.max_connections_per_ip, total=settings.max_connections)
     sessions.start()
-    # Outermost first: a body's rate, the real client address (trusted proxy only), the Host check, session bounds.
+    # Outermost first: a body's rate, the real client address, scheme and path (trusted proxy only), the path the
+    # app is served under, the Host check, session bounds.
     app.wsgi_app = sessions.wrap(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = host_guard(app.wsgi_app, allowed_hosts(settings))  # type: ignore[method-assign]
+    if settings.root_path:
+        app.wsgi_app = mounted_at(app.wsgi_app, settings.root_path)  # type: ignore[method-assign]
     if settings.trusted_proxy:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_prefix=1)  # type: ignore[method-assign]
     app.wsgi_app = BodyDeadlines(app.wsgi_app)  # type: ignore[method-assign]
 
     access = Access(settings.token)
@@ -133,26 +136,3 @@ def create_app(settings: Settings) -> WebApp:
         watch=watch,
         open_responses=open_responses,
     )
-
-
-def socket_origins(extra: tuple[str, ...]) -> str | list[str] | Callable[[str, dict[str, Any]], bool] | None:
-    """``--cors-origin`` widens the default same-origin rule: the app's own page must keep connecting.
-
-    The own origin is the one the request came to (``Host``, or a proxy's ``X-Forwarded-*``),
-    as Engine.IO checks it when given no list.
-    """
-    if not extra:
-        return None
-    if "*" in extra:
-        return "*"
-
-    def allowed(origin: str, environ: dict[str, Any]) -> bool:
-        host = environ.get("HTTP_HOST", "")
-        own = {f"{environ.get('wsgi.url_scheme', 'http')}://{host}"}
-        if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
-            scheme = environ.get("HTTP_X_FORWARDED_PROTO", environ.get("wsgi.url_scheme", "http"))
-            forwarded_host = environ.get("HTTP_X_FORWARDED_HOST", host)
-            own.add(f"{scheme.split(',')[0].strip()}://{forwarded_host.split(',')[0].strip()}")
-        return origin in own or origin in extra
-
-    return allowed

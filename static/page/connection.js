@@ -3,6 +3,7 @@
 import { updateControls } from './controls.js';
 import { els } from './dom.js';
 import { loadInfo } from './info.js';
+import { serverPath } from './paths.js';
 import { scheduleLive, showLiveRunning } from './live.js';
 import { clearError, showError } from './messages.js';
 import { dropInFlight, errorText, onQueryError, onResponse, onStream } from './requests.js';
@@ -23,7 +24,7 @@ export function connected() {
 }
 
 export function connect(token) {
-  socket = window.io(token ? { auth: { token } } : {});
+  socket = window.io({ path: serverPath('/socket.io'), ...(token ? { auth: { token } } : {}) });
   socket.on('connect', () => {
     setStatus('connected');
     showTransport();

@@ -3,6 +3,7 @@
 import { updateControls } from './controls.js';
 import { $, els } from './dom.js';
 import { clearError, showError } from './messages.js';
+import { serverPath } from './paths.js';
 import { ask } from './requests.js';
 
 const DEFAULT_IMAGE_SIZE = 512;
@@ -28,7 +29,7 @@ export async function loadInfo(token) {
   const load = ++loads;
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   try {
-    const response = await fetch('/api/info', { headers, cache: 'no-store' });
+    const response = await fetch(serverPath('/api/info'), { headers, cache: 'no-store' });
     if (load !== loads) return;
     if (response.status === 503) {
       setInfoState('loading');

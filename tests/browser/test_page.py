@@ -12,6 +12,7 @@ import io
 import os
 import re
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -586,7 +587,9 @@ def test_page_runs_under_its_content_security_policy(open_app: OpenApp, server: 
 
 @pytest.fixture(scope="module")
 def token_server() -> Iterator[AppProcess]:
-    with AppProcess(["--model", "demo", "--token", "s3cret-token"]) as app:
+    """Served under /vlm, as behind a proxy at https://homelab.lan/vlm/; a request without it is one the proxy
+    stripped, so the page at / works too."""
+    with AppProcess(["--model", "demo", "--token", "s3cret-token", "--root-path", "/vlm"]) as app:
         yield app
 
 
@@ -597,3 +600,19 @@ def test_token_from_the_link_is_used_and_hidden(open_app: OpenApp, token_server:
     expect(page.locator("#model-info")).not_to_have_text("Model unknown")
     entry = ask(page, SHAPE_QUESTION)
     assert entry.get_attribute("data-state") == "done", answer(entry)
+
+
+def test_the_page_under_a_path_asks_for_everything_under_it(open_app: OpenApp, token_server: AppProcess) -> None:
+    """Behind a proxy at https://homelab.lan/vlm/ the page asked for /static/…, /api/info, /socket.io and /v1/watch
+    at the host's root, where another site lives: it stayed unstyled on "Connecting…"."""
+    page = open_app("/vlm/?token=s3cret-token", url=token_server.url)
+    entry = ask(page, SHAPE_QUESTION)
+    assert entry.get_attribute("data-state") == "done", answer(entry)
+    fetched = {urlsplit(url).path for url in page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")}
+    assert {"/vlm/static/app.js", "/vlm/api/info", "/vlm/v1/watch"} <= fetched, fetched
+    assert any(path.startswith("/vlm/socket.io/") for path in fetched), fetched
+    assert all(path.startswith("/vlm/") for path in fetched), fetched
+    # A new tab has only the cookie, which is the app's path's alone.
+    tab = page.context.new_page()
+    tab.goto(f"{token_server.url}/vlm/")
+    wait_until_ready(tab)

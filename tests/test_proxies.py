@@ -1,0 +1,90 @@
+"""Behind a reverse proxy: served under a path of its host, the proxy's headers trusted only when told to, and a
+refused page origin explained. In process, through Flask's test client (the app as create_app wires it)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.doubles import ScriptedBackendDouble
+from vlm.config import Settings, parse_settings
+from vlm.origins import socket_origins
+from vlm.web import create_app
+
+pytestmark = pytest.mark.unit
+
+HOST = "127.0.0.1:5000"
+
+
+def client_of(**settings: object) -> FlaskClient:
+    web = create_app(Settings(secret_key="test", **settings))  # type: ignore[arg-type]
+    web.install_model(ScriptedBackendDouble())
+    return web.app.test_client()
+
+
+def test_the_root_path_is_one_plain_path() -> None:
+    assert [parse_settings(["--root-path", given]).root_path for given in ("vlm/", "/vlm", "/a/b/", "/", "")] == [
+        "/vlm",
+        "/vlm",
+        "/a/b",
+        "",
+        "",
+    ]
+    for bad in ("/a/../b", "/a//b", "/vlm?x", "/a b"):
+        with pytest.raises(SystemExit):
+            parse_settings(["--root-path", bad])
+
+
+@pytest.mark.parametrize("path", ["/vlm/", "/"], ids=["passed on", "stripped by the proxy"])
+def test_under_a_root_path_the_page_names_every_url_under_it(path: str) -> None:
+    """At https://homelab.lan/vlm/ the page asked for /static/…, /api/info and /socket.io at the host's root, where
+    another site lives: it stayed unstyled on "Connecting…", whether the proxy stripped /vlm or passed it on."""
+    client = client_of(root_path="/vlm")
+    page = client.get(path, headers={"Host": HOST}).get_data(as_text=True)
+    assert 'data-root="/vlm"' in page and 'href="/vlm/static/style.css"' in page
+    assert 'src="/vlm/static/app.js"' in page and "/static/" not in page.replace("/vlm/static/", "")
+    for route in ("/vlm/static/page/paths.js", "/vlm/api/info", "/api/info", "/vlm/v1/models"):
+        assert client.get(route, headers={"Host": HOST}).status_code == 200, route
+    handshake = client.get("/vlm/socket.io/?EIO=4&transport=polling", headers={"Host": HOST})
+    assert handshake.status_code == 200 and '"sid"' in handshake.get_data(as_text=True)
+
+
+def test_a_proxy_prefix_is_taken_from_a_trusted_proxy_only() -> None:
+    forwarded = {"Host": HOST, "X-Forwarded-Prefix": "/cam"}
+    trusted = client_of(trusted_proxy=True).get("/", headers=forwarded).get_data(as_text=True)
+    assert 'data-root="/cam"' in trusted and 'href="/cam/static/style.css"' in trusted
+    untrusted = client_of().get("/", headers=forwarded).get_data(as_text=True)
+    assert 'data-root=""' in untrusted and 'href="/static/style.css"' in untrusted
+
+
+def test_the_token_cookie_is_for_the_apps_own_path() -> None:
+    """Path=/ sent the access token to every other app behind the same proxy."""
+    page = client_of(root_path="/vlm", token="t0k").get("/vlm/?token=t0k", headers={"Host": HOST})
+    assert page.status_code == 200 and "Path=/vlm/" in page.headers["Set-Cookie"]
+
+
+def test_a_forwarded_host_name_not_ours_gets_421() -> None:
+    """Apache without ProxyPreserveHost names this server by address and puts a rebound name in X-Forwarded-Host,
+    where Engine.IO's origin rule reads it: a DNS-rebinding page got /api/info and a Socket.IO session."""
+    client = client_of()
+    rebound = {"Host": HOST, "X-Forwarded-Host": "evil.example:8280", "Origin": "http://evil.example:8280"}
+    assert client.get("/api/info", headers=rebound).status_code == 421
+    assert client.get("/socket.io/?EIO=4&transport=polling", headers=rebound).status_code == 421
+    assert client.get("/api/info", headers={**rebound, "X-Forwarded-Host": "localhost:8280"}).status_code == 200
+
+
+def test_a_refused_page_origin_is_logged_once_with_the_origin_expected(caplog: pytest.LogCaptureFixture) -> None:
+    """Apache sends no X-Forwarded-Proto: the real https page was refused every visit, and Engine.IO logs only the
+    first refusal of the process, whatever it was, so the operator had no line saying why."""
+    allowed = socket_origins(())
+    assert callable(allowed)
+    behind_apache = {"wsgi.url_scheme": "http", "HTTP_HOST": "homelab.lan:8643"}
+    with caplog.at_level(logging.WARNING, logger="vlm.origins"):
+        assert not allowed("https://homelab.lan:8643", behind_apache)
+        assert not allowed("https://homelab.lan:8643", behind_apache)
+        assert not allowed(None, behind_apache)
+    assert len(caplog.records) == 1
+    assert "'https://homelab.lan:8643'" in caplog.text and "own origin here is http://homelab.lan:8643" in caplog.text
+    assert allowed("https://homelab.lan:8643", {**behind_apache, "HTTP_X_FORWARDED_PROTO": "https"})
