@@ -104,7 +104,8 @@ function render(data, before = null) {
   item.dataset.sourceState = watch.source_state || '';
   item.querySelector('.watch-verdict').textContent = watch.paused ? 'paused'
     : down ? `camera ${watch.source_state}` : (watch.verdict || 'checking…');
-  item.querySelector('.watch-answer').textContent = watch.error || watch.answer || '';
+  // Why the camera is down (the server says it in a sentence) in place of the last answer, which is old news.
+  item.querySelector('.watch-answer').textContent = (down && watch.source_problem) || watch.error || watch.answer || '';
   item.querySelector('.watch-checked').textContent = watch.checked
     ? `checked ${clock(watch.checked)} · ${watch.checks} checks` : '';
   // Every watch has these two buttons: their names say which watch, for a screen reader's list of buttons. Pause

@@ -118,6 +118,7 @@ class Source:
     reconnects: int = 0  # times it played again after a drop
     frames: int = 0
     bad_frames: int = 0  # frames that did not decode and were skipped
+    problem: str | None = None  # why it is reconnecting or failed, as a sentence; None while it plays
 
     @property
     def public_id(self) -> str:
@@ -134,6 +135,7 @@ class Source:
             "reconnects": self.reconnects,
             "frames": self.frames,
             "bad_frames": self.bad_frames,
+            "problem": self.problem,
         }
 
 
@@ -168,6 +170,7 @@ class Watch:
             "source": self.source.public_id,
             # Not playing (reconnecting, ended, failed): the verdict and `on` are the last known, not the present.
             "source_state": self.source.state,
+            "source_problem": self.source.problem,
             "paused": self.paused,
             "verdict": self.verdict,
             "on": self.trigger.on,
@@ -249,12 +252,15 @@ class WatchHub:
         with self._changed:
             source.bad_frames += 1
 
-    def set_state(self, source: Source, state: str, *, started: float | None = None) -> None:
+    def set_state(
+        self, source: Source, state: str, *, started: float | None = None, problem: str | None = None
+    ) -> None:
         """``started`` with ``playing``: playback (re)began; a source that had played before was reopened
-        after a drop, which is what ``reconnects`` counts (not each failed attempt while it was down)."""
+        after a drop, which is what ``reconnects`` counts (not each failed attempt while it was down).
+        ``problem``: why it is not playing, for the page (a tab hears when the reason changes too)."""
         with self._changed:
-            changed = source.state != state
-            source.state = state
+            changed = (source.state, source.problem) != (state, problem)
+            source.state, source.problem = state, problem
             if started is not None:
                 if source.started is not None:
                     source.reconnects += 1

@@ -27,7 +27,7 @@ from .config import Settings
 from .errors import Code, VlmError
 from .jpeg import jpeg_bytes
 from .metrics import Metrics
-from .sources import VideoSource, source_kind, source_label
+from .sources import VideoSource, source_kind, source_label, with_password
 from .watch import Source, WatchHub
 from .webhook import WebhookSender
 
@@ -61,7 +61,8 @@ class WatchService:
                     interval_s=self.settings.watch_interval_ms / 1000,
                 )
             )
-            VideoSource(self.hub, source, target, frame_side=info.decode_size).start()  # plays until the process ends
+            player = VideoSource(self.hub, source, with_password(target, source.id), frame_side=info.decode_size)
+            player.start()  # plays until the process ends
             for condition in self.settings.watches:
                 self.hub.add(condition, source.id, owner=None)
 
