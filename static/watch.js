@@ -13,10 +13,9 @@ const ERROR_BACKOFF_MS = 1500;
 const LOADING_RETRY_MS = 2000; // the server's cameras start with its model: ask again while it loads (503)
 const ALERT_LOG_LIMIT = 100; // as many as the server's own alert feed keeps; the oldest go first
 const VERDICTS_KEPT = 200;
-// A restarted server refuses watches while its model loads, or while this tab sends faster than its rate, and a
-// stopping one while it drains: ask again.
+// A restarted server refuses watches while its model loads, or while this tab sends faster than its rate: ask again.
 // (``busy`` is not among them: the server says it for its caps on watches, which waiting does not lift.)
-const RETRY_CODES = new Set(['loading', 'rate_limited', 'shutting_down']);
+const RETRY_CODES = new Set(['loading', 'rate_limited']);
 
 const els = {
   form: $('watch-form'),

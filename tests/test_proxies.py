@@ -9,6 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.doubles import ScriptedBackendDouble
+from vlm import origins
 from vlm.config import Settings, parse_settings
 from vlm.origins import socket_origins
 from vlm.web import create_app
@@ -51,18 +52,27 @@ def test_under_a_root_path_the_page_names_every_url_under_it(path: str) -> None:
     assert handshake.status_code == 200 and '"sid"' in handshake.get_data(as_text=True)
 
 
-def test_a_proxy_prefix_is_taken_from_a_trusted_proxy_only() -> None:
+def test_a_proxy_prefix_is_taken_from_a_trusted_proxy_only_and_only_as_a_path() -> None:
     forwarded = {"Host": HOST, "X-Forwarded-Prefix": "/cam"}
-    trusted = client_of(trusted_proxy=True).get("/", headers=forwarded).get_data(as_text=True)
-    assert 'data-root="/cam"' in trusted and 'href="/cam/static/style.css"' in trusted
+    trusted = client_of(trusted_proxy=True).get("/", headers=forwarded)
+    assert 'data-root="/cam"' in trusted.get_data(as_text=True) and 'href="/cam/static/style.css"' in trusted.text
+    assert trusted.headers["Cache-Control"] == "no-store", "a shared cache must not give one client's root to others"
     untrusted = client_of().get("/", headers=forwarded).get_data(as_text=True)
     assert 'data-root=""' in untrusted and 'href="/static/style.css"' in untrusted
+    # A client's own header that the proxy let through named where the page loads its scripts from.
+    foreign = client_of(trusted_proxy=True).get(
+        "/", headers={**forwarded, "X-Forwarded-Prefix": "https://evil.example"}
+    )
+    assert 'data-root=""' in foreign.text and "evil" not in foreign.text
+    # A proxy that passes /cam on and says so too: the prefix once, not /cam/cam.
+    both = client_of(trusted_proxy=True, root_path="/cam").get("/cam/", headers=forwarded)
+    assert 'data-root="/cam"' in both.text
 
 
 def test_the_token_cookie_is_for_the_apps_own_path() -> None:
     """Path=/ sent the access token to every other app behind the same proxy."""
     page = client_of(root_path="/vlm", token="t0k").get("/vlm/?token=t0k", headers={"Host": HOST})
-    assert page.status_code == 200 and "Path=/vlm/" in page.headers["Set-Cookie"]
+    assert page.status_code == 200 and "Path=/vlm;" in page.headers["Set-Cookie"]
 
 
 def test_a_forwarded_host_name_not_ours_gets_421() -> None:
@@ -88,3 +98,20 @@ def test_a_refused_page_origin_is_logged_once_with_the_origin_expected(caplog: p
     assert len(caplog.records) == 1
     assert "'https://homelab.lan:8643'" in caplog.text and "own origin here is http://homelab.lan:8643" in caplog.text
     assert allowed("https://homelab.lan:8643", {**behind_apache, "HTTP_X_FORWARDED_PROTO": "https"})
+
+
+def test_a_flood_of_made_up_origins_does_not_hide_the_real_one(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(origins.time, "monotonic", lambda: clock[0])
+    allowed = socket_origins(())
+    assert callable(allowed)
+    page = {"wsgi.url_scheme": "http", "HTTP_HOST": "homelab.lan"}
+    with caplog.at_level(logging.WARNING, logger="vlm.origins"):
+        for n in range(origins.LOGGED_ORIGINS + 100):
+            allowed(f"http://made-up-{n}.example", page)
+        assert len(caplog.records) == origins.LOGGED_ORIGINS
+        clock[0] += origins.LATER_EVERY_S
+        allowed("https://homelab.lan", page)
+    assert len(caplog.records) == origins.LOGGED_ORIGINS + 1 and "'https://homelab.lan'" in caplog.records[-1].message

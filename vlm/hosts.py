@@ -59,7 +59,7 @@ def host_guard(wsgi_app: Callable[..., Iterable[bytes]], names: frozenset[str]) 
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         forwarded = environ.get("HTTP_X_FORWARDED_HOST")
-        named = [environ.get("HTTP_HOST", ""), *(forwarded.split(",") if forwarded is not None else ())]
+        named = [environ.get("HTTP_HOST", ""), *(forwarded.split(",") if forwarded else ())]
         if all(host_allowed(host, names) for host in named):
             return wsgi_app(environ, start_response)
         body = b"This server does not answer to that Host name (see --allowed-host).\n"

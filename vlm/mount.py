@@ -4,13 +4,16 @@ A reverse proxy in front may pass the path on (``/vlm/static/app.js``) or strip 
 (``/static/app.js``); either way the app must know it, since the page names every URL it asks
 for from it (``request.script_root``, rendered into the page). So a request under the root has
 it moved from ``PATH_INFO`` to ``SCRIPT_NAME``, and one without it is taken as stripped by the
-proxy. Under ``--trusted-proxy`` a proxy's ``X-Forwarded-Prefix`` sets it instead (ProxyFix).
+proxy. Under ``--trusted-proxy`` a proxy's ``X-Forwarded-Prefix`` sets it instead.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def root_path(value: str) -> str:
@@ -31,9 +34,25 @@ def mounted_at(wsgi_app: Callable[..., Iterable[bytes]], root: str) -> Callable[
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path, script = environ.get("PATH_INFO", ""), environ.get("SCRIPT_NAME", "")
         if path == root or path.startswith(root + "/"):
-            environ["SCRIPT_NAME"], environ["PATH_INFO"] = script + root, path[len(root) :] or "/"
-        elif not script.endswith(root):
+            environ["PATH_INFO"] = path[len(root) :] or "/"
+        if not script.endswith(root):  # else a trusted proxy said it already
             environ["SCRIPT_NAME"] = script + root
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
+def prefixed_by_proxy(wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """``--trusted-proxy``: the path the proxy serves the app under, from the ``X-Forwarded-Prefix`` it set (the
+    last one: a proxy that keeps a client's own puts it first). Only a plain path: the page loads its scripts
+    from it, and a header the proxy let through from a client must not make that another site."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if said := environ.get("HTTP_X_FORWARDED_PREFIX", "").split(",")[-1]:
+            try:
+                environ["SCRIPT_NAME"] = root_path(said)
+            except ValueError:
+                log.debug("ignored an X-Forwarded-Prefix that is no plain path: %r", said)
         return wsgi_app(environ, start_response)
 
     return app

@@ -11,12 +11,33 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-LOGGED_ORIGINS = 64  # distinct refused origins worth a line each; past these, a flood of made-up ones is not
+LOGGED_ORIGINS = 64  # distinct refused origins worth a line each; past these, a flood of made-up ones is not,
+LATER_EVERY_S = 60.0  # but one new origin a minute still is: the flood must not hide a real misconfiguration
+
+
+class RefusalLog:
+    """Which refused origins get a log line: each of the first ``LOGGED_ORIGINS`` once, then a new one a minute."""
+
+    def __init__(self) -> None:
+        self.logged: set[str] = set()
+        self.last_s = -LATER_EVERY_S
+        self.lock = threading.Lock()
+
+    def worth_a_line(self, origin: str) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            if origin in self.logged or (len(self.logged) >= LOGGED_ORIGINS and now - self.last_s < LATER_EVERY_S):
+                return False
+            if len(self.logged) < LOGGED_ORIGINS:
+                self.logged.add(origin)
+            self.last_s = now
+            return True
 
 
 def own_origins(environ: dict[str, Any]) -> set[str]:
@@ -33,8 +54,7 @@ def socket_origins(extra: tuple[str, ...]) -> str | Callable[[str | None, dict[s
     """Engine.IO's ``cors_allowed_origins``: ``*`` for any, else a check that logs what it refuses."""
     if "*" in extra:
         return "*"
-    logged: set[str] = set()
-    lock = threading.Lock()
+    refusals = RefusalLog()
 
     def allowed(origin: str | None, environ: dict[str, Any]) -> bool:
         if not origin:  # asked for the CORS headers of a request that sent none: nothing to allow or refuse
@@ -42,11 +62,7 @@ def socket_origins(extra: tuple[str, ...]) -> str | Callable[[str | None, dict[s
         own = own_origins(environ)
         if origin in own or origin in extra:
             return True
-        with lock:
-            first = origin not in logged and len(logged) < LOGGED_ORIGINS
-            if first:
-                logged.add(origin)
-        if first:
+        if refusals.worth_a_line(origin):
             log.warning(
                 "refused a Socket.IO connection from a page at %r: this server's own origin here is %s "
                 "(behind a proxy that serves https, it must send X-Forwarded-Proto: https; "

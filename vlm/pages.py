@@ -43,11 +43,14 @@ def pages_blueprint(settings: Settings, slot: ModelSlot, access: Access, message
             # A link whose token is wrong (mistyped, or from before a restart with a new one) is told so.
             return make_response(render_template("unauthorized.html", wrong=token is not None), 401)
         response = make_response(render_template("index.html"))
+        # The page names its URLs from the path it is served under, which a proxy's header may say: a shared cache
+        # must not hand one client's to another.
+        response.headers["Cache-Control"] = "no-store"
         if settings.token:
-            response.set_cookie(  # for this app's path only: other apps behind the same proxy get no token
+            response.set_cookie(  # for this app's path only (/vlm matches /vlm/… too): other apps get no token
                 TOKEN_COOKIE,
                 settings.token,
-                path=f"{request.script_root}/",
+                path=request.script_root or "/",
                 httponly=True,
                 samesite="Strict",
                 secure=request.is_secure,

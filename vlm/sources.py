@@ -109,7 +109,7 @@ def with_password(target: str, source_id: str) -> str:
 def open_options(target: str, rtsp_transport: str = "tcp") -> dict[str, object]:
     """``av.open`` arguments: RTP over ``rtsp_transport`` for RTSP, V4L2 for /dev/video*."""
     options: dict[str, object] = {"timeout": (OPEN_TIMEOUT_S, READ_TIMEOUT_S)}
-    if target.startswith(("rtsp://", "rtsps://")):
+    if url_scheme(target) in ("rtsp", "rtsps"):
         options["options"] = {"rtsp_transport": rtsp_transport}
     if target.startswith("/dev/video"):
         options["format"] = "v4l2"

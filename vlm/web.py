@@ -23,7 +23,7 @@ from .message_queue import RedisQueue
 from .metrics import MeteredScheduler, Metrics
 from .metrics_web import install_metrics
 from .model_slot import ModelSlot
-from .mount import mounted_at
+from .mount import mounted_at, prefixed_by_proxy
 from .openai_api import OpenResponses, install_openai_api
 from .origins import socket_origins
 from .outbox import Coalescing, Outbox
@@ -102,7 +102,8 @@ def create_app(settings: Settings) -> WebApp:
     if settings.root_path:
         app.wsgi_app = mounted_at(app.wsgi_app, settings.root_path)  # type: ignore[method-assign]
     if settings.trusted_proxy:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_prefix=1)  # type: ignore[method-assign]
+        app.wsgi_app = prefixed_by_proxy(app.wsgi_app)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
     app.wsgi_app = BodyDeadlines(app.wsgi_app)  # type: ignore[method-assign]
 
     access = Access(settings.token)

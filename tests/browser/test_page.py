@@ -612,7 +612,7 @@ def test_the_page_under_a_path_asks_for_everything_under_it(open_app: OpenApp, t
     assert {"/vlm/static/app.js", "/vlm/api/info", "/vlm/v1/watch"} <= fetched, fetched
     assert any(path.startswith("/vlm/socket.io/") for path in fetched), fetched
     assert all(path.startswith("/vlm/") for path in fetched), fetched
-    # A new tab has only the cookie, which is the app's path's alone.
+    # A new tab has only the cookie, which is the app's path's alone (and /vlm's, not only /vlm/'s).
     tab = page.context.new_page()
-    tab.goto(f"{token_server.url}/vlm/")
+    tab.goto(f"{token_server.url}/vlm")
     wait_until_ready(tab)
