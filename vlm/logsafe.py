@@ -12,6 +12,7 @@ import errno
 import importlib
 import logging
 import re
+import ssl
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
@@ -103,6 +104,11 @@ def masked(text: str) -> str:
 DEPARTED = frozenset({errno.EBADF, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN})
 
 
+def departed(error: BaseException | None) -> bool:
+    """Whether ``error`` is a write finding its client gone: over TLS the same shows as ``SSLEOFError``."""
+    return isinstance(error, ssl.SSLEOFError) or (isinstance(error, OSError) and error.errno in DEPARTED)
+
+
 def log_thread_exception(args: threading.ExceptHookArgs) -> None:
     """An exception that ends a thread goes through logging (masked, escaped) rather than threading's raw print.
 
@@ -112,7 +118,7 @@ def log_thread_exception(args: threading.ExceptHookArgs) -> None:
     if issubclass(args.exc_type, SystemExit):
         return
     name = args.thread.name if args.thread is not None else "?"
-    if name.endswith("(writer)") and isinstance(args.exc_value, OSError) and args.exc_value.errno in DEPARTED:
+    if name.endswith("(writer)") and departed(args.exc_value):
         logging.getLogger("vlm").debug("a websocket writer found its client gone (%s)", args.exc_value)
         return
     error = (args.exc_type, args.exc_value, args.exc_traceback)

@@ -19,8 +19,11 @@ Bounds on every connection, in every mode:
   its connection for good; bodies: ``body_rate``);
 - a green server yields to its other connections after every websocket read, however fast the
   client sends (a flood held the whole server);
-- a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused and its connection
-  closed (RFC 9112 6.1: a proxy framing it otherwise would pass a second, smuggled request);
+- a TLS handshake is part of the wait for the headers, after the per-address admission;
+- a request framed ambiguously (both ``Content-Length`` and ``Transfer-Encoding``, two lengths, a coding
+  other than ``chunked``, two ``Host``, a malformed header line) is refused and its connection closed
+  (RFC 9112 6.1: a proxy framing it otherwise would pass a second, smuggled request); gunicorn refuses
+  these itself, the green servers by ``framing_refusal``, which also caps gevent's headers in all;
 - Nagle's algorithm off: an answer ends with two short frames back to back (the last stream
   delta, then the response); with Nagle on, the second waits for the client's delayed ACK,
   about 40 ms on Linux, on every answer.
@@ -63,6 +66,10 @@ def serve(
     options: dict[str, object] = dict(tls_files(settings))
     if settings.async_mode == "gevent":
         options.update(handler_class=gevent_handler(limits), spawn=settings.max_connections)
+        if settings.https:
+            # gevent shook hands before its handler ran, under no bound: a client that never did held a slot for
+            # good. Now the handler's first read does, after the per-address admission and under the header deadline.
+            options.update(do_handshake_on_connect=False)
     else:
         options.update(
             protocol=eventlet_protocol(limits),

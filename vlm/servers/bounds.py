@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from email.message import Message
 from typing import Any, TypeVar
 
 log = logging.getLogger("vlm.servers")
@@ -16,6 +17,7 @@ log = logging.getLogger("vlm.servers")
 HEADER_TIMEOUT_S = 10.0
 IO_TIMEOUT_S = 30.0
 MIN_MESSAGE_RATE_BPS = 1024  # 5 MiB over a 1 Mbit/s phone uplink takes 40 s; this allows it 85 min
+MAX_HEADER_BYTES = 65536  # a request's header lines in all, as eventlet's own cap (a browser sends a few KiB)
 
 Connection = TypeVar("Connection")
 
@@ -111,6 +113,26 @@ def cut_slow_websocket_messages() -> None:
 
     handle_events_in_time.in_time = True  # type: ignore[attr-defined]
     Base._handle_events = handle_events_in_time
+
+
+def framing_refusal(headers: Message, version: str) -> str | None:
+    """Why a request's headers (as ``http.client`` parses them, for either green server) frame its body or its
+    target ambiguously, or None. A proxy in front that read them otherwise (the other of two lengths, a coding
+    these servers ignore, the other Host) would pass on a second, smuggled request; gunicorn refuses them all.
+    Only a lone ``chunked`` is a coding these servers decode."""
+    lengths = headers.get_all("content-length", [])
+    codings = headers.get_all("transfer-encoding", [])
+    if headers.defects:
+        return "a malformed header line"  # the parser dropped it and every header after it
+    if len(lengths) > 1 or not all(length.strip().isdigit() for length in lengths):
+        return "Content-Length not one number"
+    if lengths and codings:
+        return "both Content-Length and Transfer-Encoding"
+    if codings and (version != "HTTP/1.1" or len(codings) > 1 or codings[0].lower() != "chunked"):
+        return "a Transfer-Encoding other than chunked over HTTP/1.1"
+    if len(headers.get_all("host", [])) > 1:
+        return "more than one Host"
+    return None
 
 
 def log_client_error(client: object, message: str, *args: object) -> None:

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .bounds import (
     HEADER_TIMEOUT_S,
     IO_TIMEOUT_S,
+    MAX_HEADER_BYTES,
     AddressLimits,
     cut_slow_websocket_messages,
+    framing_refusal,
+    log,
     log_client_error,
     message_too_slow,
     no_delay,
@@ -37,6 +42,32 @@ class GreenHeadersDeadline:
     def get_environ(self) -> Any:
         self.headers_due.cancel()
         return super().get_environ()  # type: ignore[misc]
+
+
+class CappedLines:
+    """A request's stream as the header parser reads it (line by line), refusing lines past ``MAX_HEADER_BYTES``
+    in all with a ``ValueError``, which pywsgi answers 400."""
+
+    def __init__(self, rfile: Any) -> None:
+        self.rfile = rfile
+        self.left = MAX_HEADER_BYTES
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self.rfile.readline(limit)
+        self.left -= len(line)
+        if self.left < 0:
+            raise ValueError(f"request headers over {MAX_HEADER_BYTES} bytes")
+        return line
+
+
+@contextlib.contextmanager
+def tls_failures_quiet(client: object) -> Iterator[None]:
+    """A TLS error ending a connection (a failed handshake: a scanner, plain http to the https port; a client gone
+    mid-answer) is the client's doing, as a reset is: one DEBUG line, where eventlet's hub printed a traceback."""
+    try:
+        yield
+    except ssl.SSLError as error:
+        log.debug("%s: TLS ended: %s", peer_address(client), error)
 
 
 def unmask(data: bytes, mask: bytes, length: int | None = None, offset: int = 0) -> bytes:
@@ -77,6 +108,8 @@ def gevent_handler(limits: AddressLimits) -> type:
 
     class GuardedHandler(GreenHeadersDeadline, WSGIHandler):  # type: ignore[misc]
         start_timer = staticmethod(gevent.Timeout.start_new)
+        # A client gone mid-answer, over TLS: the twin of a broken pipe, which pywsgi logged with a traceback.
+        ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, ssl.SSL_ERROR_EOF)
 
         def handle(self) -> None:
             address = peer_address(self.client_address)
@@ -99,12 +132,14 @@ def gevent_handler(limits: AddressLimits) -> type:
                 # mid-upgrade left a close frame that pywsgi would read as the next request's first line.
                 self.close_connection = True
 
-        def MessageClass(self, *args: Any) -> Any:
-            """The headers, refused with both lengths: pywsgi read such a body as chunked and kept the
-            connection, so it answered the request a proxy framing by Content-Length would not have seen."""
-            headers = super().MessageClass(*args)
-            if "content-length" in headers and "transfer-encoding" in headers:
-                raise ValueError("both Content-Length and Transfer-Encoding")  # answered 400, connection closed
+        def MessageClass(self, rfile: Any, *args: Any) -> Any:
+            """The headers, at most ``MAX_HEADER_BYTES`` of them (pywsgi took 100 lines of 64 KiB each), refused
+            when framed ambiguously: pywsgi read a body with both lengths as chunked, one with two lengths by the
+            first, and kept the connection, so it answered a request that a proxy in front would not have seen."""
+            headers = super().MessageClass(CappedLines(rfile), *args)
+            refusal = framing_refusal(headers, self.request_version)
+            if refusal:
+                raise ValueError(refusal)  # answered 400, connection closed
             return headers
 
         def _handle_client_error(self, error: Exception) -> Any:
@@ -170,9 +205,32 @@ def eventlet_protocol(limits: AddressLimits) -> type:
             if not limits.admit(address):
                 return
             try:
-                super().handle()
+                with tls_failures_quiet(self.client_address):
+                    super().handle()
             finally:
                 limits.release(address)
+
+        def parse_request(self) -> bool:
+            """The headers, refused when framed ambiguously: eventlet answered the request hidden behind the first
+            of two lengths, and read a body by a Transfer-Encoding it does not decode (or on HTTP/1.0) as none."""
+            if not super().parse_request():
+                return False
+            refusal = framing_refusal(self.headers, self.request_version)
+            if refusal:
+                self.send_error(400, refusal)  # and the connection closed
+                return False
+            return True
+
+        def finish(self) -> None:
+            """eventlet's own closes the response stream first; when its client is gone (a cut body's) the
+            answer left in it fails to flush, the request stream's close after it is skipped, and that stream kept
+            the socket open until a garbage collection, minutes later. Both are closed here whatever happened."""
+            try:
+                with tls_failures_quiet(self.client_address):
+                    super().finish()
+            finally:
+                self.rfile.close()
+                self.connection.close()
 
         def log_message(self, template: str, *args: object) -> None:
             """http.server writes these (a malformed request's line, token and all) straight to stderr."""
