@@ -923,6 +923,9 @@ fake camera shows (`held_drawing_scene`, `single_object_scene`), at 640x480.
   height, or strokes thinner than a marker's, lose their shape.
 - Questions outside the trained phrasings are matched only by their known words; unknown
   words become `<unk>`. It cannot hold a conversation, explain, or refuse.
+- The held-out table measures the training generator's own drawings (another seed), not
+  drawings made another way; check a new checkpoint on another renderer's drawings before
+  trusting it with real ones (the bundled weights were: "On drawings made by another renderer").
 - Not for any real use: it is a test fixture and a demo.
 """
 
