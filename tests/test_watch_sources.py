@@ -81,6 +81,16 @@ def http_files(media: Path) -> Iterator[str]:
     server.server_close()
 
 
+def accept_each(listener: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Each connection ``listener`` accepts, handled on a thread of its own, until the listener is closed."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(connection,), daemon=True).start()
+
+
 class MjpegCamera:
     """An MJPEG camera: each connection gets ``part(i)`` as its i-th JPEG, 20 a second, ``frames`` of them, then
     a hang-up. Counts connections."""
@@ -91,18 +101,10 @@ class MjpegCamera:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/video"
         self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._stream, args=(connection,), daemon=True).start()
+        threading.Thread(target=accept_each, args=(self.listener, self._stream), daemon=True).start()
 
     def _stream(self, connection: socket.socket) -> None:
+        self.connections += 1
         with connection:
             connection.settimeout(5)
             try:
@@ -216,15 +218,7 @@ class UdpOnlyRtspServer:
         self.url = f"rtsp://127.0.0.1:{self.listener.getsockname()[1]}/cam"
         self.setups = {"tcp": 0, "udp": 0}
         self.senders: list[subprocess.Popen[bytes]] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(connection,), daemon=True).start()
+        threading.Thread(target=accept_each, args=(self.listener, self._session), daemon=True).start()
 
     def _session(self, connection: socket.socket) -> None:
         # A player that is stopped resets its connection.
