@@ -75,6 +75,13 @@ def test_the_token_cookie_is_for_the_apps_own_path() -> None:
     assert page.status_code == 200 and "Path=/vlm;" in page.headers["Set-Cookie"]
 
 
+def test_a_doubled_slash_is_not_redirected_to_an_address_made_from_the_host_header() -> None:
+    """Werkzeug answered /static//style.css with a 308 to an absolute URL built from Host: behind a caching proxy
+    with --allowed-host '*', one request could have left that redirect for everyone."""
+    doubled = client_of().get("/static//style.css", headers={"Host": "10.9.8.7"})
+    assert doubled.status_code == 404 and "Location" not in doubled.headers
+
+
 def test_a_forwarded_host_name_not_ours_gets_421() -> None:
     """Apache without ProxyPreserveHost names this server by address and puts a rebound name in X-Forwarded-Host,
     where Engine.IO's origin rule reads it: a DNS-rebinding page got /api/info and a Socket.IO session."""

@@ -10,10 +10,12 @@ all counting into one ``Metrics``. The model is not loaded here: app.py hands it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask
 from flask_socketio import SocketIO
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import Map
 
 from .access import Access
 from .backends.base import Backend
@@ -74,9 +76,21 @@ class WebApp:
         return not (unanswered or self.outbox.undelivered or self.outbox.unwritten or self.open_responses)
 
 
+class ExactPaths(Map):
+    """Routes that never redirect a doubled slash to the merged path: Werkzeug writes that redirect's Location from
+    the Host header, a redirect a caching proxy in front (with ``--allowed-host '*'``) would keep for everyone."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "merge_slashes": False})
+
+
+class VlmFlask(Flask):
+    url_map_class = ExactPaths
+
+
 def create_app(settings: Settings) -> WebApp:
     slot = ModelSlot()
-    app = Flask(__name__, template_folder="../templates", static_folder="../static")
+    app = VlmFlask(__name__, template_folder="../templates", static_folder="../static")
     # Base64 inflates by 4/3; above 1.5 times that, a message is not a mistake worth answering but
     # something to cut off at the transport, before it is buffered.
     transport_limit = settings.max_image_bytes * 2
