@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench import step_anatomy
-from bench.common import cpu_name
-from bench.serving import BatchActivity, activity_section, batch_activity
+from bench.common import camera_frame, cpu_name
+from bench.serving import BatchActivity, activity_section, batch_activity, pick_device, raw_generate
 from tests.frames import jpeg_data_url
 from tests.server_process import serving
 from tests.socket_client import RecordingClient
@@ -46,6 +46,13 @@ def test_a_wave_of_generate_calls_shows_no_step_or_join_times() -> None:
 @pytest.mark.skipif("model name" not in CPUINFO, reason="no CPU model name reported (not Linux)")
 def test_benchmarks_name_the_machine_by_its_cpu_model() -> None:
     assert cpu_name() != platform.machine() and f": {cpu_name()}\n" in CPUINFO
+
+
+def test_raw_generate_times_every_batch_on_a_frame_it_has_not_encoded(slow_model: Path) -> None:
+    """The GPU run calls this first: an API it leans on, gone, costs a device loan (FrameCache.clear did)."""
+    raw = raw_generate(slow_model, pick_device("cpu"), "float32", camera_frame(), tokens=4, batches=[1, 2])
+    assert set(raw.seconds) == set(raw.step_ms) == {1, 2} and all(ms > 0 for ms in raw.step_ms.values()), raw
+    assert raw.prepare_ms > 0 and raw.prepared_per_s, raw
 
 
 def test_the_step_anatomy_times_steps_and_a_join_and_names_the_operations(tiny_model: Path, tmp_path: Path) -> None:
