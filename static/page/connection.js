@@ -11,6 +11,10 @@ import { dropInFlight, errorText, onQueryError, onResponse, onStream } from './r
 const STATUS_TEXT = { connected: 'Connected', disconnected: 'Disconnected', reconnecting: 'Reconnecting…' };
 const LOST_CONNECTION = 'The connection to the server was lost (was it stopped or restarted?). '
   + 'Asking is paused until it is back; the page keeps trying to reconnect by itself.';
+// Engine.IO's words when a page's origin is not the server's own. Behind a reverse proxy that does not pass on
+// the scheme or host the browser used (Apache sends no X-Forwarded-Proto), every visit of the real page gets
+// them, and the page would only ever say "Reconnecting…".
+const ORIGIN_REFUSAL = 'Not an accepted origin';
 
 let socket = null;
 let connectedBefore = false;
@@ -41,6 +45,13 @@ export function connect(token) {
   });
   socket.on('connect_error', (err) => {
     setStatus(socket.active ? 'reconnecting' : 'disconnected');
+    if (String(err.context?.responseText ?? '').includes(ORIGIN_REFUSAL)) {
+      showError(`The server refused this page's address, ${window.location.origin}, as another site's. `
+        + 'Behind a reverse proxy, the proxy must pass on the host and scheme the browser used '
+        + '(Host and X-Forwarded-Proto; see DEPLOYMENT.md); the server\'s log names the address it expected.',
+        'connection');
+      return;
+    }
     // A refusal by the server carries its reason in err.data ({code, message}); the page words it as it words
     // the same refusal of a question.
     const reason = err.data?.code ? errorText(err.data) : err.message;

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.browser.conftest import DESKTOP, TIMEOUT_MS, OpenApp, wait_until_ready
 from tests.server_process import AppProcess
@@ -116,6 +116,28 @@ def test_without_the_token_the_page_says_how_to_get_the_link(
         expect(notice).to_contain_text("console")
         assert page.evaluate("getComputedStyle(document.body).backgroundColor") != "rgba(0, 0, 0, 0)", "styled"
         assert axe_violations(page, axe_source) == []
+    finally:
+        context.close()
+
+
+def test_a_page_whose_origin_the_server_refuses_says_why(browser: Browser, server: AppProcess) -> None:
+    """Behind Apache, which sends no X-Forwarded-Proto, the real https page was refused as another site's, and the
+    page only ever said "Reconnecting…". Here its Socket.IO requests reach the server with another Origin, as the
+    server sees them behind such a proxy (sent by Playwright's own client: a browser keeps its Origin)."""
+    context = browser.new_context(viewport=DESKTOP)  # by hand: refused connections log console errors
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+
+        def through_a_misconfigured_proxy(route: Route) -> None:
+            route.fulfill(response=route.fetch(headers={**route.request.headers, "origin": "https://homelab.lan"}))
+
+        page.route("**/socket.io/?*", through_a_misconfigured_proxy)
+        page.goto(server.url)
+        expect(page.locator("#error")).to_contain_text(f"refused this page's address, {server.url}, as another site's")
+        expect(page.locator("#error")).to_contain_text("X-Forwarded-Proto")
+        expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+        assert "refused a Socket.IO connection from a page at 'https://homelab.lan'" in server.log()
     finally:
         context.close()
 
