@@ -3,15 +3,16 @@
     python -m bench.step_anatomy                 # this machine
     python -m bench.step_anatomy --device cuda   # a CUDA machine: how much of a step the GPU is busy
 
-On the H100 a decode step of the real-size SmolVLM-256M took 35 ms against a 0.1-ms bandwidth
-bound: the CPU launching kernels, not the GPU running them, seems to set the pace. This measures
-it before anything is built on it (CUDA graphs replay a step's kernels with one launch): for steps
-at 1 and 16 rows and for one newcomer joining 15 running rows, the wall time (timed without the
-profiler), the time the GPU spends in kernels and the kernels the CPU launched (on a GPU), and the
-operations that took the CPU's own time. The model is ``bench.serving``'s SmolVLM-256M (built
-when missing) or ``--model``; the batch is the app's ``StepDecoder`` on requests prepared
-beforehand, as a GPU's preparing threads prepare them. Results go to ``--out`` and into the
-README between this device's markers. Nothing here is a test.
+On the H100 a decode step of the real-size SmolVLM-256M took 35 ms against a 0.1-ms bandwidth bound:
+the CPU launching kernels, not the GPU running them, seems to set the pace. This measures it before
+anything is built on it (CUDA graphs replay a step's kernels with one launch): for steps at 1 and 16
+rows and for one newcomer joining 15 running rows, the wall time (timed without the profiler), the
+time the GPU spends in kernels and the kernels the CPU launched (on a GPU), and the operations that
+took the CPU's own time; and 16 rows joined at once, unpadded, as ``generate``'s batch is (on the
+H200 a padded 16-row step took twice a one-row step; ``generate``'s did not). The model is
+``bench.serving``'s SmolVLM-256M (built when missing) or ``--model``; the batch is the app's
+``StepDecoder`` on requests prepared beforehand, as a GPU's preparing threads prepare them. Results
+go to ``--out`` and into the README between this device's markers. Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Anatomy:
     wall_ms: float
     busy_ms: float | None
     launches: float | None
+    launch_us: float | None  # the CPU's own time per ``cudaLaunchKernel`` call
     top: list[tuple[str, float]]
 
 
@@ -96,7 +98,7 @@ def anatomy(
         walls.append((time.perf_counter() - started) * 1000)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.name == "cuda" else [])
     host: Counter[str] = Counter()
-    kernel_us = launches = 0.0
+    kernel_us = launches = launching_us = 0.0
     for _ in range(calls):
         between()
         with profile(activities=activities) as run:
@@ -107,7 +109,9 @@ def anatomy(
                 continue
             host[entry.key] += entry.self_cpu_time_total
             kernel_us += entry.self_device_time_total
-            launches += entry.count if entry.key.startswith("cudaLaunchKernel") else 0
+            if entry.key.startswith("cudaLaunchKernel"):
+                launches += entry.count
+                launching_us += entry.self_cpu_time_total
     on_gpu = device.name == "cuda"
     total = sum(host.values()) or 1.0
     return Anatomy(
@@ -116,13 +120,14 @@ def anatomy(
         statistics.median(walls),
         kernel_us / 1000 / calls if on_gpu else None,
         launches / calls if on_gpu else None,
+        launching_us / launches if on_gpu and launches else None,
         [(name, spent / total) for name, spent in host.most_common(TOP_OPERATIONS)],
     )
 
 
 def measure(backend: TransformersBackend, device: Device, batches: list[int], calls: int) -> list[Anatomy]:
-    """Decode steps at each batch size, then a newcomer's join into a batch one short of the largest; the rows
-    joined a step apart, as in a live batch."""
+    """Decode steps at each batch size, the rows joined a step apart as in a live batch, then the largest batch
+    joined at once (unpadded), then a newcomer's join into a batch one short of the largest."""
     events = Rows()
     decoder = StepDecoder(backend.model, backend.tokenizer, backend.eos_ids, backend.model_inputs, events)
     keys = count()
@@ -143,12 +148,19 @@ def measure(backend: TransformersBackend, device: Device, batches: list[int], ca
             decoder.join({key: job})
             decoder.step()
 
+    def warmed_steps(label: str, rows: int) -> Anatomy:
+        for _ in range(3):  # first calls build kernels and plans
+            decoder.step()
+        return anatomy(device, label, rows, decoder.step, lambda: None, calls)
+
     results = []
     for rows in batches:
         fill(rows)
-        for _ in range(3):  # first calls build kernels and plans
-            decoder.step()
-        results.append(anatomy(device, "decode step", rows, decoder.step, lambda: None, calls))
+        results.append(warmed_steps("decode step", rows))
+    if max(batches) > 1:  # the same rows prefilled together, as generate's batch is: one length, no padding
+        decoder.clear()
+        decoder.join(requests(max(batches)))
+        results.append(warmed_steps("decode step, joined at once (no padding)", max(batches)))
     fill(max(batches) - 1)
     running = set(decoder.rows())
     newcomers = [requests(1) for _ in range(2 * calls + 1)]
@@ -174,8 +186,9 @@ def report(device: Device, model: str, results: list[Anatomy]) -> str:
         busy = "—" if result.busy_ms is None else f"{result.busy_ms:.1f}"
         share = "—" if result.busy_ms is None else f"{result.busy_ms / result.wall_ms:.0%}"
         launches = "—" if result.launches is None else f"{result.launches:.0f}"
+        launch_us = "—" if result.launch_us is None else f"{result.launch_us:.1f}"
         top = ", ".join(f"`{name}` {part:.0%}" for name, part in result.top)
-        rows.append([result.label, str(result.rows), f"{result.wall_ms:.1f}", busy, share, launches, top])
+        rows.append([result.label, str(result.rows), f"{result.wall_ms:.1f}", busy, share, launches, launch_us, top])
     table = markdown(
         rows,
         [
@@ -185,6 +198,7 @@ def report(device: Device, model: str, results: list[Anatomy]) -> str:
             "GPU in kernels ms",
             "GPU busy",
             "kernels launched",
+            "CPU µs / launch",
             "the CPU's own time, most first",
         ],
     )
@@ -197,7 +211,8 @@ def report(device: Device, model: str, results: list[Anatomy]) -> str:
     return (
         f"Device: {device.label}. Model: {model}, {tiles_line(device.max_crops)}. The app's `StepDecoder` on "
         "requests prepared beforehand, each joining a step after the one before, as in a live batch (so rows are "
-        "padded); wall time is the median of calls timed without the profiler; the other "
+        "padded), except the rows joined at once; wall time is the median of calls timed without the profiler; "
+        "the other "
         "columns are per call, from as many calls under torch's profiler (its `key_averages`: the CPU's own "
         f"time per operation, kernel time on the device, `cudaLaunchKernel` calls). A join is a newcomer's "
         f"prefill (its frame through the vision tower, its prompt through the decoder) and its cache appended "
