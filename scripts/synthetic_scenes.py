@@ -33,6 +33,17 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
 # Inks that show on each surface: white vanishes on paper, black on a dark board.
 PAPER_INKS: tuple[str, ...] = ("red", "green", "blue", "yellow", "black")
 DARK_INKS: tuple[str, ...] = ("red", "green", "blue", "yellow", "white")
+# Pen strokes that fill a drawing's inside instead of solid ink: parallel lines, one zigzag
+# stroke going back and forth, or two layers of lines crossing ("" is no hatching).
+HATCHES: tuple[str, ...] = ("", "lines", "zigzag", "cross")
+# The thinnest pen training draws, as a fraction of the frame's height: 2.6 px in a 480 px
+# frame, 1 px in the page's 256x192 one, about half a pixel (a faint line) in the model's
+# 96x96 view. Drawings smaller than `SMALL_DRAWING` get at least twice that.
+THIN_PEN = 0.0055
+# The smallest drawing training draws: the enclosing circle's diameter, as a fraction of the
+# frame's height (about 9x12 px in the 96x96 view of a 4:3 frame; 0.17 before "small drawings").
+MIN_DRAWING = 0.12
+SMALL_DRAWING = 0.17
 QUESTION_KINDS: tuple[str, ...] = ("shape", "color", "count", "exists", "describe")
 COUNT_WORDS: tuple[str, ...] = ("1", "2", "3")
 MAX_OBJECTS = len(COUNT_WORDS)
@@ -67,13 +78,29 @@ class SceneObject:
     rgb: tuple[int, int, int] | None = None  # exact ink; None uses COLOR_RGB[color]
     stroke: float = 0.0  # outline width as a fraction of `size`; 0 draws the shape filled
     wobble: float = 0.0  # hand-drawn unevenness, as a fraction of the radius
-    seed: int = 0  # seeds the wobble and the stroke's uneven width
+    seed: int = 0  # seeds the wobble, the stroke's uneven width, hatching and the hand's other slips
+    hatch: str = ""  # one of HATCHES: pen strokes fill the inside instead of solid ink (with `stroke` 0, no outline)
+    hatch_gap: float = 0.12  # distance between hatch strokes, as a fraction of `size`
+    pen: float = 0.0  # hatch strokes' width as a fraction of `size`; 0 uses half the outline's (or 0.02)
+    retrace: int = 1  # times the outline is drawn: 2 goes round again with a slightly different wobble
+    bow: float = 0.0  # straight edges bulge out or cave in by up to this fraction of their length
+    overshoot: float = 0.0  # pen runs past the corners (a circle past its start) by up to this fraction of `size`
+    gap: float = 0.0  # fraction of the outline left undrawn: the stroke does not close
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
             raise ValueError(f"unknown shape {self.shape!r}; expected one of {SHAPES}")
         if self.color not in COLORS:
             raise ValueError(f"unknown color {self.color!r}; expected one of {COLORS}")
+        if self.hatch not in HATCHES:
+            raise ValueError(f"unknown hatch {self.hatch!r}; expected one of {HATCHES}")
+        if self.retrace < 1:
+            raise ValueError(f"retrace must be at least 1, got {self.retrace}")
+
+    @property
+    def sketchy(self) -> bool:
+        """Whether the outline is drawn by a less careful hand: twice, bowed, past its corners or left open."""
+        return self.stroke > 0 and (self.retrace > 1 or self.bow > 0 or self.overshoot > 0 or self.gap > 0)
 
 
 @dataclass(frozen=True)
@@ -176,16 +203,17 @@ def random_camera_size(rng: random.Random, held_out: bool = False) -> tuple[int,
 def random_scene(rng: random.Random, held_out: bool = False) -> SceneSpec:
     """A random drawing scene as a webcam might see it.
 
-    `held_out=True` adds conditions training never uses: ruled notebook paper and light
-    dimmer than any training scene's. Drawings are kept big enough to survive the model's
-    64x64 px view of the frame.
+    Drawings are filled, outlined or hatched, by markers or thin pens, sometimes by a quick
+    hand (double, bowed, overshooting or unclosed strokes). `held_out=True` adds conditions
+    training never uses: ruled notebook paper and light dimmer than any training scene's.
+    Drawings and strokes are kept big enough to survive the model's 96x96 px view of the frame.
     """
     while True:
         tone, paper = _random_surface(rng)
         close_up = rng.random() < (0.25 if paper else 0.45)
         corners = _full_frame_corners(rng) if close_up else _held_corners(rng)
-        objects = _random_objects(rng, PAPER_INKS if paper else DARK_INKS)
         sheet = Sheet(tone=tone, corners=corners, ruled=held_out and paper and rng.random() < 0.3)
+        objects = _random_objects(rng, PAPER_INKS if paper else DARK_INKS, _sheet_scale(sheet))
         if all(_fits_in_frame(sheet, obj) for obj in objects):
             break
     fingers = _random_fingers(rng, sheet, objects) if rng.random() < (0.35 if close_up else 0.6) else []
@@ -209,11 +237,23 @@ def scene_conditions(spec: SceneSpec, size: tuple[int, int]) -> set[str]:
         tags.add("grey paper")
     else:
         tags.add("light paper (white, cream)")
-    strokes = {obj.stroke > 0 for obj in spec.objects}
-    if strokes == {False}:
+    objects = spec.objects
+    if all(obj.stroke == 0 and not obj.hatch for obj in objects):
         tags.add("filled shapes")
-    if strokes == {True}:
+    if all(obj.stroke > 0 and not obj.hatch for obj in objects):
         tags.add("outline shapes")
+    if any(obj.hatch for obj in objects):
+        tags.add("hatched fills")
+    if any(obj.sketchy for obj in objects):
+        tags.add("double, bowed or open strokes")
+    scale = _sheet_scale(spec.sheet)
+    if any(0 < width < _THIN_TAG for obj in objects for width in _pen_widths(obj, scale)):
+        tags.add("thin pens")
+    if any(_frame_extent(spec.sheet, obj) < SMALL_DRAWING for obj in objects):
+        tags.add("small drawings")
+    gain = spec.lighting.gain
+    if max(gain) / max(1e-6, min(gain)) > _STRONG_CAST:
+        tags.add("strong colour cast")
     (x0, y0), (x1, y1) = spec.sheet.corners[0], spec.sheet.corners[1]
     if abs(math.degrees(math.atan2((y1 - y0) * size[1], (x1 - x0) * size[0]))) >= 10:
         tags.add("rotated sheet (>= 10 degrees)")
@@ -221,7 +261,7 @@ def scene_conditions(spec: SceneSpec, size: tuple[int, int]) -> set[str]:
         tags.add("partly covered (fingers)")
     if spec.sheet.ruled:
         tags.add("not trained: ruled paper")
-    if sum(spec.lighting.gain) / 3 < _MIN_TRAIN_EXPOSURE:
+    if sum(spec.lighting.gain) / 3 < TRAIN_EXPOSURE[0]:
         tags.add("not trained: dim light")
     if size in UNSEEN_CAMERA_SIZES:
         tags.add("not drawn in training: 1080p / portrait frame")
@@ -322,7 +362,12 @@ def _color_question(objects: Sequence[SceneObject], rng: random.Random) -> QA | 
 
 # ---------------------------------------------------------------- random scene parts
 
-_MIN_TRAIN_EXPOSURE = 0.75
+# Training scenes' exposure (mean channel gain) lies in this range; held-out "dim light" scenes are
+# all dimmer (HELD_OUT_DIM_EXPOSURE), so that condition stays one training never shows.
+TRAIN_EXPOSURE = (0.6, 1.2)
+HELD_OUT_DIM_EXPOSURE = (0.4, 0.57)
+_STRONG_CAST = 1.45  # red/blue gain ratio beyond which a cast counts as strong (a warmth of 0.18)
+_THIN_TAG = 2.1 * THIN_PEN  # strokes thinner than this (about 1 px in the 96 px view) count as thin pens
 
 
 def _random_surface(rng: random.Random) -> tuple[tuple[int, int, int], bool]:
@@ -369,10 +414,16 @@ def _held_corners(rng: random.Random) -> tuple[tuple[float, float], ...]:
     return tuple(corners)
 
 
-def _random_objects(rng: random.Random, inks: Sequence[str]) -> list[SceneObject]:
-    """1-3 non-overlapping drawings inside the sheet's margins; filled, outlined or (rarely) mixed."""
+def _random_objects(rng: random.Random, inks: Sequence[str], scale: float = 1.0) -> list[SceneObject]:
+    """1-3 non-overlapping drawings inside the sheet's margins: solid, outlined, hatched or (rarely) mixed.
+
+    `scale` is the sheet's shorter side in frame heights. A quarter of scenes have small
+    drawings (down to `MIN_DRAWING` of the frame's height); the rest are as large as before.
+    """
     count = rng.choices((1, 2, 3), weights=(0.5, 0.27, 0.23))[0]
     low, high = {1: (0.3, 0.8), 2: (0.3, 0.45), 3: (0.27, 0.38)}[count]
+    if rng.random() < 0.25:
+        low, high = MIN_DRAWING * 1.05 / scale, min(high, max(low, 0.21 / scale))
     style = rng.random()
     while True:
         placed: list[SceneObject] = []
@@ -381,8 +432,7 @@ def _random_objects(rng: random.Random, inks: Sequence[str]) -> list[SceneObject
             r = size / 2
             cx, cy = rng.uniform(r + 0.08, 1 - r - 0.08), rng.uniform(r + 0.08, 1 - r - 0.08)
             if all(math.hypot(cx - o.center[0], cy - o.center[1]) > r + o.size / 2 + 0.05 for o in placed):
-                outline = style < 0.4 or (style > 0.9 and rng.random() < 0.5)
-                candidate = _random_object(rng, inks, size, (cx, cy), outline)
+                candidate = _random_object(rng, inks, size, (cx, cy), _fill_style(rng, style), scale)
                 if all((candidate.shape, candidate.color) != (o.shape, o.color) for o in placed):
                     placed.append(candidate)
             if len(placed) == count:
@@ -390,29 +440,108 @@ def _random_objects(rng: random.Random, inks: Sequence[str]) -> list[SceneObject
         high = max(low, high * 0.9)
 
 
+def _fill_style(rng: random.Random, style: float) -> str:
+    """ "solid", "outline" or "hatch": one for the whole scene, or (a tenth of scenes) each drawing its own."""
+    if style < 0.36:
+        return "solid"
+    if style < 0.64:
+        return "outline"
+    if style < 0.9:
+        return "hatch"
+    return rng.choice(("solid", "outline", "hatch"))
+
+
 def _random_object(
-    rng: random.Random, inks: Sequence[str], size: float, center: tuple[float, float], outline: bool
+    rng: random.Random,
+    inks: Sequence[str],
+    size: float,
+    center: tuple[float, float],
+    fill: str,
+    scale: float = 1.0,
 ) -> SceneObject:
+    """One drawing; pen widths are picked in frame heights (`scale`: the sheet's shorter side in them)."""
     color = rng.choice(inks)
+    shape = rng.choice(SHAPES)
+    across = size * scale  # the drawing's diameter in frame heights
+    floor = THIN_PEN if across >= 0.2 else 2 * THIN_PEN
+    outline = fill == "outline" or (fill == "hatch" and rng.random() < 0.85)
+    stroke = 0.0
+    if outline:
+        if rng.random() < 0.25:  # a thin pen
+            stroke = rng.uniform(floor, max(floor, 2 * THIN_PEN)) / across
+        else:  # a marker, as before
+            stroke = max(floor / across, rng.uniform(0.06, 0.14))
+    hatch, hatch_gap, pen = "", 0.12, 0.0
+    if fill == "hatch":
+        hatch = rng.choices(HATCHES[1:], weights=(0.45, 0.3, 0.25))[0]
+        if outline:
+            hatch_gap = rng.uniform(0.08, 0.2)
+            pen = max(floor / across, rng.uniform(0.2, 0.5) * hatch_gap)
+        else:  # without an outline only dense hatching shows the shape
+            hatch_gap = rng.uniform(0.05, 0.09)
+            pen = max(floor / across, rng.uniform(0.35, 0.6) * hatch_gap)
+    retrace, bow, overshoot, gap = 1, 0.0, 0.0, 0.0
+    if outline and rng.random() < 0.45:  # a quicker hand: at least one of these
+        slips = [rng.random() < p for p in (0.5, 0.45, 0.3, 0.25)]
+        if not any(slips):
+            slips[0] = True
+        retrace = 2 if slips[0] else 1
+        bow = rng.uniform(0.03, 0.09) if slips[1] and shape != "circle" else 0.0
+        overshoot = rng.uniform(0.03, 0.08) if slips[2] else 0.0
+        gap = rng.uniform(0.03, 0.08) if slips[3] and not (overshoot and shape == "circle") else 0.0
+        if not (retrace > 1 or bow or overshoot or gap):
+            retrace = 2
     return SceneObject(
-        shape=rng.choice(SHAPES),
+        shape=shape,
         color=color,
         center=center,
         size=size,
         rotation=rng.uniform(-25.0, 25.0),
         rgb=_tint(rng, COLOR_RGB[color], 22),
-        stroke=rng.uniform(0.06, 0.14) if outline else 0.0,
+        stroke=stroke,
         wobble=rng.uniform(0.0, 0.08),
         seed=rng.randrange(2**31),
+        hatch=hatch,
+        hatch_gap=hatch_gap,
+        pen=pen,
+        retrace=retrace,
+        bow=bow,
+        overshoot=overshoot,
+        gap=gap,
     )
 
 
-def _fits_in_frame(sheet: Sheet, obj: SceneObject, margin: float = 0.02, min_size: float = 0.17) -> bool:
+def _fits_in_frame(sheet: Sheet, obj: SceneObject, margin: float = 0.02, min_size: float = MIN_DRAWING) -> bool:
     """Whether the whole drawing is in view (in a 4:3 frame) and big enough to recognise."""
     ring = _frame_ring(sheet, obj)
     xs, ys = ring[:, 0] / 640, ring[:, 1] / 480
     inside = xs.min() > margin and xs.max() < 1 - margin and ys.min() > margin and ys.max() < 1 - margin
-    return bool(inside) and min(xs.max() - xs.min(), (ys.max() - ys.min()) * 0.75) >= min_size * 0.75
+    return bool(inside) and _frame_extent(sheet, obj, ring) >= min_size
+
+
+def _frame_extent(sheet: Sheet, obj: SceneObject, ring: np.ndarray | None = None) -> float:
+    """The drawing's narrower extent in a 640x480 frame (across or down), in frame heights."""
+    ring = _frame_ring(sheet, obj) if ring is None else ring
+    return float(min(np.ptp(ring[:, 0]), np.ptp(ring[:, 1]))) / 480
+
+
+def _sheet_scale(sheet: Sheet) -> float:
+    """The flat sheet's shorter side in frame heights (of a 640x480 frame)."""
+    return min(_flat_size(sheet, (640, 480))) / 480
+
+
+def _pen_widths(obj: SceneObject, scale: float) -> list[float]:
+    """The widths of the drawing's strokes (outline, hatching) in frame heights; none for solid ink."""
+    across = obj.size * scale
+    widths = [obj.stroke * across] if obj.stroke > 0 else []
+    if obj.hatch:
+        widths.append(_hatch_pen(obj) * across)
+    return widths
+
+
+def _hatch_pen(obj: SceneObject) -> float:
+    """Hatch strokes' width as a fraction of the drawing's size."""
+    return obj.pen or (obj.stroke / 2 if obj.stroke > 0 else 0.02)
 
 
 def _frame_ring(sheet: Sheet, obj: SceneObject) -> np.ndarray:
@@ -465,14 +594,22 @@ def _covers(finger: Finger, obj: SceneObject, sheet: Sheet) -> bool:
 
 
 def _random_lighting(rng: random.Random, dim: bool) -> Lighting:
-    exposure = rng.uniform(0.5, 0.72) if dim else rng.uniform(_MIN_TRAIN_EXPOSURE, 1.15)
-    warmth = rng.uniform(-0.18, 0.18)
-    gain = (exposure * (1 + warmth), exposure * rng.uniform(0.95, 1.05), exposure * (1 - warmth))
+    """Exposure (the mean of the channel gains) and white balance, uneven light, noise and blur.
+
+    A fifth of scenes have a strong colour cast (warm or cool, red/blue gains up to 1.8 apart).
+    """
+    exposure = rng.uniform(*HELD_OUT_DIM_EXPOSURE) if dim else rng.uniform(*TRAIN_EXPOSURE)
+    if rng.random() < 0.2:
+        warmth, tint = rng.choice((-1, 1)) * rng.uniform(0.19, 0.28), rng.uniform(-0.08, 0.08)
+    else:
+        warmth, tint = rng.uniform(-0.18, 0.18), rng.uniform(-0.05, 0.05)
+    balance = (1 + warmth, 1 + tint, 1 - warmth)
+    gain = tuple(exposure * 3 * channel / sum(balance) for channel in balance)
     shadow = None
     if rng.random() < 0.35:
         shadow = (rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.15, 0.5), rng.uniform(0.15, 0.5))
     return Lighting(
-        gain=gain,
+        gain=(gain[0], gain[1], gain[2]),
         falloff=rng.uniform(0.0, 0.45) if rng.random() < 0.6 else 0.0,
         falloff_angle=rng.uniform(0, 360),
         shadow=shadow,
@@ -531,36 +668,229 @@ def _sheet_geometry(sheet: Sheet, size: tuple[int, int]) -> tuple[tuple[int, int
 def _draw_objects(
     image: Image.Image, objects: Sequence[SceneObject], inks: Sequence[tuple[int, int, int] | int], outline: bool
 ) -> None:
-    """Draw each shape as a marker would: a filled, wobbly path, or (if `outline`) its stroke of uneven width."""
+    """Draw each shape as a hand with a marker or pen would: a filled, wobbly path, or (if `outline`)
+    its stroke of uneven width and its hatching. Without `outline` every shape is filled (a mask's labels).
+    """
     draw = ImageDraw.Draw(image)
     width, height = image.size
     for obj, ink in zip(objects, inks, strict=True):
         radius = obj.size * min(width, height) / 2
         rng = random.Random(obj.seed)
-        path = _path(obj, (obj.center[0] * width, obj.center[1] * height), radius, rng)
-        if not outline or obj.stroke == 0:
+        center = (obj.center[0] * width, obj.center[1] * height)
+        path = _path(obj, center, radius, rng)
+        if not outline or (obj.stroke == 0 and not obj.hatch):
             draw.polygon(path, fill=ink)
+            continue
+        if obj.hatch:
+            _draw_hatch(draw, path, obj, radius, ink)
+        if obj.stroke == 0:
             continue
         base = max(1.0, obj.stroke * 2 * radius)
         phase, wiggle = rng.uniform(0, 2 * math.pi), rng.uniform(0.15, 0.4)
-        for i, (start, end) in enumerate(zip(path, path[1:] + path[:1], strict=True)):
-            w = base * (1 + wiggle * math.sin(phase + 6 * math.pi * i / len(path)))
-            draw.line([start, end], fill=ink, width=max(1, round(w)))
-            draw.ellipse((start[0] - w / 2, start[1] - w / 2, start[0] + w / 2, start[1] + w / 2), fill=ink)
+        if not obj.sketchy:
+            for i, (start, end) in enumerate(zip(path, path[1:] + path[:1], strict=True)):
+                w = base * (1 + wiggle * math.sin(phase + 6 * math.pi * i / len(path)))
+                draw.line([start, end], fill=ink, width=max(1, round(w)))
+                draw.ellipse((start[0] - w / 2, start[1] - w / 2, start[0] + w / 2, start[1] + w / 2), fill=ink)
+            continue
+        hand = random.Random(f"strokes:{obj.seed}")
+        for turn in range(obj.retrace):
+            points = path if turn == 0 else _retraced(path, center, radius, hand)
+            pen = base if turn == 0 else max(1.0, base * hand.uniform(0.7, 1.0))
+            for piece in _stroke_pieces(obj, points, center, radius, hand):
+                _polyline(draw, piece, ink, pen, hand)
+
+
+def _retraced(
+    path: list[tuple[float, float]], center: tuple[float, float], radius: float, hand: random.Random
+) -> list[tuple[float, float]]:
+    """The outline drawn again from memory: slightly off-centre, bent by another slow wobble."""
+    waves = [(k, hand.uniform(-1, 1), hand.uniform(0, 2 * math.pi)) for k in (2, 3)]
+    amount = hand.uniform(0.015, 0.04)
+    dx, dy = hand.gauss(0, 0.02) * radius, hand.gauss(0, 0.02) * radius
+    out = []
+    for x, y in path:
+        angle = math.atan2(y - center[1], x - center[0])
+        bend = 1 + amount * sum(amp * math.sin(k * angle + phase) for k, amp, phase in waves)
+        out.append((center[0] + (x - center[0]) * bend + dx, center[1] + (y - center[1]) * bend + dy))
+    return out
+
+
+def _stroke_pieces(
+    obj: SceneObject,
+    path: list[tuple[float, float]],
+    center: tuple[float, float],
+    radius: float,
+    hand: random.Random,
+) -> list[list[tuple[float, float]]]:
+    """The open polylines one pass of the pen draws along the closed `path`.
+
+    A polygon with `overshoot` is drawn side by side, each side running a little past its
+    corners; otherwise the pen goes round once from a random point, past its start (a circle
+    with `overshoot`, spiralling slightly) or stopping short of it (`gap`).
+    """
+    n = len(path)
+    skip = max(1, round(obj.gap * n)) if obj.gap > 0 else 0
+    if obj.shape != "circle" and obj.overshoot > 0:
+        step = n // len(_polygon(obj.shape, (0.0, 0.0), 1.0, 0.0))
+        sides = []
+        for i in range(0, n, step):
+            side = [*path[i : i + step], path[(i + step) % n]]
+            reach = [hand.uniform(0.2, 1.0) * obj.overshoot * 2 * radius for _ in range(2)]
+            sides.append([_beyond(side[0], side[1], reach[0]), *side, _beyond(side[-1], side[-2], reach[1])])
+        if skip:
+            short = hand.randrange(len(sides))
+            sides[short] = sides[short][: max(2, len(sides[short]) - skip)]
+        return sides
+    start = hand.randrange(n)
+    loop = path[start:] + path[:start]
+    if skip:
+        return [loop[: n - skip]]
+    if obj.overshoot > 0:
+        extra = max(2, round(obj.overshoot * n * 2))
+        drift = hand.choice((-1, 1)) * hand.uniform(0.03, 0.1)
+        tail = []
+        for j, (x, y) in enumerate(loop[: extra + 1]):
+            grow = 1 + drift * (j + 1) / (extra + 1)
+            tail.append((center[0] + (x - center[0]) * grow, center[1] + (y - center[1]) * grow))
+        return [loop + tail]
+    return [[*loop, loop[0]]]
+
+
+def _beyond(end: tuple[float, float], before: tuple[float, float], reach: float) -> tuple[float, float]:
+    """The point `reach` past `end`, continuing the line from `before`."""
+    dx, dy = end[0] - before[0], end[1] - before[1]
+    length = math.hypot(dx, dy) or 1.0
+    return (end[0] + dx / length * reach, end[1] + dy / length * reach)
+
+
+def _polyline(
+    draw: ImageDraw.ImageDraw,
+    points: list[tuple[float, float]],
+    ink: tuple[int, int, int] | int,
+    base: float,
+    hand: random.Random,
+) -> None:
+    """One pen stroke along `points` with round ends, its width swelling and thinning along the way."""
+    phase, wiggle = hand.uniform(0, 2 * math.pi), hand.uniform(0.1, 0.35)
+    chunk = 4
+    for i in range(0, len(points) - 1, chunk):
+        piece = points[i : i + chunk + 1]
+        w = max(1, round(base * (1 + wiggle * math.sin(phase + 6 * math.pi * i / len(points)))))
+        draw.line(piece, fill=ink, width=w, joint="curve" if w > 2 else None)
+        if w > 2:  # round joins and ends
+            ends = (piece[0], piece[-1]) if i + chunk >= len(points) - 1 else (piece[0],)
+            for x, y in ends:
+                draw.ellipse((x - w / 2 + 0.5, y - w / 2 + 0.5, x + w / 2 - 0.5, y + w / 2 - 0.5), fill=ink)
+
+
+def _draw_hatch(
+    draw: ImageDraw.ImageDraw,
+    path: list[tuple[float, float]],
+    obj: SceneObject,
+    radius: float,
+    ink: tuple[int, int, int] | int,
+) -> None:
+    """Fill the inside of `path` with pen strokes: parallel lines, one zigzag, or two crossing layers.
+
+    Strokes end near the outline, not on it: a hand stops a little short or runs a little over.
+    """
+    hand = random.Random(f"hatch:{obj.seed}")
+    step = max(2.0, obj.hatch_gap * 2 * radius)
+    width = max(1, round(_hatch_pen(obj) * 2 * radius))
+    angle = hand.uniform(0, math.pi)
+    angles = [angle]
+    if obj.hatch == "cross":
+        angles.append(angle + hand.choice((-1, 1)) * hand.uniform(math.radians(50), math.radians(90)))
+    for layer in angles:
+        if obj.hatch == "zigzag":
+            spans = _hatch_spans(path, layer, step / 2, hand)
+            for stroke in _zigzags(spans):
+                if len(stroke) == 2:
+                    draw.line(stroke, fill=ink, width=width)
+                else:
+                    draw.line(stroke, fill=ink, width=width, joint="curve" if width > 2 else None)
+            continue
+        for line in _hatch_spans(path, layer, step, hand):
+            for start, end in line:
+                draw.line([start, end], fill=ink, width=width)
+
+
+Span = tuple[tuple[float, float], tuple[float, float]]
+
+
+def _hatch_spans(path: list[tuple[float, float]], angle: float, step: float, hand: random.Random) -> list[list[Span]]:
+    """Per line at `angle` (radians), `step` apart: where it runs inside the closed `path`, ends nudged by hand."""
+    points = np.asarray(path, dtype=np.float64)
+    cos, sin = math.cos(angle), math.sin(angle)
+    u = points[:, 0] * cos + points[:, 1] * sin  # along the lines
+    v = points[:, 1] * cos - points[:, 0] * sin  # across them
+    u1, v1 = np.roll(u, -1), np.roll(v, -1)
+    levels = np.arange(v.min() + hand.uniform(0.2, 0.8) * step, v.max(), step)
+    if not len(levels):
+        return []
+    crossing = (v[None, :] <= levels[:, None]) != (v1[None, :] <= levels[:, None])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (levels[:, None] - v[None, :]) / (v1 - v)[None, :]
+    along = np.where(crossing, u[None, :] + t * (u1 - u)[None, :], np.nan)
+    lines = []
+    for level, row in zip(levels, along, strict=True):
+        ends = np.sort(row[~np.isnan(row)])
+        spans = []
+        for a, b in zip(ends[0::2], ends[1::2], strict=False):
+            a, b = a + hand.gauss(0, 0.15 * step), b + hand.gauss(0, 0.15 * step)
+            if b - a < 0.5 * step:
+                continue
+            va, vb = level + hand.gauss(0, 0.08 * step), level + hand.gauss(0, 0.08 * step)
+            spans.append(((a * cos - va * sin, a * sin + va * cos), (b * cos - vb * sin, b * sin + vb * cos)))
+        lines.append(spans)
+    return lines
+
+
+def _zigzags(lines: list[list[Span]]) -> list[list[tuple[float, float]]]:
+    """One stroke going back and forth across the shape: the start of one line's span, then the end
+    of the next's, and so on. Where a line crosses the shape more than once (a star's arms), the
+    stroke lifts and those spans are drawn as plain lines."""
+    strokes: list[list[tuple[float, float]]] = []
+    current: list[tuple[float, float]] = []
+    for i, spans in enumerate(lines):
+        if len(spans) == 1:
+            current.append(spans[0][i % 2])
+            continue
+        if len(current) > 1:
+            strokes.append(current)
+        current = []
+        strokes += [[a, b] for a, b in spans]
+    if len(current) > 1:
+        strokes.append(current)
+    return strokes
 
 
 def _path(
     obj: SceneObject, center: tuple[float, float], radius: float, rng: random.Random
 ) -> list[tuple[float, float]]:
-    """The shape's outline as many points, bent by a smooth hand-drawn wobble plus a little jitter."""
+    """The shape's outline as many points, bent by a smooth hand-drawn wobble plus a little jitter.
+
+    With `bow`, each straight edge also bulges out or caves in a little, most at its middle.
+    """
     if obj.shape == "circle":
         points = [(math.cos(a), -math.sin(a)) for a in np.linspace(0, 2 * math.pi, 72, endpoint=False)]
     else:
         corners = _polygon(obj.shape, (0.0, 0.0), 1.0, obj.rotation)
+        bows = [0.0] * len(corners)
+        if obj.bow > 0:
+            hand = random.Random(f"bow:{obj.seed}")
+            bows = [hand.uniform(-1.0, 1.0) * obj.bow for _ in corners]
         points = []
-        for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+        for a, b, bow in zip(corners, corners[1:] + corners[:1], bows, strict=True):
+            # (b - a) turned a quarter: perpendicular to the edge, as long as it
+            nx, ny = b[1] - a[1], a[0] - b[0]
             points += [
-                (a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t) for t in np.linspace(0, 1, 10, endpoint=False)
+                (
+                    a[0] + (b[0] - a[0]) * t + nx * bow * 4 * t * (1 - t),
+                    a[1] + (b[1] - a[1]) * t + ny * bow * 4 * t * (1 - t),
+                )
+                for t in np.linspace(0, 1, 10, endpoint=False)
             ]
     waves = [(k, rng.uniform(-1, 1), rng.uniform(0, 2 * math.pi)) for k in (2, 3, 5)]
     out = []

@@ -39,9 +39,12 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from .synthetic_scenes import (
     COLORS,
     DARK_INKS,
+    HELD_OUT_DIM_EXPOSURE,
+    MIN_DRAWING,
     PAPER_INKS,
     QUESTION_KINDS,
     SHAPES,
+    TRAIN_EXPOSURE,
     SceneSpec,
     corpus,
     draw_scene,
@@ -629,6 +632,11 @@ CONDITION_ORDER = (
     "dark background",
     "filled shapes",
     "outline shapes",
+    "hatched fills",
+    "double, bowed or open strokes",
+    "thin pens",
+    "small drawings",
+    "strong colour cast",
     "rotated sheet (>= 10 degrees)",
     "partly covered (fingers)",
     "not trained: ruled paper",
@@ -807,6 +815,9 @@ def vars_for_card() -> dict[str, str]:
         "image_px": f"{SIZE.image_size}x{SIZE.image_size} px",
         "page_side": str(PAGE_SIDE),
         "page_jpeg": str(PAGE_JPEG_QUALITY),
+        "min_drawing": f"{MIN_DRAWING:g}",
+        "train_exposure": "{:g}-{:g}".format(*TRAIN_EXPOSURE),
+        "dim_exposure": "{:g}-{:g}".format(*HELD_OUT_DIM_EXPOSURE),
     }
 
 
@@ -868,24 +879,28 @@ print(processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_specia
   become `<unk>`). Chat template: `<s>user: <image> QUESTION assistant: ANSWER</s>`; answers
   end with EOS, so generation stops on its own.
 - Processor: any frame is squashed (no crop) to {image_px} with bicubic resampling.
-- Data: {scenes} synthetic scenes from `scripts/synthetic_scenes.py`, each drawn the way the
-  page sends a camera frame to this model (longest side {page_side} px), with {questions}
-  question/answer pairs, each seen in a random one of the square input's 8 symmetries
-  (quarter turns, mirrored or not; no answer depends on direction). A scene is a sheet of white, cream
-  or grey paper, or a dark board or dark paper, with 1-3 non-overlapping drawings on it
-  (shapes {shapes}; {paper_inks} on paper, {dark_inks} on dark), filled or outlined with
-  a marker stroke of uneven width, with hand-drawn wobble, large or small, anywhere on the
-  sheet. The sheet either fills the frame or is held up in front of an out-of-focus room
-  or desk: rotated up to 32 degrees, foreshortened (perspective), off-centre, often with
-  thumbs or fingers (four skin tones, sometimes the palm) over its edges. Then uneven
-  light (fall-off across the frame, soft shadows), exposure and white-balance shifts,
-  sensor noise, blur and JPEG re-compression, at the aspect ratios of 640x480, 320x240,
-  1280x720, 640x360 and 800x600 cameras. Scenes are drawn by worker processes (on a GPU
-  machine while the model trains): step k samples the newest {window} of the first
+- Data: {scenes} synthetic scenes from `scripts/synthetic_scenes.py`, each drawn the way
+  the page sends a camera frame to this model (longest side {page_side} px), with
+  {questions} question/answer pairs, each seen in a random one of the square input's 8
+  symmetries (quarter turns, mirrored or not; no answer depends on direction). A scene is
+  a sheet of white, cream or grey paper, or a dark board or dark paper, with 1-3
+  non-overlapping drawings on it (shapes {shapes}; {paper_inks} on paper, {dark_inks} on
+  dark), filled solid, outlined, or hatched (parallel lines, a zigzag or cross-hatching,
+  usually inside an outline), with pens from a thick marker down to a thin one (about one
+  pixel at 256 px), with hand-drawn wobble; outlines sometimes drawn twice, bowed, running
+  past their corners or left open; drawings from {min_drawing} of the frame's height up,
+  anywhere on the sheet. The sheet either fills the frame or is held up in front of an
+  out-of-focus room or desk: rotated up to 32 degrees, foreshortened (perspective),
+  off-centre, often with thumbs or fingers (four skin tones, sometimes the palm) over its
+  edges. Then uneven light (fall-off across the frame, soft shadows), exposure
+  ({train_exposure}) and white-balance shifts (a fifth of scenes a strong warm or cool
+  cast), sensor noise, blur and JPEG re-compression, at the aspect ratios of 640x480,
+  320x240, 1280x720, 640x360 and 800x600 cameras. Scenes are drawn by worker processes (on
+  a GPU machine while the model trains): step k samples the newest {window} of the first
   {first_scenes} + {scenes_per_step} x k scenes, a fixed schedule (a step waits if drawing
-  falls behind), so a rerun sees the same data.
-  Each question is its own single-turn example (as at inference): asked as one dialogue,
-  later turns learned to copy earlier questions instead of looking.
+  falls behind), so a rerun sees the same data. Each question is its own single-turn
+  example (as at inference): asked as one dialogue, later turns learned to copy earlier
+  questions instead of looking.
 - Training, stage 1 (vision warm-up): {vision_steps} AdamW steps of {batch} images
   train the vision tower and projector through throw-away linear probes: on the mean
   image token, the colour (or absence) of each shape and the number of drawings; on every
@@ -905,7 +920,7 @@ generator (string seeds `held-out:SEED:INDEX`, which no training scene uses), ar
 the camera's full size and then scaled and JPEG-compressed (quality {page_jpeg}) as the
 page does. A scene counts under every condition it meets. Conditions marked "not trained"
 never occur in training: ruled notebook paper (faint blue lines) and light dimmer than any
-training scene (exposure 0.5-0.72). 1920x1080 and portrait (480x640, 720x1280) frames are
+training scene (exposure {dim_exposure}). 1920x1080 and portrait (480x640, 720x1280) frames are
 never drawn in training either, though a quarter-turned landscape frame, squashed to the
 square input, resembles a squashed portrait one.
 "fake camera" rows are every shape in every ink on the two scenes the browser test's
