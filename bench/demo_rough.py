@@ -65,8 +65,8 @@ from scripts.synthetic_scenes import (
     question_for,
     random_scene,
 )
+from tests.server_process import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ROUGH_VERSION = "4.6.6"
 ROUGH_DIR = REPO / "bench" / ".rough"
 ROUGH_JS = ROUGH_DIR / "node_modules" / "roughjs" / "bundled" / "rough.js"
