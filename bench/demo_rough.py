@@ -62,6 +62,8 @@ from scripts.synthetic_scenes import (
     SceneSpec,
     Sheet,
     draw_scene,
+    homography,
+    project,
     question_for,
     random_scene,
 )
@@ -469,22 +471,6 @@ def _sheet_corners(sheet: tuple[float, float]) -> list[tuple[float, float]]:
     return [(0.0, 0.0), (sheet[0], 0.0), (sheet[0], sheet[1]), (0.0, sheet[1])]
 
 
-def homography(src: Sequence[tuple[float, float]], dst: Sequence[tuple[float, float]]) -> np.ndarray:
-    """The 3x3 projective map taking the four `src` points to the four `dst` points."""
-    a = []
-    for (x, y), (u, v) in zip(src, dst, strict=True):
-        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y, -u])
-        a.append([0, 0, 0, x, y, 1, -v * x, -v * y, -v])
-    _, _, vt = np.linalg.svd(np.array(a, dtype=np.float64))
-    h = vt[-1].reshape(3, 3)
-    return h / h[2, 2]
-
-
-def project(h: np.ndarray, point: tuple[float, float]) -> tuple[float, float]:
-    x, y, w = h @ np.array([point[0], point[1], 1.0])
-    return (x / w, y / w)
-
-
 # ---------------------------------------------------------------- drawing the sheets (rough.js in Chromium)
 
 
@@ -596,8 +582,7 @@ def camera_frame(flat: Image.Image, scene: Scene) -> Image.Image:
         shrunk = (max(8, round(flat.width * scale)), max(8, round(flat.height * scale)))
         flat = flat.resize(shrunk, Image.Resampling.LANCZOS)
     pixels = [(0.0, 0.0), (flat.width, 0.0), (flat.width, flat.height), (0.0, flat.height)]
-    to_flat = homography(camera.corners, pixels)
-    coefficients = tuple((to_flat.flatten() / to_flat[2, 2])[:8])
+    coefficients = tuple(homography(camera.corners, pixels))
     warped = flat.transform(camera.size, Image.Transform.PERSPECTIVE, coefficients, Image.Resampling.BICUBIC)
     cover = Image.new("L", flat.size, 255).transform(
         camera.size, Image.Transform.PERSPECTIVE, coefficients, Image.Resampling.BILINEAR
