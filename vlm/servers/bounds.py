@@ -135,6 +135,29 @@ def framing_refusal(headers: Message, version: str) -> str | None:
     return None
 
 
+BARE_LF = "a line ended by a bare LF, not CRLF"
+
+
+def bare_line_feed(line: bytes) -> bool:
+    """Whether a request or header ``line`` ends with a lone LF. RFC 9112 2.2 lets a server take one for a line's
+    end; a proxy in front that does not, and passes it on inside a header's value, frames the request otherwise
+    (a ``Content-Length`` only one of them sees). gunicorn refuses them."""
+    return line.endswith(b"\n") and not line.endswith(b"\r\n")
+
+
+class LineEnds:
+    """A request's header lines as a parser reads them (line by line), noting any ``bare_line_feed``."""
+
+    def __init__(self, rfile: Any) -> None:
+        self.rfile = rfile
+        self.bare = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self.rfile.readline(limit)
+        self.bare = self.bare or bare_line_feed(line)
+        return line
+
+
 def log_client_error(client: object, message: str, *args: object) -> None:
     """A server's own note about a client's request, which quotes what the client sent (a token in the URL
     too): through the root handler, which escapes and masks (vlm/logsafe.py), not straight to stderr."""
