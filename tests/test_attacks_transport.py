@@ -253,6 +253,7 @@ AMBIGUOUS_FRAMINGS = {
     "bare LF in the headers": POST + b"X-Note: a\nContent-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
     "bare LF after the request line": b"GET /healthz HTTP/1.1\nHost: 127.0.0.1\r\n\r\n",
     "bare LF ending the headers": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\n",
+    "bare CR in the headers": POST + b"X-Note: a\rContent-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
 }
 
 
@@ -260,8 +261,8 @@ AMBIGUOUS_FRAMINGS = {
 def test_ambiguous_framings_are_refused_and_closed(server: AppProcess, request_bytes: bytes) -> None:
     """Finding 8 and audit F5: gevent read a body with both lengths as chunked and answered the request smuggled
     after it; gevent and eventlet answered the request hidden behind the first of two lengths, read a body by a
-    Transfer-Encoding they do not decode (or on HTTP/1.0) as none, served the first of two Hosts and took a bare
-    LF for a line's end. A proxy in front that framed these otherwise would pass a request it never saw. gunicorn
+    Transfer-Encoding they do not decode (or on HTTP/1.0) as none, served the first of two Hosts and split lines
+    at a bare CR or LF. A proxy in front that framed these otherwise would pass a request it never saw. gunicorn
     refused them all."""
     with connect_from("127.0.5.6", server.port, timeout_s=3) as connection:
         connection.sendall(request_bytes)

@@ -135,26 +135,28 @@ def framing_refusal(headers: Message, version: str) -> str | None:
     return None
 
 
-BARE_LF = "a line ended by a bare LF, not CRLF"
+STRAY_LINE_END = "a bare CR or LF in the request line or headers"
 
 
-def bare_line_feed(line: bytes) -> bool:
-    """Whether a request or header ``line`` ends with a lone LF. RFC 9112 2.2 lets a server take one for a line's
-    end; a proxy in front that does not, and passes it on inside a header's value, frames the request otherwise
-    (a ``Content-Length`` only one of them sees). gunicorn refuses them."""
-    return line.endswith(b"\n") and not line.endswith(b"\r\n")
+def stray_line_end(line: bytes) -> bool:
+    """Whether a request or header ``line`` holds a CR or LF other than its closing CRLF. RFC 9112 2.2 lets a
+    server take a lone LF for a line's end, and Python's header parser splits at a lone CR too; a proxy in front
+    that does neither passes them on inside a header's value, and so frames the request otherwise (a
+    ``Content-Length`` only the server sees). gunicorn refuses them."""
+    content = line.removesuffix(b"\r\n")
+    return b"\r" in content or b"\n" in content
 
 
 class LineEnds:
-    """A request's header lines as a parser reads them (line by line), noting any ``bare_line_feed``."""
+    """A request's header lines as a parser reads them (line by line), noting any ``stray_line_end``."""
 
     def __init__(self, rfile: Any) -> None:
         self.rfile = rfile
-        self.bare = False
+        self.stray = False
 
     def readline(self, limit: int = -1) -> bytes:
         line: bytes = self.rfile.readline(limit)
-        self.bare = self.bare or bare_line_feed(line)
+        self.stray = self.stray or stray_line_end(line)
         return line
 
 

@@ -10,13 +10,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .bounds import (
-    BARE_LF,
     HEADER_TIMEOUT_S,
     IO_TIMEOUT_S,
     MAX_HEADER_BYTES,
+    STRAY_LINE_END,
     AddressLimits,
     LineEnds,
-    bare_line_feed,
     cut_slow_websocket_messages,
     framing_refusal,
     log,
@@ -24,6 +23,7 @@ from .bounds import (
     message_too_slow,
     no_delay,
     peer_address,
+    stray_line_end,
 )
 
 
@@ -136,18 +136,18 @@ def gevent_handler(limits: AddressLimits) -> type:
                 self.close_connection = True
 
         def read_request(self, raw_requestline: str) -> Any:
-            if bare_line_feed(raw_requestline.encode("latin-1")):
-                raise ValueError(BARE_LF)  # answered 400, connection closed
+            if stray_line_end(raw_requestline.encode("latin-1")):
+                raise ValueError(STRAY_LINE_END)  # answered 400, connection closed
             return super().read_request(raw_requestline)
 
         def MessageClass(self, rfile: Any, *args: Any) -> Any:
             """The headers, at most ``MAX_HEADER_BYTES`` of them (pywsgi took 100 lines of 64 KiB each), refused
             when framed ambiguously: pywsgi read a body with both lengths as chunked, one with two lengths by the
-            first, took a bare LF for a line's end and kept the connection, so it answered a request that a proxy
+            first, split lines at a bare CR or LF and kept the connection, so it answered a request that a proxy
             in front would not have seen."""
             lines = LineEnds(CappedLines(rfile))
             headers = super().MessageClass(lines, *args)
-            refusal = BARE_LF if lines.bare else framing_refusal(headers, self.request_version)
+            refusal = STRAY_LINE_END if lines.stray else framing_refusal(headers, self.request_version)
             if refusal:
                 raise ValueError(refusal)  # answered 400, connection closed
             return headers
@@ -223,7 +223,7 @@ def eventlet_protocol(limits: AddressLimits) -> type:
         def parse_request(self) -> bool:
             """The headers, refused when framed ambiguously: eventlet answered the request hidden behind the first
             of two lengths, read a body by a Transfer-Encoding it does not decode (or on HTTP/1.0) as none, and
-            took a bare LF for a line's end."""
+            split lines at a bare CR or LF."""
             headers_stream, lines = self.rfile, LineEnds(self.rfile)
             self.rfile = lines
             try:
@@ -231,8 +231,8 @@ def eventlet_protocol(limits: AddressLimits) -> type:
                     return False
             finally:
                 self.rfile = headers_stream
-            bare = lines.bare or bare_line_feed(self.raw_requestline)
-            refusal = BARE_LF if bare else framing_refusal(self.headers, self.request_version)
+            stray = lines.stray or stray_line_end(self.raw_requestline)
+            refusal = STRAY_LINE_END if stray else framing_refusal(self.headers, self.request_version)
             if refusal:
                 self.send_error(400, refusal)  # and the connection closed
                 return False
