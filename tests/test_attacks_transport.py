@@ -254,16 +254,19 @@ AMBIGUOUS_FRAMINGS = {
     "bare LF after the request line": b"GET /healthz HTTP/1.1\nHost: 127.0.0.1\r\n\r\n",
     "bare LF ending the headers": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\n",
     "bare CR in the headers": POST + b"X-Note: a\rContent-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
+    # A proxy that takes the folded line for a header of its own sends HIDDEN as the body.
+    "a folded header": POST + b"X-Note: a\r\n Content-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
+    "a NUL in a header": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Note: a\x00b\r\n\r\n",
 }
 
 
 @pytest.mark.parametrize("request_bytes", AMBIGUOUS_FRAMINGS.values(), ids=AMBIGUOUS_FRAMINGS)
 def test_ambiguous_framings_are_refused_and_closed(server: AppProcess, request_bytes: bytes) -> None:
-    """Finding 8 and audit F5: gevent read a body with both lengths as chunked and answered the request smuggled
-    after it; gevent and eventlet answered the request hidden behind the first of two lengths, read a body by a
-    Transfer-Encoding they do not decode (or on HTTP/1.0) as none, served the first of two Hosts and split lines
-    at a bare CR or LF. A proxy in front that framed these otherwise would pass a request it never saw. gunicorn
-    refused them all."""
+    """Finding 8 and audit F5: gevent read a body with both lengths as chunked and answered the request smuggled after
+    it; gevent and eventlet answered the request hidden behind the first of two lengths, read a body by a
+    Transfer-Encoding they do not decode (or on HTTP/1.0) as none, served the first of two Hosts, split lines at a
+    bare CR or LF, joined folded ones and let a NUL through. A proxy in front that framed these otherwise would pass
+    a request it never saw. gunicorn refused them all."""
     with connect_from("127.0.5.6", server.port, timeout_s=3) as connection:
         connection.sendall(request_bytes)
         reply = read_response(connection)

@@ -135,28 +135,28 @@ def framing_refusal(headers: Message, version: str) -> str | None:
     return None
 
 
-STRAY_LINE_END = "a bare CR or LF in the request line or headers"
+UNSAFE_LINE = "a folded line, or a bare CR or LF or a NUL, in the request line or headers"
 
 
-def stray_line_end(line: bytes) -> bool:
-    """Whether a request or header ``line`` holds a CR or LF other than its closing CRLF. RFC 9112 2.2 lets a
-    server take a lone LF for a line's end, and Python's header parser splits at a lone CR too; a proxy in front
-    that does neither passes them on inside a header's value, and so frames the request otherwise (a
-    ``Content-Length`` only the server sees). gunicorn refuses them."""
+def unsafe_line(line: bytes) -> bool:
+    """Whether a request or header ``line`` holds a CR, LF or NUL other than its closing CRLF, or begins with
+    whitespace (a folded header, RFC 9112 5.2). Python's header parser splits lines at a lone CR or LF and joins
+    a folded line to the header before; a proxy in front that does neither, or cuts a value at a NUL, frames
+    the request otherwise (a ``Content-Length`` only one of them sees). gunicorn refuses them all."""
     content = line.removesuffix(b"\r\n")
-    return b"\r" in content or b"\n" in content
+    return any(byte in content for byte in (b"\r", b"\n", b"\0")) or content.startswith((b" ", b"\t"))
 
 
-class LineEnds:
-    """A request's header lines as a parser reads them (line by line), noting any ``stray_line_end``."""
+class CheckedLines:
+    """A request's header lines as a parser reads them (line by line), noting any ``unsafe_line``."""
 
     def __init__(self, rfile: Any) -> None:
         self.rfile = rfile
-        self.stray = False
+        self.unsafe = False
 
     def readline(self, limit: int = -1) -> bytes:
         line: bytes = self.rfile.readline(limit)
-        self.stray = self.stray or stray_line_end(line)
+        self.unsafe = self.unsafe or unsafe_line(line)
         return line
 
 

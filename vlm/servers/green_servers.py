@@ -13,9 +13,9 @@ from .bounds import (
     HEADER_TIMEOUT_S,
     IO_TIMEOUT_S,
     MAX_HEADER_BYTES,
-    STRAY_LINE_END,
+    UNSAFE_LINE,
     AddressLimits,
-    LineEnds,
+    CheckedLines,
     cut_slow_websocket_messages,
     framing_refusal,
     log,
@@ -23,7 +23,7 @@ from .bounds import (
     message_too_slow,
     no_delay,
     peer_address,
-    stray_line_end,
+    unsafe_line,
 )
 
 
@@ -136,18 +136,18 @@ def gevent_handler(limits: AddressLimits) -> type:
                 self.close_connection = True
 
         def read_request(self, raw_requestline: str) -> Any:
-            if stray_line_end(raw_requestline.encode("latin-1")):
-                raise ValueError(STRAY_LINE_END)  # answered 400, connection closed
+            if unsafe_line(raw_requestline.encode("latin-1")):
+                raise ValueError(UNSAFE_LINE)  # answered 400, connection closed
             return super().read_request(raw_requestline)
 
         def MessageClass(self, rfile: Any, *args: Any) -> Any:
             """The headers, at most ``MAX_HEADER_BYTES`` of them (pywsgi took 100 lines of 64 KiB each), refused
             when framed ambiguously: pywsgi read a body with both lengths as chunked, one with two lengths by the
-            first, split lines at a bare CR or LF and kept the connection, so it answered a request that a proxy
-            in front would not have seen."""
-            lines = LineEnds(CappedLines(rfile))
+            first, split lines at a bare CR or LF, joined folded ones and kept the connection, so it answered a
+            request that a proxy in front would not have seen."""
+            lines = CheckedLines(CappedLines(rfile))
             headers = super().MessageClass(lines, *args)
-            refusal = STRAY_LINE_END if lines.stray else framing_refusal(headers, self.request_version)
+            refusal = UNSAFE_LINE if lines.unsafe else framing_refusal(headers, self.request_version)
             if refusal:
                 raise ValueError(refusal)  # answered 400, connection closed
             return headers
@@ -223,16 +223,16 @@ def eventlet_protocol(limits: AddressLimits) -> type:
         def parse_request(self) -> bool:
             """The headers, refused when framed ambiguously: eventlet answered the request hidden behind the first
             of two lengths, read a body by a Transfer-Encoding it does not decode (or on HTTP/1.0) as none, and
-            split lines at a bare CR or LF."""
-            headers_stream, lines = self.rfile, LineEnds(self.rfile)
+            split lines at a bare CR or LF, joined folded ones."""
+            headers_stream, lines = self.rfile, CheckedLines(self.rfile)
             self.rfile = lines
             try:
                 if not super().parse_request():
                     return False
             finally:
                 self.rfile = headers_stream
-            stray = lines.stray or stray_line_end(self.raw_requestline)
-            refusal = STRAY_LINE_END if stray else framing_refusal(self.headers, self.request_version)
+            unsafe = lines.unsafe or unsafe_line(self.raw_requestline)
+            refusal = UNSAFE_LINE if unsafe else framing_refusal(self.headers, self.request_version)
             if refusal:
                 self.send_error(400, refusal)  # and the connection closed
                 return False
