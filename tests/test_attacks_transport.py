@@ -275,6 +275,30 @@ def test_ambiguous_framings_are_refused_and_closed(server: AppProcess, request_b
     assert closed
 
 
+# Chunk sizes that RFC 9112 does not allow, each hiding a second request behind its body for a reader that
+# ends the body elsewhere.
+LOOSE_CHUNKS = {
+    "a size written 0x5": b"0x5\r\nabcde\r\n0\r\n\r\n",
+    "a size in spaces": b" 5 \r\nabcde\r\n0\r\n\r\n",
+    "a size written 0_5": b"0_5\r\nabcde\r\n0\r\n\r\n",
+    "a size ended by a bare LF": b"5\nabcde\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("body", LOOSE_CHUNKS.values(), ids=LOOSE_CHUNKS)
+def test_loosely_written_chunk_sizes_hide_no_request(server: AppProcess, body: bytes) -> None:
+    """eventlet read each of these chunk sizes as Python reads a number and answered the request behind the body,
+    where a proxy in front that reads sizes strictly would have sent it as part of the body, or refused it.
+    gunicorn and gevent refused them."""
+    with connect_from("127.0.5.6", server.port, timeout_s=3) as connection:
+        connection.sendall(POST + b"Transfer-Encoding: chunked\r\n\r\n" + body + HIDDEN)
+        reply = read_response(connection)
+        closed = closed_by_server(connection)
+    statuses = re.findall(rb"(?m)^HTTP/1\.[01] (\d{3})", reply)
+    assert len(statuses) == 1 and statuses[0].startswith(b"4"), reply
+    assert closed
+
+
 def test_headers_past_64_kib_are_refused(server: AppProcess) -> None:
     """Audit F5: gevent read 100 header lines of 64 KiB each (720 KiB were answered 200), 6 MiB a connection,
     where eventlet stops at 64 KiB in all and gunicorn at 8 KiB a line."""

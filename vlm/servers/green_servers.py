@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from .bounds import (
@@ -25,6 +27,9 @@ from .bounds import (
     peer_address,
     unsafe_line,
 )
+
+# RFC 9112 7.1: a chunk's size in hex digits (16 at most here), its extensions after a ";", then CRLF.
+CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n]*)?\r\n")
 
 
 class GreenHeadersDeadline:
@@ -169,7 +174,7 @@ def gevent_handler(limits: AddressLimits) -> type:
 def eventlet_protocol(limits: AddressLimits) -> type:
     import eventlet  # imported here: eventlet is only loaded when it is the server
     from eventlet.websocket import FailedConnectionError, RFC6455WebSocket
-    from eventlet.wsgi import HttpProtocol
+    from eventlet.wsgi import ChunkReadError, HttpProtocol
 
     # eventlet unmasks websocket frames one byte at a time in Python: a 5 MiB frame held the whole
     # server for ~1.7 s. The same XOR done by numpy takes milliseconds.
@@ -202,6 +207,56 @@ def eventlet_protocol(limits: AddressLimits) -> type:
                 raise FailedConnectionError(1008, "message too slow")
 
     RFC6455WebSocket.Message = MessageInTime
+
+    class StrictChunks:
+        """A chunked body's stream as eventlet reads it, held to RFC 9112 7.1: eventlet reads a chunk's size as
+        Python reads a number (``0x5``, `` 5 ``, ``0_5``, ended by a bare LF) and skips whatever line follows
+        its data, so a proxy in front that reads sizes strictly ends the body elsewhere, and eventlet answered
+        the request hidden behind it. A size line, the CRLF after a chunk's data or a trailer line out of form
+        fails the read (eventlet's own ``ChunkReadError``) and the connection is closed after the answer."""
+
+        def __init__(self, rfile: Any, close_after: Callable[[], None]) -> None:
+            self.rfile = rfile
+            self.close_after = close_after
+            self.left = 0  # bytes of the current chunk's data still to come
+            self.next_line = "size"  # or "data", "end of data", "trailer", "done"
+
+        def read(self, size: int = -1) -> bytes:
+            return self._data(self.rfile.read(size))
+
+        def readline(self, size: int = -1) -> bytes:
+            if self.left:  # the data, read by line
+                return self._data(self.rfile.readline(size))
+            line: bytes = self.rfile.readline(size)
+            expected = self.next_line
+            if line and not self._in_form(line):
+                self.close_after()
+                raise ChunkReadError(f"a chunked body's {expected} line out of form")
+            return line
+
+        def _data(self, data: bytes) -> bytes:
+            self.left -= len(data)
+            if self.left <= 0:
+                self.left, self.next_line = 0, "end of data"
+            return data
+
+        def _in_form(self, line: bytes) -> bool:
+            """Whether ``line`` is the line that comes next, moving on to what comes after it."""
+            if self.next_line == "size":
+                size = CHUNK_SIZE.fullmatch(line)
+                if size is None:
+                    return False
+                self.left = int(size[1], 16)
+                self.next_line = "data" if self.left else "trailer"
+                return True
+            if self.next_line == "end of data":
+                self.next_line = "size"
+                return line == b"\r\n"
+            if self.next_line == "trailer":
+                if line == b"\r\n":
+                    self.next_line = "done"
+                return line.endswith(b"\r\n") and not unsafe_line(line)
+            return False  # the body has ended: nothing more is its to read
 
     class GuardedProtocol(GreenHeadersDeadline, HttpProtocol):  # type: ignore[misc]
         start_timer = staticmethod(eventlet.Timeout)
@@ -237,6 +292,13 @@ def eventlet_protocol(limits: AddressLimits) -> type:
                 self.send_error(400, refusal)  # and the connection closed
                 return False
             return True
+
+        def get_environ(self) -> Any:
+            environ = super().get_environ()
+            body = environ["eventlet.input"]
+            if body.chunked_input:
+                body.rfile = StrictChunks(body.rfile, close_after=partial(setattr, self, "close_connection", 1))
+            return environ
 
         def finish(self) -> None:
             """eventlet's own closes the response stream first; when its client is gone (a cut body's) the
