@@ -53,12 +53,14 @@ TOP_OPERATIONS = 4
 
 @dataclass(frozen=True)
 class Anatomy:
-    """One kind of call: its median wall time, and per call the GPU's time in kernels and the kernels launched
-    (None on a CPU); the host operations that took most of the CPU's own time, with their shares of it."""
+    """One kind of call: its median wall time, and per call the CPU's own time in torch's operations, the GPU's
+    time in kernels and the kernels launched (None on a CPU); the host operations that took most of the CPU's
+    own time, with their shares of it. Wall time past the operations' is Python's (or waiting)."""
 
     label: str
     rows: int
     wall_ms: float
+    host_ms: float
     busy_ms: float | None
     launches: float | None
     launch_us: float | None  # the CPU's own time per ``cudaLaunchKernel`` call
@@ -118,6 +120,7 @@ def anatomy(
         label,
         rows,
         statistics.median(walls),
+        total / 1000 / calls,
         kernel_us / 1000 / calls if on_gpu else None,
         launches / calls if on_gpu else None,
         launching_us / launches if on_gpu and launches else None,
@@ -125,9 +128,13 @@ def anatomy(
     )
 
 
-def measure(backend: TransformersBackend, device: Device, batches: list[int], calls: int) -> list[Anatomy]:
+def measure(
+    backend: TransformersBackend, device: Device, batches: list[int], calls: int, attentions: list[str]
+) -> list[Anatomy]:
     """Decode steps at each batch size, the rows joined a step apart as in a live batch, then the largest batch
-    joined at once (unpadded), then a newcomer's join into a batch one short of the largest."""
+    joined at once (unpadded), then a newcomer's join into a batch one short of the largest. The steps are
+    measured again under each of ``attentions`` (transformers' attention implementations) after the model's own:
+    a padded batch takes the masked path, which a GPU may run very differently."""
     events = Rows()
     decoder = StepDecoder(backend.model, backend.tokenizer, backend.eos_ids, backend.model_inputs, events)
     keys = count()
@@ -157,6 +164,13 @@ def measure(backend: TransformersBackend, device: Device, batches: list[int], ca
     for rows in batches:
         fill(rows)
         results.append(warmed_steps("decode step", rows))
+    own = backend.model.config._attn_implementation
+    for attention in attentions:
+        backend.model.set_attn_implementation(attention)
+        for rows in batches:
+            fill(rows)
+            results.append(warmed_steps(f"decode step, {attention} attention", rows))
+    backend.model.set_attn_implementation(own)
     if max(batches) > 1:  # the same rows prefilled together, as generate's batch is: one length, no padding
         decoder.clear()
         decoder.join(requests(max(batches)))
@@ -188,13 +202,26 @@ def report(device: Device, model: str, results: list[Anatomy]) -> str:
         launches = "—" if result.launches is None else f"{result.launches:.0f}"
         launch_us = "—" if result.launch_us is None else f"{result.launch_us:.1f}"
         top = ", ".join(f"`{name}` {part:.0%}" for name, part in result.top)
-        rows.append([result.label, str(result.rows), f"{result.wall_ms:.1f}", busy, share, launches, launch_us, top])
+        rows.append(
+            [
+                result.label,
+                str(result.rows),
+                f"{result.wall_ms:.1f}",
+                f"{result.host_ms:.1f}",
+                busy,
+                share,
+                launches,
+                launch_us,
+                top,
+            ]
+        )
     table = markdown(
         rows,
         [
             "call",
             "rows",
             "wall ms",
+            "CPU in operations ms",
             "GPU in kernels ms",
             "GPU busy",
             "kernels launched",
@@ -214,7 +241,8 @@ def report(device: Device, model: str, results: list[Anatomy]) -> str:
         "padded), except the rows joined at once; wall time is the median of calls timed without the profiler; "
         "the other "
         "columns are per call, from as many calls under torch's profiler (its `key_averages`: the CPU's own "
-        f"time per operation, kernel time on the device, `cudaLaunchKernel` calls). A join is a newcomer's "
+        "time per operation, kernel time on the device, `cudaLaunchKernel` calls; the profiler slows the "
+        "operations, and wall time past theirs is Python's or waiting). A join is a newcomer's "
         f"prefill (its frame through the vision tower, its prompt through the decoder) and its cache appended "
         f"to the running rows'.\n\n{table}\n\n{reading}\n"
     )
@@ -228,6 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-crops", type=int, help="the app's --max-crops (default: as bench.serving's)")
     parser.add_argument("--batches", default="1,16", help="rows per decode step, comma-separated")
     parser.add_argument("--calls", type=int, default=20, help="calls timed, and as many profiled, of each kind")
+    parser.add_argument(
+        "--attention",
+        default="",
+        help="transformers attention implementations to step under too, comma-separated (e.g. eager)",
+    )
     parser.add_argument("--out", type=Path, help="results file (default: bench/step-anatomy-<device>.md)")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
@@ -246,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     if not can_step(backend.model):
         parser.error(f"{folder}: the app does not step this model one token at a time (see can_step)")
     batches = sorted({int(rows) for rows in args.batches.split(",")})
-    results = measure(backend, device, batches, args.calls)
+    attentions = [name for name in args.attention.split(",") if name]
+    results = measure(backend, device, batches, args.calls, attentions)
     text = report(device, folder.name if args.model else SMALL, results)
     out = args.out or REPO / "bench" / f"step-anatomy-{device.name}.md"
     out.write_text(f"# Step anatomy ({device.name})\n\n{text}")

@@ -546,12 +546,12 @@ def _hatch_pen(obj: SceneObject) -> float:
 
 def _frame_ring(sheet: Sheet, obj: SceneObject) -> np.ndarray:
     """Points on the drawing's enclosing circle, in the pixels of a 640x480 frame."""
-    to_frame = _homography(_flat_corners(sheet, (640, 480)), [(x * 640, y * 480) for x, y in sheet.corners])
+    to_frame = homography(_flat_corners(sheet, (640, 480)), [(x * 640, y * 480) for x, y in sheet.corners])
     width, height = _flat_size(sheet, (640, 480))
     radius = obj.size * min(width, height) / 2
     cx, cy = obj.center[0] * width, obj.center[1] * height
     angles = np.linspace(0, 2 * math.pi, 16, endpoint=False)
-    return np.array([_apply(to_frame, (cx + radius * math.cos(a), cy + radius * math.sin(a))) for a in angles])
+    return np.array([project(to_frame, (cx + radius * math.cos(a), cy + radius * math.sin(a))) for a in angles])
 
 
 def _random_fingers(rng: random.Random, sheet: Sheet, objects: Sequence[SceneObject]) -> list[Finger]:
@@ -563,7 +563,7 @@ def _random_fingers(rng: random.Random, sheet: Sheet, objects: Sequence[SceneObj
     width = rng.uniform(0.07, 0.12)
     edges = rng.choice(((3,), (1,), (3, 1), (2,), (2, 3)))  # 0 top, 1 right, 2 bottom, 3 left
     fingers: list[Finger] = []
-    to_frame = _homography(_flat_corners(sheet, (640, 480)), [(x * 640, y * 480) for x, y in sheet.corners])
+    to_frame = homography(_flat_corners(sheet, (640, 480)), [(x * 640, y * 480) for x, y in sheet.corners])
     flat_w, flat_h = _flat_size(sheet, (640, 480))
     for edge in edges:
         for _ in range(rng.choice((1, 1, 2, 3)) if edge == 2 else 1):
@@ -636,8 +636,9 @@ def _flat_corners(sheet: Sheet, size: tuple[int, int]) -> list[tuple[float, floa
     return [(0.0, 0.0), (float(width), 0.0), (float(width), float(height)), (0.0, float(height))]
 
 
-def _homography(src: Sequence[tuple[float, float]], dst: Sequence[tuple[float, float]]) -> np.ndarray:
-    """The 8 projective coefficients mapping each `src` point to its `dst` point (PIL's PERSPECTIVE layout)."""
+def homography(src: Sequence[tuple[float, float]], dst: Sequence[tuple[float, float]]) -> np.ndarray:
+    """The 8 projective coefficients mapping each `src` point to its `dst` point (PIL's PERSPECTIVE layout;
+    the ninth is 1)."""
     rows, values = [], []
     for (x, y), (u, v) in zip(src, dst, strict=True):
         rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
@@ -645,21 +646,22 @@ def _homography(src: Sequence[tuple[float, float]], dst: Sequence[tuple[float, f
     return np.linalg.solve(np.array(rows, dtype=np.float64), np.array(values, dtype=np.float64))
 
 
-def _apply(h: np.ndarray, point: tuple[float, float]) -> tuple[float, float]:
+def project(h: np.ndarray, point: tuple[float, float]) -> tuple[float, float]:
+    """Where `homography`'s map `h` takes `point`."""
     x, y = point
     w = h[6] * x + h[7] * y + 1
     return ((h[0] * x + h[1] * y + h[2]) / w, (h[3] * x + h[4] * y + h[5]) / w)
 
 
 def _to_frame_fraction(to_frame: np.ndarray, uv: tuple[float, float], flat: tuple[int, int]) -> tuple[float, float]:
-    x, y = _apply(to_frame, (uv[0] * flat[0], uv[1] * flat[1]))
+    x, y = project(to_frame, (uv[0] * flat[0], uv[1] * flat[1]))
     return (x / 640, y / 480)
 
 
 def _sheet_geometry(sheet: Sheet, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[float, ...]]:
     """The flat sheet's pixel size and the frame-to-sheet coefficients `Image.transform` wants."""
     frame_corners = [(x * size[0], y * size[1]) for x, y in sheet.corners]
-    return _flat_size(sheet, size), tuple(_homography(frame_corners, _flat_corners(sheet, size)))
+    return _flat_size(sheet, size), tuple(homography(frame_corners, _flat_corners(sheet, size)))
 
 
 # ---------------------------------------------------------------- drawing

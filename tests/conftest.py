@@ -7,6 +7,7 @@ shares one app process among its tests says how to start it with ``pytest.mark.a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,11 @@ from tests.socket_client import RecordingClient
 
 if TYPE_CHECKING:
     from vlm.web import WebApp
+
+# Every app process a test starts computes on one thread (a benchmark's keep torch's default). Two xdist workers'
+# servers on a two-core machine otherwise spin their thread pools against each other: a drain test's 150 tokens
+# of the slow model, 1.5 s alone, took 26 s and then more than 30.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -249,20 +249,53 @@ AMBIGUOUS_FRAMINGS = {
     + b"Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
     + CHUNKED_THEN_HIDDEN,
     "two hosts": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
+    # A proxy that ends lines at CRLF only reads one header, X-Note, and no length, so no body.
+    "bare LF in the headers": POST + b"X-Note: a\nContent-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
+    "bare LF after the request line": b"GET /healthz HTTP/1.1\nHost: 127.0.0.1\r\n\r\n",
+    "bare LF ending the headers": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\n",
+    "bare CR in the headers": POST + b"X-Note: a\rContent-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
+    # A proxy that takes the folded line for a header of its own sends HIDDEN as the body.
+    "a folded header": POST + b"X-Note: a\r\n Content-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN,
+    "a NUL in a header": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Note: a\x00b\r\n\r\n",
 }
 
 
 @pytest.mark.parametrize("request_bytes", AMBIGUOUS_FRAMINGS.values(), ids=AMBIGUOUS_FRAMINGS)
 def test_ambiguous_framings_are_refused_and_closed(server: AppProcess, request_bytes: bytes) -> None:
-    """Finding 8 and audit F5: gevent read a body with both lengths as chunked and answered the request smuggled
-    after it; gevent and eventlet answered the request hidden behind the first of two lengths, read a body by a
-    Transfer-Encoding they do not decode (or on HTTP/1.0) as none, and served the first of two Hosts. A proxy
-    in front that framed these otherwise would pass a request it never saw. gunicorn refused them all."""
+    """Finding 8 and audit F5: gevent read a body with both lengths as chunked and answered the request smuggled after
+    it; gevent and eventlet answered the request hidden behind the first of two lengths, read a body by a
+    Transfer-Encoding they do not decode (or on HTTP/1.0) as none, served the first of two Hosts, split lines at a
+    bare CR or LF, joined folded ones and let a NUL through. A proxy in front that framed these otherwise would pass
+    a request it never saw. gunicorn refused them all."""
     with connect_from("127.0.5.6", server.port, timeout_s=3) as connection:
         connection.sendall(request_bytes)
         reply = read_response(connection)
         closed = closed_by_server(connection)
     assert re.findall(rb"(?m)^HTTP/1\.[01] \d{3}", reply) in ([b"HTTP/1.1 400"], [b"HTTP/1.0 400"]), reply
+    assert closed
+
+
+# Chunk sizes that RFC 9112 does not allow, each hiding a second request behind its body for a reader that
+# ends the body elsewhere.
+LOOSE_CHUNKS = {
+    "a size written 0x5": b"0x5\r\nabcde\r\n0\r\n\r\n",
+    "a size in spaces": b" 5 \r\nabcde\r\n0\r\n\r\n",
+    "a size written 0_5": b"0_5\r\nabcde\r\n0\r\n\r\n",
+    "a size ended by a bare LF": b"5\nabcde\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("body", LOOSE_CHUNKS.values(), ids=LOOSE_CHUNKS)
+def test_loosely_written_chunk_sizes_hide_no_request(server: AppProcess, body: bytes) -> None:
+    """eventlet read each of these chunk sizes as Python reads a number and answered the request behind the body,
+    where a proxy in front that reads sizes strictly would have sent it as part of the body, or refused it.
+    gunicorn and gevent refused them."""
+    with connect_from("127.0.5.6", server.port, timeout_s=3) as connection:
+        connection.sendall(POST + b"Transfer-Encoding: chunked\r\n\r\n" + body + HIDDEN)
+        reply = read_response(connection)
+        closed = closed_by_server(connection)
+    statuses = re.findall(rb"(?m)^HTTP/1\.[01] (\d{3})", reply)
+    assert len(statuses) == 1 and statuses[0].startswith(b"4"), reply
     assert closed
 
 

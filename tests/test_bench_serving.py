@@ -57,17 +57,20 @@ def test_raw_generate_times_every_batch_on_a_frame_it_has_not_encoded(slow_model
 
 def test_the_step_anatomy_times_steps_and_a_join_and_names_the_operations(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "anatomy.md"
-    arguments = ["--device", "cpu", "--model", str(tiny_model), "--batches", "1,3", "--calls", "2"]
-    step_anatomy.main([*arguments, "--out", str(out), "--no-readme"])
+    measured = ["--batches", "1,3", "--calls", "2", "--attention", "eager"]
+    step_anatomy.main(["--device", "cpu", "--model", str(tiny_model), *measured, "--out", str(out), "--no-readme"])
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
     calls = [row.split(" | ")[:2] for row in rows]
     assert calls == [
         ["| decode step", "1"],
         ["| decode step", "3"],
+        ["| decode step, eager attention", "1"],
+        ["| decode step, eager attention", "3"],
         ["| decode step, joined at once (no padding)", "3"],
         ["| a newcomer's join", "2"],
     ]
     for row in rows:
         cells = row.split(" | ")
-        assert float(cells[2]) > 0 and cells[3:7] == ["—"] * 4, "wall time; no GPU columns on a CPU"
-        assert "`aten::" in cells[7], "the operations that took the CPU's time are named"
+        assert float(cells[2]) > 0 and float(cells[3]) > 0, "wall time and the operations' CPU time"
+        assert cells[4:8] == ["—"] * 4, "no GPU columns on a CPU"
+        assert "`aten::" in cells[8], "the operations that took the CPU's time are named"

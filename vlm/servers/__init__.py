@@ -20,10 +20,11 @@ Bounds on every connection, in every mode:
 - a green server yields to its other connections after every websocket read, however fast the
   client sends (a flood held the whole server);
 - a TLS handshake is part of the wait for the headers, after the per-address admission;
-- a request framed ambiguously (both ``Content-Length`` and ``Transfer-Encoding``, two lengths, a coding
-  other than ``chunked``, two ``Host``, a malformed header line) is refused and its connection closed
-  (RFC 9112 6.1: a proxy framing it otherwise would pass a second, smuggled request); gunicorn refuses
-  these itself, the green servers by ``framing_refusal``, which also caps gevent's headers in all;
+- a request framed ambiguously (both ``Content-Length`` and ``Transfer-Encoding``, two lengths, a coding other than
+  ``chunked``, two ``Host``, a malformed header line, a folded line, a bare CR or LF or a NUL inside a line) is
+  refused and its connection closed (RFC 9112 6.1: a proxy framing it otherwise would pass a second, smuggled
+  request); gunicorn refuses these itself, the green servers by ``framing_refusal`` and ``unsafe_line``, and
+  gevent's headers are capped in all;
 - Nagle's algorithm off: an answer ends with two short frames back to back (the last stream
   delta, then the response); with Nagle on, the second waits for the client's delayed ACK,
   about 40 ms on Linux, on every answer.

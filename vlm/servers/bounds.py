@@ -135,6 +135,31 @@ def framing_refusal(headers: Message, version: str) -> str | None:
     return None
 
 
+UNSAFE_LINE = "a folded line, or a bare CR or LF or a NUL, in the request line or headers"
+
+
+def unsafe_line(line: bytes) -> bool:
+    """Whether a request or header ``line`` holds a CR, LF or NUL other than its closing CRLF, or begins with
+    whitespace (a folded header, RFC 9112 5.2). Python's header parser splits lines at a lone CR or LF and joins
+    a folded line to the header before; a proxy in front that does neither, or cuts a value at a NUL, frames
+    the request otherwise (a ``Content-Length`` only one of them sees). gunicorn refuses them all."""
+    content = line.removesuffix(b"\r\n")
+    return any(byte in content for byte in (b"\r", b"\n", b"\0")) or content.startswith((b" ", b"\t"))
+
+
+class CheckedLines:
+    """A request's header lines as a parser reads them (line by line), noting any ``unsafe_line``."""
+
+    def __init__(self, rfile: Any) -> None:
+        self.rfile = rfile
+        self.unsafe = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self.rfile.readline(limit)
+        self.unsafe = self.unsafe or unsafe_line(line)
+        return line
+
+
 def log_client_error(client: object, message: str, *args: object) -> None:
     """A server's own note about a client's request, which quotes what the client sent (a token in the URL
     too): through the root handler, which escapes and masks (vlm/logsafe.py), not straight to stderr."""

@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from .bounds import (
     HEADER_TIMEOUT_S,
     IO_TIMEOUT_S,
     MAX_HEADER_BYTES,
+    UNSAFE_LINE,
     AddressLimits,
+    CheckedLines,
     cut_slow_websocket_messages,
     framing_refusal,
     log,
@@ -21,7 +25,11 @@ from .bounds import (
     message_too_slow,
     no_delay,
     peer_address,
+    unsafe_line,
 )
+
+# RFC 9112 7.1: a chunk's size in hex digits (16 at most here), its extensions after a ";", then CRLF.
+CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n]*)?\r\n")
 
 
 class GreenHeadersDeadline:
@@ -132,12 +140,19 @@ def gevent_handler(limits: AddressLimits) -> type:
                 # mid-upgrade left a close frame that pywsgi would read as the next request's first line.
                 self.close_connection = True
 
+        def read_request(self, raw_requestline: str) -> Any:
+            if unsafe_line(raw_requestline.encode("latin-1")):
+                raise ValueError(UNSAFE_LINE)  # answered 400, connection closed
+            return super().read_request(raw_requestline)
+
         def MessageClass(self, rfile: Any, *args: Any) -> Any:
             """The headers, at most ``MAX_HEADER_BYTES`` of them (pywsgi took 100 lines of 64 KiB each), refused
             when framed ambiguously: pywsgi read a body with both lengths as chunked, one with two lengths by the
-            first, and kept the connection, so it answered a request that a proxy in front would not have seen."""
-            headers = super().MessageClass(CappedLines(rfile), *args)
-            refusal = framing_refusal(headers, self.request_version)
+            first, split lines at a bare CR or LF, joined folded ones and kept the connection, so it answered a
+            request that a proxy in front would not have seen."""
+            lines = CheckedLines(CappedLines(rfile))
+            headers = super().MessageClass(lines, *args)
+            refusal = UNSAFE_LINE if lines.unsafe else framing_refusal(headers, self.request_version)
             if refusal:
                 raise ValueError(refusal)  # answered 400, connection closed
             return headers
@@ -159,7 +174,7 @@ def gevent_handler(limits: AddressLimits) -> type:
 def eventlet_protocol(limits: AddressLimits) -> type:
     import eventlet  # imported here: eventlet is only loaded when it is the server
     from eventlet.websocket import FailedConnectionError, RFC6455WebSocket
-    from eventlet.wsgi import HttpProtocol
+    from eventlet.wsgi import ChunkReadError, HttpProtocol
 
     # eventlet unmasks websocket frames one byte at a time in Python: a 5 MiB frame held the whole
     # server for ~1.7 s. The same XOR done by numpy takes milliseconds.
@@ -193,6 +208,56 @@ def eventlet_protocol(limits: AddressLimits) -> type:
 
     RFC6455WebSocket.Message = MessageInTime
 
+    class StrictChunks:
+        """A chunked body's stream as eventlet reads it, held to RFC 9112 7.1: eventlet reads a chunk's size as
+        Python reads a number (``0x5``, `` 5 ``, ``0_5``, ended by a bare LF) and skips whatever line follows
+        its data, so a proxy in front that reads sizes strictly ends the body elsewhere, and eventlet answered
+        the request hidden behind it. A size line, the CRLF after a chunk's data or a trailer line out of form
+        fails the read (eventlet's own ``ChunkReadError``) and the connection is closed after the answer."""
+
+        def __init__(self, rfile: Any, close_after: Callable[[], None]) -> None:
+            self.rfile = rfile
+            self.close_after = close_after
+            self.left = 0  # bytes of the current chunk's data still to come
+            self.next_line = "size"  # or "data", "end of data", "trailer", "done"
+
+        def read(self, size: int = -1) -> bytes:
+            return self._data(self.rfile.read(size))
+
+        def readline(self, size: int = -1) -> bytes:
+            if self.left:  # the data, read by line
+                return self._data(self.rfile.readline(size))
+            line: bytes = self.rfile.readline(size)
+            expected = self.next_line
+            if line and not self._in_form(line):
+                self.close_after()
+                raise ChunkReadError(f"a chunked body's {expected} line out of form")
+            return line
+
+        def _data(self, data: bytes) -> bytes:
+            self.left -= len(data)
+            if self.left <= 0:
+                self.left, self.next_line = 0, "end of data"
+            return data
+
+        def _in_form(self, line: bytes) -> bool:
+            """Whether ``line`` is the line that comes next, moving on to what comes after it."""
+            if self.next_line == "size":
+                size = CHUNK_SIZE.fullmatch(line)
+                if size is None:
+                    return False
+                self.left = int(size[1], 16)
+                self.next_line = "data" if self.left else "trailer"
+                return True
+            if self.next_line == "end of data":
+                self.next_line = "size"
+                return line == b"\r\n"
+            if self.next_line == "trailer":
+                if line == b"\r\n":
+                    self.next_line = "done"
+                return line.endswith(b"\r\n") and not unsafe_line(line)
+            return False  # the body has ended: nothing more is its to read
+
     class GuardedProtocol(GreenHeadersDeadline, HttpProtocol):  # type: ignore[misc]
         start_timer = staticmethod(eventlet.Timeout)
 
@@ -212,14 +277,28 @@ def eventlet_protocol(limits: AddressLimits) -> type:
 
         def parse_request(self) -> bool:
             """The headers, refused when framed ambiguously: eventlet answered the request hidden behind the first
-            of two lengths, and read a body by a Transfer-Encoding it does not decode (or on HTTP/1.0) as none."""
-            if not super().parse_request():
-                return False
-            refusal = framing_refusal(self.headers, self.request_version)
+            of two lengths, read a body by a Transfer-Encoding it does not decode (or on HTTP/1.0) as none, and
+            split lines at a bare CR or LF, joined folded ones."""
+            headers_stream, lines = self.rfile, CheckedLines(self.rfile)
+            self.rfile = lines
+            try:
+                if not super().parse_request():
+                    return False
+            finally:
+                self.rfile = headers_stream
+            unsafe = lines.unsafe or unsafe_line(self.raw_requestline)
+            refusal = UNSAFE_LINE if unsafe else framing_refusal(self.headers, self.request_version)
             if refusal:
                 self.send_error(400, refusal)  # and the connection closed
                 return False
             return True
+
+        def get_environ(self) -> Any:
+            environ = super().get_environ()
+            body = environ["eventlet.input"]
+            if body.chunked_input:
+                body.rfile = StrictChunks(body.rfile, close_after=partial(setattr, self, "close_connection", 1))
+            return environ
 
         def finish(self) -> None:
             """eventlet's own closes the response stream first; when its client is gone (a cut body's) the
