@@ -22,6 +22,7 @@ import io
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections import defaultdict, deque
@@ -365,13 +366,13 @@ def question_batch(stream: SceneStream, batch: torch.Tensor, pick: torch.Tensor)
     }
 
 
-def learning_rate(step: int, steps: int) -> float:
+def learning_rate(step: int, steps: int, peak: float = LEARNING_RATE) -> float:
     """Linear warm-up, then cosine decay to 5% of the peak."""
     warmup = min(WARMUP_STEPS, max(1, steps // 10))
     if step < warmup:
-        return LEARNING_RATE * (step + 1) / warmup
+        return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
-    return LEARNING_RATE * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def vision_targets(spec: SceneSpec, mask: Image.Image) -> torch.Tensor:
@@ -451,7 +452,14 @@ class VisionProbes(torch.nn.Module):
 
 
 def pretrain_vision(
-    model, probes: VisionProbes, stream: SceneStream, steps: int, batch_size: int, seed: int, first_step: int = 0
+    model,
+    probes: VisionProbes,
+    stream: SceneStream,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    first_step: int = 0,
+    peak: float = LEARNING_RATE,
 ) -> None:
     """Warm up the vision tower and projector on the probes alone before training on the answers."""
     device = stream.pixels.device
@@ -466,7 +474,7 @@ def pretrain_vision(
         features = image_features(model, turned(stream.pixels[batch].float(), views))
         loss = probes.loss(features, stream.targets[batch], views)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps)
+            group["lr"] = learning_rate(step, steps, peak)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -475,7 +483,14 @@ def pretrain_vision(
 
 
 def train(
-    model, probes: VisionProbes, stream: SceneStream, steps: int, batch_size: int, seed: int, first_step: int = 0
+    model,
+    probes: VisionProbes,
+    stream: SceneStream,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    first_step: int = 0,
+    peak: float = LEARNING_RATE,
 ) -> None:
     """AdamW over mini-batches of one question about each of a batch of scenes, printing the loss as it goes.
 
@@ -496,7 +511,7 @@ def train(
             views = torch.randint(0, 8, (len(batch),), generator=order).to(device)
             inputs["pixel_values"] = turned(stream.pixels[batch].float(), views)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, steps)
+                group["lr"] = learning_rate(step, steps, peak)
             loss = model(**inputs).loss + probes.loss(projected.pop(), stream.targets[batch], views)
             optimizer.zero_grad()
             loss.backward()
@@ -696,6 +711,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--eval-scenes", type=int, default=EVAL_SCENES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="a model folder of this script's to go on training (its weights and processor), instead of new weights",
+    )
+    parser.add_argument("--peak-lr", type=float, default=LEARNING_RATE, help="peak learning rate of both stages")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that draw scenes")
     parser.add_argument(
@@ -723,7 +744,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     torch.backends.cuda.matmul.allow_tf32 = True
     started = time.perf_counter()
-    model, processor = build_model(ARCH, SIZE, corpus(), args.seed)
+    if args.init_from:
+        start = started_from(args.init_from)
+        model = AutoModelForImageTextToText.from_pretrained(args.init_from)
+        processor = AutoProcessor.from_pretrained(args.init_from)
+    else:
+        start = "new weights (seeded)"
+        model, processor = build_model(ARCH, SIZE, corpus(), args.seed)
     probes = VisionProbes(SIZE.text_hidden)
     # Both pools fork before CUDA starts. The held-out scenes (full camera size, ~150 ms each) are drawn by a
     # quarter as many workers as the training scenes: with one worker, an 8-minute H100 run had finished its
@@ -741,8 +768,8 @@ def main(argv: list[str] | None = None) -> None:
             fitted = fit_budget(model, probes, stream, args.vision_steps, args.steps, batch_size, seconds)
             args.vision_steps, args.steps = fitted
             args.scenes_per_step = stream.per_step
-        pretrain_vision(model, probes, stream, args.vision_steps, batch_size, args.seed)
-        train(model, probes, stream, args.steps, batch_size, args.seed, first_step=args.vision_steps)
+        pretrain_vision(model, probes, stream, args.vision_steps, batch_size, args.seed, peak=args.peak_lr)
+        train(model, probes, stream, args.steps, batch_size, args.seed, first_step=args.vision_steps, peak=args.peak_lr)
         minutes = (time.perf_counter() - started) / 60
         # Saved before anything else can go wrong: a run that is cut off later still leaves its model.
         save_model_folder(model.to("cpu"), processor, args.out_dir)
@@ -766,7 +793,10 @@ def main(argv: list[str] | None = None) -> None:
             f"python -m scripts.train_demo_model --vision-steps {args.vision_steps} --steps {args.steps}"
             f" --scenes {args.scenes} --first-scenes {args.first_scenes} --scenes-per-step {args.scenes_per_step:g}"
             f" --eval-scenes {args.eval_scenes} --seed {args.seed} --device {device.type}"
+            + (f" --init-from {args.init_from} --peak-lr {args.peak_lr:g}" if args.init_from else "")
         ),
+        "start": start,
+        "lr": f"{args.peak_lr:g}",
         "params": f"{sum(p.numel() for p in model.parameters()):,}",
         "vocab": str(len(processor.tokenizer)),
         "scenes": f"{used:,}",
@@ -783,6 +813,14 @@ def main(argv: list[str] | None = None) -> None:
         "table": table,
     }
     (args.out_dir / "README.md").write_text(MODEL_CARD.format(**facts, **vars_for_card()))
+
+
+def started_from(folder: Path) -> str:
+    """The card's words for training on from ``folder``'s weights: the command that made them, from its card."""
+    card = folder / "README.md"
+    made = re.search(r"^- Command: `([^`]+)`", card.read_text(), re.MULTILINE) if card.exists() else None
+    how = f"`{made[1]}`" if made else "a run whose card is gone"
+    return f"the weights in `{folder}` at the time, made by {how} (this run trains on from them)"
 
 
 def _totals(scores: dict[str, dict[str, tuple[int, int]]], parts: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -806,7 +844,6 @@ def vars_for_card() -> dict[str, str]:
             f"Llama decoder: {SIZE.text_layers} layers, hidden {SIZE.text_hidden}, {SIZE.text_heads} heads, "
             f"MLP {SIZE.text_intermediate}"
         ),
-        "lr": f"{LEARNING_RATE:g}",
         "describe_share": f"{DESCRIBE_SHARE:.0%}",
         "shapes": ", ".join(SHAPES),
         "colors": ", ".join(COLORS),
@@ -858,6 +895,7 @@ print(processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_specia
 
 - Command: `{command}` (data, initialisation and batch order are seeded; on a GPU the
   weights can differ in the last bits from run to run because of floating-point scheduling).
+- Starting from: {start}.
 - Where and how long: **{where}**; drawing the scenes plus both training stages took
   **{minutes} minutes**. The same script runs on CPU (`--device cpu`), much more slowly.
 - Architecture: {size}. {params} parameters, float32 safetensors.
@@ -935,7 +973,7 @@ fake camera shows (`held_drawing_scene`, `single_object_scene`), at 640x480.
   objects, other colours, text, people or more than 3 drawings get confident
   nonsense answers from the same small vocabulary.
 - Its vision input is {image_px}: a drawing much smaller than a sixth of the frame's
-  height, or strokes thinner than a marker's, lose their shape.
+  height loses its shape.
 - Questions outside the trained phrasings are matched only by their known words; unknown
   words become `<unk>`. It cannot hold a conversation, explain, or refuse.
 - The held-out table measures the training generator's own drawings (another seed), not

@@ -198,3 +198,15 @@ def test_the_demo_models_captions_are_descriptions() -> None:
     events = Events(len(captions))
     backend.generate(captions, events)
     assert [events.results[index].answer for index in range(len(captions))] == ["a green star", "a green star"]
+
+
+def test_training_on_from_a_checkpoint_names_it_and_its_command_on_the_card(tmp_path: Path) -> None:
+    """The bundled weights were trained on from the previous ones (``--init-from``): the card says what they were,
+    by the command on their card, and each stage's schedule peaks at ``--peak-lr``."""
+    from scripts.train_demo_model import LEARNING_RATE, learning_rate, started_from
+
+    (tmp_path / "README.md").write_text("# card\n\n- Command: `python -m scripts.train_demo_model --steps 9` (x)\n")
+    assert "made by `python -m scripts.train_demo_model --steps 9`" in started_from(tmp_path)
+    assert "card is gone" in started_from(tmp_path / "missing")
+    assert max(learning_rate(step, 600, 5e-4) for step in range(600)) == pytest.approx(5e-4)
+    assert max(learning_rate(step, 600) for step in range(600)) == pytest.approx(LEARNING_RATE)
