@@ -793,7 +793,8 @@ def main(argv: list[str] | None = None) -> None:
             f"python -m scripts.train_demo_model --vision-steps {args.vision_steps} --steps {args.steps}"
             f" --scenes {args.scenes} --first-scenes {args.first_scenes} --scenes-per-step {args.scenes_per_step:g}"
             f" --eval-scenes {args.eval_scenes} --seed {args.seed} --device {device.type}"
-            + (f" --init-from {args.init_from} --peak-lr {args.peak_lr:g}" if args.init_from else "")
+            + (f" --init-from {args.init_from}" if args.init_from else "")
+            + (f" --peak-lr {args.peak_lr:g}" if args.peak_lr != LEARNING_RATE else "")
         ),
         "start": start,
         "lr": f"{args.peak_lr:g}",
