@@ -66,6 +66,7 @@ from scripts.synthetic_scenes import (
     project,
     question_for,
     random_scene,
+    tint,
 )
 from tests.server_process import REPO
 
@@ -266,24 +267,19 @@ def _surface(rng: random.Random, light_paper_only: bool) -> tuple[tuple[int, int
     kind = rng.random() * (0.45 if light_paper_only else 1.0)
     if kind < 0.3:
         level = rng.randint(234, 252)
-        return _jitter(rng, (level, level, level - rng.randint(0, 6)), 3), True
+        return tint(rng, (level, level, level - rng.randint(0, 6)), 3), True
     if kind < 0.45:
-        return _jitter(rng, (246, 238, 208), 7), True
+        return tint(rng, (246, 238, 208), 7), True
     if kind < 0.6:
         level = rng.randint(160, 200)
-        return _jitter(rng, (level, level, level), 6), True
+        return tint(rng, (level, level, level), 6), True
     level = rng.randint(18, 80)
-    return _jitter(rng, (level, level + rng.randint(0, 12), level), 6), False
-
-
-def _jitter(rng: random.Random, rgb: Sequence[int], amount: int) -> tuple[int, int, int]:
-    r, g, b = (min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)
-    return (r, g, b)
+    return tint(rng, (level, level + rng.randint(0, 12), level), 6), False
 
 
 def _rules(rng: random.Random, sheet: tuple[float, float]) -> Rules:
     step = sheet[1] / rng.uniform(18, 28)
-    ink = _jitter(rng, (150, 185, 228), 12)
+    ink = tint(rng, (150, 185, 228), 12)
     margin = sheet[0] * rng.uniform(0.1, 0.16) if rng.random() < 0.5 else None
     return Rules(step, step * rng.uniform(1.5, 3.0), ink, rng.uniform(0.0015, 0.003), margin)
 
@@ -313,7 +309,7 @@ def _drawings(
                 Drawing(
                     shape=shape,
                     color=color,
-                    ink=_jitter(rng, rng.choice(_inks(color, dark=inks is DARK_INKS)), INK_JITTER),
+                    ink=tint(rng, rng.choice(_inks(color, dark=inks is DARK_INKS)), INK_JITTER),
                     style=rng.choice(styles) if mixed else scene_style,
                     center=(cx, cy),
                     size=size,
@@ -377,7 +373,7 @@ def _camera(
         corners=corners,
         room_seed=rng.randrange(2**31),
         thumbs=_thumbs(rng, sheet, circles) if rng.random() < 0.5 else (),
-        skin=_jitter(rng, rng.choice(SKIN), 10),
+        skin=tint(rng, rng.choice(SKIN), 10),
         gain=_gain(rng, condition),
         falloff=rng.uniform(0.05, 0.4) if rng.random() < 0.6 else 0.0,
         falloff_angle=rng.uniform(0, 360),
@@ -611,7 +607,7 @@ def room(seed: int, size: tuple[int, int]) -> Image.Image:
 
     def muted(low: int = 25, high: int = 200) -> tuple[int, int, int]:
         level = rng.randint(low, high)
-        return _jitter(rng, (level, level - rng.randint(0, 15), level - rng.randint(0, 30)), 20)
+        return tint(rng, (level, level - rng.randint(0, 15), level - rng.randint(0, 30)), 20)
 
     field = np.array([[muted() for _ in range(4)] for _ in range(3)], dtype=np.uint8)
     image = Image.fromarray(field).resize(small, Image.Resampling.BICUBIC)
@@ -715,14 +711,13 @@ def questions(scenes: Sequence[Scene], seed: int) -> list:
 
 
 def table(scores: dict[str, dict[str, tuple[int, int]]], counts: dict[str, int]) -> str:
+    from scripts.train_demo_model import score_cell
+
     rows = []
     for name in ROW_ORDER:
         if name not in counts:
             continue
-        cells = []
-        for kind in QUESTION_KINDS:
-            right, total = scores.get(name, {}).get(kind, (0, 0))
-            cells.append(f"{100 * right / total:.1f}% ({right}/{total})" if total else "-")
+        cells = [score_cell(*scores.get(name, {}).get(kind, (0, 0))) for kind in QUESTION_KINDS]
         rows.append([name, str(counts[name]), *cells])
     return markdown(rows, ["Condition (rough.js)", "scenes", *QUESTION_KINDS])
 

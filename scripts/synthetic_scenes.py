@@ -375,17 +375,18 @@ def _random_surface(rng: random.Random) -> tuple[tuple[int, int, int], bool]:
     kind = rng.random()
     if kind < 0.25:
         level = rng.randint(222, 255)
-        return _tint(rng, (level, level, level), 6), True
+        return tint(rng, (level, level, level), 6), True
     if kind < 0.4:
-        return _tint(rng, (rng.randint(238, 252), rng.randint(226, 242), rng.randint(188, 215)), 5), True
+        return tint(rng, (rng.randint(238, 252), rng.randint(226, 242), rng.randint(188, 215)), 5), True
     if kind < 0.6:
         level = rng.randint(150, 204)
-        return _tint(rng, (level, level, level), 8), True
+        return tint(rng, (level, level, level), 8), True
     level = rng.randint(0, 95)
-    return _tint(rng, (level, level, level), 15), False
+    return tint(rng, (level, level, level), 15), False
 
 
-def _tint(rng: random.Random, rgb: tuple[int, int, int], amount: int) -> tuple[int, int, int]:
+def tint(rng: random.Random, rgb: Sequence[int], amount: int) -> tuple[int, int, int]:
+    """``rgb`` with each channel moved by up to ``amount`` either way, kept within 0-255."""
     r, g, b = (min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)
     return (r, g, b)
 
@@ -483,8 +484,6 @@ def _random_object(
     retrace, bow, overshoot, gap = 1, 0.0, 0.0, 0.0
     if outline and rng.random() < 0.45:  # a quicker hand: at least one of these
         slips = [rng.random() < p for p in (0.5, 0.45, 0.3, 0.25)]
-        if not any(slips):
-            slips[0] = True
         retrace = 2 if slips[0] else 1
         bow = rng.uniform(0.03, 0.09) if slips[1] and shape != "circle" else 0.0
         overshoot = rng.uniform(0.03, 0.08) if slips[2] else 0.0
@@ -497,7 +496,7 @@ def _random_object(
         center=center,
         size=size,
         rotation=rng.uniform(-25.0, 25.0),
-        rgb=_tint(rng, COLOR_RGB[color], 22),
+        rgb=tint(rng, COLOR_RGB[color], 22),
         stroke=stroke,
         wobble=rng.uniform(0.0, 0.08),
         seed=rng.randrange(2**31),
@@ -559,7 +558,7 @@ def _random_fingers(rng: random.Random, sheet: Sheet, objects: Sequence[SceneObj
 
     Sometimes the palm shows too, outside the sheet.
     """
-    tone = _tint(rng, rng.choice(SKIN_TONES), 12)
+    tone = tint(rng, rng.choice(SKIN_TONES), 12)
     width = rng.uniform(0.07, 0.12)
     edges = rng.choice(((3,), (1,), (3, 1), (2,), (2, 3)))  # 0 top, 1 right, 2 bottom, 3 left
     fingers: list[Finger] = []
@@ -808,10 +807,7 @@ def _draw_hatch(
         if obj.hatch == "zigzag":
             spans = _hatch_spans(path, layer, step / 2, hand)
             for stroke in _zigzags(spans):
-                if len(stroke) == 2:
-                    draw.line(stroke, fill=ink, width=width)
-                else:
-                    draw.line(stroke, fill=ink, width=width, joint="curve" if width > 2 else None)
+                draw.line(stroke, fill=ink, width=width, joint="curve" if width > 2 else None)
             continue
         for line in _hatch_spans(path, layer, step, hand):
             for start, end in line:
@@ -929,7 +925,7 @@ def _draw_room(seed: int, size: tuple[int, int]) -> Image.Image:
 
     def muted() -> tuple[int, int, int]:
         level = rng.randint(20, 220)
-        return _tint(rng, (level, level, level), 35)
+        return tint(rng, (level, level, level), 35)
 
     room = Image.new("RGB", (width, height), muted())
     draw = ImageDraw.Draw(room)

@@ -662,16 +662,18 @@ CONDITION_ORDER = (
 )
 
 
+def score_cell(right: int, total: int) -> str:
+    """One table cell: the share right and its counts, or "-" where nothing of that kind was asked."""
+    return f"{100 * right / total:.1f}% ({right}/{total})" if total else "-"
+
+
 def accuracy_table(scores: dict[str, dict[str, tuple[int, int]]]) -> str:
     lines = [
         "| Condition | " + " | ".join(QUESTION_KINDS) + " |",
         "|---" * (len(QUESTION_KINDS) + 1) + "|",
     ]
     for name in sorted(scores, key=CONDITION_ORDER.index):
-        cells = []
-        for kind in QUESTION_KINDS:
-            right, total = scores[name].get(kind, (0, 0))
-            cells.append(f"{100 * right / total:.1f}% ({right}/{total})" if total else "-")
+        cells = [score_cell(*scores[name].get(kind, (0, 0))) for kind in QUESTION_KINDS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
