@@ -134,6 +134,17 @@ class SessionBounds:
         # A copy of the async driver's table, which every engineio server in the process shares.
         eio._async = {**eio._async, "websocket": upgrade_hangups_tolerated(eio._async["websocket"])}
         eio.handlers["message"] = self._answering_undecodable(eio.handlers["message"])
+        eio.handlers["connect"] = self._timing_from_open(eio.handlers["connect"])
+
+    def _timing_from_open(self, connect: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+        """The handshake clock starts when the session opens, not when the sweep first sees it: otherwise a
+        session had up to a sweep interval more than ``HANDSHAKE_TIMEOUT_S``."""
+
+        def opened(eio_sid: str, environ: Any) -> Any:
+            self._unconnected_since[eio_sid] = time.monotonic()
+            return connect(eio_sid, environ)
+
+        return opened
 
     def _answering_undecodable(self, handle: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
         """A message Socket.IO cannot decode (its JSON refuses integers over 100 digits) gets a
@@ -230,7 +241,7 @@ class SessionBounds:
         for eio_sid in alive:
             if server.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is not None:
                 continue
-            since = self._unconnected_since.setdefault(eio_sid, now)
+            since = self._unconnected_since.setdefault(eio_sid, now)  # left the namespace, kept the session
             if now - since >= HANDSHAKE_TIMEOUT_S:
                 del self._unconnected_since[eio_sid]
                 cut(server, eio_sid)
