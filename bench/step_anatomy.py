@@ -55,7 +55,8 @@ TOP_OPERATIONS = 4
 class Anatomy:
     """One kind of call: its median wall time, and per call the CPU's own time in torch's operations, the GPU's
     time in kernels and the kernels launched (None on a CPU); the host operations that took most of the CPU's
-    own time, with their shares of it. Wall time past the operations' is Python's (or waiting)."""
+    own time, with their shares of it, and the kernels that took most of the GPU's (none on a CPU). Wall time
+    past the operations' is Python's (or waiting)."""
 
     label: str
     rows: int
@@ -65,6 +66,13 @@ class Anatomy:
     launches: float | None
     launch_us: float | None  # the CPU's own time per ``cudaLaunchKernel`` call
     top: list[tuple[str, float]]
+    kernels: list[tuple[str, float]]
+
+
+def kernel_name(key: str) -> str:
+    """A CUDA kernel's name without its template arguments and parameter list, which run to hundreds of characters."""
+    name = key.removeprefix("void ")
+    return name[: min((at for at in (name.find("<"), name.find("(")) if at > 0), default=len(name))]
 
 
 class Rows:
@@ -100,6 +108,7 @@ def anatomy(
         walls.append((time.perf_counter() - started) * 1000)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.name == "cuda" else [])
     host: Counter[str] = Counter()
+    kernels: Counter[str] = Counter()
     kernel_us = launches = launching_us = 0.0
     for _ in range(calls):
         between()
@@ -111,6 +120,8 @@ def anatomy(
                 continue
             host[entry.key] += entry.self_cpu_time_total
             kernel_us += entry.self_device_time_total
+            if entry.self_device_time_total > 0:
+                kernels[kernel_name(entry.key)] += entry.self_device_time_total
             if entry.key.startswith("cudaLaunchKernel"):
                 launches += entry.count
                 launching_us += entry.self_cpu_time_total
@@ -125,6 +136,7 @@ def anatomy(
         launches / calls if on_gpu else None,
         launching_us / launches if on_gpu and launches else None,
         [(name, spent / total) for name, spent in host.most_common(TOP_OPERATIONS)],
+        [(name, spent / kernel_us) for name, spent in kernels.most_common(TOP_OPERATIONS)],
     )
 
 
@@ -202,6 +214,7 @@ def report(device: Device, model: str, results: list[Anatomy]) -> str:
         launches = "—" if result.launches is None else f"{result.launches:.0f}"
         launch_us = "—" if result.launch_us is None else f"{result.launch_us:.1f}"
         top = ", ".join(f"`{name}` {part:.0%}" for name, part in result.top)
+        kernels = ", ".join(f"`{name}` {part:.0%}" for name, part in result.kernels) or "—"
         rows.append(
             [
                 result.label,
@@ -213,6 +226,7 @@ def report(device: Device, model: str, results: list[Anatomy]) -> str:
                 launches,
                 launch_us,
                 top,
+                kernels,
             ]
         )
     table = markdown(
@@ -227,6 +241,7 @@ def report(device: Device, model: str, results: list[Anatomy]) -> str:
             "kernels launched",
             "CPU µs / launch",
             "the CPU's own time, most first",
+            "the GPU's time in kernels, most first",
         ],
     )
     reading = (
@@ -241,7 +256,7 @@ def report(device: Device, model: str, results: list[Anatomy]) -> str:
         "padded), except the rows joined at once; wall time is the median of calls timed without the profiler; "
         "the other "
         "columns are per call, from as many calls under torch's profiler (its `key_averages`: the CPU's own "
-        "time per operation, kernel time on the device, `cudaLaunchKernel` calls; the profiler slows the "
+        "time per operation, kernel time on the device by kernel, `cudaLaunchKernel` calls; the profiler slows the "
         "operations, and wall time past theirs is Python's or waiting). A join is a newcomer's "
         f"prefill (its frame through the vision tower, its prompt through the decoder) and its cache appended "
         f"to the running rows'.\n\n{table}\n\n{reading}\n"

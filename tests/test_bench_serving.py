@@ -72,5 +72,20 @@ def test_the_step_anatomy_times_steps_and_a_join_and_names_the_operations(tiny_m
     for row in rows:
         cells = row.split(" | ")
         assert float(cells[2]) > 0 and float(cells[3]) > 0, "wall time and the operations' CPU time"
-        assert cells[4:8] == ["—"] * 4, "no GPU columns on a CPU"
+        assert cells[4:8] == ["—"] * 4 and cells[9] == "— |", "no GPU columns on a CPU"
         assert "`aten::" in cells[8], "the operations that took the CPU's time are named"
+
+
+def test_kernel_names_lose_their_template_arguments_and_parameters() -> None:
+    """Names as the profiler gives them for CUDA kernels (of PyTorch's elementwise ops, its memory-efficient
+    attention and cuBLAS)."""
+    assert step_anatomy.kernel_name(
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::Half>, "
+        "std::array<char*, 3ul> >(int, at::native::CUDAFunctor_add<c10::Half>, std::array<char*, 3ul>)"
+    ) == ("at::native::vectorized_elementwise_kernel")
+    assert step_anatomy.kernel_name("fmha_cutlassF_f16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::Params)") == (
+        "fmha_cutlassF_f16_aligned_64x64_rf_sm80"
+    )
+    assert step_anatomy.kernel_name("sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize64x64x64") == (
+        "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize64x64x64"
+    )
