@@ -14,7 +14,6 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from scripts.build_remote_code_fixture import QUESTION, fixture_image
 from tests.moondream_like import MoondreamLike, hub_cache
 from vlm.backends import moondream
 from vlm.backends.base import Job, Result, WaveDecoder
+from vlm.backends.load_failure import download_commands
 from vlm.backends.moondream import MoondreamBackend, frame_side
 from vlm.config import DEFAULT_MODEL, DEFAULT_REVISION
 from vlm.errors import Code, VlmError
@@ -349,29 +349,32 @@ def test_fewer_crops_make_smaller_frames(moondream_like: MoondreamLike) -> None:
 # --- the real moondream2, where its weights are cached --------------------------------------------
 
 
-def cached_moondream() -> Path | None:
-    """moondream2's weights, if this machine has them (never on CI: no model hub here)."""
+def cached_moondream() -> tuple[str, str | None] | None:
+    """moondream2 and its revision as the app would load it, if this machine has its weights (never on CI: no model
+    hub here): a folder given in ``VLM_MOONDREAM_PATH``, or the pinned release in the Hugging Face cache (its
+    tokenizer then pinned too)."""
     local = os.environ.get("VLM_MOONDREAM_PATH")
     if local:
-        return Path(local)
+        return local, None
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(DEFAULT_MODEL, revision=DEFAULT_REVISION, local_files_only=True))
+        snapshot_download(DEFAULT_MODEL, revision=DEFAULT_REVISION, local_files_only=True)
     except Exception:
         return None
+    return DEFAULT_MODEL, DEFAULT_REVISION
 
 
 @pytest.fixture(scope="module")
 def real_moondream() -> Iterator[MoondreamBackend]:
-    path = cached_moondream()
-    if path is None:
+    cached = cached_moondream()
+    if cached is None:
+        download = " && ".join(download_commands(DEFAULT_MODEL, DEFAULT_REVISION))
         pytest.skip(
-            "moondream2 is not in the HF cache (no model hub here); run "
-            "`hf download vikhyatk/moondream2 --revision 2025-06-21 && "
-            "hf download moondream/starmie-v1 tokenizer.json`, or set VLM_MOONDREAM_PATH"
+            f"moondream2 is not in the HF cache (no model hub here); run `{download}`, or set VLM_MOONDREAM_PATH"
         )
-    yield MoondreamBackend.load(str(path), revision=None, device="auto", dtype="auto")
+    model, revision = cached
+    yield MoondreamBackend.load(model, revision=revision, device="auto", dtype="auto")
 
 
 def test_real_moondream2_answers_greedily_with_true_counts(real_moondream: MoondreamBackend) -> None:

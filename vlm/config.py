@@ -22,6 +22,10 @@ DEFAULT_MODEL = "vikhyatk/moondream2"
 # The 2025-06-21 release is the newest moondream2 revision with the query/caption/detect/point
 # streaming API we use; pinning it means remote code we have read is the code that runs.
 DEFAULT_REVISION = "2025-06-21"
+# moondream2's code loads its tokenizer from this repository by name, at its newest commit; the app loads it at
+# this commit with the pinned release, so that the pin covers everything the model reads.
+DEFAULT_TOKENIZER_REPO = "moondream/starmie-v1"
+DEFAULT_TOKENIZER_REVISION = "35192e10a54e36eabe0a7cc57a2c1aab371cafc5"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 MODEL_ALIASES = {"demo": DEMO_MODEL_DIR}
 # What --backend openai sends without --api-key: the client library refuses an empty key, and servers without auth

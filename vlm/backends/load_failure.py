@@ -6,13 +6,16 @@ import difflib
 import re
 from collections.abc import Iterator
 
-from ..config import DEFAULT_MODEL, MODEL_ALIASES, Settings
+from ..config import (
+    DEFAULT_MODEL,
+    DEFAULT_REVISION,
+    DEFAULT_TOKENIZER_REPO,
+    DEFAULT_TOKENIZER_REVISION,
+    MODEL_ALIASES,
+    Settings,
+)
 from ..errors import ModelLoadError
 from ..logsafe import masked_url
-
-# moondream2 loads its tokenizer from another repository than its weights.
-TOKENIZER_REPO = "moondream/starmie-v1"
-TOKENIZER_FILE = "tokenizer.json"
 
 # How transformers says that a class needs a library that is not installed: its backends' messages ("X requires
 # the Torchvision library but it was not found"), a processor's own ("Package `num2words` is required") and a
@@ -32,9 +35,11 @@ TORCHVISION_ADVICE = (
 
 
 def download_commands(model_id: str, revision: str | None) -> list[str]:
-    """The ``hf download`` lines that put moondream2 and its tokenizer in the Hugging Face cache."""
+    """The ``hf download`` lines that put moondream2 and its tokenizer in the Hugging Face cache (the tokenizer at
+    its pinned commit with the pinned release, at ``main`` with any other, as the app loads it)."""
     pinned = f" --revision {revision}" if revision else ""
-    return [f"hf download {model_id}{pinned}", f"hf download {TOKENIZER_REPO} {TOKENIZER_FILE}"]
+    tokenizer = f" --revision {DEFAULT_TOKENIZER_REVISION}" if revision == DEFAULT_REVISION else ""
+    return [f"hf download {model_id}{pinned}", f"hf download {DEFAULT_TOKENIZER_REPO} tokenizer.json{tokenizer}"]
 
 
 def explain_load_failure(settings: Settings, error: BaseException) -> str:

@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..config import DEFAULT_REVISION, DEFAULT_TOKENIZER_REPO, DEFAULT_TOKENIZER_REVISION
 from .base import (
     Backend,
     Decoder,
@@ -278,7 +279,10 @@ class MoondreamBackend(Backend):
     ) -> MoondreamBackend:
         device = resolve_device(device)
         use_unplanned_attention(device)
-        model = load_remote_code_model(model_id, revision=revision, dtype=torch.bfloat16, device=device)
+        pins = {DEFAULT_TOKENIZER_REPO: DEFAULT_TOKENIZER_REVISION} if revision == DEFAULT_REVISION else {}
+        model = load_remote_code_model(
+            model_id, revision=revision, dtype=torch.bfloat16, device=device, tokenizer_pins=pins
+        )
         run_in(model, moondream_dtype(dtype, device))
         return cls(
             model, model_id=model_id, device=device, max_crops=max_crops, max_batch_size=max_batch_size, ahead=ahead

@@ -32,6 +32,11 @@ to initialise weights in ``post_init()``; built off meta, the model is marked in
 construction, and weights missing from the checkpoint would then never be initialised. The
 template is thrown away, so nothing it marks matters.
 
+Remote code may also fetch files from other repositories by name while it is built (moondream2 fetches
+its tokenizer with ``tokenizers.Tokenizer.from_pretrained("moondream/starmie-v1")``, from the branch
+``main``): ``tokenizer_pins`` fetches those at a fixed commit instead, so that pinning the model pins
+everything it reads.
+
 For well-behaved remote code (it calls ``post_init()`` and restores its buffers in
 ``_init_weights``) both steps are no-ops: ``post_init()`` runs once, and the template's buffers
 equal the restored ones. Unlike ``AutoModelForCausalLM``, this does not graft ``GenerationMixin``
@@ -41,14 +46,19 @@ onto remote classes that define their own ``generate()``; moondream2 needs no su
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import logging
+import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+log = logging.getLogger(__name__)
 
 _AUTO_CLASS = "AutoModelForCausalLM"
 _POST_INIT_CALLED = "_remote_code_post_init_called"
@@ -60,6 +70,7 @@ def load_remote_code_model(
     revision: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    tokenizer_pins: Mapping[str, str] | None = None,
 ) -> nn.Module:
     """Load the ``AutoModelForCausalLM`` remote class of ``model_id_or_path``, fixed for transformers 5.
 
@@ -67,7 +78,8 @@ def load_remote_code_model(
     ``AutoModelForCausalLM.from_pretrained(..., revision=...)`` does). Returns an instance of the
     remote class itself (not of the loading subclass), on ``device``, in eval mode. ``dtype`` goes
     to ``from_pretrained`` as is, so a buffer the model creates with an explicit dtype (say a
-    float32 rotary table) keeps it, as with plain transformers.
+    float32 rotary table) keeps it, as with plain transformers. ``tokenizer_pins`` maps a repository the remote
+    code loads a ``tokenizers.Tokenizer`` from (at ``main``) to the commit to load instead (``PinnedTokenizer``).
 
     Raises ``ValueError`` if the config names no remote ``AutoModelForCausalLM`` class.
     """
@@ -76,7 +88,19 @@ def load_remote_code_model(
     if class_ref is None:
         raise ValueError(f"{model_id_or_path!r} has no remote {_AUTO_CLASS} class in its config's auto_map")
     remote_class: type[PreTrainedModel] = get_class_from_dynamic_module(class_ref, model_id_or_path, revision=revision)
+    with _tokenizers_pinned(remote_class, tokenizer_pins or {}):
+        return _load(remote_class, model_id_or_path, config, revision, dtype, device)
 
+
+def _load(
+    remote_class: type[PreTrainedModel],
+    model_id_or_path: str,
+    config: Any,
+    revision: str | None,
+    dtype: torch.dtype,
+    device: str | torch.device,
+) -> nn.Module:
+    """The model, loaded and fixed (see the module's docstring)."""
     template_config = copy.deepcopy(config)  # before loading: a constructor may edit its config
     model = _calling_post_init(remote_class).from_pretrained(
         model_id_or_path, config=config, revision=revision, dtype=dtype
@@ -96,6 +120,66 @@ def load_remote_code_model(
             value = value.to(device=current.device, dtype=current.dtype)
         module._buffers[buffer_name] = value
     return model.to(device).eval()
+
+
+class PinnedTokenizer:
+    """``tokenizers.Tokenizer`` as remote code sees it while it loads: a tokenizer fetched from a pinned repository
+    at ``main`` comes from the pinned commit. Where that commit cannot be had (offline, with only an older download
+    of ``main`` in the cache), ``main`` is used as the code asked, with a warning that says how to get the pinned
+    one; where neither can, the error is the pinned commit's, so the download it names is the pinned one."""
+
+    def __init__(self, pins: Mapping[str, str]) -> None:
+        self.pins = pins
+        self.warned: set[str] = set()  # a model is built twice while it loads (see _constructed_buffers)
+
+    def from_pretrained(self, identifier: str, revision: str = "main", token: str | None = None) -> Tokenizer:
+        pinned = self.pins.get(identifier) if revision == "main" else None
+        if pinned is None:
+            return Tokenizer.from_pretrained(identifier, revision=revision, token=token)
+        try:
+            return Tokenizer.from_pretrained(identifier, revision=pinned, token=token)
+        except Exception as error:
+            missing = error
+        try:
+            unpinned = Tokenizer.from_pretrained(identifier, revision=revision, token=token)
+        except Exception:
+            unpinned = None
+        if unpinned is None:
+            raise missing  # outside the handlers: the error's context stays its own
+        if identifier in self.warned:
+            return unpinned
+        self.warned.add(identifier)
+        log.warning(
+            "the tokenizer %s at commit %s could not be loaded (%s); using its %s branch instead. To load the pinned "
+            "one, run `hf download %s tokenizer.json --revision %s` on a machine with internet access",
+            identifier,
+            pinned,
+            type(missing).__name__,
+            revision,
+            identifier,
+            pinned,
+        )
+        return unpinned
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(Tokenizer, name)
+
+
+@contextmanager
+def _tokenizers_pinned(remote_class: type, pins: Mapping[str, str]) -> Iterator[None]:
+    """``PinnedTokenizer`` in place of ``tokenizers.Tokenizer`` in the remote code's modules (the class's and the
+    ones beside it, which it imported) while the block runs."""
+    package = remote_class.__module__.rpartition(".")[0] + "."
+    modules = [module for name, module in list(sys.modules.items()) if name.startswith(package)] if pins else []
+    patched = [module for module in modules if getattr(module, "Tokenizer", None) is Tokenizer]
+    pinned = PinnedTokenizer(pins)
+    for module in patched:
+        module.Tokenizer = pinned
+    try:
+        yield
+    finally:
+        for module in patched:
+            module.Tokenizer = Tokenizer
 
 
 def _calling_post_init(remote_class: type[PreTrainedModel]) -> type[PreTrainedModel]:
