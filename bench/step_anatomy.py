@@ -21,10 +21,12 @@ import argparse
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 from torch.profiler import ProfilerActivity, profile
 
@@ -140,6 +142,22 @@ def anatomy(
     )
 
 
+@contextmanager
+def stepping_under(model: Any, attention: str) -> Iterator[None]:
+    """``model`` under transformers' ``attention`` while the block runs, then each of its parts under its own
+    again: the app gives a CPU's text decoder an attention of its own (vlm/backends/decode_attention.py), which
+    restoring the model's top-level one would replace."""
+    config = model.config
+    own = {"": config._attn_implementation} | {
+        name: getattr(config, name)._attn_implementation for name in config.sub_configs
+    }
+    model.set_attn_implementation(attention)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(own)
+
+
 def measure(
     backend: TransformersBackend, device: Device, batches: list[int], calls: int, attentions: list[str]
 ) -> list[Anatomy]:
@@ -176,13 +194,11 @@ def measure(
     for rows in batches:
         fill(rows)
         results.append(warmed_steps("decode step", rows))
-    own = backend.model.config._attn_implementation
     for attention in attentions:
-        backend.model.set_attn_implementation(attention)
-        for rows in batches:
-            fill(rows)
-            results.append(warmed_steps(f"decode step, {attention} attention", rows))
-    backend.model.set_attn_implementation(own)
+        with stepping_under(backend.model, attention):
+            for rows in batches:
+                fill(rows)
+                results.append(warmed_steps(f"decode step, {attention} attention", rows))
     if max(batches) > 1:  # the same rows prefilled together, as generate's batch is: one length, no padding
         decoder.clear()
         decoder.join(requests(max(batches)))

@@ -13,6 +13,8 @@ from bench.serving import BatchActivity, activity_section, batch_activity, pick_
 from tests.frames import jpeg_data_url
 from tests.server_process import serving
 from tests.socket_client import RecordingClient
+from vlm.backends import decode_attention
+from vlm.backends.transformers_backend import TransformersBackend
 
 CPUINFO = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
 
@@ -89,3 +91,15 @@ def test_kernel_names_lose_their_template_arguments_and_parameters() -> None:
     assert step_anatomy.kernel_name("sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize64x64x64") == (
         "sm90_xmma_gemm_f16f16_f16f32_f32_tn_n_tilesize64x64x64"
     )
+
+
+def test_stepping_under_another_attention_gives_each_part_its_own_back(tiny_model: Path) -> None:
+    """On a CPU the app's text decoder steps under an attention of its own; restoring the model's top-level one
+    (plain SDPA) replaced it, and the anatomy's later rows were measured off the app's path."""
+    backend = TransformersBackend.load(str(tiny_model), revision=None, device="cpu", dtype="float32")
+    text = backend.model.config.get_text_config()
+    assert text._attn_implementation == decode_attention.NAME
+    with step_anatomy.stepping_under(backend.model, "eager"):
+        assert text._attn_implementation == "eager"
+    assert text._attn_implementation == decode_attention.NAME
+    assert backend.model.config._attn_implementation == "sdpa"
