@@ -17,6 +17,11 @@
   traceback at ERROR, and the session stayed marked as upgrading, so its polls got only NOOPs.
   ``upgrade_hangups_tolerated`` ends that upgrade as engineio ends any other failed one: one INFO
   line, the session left on polling (where a client that is gone times out).
+- engineio checks a websocket message's size only once the message is whole, and simple-websocket (the
+  threading and gevent servers' websockets) is never told a limit, so it kept every byte of a message for as
+  long as they came: a stranger's unfinished 64 MiB message, before any Socket.IO connect, took 64 MiB of the
+  server. ``websocket_messages_bounded`` tells it engineio's limit, and a message past it closes the
+  connection with code 1009 as it arrives (eventlet's own websocket: vlm/servers/green_servers.py).
 - A request for a session that has just closed (a client's poll or upgrade crossing its own close
   packet) is logged by engineio at ERROR the first time; here it is INFO every time.
 - A message that Socket.IO cannot decode (JSON it refuses, or nested past Python's recursion limit,
@@ -46,6 +51,7 @@ from urllib.parse import parse_qs
 import engineio
 import socketio
 from flask_socketio import SocketIO
+from simple_websocket.ws import Base as SimpleWebSocket
 
 from .errors import Code, VlmError
 from .ratelimit import RateLimiter
@@ -96,6 +102,23 @@ class ReservedNamesRefused(socketio.Server):
         super()._handle_event(eio_sid, namespace, id, data)
 
 
+def websocket_messages_bounded(websocket: Callable[..., Any]) -> Callable[..., Any]:
+    """engineio's websocket transport (``websocket(handler, server)``), with simple-websocket's reader told the
+    largest message engineio accepts, which it checks as the message arrives (see module doc). Its reader starts
+    before the handler; what it reads meanwhile is one receive's worth."""
+
+    def transport(handler: Callable[[Any], Any], server: Any) -> Any:
+        def handle(ws: Any) -> Any:
+            reader = getattr(ws, "ws", None)  # eventlet's websocket is the handler's own ``ws``, and has no reader
+            if isinstance(reader, SimpleWebSocket) and reader.max_message_size is None:
+                reader.max_message_size = server.max_http_buffer_size
+            return handler(ws)
+
+        return websocket(handle, server)
+
+    return transport
+
+
 def upgrade_hangups_tolerated(websocket: Callable[..., Any]) -> Callable[..., Any]:
     """engineio's websocket transport (``websocket(handler, server)``), with a handler that treats a
     send failing mid-upgrade as the client hanging up (see module doc). ``handler`` is the bound
@@ -132,7 +155,8 @@ class SessionBounds:
         eio = socketio.server.eio
         eio.__class__ = PromptDisconnectServer  # same object, three methods change (see module doc)
         # A copy of the async driver's table, which every engineio server in the process shares.
-        eio._async = {**eio._async, "websocket": upgrade_hangups_tolerated(eio._async["websocket"])}
+        websocket = websocket_messages_bounded(upgrade_hangups_tolerated(eio._async["websocket"]))
+        eio._async = {**eio._async, "websocket": websocket}
         eio.handlers["message"] = self._answering_undecodable(eio.handlers["message"])
         eio.handlers["connect"] = self._timing_from_open(eio.handlers["connect"])
 

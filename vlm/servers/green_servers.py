@@ -193,7 +193,9 @@ def eventlet_protocol(limits: AddressLimits) -> type:
 
     class MessageInTime(RFC6455WebSocket.Message):  # type: ignore[misc, name-defined]
         """A message's bytes as they come (a frame's payload, read by the chunk), ended with close code 1008
-        once under the minimum rate: a megabyte frame sent a byte at a time was read for good."""
+        once under the minimum rate: a megabyte frame sent a byte at a time was read for good. eventlet bounds
+        each frame at engineio's limit but not a message's frames together: past it too, the message ends with
+        code 1009 (a stranger's endless fragments, before any Socket.IO connect, were all kept)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -201,8 +203,10 @@ def eventlet_protocol(limits: AddressLimits) -> type:
             self.received = 0
 
         def push(self, data: bytes, final: bool = False) -> None:
-            super().push(data, final)
             self.received += len(data)
+            if self.received > self.max_frame_length:
+                raise FailedConnectionError(1009, f"message over {self.max_frame_length} bytes")
+            super().push(data, final)
             if message_too_slow(self.started, self.received):
                 raise FailedConnectionError(1008, "message too slow")
 
