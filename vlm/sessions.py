@@ -155,7 +155,8 @@ class SessionBounds:
         eio = socketio.server.eio
         eio.__class__ = PromptDisconnectServer  # same object, three methods change (see module doc)
         # A copy of the async driver's table, which every engineio server in the process shares.
-        websocket = websocket_messages_bounded(upgrade_hangups_tolerated(eio._async["websocket"]))
+        # Outermost the one that reads the session off engineio's own bound handler.
+        websocket = upgrade_hangups_tolerated(websocket_messages_bounded(eio._async["websocket"]))
         eio._async = {**eio._async, "websocket": websocket}
         eio.handlers["message"] = self._answering_undecodable(eio.handlers["message"])
         eio.handlers["connect"] = self._timing_from_open(eio.handlers["connect"])
