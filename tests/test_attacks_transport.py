@@ -95,9 +95,11 @@ def trickle(connections: list[socket.socket], byte: bytes, within_s: float) -> d
     return cut
 
 
-def websocket_frame_header(length: int) -> bytes:
-    """A masked (mask 0) final text frame announcing ``length`` bytes of payload, as a client sends it."""
-    return bytes([0x81, 0xFF]) + struct.pack(">Q", length) + b"\x00\x00\x00\x00"
+def websocket_frame_header(length: int, *, opcode: int = 1, final: bool = True, compressed: bool = False) -> bytes:
+    """A masked (mask 0, so the payload goes as it is) frame announcing ``length`` bytes of payload, as a client
+    sends it: by default a final text frame."""
+    first = (0x80 if final else 0) | (0x40 if compressed else 0) | opcode
+    return bytes([first, 0x80 | 127]) + struct.pack(">Q", length) + b"\x00\x00\x00\x00"
 
 
 def test_trickled_headers_and_websocket_messages_are_cut(server: AppProcess, frame: str) -> None:
@@ -250,12 +252,6 @@ def websocket_opened(port: int, *, deflate: bool) -> socket.socket:
     return connection
 
 
-def frame_header(length: int, *, opcode: int = 1, final: bool = True, compressed: bool = False) -> bytes:
-    """A client's frame header (masked, with a zero key, so the payload goes as it is)."""
-    first = (0x80 if final else 0) | (0x40 if compressed else 0) | opcode
-    return bytes([first, 0x80 | 127]) + struct.pack(">Q", length) + b"\0\0\0\0"
-
-
 def inflating_to(size: int) -> bytes:
     """A raw deflate stream of ``size`` bytes of one character, as permessage-deflate sends it (no sync tail)."""
     packer = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -267,14 +263,14 @@ def oversized_message(shape: str) -> Iterator[bytes]:
     """The bytes of one message past the limit, in the pieces they are sent in."""
     mib = b"0" * (1 << 20)
     if shape == "one frame":
-        yield frame_header(256 << 20)
+        yield websocket_frame_header(256 << 20)
         yield from (mib for _ in range(MESSAGE_SENT_MIB))
     elif shape == "fragments":
         for index in range(MESSAGE_SENT_MIB):
-            yield frame_header(len(mib), opcode=0 if index else 1, final=False) + mib
+            yield websocket_frame_header(len(mib), opcode=0 if index else 1, final=False) + mib
     else:
         bomb = inflating_to(1 << 30)
-        yield frame_header(len(bomb), compressed=True)
+        yield websocket_frame_header(len(bomb), compressed=True)
         yield from (bomb[at : at + (1 << 16)] for at in range(0, len(bomb), 1 << 16))
 
 
