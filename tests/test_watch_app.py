@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.synthetic_scenes import draw_scene, single_object_scene
 from tests.browser.fake_camera import Shot
 from tests.frames import data_url
 from tests.http_receiver import Receiver
+from tests.metrics_scrape import scrape, value
 from tests.server_process import AppProcess
 from tests.socket_client import RecordingClient
 from tests.video_clips import FPS, write_clip
@@ -93,23 +93,6 @@ def is_blue(rgb: tuple[int, int, int]) -> bool:
     return blue > 150 and red < 110
 
 
-def scrape(app: AppProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    response = requests.get(f"{app.url}/metrics", headers=AUTH, timeout=10)
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
-
-
 def test_a_file_source_alerts_once_soon_after_the_triangle_appears(app: AppProcess, receiver: Receiver) -> None:
     first = get(app, "/v1/watch/alerts", after=0, wait=30)["alerts"]
     assert len(first) == 1, first
@@ -147,7 +130,7 @@ def test_metrics_are_guarded_and_count_what_happened(app: AppProcess) -> None:
         assert requests.get(f"{app.url}{path}", timeout=10).status_code == 401, path
     wait_for_source(app, "ended")
     get(app, "/v1/watch/alerts", after=0, wait=30)
-    before = scrape(app)
+    before = scrape(app, AUTH)
     assert value(before, "vlm_model_info", backend="transformers", device="cpu") == 1
     assert value(before, "vlm_source_frames_total", source="cam1") == round(sum(s.seconds for s in CLIP) * FPS)
     assert value(before, "vlm_source_reconnects_total", source="cam1") == 0
@@ -183,7 +166,7 @@ def test_metrics_are_guarded_and_count_what_happened(app: AppProcess) -> None:
             requests.post(f"{app.url}/v1/chat/completions", json={"messages": []}, headers=AUTH, timeout=30).status_code
             == 400
         )
-        during = scrape(app)
+        during = scrape(app, AUTH)
     finally:
         client.close()
 
@@ -258,13 +241,13 @@ def test_a_tabs_own_watch_checks_its_frames_and_alerts(app: AppProcess, receiver
 
         kept = client.sio.call("watch_add", {"condition": CONDITION, "source": "cam1"}, timeout=10)["watch"]
         assert kept["source"] == "cam1"
-        assert value(scrape(app), "vlm_watches_active") == 2
+        assert value(scrape(app, AUTH), "vlm_watches_active") == 2
     finally:
         client.close()
     deadline = time.monotonic() + 10
-    while value(scrape(app), "vlm_watches_active") != 1 and time.monotonic() < deadline:
+    while value(scrape(app, AUTH), "vlm_watches_active") != 1 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert value(scrape(app), "vlm_watches_active") == 1, "closing the tab did not stop its watches"
+    assert value(scrape(app, AUTH), "vlm_watches_active") == 1, "closing the tab did not stop its watches"
 
 
 def test_json_logs_hold_no_condition_text(app: AppProcess) -> None:

@@ -15,7 +15,7 @@ from vlm.metrics import Metrics
 from vlm.openai_api import error_response
 from vlm.openai_chat import Completion
 from vlm.openai_responses import ResponseObject
-from vlm.openai_wire import ApiRequest, error_body
+from vlm.openai_wire import KEEPALIVE, ApiRequest, error_body
 from vlm.protocol import Incoming
 from vlm.results import Answer, Timing
 from vlm.socket_sink import SocketSink, error_event, response_payload
@@ -176,3 +176,19 @@ def test_metrics_count_an_answer_from_its_typed_timing() -> None:
     )
     assert metrics.registry.get_sample_value("vlm_generated_tokens_total") == 3
     assert metrics.registry.get_sample_value("vlm_latency_seconds_sum", {"stage": "total"}) == pytest.approx(0.0335)
+
+
+@pytest.mark.parametrize("shape", ["chat", "responses"])
+def test_a_stream_waiting_for_its_answer_carries_comments_and_the_same_events(shape: str) -> None:
+    """An SSE comment for each wait, wherever it comes; the events around them are those of a stream that never
+    waited, so a client that skips comments (as SSE parsers must) reads the same answer."""
+    asked = ApiRequest(Incoming(id="q1", task="query", text="what?", image=None), None, None, 1.0, streaming=True)
+
+    def stream(events: list[tuple[str, object]]) -> list[str]:
+        if shape == "chat":
+            return list(Completion("chatcmpl-q1", "demo", False, created=1).sse(iter(events), on_close=lambda: None))
+        return list(ResponseObject("resp_q1", "demo", asked, created=1).sse(iter(events), on_close=lambda: None))
+
+    waited = stream([("waiting", None), ("waiting", None), ("stream", " a red"), ("waiting", None), ("answer", QUERY)])
+    assert waited.count(KEEPALIVE) == 3 and KEEPALIVE.startswith(":") and KEEPALIVE.endswith("\n\n")
+    assert [chunk for chunk in waited if chunk != KEEPALIVE] == stream([("stream", " a red"), ("answer", QUERY)])

@@ -115,6 +115,7 @@ class Settings:
     prepare_threads: int = 0
     request_timeout_s: float = 60.0
     drain_timeout_s: float = 30.0
+    sse_keepalive_s: float = 15.0
     rate_limit_per_s: float = 10.0
     rate_burst: int = 20
     ip_rate_limit_per_s: float = 100.0
@@ -293,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="serve the app under PATH of its host, e.g. /vlm for https://homelab.lan/vlm/ behind a reverse proxy "
         "(which may strip PATH or pass it on)",
+    )
+    server.add_argument(
+        "--sse-keepalive",
+        type=POSITIVE,
+        default=defaults.sse_keepalive_s,
+        dest="sse_keepalive_s",
+        metavar="SECONDS",
+        help="a streamed /v1 answer with nothing to send for this long sends an SSE comment, so that a proxy's "
+        "idle timeout does not cut a request waiting its turn (nginx's default is 60 s)",
     )
     server.add_argument("--token", help="shared access token for the page, Socket.IO and HTTP API (env VLM_TOKEN)")
     server.add_argument("--ssl-cert", help="TLS certificate (PEM) to serve https://, needed for phone cameras on a LAN")

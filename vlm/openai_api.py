@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import chain
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, Protocol
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 # The routes that ask the model: a refusal there is a request refused (``vlm_refused_requests``).
 MODEL_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
-HANGUP_CHECK_S = 0.2
+HANGUP_CHECK_S = 0.2  # how often a view with nothing to write looks whether its client is still there
 # Seconds a 503 asks a client to wait: a model loads in seconds; a restarting server (or the load balancer's
 # next process) is back sooner.
 RETRY_AFTER_S = {Code.LOADING: 5, Code.SHUTTING_DOWN: 1}
@@ -250,7 +250,7 @@ def openai_blueprint(
             )
         except VlmError as error:  # the frame
             return error_response(error.code, error.message, param=where)
-        sink = HttpSink(sleep if green else None)
+        sink = HttpSink(sleep if green else None, quiet_s=HANGUP_CHECK_S)
         work = Request(
             id=asked.incoming.id,
             client=f"http-{uuid.uuid4().hex}",
@@ -264,13 +264,16 @@ def openai_blueprint(
         log.info("query %s over HTTP (%d chars; frames are never stored)", work.id, len(job.text))
         g.vlm_queued = True  # how it ends is counted at its sink now, not as a refusal (``count_refusals``)
         scheduler.submit(work)
-        events = iter(sink)
-        # Waiting for the first event lets a refusal (busy, timeout) still go out with its own HTTP status.
+        cancel = partial(scheduler.cancel, work.client, work.id)
+        events = watched(
+            iter(sink), hung_up=partial(hung_up, request.environ), cancel=cancel, keepalive_s=settings.sse_keepalive_s
+        )
+        # Waiting for the first event lets a refusal (busy, timeout) still go out with its own HTTP status; a
+        # request still queued after ``keepalive_s`` is answered 200, and a later refusal goes out in the stream.
         first = next(events)
         if first[0] == "error":
             return error_response(first[1].code, first[1].message)
         wire = shape(asked, work.id)
-        cancel = partial(scheduler.cancel, work.client, work.id)
         if asked.streaming:
             # A client that hangs up mid-stream cancels its generation; after the answer this is a no-op.
             return Response(
@@ -278,7 +281,7 @@ def openai_blueprint(
                 mimetype="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        kind, value = final_event(chain([first], events), hung_up=partial(hung_up, request.environ), cancel=cancel)
+        kind, value = next(event for event in chain([first], events) if event[0] in ("answer", "error"))
         if kind == "error":
             return error_response(value.code, value.message)
         return jsonify(wire.body(value)), 200
@@ -302,18 +305,32 @@ def openai_blueprint(
     return api
 
 
-def final_event(events: Iterator[SinkEvent], *, hung_up: Callable[[], bool], cancel: Callable[[], object]) -> SinkEvent:
-    """The answer's last event; a client found gone between tokens has its generation cancelled."""
-    checked = time.monotonic()
+def watched(
+    events: Iterator[SinkEvent], *, hung_up: Callable[[], bool], cancel: Callable[[], object], keepalive_s: float
+) -> Iterator[SinkEvent]:
+    """A request's events as its view writes them, ``quiet`` ones consumed here.
+
+    A client found gone, while its request waits in the queue or between tokens, has it cancelled: the queue
+    slot and the generation were spent for nobody. After ``keepalive_s`` without an event comes one
+    ``("waiting", None)``, which a stream writes as an SSE comment: a proxy or client that cuts a connection
+    quiet for a minute (nginx's default ``proxy_read_timeout``) keeps it while the request waits its turn.
+    """
+    checked = written = time.monotonic()
+    cancelled = False
     for event in events:
-        if event[0] != "stream":
-            return event
-        if time.monotonic() - checked > HANGUP_CHECK_S:
-            checked = time.monotonic()
+        now = time.monotonic()
+        if not cancelled and now - checked >= HANGUP_CHECK_S:
+            checked = now
             if hung_up():
-                log.info("the HTTP client hung up; cancelling its generation")
+                log.info("the HTTP client hung up; cancelling its request")
                 cancel()
-    raise RuntimeError("the scheduler ended a request without a final event")
+                cancelled = True
+        if event[0] == "quiet":
+            if now - written < keepalive_s:
+                continue
+            event = ("waiting", None)
+        written = now
+        yield event
 
 
 def json_body() -> object:
@@ -355,12 +372,14 @@ class HttpSink:
     Under threading the view blocks on the queue. Under eventlet/gevent the view is a green
     thread and the worker a native one (the app does not monkey-patch), so a blocking get
     would stall the whole hub: the view polls instead, yielding between polls, as ``Outbox`` does.
+    Every ``quiet_s`` without an event the view gets ``("quiet", None)``, its turn to look at its client.
     """
 
     POLL_S = 0.002
 
-    def __init__(self, green_sleep: Callable[[float], object] | None) -> None:
+    def __init__(self, green_sleep: Callable[[float], object] | None, *, quiet_s: float) -> None:
         self.green_sleep = green_sleep
+        self.quiet_s = quiet_s
         self.queue: SimpleQueue[SinkEvent] = SimpleQueue()
 
     def stream(self, delta: str) -> None:
@@ -375,12 +394,20 @@ class HttpSink:
     def __iter__(self) -> Iterator[SinkEvent]:
         """Events in order, ending with the one final ``answer`` or ``error`` the scheduler guarantees."""
         while True:
-            if self.green_sleep is None:
-                event = self.queue.get()
-            else:
-                while self.queue.empty():
-                    self.green_sleep(self.POLL_S)
-                event = self.queue.get_nowait()
+            event = self._next()
             yield event
-            if event[0] != "stream":
+            if event[0] in ("answer", "error"):
                 return
+
+    def _next(self) -> SinkEvent:
+        if self.green_sleep is None:
+            try:
+                return self.queue.get(timeout=self.quiet_s)
+            except Empty:
+                return ("quiet", None)
+        deadline = time.monotonic() + self.quiet_s
+        while self.queue.empty():
+            if time.monotonic() >= deadline:
+                return ("quiet", None)
+            self.green_sleep(self.POLL_S)
+        return self.queue.get_nowait()

@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import Code, VlmError
 from .openai_wire import (
+    KEEPALIVE,
     AnswerText,
     ApiRequest,
     SinkEvent,
@@ -142,6 +143,9 @@ class Completion:
         try:
             yield self._chunk({"role": "assistant", "content": ""})
             for kind, value in events:
+                if kind == "waiting":
+                    yield KEEPALIVE
+                    continue
                 if kind == "error":
                     yield _data(error_body(value.code, value.message))
                     break

@@ -111,6 +111,9 @@ class ResponseObject:
             yield self._event("response.output_item.added", output_index=0, item=self._message("in_progress", None))
             yield self._event("response.content_part.added", **where, part=_text_part(""))
             for kind, value in events:
+                if kind == "waiting":
+                    yield wire.KEEPALIVE
+                    continue
                 if kind == "error":
                     yield self._event("response.failed", response=self._response("failed", error=value))
                     return

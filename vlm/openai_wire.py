@@ -17,8 +17,11 @@ from .protocol import Incoming, parse_query
 MAX_TEMPERATURE = 2.0  # OpenAI's range is 0..2
 SEED_RANGE = range(-(2**63), 2**64)  # what torch.manual_seed takes
 ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx: invalid_request_error
-# ("stream", delta) | ("answer", Answer) | ("error", VlmError): what a request's sink hands its view, in order.
+# ("stream", delta) | ("answer", Answer) | ("error", VlmError): what a request's sink hands its view, in order;
+# and ("waiting", None) when there has been nothing to say for a while (vlm/openai_api.py's ``watched``).
 SinkEvent = tuple[str, Any]
+# An SSE comment: every SSE parser skips it, and the connection carries bytes while the answer is awaited.
+KEEPALIVE = ": waiting\n\n"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""A ``/v1`` request waiting its turn: its stream carries SSE comments meanwhile, and a client that hangs up
+before its turn gives its place back. In process for the view's pieces; against the real server in each
+async mode, with the official ``openai`` client reading a stream that waited, for the whole."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.attack_tools import connect_from
+from tests.metrics_scrape import scrape, value
+from tests.openai_client import ask, frame_question, openai_client
+from tests.server_process import AppProcess, serving
+from vlm import openai_api
+from vlm.openai_api import HANGUP_CHECK_S, HttpSink, watched
+from vlm.openai_wire import SinkEvent
+
+KEEPALIVE_S = 0.5  # the servers' --sse-keepalive here, so that a test sees several within a second or two
+
+
+class Clock:
+    """``time.monotonic`` for ``watched``, moved on by the events it is handed."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def quiet_for(clock: Clock, seconds: float, turn_s: float = 0.25) -> Iterator[SinkEvent]:
+    """The sink's quiet turns over ``seconds``, one every ``turn_s`` (longer than ``HANGUP_CHECK_S``, so that
+    each is a look at the client), the clock moving with them."""
+    assert turn_s > HANGUP_CHECK_S
+    for _ in range(round(seconds / turn_s)):
+        clock.now += turn_s
+        yield ("quiet", None)
+
+
+@pytest.mark.unit
+def test_quiet_turns_become_one_comment_per_keepalive_and_a_gone_client_is_cancelled_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(openai_api.time, "monotonic", clock)
+    gone_after, checks, cancels = 2.0, [], []
+
+    def hung_up() -> bool:
+        checks.append(clock.now)
+        return clock.now - 1000.0 >= gone_after
+
+    def events() -> Iterator[SinkEvent]:
+        yield from quiet_for(clock, 1.0)
+        yield ("stream", "a red")
+        yield from quiet_for(clock, 2.0)
+        yield ("error", "cancelled")
+
+    seen = list(watched(events(), hung_up=hung_up, cancel=lambda: cancels.append(clock.now), keepalive_s=0.6))
+    waiting = ("waiting", None)
+    assert seen == [waiting, ("stream", "a red"), waiting, waiting, ("error", "cancelled")]
+    assert cancels == [1000.0 + gone_after], "cancelled at the first look that found the client gone, and only then"
+    assert len(checks) == len(set(checks)) and checks[-1] == 1000.0 + gone_after, "one look per turn, none after"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("green", [False, True], ids=["threading", "green"])
+def test_a_sink_with_nothing_to_hand_over_gives_its_view_a_turn(green: bool) -> None:
+    sink = HttpSink(time.sleep if green else None, quiet_s=0.05)
+    events = iter(sink)
+    started = time.monotonic()
+    assert next(events) == ("quiet", None) and time.monotonic() - started >= 0.05
+    sink.stream("a red")
+    sink.failed(openai_api.VlmError(openai_api.Code.CANCELLED, "cancelled by the client"))
+    assert [kind for kind, _ in events] == ["stream", "error"], "the final event ends the iteration"
+
+
+def chat_body(frame: str, *, stream: bool, max_tokens: int | None = None) -> bytes:
+    limit = {} if max_tokens is None else {"max_tokens": max_tokens}
+    return json.dumps(
+        {"model": "any", "stream": stream, **limit, "messages": frame_question("describe", frame)}
+    ).encode()
+
+
+def post(app: AppProcess, body: bytes) -> socket.socket:
+    """A chat completion sent by hand, its answer left unread: the caller hangs up by closing it."""
+    caller = connect_from("127.0.0.1", app.port)
+    caller.sendall(
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return caller
+
+
+def eventually(check: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def in_model_queue(app: AppProcess) -> float:
+    """Requests queued or generating."""
+    return value(scrape(app), "vlm_queue_depth")
+
+
+def cancelled(app: AppProcess) -> float:
+    return value(scrape(app), "vlm_requests_total", door="http", code="cancelled")
+
+
+@pytest.mark.parametrize("mode", ["threading", "eventlet", "gevent"])
+def test_a_request_waiting_its_turn_keeps_its_stream_alive_and_gives_its_place_back_when_its_client_goes(
+    slow_model: Path, frame: str, mode: str
+) -> None:
+    """One 400-token answer holds the model. Before, a stream behind it sent nothing until its first token (a
+    proxy's idle timeout cut it there), and a client that hung up while queued kept its place until its first
+    token was generated for nobody."""
+    flags = ("--async-mode", mode, "--max-batch-size", "1", "--sse-keepalive", str(KEEPALIVE_S))
+    with serving(slow_model, *flags, max_new_tokens=400) as app:
+        holder = post(app, chat_body(frame, stream=False))
+        eventually(lambda: in_model_queue(app) == 1, "the first request did not start")
+
+        waiting_stream = post(app, chat_body(frame, stream=True))
+        received = b""
+        while received.count(b": waiting") < 2:
+            piece = waiting_stream.recv(4096)
+            assert piece, "the server closed the waiting stream"
+            received += piece
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
+        assert body.count(b"data: ") == 1, "only the role chunk: the request is still waiting its turn"
+        waiting_stream.close()
+        eventually(lambda: cancelled(app) == 1, "the stream's hang-up did not cancel its queued request")
+
+        waiting_call = post(app, chat_body(frame, stream=False))
+        eventually(lambda: in_model_queue(app) == 2, "the second request was not queued")
+        waiting_call.close()
+        eventually(lambda: cancelled(app) == 2 and in_model_queue(app) == 1, "the queued call kept its place")
+
+        client = openai_client(app.url)
+        chunks: list[str] = []
+
+        def read_a_stream_that_waits() -> None:
+            stream = client.chat.completions.create(
+                model="any", messages=frame_question("describe", frame), stream=True, max_tokens=3
+            )
+            chunks.extend(choice.delta.content or "" for chunk in stream for choice in chunk.choices)
+
+        reader = threading.Thread(target=read_a_stream_that_waits)
+        reader.start()
+        time.sleep(4 * KEEPALIVE_S)
+        assert reader.is_alive(), "the stream waits its turn, its comments skipped by the client"
+        holder.close()  # its generation is cancelled; the waiting stream's turn comes
+        reader.join(60)
+        assert not reader.is_alive() and "".join(chunks) == ask(client, "describe", frame, max_tokens=3)
+        eventually(lambda: cancelled(app) == 3 and in_model_queue(app) == 0, "the model's queue did not empty")
