@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx2
 from openai import OpenAI
 
 
-def openai_client(url: str, api_key: str = "unused") -> OpenAI:
-    """No retries: a test should see the server's first answer, refusals included."""
-    return OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=60)
+def openai_client(url: str, api_key: str = "unused", *, ca: Path | None = None) -> OpenAI:
+    """No retries: a test should see the server's first answer, refusals included. ``ca``: the certificate an
+    https ``url`` is checked against."""
+    tls = {} if ca is None else {"http_client": httpx2.Client(verify=str(ca))}
+    return OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=60, **tls)
 
 
 def frame_question(question: str, image_url: str) -> list[dict[str, Any]]:

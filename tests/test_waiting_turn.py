@@ -4,19 +4,16 @@ async mode, with the official ``openai`` client reading a stream that waited, fo
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.attack_tools import connect_from
-from tests.metrics_scrape import scrape, value
+from tests.calls_by_hand import cancelled_calls, chat_body, eventually, in_model_queue, post
 from tests.openai_client import ask, frame_question, openai_client
-from tests.server_process import AppProcess, serving
+from tests.server_process import serving
 from vlm import openai_api
 from vlm.openai_api import HANGUP_CHECK_S, HttpSink, watched
 from vlm.openai_wire import SinkEvent
@@ -80,40 +77,6 @@ def test_a_sink_with_nothing_to_hand_over_gives_its_view_a_turn(green: bool) -> 
     assert [kind for kind, _ in events] == ["stream", "error"], "the final event ends the iteration"
 
 
-def chat_body(frame: str, *, stream: bool, max_tokens: int | None = None) -> bytes:
-    limit = {} if max_tokens is None else {"max_tokens": max_tokens}
-    return json.dumps(
-        {"model": "any", "stream": stream, **limit, "messages": frame_question("describe", frame)}
-    ).encode()
-
-
-def post(app: AppProcess, body: bytes) -> socket.socket:
-    """A chat completion sent by hand, its answer left unread: the caller hangs up by closing it."""
-    caller = connect_from("127.0.0.1", app.port)
-    caller.sendall(
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    return caller
-
-
-def eventually(check: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
-def in_model_queue(app: AppProcess) -> float:
-    """Requests queued or generating."""
-    return value(scrape(app), "vlm_queue_depth")
-
-
-def cancelled(app: AppProcess) -> float:
-    return value(scrape(app), "vlm_requests_total", door="http", code="cancelled")
-
-
 @pytest.mark.parametrize("mode", ["threading", "eventlet", "gevent"])
 def test_a_request_waiting_its_turn_keeps_its_stream_alive_and_gives_its_place_back_when_its_client_goes(
     slow_model: Path, frame: str, mode: str
@@ -136,12 +99,12 @@ def test_a_request_waiting_its_turn_keeps_its_stream_alive_and_gives_its_place_b
         assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
         assert body.count(b"data: ") == 1, "only the role chunk: the request is still waiting its turn"
         waiting_stream.close()
-        eventually(lambda: cancelled(app) == 1, "the stream's hang-up did not cancel its queued request")
+        eventually(lambda: cancelled_calls(app) == 1, "the stream's hang-up did not cancel its queued request")
 
         waiting_call = post(app, chat_body(frame, stream=False))
         eventually(lambda: in_model_queue(app) == 2, "the second request was not queued")
         waiting_call.close()
-        eventually(lambda: cancelled(app) == 2 and in_model_queue(app) == 1, "the queued call kept its place")
+        eventually(lambda: cancelled_calls(app) == 2 and in_model_queue(app) == 1, "the queued call kept its place")
 
         client = openai_client(app.url)
         chunks: list[str] = []
@@ -159,4 +122,4 @@ def test_a_request_waiting_its_turn_keeps_its_stream_alive_and_gives_its_place_b
         holder.close()  # its generation is cancelled; the waiting stream's turn comes
         reader.join(60)
         assert not reader.is_alive() and "".join(chunks) == ask(client, "describe", frame, max_tokens=3)
-        eventually(lambda: cancelled(app) == 3 and in_model_queue(app) == 0, "the model's queue did not empty")
+        eventually(lambda: cancelled_calls(app) == 3 and in_model_queue(app) == 0, "the model's queue did not empty")

@@ -1,0 +1,48 @@
+"""Chat completions sent by hand on a raw socket, so that a test can hang up on them, and the app's metrics that
+say where they stand."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+
+from tests.attack_tools import connect_from
+from tests.metrics_scrape import scrape, value
+from tests.openai_client import frame_question
+from tests.server_process import AppProcess
+
+
+def chat_body(frame: str, *, stream: bool, max_tokens: int | None = None) -> bytes:
+    limit = {} if max_tokens is None else {"max_tokens": max_tokens}
+    return json.dumps(
+        {"model": "any", "stream": stream, **limit, "messages": frame_question("describe", frame)}
+    ).encode()
+
+
+def post(app: AppProcess, body: bytes) -> socket.socket:
+    """The request sent, its answer left unread: the caller hangs up by closing the socket."""
+    caller = connect_from("127.0.0.1", app.port)
+    caller.sendall(
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return caller
+
+
+def eventually(check: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def in_model_queue(app: AppProcess) -> float:
+    """Requests queued or generating."""
+    return value(scrape(app), "vlm_queue_depth")
+
+
+def cancelled_calls(app: AppProcess) -> float:
+    return value(scrape(app), "vlm_requests_total", door="http", code="cancelled")
