@@ -1,9 +1,12 @@
 """A ``/v1`` request waiting its turn: its stream carries SSE comments meanwhile, and a client that hangs up
-before its turn gives its place back. In process for the view's pieces; against the real server in each
-async mode, with the official ``openai`` client reading a stream that waited, for the whole."""
+before its turn, over plain TCP or TLS, gives its place back. In process for the view's pieces; against the real
+server in each async mode, with the official ``openai`` client reading a stream that waited and curl giving up
+over TLS, for the whole."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -12,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.calls_by_hand import cancelled_calls, chat_body, eventually, in_model_queue, post
+from tests.certs import write_pair
 from tests.openai_client import ask, frame_question, openai_client
 from tests.server_process import serving
 from vlm import openai_api
 from vlm.openai_api import HANGUP_CHECK_S, HttpSink, watched
 from vlm.openai_wire import SinkEvent
 
+CURL = shutil.which("curl") or "curl"
 KEEPALIVE_S = 0.5  # the servers' --sse-keepalive here, so that a test sees several within a second or two
 
 
@@ -123,3 +128,27 @@ def test_a_request_waiting_its_turn_keeps_its_stream_alive_and_gives_its_place_b
         reader.join(60)
         assert not reader.is_alive() and "".join(chunks) == ask(client, "describe", frame, max_tokens=3)
         eventually(lambda: cancelled_calls(app) == 3 and in_model_queue(app) == 0, "the model's queue did not empty")
+
+
+@pytest.mark.parametrize("mode", ["threading", "eventlet", "gevent"])
+def test_a_client_on_tls_that_gives_up_waiting_gives_its_place_back(
+    slow_model: Path, frame: str, mode: str, tmp_path: Path
+) -> None:
+    """curl, given up at its --max-time, ends its TLS connection with a close_notify alert and then its FIN. The
+    alert's bytes, which nobody reads while the call waits, hid the FIN, so the call kept its place."""
+    cert, key = write_pair(tmp_path / "cert.pem", tmp_path / "key.pem")
+    flags = ("--async-mode", mode, "--ssl-cert", str(cert), "--ssl-key", str(key), "--max-batch-size", "1")
+    body = tmp_path / "body.json"
+    body.write_bytes(chat_body(frame, stream=False))
+    with serving(slow_model, *flags, max_new_tokens=400) as app:
+        call = [CURL, "-sS", "--cacert", str(cert), "-H", "Content-Type: application/json", "--data-binary"]
+        holder = subprocess.Popen([*call, f"@{body}", f"{app.url}/v1/chat/completions"], stdout=subprocess.DEVNULL)
+        try:
+            eventually(lambda: in_model_queue(app) == 1, "the first request did not start")
+            gave_up = subprocess.run([*call, f"@{body}", "--max-time", "1", f"{app.url}/v1/chat/completions"])
+            assert gave_up.returncode == 28, "curl gave up waiting (operation timed out)"
+            eventually(lambda: cancelled_calls(app) == 1 and in_model_queue(app) == 1, "the call kept its place")
+        finally:
+            holder.kill()
+            holder.wait()
+        eventually(lambda: in_model_queue(app) == 0, "the killed holder's generation went on")
