@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable
+
+from openai import OpenAI
 
 from tests.attack_tools import connect_from
 from tests.metrics_scrape import scrape, value
@@ -30,6 +33,22 @@ def post(app: AppProcess, body: bytes) -> socket.socket:
         + body
     )
     return caller
+
+
+def streamed_on_a_thread(client: OpenAI, frame: str) -> tuple[threading.Thread, list[str]]:
+    """A streamed three-token answer to "describe", read by the official client on a thread of its own, already
+    started; its text pieces are in the list once the thread ends."""
+    chunks: list[str] = []
+
+    def read() -> None:
+        stream = client.chat.completions.create(
+            model="any", messages=frame_question("describe", frame), stream=True, max_tokens=3
+        )
+        chunks.extend(choice.delta.content or "" for chunk in stream for choice in chunk.choices)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    return reader, chunks
 
 
 def eventually(check: Callable[[], bool], what: str, within_s: float = 10.0) -> None:

@@ -5,7 +5,6 @@ cancelled in the app. The page itself through the same nginx is in tests/browser
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +12,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.calls_by_hand import cancelled_calls, chat_body, eventually, in_model_queue, post
+from tests.calls_by_hand import cancelled_calls, chat_body, eventually, in_model_queue, post, streamed_on_a_thread
 from tests.nginx_front import Front, nginx_in_front
-from tests.openai_client import ask, frame_question, openai_client
+from tests.openai_client import ask, openai_client
 from tests.server_process import AppProcess, serving
 
 PROXY_READ_TIMEOUT_S = 2.0
@@ -40,17 +39,7 @@ def test_a_stream_outlasts_the_proxys_idle_timeout_while_it_waits_its_turn(
     holder = post(app, chat_body(frame, stream=False))  # straight to the app: 400 tokens hold the model
     try:
         eventually(lambda: in_model_queue(app) == 1, "the first request did not start")
-        client = openai_client(front.url, ca=front.cert)
-        chunks: list[str] = []
-
-        def read_a_stream_that_waits() -> None:
-            stream = client.chat.completions.create(
-                model="any", messages=frame_question("describe", frame), stream=True, max_tokens=3
-            )
-            chunks.extend(choice.delta.content or "" for chunk in stream for choice in chunk.choices)
-
-        reader = threading.Thread(target=read_a_stream_that_waits)
-        reader.start()
+        reader, chunks = streamed_on_a_thread(openai_client(front.url, ca=front.cert), frame)
         started = time.monotonic()
         with httpx2.Client(verify=str(front.cert), timeout=30) as plain:
             cut = plain.post(

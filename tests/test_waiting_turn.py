@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.calls_by_hand import cancelled_calls, chat_body, eventually, in_model_queue, post
+from tests.calls_by_hand import cancelled_calls, chat_body, eventually, in_model_queue, post, streamed_on_a_thread
 from tests.certs import write_pair
-from tests.openai_client import ask, frame_question, openai_client
+from tests.openai_client import ask, openai_client
 from tests.server_process import serving
 from vlm import openai_api
 from vlm.openai_api import HANGUP_CHECK_S, HttpSink, watched
@@ -112,16 +111,7 @@ def test_a_request_waiting_its_turn_keeps_its_stream_alive_and_gives_its_place_b
         eventually(lambda: cancelled_calls(app) == 2 and in_model_queue(app) == 1, "the queued call kept its place")
 
         client = openai_client(app.url)
-        chunks: list[str] = []
-
-        def read_a_stream_that_waits() -> None:
-            stream = client.chat.completions.create(
-                model="any", messages=frame_question("describe", frame), stream=True, max_tokens=3
-            )
-            chunks.extend(choice.delta.content or "" for chunk in stream for choice in chunk.choices)
-
-        reader = threading.Thread(target=read_a_stream_that_waits)
-        reader.start()
+        reader, chunks = streamed_on_a_thread(client, frame)
         time.sleep(4 * KEEPALIVE_S)
         assert reader.is_alive(), "the stream waits its turn, its comments skipped by the client"
         holder.close()  # its generation is cancelled; the waiting stream's turn comes
