@@ -51,6 +51,9 @@ class Timeline:
     error: str = ""
     done: threading.Event = field(default_factory=threading.Event)
 
+    def waiting(self, ahead: int) -> None:
+        pass
+
     def stream(self, delta: str) -> None:
         self.pieces.append(time.perf_counter())
 

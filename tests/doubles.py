@@ -185,7 +185,8 @@ class PreparingBackendDouble(SteppingBackendDouble):
 class RecordingSinkDouble:
     """Collects what the scheduler delivers to many requests: ``to(rid)`` is the sink of request ``rid``.
 
-    Events are ``("stream", rid, delta)``, ``("response", rid, Answer)`` and ``("query_error", rid, code)``.
+    Events are ``("queued", rid, ahead)``, ``("stream", rid, delta)``, ``("response", rid, Answer)`` and
+    ``("query_error", rid, code)``.
     """
 
     events: list[tuple[str, str, Any]] = field(default_factory=list)
@@ -200,7 +201,7 @@ class RecordingSinkDouble:
             self.finished.notify_all()
 
     def finals(self) -> dict[str, tuple[str, Any]]:
-        return {rid: (kind, value) for kind, rid, value in self.events if kind != "stream"}
+        return {rid: (kind, value) for kind, rid, value in self.events if kind in ("response", "query_error")}
 
     def wait_finals(self, count: int, timeout_s: float = 5.0) -> dict[str, tuple[str, Any]]:
         with self.finished:
@@ -212,6 +213,9 @@ class RecordingSinkDouble:
 class _RequestSink:
     recording: RecordingSinkDouble
     request_id: str
+
+    def waiting(self, ahead: int) -> None:
+        self.recording.record("queued", self.request_id, ahead)
 
     def stream(self, delta: str) -> None:
         self.recording.record("stream", self.request_id, delta)

@@ -16,6 +16,7 @@ from tests.doubles import (
     ScriptedBackendDouble,
     SteppingBackendDouble,
 )
+from vlm import scheduler as scheduling
 from vlm.backends.base import Job
 from vlm.errors import VlmError
 from vlm.metrics import MeteredScheduler, Metrics
@@ -154,6 +155,37 @@ def test_cancel_stops_a_running_generation() -> None:
     assert streamed(sink, "long") <= at_cancel + 1, "no tokens are produced after the cancel (one may be under way)"
 
 
+def test_a_request_that_waits_hears_how_many_go_before_it_until_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Told at the watchdog's next look once it has waited ``WAIT_TOLD_AFTER_S``, again only when the number
+    changes, and never once it is running: the page shows "2 ahead" and must not show it over the answer."""
+    monkeypatch.setattr(scheduling, "WAIT_TOLD_AFTER_S", 0.0)
+    sink, backend = RecordingSinkDouble(), ScriptedBackendDouble(max_batch_size=1)
+    backend.hang.set()
+    scheduler = Scheduler(backend, batch_window_s=0, timeout_s=3.0)  # the watchdog looks every 0.75 s
+    scheduler.submit(make_request(sink, "busy", "bob"))
+    time.sleep(0.05)  # running, and holding the worker
+    for rid, client in (("a1", "alice"), ("c1", "carol"), ("d1", "dave")):
+        scheduler.submit(make_request(sink, rid, client))
+
+    def told() -> list[tuple[str, int]]:
+        return [(rid, ahead) for kind, rid, ahead in sink.events if kind == "queued"]
+
+    with sink.finished:
+        assert sink.finished.wait_for(lambda: len(told()) == 3, 2.0), told()
+    assert told() == [("a1", 0), ("c1", 1), ("d1", 2)]
+    assert scheduler.cancel("alice", "a1")
+    with sink.finished:
+        assert sink.finished.wait_for(lambda: len(told()) == 5, 2.0), told()
+    assert told()[3:] == [("c1", 0), ("d1", 1)], "told again when the number changed"
+    backend.hang.clear()
+    assert sink.wait_finals(4)["d1"][0] == "response"
+    time.sleep(1.0)  # a look of the watchdog after every request ran
+    assert len(told()) == 5, "nothing more once running"
+    for rid in ("c1", "d1"):
+        kinds = [kind for kind, event_rid, _ in sink.events if event_rid == rid]
+        assert kinds.index("stream") > max(i for i, kind in enumerate(kinds) if kind == "queued")
+
+
 def test_full_queue_answers_busy() -> None:
     sink = RecordingSinkDouble()
     backend = ScriptedBackendDouble(max_batch_size=1)
@@ -241,6 +273,9 @@ class SlowToTellSinkDouble:
 
     telling: threading.Event = field(default_factory=threading.Event)
     may_finish: threading.Event = field(default_factory=threading.Event)
+
+    def waiting(self, ahead: int) -> None:
+        pass
 
     def stream(self, delta: str) -> None:
         pass

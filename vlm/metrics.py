@@ -133,6 +133,9 @@ class MeteredSink:
         self.metrics = metrics
         self.door = door
 
+    def waiting(self, ahead: int) -> None:
+        self.inner.waiting(ahead)
+
     def stream(self, delta: str) -> None:
         self.inner.stream(delta)
 

@@ -382,6 +382,9 @@ class HttpSink:
         self.quiet_s = quiet_s
         self.queue: SimpleQueue[SinkEvent] = SimpleQueue()
 
+    def waiting(self, ahead: int) -> None:
+        return None  # the view sees the wait for itself (``watched``)
+
     def stream(self, delta: str) -> None:
         self.queue.put(("stream", delta))
 

@@ -38,6 +38,10 @@ class Answer:
 class Sink(Protocol):
     """Where one request's events go. Exactly one of ``answered`` and ``failed`` is called, last."""
 
+    def waiting(self, ahead: int) -> None:
+        """Queued for a while, ``ahead`` requests go before it. Called under the scheduler's lock: hand it on, never
+        block."""
+
     def stream(self, delta: str) -> None: ...
 
     def answered(self, answer: Answer) -> None: ...

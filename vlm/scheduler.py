@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 # A client that asked or was answered this recently is likely to ask again within a batch window
 # (the page's live mode asks every 200 ms by default; a person typing takes seconds).
 COMPANY_HORIZON_S = 0.5
+# A request queued this long hears how many go before it, and again whenever that changes: one admitted at the next
+# step (nearly all of them) costs its client no extra message.
+WAIT_TOLD_AFTER_S = 1.0
 
 
 class Preparation(Enum):
@@ -97,6 +100,7 @@ class Request:
     first_token: float = 0.0
     status: RequestStatus = RequestStatus.NEW
     row: int | None = None  # the key of its row in the running batch, once admitted
+    told_ahead: int | None = None  # how many its sink was last told go before it (``Sink.waiting``)
     preparation: Preparation = Preparation.PENDING  # READY: the worker may admit it
 
     @property
@@ -148,7 +152,7 @@ class Scheduler:
         threading.Thread(target=self._work, name="vlm-worker", daemon=True).start()
         for number in range((prepare_threads or default_prepare_threads()) if self.prepare_ahead else 0):
             threading.Thread(target=self._prepare_ahead, name=f"vlm-prepare-{number}", daemon=True).start()
-        threading.Thread(target=self._watch_timeouts, name="vlm-watchdog", daemon=True).start()
+        threading.Thread(target=self._watch, name="vlm-watchdog", daemon=True).start()
 
     @property
     def max_queue(self) -> int:
@@ -398,16 +402,26 @@ class Scheduler:
             return None
         return next((request for request in queued if request.preparation is Preparation.PENDING), None)
 
-    def _watch_timeouts(self) -> None:
-        """Answer ``timeout`` for generations that run too long; the backend sees them cancelled and stops."""
+    def _watch(self) -> None:
+        """Answer ``timeout`` for generations that run too long (the backend sees them cancelled and stops), and
+        tell requests that have waited a while in the queue how many go before them."""
         while True:
             time.sleep(min(1.0, self.timeout_s / 4))
             now = time.perf_counter()
             with self._lock:
+                self._tell_waits_locked(now)
                 overdue = [r for r in self._rows.values() if not r.finished and now - r.started > self.timeout_s]
             for request in overdue:
                 if self._fail(request, VlmError(Code.TIMEOUT, f"no answer within {self.timeout_s:g} s")):
                     log.warning("request %s overran %g s; the model was asked to stop", request.id, self.timeout_s)
+
+    def _tell_waits_locked(self, now: float) -> None:
+        """Under the lock, so that a sink hears of a wait only while the request is queued: before its first token
+        or its end, which are told after the lock has seen it admitted or finished."""
+        for ahead, request in enumerate(self._queue.queued()):
+            if now - request.enqueued >= WAIT_TOLD_AFTER_S and request.told_ahead != ahead:
+                request.told_ahead = ahead
+                request.sink.waiting(ahead)
 
 
 class _RowEvents:

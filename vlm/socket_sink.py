@@ -78,6 +78,10 @@ class SocketSink:
     request_id: str | None
     seed: bool = False
 
+    def waiting(self, ahead: int) -> None:
+        if not self.seed:  # the original page's protocol has no such event
+            self.send("queued", {"id": self.request_id, "ahead": ahead}, self.sid)
+
     def stream(self, delta: str) -> None:
         self.send(STREAM_EVENT, {"id": self.request_id, "delta": delta}, self.sid)
 

@@ -484,6 +484,9 @@ class _CheckSink:
     def __init__(self, hub: WatchHub, watch: Watch, frame: Frame) -> None:
         self.hub, self.watch, self.frame = hub, watch, frame
 
+    def waiting(self, ahead: int) -> None:
+        return None
+
     def stream(self, delta: str) -> None:
         return None
 

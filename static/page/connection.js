@@ -6,7 +6,7 @@ import { loadInfo } from './info.js';
 import { serverPath } from './paths.js';
 import { scheduleLive, showLiveRunning } from './live.js';
 import { clearError, showError } from './messages.js';
-import { dropInFlight, errorText, onQueryError, onResponse, onStream } from './requests.js';
+import { dropInFlight, errorText, onQueryError, onQueued, onResponse, onStream } from './requests.js';
 
 const STATUS_TEXT = { connected: 'Connected', disconnected: 'Disconnected', reconnecting: 'Reconnecting…' };
 const LOST_CONNECTION = 'The connection to the server was lost (was it stopped or restarted?). '
@@ -58,6 +58,7 @@ export function connect(token) {
     if (!socket.active) showError(`The server refused the connection: ${reason}`, 'connection');
   });
   socket.io.on('reconnect_attempt', () => setStatus('reconnecting'));
+  socket.on('queued', onQueued);
   socket.on('stream', onStream);
   socket.on('response', onResponse);
   socket.on('query_error', onQueryError);

@@ -173,10 +173,28 @@ function stop(request) {
   finish(request, 'cancelled', 'Cancelled.');
 }
 
+// The question has waited a while behind others' (a busy server): how many go first, until its answer starts. A
+// live question keeps the previous answer on show instead.
+export function onQueued({ id, ahead }) {
+  const request = current;
+  if (!request || request.id !== id || request.state !== 'pending' || request.live) return;
+  request.waiting = true;
+  request.meta = ahead === 0 ? 'Waiting: next in line' : `Waiting: ${ahead} ahead in line`;
+  paint(request);
+}
+
+// Its turn came, or it ended first: the waiting note goes.
+function stopWaiting(request) {
+  if (!request.waiting) return;
+  request.waiting = false;
+  request.meta = '';
+}
+
 export function onStream({ id, delta }) {
   stats.streamEvents += 1;
   const request = current;
   if (!request || request.id !== id) return;
+  stopWaiting(request);
   request.text += delta;
   request.deltas += 1;
   request.state = 'streaming';
@@ -188,6 +206,7 @@ export function onResponse(response) {
   countFinal(response.id);
   const request = current;
   if (!request || request.id !== response.id) return;
+  stopWaiting(request);
   request.text = response.answer;
   request.deltasBeforeFinal = request.deltas;
   describeTiming(request, response.timing, performance.now() - request.sentAt);
@@ -222,6 +241,7 @@ export function errorText({ code, message }) {
 }
 
 function finish(request, outcome, message = '', resumeLive = true) {
+  stopWaiting(request);
   request.state = outcome;
   if (message) request.error = message;
   if (current === request) current = null;

@@ -17,6 +17,8 @@ import requests
 from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.browser.conftest import DESKTOP, TIMEOUT_MS, OpenApp, wait_until_ready
+from tests.calls_by_hand import chat_body, eventually, in_model_queue, post
+from tests.frames import jpeg_data_url
 from tests.server_process import AppProcess
 
 AXE = Path(__file__).parent / ".axe" / "node_modules" / "axe-core" / "axe.min.js"
@@ -421,3 +423,28 @@ def test_an_insecure_page_says_how_to_fix_it_and_offers_no_retry(open_app: OpenA
     expect(page.locator("#camera-message")).to_be_visible()
     expect(page.locator("#camera-message")).to_contain_text("--self-signed")
     expect(page.locator("#camera-retry")).to_be_hidden()
+
+
+@pytest.fixture(scope="module")
+def busy_server(slow_model: Path) -> Iterator[AppProcess]:
+    """Answers of 400 tokens, one at a time: one call to it keeps everyone else waiting for seconds."""
+    with AppProcess(["--model", str(slow_model), "--max-batch-size", "1", "--max-new-tokens", "400"]) as app:
+        yield app
+
+
+def test_a_question_waiting_behind_others_says_how_many_go_first(open_app: OpenApp, busy_server: AppProcess) -> None:
+    """Before, a question on a busy server showed nothing at all until its answer started."""
+    page = open_app(url=busy_server.url)
+    holder = post(busy_server, chat_body(jpeg_data_url(), stream=False))
+    try:
+        eventually(lambda: in_model_queue(busy_server) == 1, "the holding call did not start")
+        page.fill("#question", "what is this?")
+        page.press("#question", "Enter")
+        expect(page.locator("#answer-meta")).to_have_text("Waiting: next in line")
+        entry = page.locator("#history > li").first
+        expect(entry).to_have_attribute("data-state", "pending")
+        expect(entry.locator(".meta")).to_have_text("Waiting: next in line")
+    finally:
+        holder.close()  # its generation is cancelled, and the question's turn comes
+    expect(entry).to_have_attribute("data-state", re.compile("streaming|done"))
+    expect(page.locator("#answer-meta")).not_to_contain_text("Waiting")
