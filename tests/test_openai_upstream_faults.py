@@ -260,11 +260,15 @@ def test_a_request_whose_stop_strings_fail_upstream_is_asked_again_without_them_
         ("no_model", "upstream_error"),
         ("unavailable", "upstream_error"),
         ("refuse", "upstream_error"),
+        ("waited_then_shutting_down", "upstream_error"),
+        ("waited_then_timeout", "timeout"),
     ],
 )
 def test_a_failure_stop_strings_cannot_cause_is_not_asked_again(mode: str, code: str) -> None:
     """A 429 was asked again at once, doubling the load of a server that said it was overloaded; so were a bad key,
-    an unknown model, an engine loading and a connection refused."""
+    an unknown model, an engine loading and a connection refused. So was an error in the stream that says it is about
+    time or shutting down, as this app streams one for a request that waited its turn past --sse-keepalive: once
+    the second try reached a process not shutting down, stop strings were no longer sent, for good."""
     with UpstreamDouble(mode) as double:
         assert forwarded(backend_of(double), STOPPED) == ("failed", code)
         assert double.requests == 1 and double.last_body["stop"] == ["red"]

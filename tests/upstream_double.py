@@ -22,6 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from vlm.errors import Code
+from vlm.openai_wire import KEEPALIVE, error_body
+
 MODEL = "fake"
 
 
@@ -219,6 +222,21 @@ class UpstreamDouble:
                 self.start_sse()
                 self.send(role_chunk())
                 self.send("data: " + json.dumps({"error": NO_VOCAB}) + "\n\n")
+                self.end()
+
+            def mode_waited_then_shutting_down(self) -> None:  # this app's /v1: queued past --sse-keepalive, drained
+                self.failed_after_waiting(Code.SHUTTING_DOWN, "the server shut down before this answer was done")
+
+            def mode_waited_then_timeout(self) -> None:
+                self.failed_after_waiting(Code.TIMEOUT, "no answer within 60 s")
+
+            def failed_after_waiting(self, code: Code, message: str) -> None:
+                """As this app's own stream ends a request that waited its turn: the role, comments, the error."""
+                self.start_sse()
+                self.send(role_chunk())
+                self.send(KEEPALIVE)
+                self.send("data: " + json.dumps(error_body(code, message)) + "\n\n")
+                self.send("data: [DONE]\n\n")
                 self.end()
 
             def mode_engine(self) -> None:  # transformers serve pinned to MODEL, with a VLM

@@ -42,6 +42,14 @@ FRAME_SIDE = 768
 JPEG_QUALITY = 90
 # Upstream statuses a client can act on as it would on this server's own codes; any other is upstream_error.
 UPSTREAM_STATUS_CODES = {429: Code.BUSY, 504: Code.TIMEOUT}
+# An error in the stream whose code says the upstream was busy, out of time or shutting down (this app's own /v1
+# streams those once a request has waited its turn past --sse-keepalive): what the client is told of each. Never
+# the stop strings' doing.
+UPSTREAM_STREAM_CODES = {
+    Code.BUSY: (Code.BUSY, "the model server is busy"),
+    Code.TIMEOUT: (Code.TIMEOUT, "the model server did not answer in time"),
+    Code.SHUTTING_DOWN: (Code.UPSTREAM_ERROR, "the model server is shutting down"),
+}
 # Upstream statuses a request's stop strings can be the cause of: a refusal of the field (an older instance of this
 # app, a strict server) or an engine failing on it (transformers serve). Not auth, a model it lacks, or load.
 STOP_STATUSES = frozenset({400, 422, 500})
@@ -206,7 +214,11 @@ class OpenAIBackend(Backend):
         if isinstance(error, openai.APIStatusError):
             about_stop = error.status_code in STOP_STATUSES
         else:
-            about_stop = isinstance(error, openai.APIError) and not isinstance(error, openai.APIConnectionError)
+            about_stop = (
+                isinstance(error, openai.APIError)
+                and not isinstance(error, openai.APIConnectionError)
+                and error.code not in UPSTREAM_STREAM_CODES
+            )
         if reading.parts or not about_stop:
             return False
         log.info(
@@ -293,7 +305,9 @@ class OpenAIBackend(Backend):
             told, reason = VlmError(Code.UPSTREAM_ERROR, cause), error.__cause__ or error
             detail = f"{type(reason).__name__}: {reason}"
         elif isinstance(error, openai.APIError):  # an error event in the stream
-            told, detail = failed, f"error in the stream: {server_words(error)}"
+            said = UPSTREAM_STREAM_CODES.get(error.code or "")
+            told = VlmError(*said) if said else failed
+            detail = f"error in the stream: {server_words(error)}"
         elif isinstance(error, IncompleteAnswer):
             told = VlmError(Code.UPSTREAM_ERROR, "the model server's answer was incomplete or unreadable")
             detail = str(error)
