@@ -35,6 +35,20 @@ def post(app: AppProcess, body: bytes) -> socket.socket:
     return caller
 
 
+def hold_the_model(app: AppProcess, frame: str, calls: int = 2) -> list[socket.socket]:
+    """Long non-streamed calls that keep a one-row model busy, one after the other, until they are closed: each runs
+    to the server's token budget, and two of them hold the model for several seconds even on a fast machine."""
+    holders = [post(app, chat_body(frame, stream=False)) for _ in range(calls)]
+    eventually(lambda: in_model_queue(app) == calls, "the holding calls were not queued")
+    return holders
+
+
+def let_go(holders: list[socket.socket]) -> None:
+    """Hang up on every holding call: each is cancelled, and the model is free for what waits behind them."""
+    for holder in holders:
+        holder.close()
+
+
 def streamed_on_a_thread(client: OpenAI, frame: str) -> tuple[threading.Thread, list[str]]:
     """A streamed three-token answer to "describe", read by the official client on a thread of its own, already
     started; its text pieces are in the list once the thread ends."""

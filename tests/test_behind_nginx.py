@@ -12,17 +12,25 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.calls_by_hand import cancelled_calls, chat_body, eventually, in_model_queue, post, streamed_on_a_thread
+from tests.calls_by_hand import (
+    cancelled_calls,
+    chat_body,
+    eventually,
+    hold_the_model,
+    in_model_queue,
+    let_go,
+    streamed_on_a_thread,
+)
 from tests.nginx_front import Front, nginx_in_front
 from tests.openai_client import ask, openai_client
 from tests.server_process import AppProcess, serving
 
-PROXY_READ_TIMEOUT_S = 2.0
+PROXY_READ_TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def app(slow_model: Path) -> Iterator[AppProcess]:
-    flags = ("--trusted-proxy", "--max-batch-size", "1", "--sse-keepalive", "0.5")
+    flags = ("--trusted-proxy", "--max-batch-size", "1", "--sse-keepalive", "0.3")
     with serving(slow_model, *flags, max_new_tokens=400) as running:
         yield running
 
@@ -36,9 +44,8 @@ def front(app: AppProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_a_stream_outlasts_the_proxys_idle_timeout_while_it_waits_its_turn(
     app: AppProcess, front: Front, frame: str
 ) -> None:
-    holder = post(app, chat_body(frame, stream=False))  # straight to the app: 400 tokens hold the model
+    holders = hold_the_model(app, frame)  # straight to the app
     try:
-        eventually(lambda: in_model_queue(app) == 1, "the first request did not start")
         reader, chunks = streamed_on_a_thread(openai_client(front.url, ca=front.cert), frame)
         started = time.monotonic()
         with httpx2.Client(verify=str(front.cert), timeout=30) as plain:
@@ -53,7 +60,7 @@ def test_a_stream_outlasts_the_proxys_idle_timeout_while_it_waits_its_turn(
         time.sleep(PROXY_READ_TIMEOUT_S)
         assert reader.is_alive(), "the stream waits on past nginx's timeout"
     finally:
-        holder.close()
+        let_go(holders)
     reader.join(60)
     assert not reader.is_alive() and "".join(chunks) == ask(openai_client(app.url), "describe", frame, max_tokens=3)
     eventually(lambda: in_model_queue(app) == 0, "the model's queue did not empty")

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.calls_by_hand import cancelled_calls, chat_body, eventually, in_model_queue, post, streamed_on_a_thread
+from tests.calls_by_hand import (
+    cancelled_calls,
+    chat_body,
+    eventually,
+    hold_the_model,
+    in_model_queue,
+    let_go,
+    post,
+    streamed_on_a_thread,
+)
 from tests.certs import write_pair
 from tests.openai_client import ask, openai_client
 from tests.server_process import serving
@@ -90,8 +99,7 @@ def test_a_request_waiting_its_turn_keeps_its_stream_alive_and_gives_its_place_b
     token was generated for nobody."""
     flags = ("--async-mode", mode, "--max-batch-size", "1", "--sse-keepalive", str(KEEPALIVE_S))
     with serving(slow_model, *flags, max_new_tokens=400) as app:
-        holder = post(app, chat_body(frame, stream=False))
-        eventually(lambda: in_model_queue(app) == 1, "the first request did not start")
+        holders = hold_the_model(app, frame)
 
         waiting_stream = post(app, chat_body(frame, stream=True))
         received = b""
@@ -106,18 +114,18 @@ def test_a_request_waiting_its_turn_keeps_its_stream_alive_and_gives_its_place_b
         eventually(lambda: cancelled_calls(app) == 1, "the stream's hang-up did not cancel its queued request")
 
         waiting_call = post(app, chat_body(frame, stream=False))
-        eventually(lambda: in_model_queue(app) == 2, "the second request was not queued")
+        eventually(lambda: in_model_queue(app) == 3, "the call was not queued")
         waiting_call.close()
-        eventually(lambda: cancelled_calls(app) == 2 and in_model_queue(app) == 1, "the queued call kept its place")
+        eventually(lambda: cancelled_calls(app) == 2 and in_model_queue(app) == 2, "the queued call kept its place")
 
         client = openai_client(app.url)
         reader, chunks = streamed_on_a_thread(client, frame)
-        time.sleep(4 * KEEPALIVE_S)
+        time.sleep(3 * KEEPALIVE_S)
         assert reader.is_alive(), "the stream waits its turn, its comments skipped by the client"
-        holder.close()  # its generation is cancelled; the waiting stream's turn comes
+        let_go(holders)  # their generations are cancelled; the waiting stream's turn comes
         reader.join(60)
         assert not reader.is_alive() and "".join(chunks) == ask(client, "describe", frame, max_tokens=3)
-        eventually(lambda: cancelled_calls(app) == 3 and in_model_queue(app) == 0, "the model's queue did not empty")
+        eventually(lambda: cancelled_calls(app) == 4 and in_model_queue(app) == 0, "the model's queue did not empty")
 
 
 @pytest.mark.parametrize("mode", ["threading", "eventlet", "gevent"])
@@ -132,13 +140,15 @@ def test_a_client_on_tls_that_gives_up_waiting_gives_its_place_back(
     body.write_bytes(chat_body(frame, stream=False))
     with serving(slow_model, *flags, max_new_tokens=400) as app:
         call = [CURL, "-sS", "--cacert", str(cert), "-H", "Content-Type: application/json", "--data-binary"]
-        holder = subprocess.Popen([*call, f"@{body}", f"{app.url}/v1/chat/completions"], stdout=subprocess.DEVNULL)
+        ask_ = [*call, f"@{body}", f"{app.url}/v1/chat/completions"]
+        holders = [subprocess.Popen(ask_, stdout=subprocess.DEVNULL) for _ in range(2)]  # the model, for seconds
         try:
-            eventually(lambda: in_model_queue(app) == 1, "the first request did not start")
-            gave_up = subprocess.run([*call, f"@{body}", "--max-time", "1", f"{app.url}/v1/chat/completions"])
+            eventually(lambda: in_model_queue(app) == 2, "the holding calls were not queued")
+            gave_up = subprocess.run([*ask_, "--max-time", "1"])
             assert gave_up.returncode == 28, "curl gave up waiting (operation timed out)"
-            eventually(lambda: cancelled_calls(app) == 1 and in_model_queue(app) == 1, "the call kept its place")
+            eventually(lambda: cancelled_calls(app) == 1 and in_model_queue(app) == 2, "the call kept its place")
         finally:
-            holder.kill()
-            holder.wait()
-        eventually(lambda: in_model_queue(app) == 0, "the killed holder's generation went on")
+            for holder in holders:
+                holder.kill()
+                holder.wait()
+        eventually(lambda: in_model_queue(app) == 0, "the killed holders' generations went on")
