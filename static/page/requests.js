@@ -174,12 +174,14 @@ function stop(request) {
 }
 
 // The question has waited a while behind others' (a busy server): how many go first, until its answer starts. A
-// live question keeps the previous answer on show instead.
+// screen reader hears the first such note, not each count after it. A live question keeps the previous answer on
+// show instead.
 export function onQueued({ id, ahead }) {
   const request = current;
   if (!request || request.id !== id || request.state !== 'pending' || request.live) return;
-  request.waiting = true;
   request.meta = ahead === 0 ? 'Waiting: next in line' : `Waiting: ${ahead} ahead in line`;
+  if (!request.waiting) announce(request.meta);
+  request.waiting = true;
   paint(request);
 }
 

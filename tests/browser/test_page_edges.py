@@ -435,6 +435,7 @@ def busy_server(slow_model: Path) -> Iterator[AppProcess]:
 def test_a_question_waiting_behind_others_says_how_many_go_first(open_app: OpenApp, busy_server: AppProcess) -> None:
     """Before, a question on a busy server showed nothing at all until its answer started."""
     page = open_app(url=busy_server.url)
+    page.evaluate(RECORD_ANNOUNCEMENTS)
     holders = hold_the_model(busy_server, jpeg_data_url())
     try:
         page.fill("#question", "what is this?")
@@ -444,6 +445,8 @@ def test_a_question_waiting_behind_others_says_how_many_go_first(open_app: OpenA
         entry = page.locator("#history > li").first
         expect(entry).to_have_attribute("data-state", "pending")
         expect(entry.locator(".meta")).to_have_text(waiting)
+        page.wait_for_function("() => window.__said.length > 0")
+        assert waiting.match(page.evaluate("window.__said")[0]), "a screen reader hears that it waits"
     finally:
         let_go(holders)  # their generations are cancelled, and the question's turn comes
     expect(entry).to_have_attribute("data-state", re.compile("streaming|done"))
