@@ -185,7 +185,7 @@ def open_app(request: pytest.FixtureRequest, browser: Browser, server: AppProces
     yield open_
     failed = request.node.stash.get(FAILED, False)
     for number, tab in enumerate(opened):
-        if failed:
+        if failed and not tab.is_closed():  # a test may close a tab itself
             ARTIFACTS.mkdir(exist_ok=True)
             tab.screenshot(path=ARTIFACTS / f"failed-{request.node.name}-{number}.png")
         tab.context.close()
