@@ -24,12 +24,14 @@ def chat_body(frame: str, *, stream: bool, max_tokens: int | None = None) -> byt
     ).encode()
 
 
-def post(app: AppProcess, body: bytes) -> socket.socket:
-    """The request sent, its answer left unread: the caller hangs up by closing the socket."""
+def post(app: AppProcess, body: bytes, *, token: str | None = None) -> socket.socket:
+    """The request sent (with ``token`` as its bearer token, if given), its answer left unread: the caller hangs up
+    by closing the socket."""
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     caller = connect_from("127.0.0.1", app.port)
     caller.sendall(
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{app.port}\r\n{authorization}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
     return caller

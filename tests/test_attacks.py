@@ -40,6 +40,7 @@ from tests.attack_tools import (
     usage,
     wait_for_recovery,
 )
+from tests.calls_by_hand import chat_body, post
 from tests.server_process import AppProcess, serving
 from tests.socket_client import RecordingClient
 from vlm import ratelimit
@@ -530,27 +531,7 @@ def slow(slow_model: Path) -> Iterator[AppProcess]:
 
 def test_a_non_streamed_http_client_that_hangs_up_stops_its_generation(slow: AppProcess, frame: str) -> None:
     """The abandoned 400-token generation is cancelled within a second or so of the hang-up."""
-    body = json.dumps(
-        {
-            "model": "any",
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "describe"},
-                        {"type": "image_url", "image_url": {"url": frame}},
-                    ],
-                }
-            ],
-        }
-    ).encode()
-    caller = connect_from("127.0.0.1", slow.port)
-    caller.sendall(
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{slow.port}\r\n"
-        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
+    caller = post(slow, chat_body(frame, stream=False), token=TOKEN)
     time.sleep(1.5)  # generating by now
     caller.close()
     deadline = time.monotonic() + 10.0
