@@ -40,7 +40,7 @@ from .metrics import Metrics
 from .model_slot import ModelSlot
 from .openai_chat import Completion, parse_chat
 from .openai_responses import ResponseObject, parse_responses_request
-from .openai_wire import ApiRequest, SinkEvent, error_body
+from .openai_wire import FINAL, ApiRequest, SinkEvent, error_body
 from .protocol import to_job
 from .results import Answer
 from .scheduler import Request
@@ -281,7 +281,7 @@ def openai_blueprint(
                 mimetype="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        kind, value = next(event for event in chain([first], events) if event[0] in ("answer", "error"))
+        kind, value = next(event for event in chain([first], events) if event[0] in FINAL)
         if kind == "error":
             return error_response(value.code, value.message)
         return jsonify(wire.body(value)), 200
@@ -399,7 +399,7 @@ class HttpSink:
         while True:
             event = self._next()
             yield event
-            if event[0] in ("answer", "error"):
+            if event[0] in FINAL:
                 return
 
     def _next(self) -> SinkEvent:

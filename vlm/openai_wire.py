@@ -20,6 +20,7 @@ ERROR_TYPE = {401: "authentication_error", 429: "rate_limit_error"}  # other 4xx
 # ("stream", delta) | ("answer", Answer) | ("error", VlmError): what a request's sink hands its view, in order;
 # and ("waiting", None) when there has been nothing to say for a while (vlm/openai_api.py's ``watched``).
 SinkEvent = tuple[str, Any]
+FINAL = frozenset({"answer", "error"})  # the kinds of event that end a request's events
 # An SSE comment: every SSE parser skips it, and the connection carries bytes while the answer is awaited.
 KEEPALIVE = ": waiting\n\n"
 
