@@ -7,7 +7,6 @@ change must find its line, so the test follows the document and fails if the doc
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -17,10 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 
 from tests.certs import write_pair
+from tests.missing_tools import tool_missing
 from tests.server_process import REPO, free_port
 
 DEPLOYMENT = REPO / "docs" / "DEPLOYMENT.md"
@@ -124,10 +123,7 @@ KINDS = {
 def installed(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin")
     if found is None:
-        skip = f"VLM_SKIP_{name.upper()}"
-        if os.environ.get(skip) == "1":
-            pytest.skip(f"{name} is not installed and {skip}=1")
-        pytest.fail(f"{name} is not installed: `apt-get install {name}` (or set {skip}=1 to skip)")
+        tool_missing(name, f"`apt-get install {name}`", f"VLM_SKIP_{name.upper()}")
     return found
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.calls_by_hand import hold_the_model, let_go
+from tests.missing_tools import tool_missing
 from tests.openai_client import ask, openai_client
 from tests.server_process import AppProcess, serving
 
@@ -30,9 +31,9 @@ pytestmark = pytest.mark.app("demo")
 def node() -> str:
     found = shutil.which("node")
     if found is None or not (SDK / "openai").is_dir():
-        if os.environ.get("VLM_SKIP_OPENAI_JS") == "1":
-            pytest.skip("Node or the OpenAI JavaScript SDK is missing and VLM_SKIP_OPENAI_JS=1")
-        pytest.fail(f"Node.js (`apt-get install npm`) and the SDK (`{INSTALL}`) are needed, or VLM_SKIP_OPENAI_JS=1")
+        tool_missing(
+            "Node.js or the OpenAI JavaScript SDK", f"`apt-get install npm`, then `{INSTALL}`", "VLM_SKIP_OPENAI_JS"
+        )
     version = subprocess.run([found, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     if int(version.lstrip("v").split(".")[0]) < OLDEST_NODE:
         pytest.skip(f"the OpenAI JavaScript SDK needs Node.js {OLDEST_NODE} or later; this is {version}")

@@ -21,6 +21,7 @@ import requests
 
 from scripts.synthetic_scenes import draw_scene, held_drawing_scene, single_object_scene
 from tests.frames import data_url
+from tests.missing_tools import tool_missing
 from tests.openai_client import frame_question, openai_client
 from tests.server_process import REPO, AppProcess, free_port
 from tests.socket_client import RecordingClient
@@ -46,9 +47,7 @@ def engine_packages() -> None:
     missing = [name for name in ENGINE_PACKAGES if importlib.util.find_spec(name) is None]
     if not missing:
         return
-    if os.environ.get("VLM_SKIP_ENGINE") == "1":
-        pytest.skip(f"transformers serve needs {', '.join(missing)} and VLM_SKIP_ENGINE=1")
-    pytest.fail(f"transformers serve needs {', '.join(missing)}: `{PIP}` (or set VLM_SKIP_ENGINE=1)", pytrace=False)
+    tool_missing(f"transformers serve's {', '.join(missing)}", f"`{PIP}`", "VLM_SKIP_ENGINE")
 
 
 @contextmanager

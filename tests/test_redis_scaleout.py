@@ -21,6 +21,7 @@ import redis
 import requests
 import socketio
 
+from tests.missing_tools import tool_missing
 from tests.openai_client import ask, openai_client
 from tests.server_process import AppProcess, free_port, serving
 from tests.socket_client import RecordingClient
@@ -66,9 +67,7 @@ class RedisServer:
 def redis_server() -> Iterator[RedisServer]:
     binary = shutil.which("redis-server")
     if binary is None:
-        if os.environ.get("VLM_SKIP_REDIS") == "1":
-            pytest.skip("redis-server is not installed and VLM_SKIP_REDIS=1")
-        pytest.fail("redis-server is not installed: `apt-get install redis-server` (or set VLM_SKIP_REDIS=1 to skip)")
+        tool_missing("redis-server", "`apt-get install redis-server`", "VLM_SKIP_REDIS")
     server = RedisServer(binary)
     try:
         yield server

@@ -7,7 +7,6 @@ into the git-ignored ``tests/browser/.axe``; it is never served by the app.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from playwright.sync_api import Browser, Page, Route, expect
 from tests.browser.conftest import DESKTOP, TIMEOUT_MS, OpenApp, wait_until_ready
 from tests.calls_by_hand import hold_the_model, let_go
 from tests.frames import jpeg_data_url
+from tests.missing_tools import tool_missing
 from tests.server_process import AppProcess
 
 AXE = Path(__file__).parent / ".axe" / "node_modules" / "axe-core" / "axe.min.js"
@@ -29,13 +29,11 @@ TOKEN = "edge-token"
 @pytest.fixture(scope="module")
 def axe_source() -> str:
     if not AXE.is_file():
-        if os.environ.get("VLM_SKIP_AXE") == "1":
-            pytest.skip("axe-core is not installed and VLM_SKIP_AXE=1")
-        pytest.fail(
-            f"{AXE} is missing, so the accessibility scan cannot run. Fetch it with "
-            "`npm install --no-save --no-package-lock --prefix tests/browser/.axe axe-core@4.14.1` "
-            "(npm: `apt-get install npm`), or set VLM_SKIP_AXE=1 to skip it on purpose.",
-            pytrace=False,
+        tool_missing(
+            f"axe-core ({AXE}), which the accessibility scan runs,",
+            "fetch it with `npm install --no-save --no-package-lock --prefix tests/browser/.axe axe-core@4.14.1` "
+            "(npm: `apt-get install npm`)",
+            "VLM_SKIP_AXE",
         )
     return AXE.read_text()
 
