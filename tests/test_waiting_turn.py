@@ -34,22 +34,12 @@ CURL = shutil.which("curl") or "curl"
 KEEPALIVE_S = 0.5  # the servers' --sse-keepalive here, so that a test sees several within a second or two
 
 
-class Clock:
-    """``time.monotonic`` for ``watched``, moved on by the events it is handed."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def quiet_for(clock: Clock, seconds: float, turn_s: float = 0.25) -> Iterator[SinkEvent]:
+def quiet_for(clock: list[float], seconds: float, turn_s: float = 0.25) -> Iterator[SinkEvent]:
     """The sink's quiet turns over ``seconds``, one every ``turn_s`` (longer than ``HANGUP_CHECK_S``, so that
-    each is a look at the client), the clock moving with them."""
+    each is a look at the client), ``watched``'s clock moving with them."""
     assert turn_s > HANGUP_CHECK_S
     for _ in range(round(seconds / turn_s)):
-        clock.now += turn_s
+        clock[0] += turn_s
         yield ("quiet", None)
 
 
@@ -57,13 +47,13 @@ def quiet_for(clock: Clock, seconds: float, turn_s: float = 0.25) -> Iterator[Si
 def test_quiet_turns_become_one_comment_per_keepalive_and_a_gone_client_is_cancelled_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = Clock()
-    monkeypatch.setattr(openai_api.time, "monotonic", clock)
+    clock = [1000.0]
+    monkeypatch.setattr(openai_api.time, "monotonic", lambda: clock[0])
     gone_after, checks, cancels = 2.0, [], []
 
     def hung_up() -> bool:
-        checks.append(clock.now)
-        return clock.now - 1000.0 >= gone_after
+        checks.append(clock[0])
+        return clock[0] - 1000.0 >= gone_after
 
     def events() -> Iterator[SinkEvent]:
         yield from quiet_for(clock, 1.0)
@@ -71,7 +61,7 @@ def test_quiet_turns_become_one_comment_per_keepalive_and_a_gone_client_is_cance
         yield from quiet_for(clock, 2.0)
         yield ("error", "cancelled")
 
-    seen = list(watched(events(), hung_up=hung_up, cancel=lambda: cancels.append(clock.now), keepalive_s=0.6))
+    seen = list(watched(events(), hung_up=hung_up, cancel=lambda: cancels.append(clock[0]), keepalive_s=0.6))
     waiting = ("waiting", None)
     assert seen == [waiting, ("stream", "a red"), waiting, waiting, ("error", "cancelled")]
     assert cancels == [1000.0 + gone_after], "cancelled at the first look that found the client gone, and only then"
